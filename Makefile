@@ -1,0 +1,35 @@
+# The two commands the README opens with:
+#   make demo   — set-up on a fresh machine, then the main job on its built-in default
+#   make test   — set-up, then the whole test suite (what .ci/run runs)
+SHELL := /bin/bash
+CARGO ?= cargo
+DATA ?= $(or $(CORTEXFLOW_DATA),../shared/data)
+ALICE := $(DATA)/alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid
+
+.PHONY: setup demo test bench fmt clippy clean-cache
+
+setup:
+	bash scripts/setup.sh
+
+# Main job (for now): extract the Alice story through the default model, print a per-layer summary.
+demo: setup
+	$(CARGO) build --release --bin cortexflow
+	./target/release/cortexflow model default
+	./target/release/cortexflow extract "$(ALICE)" --out out/alice --language en
+
+test: setup
+	$(CARGO) build --bin cortexflow
+	./target/debug/cortexflow model default
+	$(CARGO) test
+
+bench: setup
+	$(CARGO) bench --bench extract_throughput
+
+fmt:
+	$(CARGO) fmt
+
+clippy:
+	$(CARGO) clippy --all-targets
+
+clean-cache:
+	rm -rf "$${CORTEXFLOW_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/cortexflow}/models/smollm2-135m-instruct"

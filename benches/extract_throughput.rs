@@ -1,0 +1,131 @@
+//! LM-stage throughput: cortexflow against Python onnxruntime on the same `model.onnx`, the same
+//! intra-op threads, the same batches and the same requested outputs (every hidden state plus the
+//! next-token log-probability and entropy), measured in one run and printed as ratios.
+//!
+//! Cases: fixed shapes 1×512 and 8×128 (tokens from the Alice story), and the full
+//! `extract_story` on Alice (tokenization, windows, pooling, surprisal included) against Python
+//! running the very same windows. Peak RSS of both processes is reported.
+//!
+//! Run: `make bench` (or `cargo bench --bench extract_throughput`); `CORTEXFLOW_BENCH_THREADS`
+//! sets the threads (default 2), `CORTEXFLOW_BENCH_REPS` the repetitions (default 3).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cortexflow::lm::{self, extract, ExtractOptions, LanguageModel, RuntimeOptions};
+use cortexflow::stimulus::{self, ReadOptions};
+use serde_json::json;
+
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CORTEXFLOW_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let threads: usize = std::env::var("CORTEXFLOW_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+    let reps: usize = std::env::var("CORTEXFLOW_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let dir = lm::ensure_default_model()?;
+    let mut model = LanguageModel::load(&dir, &RuntimeOptions { threads })?;
+    let m = model.manifest.clone();
+    let bos = m.bos_token_id.expect("default model has a BOS");
+    let data = cortexflow::paths::data_root().expect("../shared/data or CORTEXFLOW_DATA");
+    let alice = data.join("alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid");
+    let story = stimulus::read_story(&alice, None, &ReadOptions::default())?;
+    let toks = extract::tokenize_story(&model.tokenizer, &story, " ")?;
+    let layers: Vec<usize> = (0..=m.n_layers).collect();
+
+    let window = |start: usize, len: usize| -> Vec<u32> {
+        std::iter::once(bos).chain(toks.ids[start..start + len - 1].iter().copied()).collect()
+    };
+    let opts = ExtractOptions::default();
+    let plans = extract::plan_windows(toks.ids.len(), opts.window - 1, opts.min_context)?;
+    let extract_batches: Vec<Vec<Vec<u32>>> = plans
+        .chunks(opts.batch_size)
+        .map(|c| c.iter().map(|p| std::iter::once(bos).chain(toks.ids[p.start..p.end].iter().copied()).collect()).collect())
+        .collect();
+    let mut cases: BTreeMap<&str, Vec<Vec<Vec<u32>>>> = BTreeMap::new();
+    cases.insert("1x512", vec![vec![window(0, 512)]]);
+    cases.insert("8x128", vec![(0..8).map(|i| window(i * 127, 128)).collect()]);
+    cases.insert("alice_windows", extract_batches);
+
+    // ---- cortexflow
+    let mut ours = BTreeMap::new();
+    for (name, batches) in &cases {
+        model.run(&batches[0], &layers)?; // warm-up
+        let n_tokens: usize = batches.iter().flatten().map(Vec::len).sum();
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            for b in batches {
+                std::hint::black_box(model.run(b, &layers)?);
+            }
+        }
+        ours.insert(*name, (n_tokens * reps) as f64 / t0.elapsed().as_secs_f64());
+    }
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        std::hint::black_box(lm::extract_story(&mut model, &story, &opts)?);
+    }
+    let extract_s = t0.elapsed().as_secs_f64() / reps as f64;
+    let our_rss = peak_rss_mib();
+
+    // ---- Python onnxruntime, same model, threads, batches and outputs
+    let mut outputs: Vec<String> = m.hidden_states.clone();
+    outputs.push(m.next_token_logprob.clone().unwrap());
+    outputs.push(m.next_token_entropy.clone().unwrap());
+    let spec: serde_json::Map<String, serde_json::Value> = cases
+        .iter()
+        .map(|(k, b)| (k.to_string(), json!({"batches": b, "outputs": outputs, "reps": reps})))
+        .collect();
+    let tmp = tempfile::tempdir()?;
+    let spec_path = tmp.path().join("cases.json");
+    std::fs::write(&spec_path, serde_json::to_string(&spec)?)?;
+    let out = std::process::Command::new(python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_ort.py"))
+        .arg(dir.join("model.onnx"))
+        .arg(&spec_path)
+        .args(["--threads", &threads.to_string(), "--pad-id", &bos.to_string()])
+        .output()?;
+    anyhow::ensure!(out.status.success(), "python peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+
+    println!("LM stage throughput, {threads} threads, {reps} reps, model {}", dir.display());
+    println!("{:<16} {:>14} {:>14} {:>8}", "case", "cortexflow t/s", "python t/s", "ratio");
+    for (name, ours_tps) in &ours {
+        let py_tps = py[name]["tokens_per_s"].as_f64().unwrap();
+        println!("{name:<16} {ours_tps:>14.1} {py_tps:>14.1} {:>8.3}", ours_tps / py_tps);
+    }
+    let py_alice_tps = py["alice_windows"]["tokens_per_s"].as_f64().unwrap();
+    let n_tok = toks.ids.len();
+    let n_words = story.words.len();
+    println!(
+        "extract alice: {n_words} words, {n_tok} tokens in {extract_s:.2} s = {:.1} words/s, {:.1} tokens/s; \
+         python on the same windows (padding and BOS included) {py_alice_tps:.1} tokens/s",
+        n_words as f64 / extract_s,
+        n_tok as f64 / extract_s,
+    );
+    let windows_tokens: usize = cases["alice_windows"].iter().flatten().map(Vec::len).sum();
+    let ours_window_tps = windows_tokens as f64 / extract_s;
+    println!(
+        "extract ratio (whole extract_story vs python model runs, same window tokens): {:.3}",
+        ours_window_tps / py_alice_tps
+    );
+    println!("peak RSS: cortexflow {our_rss:.0} MiB, python {:.0} MiB", py["peak_rss_mib"].as_f64().unwrap());
+    Ok(())
+}

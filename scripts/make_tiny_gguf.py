@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Writes a tiny, seeded, random llama-architecture GGUF for cortexflow's tests.
+
+Usage: make_tiny_gguf.py OUT.gguf [--arch llama|gpt2] [--bad-type] [--tied] [--seed N]
+
+The model: 1 block, d_model 64, d_ff 128, 4 heads (head_dim 16), 2 KV heads, context 64,
+rope base 10000, rms eps 1e-5, a 64-token byte-level BPE vocabulary with merges
+(`tokenizer.ggml.model = gpt2`, `tokenizer.ggml.pre = smollm`, BOS = 1 = <|im_start|>).
+Tensors are quantized with gguf.quants.quantize, one ggml type or another per weight:
+
+  token_embd.weight        Q8_0      blk.0.attn_output.weight  Q5_1
+  blk.0.attn_norm.weight   F32       blk.0.ffn_norm.weight     F32
+  blk.0.attn_q.weight      Q4_0      blk.0.ffn_gate.weight     F16
+  blk.0.attn_k.weight      Q4_1      blk.0.ffn_up.weight       BF16
+  blk.0.attn_v.weight      Q5_0      blk.0.ffn_down.weight     Q8_0
+  output_norm.weight       F32       output.weight             Q4_1 (omitted with --tied)
+
+plus two tensors the model does not use, only there to test dequantization of the k-quants (which
+gguf-py cannot quantize: they hold random blocks with sane scales): `cortexflow_test.q4_k`
+[2, 256] Q4_K and `cortexflow_test.q6_k` [2, 256] Q6_K.
+
+--bad-type   stores blk.0.ffn_up.weight as IQ4_NL (random blocks of the right size), a type
+             cortexflow does not dequantize.
+--arch gpt2  sets general.architecture = gpt2 (and the hyper-parameter keys to gpt2.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+try:
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+    from gguf import GGUFWriter, TokenType
+    from gguf.constants import GGML_QUANT_SIZES
+    from gguf.quants import quantize
+except ImportError as e:  # pragma: no cover
+    sys.stderr.write(f"make_tiny_gguf.py: cannot import numpy/gguf ({e}); run `make setup`\n")
+    sys.exit(3)
+
+D, FF, HEADS, KV_HEADS, CTX, VOCAB = 64, 128, 4, 2, 64, 64
+HEAD_DIM = D // HEADS
+
+
+def vocabulary():
+    """64 byte-level BPE tokens (specials, single characters, then merge results) and the merges."""
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    chars = ["\u0120"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [".", ","]
+    chars += [str(i) for i in range(10)]
+    merges = [
+        ("t", "h"), ("th", "e"), ("\u0120", "t"), ("\u0120", "the"), ("\u0120", "a"), ("i", "n"),
+        ("a", "n"), ("e", "r"), ("o", "n"), ("r", "e"), ("a", "t"), ("e", "n"), ("e", "d"),
+        ("\u0120", "s"), ("\u0120", "c"), ("i", "s"), ("\u0120", "is"), ("\u0120", "in"), ("o", "f"),
+        ("\u0120", "of"), ("a", "r"), ("o", "r"),
+    ]
+    tokens = specials + chars
+    for a, b in merges:
+        assert a in tokens and b in tokens, (a, b)
+        tokens.append(a + b)
+    assert len(tokens) == VOCAB and len(set(tokens)) == VOCAB, len(tokens)
+    types = [TokenType.CONTROL] * len(specials) + [TokenType.NORMAL] * (VOCAB - len(specials))
+    return tokens, types, [f"{a} {b}" for a, b in merges]
+
+
+def random_blocks(rng, qtype, n_rows, n_cols, scale_offsets):
+    """Random bytes of a quantized [n_rows, n_cols] tensor, with f16 scales set to sane values."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    assert n_cols % block == 0
+    n_blocks = n_rows * n_cols // block
+    raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    for off in scale_offsets:
+        d = rng.uniform(0.002, 0.02, size=n_blocks).astype(np.float16)
+        raw[:, off:off + 2] = d.view(np.uint8).reshape(n_blocks, 2)
+    return raw.reshape(n_rows, n_cols // block * size)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out")
+    ap.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
+    ap.add_argument("--bad-type", action="store_true", help="store blk.0.ffn_up.weight as IQ4_NL")
+    ap.add_argument("--tied", action="store_true", help="no output.weight (LM head tied to the embeddings)")
+    ap.add_argument("--seed", type=int, default=1234)
+    a = ap.parse_args()
+    rng = np.random.default_rng(a.seed)
+
+    w = GGUFWriter(a.out, a.arch)
+    w.add_name("cortexflow tiny test model")
+    w.add_block_count(1)
+    w.add_context_length(CTX)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(FF)
+    w.add_head_count(HEADS)
+    w.add_head_count_kv(KV_HEADS)
+    w.add_rope_dimension_count(HEAD_DIM)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(VOCAB)
+    tokens, types, merges = vocabulary()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+
+    def normal(rows, cols, std):
+        return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+
+    def norm_weight():
+        return (1.0 + 0.1 * rng.standard_normal(D)).astype(np.float32)
+
+    def add(name, data, qtype):
+        q = quantize(data, qtype)
+        if qtype in (Q.F32, Q.F16):
+            w.add_tensor(name, q)
+        else:
+            w.add_tensor(name, q, raw_dtype=qtype)
+
+    add("token_embd.weight", normal(VOCAB, D, 1.0), Q.Q8_0)
+    add("blk.0.attn_norm.weight", norm_weight(), Q.F32)
+    add("blk.0.attn_q.weight", normal(HEADS * HEAD_DIM, D, D ** -0.5), Q.Q4_0)
+    add("blk.0.attn_k.weight", normal(KV_HEADS * HEAD_DIM, D, D ** -0.5), Q.Q4_1)
+    add("blk.0.attn_v.weight", normal(KV_HEADS * HEAD_DIM, D, D ** -0.5), Q.Q5_0)
+    add("blk.0.attn_output.weight", normal(D, HEADS * HEAD_DIM, D ** -0.5), Q.Q5_1)
+    add("blk.0.ffn_norm.weight", norm_weight(), Q.F32)
+    add("blk.0.ffn_gate.weight", normal(FF, D, D ** -0.5), Q.F16)
+    if a.bad_type:
+        w.add_tensor("blk.0.ffn_up.weight", random_blocks(rng, Q.IQ4_NL, FF, D, [0]), raw_dtype=Q.IQ4_NL)
+    else:
+        add("blk.0.ffn_up.weight", normal(FF, D, D ** -0.5), Q.BF16)
+    add("blk.0.ffn_down.weight", normal(D, FF, FF ** -0.5), Q.Q8_0)
+    add("output_norm.weight", norm_weight(), Q.F32)
+    if not a.tied:
+        add("output.weight", normal(VOCAB, D, D ** -0.5), Q.Q4_1)
+    # k-quant blocks: Q4_K = d, dmin (f16 at bytes 0, 2) + scales + qs; Q6_K = ql, qh, scales + d (byte 208)
+    w.add_tensor("cortexflow_test.q4_k", random_blocks(rng, Q.Q4_K, 2, 256, [0, 2]), raw_dtype=Q.Q4_K)
+    w.add_tensor("cortexflow_test.q6_k", random_blocks(rng, Q.Q6_K, 2, 256, [208]), raw_dtype=Q.Q6_K)
+
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

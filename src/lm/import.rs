@@ -1,0 +1,517 @@
+//! `cortexflow model import`: GGUF (Llama architecture) → `model.onnx` + `tokenizer.json` +
+//! `manifest.json`, in Rust, with no Python at run time.
+//!
+//! The ONNX graph (opset 17) computes, for inputs `input_ids` and `attention_mask` (int64
+//! [batch, seq]; 1 = token, 0 = padding, left or right):
+//! - `hidden_state_0` … `hidden_state_L` (f32 [batch, seq, d_model]): the embeddings, then the
+//!   residual stream after each of the L blocks, before the final norm;
+//! - `logits` (f32 [batch, seq, vocab]);
+//! - `next_token_logprob` (f32 [batch, seq]): ln p(input_ids[t+1] | ≤ t), nats (last position: 0);
+//! - `next_token_entropy` (f32 [batch, seq]): entropy of the next-token distribution, nats.
+//!
+//! The block is the Llama one: RMSNorm → grouped-query attention with RoPE and a causal ∧ padding
+//! mask → residual add → RMSNorm → SwiGLU MLP → residual add. Positions come from the mask
+//! (cumulative sum − 1), so left padding gives the same activations as no padding. Q and K rows
+//! are un-permuted from llama.cpp's interleaved RoPE layout back to the half-split layout, and the
+//! 1/√head_dim attention scale is folded into W_q (exact for power-of-two head sizes).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::gguf::Gguf;
+use super::manifest::Manifest;
+use super::onnx_proto::{Attr, DType, Dim, Model, Node, Tensor, ValueInfo};
+use super::tokenizer_json;
+use crate::{Error, Result};
+
+/// Weight precision written into the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightPrecision {
+    #[default]
+    F32,
+    /// Stored as f16 and cast to f32 when the session loads (half the file size).
+    F16,
+}
+
+/// Options of an import.
+#[derive(Debug, Clone, Default)]
+pub struct ImportOptions {
+    pub precision: WeightPrecision,
+    /// Cap on the RoPE table length (default: the model's context length).
+    pub max_context: Option<usize>,
+}
+
+/// Hyper-parameters read from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct LlamaConfig {
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub d_ff: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rope_base: f64,
+    pub rms_eps: f32,
+}
+
+impl LlamaConfig {
+    pub fn from_gguf(g: &Gguf) -> Result<Self> {
+        let arch = g.req_str("general.architecture")?;
+        if arch != "llama" {
+            return Err(Error::Model(format!(
+                "{}: architecture `{arch}` is not supported by the importer (supported: llama)",
+                g.path().display()
+            )));
+        }
+        let k = |s: &str| format!("llama.{s}");
+        let n_heads = g.req_u64(&k("attention.head_count"))? as usize;
+        let d_model = g.req_u64(&k("embedding_length"))? as usize;
+        let n_kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(n_heads as u64) as usize;
+        let head_dim = d_model / n_heads.max(1);
+        let rope_dim = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()).unwrap_or(head_dim as u64) as usize;
+        if n_heads == 0 || d_model % n_heads != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::Model(format!(
+                "inconsistent attention shape: d_model {d_model}, {n_heads} heads, {n_kv_heads} KV heads"
+            )));
+        }
+        if rope_dim != head_dim || head_dim % 2 != 0 {
+            return Err(Error::Model(format!(
+                "partial or odd RoPE (rope dim {rope_dim}, head dim {head_dim}) is not supported"
+            )));
+        }
+        let emb = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::Model("tensor `token_embd.weight` is missing".into()))?;
+        let vocab_size = emb.shape()[0];
+        Ok(LlamaConfig {
+            n_layers: g.req_u64(&k("block_count"))? as usize,
+            d_model,
+            d_ff: g.req_u64(&k("feed_forward_length"))? as usize,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab_size,
+            context_length: g.req_u64(&k("context_length"))? as usize,
+            rope_base: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
+            rms_eps: g.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32,
+        })
+    }
+}
+
+/// What an import wrote.
+#[derive(Debug, Clone)]
+pub struct ImportReport {
+    pub onnx: PathBuf,
+    pub tokenizer: PathBuf,
+    pub manifest: Manifest,
+    pub onnx_bytes: u64,
+}
+
+/// Imports `gguf_path` into `out_dir` (created if needed). All checks (architecture, tensor types,
+/// tokenizer) run before anything is written; the three files are written atomically.
+pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Result<ImportReport> {
+    let g = Gguf::open(gguf_path)?;
+    let cfg = LlamaConfig::from_gguf(&g)?;
+    let tokenizer = tokenizer_json::from_gguf(&g)?;
+    let tok_info = tokenizer_json::special_ids(&g);
+    let model = build_llama_graph(&g, &cfg, opts)?;
+    let sha = sha256_file(gguf_path)?;
+
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let onnx = out_dir.join("model.onnx");
+    crate::paths::write_atomic_with(&onnx, |w| model.write_to(w))?;
+    let tok_path = out_dir.join("tokenizer.json");
+    crate::paths::write_atomic(&tok_path, tokenizer.as_bytes())?;
+    let manifest = Manifest {
+        architecture: "llama".into(),
+        n_layers: cfg.n_layers,
+        d_model: cfg.d_model,
+        vocab_size: cfg.vocab_size,
+        context_length: opts.max_context.unwrap_or(cfg.context_length).min(cfg.context_length),
+        bos_token_id: tok_info.bos,
+        prepend_bos: tok_info.bos.is_some(),
+        input_ids: "input_ids".into(),
+        attention_mask: Some("attention_mask".into()),
+        logits: Some("logits".into()),
+        hidden_states: (0..=cfg.n_layers).map(hidden_name).collect(),
+        next_token_logprob: Some("next_token_logprob".into()),
+        next_token_entropy: Some("next_token_entropy".into()),
+        weights: Some(match opts.precision {
+            WeightPrecision::F32 => "f32".into(),
+            WeightPrecision::F16 => "f16".into(),
+        }),
+        source: gguf_path.file_name().map(|s| s.to_string_lossy().into_owned()),
+        source_sha256: Some(sha),
+        written_by: Some(importer_stamp()),
+    };
+    manifest.save(out_dir)?;
+    let onnx_bytes = std::fs::metadata(&onnx).map_err(|e| Error::io(&onnx, e))?.len();
+    Ok(ImportReport { onnx, tokenizer: tok_path, manifest, onnx_bytes })
+}
+
+/// Bumped whenever the emitted graph changes, so cached imports are redone.
+pub const IMPORTER_REVISION: u32 = 1;
+
+/// The `written_by` stamp of manifests from this importer.
+pub fn importer_stamp() -> String {
+    format!("cortexflow {} (importer r{IMPORTER_REVISION})", env!("CARGO_PKG_VERSION"))
+}
+
+pub fn hidden_name(i: usize) -> String {
+    format!("hidden_state_{i}")
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Small graph-building helper: unique names, constants as initializers.
+struct Builder {
+    m: Model,
+    n: usize,
+    precision: WeightPrecision,
+}
+
+impl Builder {
+    fn op(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>) -> String {
+        let out = format!("{}_{}", op.to_lowercase(), self.n);
+        self.op_named(op, inputs, attrs, &out);
+        out
+    }
+    fn op_named(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, out: &str) {
+        self.n += 1;
+        self.m.nodes.push(Node {
+            op: op.into(),
+            name: format!("n{}_{op}", self.n),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![out.to_string()],
+            attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        });
+    }
+    fn op_multi(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, n_out: usize) -> Vec<String> {
+        self.n += 1;
+        let outs: Vec<String> = (0..n_out).map(|i| format!("{}_{}_{i}", op.to_lowercase(), self.n)).collect();
+        self.m.nodes.push(Node {
+            op: op.into(),
+            name: format!("n{}_{op}", self.n),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outs.clone(),
+            attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        });
+        outs
+    }
+    fn const_i64(&mut self, name: &str, data: &[i64]) -> String {
+        self.m.initializers.push(Tensor::i64(name, &[data.len() as i64], data));
+        name.to_string()
+    }
+    fn const_f32_scalar(&mut self, name: &str, v: f32) -> String {
+        self.m.initializers.push(Tensor::f32(name, &[], &[v]));
+        name.to_string()
+    }
+    /// A weight in the chosen precision; f16 weights get a Cast back to f32.
+    fn weight(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
+        match self.precision {
+            WeightPrecision::F32 => {
+                self.m.initializers.push(Tensor::f32(name, dims, data));
+                name.to_string()
+            }
+            WeightPrecision::F16 => {
+                let stored = format!("{name}.f16");
+                self.m.initializers.push(Tensor::f16(&stored, dims, data));
+                self.op_named("Cast", &[&stored], vec![("to", Attr::Int(DType::F32 as i64))], name);
+                name.to_string()
+            }
+        }
+    }
+    fn rms_norm(&mut self, x: &str, w: &str, eps: &str) -> String {
+        let sq = self.op("Mul", &[x, x], vec![]);
+        let ms = self.op("ReduceMean", &[&sq], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))]);
+        let ms = self.op("Add", &[&ms, eps], vec![]);
+        let r = self.op("Sqrt", &[&ms], vec![]);
+        let n = self.op("Div", &[x, &r], vec![]);
+        self.op("Mul", &[&n, w], vec![])
+    }
+}
+
+/// Transposes a row-major [rows, cols] matrix into [cols, rows].
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Undoes llama.cpp's RoPE row permutation of Q/K weights ([n_heads * head_dim, d_in], row-major):
+/// GGUF row h·D + 2b + a holds HF row h·D + a·D/2 + b.
+fn unpermute_rope_rows(w: &[f32], n_heads: usize, head_dim: usize, d_in: usize) -> Vec<f32> {
+    let half = head_dim / 2;
+    let mut out = vec![0f32; w.len()];
+    for h in 0..n_heads {
+        for a in 0..2 {
+            for b in 0..half {
+                let src = (h * head_dim + 2 * b + a) * d_in;
+                let dst = (h * head_dim + a * half + b) * d_in;
+                out[dst..dst + d_in].copy_from_slice(&w[src..src + d_in]);
+            }
+        }
+    }
+    out
+}
+
+fn load(g: &Gguf, name: &str, expect: &[usize]) -> Result<Vec<f32>> {
+    let (shape, data) = g.tensor_f32(name)?;
+    if shape != expect {
+        return Err(Error::Model(format!("tensor `{name}` has shape {shape:?}, expected {expect:?}")));
+    }
+    Ok(data)
+}
+
+/// Builds the ONNX graph of a Llama-architecture GGUF.
+pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> Result<Model> {
+    // Refuse unsupported tensor types up front, naming the tensor.
+    for t in &g.tensors {
+        if matches!(t.ggml_type, super::gguf::GgmlType::Other(_)) {
+            return Err(Error::Model(format!(
+                "tensor `{}` has type {}, which cortexflow cannot dequantize (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K)",
+                t.name,
+                t.ggml_type.name()
+            )));
+        }
+    }
+    let (d, h, kv, hd, ff, v) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size);
+    let ctx = opts.max_context.unwrap_or(cfg.context_length).min(cfg.context_length);
+    let mut b = Builder { m: Model { opset: 17, graph_name: "llama".into(), ..Default::default() }, n: 0, precision: opts.precision };
+    let sym = |s: &str| Dim::Param(s.into());
+    b.m.inputs = vec![
+        ValueInfo { name: "input_ids".into(), dtype: DType::I64, dims: vec![sym("batch"), sym("seq")] },
+        ValueInfo { name: "attention_mask".into(), dtype: DType::I64, dims: vec![sym("batch"), sym("seq")] },
+    ];
+
+    // ---- constants
+    let eps = b.const_f32_scalar("rms_eps", cfg.rms_eps);
+    let c0 = b.const_i64("c_0", &[0]);
+    let c1 = b.const_i64("c_1", &[1]);
+    let c2 = b.const_i64("c_2", &[2]);
+    let c3 = b.const_i64("c_3", &[3]);
+    let cneg1 = b.const_i64("c_neg1", &[-1]);
+    let cbig = b.const_i64("c_big", &[i64::MAX]);
+    b.m.initializers.push(Tensor::i64("c_0s", &[], &[0]));
+    b.m.initializers.push(Tensor::i64("c_1s", &[], &[1]));
+    let neg_big = b.const_f32_scalar("mask_neg", -1e9);
+    let f_zero = b.const_f32_scalar("f_zero", 0.0);
+    let axes12 = b.const_i64("axes_12", &[1, 2]);
+    let half_i = b.const_i64("c_half", &[(hd / 2) as i64]);
+    let hd_i = b.const_i64("c_hd", &[hd as i64]);
+    let shape_q = b.const_i64("shape_q", &[0, 0, h as i64, hd as i64]);
+    let shape_kv = b.const_i64("shape_kv", &[0, 0, kv as i64, hd as i64]);
+    let shape_kv_exp = b.const_i64("shape_kv_expand", &[1, 1, 1, (h / kv) as i64, 1]);
+    let shape_attn = b.const_i64("shape_attn", &[0, 0, (h * hd) as i64]);
+    let split_qkv = b.const_i64("split_qkv", &[(h * hd) as i64, (kv * hd) as i64, (kv * hd) as i64]);
+    let split_ff = b.const_i64("split_ff", &[ff as i64, ff as i64]);
+    let shape_2d = b.const_i64("shape_2d", &[-1, d as i64]);
+    let vocab_i = b.const_i64("c_vocab", &[v as i64]);
+    let pads = b.const_i64("pads_next", &[0, 0, 0, 1]);
+
+    // RoPE tables, half-split layout: cos[p, j] = cos(p · base^(−2(j mod D/2)/D)).
+    let mut cos = vec![0f32; ctx * hd];
+    let mut sin = vec![0f32; ctx * hd];
+    for p in 0..ctx {
+        for j in 0..hd {
+            let i = (j % (hd / 2)) as f64;
+            let theta = p as f64 * cfg.rope_base.powf(-2.0 * i / hd as f64);
+            cos[p * hd + j] = theta.cos() as f32;
+            sin[p * hd + j] = theta.sin() as f32;
+        }
+    }
+    b.m.initializers.push(Tensor::f32("rope_cos", &[ctx as i64, hd as i64], &cos));
+    b.m.initializers.push(Tensor::f32("rope_sin", &[ctx as i64, hd as i64], &sin));
+
+    // ---- embeddings
+    let emb = load(g, "token_embd.weight", &[v, d])?;
+    let emb_name = b.weight("token_embd", &[v as i64, d as i64], &emb);
+    drop(emb);
+    let mut x = hidden_name(0);
+    b.op_named("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))], &x);
+
+    // ---- positions from the mask, and the additive attention bias [B, 1, S, S]
+    let cum = b.op("CumSum", &["attention_mask", &c1], vec![]);
+    let pos = b.op("Sub", &[&cum, &c1], vec![]);
+    let pos = b.op("Max", &[&pos, "c_0s"], vec![]);
+    let cos_g = b.op("Gather", &["rope_cos", &pos], vec![("axis", Attr::Int(0))]);
+    let sin_g = b.op("Gather", &["rope_sin", &pos], vec![("axis", Attr::Int(0))]);
+    let cos_g = b.op("Unsqueeze", &[&cos_g, &c2], vec![]); // [B, S, 1, D]
+    let sin_g = b.op("Unsqueeze", &[&sin_g, &c2], vec![]);
+    let shape_ids = b.op("Shape", &["input_ids"], vec![]);
+    let seq = b.op("Gather", &[&shape_ids, "c_1s"], vec![("axis", Attr::Int(0))]);
+    let ar = b.op("Range", &["c_0s", &seq, "c_1s"], vec![]);
+    let rows = b.op("Unsqueeze", &[&ar, &c1], vec![]); // [S, 1]
+    let cols = b.op("Unsqueeze", &[&ar, &c0], vec![]); // [1, S]
+    let causal = b.op("LessOrEqual", &[&cols, &rows], vec![]); // [S, S]
+    let mask_b = b.op("Cast", &["attention_mask"], vec![("to", Attr::Int(DType::Bool as i64))]);
+    let key_ok = b.op("Unsqueeze", &[&mask_b, &axes12], vec![]); // [B, 1, 1, S]
+    let allowed = b.op("And", &[&causal, &key_ok], vec![]); // [B, 1, S, S]
+    let bias = b.op("Where", &[&allowed, &f_zero, &neg_big], vec![]);
+
+    let scale = 1.0 / (hd as f32).sqrt();
+    for l in 0..cfg.n_layers {
+        let p = |s: &str| format!("blk.{l}.{s}.weight");
+        // weights
+        let attn_norm = load(g, &p("attn_norm"), &[d])?;
+        let attn_norm = b.weight(&format!("l{l}.attn_norm"), &[d as i64], &attn_norm);
+        let mut wq = unpermute_rope_rows(&load(g, &p("attn_q"), &[h * hd, d])?, h, hd, d);
+        wq.iter_mut().for_each(|w| *w *= scale);
+        let wk = unpermute_rope_rows(&load(g, &p("attn_k"), &[kv * hd, d])?, kv, hd, d);
+        let wv = load(g, &p("attn_v"), &[kv * hd, d])?;
+        let mut wqkv = wq;
+        wqkv.extend_from_slice(&wk);
+        wqkv.extend_from_slice(&wv);
+        let n_qkv = (h + 2 * kv) * hd;
+        let wqkv = b.weight(&format!("l{l}.wqkv"), &[d as i64, n_qkv as i64], &transpose(&wqkv, n_qkv, d));
+        let wo = load(g, &p("attn_output"), &[d, h * hd])?;
+        let wo = b.weight(&format!("l{l}.wo"), &[(h * hd) as i64, d as i64], &transpose(&wo, d, h * hd));
+        let ffn_norm = load(g, &p("ffn_norm"), &[d])?;
+        let ffn_norm = b.weight(&format!("l{l}.ffn_norm"), &[d as i64], &ffn_norm);
+        let mut wgu = load(g, &p("ffn_gate"), &[ff, d])?;
+        wgu.extend_from_slice(&load(g, &p("ffn_up"), &[ff, d])?);
+        let wgu = b.weight(&format!("l{l}.wgate_up"), &[d as i64, (2 * ff) as i64], &transpose(&wgu, 2 * ff, d));
+        let wd = load(g, &p("ffn_down"), &[d, ff])?;
+        let wd = b.weight(&format!("l{l}.wdown"), &[ff as i64, d as i64], &transpose(&wd, d, ff));
+
+        // attention
+        let hn = b.rms_norm(&x, &attn_norm, &eps);
+        let qkv = b.op("MatMul", &[&hn, &wqkv], vec![]);
+        let parts = b.op_multi("Split", &[&qkv, &split_qkv], vec![("axis", Attr::Int(-1))], 3);
+        let q = b.op("Reshape", &[&parts[0], &shape_q], vec![]); // [B, S, H, D]
+        let k = b.op("Reshape", &[&parts[1], &shape_kv], vec![]); // [B, S, KV, D]
+        let vv = b.op("Reshape", &[&parts[2], &shape_kv], vec![]);
+        let rope = |b: &mut Builder, t: &str| {
+            let t1 = b.op("Slice", &[t, &c0, &half_i, &c3], vec![]);
+            let t2 = b.op("Slice", &[t, &half_i, &hd_i, &c3], vec![]);
+            let n2 = b.op("Neg", &[&t2], vec![]);
+            let rot = b.op("Concat", &[&n2, &t1], vec![("axis", Attr::Int(3))]);
+            let a = b.op("Mul", &[t, &cos_g], vec![]);
+            let c = b.op("Mul", &[&rot, &sin_g], vec![]);
+            b.op("Add", &[&a, &c], vec![])
+        };
+        let q = rope(&mut b, &q);
+        let k = rope(&mut b, &k);
+        let (k, vv) = if kv != h {
+            let k5 = b.op("Unsqueeze", &[&k, &c3], vec![]);
+            let k5 = b.op("Expand", &[&k5, &shape_kv_exp], vec![]);
+            let v5 = b.op("Unsqueeze", &[&vv, &c3], vec![]);
+            let v5 = b.op("Expand", &[&v5, &shape_kv_exp], vec![]);
+            (b.op("Reshape", &[&k5, &shape_q], vec![]), b.op("Reshape", &[&v5, &shape_q], vec![]))
+        } else {
+            (k, vv)
+        };
+        let qt = b.op("Transpose", &[&q], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]); // [B, H, S, D]
+        let kt = b.op("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))]); // [B, H, D, S]
+        let vt = b.op("Transpose", &[&vv], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]); // [B, H, S, D]
+        let scores = b.op("MatMul", &[&qt, &kt], vec![]);
+        let scores = b.op("Add", &[&scores, &bias], vec![]);
+        let probs = b.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
+        let ctxv = b.op("MatMul", &[&probs, &vt], vec![]); // [B, H, S, D]
+        let ctxv = b.op("Transpose", &[&ctxv], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
+        let ctxv = b.op("Reshape", &[&ctxv, &shape_attn], vec![]);
+        let attn = b.op("MatMul", &[&ctxv, &wo], vec![]);
+        let x_mid = b.op("Add", &[&x, &attn], vec![]);
+
+        // MLP
+        let hn2 = b.rms_norm(&x_mid, &ffn_norm, &eps);
+        let gu = b.op("MatMul", &[&hn2, &wgu], vec![]);
+        let gu = b.op_multi("Split", &[&gu, &split_ff], vec![("axis", Attr::Int(-1))], 2);
+        let sig = b.op("Sigmoid", &[&gu[0]], vec![]);
+        let silu = b.op("Mul", &[&gu[0], &sig], vec![]);
+        let m = b.op("Mul", &[&silu, &gu[1]], vec![]);
+        let down = b.op("MatMul", &[&m, &wd], vec![]);
+        let next = hidden_name(l + 1);
+        b.op_named("Add", &[&x_mid, &down], vec![], &next);
+        x = next;
+    }
+
+    // ---- final norm and LM head (tied to the embeddings unless `output.weight` exists)
+    let out_norm = load(g, "output_norm.weight", &[d])?;
+    let out_norm = b.weight("output_norm", &[d as i64], &out_norm);
+    let hn = b.rms_norm(&x, &out_norm, &eps);
+    let flat = b.op("Reshape", &[&hn, &shape_2d], vec![]);
+    let head = if g.tensor("output.weight").is_some() {
+        let w = load(g, "output.weight", &[v, d])?;
+        b.weight("lm_head", &[v as i64, d as i64], &w)
+    } else {
+        emb_name.clone()
+    };
+    let logits2 = b.op("Gemm", &[&flat, &head], vec![("transB", Attr::Int(1))]);
+    let bs = b.op("Slice", &[&shape_ids, &c0, &c2, &c0], vec![]);
+    let shape3 = b.op("Concat", &[&bs, &vocab_i], vec![("axis", Attr::Int(0))]);
+    b.op_named("Reshape", &[&logits2, &shape3], vec![], "logits");
+
+    // ---- next-token log-probability and entropy (nats)
+    let lsm = b.op("LogSoftmax", &["logits"], vec![("axis", Attr::Int(-1))]);
+    let p = b.op("Exp", &[&lsm], vec![]);
+    let plogp = b.op("Mul", &[&p, &lsm], vec![]);
+    let neg_h = b.op("ReduceSum", &[&plogp, &cneg1], vec![("keepdims", Attr::Int(0))]);
+    b.op_named("Neg", &[&neg_h], vec![], "next_token_entropy");
+    let nxt = b.op("Slice", &["input_ids", &c1, &cbig, &c1], vec![]);
+    let nxt = b.op("Pad", &[&nxt, &pads], vec![]);
+    let nxt = b.op("Unsqueeze", &[&nxt, &c2], vec![]);
+    let lp = b.op("GatherElements", &[&lsm, &nxt], vec![("axis", Attr::Int(2))]);
+    b.op_named("Squeeze", &[&lp, &c2], vec![], "next_token_logprob");
+
+    let f = DType::F32;
+    b.m.outputs.push(ValueInfo { name: "logits".into(), dtype: f, dims: vec![sym("batch"), sym("seq"), Dim::Fixed(v as i64)] });
+    for i in 0..=cfg.n_layers {
+        b.m.outputs.push(ValueInfo { name: hidden_name(i), dtype: f, dims: vec![sym("batch"), sym("seq"), Dim::Fixed(d as i64)] });
+    }
+    for n in ["next_token_logprob", "next_token_entropy"] {
+        b.m.outputs.push(ValueInfo { name: n.into(), dtype: f, dims: vec![sym("batch"), sym("seq")] });
+    }
+    b.m.metadata.push(("source".into(), g.path().file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()));
+    b.m.doc = "Llama decoder exported by cortexflow with every residual-stream layer as an output".into();
+    Ok(b.m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_the_llama_cpp_permutation() {
+        // llama.cpp: w.reshape(H, 2, D/2, d_in).swapaxes(1, 2).reshape(...)
+        let (heads, hd, d_in) = (2, 4, 3);
+        let hf: Vec<f32> = (0..heads * hd * d_in).map(|i| i as f32).collect();
+        let mut gguf = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for a in 0..2 {
+                for bb in 0..hd / 2 {
+                    for c in 0..d_in {
+                        // permuted[h, bb, a] = hf[h, a, bb]
+                        gguf[((h * hd) + bb * 2 + a) * d_in + c] = hf[((h * hd) + a * (hd / 2) + bb) * d_in + c];
+                    }
+                }
+            }
+        }
+        assert_eq!(unpermute_rope_rows(&gguf, heads, hd, d_in), hf);
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_columns() {
+        assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), vec![1., 4., 2., 5., 3., 6.]);
+    }
+}

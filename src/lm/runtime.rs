@@ -1,0 +1,281 @@
+//! ONNX Runtime: loading the shared library once per process, and one decoder session.
+//!
+//! Input: a model folder (`model.onnx` + `tokenizer.json` + `manifest.json`). Output: for a batch
+//! of token windows (BOS first, right-padded), the residual stream of the requested layers
+//! ([batch, seq, d_model] each) and the next-token log-probability and entropy ([batch, seq], nats).
+//! Models whose graph lacks the in-graph log-probability outputs get them computed here from
+//! `logits` (a second implementation, also used to cross-check the imported graph in tests).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::{Array2, Array3, ArrayView3, Axis};
+use ort::session::{OutputSelector, RunOptions, Session};
+use ort::value::Tensor;
+
+use super::manifest::Manifest;
+use crate::{Error, Result};
+
+static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads the ONNX Runtime library (from `ORT_DYLIB_PATH` or the cache) and creates the process-wide
+/// environment; later calls return the same one. Errors name the file and the command that fetches it.
+pub fn environment() -> Result<&'static ort::environment::Environment> {
+    let env = ENV.get_or_init(|| {
+        let lib = crate::paths::ort_library().map_err(|e| e.to_string())?;
+        let builder = ort::init_from(&lib).map_err(|e| {
+            format!("cannot load {}: {e}; {}", lib.display(), crate::paths::SETUP_HINT)
+        })?;
+        builder.with_name("cortexflow").build().map_err(|e| format!("cannot create the environment: {e}"))
+    });
+    env.as_ref().map_err(|e| Error::Runtime(e.clone()))
+}
+
+fn rt<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> Error + '_ {
+    move |e| Error::Runtime(format!("{what}: {e}"))
+}
+
+/// Session options.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Intra-op threads (default: available cores).
+    pub threads: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions { threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+    }
+}
+
+/// The outputs of one batch.
+pub struct BatchOutput {
+    /// One entry per requested layer, in request order: (batch, seq, d_model).
+    pub hidden: Vec<Array3<f32>>,
+    /// ln p(token at t+1 | tokens ≤ t), (batch, seq), nats.
+    pub next_logprob: Array2<f32>,
+    /// Entropy of the next-token distribution at t, (batch, seq), nats.
+    pub next_entropy: Array2<f32>,
+}
+
+/// A decoder ready to run: session, tokenizer and manifest.
+pub struct LanguageModel {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub tokenizer: tokenizers::Tokenizer,
+    session: Session,
+    pad_id: i64,
+}
+
+impl LanguageModel {
+    /// Loads `dir/model.onnx`, `dir/tokenizer.json` and `dir/manifest.json`, and checks that the
+    /// graph has the inputs and outputs the manifest names.
+    pub fn load(dir: &Path, opts: &RuntimeOptions) -> Result<Self> {
+        let manifest = Manifest::load(dir)?;
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            return Err(Error::io(&tok_path, std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json")));
+        }
+        let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
+            .map_err(|e| Error::parse(&tok_path, "tokenizer", e.to_string()))?;
+        let onnx = dir.join("model.onnx");
+        if !onnx.is_file() {
+            return Err(Error::io(&onnx, std::io::Error::new(std::io::ErrorKind::NotFound, "no model.onnx")));
+        }
+        let env = environment()?;
+        let session = Session::builder(env)
+            .map_err(rt("session options"))?
+            .with_intra_threads(opts.threads.max(1))
+            .map_err(rt("intra-op threads"))?
+            .with_inter_threads(1)
+            .map_err(rt("inter-op threads"))?
+            .commit_from_file(&onnx)
+            .map_err(|e| Error::Runtime(format!("cannot load {}: {e}", onnx.display())))?;
+        let inputs: Vec<String> = session.inputs().iter().map(|o| o.name().to_string()).collect();
+        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let mut need_in = vec![manifest.input_ids.clone()];
+        need_in.extend(manifest.attention_mask.clone());
+        for n in need_in {
+            if !inputs.contains(&n) {
+                return Err(Error::Model(format!("{}: the manifest names input `{n}` but the graph's inputs are {inputs:?}", onnx.display())));
+            }
+        }
+        let mut need_out = manifest.hidden_states.clone();
+        need_out.extend(manifest.logits.clone());
+        need_out.extend(manifest.next_token_logprob.clone());
+        need_out.extend(manifest.next_token_entropy.clone());
+        for n in need_out {
+            if !outputs.contains(&n) {
+                return Err(Error::Model(format!("{}: the manifest names output `{n}` but the graph has no such output", onnx.display())));
+            }
+        }
+        let pad_id = manifest.bos_token_id.unwrap_or(0) as i64;
+        Ok(LanguageModel { dir: dir.to_path_buf(), manifest, tokenizer, session, pad_id })
+    }
+
+    /// Number of blocks; valid layer indices are 0 (embeddings) ..= n_layers.
+    pub fn n_layers(&self) -> usize {
+        self.manifest.n_layers
+    }
+
+    /// Runs a batch of token windows (each already holding BOS if the model wants it), right-padded
+    /// to the longest. Returns the requested layers and next-token statistics.
+    pub fn run(&mut self, windows: &[Vec<u32>], layers: &[usize]) -> Result<BatchOutput> {
+        let b = windows.len();
+        let s = windows.iter().map(Vec::len).max().unwrap_or(0);
+        if b == 0 || s == 0 {
+            return Err(Error::Invalid("empty batch".into()));
+        }
+        if s > self.manifest.context_length {
+            return Err(Error::Invalid(format!(
+                "a window of {s} tokens exceeds the model's context length {}",
+                self.manifest.context_length
+            )));
+        }
+        for &l in layers {
+            if l > self.manifest.n_layers {
+                return Err(layer_error(l, self.manifest.n_layers));
+            }
+        }
+        let mut ids = vec![self.pad_id; b * s];
+        let mut mask = vec![0i64; b * s];
+        for (i, w) in windows.iter().enumerate() {
+            for (j, &t) in w.iter().enumerate() {
+                ids[i * s + j] = t as i64;
+                mask[i * s + j] = 1;
+            }
+        }
+        let m = &self.manifest;
+        let in_graph = m.next_token_logprob.is_some() && m.next_token_entropy.is_some();
+        let mut sel = OutputSelector::no_default();
+        for &l in layers {
+            sel = sel.with(m.hidden_states[l].clone());
+        }
+        if in_graph {
+            sel = sel.with(m.next_token_logprob.clone().unwrap()).with(m.next_token_entropy.clone().unwrap());
+        } else {
+            sel = sel.with(m.logits.clone().expect("checked by Manifest::check"));
+        }
+        let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
+        let ids_t = Tensor::from_array(([b, s], ids.clone())).map_err(rt("input_ids"))?;
+        let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
+        if let Some(mask_name) = &m.attention_mask {
+            let mask_t = Tensor::from_array(([b, s], mask)).map_err(rt("attention_mask"))?;
+            inputs.push((mask_name.clone().into(), mask_t.into()));
+        }
+        let hidden_names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
+        let (lp_name, ent_name, logits_name) =
+            (m.next_token_logprob.clone(), m.next_token_entropy.clone(), m.logits.clone());
+        let d_model = m.d_model;
+        let outputs = self.session.run_with_options(inputs, &options).map_err(rt("inference"))?;
+        let mut hidden = Vec::with_capacity(layers.len());
+        for name in &hidden_names {
+            let v = outputs[name.as_str()].try_extract_array::<f32>().map_err(rt(name))?;
+            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
+            if v.shape() != [b, s, d_model] {
+                return Err(Error::Model(format!("output `{name}` has shape {:?}, expected [{b}, {s}, {d_model}]", v.shape())));
+            }
+            hidden.push(v.to_owned());
+        }
+        let (next_logprob, next_entropy) = if in_graph {
+            let get = |n: &str| -> Result<Array2<f32>> {
+                let v = outputs[n].try_extract_array::<f32>().map_err(rt(n))?;
+                Ok(v.into_dimensionality::<ndarray::Ix2>().map_err(rt(n))?.to_owned())
+            };
+            (get(lp_name.as_deref().unwrap())?, get(ent_name.as_deref().unwrap())?)
+        } else {
+            let name = logits_name.as_deref().unwrap();
+            let v = outputs[name].try_extract_array::<f32>().map_err(rt(name))?;
+            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
+            next_token_stats(v, &ids, s)
+        };
+        Ok(BatchOutput { hidden, next_logprob, next_entropy })
+    }
+}
+
+impl LanguageModel {
+    /// Logits (vocab) of the next token after `ids` (BOS is added when the model wants it).
+    pub fn next_token_logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        let m = &self.manifest;
+        let logits_name = m
+            .logits
+            .clone()
+            .ok_or_else(|| Error::Model("this model's manifest names no `logits` output".into()))?;
+        let mut seq: Vec<i64> = Vec::with_capacity(ids.len() + 1);
+        if m.prepend_bos {
+            seq.extend(m.bos_token_id.map(|b| b as i64));
+        }
+        seq.extend(ids.iter().map(|&t| t as i64));
+        let s = seq.len();
+        if s == 0 || s > m.context_length {
+            return Err(Error::Invalid(format!("prompt of {s} tokens does not fit the context ({})", m.context_length)));
+        }
+        let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(OutputSelector::no_default().with(logits_name.clone()));
+        let ids_t = Tensor::from_array(([1, s], seq)).map_err(rt("input_ids"))?;
+        let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
+        if let Some(mask_name) = &m.attention_mask {
+            let mask_t = Tensor::from_array(([1, s], vec![1i64; s])).map_err(rt("attention_mask"))?;
+            inputs.push((mask_name.clone().into(), mask_t.into()));
+        }
+        let outputs = self.session.run_with_options(inputs, &options).map_err(rt("inference"))?;
+        let v = outputs[logits_name.as_str()].try_extract_array::<f32>().map_err(rt("logits"))?;
+        let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt("logits"))?;
+        Ok(v.slice(ndarray::s![0, s - 1, ..]).to_vec())
+    }
+
+    /// Greedy continuation: up to `max_new` tokens, stopping at EOS-like special tokens.
+    pub fn greedy(&mut self, prompt: &str, max_new: usize) -> Result<String> {
+        let enc = self.tokenizer.encode(prompt, false).map_err(|e| Error::Invalid(format!("tokenizing prompt: {e}")))?;
+        let mut ids = enc.get_ids().to_vec();
+        let n_prompt = ids.len();
+        for _ in 0..max_new {
+            let logits = self.next_token_logits(&ids)?;
+            let best = logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc })
+                .0 as u32;
+            ids.push(best);
+            if self.tokenizer.id_to_token(best).is_some_and(|t| t.starts_with("<|") && t.ends_with("|>")) {
+                break;
+            }
+        }
+        self.tokenizer
+            .decode(&ids[n_prompt..], false)
+            .map_err(|e| Error::Invalid(format!("decoding: {e}")))
+    }
+}
+
+pub fn layer_error(layer: usize, n_layers: usize) -> Error {
+    Error::Invalid(format!(
+        "layer {layer} is out of range: the model has {n_layers} blocks, so layers are 0 (embeddings) ..= {n_layers}"
+    ))
+}
+
+/// From logits (batch, seq, vocab) and the input ids: ln p(id[t+1] | ≤ t) and the entropy (nats) of
+/// the next-token distribution at each t, by a numerically stable log-softmax in f64.
+pub fn next_token_stats(logits: ArrayView3<f32>, ids: &[i64], seq: usize) -> (Array2<f32>, Array2<f32>) {
+    let (b, s, _) = logits.dim();
+    let mut lp = Array2::<f32>::zeros((b, s));
+    let mut ent = Array2::<f32>::zeros((b, s));
+    for (i, row) in logits.axis_iter(Axis(0)).enumerate() {
+        for (t, z) in row.axis_iter(Axis(0)).enumerate() {
+            let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = z.iter().map(|&v| ((v as f64) - max).exp()).sum();
+            let log_z = max + sum.ln();
+            let h: f64 = z
+                .iter()
+                .map(|&v| {
+                    let l = v as f64 - log_z;
+                    -l.exp() * l
+                })
+                .sum();
+            ent[[i, t]] = h as f32;
+            if t + 1 < s {
+                let next = ids[i * seq + t + 1] as usize;
+                lp[[i, t]] = (z[next] as f64 - log_z) as f32;
+            }
+        }
+    }
+    (lp, ent)
+}

@@ -1,0 +1,102 @@
+//! Builds a Hugging Face `tokenizer.json` from a GGUF's vocabulary, merges and pre-tokenizer name.
+//!
+//! Byte-level BPE vocabularies (`tokenizer.ggml.model = "gpt2"`) are supported. The pre-tokenizer is
+//! chosen from `tokenizer.ggml.pre` so that text splits exactly as in the original model: for
+//! SmolLM2 (`smollm`) that is *digits split one by one*, then the GPT-2 byte-level regex. A widely
+//! used converter drops the digit step, after which "   1" and "2024" tokenize differently from the
+//! original; the tests check it is kept. Control and user-defined tokens become special added
+//! tokens, so `<|im_start|>` is never split.
+
+use serde_json::{json, Value as Json};
+
+use super::gguf::{Gguf, Value};
+use crate::{Error, Result};
+
+/// Special token ids read from GGUF metadata.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpecialIds {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+}
+
+pub fn special_ids(g: &Gguf) -> SpecialIds {
+    let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
+    SpecialIds { bos: id("tokenizer.ggml.bos_token_id"), eos: id("tokenizer.ggml.eos_token_id") }
+}
+
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer of a GGUF `tokenizer.ggml.pre` name.
+fn pre_tokenizer(pre: &str) -> Result<Json> {
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    Ok(match pre {
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+        "gpt-2" | "gpt2" | "default" => byte_level(true),
+        "llama-bpe" | "llama3" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": false},
+            byte_level(false)]}),
+        other => {
+            return Err(Error::Model(format!(
+                "tokenizer pre-tokenizer `{other}` is not supported (supported: smollm, gpt2, llama-bpe); \
+                 a wrong pre-tokenizer silently changes tokenization, so cortexflow refuses to guess"
+            )))
+        }
+    })
+}
+
+/// Returns the text of a tokenizer.json equivalent to the GGUF's tokenizer.
+pub fn from_gguf(g: &Gguf) -> Result<String> {
+    let model = g.req_str("tokenizer.ggml.model")?;
+    if model != "gpt2" {
+        return Err(Error::Model(format!(
+            "tokenizer model `{model}` is not supported yet (supported: gpt2 byte-level BPE)"
+        )));
+    }
+    let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+    let pre_tok = pre_tokenizer(pre)?;
+    let tokens = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.tokens` is missing".into()))?;
+    let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
+    let merges = g
+        .get("tokenizer.ggml.merges")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.merges` is missing".into()))?;
+
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let s = t.as_str().ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
+        vocab.insert(s.to_string(), json!(i));
+        let ty = types.and_then(|ts| ts.get(i)).and_then(Value::as_u64).unwrap_or(1);
+        // 3 = control, 4 = user-defined (llama.cpp's llama_token_type)
+        if ty == 3 || ty == 4 {
+            added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}));
+        }
+    }
+    let mut pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let s = m.as_str().ok_or_else(|| Error::Model(format!("merge {i} is not a string")))?;
+        let (a, b) = s
+            .split_once(' ')
+            .ok_or_else(|| Error::Model(format!("merge {i} `{s}` is not two tokens separated by a space")))?;
+        pairs.push(json!([a, b]));
+    }
+    let tok = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tok,
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": pairs}
+    });
+    Ok(serde_json::to_string(&tok).expect("json"))
+}

