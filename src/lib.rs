@@ -4,9 +4,13 @@
 //! Runtime session, token→word pooling, GGUF import) → `store` (Arrow/Parquet tables, atomic
 //! writes, schemas). Later stages (SAE, features, encoding, reading, dataflow) build on these.
 
+pub mod encoding;
 pub mod error;
+pub mod features;
 pub mod lm;
 pub mod paths;
+pub mod sae;
+pub mod stats;
 pub mod stimulus;
 pub mod store;
 

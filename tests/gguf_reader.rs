@@ -609,3 +609,33 @@ mod peer {
         (d, m)
     }
 }
+
+#[test]
+fn corrupt_tensor_header_fields_are_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let bytes = std::fs::read(&tiny).unwrap();
+    // The tensor info of `token_embd.weight`: u64 name length, name, u32 rank (2), 2 × u64 dims,
+    // u32 type, u64 offset (relative to the data section).
+    let name = b"token_embd.weight";
+    let at = bytes.windows(name.len()).rposition(|w| w == name).unwrap() + name.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
+    let (dims_at, offset_at) = (at + 4, at + 4 + 16 + 4);
+    let cases: [(&str, usize, u64); 2] =
+        [("offset near u64::MAX", offset_at, u64::MAX - 7), ("dimension 2^40", dims_at, 1 << 40)];
+    for (what, pos, value) in cases {
+        let mut b = bytes.clone();
+        b[pos..pos + 8].copy_from_slice(&value.to_le_bytes());
+        if what.starts_with("dimension") {
+            b[pos + 8..pos + 16].copy_from_slice(&value.to_le_bytes());
+        }
+        let path = tmp.path().join("corrupt.gguf");
+        std::fs::write(&path, &b).unwrap();
+        let r = std::panic::catch_unwind(|| Gguf::open(&path).err().map(|e| e.to_string()));
+        match r {
+            Ok(Some(msg)) => println!("{what}: {msg}"),
+            Ok(None) => panic!("{what}: opened without error"),
+            Err(_) => panic!("{what}: Gguf::open panicked"),
+        }
+    }
+}

@@ -12,13 +12,13 @@ use std::process::Command;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array,
-    Int64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, Float64Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use cortexflow::store::{
-    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic,
-    write_table_parquet, TableSchema, BUILTIN_TABLES, SCHEMA_KEY, SIZES_KEY, VERSION_KEY,
+    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic, write_table_parquet, TableSchema,
+    BUILTIN_TABLES, SCHEMA_KEY, SIZES_KEY, VERSION_KEY,
 };
 use cortexflow::Error;
 
@@ -93,12 +93,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 }
 
 fn words_schema() -> SchemaRef {
-    Arc::new(
-        TableSchema::builtin("words")
-            .unwrap()
-            .to_arrow(&sizes())
-            .unwrap(),
-    )
+    Arc::new(TableSchema::builtin("words").unwrap().to_arrow(&sizes()).unwrap())
 }
 
 /// `schema` with column `name` replaced by `field`.
@@ -143,10 +138,7 @@ fn schema_files_equal_embedded_builtins() {
     let mut builtins: Vec<String> = BUILTIN_TABLES.iter().map(|s| s.to_string()).collect();
     builtins.sort();
     assert_eq!(files, builtins, "data-schemas/*.json vs BUILTIN_TABLES");
-    assert!(TableSchema::builtin("nope")
-        .unwrap_err()
-        .to_string()
-        .contains("words"));
+    assert!(TableSchema::builtin("nope").unwrap_err().to_string().contains("words"));
 }
 
 #[test]
@@ -188,18 +180,12 @@ fn builtin_schemas_have_the_declared_columns() {
         &DataType::Float32
     );
     assert!(!arrow.field_with_name("word_index").unwrap().is_nullable());
-    assert_eq!(
-        arrow.metadata().get(SCHEMA_KEY).map(String::as_str),
-        Some("words")
-    );
+    assert_eq!(arrow.metadata().get(SCHEMA_KEY).map(String::as_str), Some("words"));
 
     let activations = TableSchema::builtin("activations").unwrap();
     assert_eq!(activations.symbolic_sizes(), ["d_model"]);
     let arrow = activations.to_arrow(&sizes()).unwrap();
-    assert_eq!(
-        arrow.field_with_name("layer").unwrap().data_type(),
-        &DataType::UInt16
-    );
+    assert_eq!(arrow.field_with_name("layer").unwrap().data_type(), &DataType::UInt16);
     match arrow.field_with_name("activation").unwrap().data_type() {
         DataType::FixedSizeList(item, size) => {
             assert_eq!(*size, D_MODEL);
@@ -208,14 +194,8 @@ fn builtin_schemas_have_the_declared_columns() {
         other => panic!("activation: expected FixedSizeList, found {other}"),
     }
     // A missing symbolic size is named in the error.
-    let err = activations
-        .to_arrow(&HashMap::new())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("d_model") && err.contains("activation"),
-        "{err}"
-    );
+    let err = activations.to_arrow(&HashMap::new()).unwrap_err().to_string();
+    assert!(err.contains("d_model") && err.contains("activation"), "{err}");
 }
 
 #[test]
@@ -226,10 +206,7 @@ fn schema_json_is_validated() {
         {"name": "v", "type": "fixed_size_list<f32>", "list_size": 3, "nullable": false, "unit": null, "description": "x"}]}"#;
     let table = parse(ok).unwrap();
     let arrow = table.to_arrow(&HashMap::new()).unwrap();
-    assert!(matches!(
-        arrow.field(0).data_type(),
-        DataType::FixedSizeList(_, 3)
-    ));
+    assert!(matches!(arrow.field(0).data_type(), DataType::FixedSizeList(_, 3)));
     // Round trip through serde keeps the schema.
     let again = parse(&serde_json::to_string(&table).unwrap()).unwrap();
     assert_eq!(again, table);
@@ -282,20 +259,12 @@ fn check_names_column_expected_and_found() {
     let plain = Schema::new(
         good.fields()
             .iter()
-            .map(|f| {
-                f.as_ref()
-                    .clone()
-                    .with_metadata(HashMap::<String, String>::new())
-            })
+            .map(|f| f.as_ref().clone().with_metadata(HashMap::<String, String>::new()))
             .collect::<Vec<_>>(),
     );
     table.check(&plain, &sizes()).unwrap();
 
-    let wrong_type = replace_field(
-        &good,
-        "onset_s",
-        Field::new("onset_s", DataType::Float32, true),
-    );
+    let wrong_type = replace_field(&good, "onset_s", Field::new("onset_s", DataType::Float32, true));
     let msg = invalid_message(table.check(&wrong_type, &sizes()));
     assert!(
         msg.contains("`onset_s`") && msg.contains("f64") && msg.contains("found f32"),
@@ -303,11 +272,7 @@ fn check_names_column_expected_and_found() {
     );
     assert!(msg.contains("`words`"), "{msg}");
 
-    let wrong_null = replace_field(
-        &good,
-        "word_index",
-        Field::new("word_index", DataType::UInt32, true),
-    );
+    let wrong_null = replace_field(&good, "word_index", Field::new("word_index", DataType::UInt32, true));
     let msg = invalid_message(table.check(&wrong_null, &sizes()));
     assert!(
         msg.contains("`word_index`") && msg.contains("expected not null, found nullable"),
@@ -337,28 +302,16 @@ fn check_names_column_expected_and_found() {
     // Fixed-size lists: the size is checked, the item field's name is not.
     let activations = TableSchema::builtin("activations").unwrap();
     let good = activations.to_arrow(&sizes()).unwrap();
-    let renamed_item = DataType::FixedSizeList(
-        Arc::new(Field::new("element", DataType::Float32, false)),
-        D_MODEL,
-    );
+    let renamed_item = DataType::FixedSizeList(Arc::new(Field::new("element", DataType::Float32, false)), D_MODEL);
     activations
         .check(
-            &replace_field(
-                &good,
-                "activation",
-                Field::new("activation", renamed_item, false),
-            ),
+            &replace_field(&good, "activation", Field::new("activation", renamed_item, false)),
             &sizes(),
         )
         .unwrap();
-    let wrong_size =
-        DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, true)), 3);
+    let wrong_size = DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, true)), 3);
     let msg = invalid_message(activations.check(
-        &replace_field(
-            &good,
-            "activation",
-            Field::new("activation", wrong_size, false),
-        ),
+        &replace_field(&good, "activation", Field::new("activation", wrong_size, false)),
         &sizes(),
     ));
     assert!(
@@ -373,20 +326,9 @@ fn builtin_tables_round_trip_through_parquet_and_python() {
     for name in BUILTIN_TABLES {
         let table = TableSchema::builtin(name).unwrap();
         let schema: SchemaRef = Arc::new(table.to_arrow(&sizes()).unwrap());
-        let batches = [
-            tiny_batch(&schema, 5),
-            tiny_batch(&schema, 0),
-            tiny_batch(&schema, 3),
-        ];
+        let batches = [tiny_batch(&schema, 5), tiny_batch(&schema, 0), tiny_batch(&schema, 3)];
         let path = dir.path().join(format!("{name}.parquet"));
-        write_table_parquet(
-            &path,
-            &table,
-            &sizes(),
-            &batches,
-            &[("run".into(), "test".into())],
-        )
-        .unwrap();
+        write_table_parquet(&path, &table, &sizes(), &batches, &[("run".into(), "test".into())]).unwrap();
 
         let (read_schema, read_batches, metadata) = read_parquet(&path).unwrap();
         table.check(&read_schema, &sizes()).unwrap();
@@ -399,11 +341,7 @@ fn builtin_tables_round_trip_through_parquet_and_python() {
         let read = arrow::compute::concat_batches(&Arc::new(read_schema), &read_batches).unwrap();
         assert_eq!(read.num_rows(), 8);
         for (i, (a, b)) in written.columns().iter().zip(read.columns()).enumerate() {
-            assert_eq!(
-                a.to_data(),
-                b.to_data(),
-                "{name}: column {i} differs after round trip"
-            );
+            assert_eq!(a.to_data(), b.to_data(), "{name}: column {i} differs after round trip");
         }
         // Nullable float columns really hold nulls.
         for field in schema.fields().iter().filter(|f| f.is_nullable()) {
@@ -423,22 +361,13 @@ fn builtin_tables_round_trip_through_parquet_and_python() {
         if table.symbolic_sizes().is_empty() {
             assert!(!metadata.contains_key(SIZES_KEY));
         } else {
-            assert_eq!(
-                metadata.get(SIZES_KEY).map(String::as_str),
-                Some(r#"{"d_model":4}"#)
-            );
+            assert_eq!(metadata.get(SIZES_KEY).map(String::as_str), Some(r#"{"d_model":4}"#));
         }
 
-        python_check(
-            &path,
-            &TableSchema::source_dir().join(format!("{name}.json")),
-        );
+        python_check(&path, &TableSchema::source_dir().join(format!("{name}.json")));
     }
     // Only the two outputs remain: no temporary files.
-    assert_eq!(
-        dir_entries(dir.path()),
-        ["activations.parquet", "words.parquet"]
-    );
+    assert_eq!(dir_entries(dir.path()), ["activations.parquet", "words.parquet"]);
 }
 
 #[test]
@@ -459,12 +388,7 @@ fn empty_table_and_plain_writer() {
     let (_, _, metadata) = read_parquet(&path).unwrap();
     assert_eq!(metadata.get(SCHEMA_KEY).map(String::as_str), Some("words"));
     // … and rejects reserved or conflicting metadata.
-    let err = write_parquet_atomic(
-        &path,
-        &[tiny_batch(&schema, 2)],
-        &[(VERSION_KEY.into(), "9".into())],
-    )
-    .unwrap_err();
+    let err = write_parquet_atomic(&path, &[tiny_batch(&schema, 2)], &[(VERSION_KEY.into(), "9".into())]).unwrap_err();
     assert!(err.to_string().contains(VERSION_KEY), "{err}");
     let err = write_parquet_atomic(
         &path,
@@ -487,10 +411,7 @@ fn arrow_ipc_round_trip() {
     table.check(&read_schema, &sizes()).unwrap();
     assert_eq!(read_batches, batches);
     assert_eq!(metadata.get("k").map(String::as_str), Some("v"));
-    assert_eq!(
-        metadata.get(SCHEMA_KEY).map(String::as_str),
-        Some("activations")
-    );
+    assert_eq!(metadata.get(SCHEMA_KEY).map(String::as_str), Some("activations"));
     assert_eq!(
         metadata.get(VERSION_KEY).map(String::as_str),
         Some(env!("CARGO_PKG_VERSION"))
@@ -522,8 +443,7 @@ fn failed_writes_leave_nothing_behind() {
         );
         assert_eq!(dir_entries(dir.path()), Vec::<String>::new());
     }
-    let err = write_table_parquet(&path, &table, &sizes(), &[good.clone(), bad.clone()], &[])
-        .unwrap_err();
+    let err = write_table_parquet(&path, &table, &sizes(), &[good.clone(), bad.clone()], &[]).unwrap_err();
     assert!(
         err.to_string().contains("batch 1") && err.to_string().contains("`onset_s`"),
         "{err}"
@@ -546,7 +466,7 @@ fn failed_writes_leave_nothing_behind() {
 
     // Nonexistent directory.
     let missing = dir.path().join("no/such/dir/words.parquet");
-    let err = write_parquet_atomic(&missing, &[good.clone()], &[]).unwrap_err();
+    let err = write_parquet_atomic(&missing, std::slice::from_ref(&good), &[]).unwrap_err();
     assert!(
         matches!(err, Error::Write { .. }) && err.to_string().contains("exist"),
         "{err}"
@@ -558,13 +478,13 @@ fn failed_writes_leave_nothing_behind() {
     let target_dir = dir.path().join("out.parquet");
     std::fs::create_dir(&target_dir).unwrap();
     std::fs::write(target_dir.join("keep"), b"x").unwrap();
-    let err = write_parquet_atomic(&target_dir, &[good.clone()], &[]).unwrap_err();
+    let err = write_parquet_atomic(&target_dir, std::slice::from_ref(&good), &[]).unwrap_err();
     assert!(err.to_string().contains("rename"), "{err}");
     assert_eq!(dir_entries(dir.path()), ["out.parquet"]);
     assert_eq!(dir_entries(&target_dir), ["keep"]);
 
     // A failed write over an existing file leaves it byte-for-byte unchanged.
-    write_parquet_atomic(&path, &[good.clone()], &[]).unwrap();
+    write_parquet_atomic(&path, std::slice::from_ref(&good), &[]).unwrap();
     let before = std::fs::read(&path).unwrap();
     assert!(write_parquet_atomic(&path, &[good.clone(), bad.clone()], &[]).is_err());
     assert!(write_table_parquet(&path, &table, &sizes(), &[bad], &[]).is_err());
@@ -598,10 +518,8 @@ fn python_checker_rejects_a_mismatch() {
 
     // A words file checked against a words schema whose `onset_s` is declared f32 and not null:
     // both readers report the type, pyarrow the nullability.
-    let mut json: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(TableSchema::source_dir().join("words.json")).unwrap(),
-    )
-    .unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(TableSchema::source_dir().join("words.json")).unwrap()).unwrap();
     let onset = json["columns"]
         .as_array_mut()
         .unwrap()
@@ -612,9 +530,7 @@ fn python_checker_rejects_a_mismatch() {
     onset["nullable"] = false.into();
     let altered = dir.path().join("words_altered.json");
     std::fs::write(&altered, serde_json::to_string(&json).unwrap()).unwrap();
-    let output = python_command(&path, &altered)
-        .output()
-        .expect("run python");
+    let output = python_command(&path, &altered).output().expect("run python");
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     for needle in [
@@ -639,9 +555,7 @@ fn python() -> PathBuf {
                 PathBuf::from("python3")
             }
         });
-    let probe = Command::new(&python)
-        .args(["-c", "import pyarrow, polars"])
-        .output();
+    let probe = Command::new(&python).args(["-c", "import pyarrow, polars"]).output();
     match probe {
         Ok(out) if out.status.success() => python,
         Ok(out) => panic!(
