@@ -104,6 +104,7 @@ def main():
         metavar="NAME=N",
         help="run-time size of a symbolic list size, e.g. d_model=768 (repeatable)",
     )
+    parser.add_argument("--rows", type=int, default=None, help="expected number of rows")
     args = parser.parse_args()
     sizes = parse_sizes(args.list_size)
 
@@ -155,6 +156,8 @@ def main():
             if not column["nullable"] and nulls:
                 problems.append(f"column `{name}`: declared not null, polars found {nulls} nulls")
 
+    if args.rows is not None and arrow_table.num_rows != args.rows:
+        problems.append(f"row count: expected {args.rows}, found {arrow_table.num_rows}")
     if arrow_table.num_rows != frame.height:
         problems.append(f"row count: pyarrow read {arrow_table.num_rows}, polars read {frame.height}")
 

@@ -623,6 +623,7 @@ fn corrupt_tensor_header_fields_are_errors_not_panics() {
     let (dims_at, offset_at) = (at + 4, at + 4 + 16 + 4);
     let cases: [(&str, usize, u64); 2] =
         [("offset near u64::MAX", offset_at, u64::MAX - 7), ("dimension 2^40", dims_at, 1 << 40)];
+    let mut failures = Vec::new();
     for (what, pos, value) in cases {
         let mut b = bytes.clone();
         b[pos..pos + 8].copy_from_slice(&value.to_le_bytes());
@@ -634,8 +635,9 @@ fn corrupt_tensor_header_fields_are_errors_not_panics() {
         let r = std::panic::catch_unwind(|| Gguf::open(&path).err().map(|e| e.to_string()));
         match r {
             Ok(Some(msg)) => println!("{what}: {msg}"),
-            Ok(None) => panic!("{what}: opened without error"),
-            Err(_) => panic!("{what}: Gguf::open panicked"),
+            Ok(None) => failures.push(format!("{what}: opened without error")),
+            Err(_) => failures.push(format!("{what}: Gguf::open panicked")),
         }
     }
+    assert!(failures.is_empty(), "{failures:?}");
 }
