@@ -39,8 +39,14 @@ fn python() -> PathBuf {
 }
 
 fn main() -> anyhow::Result<()> {
-    let threads: usize = std::env::var("CORTEXFLOW_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let reps: usize = std::env::var("CORTEXFLOW_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let threads: usize = std::env::var("CORTEXFLOW_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let reps: usize = std::env::var("CORTEXFLOW_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let dir = lm::ensure_default_model()?;
     let mut model = LanguageModel::load(&dir, &RuntimeOptions { threads })?;
     let m = model.manifest.clone();
@@ -52,13 +58,23 @@ fn main() -> anyhow::Result<()> {
     let layers: Vec<usize> = (0..=m.n_layers).collect();
 
     let window = |start: usize, len: usize| -> Vec<u32> {
-        std::iter::once(bos).chain(toks.ids[start..start + len - 1].iter().copied()).collect()
+        std::iter::once(bos)
+            .chain(toks.ids[start..start + len - 1].iter().copied())
+            .collect()
     };
     let opts = ExtractOptions::default();
     let plans = extract::plan_windows(toks.ids.len(), opts.window - 1, opts.min_context)?;
     let extract_batches: Vec<Vec<Vec<u32>>> = plans
         .chunks(opts.batch_size)
-        .map(|c| c.iter().map(|p| std::iter::once(bos).chain(toks.ids[p.start..p.end].iter().copied()).collect()).collect())
+        .map(|c| {
+            c.iter()
+                .map(|p| {
+                    std::iter::once(bos)
+                        .chain(toks.ids[p.start..p.end].iter().copied())
+                        .collect()
+                })
+                .collect()
+        })
         .collect();
     let mut cases: BTreeMap<&str, Vec<Vec<Vec<u32>>>> = BTreeMap::new();
     cases.insert("1x512", vec![vec![window(0, 512)]]);
@@ -102,11 +118,21 @@ fn main() -> anyhow::Result<()> {
         .arg(&spec_path)
         .args(["--threads", &threads.to_string(), "--pad-id", &bos.to_string()])
         .output()?;
-    anyhow::ensure!(out.status.success(), "python peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "python peer failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let py: serde_json::Value = serde_json::from_slice(&out.stdout)?;
 
-    println!("LM stage throughput, {threads} threads, {reps} reps, model {}", dir.display());
-    println!("{:<16} {:>14} {:>14} {:>8}", "case", "cortexflow t/s", "python t/s", "ratio");
+    println!(
+        "LM stage throughput, {threads} threads, {reps} reps, model {}",
+        dir.display()
+    );
+    println!(
+        "{:<16} {:>14} {:>14} {:>8}",
+        "case", "cortexflow t/s", "python t/s", "ratio"
+    );
     for (name, ours_tps) in &ours {
         let py_tps = py[name]["tokens_per_s"].as_f64().unwrap();
         println!("{name:<16} {ours_tps:>14.1} {py_tps:>14.1} {:>8.3}", ours_tps / py_tps);
@@ -126,6 +152,9 @@ fn main() -> anyhow::Result<()> {
         "extract ratio (whole extract_story vs python model runs, same window tokens): {:.3}",
         ours_window_tps / py_alice_tps
     );
-    println!("peak RSS: cortexflow {our_rss:.0} MiB, python {:.0} MiB", py["peak_rss_mib"].as_f64().unwrap());
+    println!(
+        "peak RSS: cortexflow {our_rss:.0} MiB, python {:.0} MiB",
+        py["peak_rss_mib"].as_f64().unwrap()
+    );
     Ok(())
 }

@@ -44,10 +44,17 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn parse(path: impl Into<PathBuf>, location: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Parse { path: path.into(), location: location.into(), message: message.into() }
+        Error::Parse {
+            path: path.into(),
+            location: location.into(),
+            message: message.into(),
+        }
     }
 }

@@ -10,7 +10,11 @@ use cortexflow::lm::{self, ExtractOptions, ImportOptions, LanguageModel, Pooling
 use cortexflow::stimulus::{self, StimulusFormat};
 
 #[derive(Parser)]
-#[command(name = "cortexflow", version, about = "LLM features → brain encoding and reading-time models")]
+#[command(
+    name = "cortexflow",
+    version,
+    about = "LLM features → brain encoding and reading-time models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,9 +122,21 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Model { command: ModelCommand::Import { gguf, out, fp16, max_context } } => {
+        Command::Model {
+            command:
+                ModelCommand::Import {
+                    gguf,
+                    out,
+                    fp16,
+                    max_context,
+                },
+        } => {
             let opts = ImportOptions {
-                precision: if fp16 { WeightPrecision::F16 } else { WeightPrecision::F32 },
+                precision: if fp16 {
+                    WeightPrecision::F16
+                } else {
+                    WeightPrecision::F32
+                },
                 max_context,
             };
             let started = std::time::Instant::now();
@@ -136,11 +152,18 @@ fn run(cli: Cli) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-        Command::Model { command: ModelCommand::Default } => {
+        Command::Model {
+            command: ModelCommand::Default,
+        } => {
             let dir = lm::ensure_default_model()?;
             println!("{}", dir.display());
         }
-        Command::Generate { prompt, model, max_tokens, threads } => {
+        Command::Generate {
+            prompt,
+            model,
+            max_tokens,
+            threads,
+        } => {
             let mut lm = load_model(model.as_deref(), threads)?;
             let text = lm.greedy(&prompt, max_tokens)?;
             println!("{prompt}{text}");
@@ -180,7 +203,11 @@ fn extract(a: ExtractArgs) -> Result<()> {
         window: a.window,
         min_context: a.min_context,
         batch_size: a.batch_size,
-        separator: if story.language == "zh" { String::new() } else { " ".into() },
+        separator: if story.language == "zh" {
+            String::new()
+        } else {
+            " ".into()
+        },
         progress: !a.quiet,
     };
     lm::extract::resolve_layers(&opts.layers, lm.n_layers())?;

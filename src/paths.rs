@@ -22,7 +22,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(p).join("cortexflow");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("cortexflow")
 }
 
@@ -69,7 +71,10 @@ pub fn default_gguf() -> Result<PathBuf> {
     if p.is_file() {
         Ok(p)
     } else {
-        Err(Error::Model(format!("the default model was not found at {}; {SETUP_HINT}", p.display())))
+        Err(Error::Model(format!(
+            "the default model was not found at {}; {SETUP_HINT}",
+            p.display()
+        )))
     }
 }
 
@@ -83,7 +88,10 @@ pub fn temp_sibling(target: &Path) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = target
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     target.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
 }
 
@@ -98,7 +106,10 @@ pub fn write_atomic_with(
     f: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> Result<()> {
     let tmp = temp_sibling(path);
-    let werr = |e: std::io::Error| Error::Write { path: path.to_path_buf(), message: e.to_string() };
+    let werr = |e: std::io::Error| Error::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, file);

@@ -42,7 +42,11 @@ fn alice_extracts_one_row_per_spoken_word_with_onsets_and_reads_back_in_pyarrow_
         .args(["--threads", "2", "--quiet"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "extract failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "extract failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let expected = scan_alice();
     let (_, batches, meta) = read_parquet(&out_dir.join("words.parquet")).unwrap();
@@ -85,7 +89,10 @@ fn alice_extracts_one_row_per_spoken_word_with_onsets_and_reads_back_in_pyarrow_
         "import sys, polars as pl\n\
          w = pl.read_parquet(sys.argv[1]); a = pl.read_parquet(sys.argv[2])\n\
          print(w['word'][0], w['onset_s'][0], a.filter(pl.col('layer') == 15)['activation'][0].to_list()[:1] != [0.0])",
-        &[out_dir.join("words.parquet").to_str().unwrap(), out_dir.join("activations.parquet").to_str().unwrap()],
+        &[
+            out_dir.join("words.parquet").to_str().unwrap(),
+            out_dir.join("activations.parquet").to_str().unwrap(),
+        ],
     );
     assert_eq!(check.trim(), "Alice 20.05891632653599 True");
 }
@@ -94,8 +101,15 @@ fn assert_fails_and_writes_nothing(args: &[&str], out_dir: &Path, needle: &str) 
     let out = support::bin().args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} should fail");
-    assert!(stderr.contains(needle), "{args:?}: message should mention {needle:?}, was: {stderr}");
-    assert!(!out_dir.exists() || std::fs::read_dir(out_dir).unwrap().next().is_none(), "{args:?} wrote into {}", out_dir.display());
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: message should mention {needle:?}, was: {stderr}"
+    );
+    assert!(
+        !out_dir.exists() || std::fs::read_dir(out_dir).unwrap().next().is_none(),
+        "{args:?} wrote into {}",
+        out_dir.display()
+    );
 }
 
 #[test]
@@ -104,7 +118,11 @@ fn bad_stories_get_a_clear_error_and_write_nothing() {
     let out = tmp.path().join("out");
     let o = out.to_str().unwrap();
     let missing = tmp.path().join("nope.TextGrid");
-    assert_fails_and_writes_nothing(&["extract", missing.to_str().unwrap(), "--out", o], &out, "nope.TextGrid");
+    assert_fails_and_writes_nothing(
+        &["extract", missing.to_str().unwrap(), "--out", o],
+        &out,
+        "nope.TextGrid",
+    );
 
     let malformed = tmp.path().join("bad.TextGrid");
     std::fs::write(
@@ -120,7 +138,11 @@ fn bad_stories_get_a_clear_error_and_write_nothing() {
 
     let story = tmp.path().join("story.txt");
     std::fs::write(&story, "Alice was beginning to get very tired").unwrap();
-    assert_fails_and_writes_nothing(&["extract", story.to_str().unwrap(), "--layers", "3,31", "--out", o], &out, "layer 31");
+    assert_fails_and_writes_nothing(
+        &["extract", story.to_str().unwrap(), "--layers", "3,31", "--out", o],
+        &out,
+        "layer 31",
+    );
 }
 
 #[test]
@@ -130,13 +152,21 @@ fn corrupt_or_truncated_gguf_is_refused_and_nothing_is_written() {
     let o = out.to_str().unwrap();
     let garbage = tmp.path().join("garbage.gguf");
     std::fs::write(&garbage, b"this is not a model at all").unwrap();
-    assert_fails_and_writes_nothing(&["model", "import", garbage.to_str().unwrap(), "--out", o], &out, "not a GGUF file");
+    assert_fails_and_writes_nothing(
+        &["model", "import", garbage.to_str().unwrap(), "--out", o],
+        &out,
+        "not a GGUF file",
+    );
 
     let real = cortexflow::paths::default_gguf().expect("make setup");
     let bytes = std::fs::read(&real).unwrap();
     for cut in [3_000_000usize, bytes.len() - 1000] {
         let truncated = tmp.path().join(format!("cut{cut}.gguf"));
         std::fs::write(&truncated, &bytes[..cut]).unwrap();
-        assert_fails_and_writes_nothing(&["model", "import", truncated.to_str().unwrap(), "--out", o], &out, "truncated");
+        assert_fails_and_writes_nothing(
+            &["model", "import", truncated.to_str().unwrap(), "--out", o],
+            &out,
+            "truncated",
+        );
     }
 }

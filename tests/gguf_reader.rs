@@ -35,12 +35,7 @@ fn dump_reference_tensors(gguf: &Path, specs: &str, out: &Path) {
 
 /// Compares cortexflow's dequantization of `name` (first `rows` rows, or all) with gguf-py's.
 /// Returns (max |Δ|, number of values differing at all, number of values).
-fn compare_tensor(
-    g: &Gguf,
-    name: &str,
-    rows: Option<usize>,
-    ref_dir: &Path,
-) -> (f64, usize, usize) {
+fn compare_tensor(g: &Gguf, name: &str, rows: Option<usize>, ref_dir: &Path) -> (f64, usize, usize) {
     let (shape, data) = g.tensor_f32(name).unwrap_or_else(|e| panic!("{name}: {e}"));
     let reference = read_npy(&ref_dir.join(format!("{name}.npy")));
     let mut want_shape = shape.clone();
@@ -145,39 +140,27 @@ fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
     let model_dir = tmp.path().join("model");
-    let report =
-        import_gguf(&tiny, &model_dir, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let report = import_gguf(&tiny, &model_dir, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     let m = &report.manifest;
-    assert_eq!(
-        (m.n_layers, m.d_model, m.vocab_size, m.context_length),
-        (1, 64, 64, 64)
-    );
+    assert_eq!((m.n_layers, m.d_model, m.vocab_size, m.context_length), (1, 64, 64, 64));
     assert_eq!(m.bos_token_id, Some(1));
     assert_eq!(m.hidden_states, vec!["hidden_state_0", "hidden_state_1"]);
     for f in ["model.onnx", "tokenizer.json", "manifest.json"] {
         assert!(model_dir.join(f).is_file(), "import did not write {f}");
     }
 
-    let mut lm = LanguageModel::load(&model_dir, &RuntimeOptions { threads: 1 })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut lm = LanguageModel::load(&model_dir, &RuntimeOptions { threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
     // The 64-token BPE vocabulary and merges survive the conversion to tokenizer.json.
     let text = "the cat is on the mat";
     let enc = lm.tokenizer.encode(text, false).unwrap();
     let decoded = lm.tokenizer.decode(enc.get_ids(), false).unwrap();
-    assert_eq!(
-        decoded,
-        text,
-        "tokenizer round trip (ids {:?})",
-        enc.get_ids()
-    );
+    assert_eq!(decoded, text, "tokenizer round trip (ids {:?})", enc.get_ids());
     assert_eq!(lm.tokenizer.token_to_id("\u{120}the"), Some(45));
     let mut ids = vec![1u32];
     ids.extend(enc.get_ids());
     ids.extend([40, 41, 5, 63, 0]);
 
-    let out = lm
-        .run(&[ids.clone()], &[0, 1])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let out = lm.run(&[ids.clone()], &[0, 1]).unwrap_or_else(|e| panic!("{e}"));
     for (l, h) in out.hidden.iter().enumerate() {
         assert_eq!(h.shape(), &[1, ids.len(), 64]);
         assert!(
@@ -228,15 +211,9 @@ fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
     };
     import_gguf(&tiny, &f16_dir, &opts).unwrap_or_else(|e| panic!("{e}"));
     let all16 = run_onnx_all_outputs(&f16_dir, &ids);
-    let (d16, _) = max_diff(
-        all16["logits"].iter().map(|&v| v as f64),
-        r.data.iter().copied(),
-    );
+    let (d16, _) = max_diff(all16["logits"].iter().map(|&v| v as f64), r.data.iter().copied());
     println!("tiny logits, f16 weights: max |Δ| = {d16:.3e}");
-    assert!(
-        d16 <= 2e-2,
-        "tiny logits with f16 weights: max |Δ| = {d16:e}"
-    );
+    assert!(d16 <= 2e-2, "tiny logits with f16 weights: max |Δ| = {d16:e}");
 }
 
 /// The error of `import_gguf(gguf → dir/out)`, checking that nothing was written.
@@ -261,10 +238,7 @@ fn gpt2_architecture_is_refused_by_the_importer() {
     let g = make_tiny_gguf(tmp.path(), "gpt2.gguf", &["--arch", "gpt2"]);
     let msg = import_error(&g, tmp.path()).to_string();
     println!("{msg}");
-    assert!(
-        msg.contains("gpt2") && msg.contains("not supported"),
-        "{msg}"
-    );
+    assert!(msg.contains("gpt2") && msg.contains("not supported"), "{msg}");
 }
 
 #[test]
@@ -278,19 +252,13 @@ fn unsupported_tensor_type_is_named() {
         .expect_err("IQ4_NL must not dequantize");
     let msg = e.to_string();
     println!("{msg}");
-    assert!(
-        msg.contains("blk.0.ffn_up.weight") && msg.contains("IQ4_NL"),
-        "{msg}"
-    );
+    assert!(msg.contains("blk.0.ffn_up.weight") && msg.contains("IQ4_NL"), "{msg}");
     // … the other tensors still read …
     assert!(g.tensor_f32("blk.0.ffn_gate.weight").is_ok());
     // … and the importer refuses up front, naming tensor and type.
     let msg = import_error(&bad, tmp.path()).to_string();
     println!("{msg}");
-    assert!(
-        msg.contains("blk.0.ffn_up.weight") && msg.contains("IQ4_NL"),
-        "{msg}"
-    );
+    assert!(msg.contains("blk.0.ffn_up.weight") && msg.contains("IQ4_NL"), "{msg}");
 }
 
 #[test]
@@ -300,11 +268,7 @@ fn truncated_gguf_is_an_error_and_imports_nothing() {
     let bytes = std::fs::read(&tiny).unwrap();
     let g = Gguf::open(&tiny).unwrap();
     let first = g.tensors.iter().min_by_key(|t| t.offset).unwrap();
-    let last = g
-        .tensors
-        .iter()
-        .max_by_key(|t| t.offset + t.n_bytes)
-        .unwrap();
+    let last = g.tensors.iter().max_by_key(|t| t.offset + t.n_bytes).unwrap();
     // (GGUFWriter pads the last tensor to the 32-byte alignment; cutting only padding is not an error,
     // as in llama.cpp's loader, so the last cut removes one byte of tensor data.)
     let data_start = first.offset as usize;
@@ -344,10 +308,7 @@ fn truncated_gguf_is_an_error_and_imports_nothing() {
             "cut {what}: {e:?}"
         );
         let msg = import_error(&path, &dir).to_string();
-        assert!(
-            msg.contains("truncated"),
-            "import of a GGUF cut {what}: {msg}"
-        );
+        assert!(msg.contains("truncated"), "import of a GGUF cut {what}: {msg}");
     }
 }
 
@@ -474,11 +435,7 @@ mod peer {
         let mut args: Vec<&OsStr> = vec![path.as_os_str()];
         args.extend(extra.iter().map(OsStr::new));
         run_script("make_tiny_gguf.py", &args);
-        assert!(
-            path.is_file(),
-            "make_tiny_gguf.py did not write {}",
-            path.display()
-        );
+        assert!(path.is_file(), "make_tiny_gguf.py did not write {}", path.display());
         path
     }
 
@@ -490,8 +447,7 @@ mod peer {
     }
 
     pub fn read_npy(path: &Path) -> Npy {
-        let bytes =
-            std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         assert!(
             bytes.len() > 10 && &bytes[..6] == b"\x93NUMPY",
             "{} is not a .npy file",
@@ -499,13 +455,9 @@ mod peer {
         );
         let (hlen, hstart) = match bytes[6] {
             1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            _ => (
-                u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-                12,
-            ),
+            _ => (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12),
         };
-        let header =
-            std::str::from_utf8(&bytes[hstart..hstart + hlen]).expect("npy header is ASCII");
+        let header = std::str::from_utf8(&bytes[hstart..hstart + hlen]).expect("npy header is ASCII");
         let field = |key: &str| -> &str {
             let i = header
                 .find(key)
@@ -538,10 +490,7 @@ mod peer {
                 .chunks_exact(8)
                 .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
                 .collect(),
-            other => panic!(
-                "{}: dtype {other} not supported by this reader",
-                path.display()
-            ),
+            other => panic!("{}: dtype {other} not supported by this reader", path.display()),
         };
         assert_eq!(
             data.len(),
@@ -561,20 +510,12 @@ mod peer {
         let onnx = model_dir.join("model.onnx");
         let mut session = Session::builder(env)
             .unwrap_or_else(|e| panic!("{e}"))
-            .with_intra_threads(
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1),
-            )
+            .with_intra_threads(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .unwrap_or_else(|e| panic!("{e}"))
             .commit_from_file(&onnx)
             .unwrap_or_else(|e| panic!("cannot load {}: {e}", onnx.display()));
         let s = ids.len();
-        let ids_t = Tensor::from_array((
-            [1usize, s],
-            ids.iter().map(|&t| t as i64).collect::<Vec<i64>>(),
-        ))
-        .unwrap();
+        let ids_t = Tensor::from_array(([1usize, s], ids.iter().map(|&t| t as i64).collect::<Vec<i64>>())).unwrap();
         let mask_t = Tensor::from_array(([1usize, s], vec![1i64; s])).unwrap();
         let outputs = session
             .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
@@ -591,10 +532,7 @@ mod peer {
 
     /// Max |a − b| and max |b| over paired values; a NaN anywhere makes the difference NaN (so
     /// any `diff <= tol` check fails).
-    pub fn max_diff(
-        a: impl IntoIterator<Item = f64>,
-        b: impl IntoIterator<Item = f64>,
-    ) -> (f64, f64) {
+    pub fn max_diff(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item = f64>) -> (f64, f64) {
         let (mut d, mut m) = (0f64, 0f64);
         for (x, y) in a.into_iter().zip(b) {
             let e = (x - y).abs();
@@ -610,6 +548,9 @@ mod peer {
     }
 }
 
+/// A corrupt tensor offset or dimension must be an error naming the file, never a panic (in debug
+/// builds the unchecked `data_start + rel` and `dims.iter().product()` in `Gguf::open` overflow and
+/// panic; in release they wrap and can pass the bounds check).
 #[test]
 fn corrupt_tensor_header_fields_are_errors_not_panics() {
     let tmp = tempfile::tempdir().unwrap();
@@ -621,8 +562,10 @@ fn corrupt_tensor_header_fields_are_errors_not_panics() {
     let at = bytes.windows(name.len()).rposition(|w| w == name).unwrap() + name.len();
     assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 2);
     let (dims_at, offset_at) = (at + 4, at + 4 + 16 + 4);
-    let cases: [(&str, usize, u64); 2] =
-        [("offset near u64::MAX", offset_at, u64::MAX - 7), ("dimension 2^40", dims_at, 1 << 40)];
+    let cases: [(&str, usize, u64); 2] = [
+        ("offset near u64::MAX", offset_at, u64::MAX - 7),
+        ("dimension 2^40", dims_at, 1 << 40),
+    ];
     let mut failures = Vec::new();
     for (what, pos, value) in cases {
         let mut b = bytes.clone();

@@ -19,7 +19,10 @@ fn alice() -> Story {
 }
 
 fn first_words(story: &Story, n: usize) -> Story {
-    Story { words: story.words[..n].to_vec(), ..story.clone() }
+    Story {
+        words: story.words[..n].to_vec(),
+        ..story.clone()
+    }
 }
 
 #[test]
@@ -40,15 +43,43 @@ fn tokenizer_round_trips_text_and_splits_digits_one_by_one() {
         "tabs\tand\nnew lines  double  spaces",
     ] {
         let enc = tok.encode(text, false).unwrap();
-        assert_eq!(tok.decode(enc.get_ids(), false).unwrap(), text, "round trip of {text:?}");
+        assert_eq!(
+            tok.decode(enc.get_ids(), false).unwrap(),
+            text,
+            "round trip of {text:?}"
+        );
         for t in enc.get_tokens() {
             let digits = t.chars().filter(char::is_ascii_digit).count();
-            assert!(digits == 0 || t.chars().count() == 1, "token {t:?} of {text:?} mixes a digit with other characters");
+            assert!(
+                digits == 0 || t.chars().count() == 1,
+                "token {t:?} of {text:?} mixes a digit with other characters"
+            );
         }
     }
     let enc = tok.encode("In 2024", false).unwrap();
-    let tail: Vec<&str> = enc.get_tokens().iter().rev().take(4).rev().map(String::as_str).collect();
+    let tail: Vec<&str> = enc
+        .get_tokens()
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(String::as_str)
+        .collect();
     assert_eq!(tail, ["2", "0", "2", "4"]);
+    // "   1": the digit step splits the digit from the spaces before byte-level BPE sees them, so
+    // the spaces stay one token; a converter without it merges a space into the digit's token.
+    let spaces = tok.encode("   1", false).unwrap();
+    assert_eq!(spaces.get_tokens(), ["ĠĠĠ", "1"]);
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(m.dir.join("tokenizer.json")).unwrap()).unwrap();
+    json["pre_tokenizer"] = json["pre_tokenizer"]["pretokenizers"][1].clone(); // ByteLevel alone
+    let no_digits: tokenizers::Tokenizer = serde_json::from_value(json).unwrap();
+    let lossy = no_digits.encode("   1", false).unwrap();
+    assert_ne!(
+        lossy.get_tokens(),
+        spaces.get_tokens(),
+        "the check above must be able to fail"
+    );
     // The special tokens stay whole.
     let enc = tok.encode("<|im_start|>user", false).unwrap();
     assert_eq!(enc.get_ids()[0], 1);
@@ -58,7 +89,10 @@ fn tokenizer_round_trips_text_and_splits_digits_one_by_one() {
 fn every_hidden_state_is_finite_and_the_bos_position_is_the_attention_sink() {
     let mut m = model();
     let bos = m.manifest.bos_token_id.unwrap();
-    let enc = m.tokenizer.encode("Alice was beginning to get very tired of sitting by her sister", false).unwrap();
+    let enc = m
+        .tokenizer
+        .encode("Alice was beginning to get very tired of sitting by her sister", false)
+        .unwrap();
     let window: Vec<u32> = std::iter::once(bos).chain(enc.get_ids().iter().copied()).collect();
     let layers: Vec<usize> = (0..=m.n_layers()).collect();
     let out = m.run(&[window.clone()], &layers).unwrap();
@@ -67,10 +101,20 @@ fn every_hidden_state_is_finite_and_the_bos_position_is_the_attention_sink() {
         assert_eq!(h.shape(), [1, window.len(), 576]);
         assert!(h.iter().all(|v| v.is_finite()), "layer {l} has non-finite values");
     }
-    let norm = |l: usize, p: usize| out.hidden[l].slice(ndarray::s![0, p, ..]).iter().map(|v| v * v).sum::<f32>().sqrt();
+    let norm = |l: usize, p: usize| {
+        out.hidden[l]
+            .slice(ndarray::s![0, p, ..])
+            .iter()
+            .map(|v| v * v)
+            .sum::<f32>()
+            .sqrt()
+    };
     let last = m.n_layers();
     let words_max = (1..window.len()).map(|p| norm(last, p)).fold(0f32, f32::max);
-    assert!(norm(last / 2, 0) > 10.0 * norm(last / 2, 1), "BOS should carry the attention-sink norm");
+    assert!(
+        norm(last / 2, 0) > 10.0 * norm(last / 2, 1),
+        "BOS should carry the attention-sink norm"
+    );
     assert!(words_max.is_finite() && words_max > 0.0);
     assert!(out.next_entropy.iter().all(|v| v.is_finite() && *v >= 0.0));
 }
@@ -79,13 +123,32 @@ fn every_hidden_state_is_finite_and_the_bos_position_is_the_attention_sink() {
 fn windowed_extraction_equals_a_full_context_pass_where_the_window_holds_the_whole_left_context() {
     let mut m = model();
     let story = first_words(&alice(), 120);
-    let full = lm::extract_story(&mut m, &story, &ExtractOptions { window: 512, ..Default::default() }).unwrap();
+    let full = lm::extract_story(
+        &mut m,
+        &story,
+        &ExtractOptions {
+            window: 512,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(full.n_windows, 1);
-    let opts = ExtractOptions { window: 48, min_context: 16, batch_size: 3, ..Default::default() };
+    let opts = ExtractOptions {
+        window: 48,
+        min_context: 16,
+        batch_size: 3,
+        ..Default::default()
+    };
     let win = lm::extract_story(&mut m, &story, &opts).unwrap();
-    assert!(win.n_windows >= 4, "the story must span several windows, got {}", win.n_windows);
+    assert!(
+        win.n_windows >= 4,
+        "the story must span several windows, got {}",
+        win.n_windows
+    );
     // Tokens 0..47 come from the first window, which holds their whole left context.
-    let whole: Vec<usize> = (0..story.words.len()).filter(|&w| win.tokens.word_tokens[w].end <= 47).collect();
+    let whole: Vec<usize> = (0..story.words.len())
+        .filter(|&w| win.tokens.word_tokens[w].end <= 47)
+        .collect();
     assert!(whole.len() >= 20);
     let mut worst = 0f32;
     for (li, l) in full.layers.iter().enumerate() {
@@ -93,13 +156,20 @@ fn windowed_extraction_equals_a_full_context_pass_where_the_window_holds_the_who
         for &w in &whole {
             for (a, b) in full.activations[li].row(w).iter().zip(win.activations[li].row(w)) {
                 worst = worst.max((a - b).abs() / scale);
-                assert!((a - b).abs() <= 1e-4 * scale, "layer {l}, word {w}: {a} vs {b} (scale {scale})");
+                assert!(
+                    (a - b).abs() <= 1e-4 * scale,
+                    "layer {l}, word {w}: {a} vs {b} (scale {scale})"
+                );
             }
         }
         assert_eq!(full.activations[li].dim(), win.activations[li].dim());
     }
     for &w in &whole {
-        assert_abs_diff_eq!(full.surprisal_bits[w].unwrap(), win.surprisal_bits[w].unwrap(), epsilon = 1e-3);
+        assert_abs_diff_eq!(
+            full.surprisal_bits[w].unwrap(),
+            win.surprisal_bits[w].unwrap(),
+            epsilon = 1e-3
+        );
         assert_abs_diff_eq!(full.entropy_bits[w], win.entropy_bits[w], epsilon = 1e-3);
     }
     eprintln!("max |windowed − full| / max|activation| over layers = {worst:.2e}");
@@ -113,10 +183,13 @@ fn right_padding_in_a_batch_does_not_change_a_window() {
     let mut m = model();
     let bos = m.manifest.bos_token_id.unwrap();
     let ids = |t: &str| -> Vec<u32> {
-        std::iter::once(bos).chain(m.tokenizer.encode(t, false).unwrap().get_ids().iter().copied()).collect()
+        std::iter::once(bos)
+            .chain(m.tokenizer.encode(t, false).unwrap().get_ids().iter().copied())
+            .collect()
     };
     let short = ids("Down the rabbit hole.");
-    let long = ids("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.");
+    let long =
+        ids("Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do.");
     let alone = m.run(&[short.clone()], &[0, 15, 30]).unwrap();
     let batched = m.run(&[short.clone(), long], &[0, 15, 30]).unwrap();
     for (a, b) in alone.hidden.iter().zip(&batched.hidden) {
@@ -125,7 +198,10 @@ fn right_padding_in_a_batch_does_not_change_a_window() {
         let b = b.slice(ndarray::s![0, ..n, ..]);
         let scale = a.iter().fold(1f32, |s, v| s.max(v.abs()));
         let diff = a.iter().zip(b.iter()).fold(0f32, |d, (x, y)| d.max((x - y).abs()));
-        assert!(diff <= 1e-4 * scale, "padding changed the window: max diff {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-4 * scale,
+            "padding changed the window: max diff {diff} (scale {scale})"
+        );
     }
     for t in 0..short.len() - 1 {
         assert_abs_diff_eq!(alone.next_logprob[[0, t]], batched.next_logprob[[0, t]], epsilon = 1e-3);
@@ -152,15 +228,25 @@ fn in_graph_surprisal_and_entropy_equal_a_log_softmax_of_the_logits_in_rust() {
     let mut plain = logits_only_model(tmp.path());
     let mut m = model();
     let story = first_words(&alice(), 60);
-    let opts = ExtractOptions { layers: vec![3], ..Default::default() };
+    let opts = ExtractOptions {
+        layers: vec![3],
+        ..Default::default()
+    };
     let a = lm::extract_story(&mut m, &story, &opts).unwrap();
     let b = lm::extract_story(&mut plain, &story, &opts).unwrap();
     for w in 0..story.words.len() {
-        assert_abs_diff_eq!(a.surprisal_bits[w].unwrap(), b.surprisal_bits[w].unwrap(), epsilon = 1e-3);
+        assert_abs_diff_eq!(
+            a.surprisal_bits[w].unwrap(),
+            b.surprisal_bits[w].unwrap(),
+            epsilon = 1e-3
+        );
         assert_abs_diff_eq!(a.entropy_bits[w], b.entropy_bits[w], epsilon = 1e-3);
     }
     let mean: f32 = a.surprisal_bits.iter().flatten().sum::<f32>() / story.words.len() as f32;
-    assert!((2.0..20.0).contains(&mean), "mean surprisal {mean} bits is implausible for English prose");
+    assert!(
+        (2.0..20.0).contains(&mean),
+        "mean surprisal {mean} bits is implausible for English prose"
+    );
 }
 
 #[test]
@@ -168,7 +254,16 @@ fn mean_and_first_pooling_agree_with_last_on_single_token_words() {
     let mut m = model();
     let story = first_words(&alice(), 40);
     let get = |m: &mut LanguageModel, p: Pooling| {
-        lm::extract_story(m, &story, &ExtractOptions { layers: vec![10], pooling: p, ..Default::default() }).unwrap()
+        lm::extract_story(
+            m,
+            &story,
+            &ExtractOptions {
+                layers: vec![10],
+                pooling: p,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     };
     let last = get(&mut m, Pooling::Last);
     let mean = get(&mut m, Pooling::Mean);
@@ -176,7 +271,11 @@ fn mean_and_first_pooling_agree_with_last_on_single_token_words() {
     let mut multi = 0;
     for w in 0..story.words.len() {
         let r = &last.tokens.word_tokens[w];
-        let (l, me, f) = (last.activations[0].row(w), mean.activations[0].row(w), first.activations[0].row(w));
+        let (l, me, f) = (
+            last.activations[0].row(w),
+            mean.activations[0].row(w),
+            first.activations[0].row(w),
+        );
         if r.len() == 1 {
             assert_eq!(l, me);
             assert_eq!(l, f);
@@ -185,7 +284,10 @@ fn mean_and_first_pooling_agree_with_last_on_single_token_words() {
             assert_ne!(l, f, "word {w} has {} tokens: first and last must differ", r.len());
         }
     }
-    assert!(multi > 0, "the excerpt should contain multi-token words (punctuation attached)");
+    assert!(
+        multi > 0,
+        "the excerpt should contain multi-token words (punctuation attached)"
+    );
 }
 
 #[test]
@@ -196,7 +298,11 @@ fn tokens_map_back_to_their_words() {
         language: "en".into(),
         words: ["Alice,", "whose", "1865", "rabbit-hole", "adventure"]
             .iter()
-            .map(|w| Word { text: w.to_string(), onset_s: None, offset_s: None })
+            .map(|w| Word {
+                text: w.to_string(),
+                onset_s: None,
+                offset_s: None,
+            })
             .collect(),
     };
     let t = extract::tokenize_story(&m.tokenizer, &story, " ").unwrap();

@@ -28,8 +28,7 @@ fn data_root() -> PathBuf {
 }
 
 fn read(name: &str) -> Story {
-    read_story(fixture(name), None, &ReadOptions::default())
-        .unwrap_or_else(|e| panic!("reading {name}: {e}"))
+    read_story(fixture(name), None, &ReadOptions::default()).unwrap_or_else(|e| panic!("reading {name}: {e}"))
 }
 
 fn read_err(name: &str) -> Error {
@@ -91,12 +90,7 @@ fn long_textgrid_explicit_tier_and_custom_skip_labels() {
         story_id: Some("alice".into()),
         ..Default::default()
     };
-    let s = read_story(
-        fixture("long.TextGrid"),
-        Some(StimulusFormat::TextGrid),
-        &opts,
-    )
-    .unwrap();
+    let s = read_story(fixture("long.TextGrid"), Some(StimulusFormat::TextGrid), &opts).unwrap();
     assert_eq!(s.id, "alice");
     // Only the empty label is still skipped.
     assert_eq!(
@@ -227,10 +221,7 @@ fn textgrid_with_only_silences_is_an_empty_story() {
     let err = read_err("silent.TextGrid");
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     let m = err.to_string();
-    assert!(
-        m.contains("silent.TextGrid") && m.contains("no words"),
-        "{m}"
-    );
+    assert!(m.contains("silent.TextGrid") && m.contains("no words"), "{m}");
 }
 
 // ---------------------------------------------------------------- word tables
@@ -281,22 +272,15 @@ fn csv_explicit_columns() {
         ..Default::default()
     };
     // "note" has empty cells → error naming row and column.
-    let m = read_story(fixture("words.csv"), None, &opts)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        m.contains("row 2, column `note`") && m.contains("empty"),
-        "{m}"
-    );
+    let m = read_story(fixture("words.csv"), None, &opts).unwrap_err().to_string();
+    assert!(m.contains("row 2, column `note`") && m.contains("empty"), "{m}");
 
     let opts = ReadOptions {
         word_column: Some("story".into()),
         onset_column: Some("missing".into()),
         ..Default::default()
     };
-    let m = read_story(fixture("words.csv"), None, &opts)
-        .unwrap_err()
-        .to_string();
+    let m = read_story(fixture("words.csv"), None, &opts).unwrap_err().to_string();
     assert!(
         m.contains("`missing`") && m.contains("`story`, `token`, `start`, `end`, `note`"),
         "{m}"
@@ -307,10 +291,7 @@ fn csv_explicit_columns() {
 fn table_without_onset_column_keeps_order_only() {
     let s = read("onsetless.tsv");
     assert_eq!(texts(&s), ["Alice", "was", "beginning,"]);
-    assert!(s
-        .words
-        .iter()
-        .all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
+    assert!(s.words.iter().all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
 }
 
 #[test]
@@ -348,19 +329,13 @@ fn decreasing_onsets_name_row() {
         m.contains("row 4, column `onset`") && m.contains("nondecreasing"),
         "{m}"
     );
-    assert!(
-        m.contains("0.5") && m.contains("0.61") && m.contains("row 3"),
-        "{m}"
-    );
+    assert!(m.contains("0.5") && m.contains("0.61") && m.contains("row 3"), "{m}");
 }
 
 #[test]
 fn empty_word_cell_names_row_and_column() {
     let m = read_err("empty_word.csv").to_string();
-    assert!(
-        m.contains("row 3, column `word`") && m.contains("empty"),
-        "{m}"
-    );
+    assert!(m.contains("row 3, column `word`") && m.contains("empty"), "{m}");
 }
 
 // ---------------------------------------------------------------- plain text
@@ -371,10 +346,7 @@ fn plain_text_tokens_keep_punctuation() {
     assert_eq!(s.words.len(), 30);
     assert_eq!(&texts(&s)[..3], ["Alice", "was", "beginning"]);
     assert!(texts(&s).contains(&"bank,") && texts(&s).contains(&"do:"));
-    assert!(s
-        .words
-        .iter()
-        .all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
+    assert!(s.words.iter().all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
 }
 
 #[test]
@@ -386,10 +358,7 @@ fn chinese_plain_text_is_rejected() {
     let err = read_story(fixture("story.txt"), None, &opts).unwrap_err();
     assert!(matches!(err, Error::Invalid(_)), "{err:?}");
     let m = err.to_string();
-    assert!(
-        m.contains("story.txt") && m.contains("segmented word table"),
-        "{m}"
-    );
+    assert!(m.contains("story.txt") && m.contains("segmented word table"), "{m}");
     // A segmented zh word table is fine.
     let s = read_story(fixture("onsetless.tsv"), None, &opts).unwrap();
     assert_eq!(s.language, "zh");
@@ -458,8 +427,7 @@ fn scan_intervals(text: &str) -> Vec<ScannedInterval> {
 
 #[test]
 fn alice_textgrid_real_data() {
-    let path = data_root()
-        .join("alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid");
+    let path = data_root().join("alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid");
     assert!(path.is_file(), "missing {}", path.display());
     let story = read_story(&path, None, &ReadOptions::default()).unwrap();
     assert_eq!(story.id, "DownTheRabbitHoleFinal_exp120_pad_1");
@@ -473,11 +441,7 @@ fn alice_textgrid_real_data() {
         .filter(|iv| !matches!(iv.label.trim(), "sp" | ""))
         .collect();
     assert_eq!(story.words.len(), expected.len());
-    assert_eq!(
-        expected.len(),
-        2423 - 290 - 6,
-        "2423 intervals, 290 `sp`, 6 empty"
-    );
+    assert_eq!(expected.len(), 2423 - 290 - 6, "2423 intervals, 290 `sp`, 6 empty");
 
     assert_eq!(story.words[0].text, "Alice");
     assert_eq!(story.words[0].onset_s, Some(20.05891632653599));

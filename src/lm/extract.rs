@@ -45,7 +45,9 @@ impl std::str::FromStr for Pooling {
             "last" => Ok(Pooling::Last),
             "mean" => Ok(Pooling::Mean),
             "first" => Ok(Pooling::First),
-            other => Err(Error::Invalid(format!("pooling `{other}` is not one of last, mean, first"))),
+            other => Err(Error::Invalid(format!(
+                "pooling `{other}` is not one of last, mean, first"
+            ))),
         }
     }
 }
@@ -140,11 +142,18 @@ pub fn tokenize_story(tokenizer: &tokenizers::Tokenizer, story: &Story, sep: &st
         .enumerate()
         .map(|(wi, r)| {
             r.ok_or_else(|| {
-                Error::Invalid(format!("story `{}`: word {wi} `{}` produced no token", story.id, story.words[wi].text))
+                Error::Invalid(format!(
+                    "story `{}`: word {wi} `{}` produced no token",
+                    story.id, story.words[wi].text
+                ))
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(TokenizedStory { ids, word_tokens, token_word })
+    Ok(TokenizedStory {
+        ids,
+        word_tokens,
+        token_word,
+    })
 }
 
 /// One window: tokens `start..end` of the story (BOS is added in front); it provides the outputs
@@ -169,7 +178,11 @@ pub fn plan_windows(n_tokens: usize, span: usize, min_context: usize) -> Result<
     let mut owned_to = 0;
     while owned_to < n_tokens {
         let end = (start + span).min(n_tokens);
-        plans.push(WindowPlan { start, end, own: owned_to..end });
+        plans.push(WindowPlan {
+            start,
+            end,
+            own: owned_to..end,
+        });
         owned_to = end;
         start += stride;
     }
@@ -212,7 +225,11 @@ pub fn resolve_layers(requested: &[usize], n_layers: usize) -> Result<Vec<usize>
 /// Runs the model over a story and pools per word.
 pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOptions) -> Result<Extraction> {
     let layers = resolve_layers(&opts.layers, lm.n_layers())?;
-    let bos = if lm.manifest.prepend_bos { lm.manifest.bos_token_id } else { None };
+    let bos = if lm.manifest.prepend_bos {
+        lm.manifest.bos_token_id
+    } else {
+        None
+    };
     let window = opts.window.min(lm.manifest.context_length);
     let span = window - bos.is_some() as usize;
     let tokens = tokenize_story(&lm.tokenizer, story, &opts.separator)?;
@@ -240,7 +257,11 @@ pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOption
     for batch in plans.chunks(opts.batch_size.max(1)) {
         let windows: Vec<Vec<u32>> = batch
             .iter()
-            .map(|p| bos.into_iter().chain(tokens.ids[p.start..p.end].iter().copied()).collect())
+            .map(|p| {
+                bos.into_iter()
+                    .chain(tokens.ids[p.start..p.end].iter().copied())
+                    .collect()
+            })
             .collect();
         let out = lm.run(&windows, &layers)?;
         for (bi, p) in batch.iter().enumerate() {
@@ -284,7 +305,11 @@ pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOption
             *surprisal[w].get_or_insert(0.0) += -lp / ln2;
         }
     }
-    let entropy_bits = tokens.word_tokens.iter().map(|r| tok_entropy[r.end - 1] / ln2).collect();
+    let entropy_bits = tokens
+        .word_tokens
+        .iter()
+        .map(|r| tok_entropy[r.end - 1] / ln2)
+        .collect();
     Ok(Extraction {
         tokens,
         surprisal_bits: surprisal,
@@ -324,7 +349,11 @@ mod tests {
                 assert!(p.end - p.start <= 64);
                 assert!(p.own.start >= p.start && p.own.end == p.end);
                 if k > 0 {
-                    assert!(p.own.start - p.start >= 16, "token {} has too little context", p.own.start);
+                    assert!(
+                        p.own.start - p.start >= 16,
+                        "token {} has too little context",
+                        p.own.start
+                    );
                 }
                 next = p.own.end;
             }

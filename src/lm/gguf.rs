@@ -189,6 +189,7 @@ pub struct TensorInfo {
 
 impl TensorInfo {
     pub fn n_elements(&self) -> u64 {
+        // checked when the file was opened
         self.dims.iter().product()
     }
     /// Row-major shape (GGUF dims reversed), e.g. `[out, in]` for a linear weight.
@@ -217,11 +218,18 @@ impl<'a> Cursor<'a> {
         Error::parse(
             self.path,
             format!("byte {}", self.pos),
-            format!("truncated or corrupt GGUF while reading {what} (file has {} bytes)", self.bytes.len()),
+            format!(
+                "truncated or corrupt GGUF while reading {what} (file has {} bytes)",
+                self.bytes.len()
+            ),
         )
     }
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len()).ok_or_else(|| self.err(what))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| self.err(what))?;
         let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -243,7 +251,11 @@ impl<'a> Cursor<'a> {
         let n = usize::try_from(n).map_err(|_| self.err(what))?;
         let b = self.take(n, what)?;
         String::from_utf8(b.to_vec()).map_err(|_| {
-            Error::parse(self.path, format!("byte {}", self.pos - n), format!("{what} is not valid UTF-8"))
+            Error::parse(
+                self.path,
+                format!("byte {}", self.pos - n),
+                format!("{what} is not valid UTF-8"),
+            )
         })
     }
     fn value(&mut self, ty: u32, what: &str, depth: u32) -> Result<Value> {
@@ -293,14 +305,26 @@ impl Gguf {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         // SAFETY: the map is read-only and the file is not modified by cortexflow while open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let mut c = Cursor { bytes: &map, pos: 0, path };
+        let mut c = Cursor {
+            bytes: &map,
+            pos: 0,
+            path,
+        };
         let magic = c.u32("magic")?;
         if magic != MAGIC {
-            return Err(Error::parse(path, "byte 0", "not a GGUF file (magic bytes are not \"GGUF\")"));
+            return Err(Error::parse(
+                path,
+                "byte 0",
+                "not a GGUF file (magic bytes are not \"GGUF\")",
+            ));
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(Error::parse(path, "byte 4", format!("GGUF version {version} is not supported (2 or 3)")));
+            return Err(Error::parse(
+                path,
+                "byte 4",
+                format!("GGUF version {version} is not supported (2 or 3)"),
+            ));
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
@@ -316,14 +340,21 @@ impl Gguf {
             let name = c.string("tensor name")?;
             let n_dims = c.u32("tensor rank")?;
             if n_dims > 4 {
-                return Err(Error::parse(path, format!("byte {}", c.pos), format!("tensor `{name}` has rank {n_dims} > 4")));
+                return Err(Error::parse(
+                    path,
+                    format!("byte {}", c.pos),
+                    format!("tensor `{name}` has rank {n_dims} > 4"),
+                ));
             }
             let dims = (0..n_dims).map(|_| c.u64("tensor dims")).collect::<Result<Vec<_>>>()?;
             let ty = GgmlType::from_id(c.u32("tensor type")?);
             let rel = c.u64("tensor offset")?;
             infos.push((name, dims, ty, rel));
         }
-        let alignment = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT);
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_ALIGNMENT);
         if alignment == 0 {
             return Err(Error::parse(path, "metadata `general.alignment`", "alignment is 0"));
         }
@@ -331,7 +362,16 @@ impl Gguf {
         let file_len = map.len() as u64;
         let mut tensors = Vec::with_capacity(infos.len());
         for (name, dims, ggml_type, rel) in infos {
-            let n_el: u64 = dims.iter().product();
+            let corrupt = |what: &str| Error::parse(path, format!("tensor `{name}`"), format!("corrupt GGUF: {what}"));
+            let n_el = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| corrupt(&format!("dimensions {dims:?} overflow")))?;
+            if rel % alignment != 0 {
+                return Err(corrupt(&format!(
+                    "data offset {rel} is not a multiple of the alignment {alignment}"
+                )));
+            }
             let n_bytes = match ggml_type.block_layout() {
                 Some((per_block, bytes)) => {
                     if n_el % per_block as u64 != 0 {
@@ -340,24 +380,40 @@ impl Gguf {
                             ggml_type.name()
                         )));
                     }
-                    n_el / per_block as u64 * bytes as u64
+                    (n_el / per_block as u64)
+                        .checked_mul(bytes as u64)
+                        .ok_or_else(|| corrupt(&format!("size of {} elements overflows", n_el)))?
                 }
                 None => 0, // unsupported: reported if and when the tensor is read
             };
-            let offset = data_start + rel;
-            if offset + n_bytes > file_len {
+            let offset = data_start
+                .checked_add(rel)
+                .ok_or_else(|| corrupt("data offset overflows"))?;
+            let end = offset
+                .checked_add(n_bytes)
+                .ok_or_else(|| corrupt("data end overflows"))?;
+            if end > file_len {
                 return Err(Error::parse(
                     path,
                     format!("tensor `{name}`"),
-                    format!(
-                        "truncated GGUF: tensor data ends at byte {} but the file has {file_len} bytes",
-                        offset + n_bytes
-                    ),
+                    format!("truncated GGUF: tensor data ends at byte {end} but the file has {file_len} bytes"),
                 ));
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset, n_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset,
+                n_bytes,
+            });
         }
-        Ok(Gguf { path: path.to_path_buf(), map, version, metadata, tensors })
+        Ok(Gguf {
+            path: path.to_path_buf(),
+            map,
+            version,
+            metadata,
+            tensors,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -370,15 +426,21 @@ impl Gguf {
 
     /// Required metadata as an integer; the error names the key.
     pub fn req_u64(&self, key: &str) -> Result<u64> {
-        self.get(key)
-            .and_then(Value::as_u64)
-            .ok_or_else(|| Error::Model(format!("{}: metadata `{key}` is missing or not an integer", self.path.display())))
+        self.get(key).and_then(Value::as_u64).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: metadata `{key}` is missing or not an integer",
+                self.path.display()
+            ))
+        })
     }
 
     pub fn req_str(&self, key: &str) -> Result<&str> {
-        self.get(key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| Error::Model(format!("{}: metadata `{key}` is missing or not a string", self.path.display())))
+        self.get(key).and_then(Value::as_str).ok_or_else(|| {
+            Error::Model(format!(
+                "{}: metadata `{key}` is missing or not a string",
+                self.path.display()
+            ))
+        })
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
@@ -528,6 +590,9 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }

@@ -6,7 +6,8 @@
 //! - `hidden_state_0` … `hidden_state_L` (f32 [batch, seq, d_model]): the embeddings, then the
 //!   residual stream after each of the L blocks, before the final norm;
 //! - `logits` (f32 [batch, seq, vocab]);
-//! - `next_token_logprob` (f32 [batch, seq]): ln p(input_ids[t+1] | ≤ t), nats (last position: 0);
+//! - `next_token_logprob` (f32 [batch, seq]): ln p(input_ids[t+1] | ≤ t), nats; 0 where t+1 is
+//!   not a real token (the last position, and positions followed by padding);
 //! - `next_token_entropy` (f32 [batch, seq]): entropy of the next-token distribution, nats.
 //!
 //! The block is the Llama one: RMSNorm → grouped-query attention with RoPE and a causal ∧ padding
@@ -69,9 +70,15 @@ impl LlamaConfig {
         let k = |s: &str| format!("llama.{s}");
         let n_heads = g.req_u64(&k("attention.head_count"))? as usize;
         let d_model = g.req_u64(&k("embedding_length"))? as usize;
-        let n_kv_heads = g.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(n_heads as u64) as usize;
+        let n_kv_heads = g
+            .get(&k("attention.head_count_kv"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(n_heads as u64) as usize;
         let head_dim = d_model / n_heads.max(1);
-        let rope_dim = g.get(&k("rope.dimension_count")).and_then(|v| v.as_u64()).unwrap_or(head_dim as u64) as usize;
+        let rope_dim = g
+            .get(&k("rope.dimension_count"))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(head_dim as u64) as usize;
         if n_heads == 0 || d_model % n_heads != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(Error::Model(format!(
                 "inconsistent attention shape: d_model {d_model}, {n_heads} heads, {n_kv_heads} KV heads"
@@ -96,7 +103,10 @@ impl LlamaConfig {
             vocab_size,
             context_length: g.req_u64(&k("context_length"))? as usize,
             rope_base: g.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10_000.0),
-            rms_eps: g.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5) as f32,
+            rms_eps: g
+                .get(&k("attention.layer_norm_rms_epsilon"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-5) as f32,
         })
     }
 }
@@ -149,15 +159,23 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
     };
     manifest.save(out_dir)?;
     let onnx_bytes = std::fs::metadata(&onnx).map_err(|e| Error::io(&onnx, e))?.len();
-    Ok(ImportReport { onnx, tokenizer: tok_path, manifest, onnx_bytes })
+    Ok(ImportReport {
+        onnx,
+        tokenizer: tok_path,
+        manifest,
+        onnx_bytes,
+    })
 }
 
 /// Bumped whenever the emitted graph changes, so cached imports are redone.
-pub const IMPORTER_REVISION: u32 = 1;
+pub const IMPORTER_REVISION: u32 = 2;
 
 /// The `written_by` stamp of manifests from this importer.
 pub fn importer_stamp() -> String {
-    format!("cortexflow {} (importer r{IMPORTER_REVISION})", env!("CARGO_PKG_VERSION"))
+    format!(
+        "cortexflow {} (importer r{IMPORTER_REVISION})",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 pub fn hidden_name(i: usize) -> String {
@@ -204,7 +222,9 @@ impl Builder {
     }
     fn op_multi(&mut self, op: &str, inputs: &[&str], attrs: Vec<(&str, Attr)>, n_out: usize) -> Vec<String> {
         self.n += 1;
-        let outs: Vec<String> = (0..n_out).map(|i| format!("{}_{}_{i}", op.to_lowercase(), self.n)).collect();
+        let outs: Vec<String> = (0..n_out)
+            .map(|i| format!("{}_{}_{i}", op.to_lowercase(), self.n))
+            .collect();
         self.m.nodes.push(Node {
             op: op.into(),
             name: format!("n{}_{op}", self.n),
@@ -239,7 +259,11 @@ impl Builder {
     }
     fn rms_norm(&mut self, x: &str, w: &str, eps: &str) -> String {
         let sq = self.op("Mul", &[x, x], vec![]);
-        let ms = self.op("ReduceMean", &[&sq], vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))]);
+        let ms = self.op(
+            "ReduceMean",
+            &[&sq],
+            vec![("axes", Attr::Ints(vec![-1])), ("keepdims", Attr::Int(1))],
+        );
         let ms = self.op("Add", &[&ms, eps], vec![]);
         let r = self.op("Sqrt", &[&ms], vec![]);
         let n = self.op("Div", &[x, &r], vec![]);
@@ -278,7 +302,9 @@ fn unpermute_rope_rows(w: &[f32], n_heads: usize, head_dim: usize, d_in: usize) 
 fn load(g: &Gguf, name: &str, expect: &[usize]) -> Result<Vec<f32>> {
     let (shape, data) = g.tensor_f32(name)?;
     if shape != expect {
-        return Err(Error::Model(format!("tensor `{name}` has shape {shape:?}, expected {expect:?}")));
+        return Err(Error::Model(format!(
+            "tensor `{name}` has shape {shape:?}, expected {expect:?}"
+        )));
     }
     Ok(data)
 }
@@ -295,13 +321,36 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             )));
         }
     }
-    let (d, h, kv, hd, ff, v) = (cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size);
+    let (d, h, kv, hd, ff, v) = (
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.d_ff,
+        cfg.vocab_size,
+    );
     let ctx = opts.max_context.unwrap_or(cfg.context_length).min(cfg.context_length);
-    let mut b = Builder { m: Model { opset: 17, graph_name: "llama".into(), ..Default::default() }, n: 0, precision: opts.precision };
+    let mut b = Builder {
+        m: Model {
+            opset: 17,
+            graph_name: "llama".into(),
+            ..Default::default()
+        },
+        n: 0,
+        precision: opts.precision,
+    };
     let sym = |s: &str| Dim::Param(s.into());
     b.m.inputs = vec![
-        ValueInfo { name: "input_ids".into(), dtype: DType::I64, dims: vec![sym("batch"), sym("seq")] },
-        ValueInfo { name: "attention_mask".into(), dtype: DType::I64, dims: vec![sym("batch"), sym("seq")] },
+        ValueInfo {
+            name: "input_ids".into(),
+            dtype: DType::I64,
+            dims: vec![sym("batch"), sym("seq")],
+        },
+        ValueInfo {
+            name: "attention_mask".into(),
+            dtype: DType::I64,
+            dims: vec![sym("batch"), sym("seq")],
+        },
     ];
 
     // ---- constants
@@ -340,8 +389,10 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             sin[p * hd + j] = theta.sin() as f32;
         }
     }
-    b.m.initializers.push(Tensor::f32("rope_cos", &[ctx as i64, hd as i64], &cos));
-    b.m.initializers.push(Tensor::f32("rope_sin", &[ctx as i64, hd as i64], &sin));
+    b.m.initializers
+        .push(Tensor::f32("rope_cos", &[ctx as i64, hd as i64], &cos));
+    b.m.initializers
+        .push(Tensor::f32("rope_sin", &[ctx as i64, hd as i64], &sin));
 
     // ---- embeddings
     let emb = load(g, "token_embd.weight", &[v, d])?;
@@ -383,14 +434,26 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         wqkv.extend_from_slice(&wk);
         wqkv.extend_from_slice(&wv);
         let n_qkv = (h + 2 * kv) * hd;
-        let wqkv = b.weight(&format!("l{l}.wqkv"), &[d as i64, n_qkv as i64], &transpose(&wqkv, n_qkv, d));
+        let wqkv = b.weight(
+            &format!("l{l}.wqkv"),
+            &[d as i64, n_qkv as i64],
+            &transpose(&wqkv, n_qkv, d),
+        );
         let wo = load(g, &p("attn_output"), &[d, h * hd])?;
-        let wo = b.weight(&format!("l{l}.wo"), &[(h * hd) as i64, d as i64], &transpose(&wo, d, h * hd));
+        let wo = b.weight(
+            &format!("l{l}.wo"),
+            &[(h * hd) as i64, d as i64],
+            &transpose(&wo, d, h * hd),
+        );
         let ffn_norm = load(g, &p("ffn_norm"), &[d])?;
         let ffn_norm = b.weight(&format!("l{l}.ffn_norm"), &[d as i64], &ffn_norm);
         let mut wgu = load(g, &p("ffn_gate"), &[ff, d])?;
         wgu.extend_from_slice(&load(g, &p("ffn_up"), &[ff, d])?);
-        let wgu = b.weight(&format!("l{l}.wgate_up"), &[d as i64, (2 * ff) as i64], &transpose(&wgu, 2 * ff, d));
+        let wgu = b.weight(
+            &format!("l{l}.wgate_up"),
+            &[d as i64, (2 * ff) as i64],
+            &transpose(&wgu, 2 * ff, d),
+        );
         let wd = load(g, &p("ffn_down"), &[d, ff])?;
         let wd = b.weight(&format!("l{l}.wdown"), &[ff as i64, d as i64], &transpose(&wd, d, ff));
 
@@ -417,7 +480,10 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             let k5 = b.op("Expand", &[&k5, &shape_kv_exp], vec![]);
             let v5 = b.op("Unsqueeze", &[&vv, &c3], vec![]);
             let v5 = b.op("Expand", &[&v5, &shape_kv_exp], vec![]);
-            (b.op("Reshape", &[&k5, &shape_q], vec![]), b.op("Reshape", &[&v5, &shape_q], vec![]))
+            (
+                b.op("Reshape", &[&k5, &shape_q], vec![]),
+                b.op("Reshape", &[&v5, &shape_q], vec![]),
+            )
         } else {
             (k, vv)
         };
@@ -472,17 +538,40 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let nxt = b.op("Pad", &[&nxt, &pads], vec![]);
     let nxt = b.op("Unsqueeze", &[&nxt, &c2], vec![]);
     let lp = b.op("GatherElements", &[&lsm, &nxt], vec![("axis", Attr::Int(2))]);
-    b.op_named("Squeeze", &[&lp, &c2], vec![], "next_token_logprob");
+    let lp = b.op("Squeeze", &[&lp, &c2], vec![]);
+    // zero where there is no real next token (the last position, and before right padding)
+    let has_next = b.op("Slice", &["attention_mask", &c1, &cbig, &c1], vec![]);
+    let has_next = b.op("Pad", &[&has_next, &pads], vec![]);
+    let has_next = b.op("Cast", &[&has_next], vec![("to", Attr::Int(DType::F32 as i64))]);
+    b.op_named("Mul", &[&lp, &has_next], vec![], "next_token_logprob");
 
     let f = DType::F32;
-    b.m.outputs.push(ValueInfo { name: "logits".into(), dtype: f, dims: vec![sym("batch"), sym("seq"), Dim::Fixed(v as i64)] });
+    b.m.outputs.push(ValueInfo {
+        name: "logits".into(),
+        dtype: f,
+        dims: vec![sym("batch"), sym("seq"), Dim::Fixed(v as i64)],
+    });
     for i in 0..=cfg.n_layers {
-        b.m.outputs.push(ValueInfo { name: hidden_name(i), dtype: f, dims: vec![sym("batch"), sym("seq"), Dim::Fixed(d as i64)] });
+        b.m.outputs.push(ValueInfo {
+            name: hidden_name(i),
+            dtype: f,
+            dims: vec![sym("batch"), sym("seq"), Dim::Fixed(d as i64)],
+        });
     }
     for n in ["next_token_logprob", "next_token_entropy"] {
-        b.m.outputs.push(ValueInfo { name: n.into(), dtype: f, dims: vec![sym("batch"), sym("seq")] });
+        b.m.outputs.push(ValueInfo {
+            name: n.into(),
+            dtype: f,
+            dims: vec![sym("batch"), sym("seq")],
+        });
     }
-    b.m.metadata.push(("source".into(), g.path().file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()));
+    b.m.metadata.push((
+        "source".into(),
+        g.path()
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    ));
     b.m.doc = "Llama decoder exported by cortexflow with every residual-stream layer as an output".into();
     Ok(b.m)
 }

@@ -83,7 +83,11 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let m: Manifest = serde_json::from_str(&text).map_err(|e| {
-            Error::parse(&path, format!("line {}, column {}", e.line(), e.column()), e.to_string())
+            Error::parse(
+                &path,
+                format!("line {}, column {}", e.line(), e.column()),
+                e.to_string(),
+            )
         })?;
         m.check().map_err(|msg| Error::parse(&path, "manifest", msg))?;
         Ok(m)

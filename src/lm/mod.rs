@@ -34,7 +34,11 @@ pub fn ensure_default_model() -> crate::Result<PathBuf> {
         return Ok(dir);
     }
     let gguf = crate::paths::default_gguf()?;
-    tracing::warn!("importing the default model {} → {} (once)", gguf.display(), dir.display());
+    tracing::warn!(
+        "importing the default model {} → {} (once)",
+        gguf.display(),
+        dir.display()
+    );
     let tmp = crate::paths::temp_sibling(&dir);
     import_gguf(&gguf, &tmp, &ImportOptions::default())?;
     if dir.exists() {

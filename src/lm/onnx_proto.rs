@@ -58,15 +58,33 @@ impl Tensor {
     pub fn f32(name: &str, dims: &[i64], data: &[f32]) -> Self {
         debug_assert_eq!(dims.iter().product::<i64>() as usize, data.len());
         let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor { name: name.into(), dtype: DType::F32, dims: dims.to_vec(), raw }
+        Tensor {
+            name: name.into(),
+            dtype: DType::F32,
+            dims: dims.to_vec(),
+            raw,
+        }
     }
     pub fn f16(name: &str, dims: &[i64], data: &[f32]) -> Self {
-        let raw = data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-        Tensor { name: name.into(), dtype: DType::F16, dims: dims.to_vec(), raw }
+        let raw = data
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        Tensor {
+            name: name.into(),
+            dtype: DType::F16,
+            dims: dims.to_vec(),
+            raw,
+        }
     }
     pub fn i64(name: &str, dims: &[i64], data: &[i64]) -> Self {
         let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor { name: name.into(), dtype: DType::I64, dims: dims.to_vec(), raw }
+        Tensor {
+            name: name.into(),
+            dtype: DType::I64,
+            dims: dims.to_vec(),
+            raw,
+        }
     }
     fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(self.raw.len() + 64);
@@ -267,13 +285,24 @@ fn varint_len(mut v: u64) -> usize {
 
 fn encoded_tensor_len(t: &Tensor) -> usize {
     // Cheap enough: the raw bytes dominate, the header is computed exactly by encoding it empty.
-    let header = Tensor { raw: Vec::new(), ..t.clone_header() }.encode().len() - 2; // minus empty raw field
+    let header = Tensor {
+        raw: Vec::new(),
+        ..t.clone_header()
+    }
+    .encode()
+    .len()
+        - 2; // minus empty raw field
     header + 1 + varint_len(t.raw.len() as u64) + t.raw.len()
 }
 
 impl Tensor {
     fn clone_header(&self) -> Tensor {
-        Tensor { name: self.name.clone(), dtype: self.dtype, dims: self.dims.clone(), raw: Vec::new() }
+        Tensor {
+            name: self.name.clone(),
+            dtype: self.dtype,
+            dims: self.dims.clone(),
+            raw: Vec::new(),
+        }
     }
 }
 

@@ -23,10 +23,12 @@ static ENV: OnceLock<std::result::Result<ort::environment::Environment, String>>
 pub fn environment() -> Result<&'static ort::environment::Environment> {
     let env = ENV.get_or_init(|| {
         let lib = crate::paths::ort_library().map_err(|e| e.to_string())?;
-        let builder = ort::init_from(&lib).map_err(|e| {
-            format!("cannot load {}: {e}; {}", lib.display(), crate::paths::SETUP_HINT)
-        })?;
-        builder.with_name("cortexflow").build().map_err(|e| format!("cannot create the environment: {e}"))
+        let builder = ort::init_from(&lib)
+            .map_err(|e| format!("cannot load {}: {e}; {}", lib.display(), crate::paths::SETUP_HINT))?;
+        builder
+            .with_name("cortexflow")
+            .build()
+            .map_err(|e| format!("cannot create the environment: {e}"))
     });
     env.as_ref().map_err(|e| Error::Runtime(e.clone()))
 }
@@ -44,7 +46,9 @@ pub struct RuntimeOptions {
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        RuntimeOptions { threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) }
+        RuntimeOptions {
+            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        }
     }
 }
 
@@ -74,13 +78,19 @@ impl LanguageModel {
         let manifest = Manifest::load(dir)?;
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
-            return Err(Error::io(&tok_path, std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json")));
+            return Err(Error::io(
+                &tok_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no tokenizer.json"),
+            ));
         }
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::parse(&tok_path, "tokenizer", e.to_string()))?;
         let onnx = dir.join("model.onnx");
         if !onnx.is_file() {
-            return Err(Error::io(&onnx, std::io::Error::new(std::io::ErrorKind::NotFound, "no model.onnx")));
+            return Err(Error::io(
+                &onnx,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no model.onnx"),
+            ));
         }
         let env = environment()?;
         let session = Session::builder(env)
@@ -97,7 +107,10 @@ impl LanguageModel {
         need_in.extend(manifest.attention_mask.clone());
         for n in need_in {
             if !inputs.contains(&n) {
-                return Err(Error::Model(format!("{}: the manifest names input `{n}` but the graph's inputs are {inputs:?}", onnx.display())));
+                return Err(Error::Model(format!(
+                    "{}: the manifest names input `{n}` but the graph's inputs are {inputs:?}",
+                    onnx.display()
+                )));
             }
         }
         let mut need_out = manifest.hidden_states.clone();
@@ -106,11 +119,20 @@ impl LanguageModel {
         need_out.extend(manifest.next_token_entropy.clone());
         for n in need_out {
             if !outputs.contains(&n) {
-                return Err(Error::Model(format!("{}: the manifest names output `{n}` but the graph has no such output", onnx.display())));
+                return Err(Error::Model(format!(
+                    "{}: the manifest names output `{n}` but the graph has no such output",
+                    onnx.display()
+                )));
             }
         }
         let pad_id = manifest.bos_token_id.unwrap_or(0) as i64;
-        Ok(LanguageModel { dir: dir.to_path_buf(), manifest, tokenizer, session, pad_id })
+        Ok(LanguageModel {
+            dir: dir.to_path_buf(),
+            manifest,
+            tokenizer,
+            session,
+            pad_id,
+        })
     }
 
     /// Number of blocks; valid layer indices are 0 (embeddings) ..= n_layers.
@@ -152,7 +174,9 @@ impl LanguageModel {
             sel = sel.with(m.hidden_states[l].clone());
         }
         if in_graph {
-            sel = sel.with(m.next_token_logprob.clone().unwrap()).with(m.next_token_entropy.clone().unwrap());
+            sel = sel
+                .with(m.next_token_logprob.clone().unwrap())
+                .with(m.next_token_entropy.clone().unwrap());
         } else {
             sel = sel.with(m.logits.clone().expect("checked by Manifest::check"));
         }
@@ -160,20 +184,29 @@ impl LanguageModel {
         let ids_t = Tensor::from_array(([b, s], ids.clone())).map_err(rt("input_ids"))?;
         let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
         if let Some(mask_name) = &m.attention_mask {
-            let mask_t = Tensor::from_array(([b, s], mask)).map_err(rt("attention_mask"))?;
+            let mask_t = Tensor::from_array(([b, s], mask.clone())).map_err(rt("attention_mask"))?;
             inputs.push((mask_name.clone().into(), mask_t.into()));
         }
         let hidden_names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
-        let (lp_name, ent_name, logits_name) =
-            (m.next_token_logprob.clone(), m.next_token_entropy.clone(), m.logits.clone());
+        let (lp_name, ent_name, logits_name) = (
+            m.next_token_logprob.clone(),
+            m.next_token_entropy.clone(),
+            m.logits.clone(),
+        );
         let d_model = m.d_model;
-        let outputs = self.session.run_with_options(inputs, &options).map_err(rt("inference"))?;
+        let outputs = self
+            .session
+            .run_with_options(inputs, &options)
+            .map_err(rt("inference"))?;
         let mut hidden = Vec::with_capacity(layers.len());
         for name in &hidden_names {
             let v = outputs[name.as_str()].try_extract_array::<f32>().map_err(rt(name))?;
             let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
             if v.shape() != [b, s, d_model] {
-                return Err(Error::Model(format!("output `{name}` has shape {:?}, expected [{b}, {s}, {d_model}]", v.shape())));
+                return Err(Error::Model(format!(
+                    "output `{name}` has shape {:?}, expected [{b}, {s}, {d_model}]",
+                    v.shape()
+                )));
             }
             hidden.push(v.to_owned());
         }
@@ -187,9 +220,13 @@ impl LanguageModel {
             let name = logits_name.as_deref().unwrap();
             let v = outputs[name].try_extract_array::<f32>().map_err(rt(name))?;
             let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
-            next_token_stats(v, &ids, s)
+            next_token_stats(v, &ids, &mask, s)
         };
-        Ok(BatchOutput { hidden, next_logprob, next_entropy })
+        Ok(BatchOutput {
+            hidden,
+            next_logprob,
+            next_entropy,
+        })
     }
 }
 
@@ -208,24 +245,37 @@ impl LanguageModel {
         seq.extend(ids.iter().map(|&t| t as i64));
         let s = seq.len();
         if s == 0 || s > m.context_length {
-            return Err(Error::Invalid(format!("prompt of {s} tokens does not fit the context ({})", m.context_length)));
+            return Err(Error::Invalid(format!(
+                "prompt of {s} tokens does not fit the context ({})",
+                m.context_length
+            )));
         }
-        let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(OutputSelector::no_default().with(logits_name.clone()));
+        let options = RunOptions::new()
+            .map_err(rt("run options"))?
+            .with_outputs(OutputSelector::no_default().with(logits_name.clone()));
         let ids_t = Tensor::from_array(([1, s], seq)).map_err(rt("input_ids"))?;
         let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
         if let Some(mask_name) = &m.attention_mask {
             let mask_t = Tensor::from_array(([1, s], vec![1i64; s])).map_err(rt("attention_mask"))?;
             inputs.push((mask_name.clone().into(), mask_t.into()));
         }
-        let outputs = self.session.run_with_options(inputs, &options).map_err(rt("inference"))?;
-        let v = outputs[logits_name.as_str()].try_extract_array::<f32>().map_err(rt("logits"))?;
+        let outputs = self
+            .session
+            .run_with_options(inputs, &options)
+            .map_err(rt("inference"))?;
+        let v = outputs[logits_name.as_str()]
+            .try_extract_array::<f32>()
+            .map_err(rt("logits"))?;
         let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt("logits"))?;
         Ok(v.slice(ndarray::s![0, s - 1, ..]).to_vec())
     }
 
     /// Greedy continuation: up to `max_new` tokens, stopping at EOS-like special tokens.
     pub fn greedy(&mut self, prompt: &str, max_new: usize) -> Result<String> {
-        let enc = self.tokenizer.encode(prompt, false).map_err(|e| Error::Invalid(format!("tokenizing prompt: {e}")))?;
+        let enc = self
+            .tokenizer
+            .encode(prompt, false)
+            .map_err(|e| Error::Invalid(format!("tokenizing prompt: {e}")))?;
         let mut ids = enc.get_ids().to_vec();
         let n_prompt = ids.len();
         for _ in 0..max_new {
@@ -233,10 +283,17 @@ impl LanguageModel {
             let best = logits
                 .iter()
                 .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc })
+                .fold(
+                    (0usize, f32::NEG_INFINITY),
+                    |acc, (i, &v)| if v > acc.1 { (i, v) } else { acc },
+                )
                 .0 as u32;
             ids.push(best);
-            if self.tokenizer.id_to_token(best).is_some_and(|t| t.starts_with("<|") && t.ends_with("|>")) {
+            if self
+                .tokenizer
+                .id_to_token(best)
+                .is_some_and(|t| t.starts_with("<|") && t.ends_with("|>"))
+            {
                 break;
             }
         }
@@ -253,8 +310,9 @@ pub fn layer_error(layer: usize, n_layers: usize) -> Error {
 }
 
 /// From logits (batch, seq, vocab) and the input ids: ln p(id[t+1] | ≤ t) and the entropy (nats) of
-/// the next-token distribution at each t, by a numerically stable log-softmax in f64.
-pub fn next_token_stats(logits: ArrayView3<f32>, ids: &[i64], seq: usize) -> (Array2<f32>, Array2<f32>) {
+/// the next-token distribution at each t, by a numerically stable log-softmax in f64. The
+/// log-probability is 0 where t+1 is not a real token (end of sequence or padding).
+pub fn next_token_stats(logits: ArrayView3<f32>, ids: &[i64], mask: &[i64], seq: usize) -> (Array2<f32>, Array2<f32>) {
     let (b, s, _) = logits.dim();
     let mut lp = Array2::<f32>::zeros((b, s));
     let mut ent = Array2::<f32>::zeros((b, s));
@@ -271,7 +329,7 @@ pub fn next_token_stats(logits: ArrayView3<f32>, ids: &[i64], seq: usize) -> (Ar
                 })
                 .sum();
             ent[[i, t]] = h as f32;
-            if t + 1 < s {
+            if t + 1 < s && mask[i * seq + t + 1] != 0 {
                 let next = ids[i * seq + t + 1] as usize;
                 lp[[i, t]] = (z[next] as f64 - log_z) as f32;
             }

@@ -38,10 +38,21 @@ pub fn layer_summary(story: &Story, ex: &Extraction) -> String {
     let sur: Vec<f32> = ex.surprisal_bits.iter().flatten().copied().collect();
     let mean_sur = sur.iter().map(|&v| v as f64).sum::<f64>() / sur.len().max(1) as f64;
     let mean_ent = ex.entropy_bits.iter().map(|&v| v as f64).sum::<f64>() / ex.entropy_bits.len().max(1) as f64;
-    let _ = writeln!(s, "mean word surprisal {mean_sur:.2} bits, mean next-token entropy {mean_ent:.2} bits");
-    let _ = writeln!(s, "{:>5}  {:>12}  {:>12}  {:>12}", "layer", "mean ‖h‖", "sd ‖h‖", "PR (dims)");
+    let _ = writeln!(
+        s,
+        "mean word surprisal {mean_sur:.2} bits, mean next-token entropy {mean_ent:.2} bits"
+    );
+    let _ = writeln!(
+        s,
+        "{:>5}  {:>12}  {:>12}  {:>12}",
+        "layer", "mean ‖h‖", "sd ‖h‖", "PR (dims)"
+    );
     for (l, a) in ex.layers.iter().zip(&ex.activations) {
-        let norms: Vec<f64> = a.rows().into_iter().map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt()).collect();
+        let norms: Vec<f64> = a
+            .rows()
+            .into_iter()
+            .map(|r| r.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+            .collect();
         let n = norms.len() as f64;
         let mean = norms.iter().sum::<f64>() / n;
         let sd = (norms.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();

@@ -21,7 +21,10 @@ pub struct SpecialIds {
 
 pub fn special_ids(g: &Gguf) -> SpecialIds {
     let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
-    SpecialIds { bos: id("tokenizer.ggml.bos_token_id"), eos: id("tokenizer.ggml.eos_token_id") }
+    SpecialIds {
+        bos: id("tokenizer.ggml.bos_token_id"),
+        eos: id("tokenizer.ggml.eos_token_id"),
+    }
 }
 
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -68,7 +71,9 @@ pub fn from_gguf(g: &Gguf) -> Result<String> {
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     let mut added = Vec::new();
     for (i, t) in tokens.iter().enumerate() {
-        let s = t.as_str().ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
+        let s = t
+            .as_str()
+            .ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
         vocab.insert(s.to_string(), json!(i));
         let ty = types.and_then(|ts| ts.get(i)).and_then(Value::as_u64).unwrap_or(1);
         // 3 = control, 4 = user-defined (llama.cpp's llama_token_type)
@@ -79,7 +84,9 @@ pub fn from_gguf(g: &Gguf) -> Result<String> {
     }
     let mut pairs = Vec::with_capacity(merges.len());
     for (i, m) in merges.iter().enumerate() {
-        let s = m.as_str().ok_or_else(|| Error::Model(format!("merge {i} is not a string")))?;
+        let s = m
+            .as_str()
+            .ok_or_else(|| Error::Model(format!("merge {i} is not a string")))?;
         let (a, b) = s
             .split_once(' ')
             .ok_or_else(|| Error::Model(format!("merge {i} `{s}` is not two tokens separated by a space")))?;

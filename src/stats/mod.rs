@@ -99,9 +99,20 @@ pub struct BootstrapCi {
 pub fn bootstrap_mean_ci(values: &[f64], n_boot: usize, level: f64, seed: u64) -> BootstrapCi {
     let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
     let n = v.len();
-    let estimate = if n == 0 { f64::NAN } else { v.iter().sum::<f64>() / n as f64 };
+    let estimate = if n == 0 {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / n as f64
+    };
     if n < 2 || n_boot == 0 {
-        return BootstrapCi { estimate, lower: f64::NAN, upper: f64::NAN, level, n_boot, n_units: n };
+        return BootstrapCi {
+            estimate,
+            lower: f64::NAN,
+            upper: f64::NAN,
+            level,
+            n_boot,
+            n_units: n,
+        };
     }
     let mut rng = SplitMix64::new(seed);
     let mut means: Vec<f64> = (0..n_boot)
@@ -115,7 +126,14 @@ pub fn bootstrap_mean_ci(values: &[f64], n_boot: usize, level: f64, seed: u64) -
         means[lo] + (h - lo as f64) * (means[hi] - means[lo])
     };
     let alpha = (1.0 - level) / 2.0;
-    BootstrapCi { estimate, lower: q(alpha), upper: q(1.0 - alpha), level, n_boot, n_units: n }
+    BootstrapCi {
+        estimate,
+        lower: q(alpha),
+        upper: q(1.0 - alpha),
+        level,
+        n_boot,
+        n_units: n,
+    }
 }
 
 #[cfg(test)]

@@ -115,11 +115,7 @@ mod tests {
         let s = "File type = \"ooTextFile\"\n爱丽丝 🐇\n";
         for le in [true, false] {
             for bom in [true, false] {
-                assert_eq!(
-                    decode_text(p, &enc16(s, le, bom)).unwrap(),
-                    s,
-                    "le={le} bom={bom}"
-                );
+                assert_eq!(decode_text(p, &enc16(s, le, bom)).unwrap(), s, "le={le} bom={bom}");
             }
         }
     }
@@ -139,9 +135,7 @@ mod tests {
     fn unpaired_surrogate_names_line() {
         let mut b = enc16("a\nb\n", true, true);
         b.extend_from_slice(&0xD800u16.to_le_bytes());
-        let err = decode_text(Path::new("bad.TextGrid"), &b)
-            .unwrap_err()
-            .to_string();
+        let err = decode_text(Path::new("bad.TextGrid"), &b).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("surrogate"), "{err}");
     }
 }

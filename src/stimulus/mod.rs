@@ -104,14 +104,16 @@ impl StimulusFormat {
             "textgrid" => Ok(StimulusFormat::TextGrid),
             "tsv" | "csv" => Ok(StimulusFormat::WordTable),
             "txt" => Ok(StimulusFormat::PlainText),
-            _ => {
-                Err(Error::Invalid(format!(
+            _ => Err(Error::Invalid(format!(
                 "{}: cannot tell the stimulus format from the extension {}; expected .TextGrid, \
                  .tsv, .csv or .txt, or name the format explicitly (textgrid, table, text)",
                 path.display(),
-                if ext.is_empty() { "(none)".to_string() } else { format!("`.{ext}`") }
-            )))
-            }
+                if ext.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    format!("`.{ext}`")
+                }
+            ))),
         }
     }
 
@@ -208,11 +210,7 @@ impl ReadOptions {
 /// Errors: [`Error::Io`] if the file cannot be read; [`Error::Parse`] for malformed content
 /// (with line or row/column); [`Error::Invalid`] if no words remain after skipping labels, the
 /// TextGrid has no usable word tier, or the text is Chinese plain text.
-pub fn read_story(
-    path: impl AsRef<Path>,
-    format: Option<StimulusFormat>,
-    opts: &ReadOptions,
-) -> Result<Story> {
+pub fn read_story(path: impl AsRef<Path>, format: Option<StimulusFormat>, opts: &ReadOptions) -> Result<Story> {
     let path = path.as_ref();
     let format = match format {
         Some(f) => f,
@@ -229,12 +227,7 @@ pub fn read_story(
 /// Parses the already-decoded content of a story file. `path` is used for the default story
 /// id, for guessing the table delimiter from the extension, and in error messages; it is not
 /// opened. Same rules and errors as [`read_story`] otherwise.
-pub fn parse_story(
-    text: &str,
-    path: impl AsRef<Path>,
-    format: StimulusFormat,
-    opts: &ReadOptions,
-) -> Result<Story> {
+pub fn parse_story(text: &str, path: impl AsRef<Path>, format: StimulusFormat, opts: &ReadOptions) -> Result<Story> {
     let path = path.as_ref();
     let words = match format {
         StimulusFormat::TextGrid => textgrid::read_words(path, text, opts)?,
@@ -255,10 +248,7 @@ pub fn parse_story(
             }
         )));
     }
-    let id = opts
-        .story_id
-        .clone()
-        .unwrap_or_else(|| default_story_id(path));
+    let id = opts.story_id.clone().unwrap_or_else(|| default_story_id(path));
     tracing::debug!(
         path = %path.display(),
         %format,
@@ -294,18 +284,9 @@ mod tests {
             StimulusFormat::from_path("b.textgrid").unwrap(),
             StimulusFormat::TextGrid
         );
-        assert_eq!(
-            StimulusFormat::from_path("b.tsv").unwrap(),
-            StimulusFormat::WordTable
-        );
-        assert_eq!(
-            StimulusFormat::from_path("b.CSV").unwrap(),
-            StimulusFormat::WordTable
-        );
-        assert_eq!(
-            StimulusFormat::from_path("b.txt").unwrap(),
-            StimulusFormat::PlainText
-        );
+        assert_eq!(StimulusFormat::from_path("b.tsv").unwrap(), StimulusFormat::WordTable);
+        assert_eq!(StimulusFormat::from_path("b.CSV").unwrap(), StimulusFormat::WordTable);
+        assert_eq!(StimulusFormat::from_path("b.txt").unwrap(), StimulusFormat::PlainText);
         let err = StimulusFormat::from_path("b.docx").unwrap_err().to_string();
         assert!(err.contains("b.docx") && err.contains(".docx"), "{err}");
         assert!(StimulusFormat::from_path("noext").is_err());
@@ -313,18 +294,9 @@ mod tests {
 
     #[test]
     fn format_from_str() {
-        assert_eq!(
-            "textgrid".parse::<StimulusFormat>().unwrap(),
-            StimulusFormat::TextGrid
-        );
-        assert_eq!(
-            "Table".parse::<StimulusFormat>().unwrap(),
-            StimulusFormat::WordTable
-        );
-        assert_eq!(
-            "text".parse::<StimulusFormat>().unwrap(),
-            StimulusFormat::PlainText
-        );
+        assert_eq!("textgrid".parse::<StimulusFormat>().unwrap(), StimulusFormat::TextGrid);
+        assert_eq!("Table".parse::<StimulusFormat>().unwrap(), StimulusFormat::WordTable);
+        assert_eq!("text".parse::<StimulusFormat>().unwrap(), StimulusFormat::PlainText);
         let err = "xml".parse::<StimulusFormat>().unwrap_err().to_string();
         assert!(err.contains("`xml`") && err.contains("textgrid"), "{err}");
         for f in [
@@ -350,13 +322,7 @@ mod tests {
 
     #[test]
     fn empty_story_is_invalid_and_names_file() {
-        let err = parse_story(
-            " \n\t",
-            "empty.txt",
-            StimulusFormat::PlainText,
-            &Default::default(),
-        )
-        .unwrap_err();
+        let err = parse_story(" \n\t", "empty.txt", StimulusFormat::PlainText, &Default::default()).unwrap_err();
         assert!(matches!(err, Error::Invalid(_)));
         assert!(err.to_string().contains("empty.txt"), "{err}");
     }

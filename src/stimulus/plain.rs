@@ -48,9 +48,7 @@ mod tests {
         let w = read_words("  Alice was\tbeginning,\n\"very\" tired…\r\n");
         let t: Vec<_> = w.iter().map(|w| w.text.as_str()).collect();
         assert_eq!(t, ["Alice", "was", "beginning,", "\"very\"", "tired…"]);
-        assert!(w
-            .iter()
-            .all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
+        assert!(w.iter().all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
     }
 
     #[test]

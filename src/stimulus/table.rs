@@ -6,9 +6,7 @@
 
 use std::path::Path;
 
-use super::{
-    ReadOptions, Word, DEFAULT_OFFSET_COLUMNS, DEFAULT_ONSET_COLUMNS, DEFAULT_WORD_COLUMNS,
-};
+use super::{ReadOptions, Word, DEFAULT_OFFSET_COLUMNS, DEFAULT_ONSET_COLUMNS, DEFAULT_WORD_COLUMNS};
 use crate::{Error, Result};
 
 /// One record of the table.
@@ -166,11 +164,7 @@ fn list_columns(header: &[String]) -> String {
     if header.is_empty() {
         return "none".to_string();
     }
-    header
-        .iter()
-        .map(|h| format!("`{h}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    header.iter().map(|h| format!("`{h}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// Index of the column to use. `explicit`: that name (exact, else case-insensitive), required.
@@ -238,36 +232,21 @@ pub(crate) fn read_words(path: &Path, text: &str, opts: &ReadOptions) -> Result<
              found an empty file",
         ));
     };
-    let header: Vec<String> = header_rec
-        .cells
-        .iter()
-        .map(|h| h.trim().to_string())
-        .collect();
+    let header: Vec<String> = header_rec.cells.iter().map(|h| h.trim().to_string()).collect();
 
-    let word_col = find_column(
-        path,
-        &header,
-        opts.word_column.as_deref(),
-        DEFAULT_WORD_COLUMNS,
-        "word",
-    )?
-    .ok_or_else(|| {
-        Error::parse(
-            path,
-            "row 1",
-            format!(
-                "expected a header with a word column named one of {} (or set the word \
+    let word_col =
+        find_column(path, &header, opts.word_column.as_deref(), DEFAULT_WORD_COLUMNS, "word")?.ok_or_else(|| {
+            Error::parse(
+                path,
+                "row 1",
+                format!(
+                    "expected a header with a word column named one of {} (or set the word \
                      column option), found columns {}",
-                list_columns(
-                    &DEFAULT_WORD_COLUMNS
-                        .iter()
-                        .map(|s| s.to_string())
-                        .collect::<Vec<_>>()
+                    list_columns(&DEFAULT_WORD_COLUMNS.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+                    list_columns(&header)
                 ),
-                list_columns(&header)
-            ),
-        )
-    })?;
+            )
+        })?;
     let onset_col = find_column(
         path,
         &header,
@@ -375,34 +354,21 @@ mod tests {
 
     #[test]
     fn rfc4180_quoting() {
-        let got = cells(
-            "a.csv",
-            "a,b\r\n\"x, y\",\"say \"\"hi\"\"\"\r\n\"multi\nline\",z\n",
-        );
+        let got = cells("a.csv", "a,b\r\n\"x, y\",\"say \"\"hi\"\"\"\r\n\"multi\nline\",z\n");
         assert_eq!(
             got,
-            vec![
-                vec!["a", "b"],
-                vec!["x, y", "say \"hi\""],
-                vec!["multi\nline", "z"]
-            ]
+            vec![vec!["a", "b"], vec!["x, y", "say \"hi\""], vec!["multi\nline", "z"]]
         );
     }
 
     #[test]
     fn quotes_inside_unquoted_field_are_literal() {
-        assert_eq!(
-            cells("a.tsv", "w\ta\n5\"\tb"),
-            vec![vec!["w", "a"], vec!["5\"", "b"]]
-        );
+        assert_eq!(cells("a.tsv", "w\ta\n5\"\tb"), vec![vec!["w", "a"], vec!["5\"", "b"]]);
     }
 
     #[test]
     fn empty_quoted_last_field_and_no_trailing_newline() {
-        assert_eq!(
-            cells("a.csv", "a,b\n1,\"\""),
-            vec![vec!["a", "b"], vec!["1", ""]]
-        );
+        assert_eq!(cells("a.csv", "a,b\n1,\"\""), vec![vec!["a", "b"], vec!["1", ""]]);
     }
 
     #[test]
@@ -420,10 +386,7 @@ mod tests {
         let err = parse_records(Path::new("a.csv"), "a\n\"oops\n", ',')
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("row 2") && err.contains("closing quote"),
-            "{err}"
-        );
+        assert!(err.contains("row 2") && err.contains("closing quote"), "{err}");
     }
 
     #[test]
@@ -444,12 +407,7 @@ mod tests {
     #[test]
     fn columns_by_default_names_and_explicit() {
         let opts = ReadOptions::default();
-        let w = read_words(
-            Path::new("t.tsv"),
-            "Token\tStart\tEnd\nhi\t0.5\t0.7\n",
-            &opts,
-        )
-        .unwrap();
+        let w = read_words(Path::new("t.tsv"), "Token\tStart\tEnd\nhi\t0.5\t0.7\n", &opts).unwrap();
         assert_eq!(
             w,
             vec![Word {
@@ -497,13 +455,9 @@ mod tests {
 
     #[test]
     fn missing_word_column_lists_columns() {
-        let err = read_words(
-            Path::new("t.csv"),
-            "lemma,onset\nx,1\n",
-            &ReadOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = read_words(Path::new("t.csv"), "lemma,onset\nx,1\n", &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("row 1") && err.contains("`lemma`") && err.contains("`word`"),
             "{err}"
@@ -518,25 +472,15 @@ mod tests {
         let err = read_words(Path::new("t.csv"), "word,onset\na,1\n ,2\n", &opts)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("row 3, column `word`") && err.contains("empty"),
-            "{err}"
-        );
+        assert!(err.contains("row 3, column `word`") && err.contains("empty"), "{err}");
     }
 
     #[test]
     fn cell_count_mismatch() {
-        let err = read_words(
-            Path::new("t.csv"),
-            "word,onset\na,1,2\n",
-            &ReadOptions::default(),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("row 2") && err.contains("expected 2 cells"),
-            "{err}"
-        );
+        let err = read_words(Path::new("t.csv"), "word,onset\na,1,2\n", &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row 2") && err.contains("expected 2 cells"), "{err}");
     }
 
     #[test]
@@ -572,12 +516,7 @@ mod tests {
 
     #[test]
     fn skip_labels_apply_to_tables() {
-        let w = read_words(
-            Path::new("t.csv"),
-            "word,onset\nsp,0\na,1\n",
-            &ReadOptions::default(),
-        )
-        .unwrap();
+        let w = read_words(Path::new("t.csv"), "word,onset\nsp,0\na,1\n", &ReadOptions::default()).unwrap();
         assert_eq!(w.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["a"]);
     }
 

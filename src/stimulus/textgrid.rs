@@ -69,10 +69,7 @@ fn list_tiers(tiers: &[Tier]) -> String {
     if tiers.is_empty() {
         return "the TextGrid has no tiers".to_string();
     }
-    let list: Vec<String> = tiers
-        .iter()
-        .map(|t| format!("`{}` ({})", t.name, t.class()))
-        .collect();
+    let list: Vec<String> = tiers.iter().map(|t| format!("`{}` ({})", t.name, t.class())).collect();
     format!("tiers: {}", list.join(", "))
 }
 
@@ -84,11 +81,7 @@ fn select_tier<'t>(path: &Path, tiers: &'t [Tier], wanted: Option<&str>) -> Resu
             let tier = tiers
                 .iter()
                 .find(|t| t.name == name)
-                .or_else(|| {
-                    tiers
-                        .iter()
-                        .find(|t| t.name.trim().eq_ignore_ascii_case(name.trim()))
-                })
+                .or_else(|| tiers.iter().find(|t| t.name.trim().eq_ignore_ascii_case(name.trim())))
                 .ok_or_else(|| {
                     Error::Invalid(format!(
                         "{}: no tier named `{name}`; {}",
@@ -258,15 +251,9 @@ impl<'a> Cursor<'a> {
     fn error_at(&self, pos: usize, key: &str, what: &str, ctx: &str) -> Error {
         let message = if self.long {
             let sep = if key.ends_with('?') { " " } else { " = " };
-            format!(
-                "expected `{key}{sep}{what}`, found {} ({ctx})",
-                self.found(pos)
-            )
+            format!("expected `{key}{sep}{what}`, found {} ({ctx})", self.found(pos))
         } else {
-            format!(
-                "expected {what} (`{key}` of {ctx}), found {}",
-                self.found(pos)
-            )
+            format!("expected {what} (`{key}` of {ctx}), found {}", self.found(pos))
         };
         Error::parse(self.path, format!("line {}", self.line_of(pos)), message)
     }
@@ -385,12 +372,7 @@ impl<'a> Cursor<'a> {
 
     fn string(&mut self, key: &str, ctx: &str) -> Result<String> {
         let start = self.start(key, "\"<text>\"", ctx)?;
-        self.quoted(
-            key.split('|').next().unwrap_or(key),
-            "\"<text>\"",
-            ctx,
-            start,
-        )
+        self.quoted(key.split('|').next().unwrap_or(key), "\"<text>\"", ctx, start)
     }
 
     /// A double-quoted string at the current position; `""` stands for one `"`.
@@ -482,11 +464,7 @@ impl<'a> Cursor<'a> {
 
 /// `item []:`, `item [2]:`, `intervals [5]:`, `points [1]:` — long-format headers, no values.
 fn is_structural(line: &str) -> bool {
-    !line.contains('=')
-        && line.ends_with(':')
-        && ["item", "intervals", "points"]
-            .iter()
-            .any(|k| line.starts_with(k))
+    !line.contains('=') && line.ends_with(':') && ["item", "intervals", "points"].iter().any(|k| line.starts_with(k))
 }
 
 fn shorten(s: &str) -> String {
@@ -595,19 +573,14 @@ lines"
         let err = words(&text, &ReadOptions::default()).unwrap_err();
         assert!(matches!(err, Error::Invalid(_)));
         let m = err.to_string();
-        assert!(
-            m.contains("`phones` (IntervalTier), `lexical` (IntervalTier)"),
-            "{m}"
-        );
+        assert!(m.contains("`phones` (IntervalTier), `lexical` (IntervalTier)"), "{m}");
         assert!(m.contains("t.TextGrid"), "{m}");
     }
 
     #[test]
     fn malformed_number_names_line_and_expectation() {
         let text = LONG.replace("xmax = 1.5", "xmax = abc");
-        let err = words(&text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(&text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(
             err.contains("line 31: expected `xmax = <number>`, found `xmax = abc`"),
             "{err}"
@@ -618,9 +591,7 @@ lines"
     #[test]
     fn missing_key_names_line() {
         let text = LONG.replace("            text = \"sp\"\n", "");
-        let err = words(&text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(&text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(
             err.contains("line 37: expected `text = \"<text>\"`, found `xmin = 2`"),
             "{err}"
@@ -630,43 +601,29 @@ lines"
     #[test]
     fn xmax_before_xmin_rejected() {
         let text = LONG.replace("xmax = 1.5", "xmax = 0.5");
-        let err = words(&text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(&text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("line 31") && err.contains("xmax"), "{err}");
     }
 
     #[test]
     fn decreasing_intervals_rejected() {
         let text = LONG.replace("xmin = 1.5\n", "xmin = 0.5\n");
-        let err = words(&text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("line 34") && err.contains("time order"),
-            "{err}"
-        );
+        let err = words(&text, &ReadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("line 34") && err.contains("time order"), "{err}");
     }
 
     #[test]
     fn unterminated_string() {
         let text = LONG.replace("text = \"AH\"", "text = \"AH");
         let text = text.split("    item [2]").next().unwrap();
-        let err = words(text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("line 18") && err.contains("closing"), "{err}");
     }
 
     #[test]
     fn not_a_textgrid() {
-        let err = words("hello world\n", &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("line 1: expected `File type = \"ooTextFile\"`"),
-            "{err}"
-        );
+        let err = words("hello world\n", &ReadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains("line 1: expected `File type = \"ooTextFile\"`"), "{err}");
         let err = words(
             "File type = \"ooTextFile\"\nObject class = \"Sound\"\n",
             &ReadOptions::default(),
@@ -686,10 +643,7 @@ lines"
         assert_eq!(tiers[0].kind, TierKind::Point(1));
         // The only IntervalTier is chosen although it is not named `word`.
         let w = words(text, &ReadOptions::default()).unwrap();
-        assert_eq!(
-            w.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
+        assert_eq!(w.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(w[1].onset_s, Some(1.0));
         // A point tier cannot be the word tier.
         let opts = ReadOptions {
@@ -704,13 +658,9 @@ lines"
     fn short_format_error_names_line_and_token() {
         let text = "File type = \"ooTextFile\"\nObject class = \"TextGrid\"\n\n0\n2\n<exists>\n1\n\
                     \"IntervalTier\"\n\"word\"\n0\n2\n1\n0\nxyz\n\"a\"\n";
-        let err = words(text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(
-            err.contains(
-                "line 14: expected <number> (`xmax` of interval 1 of tier 1 `word`), found `xyz`"
-            ),
+            err.contains("line 14: expected <number> (`xmax` of interval 1 of tier 1 `word`), found `xyz`"),
             "{err}"
         );
     }
@@ -718,9 +668,7 @@ lines"
     #[test]
     fn truncated_file() {
         let text = LONG.split("        intervals [4]:").next().unwrap();
-        let err = words(text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(
             err.contains("found the end of the file") && err.contains("interval 4"),
             "{err}"
@@ -731,9 +679,7 @@ lines"
     fn absent_tiers() {
         let text = "File type = \"ooTextFile\"\nObject class = \"TextGrid\"\n\nxmin = 0\nxmax = 1\ntiers? <absent>\n";
         assert!(parse(Path::new("a.TextGrid"), text).unwrap().is_empty());
-        let err = words(text, &ReadOptions::default())
-            .unwrap_err()
-            .to_string();
+        let err = words(text, &ReadOptions::default()).unwrap_err().to_string();
         assert!(err.contains("no tiers"), "{err}");
     }
 }

@@ -26,9 +26,7 @@ pub mod parquet_io;
 pub mod schema;
 
 pub use parquet_io::{
-    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic,
-    write_table_parquet, SIZES_KEY, VERSION_KEY, ZSTD_LEVEL,
+    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic, write_table_parquet, SIZES_KEY,
+    VERSION_KEY, ZSTD_LEVEL,
 };
-pub use schema::{
-    ColumnSchema, ColumnType, ListSize, ScalarType, TableSchema, BUILTIN_TABLES, SCHEMA_KEY,
-};
+pub use schema::{ColumnSchema, ColumnType, ListSize, ScalarType, TableSchema, BUILTIN_TABLES, SCHEMA_KEY};

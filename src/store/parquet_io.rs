@@ -50,11 +50,7 @@ const ARROW_SCHEMA_KEY: &str = "ARROW:schema";
 /// `metadata` is added to the file's key-value metadata; `cortexflow.version` is reserved and
 /// always set. `cortexflow.schema` is taken from `metadata` if given there, else from the first
 /// batch's schema metadata (as set by [`TableSchema::to_arrow`]), else omitted.
-pub fn write_parquet_atomic(
-    path: &Path,
-    batches: &[RecordBatch],
-    metadata: &[(String, String)],
-) -> Result<()> {
+pub fn write_parquet_atomic(path: &Path, batches: &[RecordBatch], metadata: &[(String, String)]) -> Result<()> {
     let (schema, batches) = common_schema(path, batches)?;
     let table = schema.metadata().get(SCHEMA_KEY).cloned();
     let metadata = file_metadata(path, metadata, table.as_deref())?;
@@ -108,11 +104,7 @@ pub fn write_table_parquet(
 /// Writes `batches` to the Arrow IPC *file* format (`.arrow`, a.k.a. Feather v2, uncompressed) at
 /// `path`, atomically and with the same metadata rules as [`write_parquet_atomic`]. The metadata
 /// is stored as the IPC file's custom (footer) metadata.
-pub fn write_arrow_ipc_atomic(
-    path: &Path,
-    batches: &[RecordBatch],
-    metadata: &[(String, String)],
-) -> Result<()> {
+pub fn write_arrow_ipc_atomic(path: &Path, batches: &[RecordBatch], metadata: &[(String, String)]) -> Result<()> {
     let (schema, batches) = common_schema(path, batches)?;
     let table = schema.metadata().get(SCHEMA_KEY).cloned();
     let metadata = file_metadata(path, metadata, table.as_deref())?;
@@ -152,9 +144,7 @@ pub fn read_parquet(path: &Path) -> Result<(Schema, Vec<RecordBatch>, HashMap<St
         .map_err(|e| Error::parse(path, "Parquet footer", e.to_string()))?;
     let batches = reader
         .enumerate()
-        .map(|(i, batch)| {
-            batch.map_err(|e| Error::parse(path, format!("record batch {i}"), e.to_string()))
-        })
+        .map(|(i, batch)| batch.map_err(|e| Error::parse(path, format!("record batch {i}"), e.to_string())))
         .collect::<Result<Vec<_>>>()?;
     Ok((schema, batches, metadata))
 }
@@ -168,9 +158,7 @@ pub fn read_arrow_ipc(path: &Path) -> Result<(Schema, Vec<RecordBatch>, HashMap<
     let metadata = reader.custom_metadata().clone();
     let batches = reader
         .enumerate()
-        .map(|(i, batch)| {
-            batch.map_err(|e| Error::parse(path, format!("record batch {i}"), e.to_string()))
-        })
+        .map(|(i, batch)| batch.map_err(|e| Error::parse(path, format!("record batch {i}"), e.to_string())))
         .collect::<Result<Vec<_>>>()?;
     Ok((schema, batches, metadata))
 }
@@ -215,11 +203,7 @@ fn common_schema(path: &Path, batches: &[RecordBatch]) -> Result<(SchemaRef, Vec
                     "`{}` {} ({})",
                     f.name(),
                     describe_arrow(f.data_type()),
-                    if f.is_nullable() {
-                        "nullable"
-                    } else {
-                        "not null"
-                    }
+                    if f.is_nullable() { "nullable" } else { "not null" }
                 )
             };
             if want.name() != have.name()
@@ -243,11 +227,7 @@ fn common_schema(path: &Path, batches: &[RecordBatch]) -> Result<(SchemaRef, Vec
 /// Key-value metadata for a written file: the caller's pairs (no duplicate keys, no
 /// `cortexflow.version`), then `cortexflow.version`, then `cortexflow.schema` = `table` unless the
 /// caller gave it (in which case it must agree with `table` when both are known).
-fn file_metadata(
-    path: &Path,
-    user: &[(String, String)],
-    table: Option<&str>,
-) -> Result<Vec<(String, String)>> {
+fn file_metadata(path: &Path, user: &[(String, String)], table: Option<&str>) -> Result<Vec<(String, String)>> {
     let write_err = |message: String| Error::Write {
         path: path.to_path_buf(),
         message,
@@ -274,10 +254,7 @@ fn file_metadata(
         }
         out.push((key.clone(), value.clone()));
     }
-    out.push((
-        VERSION_KEY.to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
-    ));
+    out.push((VERSION_KEY.to_string(), env!("CARGO_PKG_VERSION").to_string()));
     if let Some(table) = table {
         if !out.iter().any(|(k, _)| k == SCHEMA_KEY) {
             out.push((SCHEMA_KEY.to_string(), table.to_string()));
@@ -302,8 +279,7 @@ fn write_parquet_with_schema(
         .set_key_value_metadata(Some(key_values))
         .build();
     write_atomic(path, |out| {
-        let mut writer =
-            ArrowWriter::try_new(out, schema, Some(properties)).map_err(|e| e.to_string())?;
+        let mut writer = ArrowWriter::try_new(out, schema, Some(properties)).map_err(|e| e.to_string())?;
         for (i, batch) in batches.iter().enumerate() {
             writer.write(batch).map_err(|e| format!("batch {i}: {e}"))?;
         }
@@ -336,8 +312,7 @@ impl Drop for TempFile {
 fn temp_path_for(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let file_name = path.file_name().ok_or_else(|| Error::Write {
         path: path.to_path_buf(),
-        message: "the path has no file name (expected a file path such as out/words.parquet)"
-            .into(),
+        message: "the path has no file name (expected a file path such as out/words.parquet)".into(),
     })?;
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
@@ -388,24 +363,15 @@ where
     };
 
     let mut out = BufWriter::new(file);
-    write(&mut out)
-        .map_err(|e| write_err(format!("{e} (while writing {})", temp.path.display())))?;
-    let file = out.into_inner().map_err(|e| {
-        write_err(format!(
-            "cannot flush {}: {}",
-            temp.path.display(),
-            e.error()
-        ))
-    })?;
+    write(&mut out).map_err(|e| write_err(format!("{e} (while writing {})", temp.path.display())))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| write_err(format!("cannot flush {}: {}", temp.path.display(), e.error())))?;
     file.sync_all()
         .map_err(|e| write_err(format!("cannot fsync {}: {e}", temp.path.display())))?;
     drop(file);
-    fs::rename(&temp.path, path).map_err(|e| {
-        write_err(format!(
-            "cannot rename {} to the target: {e}",
-            temp.path.display()
-        ))
-    })?;
+    fs::rename(&temp.path, path)
+        .map_err(|e| write_err(format!("cannot rename {} to the target: {e}", temp.path.display())))?;
     temp.committed = true;
     sync_dir(&dir);
     tracing::debug!(path = %path.display(), "wrote file atomically");

@@ -42,10 +42,7 @@ pub const FIELD_UNIT_KEY: &str = "unit";
 /// Names and JSON texts of the schemas embedded in the binary (`data-schemas/*.json` at build time).
 const BUILTINS: &[(&str, &str)] = &[
     ("words", include_str!("../../data-schemas/words.json")),
-    (
-        "activations",
-        include_str!("../../data-schemas/activations.json"),
-    ),
+    ("activations", include_str!("../../data-schemas/activations.json")),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -109,9 +106,7 @@ impl ScalarType {
     }
 
     fn from_arrow(data_type: &DataType) -> Option<ScalarType> {
-        ScalarType::ALL
-            .into_iter()
-            .find(|s| &s.to_arrow() == data_type)
+        ScalarType::ALL.into_iter().find(|s| &s.to_arrow() == data_type)
     }
 }
 
@@ -139,10 +134,7 @@ impl FromStr for ColumnType {
 
     fn from_str(text: &str) -> std::result::Result<Self, String> {
         let scalar = |name: &str| ScalarType::ALL.into_iter().find(|s| s.name() == name);
-        let parsed = match text
-            .strip_prefix("fixed_size_list<")
-            .and_then(|t| t.strip_suffix('>'))
-        {
+        let parsed = match text.strip_prefix("fixed_size_list<").and_then(|t| t.strip_suffix('>')) {
             Some(inner) => scalar(inner.trim()).map(ColumnType::FixedSizeList),
             None => scalar(text).map(ColumnType::Scalar),
         };
@@ -236,10 +228,7 @@ impl ColumnSchema {
                         "table `{table}`, column `{}`: list size {} = {size}, expected a positive \
                          number",
                         self.name,
-                        self.list_size
-                            .as_ref()
-                            .map(|s| s.to_string())
-                            .unwrap_or_default()
+                        self.list_size.as_ref().map(|s| s.to_string()).unwrap_or_default()
                     )));
                 }
                 Ok(DataType::FixedSizeList(list_item_field(item), size))
@@ -254,26 +243,16 @@ impl ColumnSchema {
         if let Some(unit) = &self.unit {
             metadata.insert(FIELD_UNIT_KEY.to_string(), unit.clone());
         }
-        Ok(
-            Field::new(&self.name, self.arrow_type(table, sizes)?, self.nullable)
-                .with_metadata(metadata),
-        )
+        Ok(Field::new(&self.name, self.arrow_type(table, sizes)?, self.nullable).with_metadata(metadata))
     }
 
     /// Human-readable type and nullability, e.g. `f64 (nullable)` or
     /// `fixed_size_list<f32>[d_model=4] (not null)`.
     fn describe(&self, sizes: &HashMap<String, i32>) -> String {
-        let nullability = if self.nullable {
-            "nullable"
-        } else {
-            "not null"
-        };
+        let nullability = if self.nullable { "nullable" } else { "not null" };
         match (&self.column_type, &self.list_size) {
             (ColumnType::FixedSizeList(_), Some(ListSize::Symbolic(name))) => {
-                let size = sizes
-                    .get(name)
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "?".into());
+                let size = sizes.get(name).map(|n| n.to_string()).unwrap_or_else(|| "?".into());
                 format!("{}[{name}={size}] ({nullability})", self.column_type)
             }
             (ColumnType::FixedSizeList(_), Some(ListSize::Fixed(n))) => {
@@ -347,10 +326,7 @@ impl TableSchema {
             return Err(Error::parse(
                 &path,
                 "field `table`",
-                format!(
-                    "expected \"{name}\" (the file name), found \"{}\"",
-                    schema.table
-                ),
+                format!("expected \"{name}\" (the file name), found \"{}\"", schema.table),
             ));
         }
         Ok(schema)
@@ -368,15 +344,8 @@ impl TableSchema {
             // serde_json's message ends with the position, which the location already gives.
             let message = e.to_string();
             let suffix = format!(" at line {} column {}", e.line(), e.column());
-            let message = message
-                .strip_suffix(&suffix)
-                .unwrap_or(&message)
-                .to_string();
-            Error::parse(
-                origin,
-                format!("line {}, column {}", e.line(), e.column()),
-                message,
-            )
+            let message = message.strip_suffix(&suffix).unwrap_or(&message).to_string();
+            Error::parse(origin, format!("line {}, column {}", e.line(), e.column()), message)
         })?;
         schema
             .validate()
@@ -452,9 +421,7 @@ impl TableSchema {
                 (ColumnType::FixedSizeList(_), Some(ListSize::Fixed(n))) if *n <= 0 => {
                     return Err((location, format!("list_size must be positive, found {n}")))
                 }
-                (ColumnType::FixedSizeList(_), Some(ListSize::Symbolic(name)))
-                    if !is_identifier(name) =>
-                {
+                (ColumnType::FixedSizeList(_), Some(ListSize::Symbolic(name))) if !is_identifier(name) => {
                     return Err((
                         location,
                         format!("symbolic list_size must be a name of [a-z0-9_], found \"{name}\""),
@@ -543,13 +510,7 @@ impl TableSchema {
             }
         }
         if misplaced && problems.is_empty() {
-            let names = |names: Vec<&str>| {
-                names
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
+            let names = |names: Vec<&str>| names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
             problems.push(format!(
                 "columns in the wrong order: expected {}, found {}",
                 names(self.columns.iter().map(|c| c.name.as_str()).collect()),
@@ -599,26 +560,16 @@ impl TableSchema {
             )));
         }
         match (field.data_type(), array.data_type()) {
-            (DataType::FixedSizeList(want, size), DataType::FixedSizeList(have, _))
-                if want != have =>
-            {
+            (DataType::FixedSizeList(want, size), DataType::FixedSizeList(have, _)) if want != have => {
                 let list = array
                     .as_any()
                     .downcast_ref::<FixedSizeListArray>()
                     .expect("FixedSizeList data type implies FixedSizeListArray");
-                let rebuilt = FixedSizeListArray::try_new(
-                    want.clone(),
-                    *size,
-                    list.values().clone(),
-                    list.nulls().cloned(),
-                )
-                .map_err(|e| {
-                    Error::Invalid(format!(
-                        "table `{}`, column `{}`: {e}",
-                        self.table,
-                        field.name()
-                    ))
-                })?;
+                let rebuilt =
+                    FixedSizeListArray::try_new(want.clone(), *size, list.values().clone(), list.nulls().cloned())
+                        .map_err(|e| {
+                            Error::Invalid(format!("table `{}`, column `{}`: {e}", self.table, field.name()))
+                        })?;
                 Ok(Arc::new(rebuilt))
             }
             _ => Ok(array.clone()),
