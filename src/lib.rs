@@ -4,11 +4,15 @@
 //! Runtime session, token→word pooling, GGUF import) → `store` (Arrow/Parquet tables, atomic
 //! writes, schemas). Later stages (SAE, features, encoding, reading, dataflow) build on these.
 
+pub mod config;
+pub mod dataflow;
 pub mod encoding;
 pub mod error;
 pub mod features;
 pub mod lm;
 pub mod paths;
+pub mod pipeline;
+pub mod report;
 pub mod sae;
 pub mod stats;
 pub mod stimulus;

@@ -29,6 +29,15 @@ enum Command {
     },
     /// Story → per-word residual-stream vectors, surprisal and entropy, as Parquet.
     Extract(ExtractArgs),
+    /// Checks a pipeline file (paths, shapes, parameters) without computing anything.
+    Validate { pipeline: PathBuf },
+    /// Runs a pipeline: LM → SAE → design → encoding → summaries, as a differential dataflow.
+    Run {
+        pipeline: PathBuf,
+        /// Worker threads (outputs do not depend on it).
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+    },
     /// Greedy continuation of a prompt (a quick check that a model works).
     Generate {
         prompt: String,
@@ -169,6 +178,32 @@ fn run(cli: Cli) -> Result<()> {
             println!("{prompt}{text}");
         }
         Command::Extract(args) => extract(args)?,
+        Command::Validate { pipeline } => {
+            let plan = cortexflow::config::Plan::load(&pipeline)?;
+            println!(
+                "{}: ok — {} story(ies), {} subject(s), layers {:?}, feature sets {:?}, output {}",
+                pipeline.display(),
+                plan.stories.len(),
+                plan.subjects.len(),
+                plan.layers,
+                plan.file.encoding.feature_sets,
+                plan.output.display()
+            );
+            for s in &plan.subjects {
+                for roi in &s.table.constant {
+                    println!("warning: subject {} ROI {roi} is constant and will be excluded", s.id);
+                }
+            }
+        }
+        Command::Run { pipeline, workers } => {
+            let plan = cortexflow::config::Plan::load(&pipeline)?;
+            let report = cortexflow::pipeline::run(plan, &cortexflow::pipeline::RunOptions { workers })?;
+            print!("{}", std::fs::read_to_string(report.output.join("report.md")).unwrap_or_default());
+            println!("\nfinished in {:.1} s; computed {:?}, reused {:?}", report.seconds, report.result.stats.computed, report.result.stats.reused);
+            for f in &report.files {
+                println!("wrote {}", f.display());
+            }
+        }
     }
     Ok(())
 }

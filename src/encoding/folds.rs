@@ -48,7 +48,9 @@ pub fn contiguous_block_folds(n_samples: usize, n_folds: usize, gap: usize) -> R
 pub fn block_folds_within(sample_ids: &[usize], n_folds: usize, gap: usize) -> Result<Vec<Fold>> {
     let n = sample_ids.len();
     if n_folds < 2 {
-        return Err(Error::Invalid(format!("block folds: expected n_folds >= 2, found {n_folds}")));
+        return Err(Error::Invalid(format!(
+            "block folds: expected n_folds >= 2, found {n_folds}"
+        )));
     }
     if n < n_folds {
         return Err(Error::Invalid(format!(
@@ -82,7 +84,10 @@ pub fn block_folds_within(sample_ids: &[usize], n_folds: usize, gap: usize) -> R
                  {gap}; use fewer folds or a smaller gap"
             )));
         }
-        folds.push(Fold { train, test: (start..end).collect() });
+        folds.push(Fold {
+            train,
+            test: (start..end).collect(),
+        });
         start = end;
     }
     Ok(folds)
@@ -96,7 +101,9 @@ pub fn block_folds_within(sample_ids: &[usize], n_folds: usize, gap: usize) -> R
 /// Errors when `n_folds < 2` or when there are fewer distinct groups than folds.
 pub fn leave_groups_out_folds(groups: &[usize], n_folds: usize) -> Result<Vec<Fold>> {
     if n_folds < 2 {
-        return Err(Error::Invalid(format!("leave-groups-out folds: expected n_folds >= 2, found {n_folds}")));
+        return Err(Error::Invalid(format!(
+            "leave-groups-out folds: expected n_folds >= 2, found {n_folds}"
+        )));
     }
     let mut labels: Vec<usize> = groups.to_vec();
     labels.sort_unstable();
@@ -108,7 +115,12 @@ pub fn leave_groups_out_folds(groups: &[usize], n_folds: usize) -> Result<Vec<Fo
         )));
     }
     let fold_of = |g: usize| labels.binary_search(&g).expect("label is present") % n_folds;
-    let mut folds: Vec<Fold> = (0..n_folds).map(|_| Fold { train: Vec::new(), test: Vec::new() }).collect();
+    let mut folds: Vec<Fold> = (0..n_folds)
+        .map(|_| Fold {
+            train: Vec::new(),
+            test: Vec::new(),
+        })
+        .collect();
     for (i, &g) in groups.iter().enumerate() {
         let f = fold_of(g);
         for (k, fold) in folds.iter_mut().enumerate() {
@@ -157,7 +169,9 @@ pub fn check_folds(folds: &[Fold], n_samples: usize, disjoint_tests: bool) -> Re
         if disjoint_tests {
             for &i in &fold.test {
                 if let Some(j) = tested_by[i] {
-                    return Err(Error::Invalid(format!("row {i} is in the test set of both fold {j} and fold {k}")));
+                    return Err(Error::Invalid(format!(
+                        "row {i} is in the test set of both fold {j} and fold {k}"
+                    )));
                 }
                 tested_by[i] = Some(k);
             }
@@ -219,10 +233,22 @@ mod tests {
 
     #[test]
     fn fold_checks_catch_overlaps_and_out_of_range_rows() {
-        let ok = vec![Fold { train: vec![2, 3], test: vec![0, 1] }, Fold { train: vec![0, 1], test: vec![2, 3] }];
+        let ok = vec![
+            Fold {
+                train: vec![2, 3],
+                test: vec![0, 1],
+            },
+            Fold {
+                train: vec![0, 1],
+                test: vec![2, 3],
+            },
+        ];
         assert!(check_folds(&ok, 4, true).is_ok());
         assert!(check_folds(&ok, 3, true).is_err());
-        let overlap = vec![Fold { train: vec![1, 2], test: vec![0, 1] }];
+        let overlap = vec![Fold {
+            train: vec![1, 2],
+            test: vec![0, 1],
+        }];
         assert!(check_folds(&overlap, 4, false).is_err());
         let twice = vec![ok[0].clone(), ok[0].clone()];
         assert!(check_folds(&twice, 4, false).is_ok());

@@ -3,21 +3,33 @@
 //! established from the data.
 //!
 //! **Timing.** The audio starts with 20 s of silence (words from 20.06 s on). Scanning started with
-//! the audio; the first 10 volumes (10 × 2 s = 20 s) were discarded, so TR 0 of every file covers
-//! stimulus time `[20 s, 22 s)`: [`ALICE_T0_S`].
+//! the audio (see the evidence below); the first 10 volumes (10 × 2 s = 20 s) were discarded, so
+//! TR 0 of every file covers stimulus time `[20 s, 22 s)`: [`ALICE_T0_S`].
 //!
-//! **Evidence.** [`alice_alignment`] builds our word-rate regressor (impulses at the TextGrid word
-//! onsets → double-gamma HRF → TR means, [`word_rate_regressor`]) on that grid and correlates it
-//! with the published, already HRF-convolved `s##-rate.txt`: lag 0 wins for every subject with
-//! r ≈ 0.995 (r ≈ 0.95 at lags ±1). A finer scan of `t0` in 0.1 s steps peaks at ≈ 19.1 s: our
-//! regressor is a TR *mean* (centred 1 s into the TR) whereas SPM samples the convolved regressor
-//! near the *start* of each TR, which is the same as a TR mean taken ~1 s earlier. Both agree that
-//! the files begin at stimulus time 20 s (within one fine step of the 1 s window-centre offset);
-//! see the crate tests for the numbers per subject.
+//! **Evidence** ([`alice_alignment`], all 20 subjects; the rate files differ between subjects only
+//! in the 4th significant digit, so the numbers agree to ±0.001). We convolve impulses at the 2,127
+//! TextGrid word onsets with the double-gamma HRF and compare with the published, already
+//! HRF-convolved `s##-rate.txt` on the grid t0 = 20 s:
+//!
+//! * sampled at the **start** of each TR (SPM's convention, microtime onset 1 in SPM8), the best
+//!   lag is **0** for every subject with r = 0.988 (lags −1 / +1: r ≈ 0.77 / 0.82); a fine scan of
+//!   the sampling instant in 0.1 s steps peaks at 19.8 s (r = 0.9895), i.e. within 0.2 s of 20 s;
+//! * as a TR **mean** (the paper's convention, [`word_rate_regressor`](super::word_rate_regressor)) the regressor is centred
+//!   1 s into each TR, ~1 s later than the rate file's samples. That half-TR offset straddles two
+//!   grid lags: r = 0.929 at lag 0 and 0.947 at lag **+1** (best, for every subject), and the fine
+//!   scan peaks at t0 = 18.9 s (r = 0.9896) = 19.8 s − 0.9 s.
+//!
+//! So the files start at stimulus time 20 s ([`ALICE_T0_S`], no hidden delay), and the lag-+1
+//! preference of the TR-mean regressor is a sampling convention of the rate file, not a
+//! misalignment: use t0 = 20 s for the brain data. The remaining 1 % (r ≈ 0.99, not 1) is not
+//! explained by the word time point used (onsets, midpoints and offsets all give 0.990) and
+//! presumably reflects SPM's microtime binning / HRF normalisation or a slightly different word
+//! list behind the published predictor.
 //!
 //! The companion file `sept18-generic-predictors-under-hrf-with-logfrqhal.txt` has 372 rows: the
-//! same predictors including the 10 discarded volumes (its row 11 is the rate files' row 1),
-//! which confirms that the scan, and hence TR 0 of the raw data, started at stimulus time 0.
+//! same kind of predictors including the 10 discarded volumes: its `rate_conv` column is ~0 for
+//! rows 1–10 and its rows 11–372 match the rate files' rows 1–362 to about 1 %, consistent with the
+//! raw scan starting at stimulus time 0.
 
 use std::path::{Path, PathBuf};
 
@@ -117,31 +129,71 @@ pub fn alice_grid() -> TrGrid {
     }
 }
 
+/// How a convolved word train is turned into one value per TR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrSampling {
+    /// The mean over the TR window `[t0 + k·tr, t0 + (k+1)·tr)`: [`super::word_rate_regressor`],
+    /// the paper's convention.
+    WindowMean,
+    /// The value at the start of the window, `t0 + k·tr`: SPM's convention with microtime onset
+    /// 1 (SPM8's default), which the published `s##-rate.txt` follows.
+    WindowStart,
+}
+
+/// One sampling convention's fit to `s##-rate.txt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingFit {
+    pub sampling: TrSampling,
+    /// Lag scan with reference = `s##-rate.txt`, candidate = our word-rate regressor on the nominal
+    /// grid (t0 = 20 s), lags ±[`ALICE_MAX_LAG_TRS`]. Positive lag: ours must be delayed to match,
+    /// i.e. the `t0` that lines up on the TR grid is `20 s − lag · 2 s` ([`SamplingFit::implied_t0_s`]).
+    pub lag: LagScan,
+    /// `(t0_s, r)` at lag 0 for `t0` in `20 s ± ALICE_T0_SCAN_HALF_WIDTH_S`, step 0.1 s.
+    pub t0_scan: Vec<(f64, f64)>,
+    /// The `t0` of the fine scan with the highest correlation, and that correlation.
+    pub best_t0_s: f64,
+    pub best_r: f64,
+}
+
+impl SamplingFit {
+    /// `20 s − best_lag · 2 s`: the grid-resolution `t0` that lines up best.
+    pub fn implied_t0_s(&self) -> f64 {
+        ALICE_T0_S - self.lag.best_lag_trs as f64 * ALICE_TR_S
+    }
+}
+
 /// What [`alice_alignment`] found for one subject.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlignmentReport {
     pub subject: String,
     /// Words with onsets in the TextGrid.
     pub n_words: usize,
-    /// The nominal grid the regressor was built on (t0 = 20 s).
+    /// The nominal grid the regressors were built on (362 TRs × 2 s, t0 = 20 s).
     pub grid: TrGrid,
-    /// Lag scan with reference = `s##-rate.txt`, candidate = our word-rate regressor on `grid`,
-    /// lags ±[`ALICE_MAX_LAG_TRS`]. Positive lag: our regressor must be delayed to match.
-    pub lag: LagScan,
-    /// The `t0` implied by the best lag: `grid.t0_s − best_lag · tr_s`.
-    pub implied_t0_s: f64,
-    /// `(t0_s, r)` at lag 0 for `t0` in `grid.t0_s ± ALICE_T0_SCAN_HALF_WIDTH_S`, step 0.1 s.
-    pub t0_scan: Vec<(f64, f64)>,
-    /// The `t0` of the fine scan with the highest correlation, and that correlation.
-    pub best_t0_s: f64,
-    pub best_t0_r: f64,
+    /// Our paper-convention regressor (TR means) against the rate file.
+    pub window_mean: SamplingFit,
+    /// The same convolved word train sampled at TR starts against the rate file.
+    pub window_start: SamplingFit,
 }
 
-/// Finds the alignment of the TextGrid to `subject`'s TR series from the data: builds the
-/// word-rate regressor ([`super::word_rate_regressor`], dt = 0.1 s) on the nominal grid
-/// ([`alice_grid`], t0 = 20 s), scans lags against `s##-rate.txt` (already HRF-convolved), and
-/// scans `t0` finely at lag 0. Errors: unreadable or malformed TextGrid or rate file, or a rate
-/// file whose length is not 362.
+fn best_of(scan: &[(f64, f64)]) -> (f64, f64) {
+    scan.iter()
+        .copied()
+        .filter(|(_, r)| r.is_finite())
+        .fold(
+            (f64::NAN, f64::NEG_INFINITY),
+            |best, cur| if cur.1 > best.1 { cur } else { best },
+        )
+}
+
+/// Finds the alignment of the TextGrid to `subject`'s TR series from the data.
+///
+/// Builds the word-rate regressor (impulses at the TextGrid word onsets, double-gamma HRF, fine
+/// step 0.1 s) on the nominal grid ([`alice_grid`], t0 = 20 s) in both [`TrSampling`]s, scans
+/// lags against `s##-rate.txt` (already HRF-convolved, so the right alignment shows as lag ≈ 0),
+/// and scans `t0` in 0.1 s steps at lag 0. See the module docs for what the data say.
+///
+/// Errors: unreadable or malformed TextGrid or rate file, or a rate file whose length is not 362.
 pub fn alice_alignment(data_root: &Path, subject: &str) -> Result<AlignmentReport> {
     let onsets = alice_word_onsets(data_root)?;
     let rate_path = alice_rate_path(data_root, subject);
@@ -154,12 +206,12 @@ pub fn alice_alignment(data_root: &Path, subject: &str) -> Result<AlignmentRepor
         ));
     }
     let grid = alice_grid();
-    let dt = DEFAULT_DT_S;
-    let (n_sub, step) = grid.fine_step(dt);
+    let (n_sub, step) = grid.fine_step(DEFAULT_DT_S);
 
     // One fine-grid signal s(τ_j) = Σ_i h(τ_j − onset_i), τ_j = t_start + j·step, covering every
-    // window of every scanned t0; the regressor for t0 = t_start + q·step is then the mean of
-    // s[q + k·n_sub .. q + (k+1)·n_sub] — the definition of `word_rate_regressor`, evaluated once.
+    // window of every scanned t0. For t0 = t_start + q·step the window-mean regressor is the mean
+    // of s[q + k·n_sub .. q + (k+1)·n_sub] (exactly `word_rate_regressor`'s definition) and the
+    // window-start regressor is s[q + k·n_sub].
     let n_shift = (ALICE_T0_SCAN_HALF_WIDTH_S / step).round() as usize;
     let t_start = grid.t0_s - n_shift as f64 * step;
     let n_fine = 2 * n_shift + grid.n_trs * n_sub;
@@ -173,44 +225,45 @@ pub fn alice_alignment(data_root: &Path, subject: &str) -> Result<AlignmentRepor
             sorted[lo..hi].iter().map(|&o| double_gamma(t - o)).sum()
         })
         .collect();
-    let regressor_at = |q: usize| -> Vec<f64> {
+    let regressor = |sampling: TrSampling, q: usize| -> Vec<f64> {
         (0..grid.n_trs)
-            .map(|k| fine[q + k * n_sub..q + (k + 1) * n_sub].iter().sum::<f64>() / n_sub as f64)
+            .map(|k| {
+                let w = &fine[q + k * n_sub..q + (k + 1) * n_sub];
+                match sampling {
+                    TrSampling::WindowMean => w.iter().sum::<f64>() / n_sub as f64,
+                    TrSampling::WindowStart => w[0],
+                }
+            })
             .collect()
     };
-
-    let ours = regressor_at(n_shift);
-    let lag = best_lag(&rate, &ours, ALICE_MAX_LAG_TRS);
-    let implied_t0_s = grid.t0_s - lag.best_lag_trs as f64 * grid.tr_s;
-    let t0_scan: Vec<(f64, f64)> = (0..=2 * n_shift)
-        .map(|q| (t_start + q as f64 * step, pearson(&rate, &regressor_at(q))))
-        .collect();
-    let (best_t0_s, best_t0_r) =
-        t0_scan
-            .iter()
-            .copied()
-            .filter(|(_, r)| r.is_finite())
-            .fold(
-                (f64::NAN, f64::NEG_INFINITY),
-                |best, cur| if cur.1 > best.1 { cur } else { best },
-            );
-    tracing::info!(
-        subject,
-        best_lag_trs = lag.best_lag_trs,
-        best_r = lag.best_r,
-        implied_t0_s,
-        best_t0_s,
-        best_t0_r,
-        "Alice alignment"
-    );
+    let fit = |sampling: TrSampling| -> SamplingFit {
+        let lag = best_lag(&rate, &regressor(sampling, n_shift), ALICE_MAX_LAG_TRS);
+        let t0_scan: Vec<(f64, f64)> = (0..=2 * n_shift)
+            .map(|q| (t_start + q as f64 * step, pearson(&rate, &regressor(sampling, q))))
+            .collect();
+        let (best_t0_s, best_r) = best_of(&t0_scan);
+        tracing::info!(
+            subject,
+            ?sampling,
+            best_lag_trs = lag.best_lag_trs,
+            r_at_best_lag = lag.best_r,
+            best_t0_s,
+            best_r,
+            "Alice alignment"
+        );
+        SamplingFit {
+            sampling,
+            lag,
+            t0_scan,
+            best_t0_s,
+            best_r,
+        }
+    };
     Ok(AlignmentReport {
         subject: subject.to_string(),
         n_words: onsets.len(),
         grid,
-        lag,
-        implied_t0_s,
-        t0_scan,
-        best_t0_s,
-        best_t0_r,
+        window_mean: fit(TrSampling::WindowMean),
+        window_start: fit(TrSampling::WindowStart),
     })
 }

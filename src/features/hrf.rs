@@ -7,13 +7,13 @@
 //!
 //! Properties (all checked in the tests):
 //! * **Integral.** Both gammas have unit area, so `∫₀^∞ h(t) dt = 1 − 1/6 = 5/6` exactly; the tail
-//!   beyond 40 s is below 1e-5 (in practice ~5e-6), so `∫₀^40 h ≈ 5/6` to 1e-5.
+//!   beyond 40 s is about −1e-6, so `∫₀^40 h ≈ 5/6` to 1e-5.
 //! * **Peak.** The shape-6 gamma has its mode at `k − 1 = 5 s`; the undershoot term is still rising
-//!   there and pulls the peak 1.5 ms earlier: `h` peaks at `t ≈ 4.9985 s` with `h ≈ 0.1754`.
+//!   there and pulls the peak 1.5 ms earlier: `h` peaks at `t ≈ 4.9985 s` with `h ≈ 0.17544`.
 //! * **Undershoot.** The shape-16 gamma has its mode at 15 s, but the positive lobe is still
-//!   decaying there, so the minimum of `h` lies later: at `t ≈ 15.75 s`, `h ≈ −0.0155`
+//!   decaying there, so the minimum of `h` lies later: at `t ≈ 15.749 s`, `h ≈ −0.015599`
 //!   ([`HRF_UNDERSHOOT_MIN_S`]).
-//! * **Zero crossing** at `t ≈ 10.92 s`.
+//! * **Zero crossing** (positive → negative) at `t ≈ 12.07 s`; `h(40 s) ≈ −6e-7`.
 //!
 //! Unlike SPM's `spm_hrf`, the function is **not** renormalised to unit sum; its scale is that of
 //! the unit-area gammas, so a sustained rate of `r` impulses per second gives a plateau of
@@ -27,7 +27,8 @@ const GAMMA_16: f64 = 1_307_674_368_000.0;
 /// Approximate time of the maximum of [`double_gamma`], in seconds (the gamma mode 5 s minus 1.5 ms).
 pub const HRF_PEAK_S: f64 = 4.9985;
 
-/// Approximate time of the undershoot minimum of [`double_gamma`], in seconds.
+/// Approximate time of the undershoot minimum of [`double_gamma`], in seconds (15.7488 s, found
+/// numerically on a 0.1 ms grid; not 15 s, the mode of the shape-16 gamma).
 pub const HRF_UNDERSHOOT_MIN_S: f64 = 15.75;
 
 /// Beyond this lag (seconds) the response is treated as zero when building TR regressors
@@ -45,21 +46,18 @@ fn gamma_pdf_unit_scale(t_s: f64, k_minus_1: f64, gamma_k: f64) -> f64 {
 /// minus 1/6 × gamma pdf (shape 16, scale 1 s); zero for `t_s ≤ 0` (and for NaN).
 ///
 /// Integral over `[0, ∞)`: exactly 5/6. Peak at ≈ 4.9985 s ([`HRF_PEAK_S`]); undershoot minimum at
-/// ≈ 15.75 s ([`HRF_UNDERSHOOT_MIN_S`]). See the module docs.
+/// ≈ 15.75 s ([`HRF_UNDERSHOOT_MIN_S`]); crosses zero at ≈ 12.07 s. See the module docs.
 ///
 /// ```
 /// use cortexflow::features::double_gamma;
 /// assert_eq!(double_gamma(-1.0), 0.0);
-/// assert!((double_gamma(5.0) - 0.17530).abs() < 1e-4);
+/// assert!((double_gamma(5.0) - 0.175441).abs() < 1e-6);
 /// assert!(double_gamma(16.0) < 0.0);
 /// ```
 #[inline]
 pub fn double_gamma(t_s: f64) -> f64 {
-    // `!(t > 0)` also maps NaN to 0.
-    if !(t_s > 0.0) {
-        return 0.0;
-    }
-    if t_s == f64::INFINITY {
+    // Non-positive, NaN and infinite times give 0.
+    if t_s.is_nan() || t_s <= 0.0 || t_s == f64::INFINITY {
         return 0.0;
     }
     gamma_pdf_unit_scale(t_s, 5.0, GAMMA_6) - gamma_pdf_unit_scale(t_s, 15.0, GAMMA_16) / 6.0

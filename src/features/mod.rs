@@ -25,8 +25,8 @@ pub mod roi;
 
 pub use alice::{
     alice_alignment, alice_data_dir, alice_grid, alice_rate_path, alice_textgrid_path, alice_timecourses_path,
-    alice_word_onsets, read_alice_timecourses, AliceSphere, AlignmentReport, ALICE_DISCARDED_VOLUMES,
-    ALICE_MAX_LAG_TRS, ALICE_N_TRS, ALICE_SUBJECTS, ALICE_T0_S, ALICE_TR_S,
+    alice_word_onsets, read_alice_timecourses, AliceSphere, AlignmentReport, SamplingFit, TrSampling,
+    ALICE_DISCARDED_VOLUMES, ALICE_MAX_LAG_TRS, ALICE_N_TRS, ALICE_SUBJECTS, ALICE_T0_S, ALICE_TR_S,
 };
 pub use align::{story_onsets, tr_weights, word_rate_regressor, words_to_trs, zscore, TrGrid, TrWeights, DEFAULT_DT_S};
 pub use hrf::{double_gamma, hrf_kernel, HRF_PEAK_S, HRF_SUPPORT_S, HRF_UNDERSHOOT_MIN_S};

@@ -193,7 +193,7 @@ mod tests {
         assert!(is_constant([0.0; 5]));
         assert!(is_constant([100.0, 100.0 + 1e-11, 100.0]));
         assert!(!is_constant([100.0, 100.0 + 1e-6, 100.0]));
-        assert!(!is_constant([0.0, 1e-300]));
+        assert!(!is_constant([0.0, 1e-100])); // tiny but real variation
         assert!(is_constant(std::iter::empty()));
     }
 

@@ -76,8 +76,14 @@ pub(crate) fn col_sums_f64(a: ArrayView2<'_, f32>) -> Vec<f64> {
         .map(|blk| {
             let mut acc = vec![0.0f64; k];
             for row in blk.rows() {
-                for (s, &v) in acc.iter_mut().zip(row.iter()) {
-                    *s += v as f64;
+                if let Some(row) = row.as_slice() {
+                    for (s, &v) in acc.iter_mut().zip(row) {
+                        *s += v as f64;
+                    }
+                } else {
+                    for (s, &v) in acc.iter_mut().zip(row.iter()) {
+                        *s += v as f64;
+                    }
                 }
             }
             acc
@@ -118,6 +124,50 @@ pub(crate) fn transpose_into(mut dst: ArrayViewMut2<'_, f32>, src: ArrayView2<'_
             }
         }
     });
+}
+
+/// Runs `f(i, row_i)` on every row of a standard-layout matrix, rows in parallel.
+pub(crate) fn par_rows_mut<F>(mut a: ArrayViewMut2<'_, f32>, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    let cols = a.ncols();
+    if cols == 0 || a.nrows() == 0 {
+        return;
+    }
+    let s = a.as_slice_mut().expect("par_rows_mut: standard layout");
+    s.par_chunks_mut(cols).enumerate().for_each(|(i, r)| f(i, r));
+}
+
+/// Like [`par_rows_mut`], collecting one value per row (in row order).
+pub(crate) fn par_rows_mut_map<T, F>(mut a: ArrayViewMut2<'_, f32>, f: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(usize, &mut [f32]) -> T + Sync + Send,
+{
+    let cols = a.ncols();
+    if a.nrows() == 0 {
+        return vec![];
+    }
+    if cols == 0 {
+        return (0..a.nrows()).map(|i| f(i, &mut [])).collect();
+    }
+    let s = a.as_slice_mut().expect("par_rows_mut_map: standard layout");
+    s.par_chunks_mut(cols).enumerate().map(|(i, r)| f(i, r)).collect()
+}
+
+/// Calls `f(k, v)` on each element of a row that need not be contiguous.
+#[inline]
+pub(crate) fn for_each_in_row(row: ndarray::ArrayView1<'_, f32>, mut f: impl FnMut(usize, f32)) {
+    if let Some(s) = row.as_slice() {
+        for (k, &v) in s.iter().enumerate() {
+            f(k, v);
+        }
+    } else {
+        for (k, &v) in row.iter().enumerate() {
+            f(k, v);
+        }
+    }
 }
 
 /// A (rows, cols) f32 matrix filled with zeros (C order).

@@ -44,6 +44,37 @@ pub fn zscore_columns(mut x: ArrayViewMut2<f64>) -> Vec<(f64, f64)> {
     out
 }
 
+/// Removes polynomial trends of order 0..=`order` from each column in place (least-squares
+/// projection onto an orthonormalised polynomial basis over the rows), as fMRI preprocessing does
+/// for scanner drift. Returns nothing; a column that is exactly polynomial becomes zero.
+pub fn detrend_columns(mut x: ArrayViewMut2<f64>, order: usize) {
+    let n = x.nrows();
+    if n == 0 {
+        return;
+    }
+    // basis t^k on t in [-1, 1], orthonormalised by modified Gram–Schmidt
+    let t: Vec<f64> = (0..n).map(|i| if n == 1 { 0.0 } else { -1.0 + 2.0 * i as f64 / (n - 1) as f64 }).collect();
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for k in 0..=order.min(n.saturating_sub(1)) {
+        let mut v: Vec<f64> = t.iter().map(|&ti| ti.powi(k as i32)).collect();
+        for b in &basis {
+            let dot: f64 = v.iter().zip(b).map(|(a, c)| a * c).sum();
+            v.iter_mut().zip(b).for_each(|(a, c)| *a -= dot * c);
+        }
+        let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm > 1e-12 {
+            v.iter_mut().for_each(|a| *a /= norm);
+            basis.push(v);
+        }
+    }
+    for mut col in x.axis_iter_mut(Axis(1)) {
+        for b in &basis {
+            let dot: f64 = col.iter().zip(b).map(|(a, c)| a * c).sum();
+            col.iter_mut().zip(b).for_each(|(a, c)| *a -= dot * c);
+        }
+    }
+}
+
 /// SplitMix64: a tiny, fast, seedable generator; the same seed gives the same stream on every
 /// platform and worker count.
 #[derive(Debug, Clone)]
@@ -173,6 +204,43 @@ mod tests {
         let sd = (v.iter().map(|x| (x - a.estimate).powi(2)).sum::<f64>() / 20.0).sqrt();
         let half = 1.96 * sd / 20f64.sqrt();
         assert!((a.upper - a.lower - 2.0 * half).abs() < 0.25 * 2.0 * half);
+    }
+
+    #[test]
+    fn detrending_removes_polynomials_and_keeps_what_is_orthogonal_to_them() {
+        let n = 50;
+        let t: Vec<f64> = (0..n).map(|i| -1.0 + 2.0 * i as f64 / (n - 1) as f64).collect();
+        let mut x = ndarray::Array2::from_shape_fn((n, 2), |(i, j)| {
+            let poly = 3.0 + 2.0 * t[i] - 1.5 * t[i] * t[i];
+            if j == 0 { poly } else { poly + (7.0 * t[i]).sin() }
+        });
+        detrend_columns(x.view_mut(), 2);
+        assert!(x.column(0).iter().all(|v| v.abs() < 1e-10));
+        // the residual of column 1 is sin(7t) minus its own quadratic projection: compare with a
+        // second implementation, least squares by normal equations on [1, t, t²]
+        let s: Vec<f64> = t.iter().map(|v| (7.0 * v).sin()).collect();
+        let b = ndarray::Array2::from_shape_fn((n, 3), |(i, k)| t[i].powi(k as i32));
+        let btb = b.t().dot(&b);
+        let bts = b.t().dot(&ndarray::Array1::from(s.clone()));
+        // solve the 3×3 system by Cramer's rule
+        let det = |m: &ndarray::Array2<f64>| {
+            m[[0, 0]] * (m[[1, 1]] * m[[2, 2]] - m[[1, 2]] * m[[2, 1]]) - m[[0, 1]] * (m[[1, 0]] * m[[2, 2]] - m[[1, 2]] * m[[2, 0]])
+                + m[[0, 2]] * (m[[1, 0]] * m[[2, 1]] - m[[1, 1]] * m[[2, 0]])
+        };
+        let d = det(&btb);
+        let coef: Vec<f64> = (0..3)
+            .map(|k| {
+                let mut m = btb.clone();
+                for r in 0..3 {
+                    m[[r, k]] = bts[r];
+                }
+                det(&m) / d
+            })
+            .collect();
+        for i in 0..n {
+            let fit = coef[0] + coef[1] * t[i] + coef[2] * t[i] * t[i];
+            assert_abs_diff_eq!(x[[i, 1]], s[i] - fit, epsilon = 1e-9);
+        }
     }
 
     #[test]

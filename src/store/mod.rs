@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod artifacts;
 pub mod extraction;
 pub mod parquet_io;
 pub mod schema;

@@ -43,10 +43,13 @@ pub const FIELD_UNIT_KEY: &str = "unit";
 const BUILTINS: &[(&str, &str)] = &[
     ("words", include_str!("../../data-schemas/words.json")),
     ("activations", include_str!("../../data-schemas/activations.json")),
+    ("fits", include_str!("../../data-schemas/fits.json")),
+    ("summary", include_str!("../../data-schemas/summary.json")),
+    ("sae_quality", include_str!("../../data-schemas/sae_quality.json")),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
-pub const BUILTIN_TABLES: &[&str] = &["words", "activations"];
+pub const BUILTIN_TABLES: &[&str] = &["words", "activations", "fits", "summary", "sae_quality"];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

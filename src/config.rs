@@ -1,0 +1,446 @@
+//! Pipeline files (TOML) → a validated [`Plan`].
+//!
+//! Every key is kebab-case; unknown keys are errors (with the line and column). All paths, shapes
+//! and parameters are checked by [`Plan::load`] before any work starts: stimulus files parse,
+//! response files exist and have the declared number of rows and columns, layers are in the
+//! model's range, CV folds fit the data. See `pipelines/alice.toml` for a commented example.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::features::roi::{read_roi_timecourses, RoiTable};
+use crate::stimulus::{self, ReadOptions, Story};
+use crate::{Error, Result};
+
+/// The pipeline file as written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PipelineFile {
+    /// Name of the analysis (used in reports).
+    pub name: String,
+    /// Output folder for tables, plots and the report (relative to the working directory).
+    /// Default: `runs/<name>`.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// Artifact store (relative to the working directory). Default: `<output>/store`.
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+    /// Root of the data paths below. Default: `$CORTEXFLOW_DATA`, else `../shared/data`.
+    #[serde(default)]
+    pub data_root: Option<PathBuf>,
+    pub model: ModelSection,
+    #[serde(rename = "story")]
+    pub stories: Vec<StorySection>,
+    pub fmri: FmriSection,
+    pub sae: SaeSection,
+    #[serde(default)]
+    pub encoding: EncodingSection,
+    #[serde(default)]
+    pub summary: SummarySection,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ModelSection {
+    /// "default" (SmolLM2-135M-Instruct from the cache) or a folder with model.onnx + manifest.json.
+    #[serde(default = "default_model")]
+    pub dir: String,
+    /// Layers to analyse (0 = embeddings). Default: every 3rd layer, 0, 3, … n_layers.
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    #[serde(default = "default_pooling")]
+    pub pooling: String,
+    #[serde(default = "default_window")]
+    pub window: usize,
+    #[serde(default = "default_min_context")]
+    pub min_context: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// ONNX Runtime intra-op threads per worker (default: all cores / workers).
+    #[serde(default)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StorySection {
+    pub id: String,
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Stimulus file (TextGrid, word table or text), relative to the data root.
+    pub stimulus: PathBuf,
+    /// TextGrid tier (default: "word"/"words" or the only interval tier).
+    #[serde(default)]
+    pub tier: Option<String>,
+    /// Number of fMRI volumes kept for this story.
+    pub n_trs: usize,
+    /// Repetition time in seconds.
+    pub tr_s: f64,
+    /// Stimulus time (s) at the start of the first kept volume (e.g. 10 discarded volumes × 2 s = 20).
+    pub t0_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FmriSection {
+    /// The story the responses were recorded for.
+    pub story: String,
+    /// Response files, relative to the data root, with one `*` standing for the subject
+    /// (e.g. `alice_brennan2016/alice_data_shared/6mm/s*-timecourses.txt`).
+    pub subjects: String,
+    /// Column names of the response files, in order.
+    pub rois: Vec<String>,
+    /// Subjects to leave out (ids as matched by `*` with the pattern's prefix, e.g. "s30").
+    #[serde(default)]
+    pub exclude_subjects: Vec<String>,
+    /// If non-empty, only these subjects are used.
+    #[serde(default)]
+    pub only_subjects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SaeSection {
+    /// Extra training text (plain text files, relative to the data root).
+    #[serde(default)]
+    pub corpus: Vec<PathBuf>,
+    /// Words of each corpus file used (from its start).
+    #[serde(default = "default_corpus_words")]
+    pub corpus_max_words: usize,
+    /// Also train on the stimulus words.
+    #[serde(default = "yes")]
+    pub include_stimulus: bool,
+    #[serde(default = "default_expansion")]
+    pub expansion: usize,
+    #[serde(default = "default_l1")]
+    pub l1: f32,
+    #[serde(default = "default_lr")]
+    pub lr: f32,
+    #[serde(default = "default_sae_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default)]
+    pub resample_every: usize,
+    /// Fraction of the training rows held out for the quality metrics.
+    #[serde(default = "default_heldout")]
+    pub heldout_fraction: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EncodingSection {
+    /// α grid: 10^alpha-min-exp … 10^alpha-max-exp, n-alphas values (log-spaced).
+    pub alpha_min_exp: f64,
+    pub alpha_max_exp: f64,
+    pub n_alphas: usize,
+    /// Outer contiguous-block folds (held-out r) and inner folds (α choice).
+    pub outer_folds: usize,
+    pub inner_folds: usize,
+    /// TRs excluded on each side of a test block.
+    pub gap_trs: usize,
+    /// Feature sets: "raw" (layer activations) and/or "sae" (SAE codes).
+    pub feature_sets: Vec<String>,
+}
+
+impl Default for EncodingSection {
+    fn default() -> Self {
+        EncodingSection {
+            alpha_min_exp: 0.0,
+            alpha_max_exp: 6.0,
+            n_alphas: 13,
+            outer_folds: 5,
+            inner_folds: 4,
+            gap_trs: 5,
+            feature_sets: vec!["raw".into(), "sae".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SummarySection {
+    pub n_boot: usize,
+    pub ci_level: f64,
+    pub seed: u64,
+}
+
+impl Default for SummarySection {
+    fn default() -> Self {
+        SummarySection { n_boot: 2000, ci_level: 0.95, seed: 1 }
+    }
+}
+
+fn default_model() -> String {
+    "default".into()
+}
+fn default_pooling() -> String {
+    "last".into()
+}
+fn default_window() -> usize {
+    512
+}
+fn default_min_context() -> usize {
+    256
+}
+fn default_batch() -> usize {
+    4
+}
+fn default_language() -> String {
+    "en".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_corpus_words() -> usize {
+    20_000
+}
+fn default_expansion() -> usize {
+    4
+}
+fn default_l1() -> f32 {
+    // on normalised inputs (E‖x‖² = d_in), squared error summed over d_in: see sae::SaeTrainConfig
+    5.0
+}
+fn default_lr() -> f32 {
+    3e-4
+}
+fn default_sae_batch() -> usize {
+    1024
+}
+fn default_steps() -> usize {
+    300
+}
+fn default_heldout() -> f64 {
+    0.1
+}
+fn default_seed() -> u64 {
+    1
+}
+
+/// One subject's responses, validated.
+#[derive(Debug, Clone)]
+pub struct SubjectInput {
+    pub id: String,
+    pub path: PathBuf,
+    pub table: RoiTable,
+}
+
+/// A validated pipeline: everything resolved, read and checked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file: PipelineFile,
+    pub source: PathBuf,
+    pub data_root: PathBuf,
+    pub output: PathBuf,
+    pub store: PathBuf,
+    /// Model folder, or None for the default model (imported on first use).
+    pub model_dir: Option<PathBuf>,
+    pub n_layers: usize,
+    pub d_model: usize,
+    pub layers: Vec<usize>,
+    pub stories: Vec<(StorySection, Story)>,
+    pub subjects: Vec<SubjectInput>,
+    pub corpus: Vec<PathBuf>,
+}
+
+fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
+    Error::parse(path, format!("`{key}`"), msg.to_string())
+}
+
+/// Files matching `dir/prefix*suffix`, with the subject id `prefix + match`, sorted by id.
+pub fn match_subjects(root: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>> {
+    let full = root.join(pattern);
+    let dir = full.parent().unwrap_or(root).to_path_buf();
+    let name = full.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let Some((prefix, suffix)) = name.split_once('*') else {
+        return Err(Error::Invalid(format!("subject pattern `{pattern}` has no `*` in its file name")));
+    };
+    let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Error::io(&dir, e))?;
+        let f = e.file_name().to_string_lossy().into_owned();
+        if f.len() > prefix.len() + suffix.len() && f.starts_with(prefix) && f.ends_with(suffix) {
+            out.push((f[..f.len() - suffix.len()].to_string(), e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl Plan {
+    /// Reads and validates a pipeline file. Nothing is computed or written.
+    pub fn load(path: &Path) -> Result<Plan> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let file: PipelineFile = toml::from_str(&text).map_err(|e| {
+            let loc = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    let col = s.start - text[..s.start].rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+                    format!("line {line}, column {col}")
+                })
+                .unwrap_or_else(|| "pipeline".into());
+            Error::parse(path, loc, e.message().to_string())
+        })?;
+        Self::from_file(file, path)
+    }
+
+    pub fn from_file(file: PipelineFile, path: &Path) -> Result<Plan> {
+        let data_root = match &file.data_root {
+            Some(p) => p.clone(),
+            None => crate::paths::data_root().ok_or_else(|| {
+                invalid(path, "data-root", "no data root: set `data-root`, CORTEXFLOW_DATA, or place the data at ../shared/data")
+            })?,
+        };
+        if !data_root.is_dir() {
+            return Err(invalid(path, "data-root", format!("{} is not a folder", data_root.display())));
+        }
+        let output = file.output.clone().unwrap_or_else(|| PathBuf::from("runs").join(&file.name));
+        let store = file.store.clone().unwrap_or_else(|| output.join("store"));
+
+        // ---- model: layer range from the manifest, or from the default GGUF's header
+        let (model_dir, n_layers, d_model) = if file.model.dir == "default" {
+            let dir = crate::paths::default_model_dir();
+            match crate::lm::Manifest::load(&dir) {
+                Ok(m) => (None, m.n_layers, m.d_model),
+                Err(_) => {
+                    let g = crate::lm::gguf::Gguf::open(&crate::paths::default_gguf()?)?;
+                    let c = crate::lm::import::LlamaConfig::from_gguf(&g)?;
+                    (None, c.n_layers, c.d_model)
+                }
+            }
+        } else {
+            let dir = PathBuf::from(&file.model.dir);
+            let m = crate::lm::Manifest::load(&dir)?;
+            (Some(dir), m.n_layers, m.d_model)
+        };
+        let layers = match &file.model.layers {
+            Some(l) => l.clone(),
+            None => (0..=n_layers).step_by(3).collect(),
+        };
+        if layers.is_empty() {
+            return Err(invalid(path, "model.layers", "no layers chosen"));
+        }
+        for &l in &layers {
+            if l > n_layers {
+                return Err(invalid(path, "model.layers", crate::lm::runtime::layer_error(l, n_layers)));
+            }
+        }
+        file.model.pooling.parse::<crate::lm::Pooling>().map_err(|e| invalid(path, "model.pooling", e))?;
+        if file.model.min_context + 2 > file.model.window {
+            return Err(invalid(path, "model.min-context", "must be at least 2 smaller than `window`"));
+        }
+        if file.model.batch_size == 0 {
+            return Err(invalid(path, "model.batch-size", "must be at least 1"));
+        }
+
+        // ---- stories
+        if file.stories.is_empty() {
+            return Err(invalid(path, "story", "at least one [[story]] is needed"));
+        }
+        let mut stories = Vec::new();
+        for s in &file.stories {
+            if stories.iter().any(|(o, _): &(StorySection, Story)| o.id == s.id) {
+                return Err(invalid(path, "story.id", format!("story `{}` is declared twice", s.id)));
+            }
+            if !(s.tr_s > 0.0) || s.n_trs == 0 {
+                return Err(invalid(path, "story.tr-s", format!("story `{}`: tr-s and n-trs must be positive", s.id)));
+            }
+            let opts = ReadOptions {
+                tier: s.tier.clone(),
+                language: s.language.clone(),
+                story_id: Some(s.id.clone()),
+                ..Default::default()
+            };
+            let story = stimulus::read_story(data_root.join(&s.stimulus), None, &opts)?;
+            if story.words.iter().any(|w| w.onset_s.is_none()) {
+                return Err(invalid(path, "story.stimulus", format!("story `{}` has words without onsets: fMRI needs timing", s.id)));
+            }
+            stories.push((s.clone(), story));
+        }
+
+        // ---- responses
+        let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == file.fmri.story) else {
+            return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{}`", file.fmri.story)));
+        };
+        let matched = match_subjects(&data_root, &file.fmri.subjects)?;
+        let roi_names: Vec<&str> = file.fmri.rois.iter().map(String::as_str).collect();
+        let mut subjects = Vec::new();
+        for (id, p) in matched {
+                if file.fmri.exclude_subjects.contains(&id)
+                || (!file.fmri.only_subjects.is_empty() && !file.fmri.only_subjects.contains(&id))
+            {
+                continue;
+            }
+            let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
+            table.subject = id.clone();
+            subjects.push(SubjectInput { id, path: p, table });
+        }
+        if subjects.is_empty() {
+            return Err(invalid(path, "fmri.subjects", format!("no file matches `{}` under {}", file.fmri.subjects, data_root.display())));
+        }
+
+        // ---- SAE and encoding parameters
+        let mut corpus = Vec::new();
+        for c in &file.sae.corpus {
+            let p = data_root.join(c);
+            if !p.is_file() {
+                return Err(invalid(path, "sae.corpus", format!("{} does not exist", p.display())));
+            }
+            corpus.push(p);
+        }
+        let e = &file.encoding;
+        if e.n_alphas == 0 || e.alpha_max_exp < e.alpha_min_exp {
+            return Err(invalid(path, "encoding.n-alphas", "the α grid is empty"));
+        }
+        if e.outer_folds < 2 || e.inner_folds < 2 {
+            return Err(invalid(path, "encoding.outer-folds", "outer and inner folds must be at least 2"));
+        }
+        let fold = story_cfg.n_trs / e.outer_folds;
+        if fold <= 2 * e.gap_trs {
+            return Err(invalid(path, "encoding.gap-trs", format!("folds of ~{fold} TRs cannot keep a gap of {} TRs", e.gap_trs)));
+        }
+        for fs in &e.feature_sets {
+            if fs != "raw" && fs != "sae" {
+                return Err(invalid(path, "encoding.feature-sets", format!("unknown feature set `{fs}` (raw, sae)")));
+            }
+        }
+        if file.summary.n_boot == 0 || !(0.0..1.0).contains(&file.summary.ci_level) {
+            return Err(invalid(path, "summary", "n-boot must be positive and ci-level in (0, 1)"));
+        }
+        Ok(Plan {
+            source: path.to_path_buf(),
+            data_root,
+            output,
+            store,
+            model_dir,
+            n_layers,
+            d_model,
+            layers,
+            stories,
+            subjects,
+            corpus,
+            file,
+        })
+    }
+
+    /// The alpha grid.
+    pub fn alphas(&self) -> Vec<f64> {
+        let e = &self.file.encoding;
+        if e.n_alphas == 1 {
+            return vec![10f64.powf(e.alpha_min_exp)];
+        }
+        (0..e.n_alphas)
+            .map(|i| 10f64.powf(e.alpha_min_exp + (e.alpha_max_exp - e.alpha_min_exp) * i as f64 / (e.n_alphas - 1) as f64))
+            .collect()
+    }
+
+    pub fn story(&self, id: &str) -> Option<&(StorySection, Story)> {
+        self.stories.iter().find(|(s, _)| s.id == id)
+    }
+}

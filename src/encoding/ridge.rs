@@ -1,0 +1,819 @@
+//! Multi-target ridge regression over a path of penalties from one spectral decomposition, ridge
+//! with α chosen per target by cross-validation, and nested cross-validation of the whole procedure.
+//!
+//! Model: for each target column y_j, w_j(α) = argmin ‖y_j − X w‖² + α‖w‖². No intercept: callers
+//! center or z-score X and Y first ([`nested_cv_ridge`] z-scores per outer fold with training
+//! statistics). Shapes: X (n_samples, n_features), Y (n_samples, n_targets), W (n_features, n_targets).
+//!
+//! Spectral solution: with the thin SVD X = U diag(s) Vᵀ, W_α = V diag(s / (s² + α)) Uᵀ Y. The
+//! decomposition and Uᵀ Y are computed once; every α then costs only a diagonal rescaling, and
+//! predictions for new rows are X_test V diag(s / (s² + α)) Uᵀ Y without forming W. When the design
+//! is wide (n_features > n_samples) the same spectrum comes from the eigendecomposition of the
+//! n × n kernel X Xᵀ = U diag(λ) Uᵀ (λ = s²) and W_α = Xᵀ U diag(1 / (λ + α)) Uᵀ Y ("kernel" form).
+//!
+//! Determinism: all dense linear algebra runs sequentially inside faer on faer-owned (aligned)
+//! copies; rayon only runs independent tasks (folds, penalties, target chunks) whose results are
+//! gathered in a fixed order and reduced sequentially. Results are bit-identical for any number
+//! of threads on a given machine.
+
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+use faer::linalg::matmul::matmul;
+use faer::linalg::svd::{svd, svd_scratch, ComputeSvdVectors};
+use faer::{Accum, Mat, MatRef, Par};
+use faer_ext::IntoFaer;
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use super::folds::{block_folds_within, check_folds, Fold};
+use crate::stats::{pearson, zscore_columns};
+use crate::{Error, Result};
+
+/// Targets are scored in chunks of this many columns, so that memory for one task stays at
+/// (n_test, TARGET_CHUNK) whatever the number of targets.
+const TARGET_CHUNK: usize = 1024;
+
+/// How [`solve_ridge_with_method`] decomposes the design.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RidgeMethod {
+    /// `Kernel` when n_features > n_samples, `Svd` otherwise.
+    Auto,
+    /// Thin SVD of X (n, p): O(n p min(n, p)).
+    Svd,
+    /// Eigendecomposition of X Xᵀ (n, n): O(n² p + n³); cheaper and as accurate when p ≫ n, but it
+    /// squares the condition number, so directions with s < s_max · sqrt(max(n, p) · ε) are lost.
+    Kernel,
+}
+
+/// The held-out score that [`ridge_cv_with`] maximises when choosing each target's penalty.
+///
+/// Pearson r is scale-free: on a target without signal every penalty gives a near-zero r and the
+/// choice among them is arbitrary. R² also rewards shrinking useless predictions towards zero, so
+/// targets without signal get large penalties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlphaCriterion {
+    /// Pearson correlation between predictions and observations (the default).
+    #[default]
+    Pearson,
+    /// Coefficient of determination 1 − Σ(y − ŷ)² / Σ(y − ȳ)² (ȳ: mean of the test rows).
+    R2,
+}
+
+/// `n` penalties evenly spaced in log10 from `10^lo_exp` to `10^hi_exp` inclusive.
+/// `log_alphas(0.0, 6.0, 13)` gives 1, 10^0.5, 10, …, 10^6 (integer powers are exact).
+pub fn log_alphas(lo_exp: f64, hi_exp: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => Vec::new(),
+        1 => vec![10f64.powf(lo_exp)],
+        _ => (0..n)
+            .map(|i| 10f64.powf(lo_exp + (hi_exp - lo_exp) * i as f64 / (n - 1) as f64))
+            .collect(),
+    }
+}
+
+/// The method's default grid: 13 penalties, 10⁰ … 10⁶ in half decades (METHOD.md §5).
+pub fn default_alphas() -> Vec<f64> {
+    log_alphas(0.0, 6.0, 13)
+}
+
+/// A ridge fit for a whole path of penalties: the spectral factors of X and Uᵀ Y, from which the
+/// weights or predictions for any penalty (or a different penalty per target) follow cheaply.
+///
+/// Internally predictions are `(X_test · basis) · diag(g_α) · uty` with `basis` (p, r) = V and
+/// g = s / (s² + α) for the SVD form, or `basis` = Xᵀ U and g = 1 / (λ + α) for the kernel form;
+/// r is the numerical rank (directions at the round-off level are dropped, so α → 0 gives the
+/// minimum-norm least-squares solution).
+#[derive(Debug, Clone)]
+pub struct RidgePath {
+    method: RidgeMethod,
+    alphas: Vec<f64>,
+    /// (n_features, rank)
+    basis: Mat<f64>,
+    /// (rank): singular values (SVD form) or kernel eigenvalues (kernel form), decreasing.
+    spectrum: Vec<f64>,
+    /// (rank, n_targets): Uᵀ Y.
+    uty: Mat<f64>,
+}
+
+/// Spectral ridge solver for all `alphas` at once (the method chosen by [`RidgeMethod::Auto`]: thin
+/// SVD of X for tall designs, eigendecomposition of the kernel X Xᵀ when n_features > n_samples).
+///
+/// `x`: (n_samples, n_features), `y`: (n_samples, n_targets), already centered (no intercept is
+/// fitted). `alphas`: non-empty, finite, > 0. Errors on shape mismatches, non-finite values, or a
+/// decomposition that does not converge.
+pub fn solve_ridge_svd(x: ArrayView2<f64>, y: ArrayView2<f64>, alphas: &[f64]) -> Result<RidgePath> {
+    solve_ridge_with_method(x, y, alphas, RidgeMethod::Auto)
+}
+
+/// [`solve_ridge_svd`] with an explicit decomposition (both give the same path up to round-off).
+pub fn solve_ridge_with_method(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    method: RidgeMethod,
+) -> Result<RidgePath> {
+    let (n, p) = x.dim();
+    if y.nrows() != n {
+        return Err(Error::Invalid(format!(
+            "ridge: X has {n} rows but Y has {} (expected one row per sample in both)",
+            y.nrows()
+        )));
+    }
+    if n == 0 || p == 0 {
+        return Err(Error::Invalid(format!(
+            "ridge: expected a non-empty design, found shape ({n}, {p})"
+        )));
+    }
+    check_alphas(alphas)?;
+    check_finite(x, "X")?;
+    check_finite(y, "Y")?;
+    let method = match method {
+        RidgeMethod::Auto if p > n => RidgeMethod::Kernel,
+        RidgeMethod::Auto => RidgeMethod::Svd,
+        m => m,
+    };
+    let xm = to_mat(x); // (n, p)
+    let ym = to_mat(y); // (n, t)
+    let (basis, spectrum, u) = match method {
+        RidgeMethod::Svd => svd_factors(xm.as_ref())?,
+        _ => kernel_factors(xm.as_ref())?,
+    };
+    let uty = mm(u.as_ref().transpose(), ym.as_ref()); // (r, t)
+    Ok(RidgePath {
+        method,
+        alphas: alphas.to_vec(),
+        basis,
+        spectrum,
+        uty,
+    })
+}
+
+/// Thin SVD: returns (V_r (p, r), s_r, U_r (n, r)) for the singular values above round-off.
+fn svd_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    let (n, p) = x.shape();
+    let k = n.min(p);
+    let mut s = Diag::<f64>::zeros(k);
+    let mut u = Mat::<f64>::zeros(n, k);
+    let mut v = Mat::<f64>::zeros(p, k);
+    let mut buf = MemBuffer::new(svd_scratch::<f64>(
+        n,
+        p,
+        ComputeSvdVectors::Thin,
+        ComputeSvdVectors::Thin,
+        Par::Seq,
+        Default::default(),
+    ));
+    svd(
+        x,
+        s.as_mut(),
+        Some(u.as_mut()),
+        Some(v.as_mut()),
+        Par::Seq,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|e| Error::Invalid(format!("ridge: SVD of the ({n}, {p}) design did not converge ({e:?})")))?;
+    let s: Vec<f64> = s.column_vector().iter().copied().collect(); // non-increasing
+    let s_max = s.first().copied().unwrap_or(0.0);
+    let tol = s_max * n.max(p) as f64 * f64::EPSILON;
+    let r = s.iter().take_while(|&&v| v > tol).count();
+    Ok((
+        v.as_ref().subcols(0, r).to_owned(),
+        s[..r].to_vec(),
+        u.as_ref().subcols(0, r).to_owned(),
+    ))
+}
+
+/// Kernel eigendecomposition X Xᵀ = U diag(λ) Uᵀ: returns (Xᵀ U_r (p, r), λ_r decreasing, U_r (n, r)).
+fn kernel_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    let (n, p) = x.shape();
+    let kernel = mm(x, x.transpose()); // (n, n)
+    let mut lam = Diag::<f64>::zeros(n);
+    let mut u = Mat::<f64>::zeros(n, n);
+    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        n,
+        ComputeEigenvectors::Yes,
+        Par::Seq,
+        Default::default(),
+    ));
+    self_adjoint_evd(
+        kernel.as_ref(),
+        lam.as_mut(),
+        Some(u.as_mut()),
+        Par::Seq,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "ridge: eigendecomposition of the ({n}, {n}) kernel did not converge ({e:?})"
+        ))
+    })?;
+    let lam: Vec<f64> = lam.column_vector().iter().copied().collect(); // non-decreasing
+    let lam_max = lam.iter().copied().fold(0.0, f64::max);
+    let tol = lam_max * n.max(p) as f64 * f64::EPSILON;
+    let keep: Vec<usize> = (0..n).rev().filter(|&j| lam[j] > tol).collect(); // decreasing order
+    let u_r = Mat::from_fn(n, keep.len(), |i, j| u[(i, keep[j])]);
+    let basis = mm(x.transpose(), u_r.as_ref()); // (p, r)
+    Ok((basis, keep.iter().map(|&j| lam[j]).collect(), u_r))
+}
+
+impl RidgePath {
+    /// The decomposition used (never `Auto`).
+    pub fn method(&self) -> RidgeMethod {
+        self.method
+    }
+    pub fn alphas(&self) -> &[f64] {
+        &self.alphas
+    }
+    pub fn n_features(&self) -> usize {
+        self.basis.nrows()
+    }
+    pub fn n_targets(&self) -> usize {
+        self.uty.ncols()
+    }
+    /// Numerical rank of X (number of spectral directions kept).
+    pub fn rank(&self) -> usize {
+        self.spectrum.len()
+    }
+    /// Singular values of X, decreasing (the square roots of the kernel eigenvalues in kernel form).
+    pub fn singular_values(&self) -> Vec<f64> {
+        match self.method {
+            RidgeMethod::Svd => self.spectrum.clone(),
+            _ => self.spectrum.iter().map(|l| l.sqrt()).collect(),
+        }
+    }
+
+    /// Per-direction gains for penalty α: the diagonal between `basis` and `uty`.
+    fn gains(&self, alpha: f64) -> Vec<f64> {
+        match self.method {
+            RidgeMethod::Svd => self.spectrum.iter().map(|s| s / (s * s + alpha)).collect(),
+            _ => self.spectrum.iter().map(|l| 1.0 / (l + alpha)).collect(),
+        }
+    }
+
+    /// Weights (n_features, n_targets) for penalty `alphas[alpha_index]`.
+    pub fn weights(&self, alpha_index: usize) -> Result<Array2<f64>> {
+        self.weights_per_target(&vec![alpha_index; self.n_targets()])
+    }
+
+    /// Weights (n_features, n_targets) with target j using penalty `alphas[alpha_index[j]]`.
+    pub fn weights_per_target(&self, alpha_index: &[usize]) -> Result<Array2<f64>> {
+        self.check_alpha_index(alpha_index)?;
+        Ok(self.apply_per_target(self.basis.as_ref(), alpha_index))
+    }
+
+    /// Predictions (n_test, n_targets) for new rows `x_test` (n_test, n_features) at penalty
+    /// `alphas[alpha_index]`, as X_test · basis · diag(g_α) · Uᵀ Y (W is never formed).
+    pub fn predict(&self, alpha_index: usize, x_test: ArrayView2<f64>) -> Result<Array2<f64>> {
+        self.predict_per_target(&vec![alpha_index; self.n_targets()], x_test)
+    }
+
+    /// Predictions (n_test, n_targets) with target j using penalty `alphas[alpha_index[j]]`.
+    pub fn predict_per_target(&self, alpha_index: &[usize], x_test: ArrayView2<f64>) -> Result<Array2<f64>> {
+        self.check_alpha_index(alpha_index)?;
+        let a = self.project(x_test)?; // (n_test, r)
+        Ok(self.apply_per_target(a.as_ref(), alpha_index))
+    }
+
+    /// Predictions for every penalty: element `i` is (n_test, n_targets) at `alphas[i]`.
+    pub fn predict_all(&self, x_test: ArrayView2<f64>) -> Result<Vec<Array2<f64>>> {
+        let a = self.project(x_test)?;
+        Ok((0..self.alphas.len())
+            .into_par_iter()
+            .map(|i| {
+                to_array(mm(
+                    scale_cols(a.as_ref(), &self.gains(self.alphas[i])).as_ref(),
+                    self.uty.as_ref(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Pearson r between predictions and `y_test` for every penalty and target: (n_alphas, n_targets).
+    /// A constant prediction or observation column gives NaN (as [`crate::stats::pearson`]).
+    /// Predictions are formed chunk by chunk of targets and never stored.
+    pub fn score_all(&self, x_test: ArrayView2<f64>, y_test: ArrayView2<f64>) -> Result<Array2<f64>> {
+        self.score_all_with(x_test, y_test, AlphaCriterion::Pearson)
+    }
+
+    /// [`RidgePath::score_all`] with the score given by `criterion` (R²: NaN for a constant
+    /// observation column).
+    pub fn score_all_with(
+        &self,
+        x_test: ArrayView2<f64>,
+        y_test: ArrayView2<f64>,
+        criterion: AlphaCriterion,
+    ) -> Result<Array2<f64>> {
+        let t = self.n_targets();
+        if y_test.dim() != (x_test.nrows(), t) {
+            return Err(Error::Invalid(format!(
+                "ridge score: expected Y_test of shape ({}, {t}), found {:?}",
+                x_test.nrows(),
+                y_test.dim()
+            )));
+        }
+        check_finite(y_test, "Y_test")?;
+        let a = self.project(x_test)?; // (n_test, r)
+        let yt = to_mat(y_test); // column-major, each column a contiguous slice
+        let n_alphas = self.alphas.len();
+        let chunks: Vec<(usize, usize)> = (0..t)
+            .step_by(TARGET_CHUNK)
+            .map(|c| (c, (c + TARGET_CHUNK).min(t)))
+            .collect();
+        let tasks: Vec<(usize, usize, usize)> = (0..n_alphas)
+            .flat_map(|i| chunks.iter().map(move |&(c0, c1)| (i, c0, c1)))
+            .collect();
+        let parts: Vec<Vec<f64>> = tasks
+            .par_iter()
+            .map(|&(i, c0, c1)| {
+                let ag = scale_cols(a.as_ref(), &self.gains(self.alphas[i]));
+                let pred = mm(ag.as_ref(), self.uty.as_ref().subcols(c0, c1 - c0)); // (n_test, c1 - c0)
+                (c0..c1)
+                    .map(|j| score(criterion, pred.col_as_slice(j - c0), yt.col_as_slice(j)))
+                    .collect()
+            })
+            .collect();
+        let mut scores = Array2::<f64>::zeros((n_alphas, t));
+        for (&(i, c0, _), part) in tasks.iter().zip(parts) {
+            for (k, r) in part.into_iter().enumerate() {
+                scores[[i, c0 + k]] = r;
+            }
+        }
+        Ok(scores)
+    }
+
+    /// X_test · basis: (n_test, r).
+    fn project(&self, x_test: ArrayView2<f64>) -> Result<Mat<f64>> {
+        if x_test.ncols() != self.n_features() {
+            return Err(Error::Invalid(format!(
+                "ridge predict: model has {} features but X_test has {} columns",
+                self.n_features(),
+                x_test.ncols()
+            )));
+        }
+        check_finite(x_test, "X_test")?;
+        Ok(mm(to_mat(x_test).as_ref(), self.basis.as_ref()))
+    }
+
+    fn check_alpha_index(&self, alpha_index: &[usize]) -> Result<()> {
+        if alpha_index.len() != self.n_targets() {
+            return Err(Error::Invalid(format!(
+                "ridge: expected one penalty index per target ({}), found {}",
+                self.n_targets(),
+                alpha_index.len()
+            )));
+        }
+        if let Some((j, &i)) = alpha_index.iter().enumerate().find(|(_, &i)| i >= self.alphas.len()) {
+            return Err(Error::Invalid(format!(
+                "ridge: penalty index {i} for target {j} is out of range for {} penalties",
+                self.alphas.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `left` (m, r) · diag(g_{α_j}) · uty[:, j] for each target j, grouped by penalty.
+    fn apply_per_target(&self, left: MatRef<'_, f64>, alpha_index: &[usize]) -> Array2<f64> {
+        let t = self.n_targets();
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); self.alphas.len()];
+        for (j, &i) in alpha_index.iter().enumerate() {
+            groups[i].push(j);
+        }
+        let used: Vec<usize> = (0..groups.len()).filter(|&i| !groups[i].is_empty()).collect();
+        let parts: Vec<Mat<f64>> = used
+            .par_iter()
+            .map(|&i| {
+                let cols = &groups[i];
+                let rhs = Mat::from_fn(self.rank(), cols.len(), |k, c| self.uty[(k, cols[c])]);
+                mm(scale_cols(left, &self.gains(self.alphas[i])).as_ref(), rhs.as_ref())
+            })
+            .collect();
+        let mut out = Array2::<f64>::zeros((left.nrows(), t));
+        for (&i, part) in used.iter().zip(&parts) {
+            for (c, &j) in groups[i].iter().enumerate() {
+                for (row, &v) in part.col_as_slice(c).iter().enumerate() {
+                    out[[row, j]] = v;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Held-out score of one target (sequential sums in row order).
+fn score(criterion: AlphaCriterion, pred: &[f64], obs: &[f64]) -> f64 {
+    match criterion {
+        AlphaCriterion::Pearson => pearson(pred, obs),
+        AlphaCriterion::R2 => r2(pred, obs),
+    }
+}
+
+/// 1 − Σ(y − ŷ)² / Σ(y − ȳ)²; NaN when y is constant.
+fn r2(pred: &[f64], obs: &[f64]) -> f64 {
+    let mean = obs.iter().sum::<f64>() / obs.len() as f64;
+    let (mut sse, mut sst) = (0.0, 0.0);
+    for (p, y) in pred.iter().zip(obs) {
+        sse += (y - p) * (y - p);
+        sst += (y - mean) * (y - mean);
+    }
+    if sst == 0.0 {
+        f64::NAN
+    } else {
+        1.0 - sse / sst
+    }
+}
+
+/// Result of [`ridge_cv`]: the penalty chosen per target, the inner-CV scores behind the choice,
+/// and the ridge path refitted on all rows (predict with the per-target penalties via
+/// [`RidgeCvResult::predict`]).
+#[derive(Debug, Clone)]
+pub struct RidgeCvResult {
+    /// (n_targets): index into `alphas` of each target's penalty.
+    pub best_alpha_index: Vec<usize>,
+    /// (n_alphas, n_targets): mean over folds of the held-out score, Pearson r unless another
+    /// `criterion` was asked for (an undefined score, from a constant prediction or observation,
+    /// counts as 0).
+    pub cv_scores: Array2<f64>,
+    /// The score behind `cv_scores`.
+    pub criterion: AlphaCriterion,
+    /// The fit on all rows given to [`ridge_cv`], for every penalty.
+    pub path: RidgePath,
+}
+
+impl RidgeCvResult {
+    /// The chosen penalty values, one per target.
+    pub fn best_alphas(&self) -> Vec<f64> {
+        self.best_alpha_index.iter().map(|&i| self.path.alphas()[i]).collect()
+    }
+    /// Predictions (n_test, n_targets), each target with its chosen penalty.
+    pub fn predict(&self, x_test: ArrayView2<f64>) -> Result<Array2<f64>> {
+        self.path.predict_per_target(&self.best_alpha_index, x_test)
+    }
+    /// Weights (n_features, n_targets), each target with its chosen penalty.
+    pub fn weights(&self) -> Result<Array2<f64>> {
+        self.path.weights_per_target(&self.best_alpha_index)
+    }
+}
+
+/// Ridge with the penalty chosen per target by cross-validation over `folds` (row indices into
+/// `x`/`y`), then refitted on all rows with each target's penalty.
+///
+/// For each fold a spectral path is fitted on the training rows and scored (Pearson r, per
+/// penalty and target) on the test rows; `cv_scores` is the mean over folds. Each target gets the
+/// penalty with the highest mean r; exact ties go to the larger penalty (more shrinkage when the
+/// data cannot tell). No re-centering happens inside the folds: pass centered/z-scored data.
+/// Folds run in parallel; the result does not depend on the number of threads.
+pub fn ridge_cv(x: ArrayView2<f64>, y: ArrayView2<f64>, alphas: &[f64], folds: &[Fold]) -> Result<RidgeCvResult> {
+    ridge_cv_with(x, y, alphas, folds, AlphaCriterion::Pearson)
+}
+
+/// [`ridge_cv`] choosing penalties by `criterion` instead of Pearson r.
+pub fn ridge_cv_with(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criterion: AlphaCriterion,
+) -> Result<RidgeCvResult> {
+    let (n, t) = (x.nrows(), y.ncols());
+    if y.nrows() != n {
+        return Err(Error::Invalid(format!(
+            "ridge_cv: X has {n} rows but Y has {}",
+            y.nrows()
+        )));
+    }
+    check_alphas(alphas)?;
+    check_folds(folds, n, false)?;
+    let per_fold: Vec<Array2<f64>> = folds
+        .par_iter()
+        .map(|fold| {
+            let path = solve_ridge_svd(
+                x.select(Axis(0), &fold.train).view(),
+                y.select(Axis(0), &fold.train).view(),
+                alphas,
+            )?;
+            path.score_all_with(
+                x.select(Axis(0), &fold.test).view(),
+                y.select(Axis(0), &fold.test).view(),
+                criterion,
+            )
+        })
+        .collect::<Result<_>>()?;
+    let mut cv_scores = Array2::<f64>::zeros((alphas.len(), t));
+    for scores in &per_fold {
+        cv_scores.zip_mut_with(scores, |acc, &r| *acc += if r.is_nan() { 0.0 } else { r });
+    }
+    cv_scores.mapv_inplace(|s| s / folds.len() as f64);
+    let best_alpha_index = (0..t).map(|j| best_alpha(alphas, cv_scores.column(j))).collect();
+    let path = solve_ridge_svd(x, y, alphas)?;
+    Ok(RidgeCvResult {
+        best_alpha_index,
+        cv_scores,
+        criterion,
+        path,
+    })
+}
+
+/// Index of the highest score for target `j`; exact ties → the larger penalty.
+fn best_alpha(alphas: &[f64], scores: ArrayView1<f64>) -> usize {
+    let mut best = 0;
+    for i in 1..alphas.len() {
+        let (s, b) = (scores[i], scores[best]);
+        if s > b || (s == b && alphas[i] > alphas[best]) {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Result of [`nested_cv_ridge`]. Predictions are in the units of the original Y.
+#[derive(Debug, Clone)]
+pub struct NestedCvResult {
+    /// (n_targets): Pearson r between held-out predictions and observations over all tested rows.
+    pub r_per_target: Vec<f64>,
+    /// (n_outer_folds, n_targets): Pearson r within each outer test set.
+    pub r_per_fold: Array2<f64>,
+    /// (n_outer_folds, n_targets): the penalty chosen by the inner CV of each outer fold.
+    pub alpha_per_fold: Array2<f64>,
+    /// (n_samples, n_targets): held-out predictions; NaN on rows no outer fold tests.
+    pub predictions: Array2<f64>,
+    /// Rows that some outer fold tests (sorted): the rows behind `r_per_target`.
+    pub tested_rows: Vec<usize>,
+}
+
+/// Nested cross-validated ridge: for each outer fold, z-score X and Y columns with the outer
+/// training rows' mean and sd (population sd; constant columns become 0) and apply the same
+/// transform to the test rows; choose each target's penalty by [`ridge_cv`] over
+/// `inner_n_folds` contiguous blocks of the (sorted) outer training rows, leaving out of each
+/// inner training set the rows within `gap` of the inner test block in *original* sample index
+/// ([`block_folds_within`]); refit on the whole outer training set; predict the outer test rows
+/// and map the predictions back to Y's units (× sd + mean of the training rows).
+///
+/// `outer` folds index rows of `x`/`y`; their test sets must be disjoint. Penalties are chosen by
+/// mean inner-fold Pearson r. Outer folds run in parallel; the result does not depend on the
+/// number of threads.
+pub fn nested_cv_ridge(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    outer: &[Fold],
+    inner_n_folds: usize,
+    gap: usize,
+) -> Result<NestedCvResult> {
+    nested_cv_ridge_with(x, y, alphas, outer, inner_n_folds, gap, AlphaCriterion::Pearson)
+}
+
+/// [`nested_cv_ridge`] choosing penalties by `criterion` (the held-out r reported is Pearson
+/// whatever the criterion).
+pub fn nested_cv_ridge_with(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    outer: &[Fold],
+    inner_n_folds: usize,
+    gap: usize,
+    criterion: AlphaCriterion,
+) -> Result<NestedCvResult> {
+    let (n, t) = (x.nrows(), y.ncols());
+    if y.nrows() != n {
+        return Err(Error::Invalid(format!(
+            "nested_cv_ridge: X has {n} rows but Y has {}",
+            y.nrows()
+        )));
+    }
+    check_alphas(alphas)?;
+    check_finite(x, "X")?;
+    check_finite(y, "Y")?;
+    check_folds(outer, n, true)?;
+    let per_fold: Vec<OuterFit> = outer
+        .par_iter()
+        .enumerate()
+        .map(|(k, fold)| {
+            fit_outer_fold(x, y, alphas, fold, inner_n_folds, gap, criterion)
+                .map_err(|e| Error::Invalid(format!("outer fold {k}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+
+    let mut predictions = Array2::<f64>::from_elem((n, t), f64::NAN);
+    let mut r_per_fold = Array2::<f64>::zeros((outer.len(), t));
+    let mut alpha_per_fold = Array2::<f64>::zeros((outer.len(), t));
+    let mut tested_rows = Vec::new();
+    for (k, fit) in per_fold.iter().enumerate() {
+        for (row, &i) in fit.test.iter().enumerate() {
+            predictions.row_mut(i).assign(&fit.predictions.row(row));
+        }
+        tested_rows.extend_from_slice(&fit.test);
+        r_per_fold.row_mut(k).assign(&Array1::from(fit.r.clone()));
+        alpha_per_fold.row_mut(k).assign(&Array1::from(fit.alphas.clone()));
+    }
+    tested_rows.sort_unstable();
+    let pred_tested = predictions.select(Axis(0), &tested_rows);
+    let y_tested = y.select(Axis(0), &tested_rows);
+    let r_per_target = (0..t)
+        .map(|j| pearson(&pred_tested.column(j).to_vec(), &y_tested.column(j).to_vec()))
+        .collect();
+    Ok(NestedCvResult {
+        r_per_target,
+        r_per_fold,
+        alpha_per_fold,
+        predictions,
+        tested_rows,
+    })
+}
+
+struct OuterFit {
+    test: Vec<usize>,
+    predictions: Array2<f64>, // (n_test, t), Y units
+    r: Vec<f64>,
+    alphas: Vec<f64>,
+}
+
+fn fit_outer_fold(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    fold: &Fold,
+    inner_n_folds: usize,
+    gap: usize,
+    criterion: AlphaCriterion,
+) -> Result<OuterFit> {
+    let mut train = fold.train.clone();
+    train.sort_unstable();
+    let mut test = fold.test.clone();
+    test.sort_unstable();
+    let (mut x_train, mut x_test) = (x.select(Axis(0), &train), x.select(Axis(0), &test));
+    let mut y_train = y.select(Axis(0), &train);
+    let x_stats = zscore_columns(x_train.view_mut());
+    apply_zscore(x_test.view_mut(), &x_stats);
+    let y_stats = zscore_columns(y_train.view_mut());
+    let inner = block_folds_within(&train, inner_n_folds, gap)?;
+    let cv = ridge_cv_with(x_train.view(), y_train.view(), alphas, &inner, criterion)?;
+    let mut predictions = cv.predict(x_test.view())?; // (n_test, t), z units
+    for (mut col, &(mean, sd)) in predictions.axis_iter_mut(Axis(1)).zip(&y_stats) {
+        col.mapv_inplace(|v| v * sd + mean);
+    }
+    let y_test = y.select(Axis(0), &test);
+    let r = (0..y.ncols())
+        .map(|j| pearson(&predictions.column(j).to_vec(), &y_test.column(j).to_vec()))
+        .collect();
+    Ok(OuterFit {
+        test,
+        predictions,
+        r,
+        alphas: cv.best_alphas(),
+    })
+}
+
+/// Applies training-set (mean, sd) column statistics to other rows; sd = 0 columns become 0,
+/// as in [`zscore_columns`].
+fn apply_zscore(mut x: ArrayViewMut2<f64>, stats: &[(f64, f64)]) {
+    for (mut col, &(mean, sd)) in x.axis_iter_mut(Axis(1)).zip(stats) {
+        if sd > 0.0 {
+            col.mapv_inplace(|v| (v - mean) / sd);
+        } else {
+            col.fill(0.0);
+        }
+    }
+}
+
+fn check_alphas(alphas: &[f64]) -> Result<()> {
+    if alphas.is_empty() {
+        return Err(Error::Invalid(
+            "ridge: expected at least one penalty, found none".into(),
+        ));
+    }
+    if let Some((i, a)) = alphas.iter().enumerate().find(|(_, a)| !(a.is_finite() && **a > 0.0)) {
+        return Err(Error::Invalid(format!(
+            "ridge: penalty {i} must be finite and > 0, found {a}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_finite(a: ArrayView2<f64>, name: &str) -> Result<()> {
+    if let Some(((i, j), v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "ridge: {name} must be finite, found {v} at row {i}, column {j}"
+        )));
+    }
+    Ok(())
+}
+
+/// Owned, aligned, column-major copy (faer's layout: the kernels see the same memory layout
+/// whatever the caller's allocation, which keeps results bit-reproducible).
+fn to_mat(a: ArrayView2<f64>) -> Mat<f64> {
+    a.into_faer().to_owned()
+}
+
+fn to_array(m: Mat<f64>) -> Array2<f64> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)])
+}
+
+/// Sequential dense product a · b.
+fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+    let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
+    matmul(out.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
+    out
+}
+
+/// a · diag(g).
+fn scale_cols(a: MatRef<'_, f64>, g: &[f64]) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * g[j])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_abs_diff_eq;
+    use ndarray::array;
+
+    #[test]
+    fn one_feature_ridge_matches_the_closed_form() {
+        // w = xᵀy / (xᵀx + α): xᵀx = 14, xᵀy = 2·1 + 1·2 + 3·3 = 13 (first target), 28 (second)
+        let x = array![[1.0], [2.0], [3.0]];
+        let y = array![[2.0, 2.0], [1.0, 4.0], [3.0, 6.0]];
+        let alphas = [1.0, 6.0];
+        for method in [RidgeMethod::Svd, RidgeMethod::Kernel] {
+            let path = solve_ridge_with_method(x.view(), y.view(), &alphas, method).unwrap();
+            assert_eq!(path.rank(), 1);
+            assert_abs_diff_eq!(path.singular_values()[0], 14f64.sqrt(), epsilon = 1e-12);
+            let w0 = path.weights(0).unwrap();
+            let w1 = path.weights(1).unwrap();
+            assert_abs_diff_eq!(w0[[0, 0]], 13.0 / 15.0, epsilon = 1e-12);
+            assert_abs_diff_eq!(w0[[0, 1]], 28.0 / 15.0, epsilon = 1e-12);
+            assert_abs_diff_eq!(w1[[0, 0]], 13.0 / 20.0, epsilon = 1e-12);
+            let pred = path.predict(1, array![[10.0]].view()).unwrap();
+            assert_abs_diff_eq!(pred[[0, 1]], 280.0 / 20.0, epsilon = 1e-12);
+        }
+    }
+
+    #[test]
+    fn duplicated_columns_drop_a_direction_and_share_the_weight_at_vanishing_penalty() {
+        // X = [a, a, b]: rank 2; the minimum-norm solution splits a's weight evenly
+        let x = array![
+            [1.0, 1.0, 0.0],
+            [2.0, 2.0, 1.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 1.0, -1.0],
+            [3.0, 3.0, 2.0]
+        ];
+        let y = x.column(0).mapv(|v| 2.0 * v).insert_axis(Axis(1)) + x.column(2).insert_axis(Axis(1)); // 2a + b
+        for method in [RidgeMethod::Svd, RidgeMethod::Kernel] {
+            let path = solve_ridge_with_method(x.view(), y.view(), &[1e-10], method).unwrap();
+            assert_eq!(path.rank(), 2, "{method:?}");
+            let w = path.weights(0).unwrap();
+            assert_abs_diff_eq!(w[[0, 0]], 1.0, epsilon = 1e-7);
+            assert_abs_diff_eq!(w[[1, 0]], 1.0, epsilon = 1e-7);
+            assert_abs_diff_eq!(w[[2, 0]], 1.0, epsilon = 1e-7);
+        }
+    }
+
+    #[test]
+    fn r2_is_one_for_a_perfect_prediction_zero_for_the_mean_and_nan_for_a_constant_target() {
+        let y = [1.0, 2.0, 3.0, 6.0];
+        assert_abs_diff_eq!(r2(&y, &y), 1.0, epsilon = 1e-15);
+        assert_abs_diff_eq!(r2(&[3.0; 4], &y), 0.0, epsilon = 1e-15);
+        // SSE 4 (each off by 1), SST 14
+        assert_abs_diff_eq!(r2(&[2.0, 3.0, 4.0, 7.0], &y), 1.0 - 4.0 / 14.0, epsilon = 1e-15);
+        assert!(r2(&y, &[5.0; 4]).is_nan());
+    }
+
+    #[test]
+    fn the_best_penalty_is_the_highest_score_and_exact_ties_go_to_the_larger_penalty() {
+        let alphas = [10.0, 1.0, 100.0, 1000.0];
+        assert_eq!(best_alpha(&alphas, array![0.1, 0.3, 0.2, 0.0].view()), 1);
+        assert_eq!(best_alpha(&alphas, array![0.3, 0.3, 0.2, 0.0].view()), 0);
+        assert_eq!(best_alpha(&alphas, array![0.3, 0.3, 0.3, 0.3].view()), 3);
+        assert_eq!(best_alpha(&[5.0, 1.0], array![0.0, 0.0].view()), 0);
+    }
+
+    #[test]
+    fn test_rows_are_standardised_with_training_statistics_and_constant_columns_become_zero() {
+        let mut test = array![[3.0, 7.0], [5.0, 9.0]];
+        apply_zscore(test.view_mut(), &[(1.0, 2.0), (4.0, 0.0)]);
+        assert_eq!(test, array![[1.0, 0.0], [2.0, 0.0]]);
+    }
+
+    #[test]
+    fn scores_for_every_penalty_equal_pearson_on_each_prediction() {
+        let mut rng = crate::stats::SplitMix64::new(3);
+        let x = Array2::from_shape_simple_fn((30, 4), || rng.normal());
+        let y = Array2::from_shape_simple_fn((30, 3), || rng.normal());
+        let x_test = Array2::from_shape_simple_fn((10, 4), || rng.normal());
+        let y_test = Array2::from_shape_simple_fn((10, 3), || rng.normal());
+        let path = solve_ridge_svd(x.view(), y.view(), &[0.1, 10.0, 1e4]).unwrap();
+        let scores = path.score_all(x_test.view(), y_test.view()).unwrap();
+        let r2s = path
+            .score_all_with(x_test.view(), y_test.view(), AlphaCriterion::R2)
+            .unwrap();
+        for (i, pred) in path.predict_all(x_test.view()).unwrap().iter().enumerate() {
+            for j in 0..3 {
+                let (p, o) = (pred.column(j).to_vec(), y_test.column(j).to_vec());
+                assert_abs_diff_eq!(scores[[i, j]], pearson(&p, &o), epsilon = 1e-12);
+                assert_abs_diff_eq!(r2s[[i, j]], r2(&p, &o), epsilon = 1e-12);
+            }
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The analysis stages as pure-ish functions over the artifact store: each takes artifact ids
+//! (and the validated plan), returns artifact ids, and computes only what the store lacks. The
+//! dataflow (src/dataflow) wires them; tests can call them directly.
+//!
+//! Stages and their artifacts:
+//! - `story`: a validated [`Story`] (JSON), keyed by its content;
+//! - `lm`: per (story, layer) word × d_model activations (f32), plus the words' surprisal/entropy;
+//! - `sae`: a ReLU SAE per layer (a folder: cfg.json + sae_weights.safetensors) and its quality;
+//! - `codes`: per (story, layer) word × d_sae codes (f32);
+//! - `design`: per (story, layer, feature set) TR × feature design matrix (f64, z-scored);
+//! - `roi`: one subject's response table (f64 TR × ROI) with its constant-column list;
+//! - `fit`: per (subject, story, layer, feature set) held-out r and chosen α per ROI (JSON);
+//! - `summary`: per (layer, feature set) mean r over subjects with a bootstrap CI (JSON).
+
+use std::sync::Arc;
+
+use ndarray::{concatenate, s, Array2, Axis};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Plan;
+use crate::encoding::{contiguous_block_folds, nested_cv_ridge};
+use crate::features::align::{words_to_trs, TrGrid};
+use crate::lm::{self, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
+use crate::sae::{self, SaeTrainConfig};
+use crate::stats::bootstrap_mean_ci;
+use crate::stimulus::Story;
+use crate::store::artifacts::{ArtifactId, ArtifactStore, Arrays, KeyBuilder};
+use crate::{Error, Result};
+
+/// Code revisions: bump one when its stage's output changes for the same inputs.
+const REV_LM: u32 = 1;
+const REV_SAE: u32 = 1;
+const REV_CODES: u32 = 1;
+const REV_DESIGN: u32 = 2;
+const REV_FIT: u32 = 2;
+const REV_SUMMARY: u32 = 1;
+
+/// Polynomial order of the drift removed from responses and designs before encoding (scanner
+/// drift: the Alice time courses are not detrended at the source).
+pub const DETREND_ORDER: usize = 2;
+
+/// Fine time step (s) of the HRF convolution.
+pub const HRF_DT_S: f64 = 0.1;
+
+/// What every stage needs: the plan and the store.
+#[derive(Clone)]
+pub struct Ctx {
+    pub plan: Arc<Plan>,
+    pub store: ArtifactStore,
+    /// ONNX Runtime threads per worker.
+    pub lm_threads: usize,
+}
+
+/// A story as stored: its words and its fMRI grid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredStory {
+    pub story: Story,
+    pub n_trs: usize,
+    pub tr_s: f64,
+    pub t0_s: f64,
+}
+
+pub fn put_story(store: &ArtifactStore, s: &StoredStory) -> Result<ArtifactId> {
+    let id = KeyBuilder::new("story", 1).config("story", s).finish();
+    store.json("story", &id, || Ok(s.clone()))?;
+    Ok(id)
+}
+
+/// Stores a response table: "y" (n_trs, n_rois) and the ROI names and constant columns as metadata.
+pub fn put_roi(store: &ArtifactStore, t: &crate::features::roi::RoiTable) -> Result<ArtifactId> {
+    let mut k = KeyBuilder::new("roi", 1).part("subject", &t.subject).config("rois", &t.rois);
+    for v in t.data.iter() {
+        k = k.part("", v.to_le_bytes());
+    }
+    let id = k.finish();
+    store.arrays("roi", &id, || {
+        Ok(Arrays::default()
+            .with_f64("y", t.data.clone())
+            .with_meta("subject", t.subject.clone())
+            .with_meta("rois", serde_json::to_string(&t.rois).unwrap())
+            .with_meta("constant", serde_json::to_string(&t.constant).unwrap()))
+    })?;
+    Ok(id)
+}
+
+/// The LM identity that keys activations: model folder's manifest (source hash and importer).
+fn model_identity(plan: &Plan) -> Result<(std::path::PathBuf, String)> {
+    let dir = match &plan.model_dir {
+        Some(d) => d.clone(),
+        None => lm::ensure_default_model()?,
+    };
+    let m = lm::Manifest::load(&dir)?;
+    Ok((dir, serde_json::to_string(&m).expect("manifest serialises")))
+}
+
+fn extract_options(plan: &Plan) -> Result<ExtractOptions> {
+    let m = &plan.file.model;
+    Ok(ExtractOptions {
+        layers: plan.layers.clone(),
+        pooling: m.pooling.parse::<Pooling>()?,
+        window: m.window,
+        min_context: m.min_context,
+        batch_size: m.batch_size,
+        separator: " ".into(),
+        progress: false,
+    })
+}
+
+/// Activation artifact ids of one text: `(layer, id)` for every plan layer, plus the words id.
+#[derive(Debug, Clone)]
+pub struct LmOutputs {
+    pub words: ArtifactId,
+    pub layers: Vec<(usize, ArtifactId)>,
+}
+
+/// Runs the LM over a story (or corpus text) unless all its artifacts exist. `model` is the
+/// worker's lazily loaded session.
+pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> Result<LmOutputs> {
+    let (dir, identity) = model_identity(&ctx.plan)?;
+    let mut opts = extract_options(&ctx.plan)?;
+    if story.language == "zh" {
+        opts.separator = String::new();
+    }
+    let base = KeyBuilder::new("lm", REV_LM)
+        .part("model", &identity)
+        .part("pooling", opts.pooling.as_str())
+        .config("window", &(opts.window, opts.min_context))
+        .config("story", story);
+    let words = base.clone().part("words", "").finish();
+    let layers: Vec<(usize, ArtifactId)> =
+        opts.layers.iter().map(|&l| (l, base.clone().config("layer", &l).finish())).collect();
+    let all_there = std::iter::once(&words)
+        .chain(layers.iter().map(|(_, id)| id))
+        .all(|id| ctx.store.path("lm", id, "safetensors").is_file());
+    if all_there {
+        return Ok(LmOutputs { words, layers });
+    }
+    if model.is_none() {
+        *model = Some(LanguageModel::load(&dir, &RuntimeOptions { threads: ctx.lm_threads })?);
+    }
+    let lm = model.as_mut().expect("loaded");
+    let ex = lm::extract_story(lm, story, &opts)?;
+    for ((_, id), act) in layers.iter().zip(ex.activations) {
+        ctx.store.arrays("lm", id, || Ok(Arrays::default().with_f32("x", act)))?;
+    }
+    let n = story.words.len();
+    let mut info = Array2::<f64>::zeros((n, 3)); // onset_s, surprisal_bits, entropy_bits
+    for (i, w) in story.words.iter().enumerate() {
+        info[[i, 0]] = w.onset_s.unwrap_or(f64::NAN);
+        info[[i, 1]] = ex.surprisal_bits[i].map(f64::from).unwrap_or(f64::NAN);
+        info[[i, 2]] = ex.entropy_bits[i] as f64;
+    }
+    ctx.store.arrays("lm", &words, || Ok(Arrays::default().with_f64("words", info)))?;
+    Ok(LmOutputs { words, layers })
+}
+
+/// SAE quality on held-out rows, stored next to the SAE.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SaeRecord {
+    pub layer: usize,
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub n_train: usize,
+    pub n_heldout: usize,
+    pub r2: f64,
+    pub fvu: f64,
+    pub mean_l0: f64,
+    pub dead_fraction: f64,
+    pub dense_fraction: f64,
+    pub final_loss: f64,
+}
+
+pub fn sae_train_config(plan: &Plan) -> SaeTrainConfig {
+    let s = &plan.file.sae;
+    SaeTrainConfig {
+        expansion: s.expansion,
+        l1: s.l1,
+        lr: s.lr,
+        batch_size: s.batch_size,
+        steps: s.steps,
+        resample_every: s.resample_every,
+        seed: s.seed,
+        progress: false,
+        ..SaeTrainConfig::default()
+    }
+}
+
+/// Trains the layer's SAE on the given activation artifacts (sorted ids → deterministic order).
+/// Every `k`-th row (k = 1 / heldout-fraction) is held out for the quality metrics.
+pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<ArtifactId> {
+    let cfg = sae_train_config(&ctx.plan);
+    let mut k = KeyBuilder::new("sae", REV_SAE).config("cfg", &ctx.plan.file.sae).config("layer", &layer);
+    for id in inputs {
+        k = k.part("input", id);
+    }
+    let id = k.finish();
+    let heldout_every = (1.0 / ctx.plan.file.sae.heldout_fraction.clamp(1e-3, 0.5)).round() as usize;
+    ctx.store.dir("sae", &id, |dir| {
+        let mats = inputs
+            .iter()
+            .map(|a| Ok(ctx.store.load_arrays("lm", a)?.f32("x")?.to_owned()))
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
+        let x = concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+        let (train_rows, held_rows): (Vec<usize>, Vec<usize>) = (0..x.nrows()).partition(|i| i % heldout_every != 0);
+        let train = x.select(Axis(0), &train_rows);
+        let held = x.select(Axis(0), &held_rows);
+        let (model, report) = sae::train_relu_sae(train.view(), &cfg)?;
+        let q = sae::sae_quality(&model, held.view());
+        sae::save_relu_sae(&model, Some(&cfg), dir)?;
+        let rec = SaeRecord {
+            layer,
+            d_in: model.d_in,
+            d_sae: model.d_sae,
+            n_train: train.nrows(),
+            n_heldout: held.nrows(),
+            r2: q.r2,
+            fvu: q.fvu,
+            mean_l0: q.mean_l0,
+            dead_fraction: q.dead_fraction,
+            dense_fraction: q.dense_fraction,
+            final_loss: report.logs.last().map(|l| l.loss as f64).unwrap_or(f64::NAN),
+        };
+        let path = dir.join("quality.json");
+        crate::paths::write_atomic(&path, serde_json::to_string_pretty(&rec).unwrap().as_bytes())
+    })?;
+    Ok(id)
+}
+
+pub fn sae_record(ctx: &Ctx, sae_id: &str) -> Result<SaeRecord> {
+    let path = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id).join("quality.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::parse(&path, "json", e.to_string()))
+}
+
+/// Encodes a story's activations of one layer with that layer's SAE.
+pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
+    let id = KeyBuilder::new("codes", REV_CODES).part("act", act_id).part("sae", sae_id).finish();
+    ctx.store.arrays("codes", &id, || {
+        let x = ctx.store.load_arrays("lm", act_id)?;
+        let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
+        let (model, _) = sae::load_relu_sae(&dir)?;
+        Ok(Arrays::default().with_f32("x", model.encode(x.f32("x")?)))
+    })?;
+    Ok(id)
+}
+
+/// Word-level features → HRF-convolved, TR-averaged, z-scored design (n_trs, n_features).
+/// `feature_stage` is "lm" (raw activations) or "codes" (SAE codes).
+pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: &str) -> Result<ArtifactId> {
+    let id = KeyBuilder::new("design", REV_DESIGN)
+        .part("story", story_id)
+        .part("stage", feature_stage)
+        .part("features", feature_id)
+        .config("dt", &HRF_DT_S)
+        .finish();
+    ctx.store.arrays("design", &id, || {
+        let st: StoredStory = ctx.store.load_json("story", story_id)?;
+        let onsets: Vec<f64> = st.story.words.iter().map(|w| w.onset_s.unwrap_or(f64::NAN)).collect();
+        let x = ctx.store.load_arrays(feature_stage, feature_id)?;
+        let x = x.f32("x")?.mapv(f64::from);
+        let grid = TrGrid { n_trs: st.n_trs, tr_s: st.tr_s, t0_s: st.t0_s };
+        let mut d = words_to_trs(&onsets, x.view(), &grid, HRF_DT_S);
+        crate::stats::detrend_columns(d.view_mut(), DETREND_ORDER);
+        crate::stats::zscore_columns(d.view_mut());
+        Ok(Arrays::default().with_f64("x", d))
+    })?;
+    Ok(id)
+}
+
+/// One encoding fit: per ROI held-out r and the median α chosen across outer folds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FitRecord {
+    pub subject: String,
+    pub rois: Vec<String>,
+    /// Held-out Pearson r per ROI (mean over outer folds of the r within each test block); None for
+    /// ROIs excluded as constant.
+    pub r: Vec<Option<f64>>,
+    pub alpha_median: Vec<Option<f64>>,
+    pub n_trs: usize,
+    pub n_features: usize,
+}
+
+pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId> {
+    let e = &ctx.plan.file.encoding;
+    let id = KeyBuilder::new("fit", REV_FIT).part("design", design_id).part("roi", roi_id).config("encoding", e).finish();
+    let alphas = ctx.plan.alphas();
+    ctx.store.json("fit", &id, || {
+        let x = ctx.store.load_arrays("design", design_id)?;
+        let x = x.f64("x")?;
+        let roi = ctx.store.load_arrays("roi", roi_id)?;
+        let y = roi.f64("y")?;
+        let rois: Vec<String> = serde_json::from_str(&roi.meta["rois"]).unwrap_or_default();
+        let constant: Vec<String> = serde_json::from_str(&roi.meta["constant"]).unwrap_or_default();
+        if x.nrows() != y.nrows() {
+            return Err(Error::Invalid(format!("design has {} TRs but the responses have {}", x.nrows(), y.nrows())));
+        }
+        let keep: Vec<usize> = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
+        let mut r = vec![None; rois.len()];
+        let mut a = vec![None; rois.len()];
+        if keep.is_empty() {
+            return Ok(FitRecord {
+                subject: roi.meta.get("subject").cloned().unwrap_or_default(),
+                rois,
+                r,
+                alpha_median: a,
+                n_trs: x.nrows(),
+                n_features: x.ncols(),
+            });
+        }
+        let mut yk = y.select(Axis(1), &keep);
+        crate::stats::detrend_columns(yk.view_mut(), DETREND_ORDER);
+        let outer = contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
+        let res = nested_cv_ridge(x, yk.view(), &alphas, &outer, e.inner_folds, e.gap_trs)?;
+        for (k, &j) in keep.iter().enumerate() {
+            // mean over outer folds of the within-fold r: free of the offsets between folds that
+            // bias an r computed over all concatenated held-out TRs
+            let fold_r = res.r_per_fold.slice(s![.., k]);
+            r[j] = Some(fold_r.sum() / fold_r.len() as f64);
+            let mut col: Vec<f64> = res.alpha_per_fold.slice(s![.., k]).to_vec();
+            col.sort_by(f64::total_cmp);
+            a[j] = Some(col[col.len() / 2]);
+        }
+        Ok(FitRecord {
+            subject: roi.meta.get("subject").cloned().unwrap_or_default(),
+            rois,
+            r,
+            alpha_median: a,
+            n_trs: x.nrows(),
+            n_features: x.ncols(),
+        })
+    })?;
+    Ok(id)
+}
+
+/// Mean held-out r over subjects (each subject's r averaged over its valid ROIs first), per ROI
+/// and overall, with percentile-bootstrap CIs over subjects.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SummaryRecord {
+    /// "all" (mean over ROIs per subject, then over subjects) or a ROI name.
+    pub roi: Vec<String>,
+    pub mean_r: Vec<f64>,
+    pub ci_lower: Vec<f64>,
+    pub ci_upper: Vec<f64>,
+    pub n_subjects: Vec<usize>,
+    pub n_boot: usize,
+    pub ci_level: f64,
+}
+
+pub fn summary_stage(ctx: &Ctx, fits: &[ArtifactId]) -> Result<ArtifactId> {
+    let sm = &ctx.plan.file.summary;
+    let mut k = KeyBuilder::new("summary", REV_SUMMARY).config("summary", sm);
+    for f in fits {
+        k = k.part("fit", f);
+    }
+    let id = k.finish();
+    ctx.store.json("summary", &id, || {
+        let recs = fits.iter().map(|f| ctx.store.load_json::<FitRecord>("fit", f)).collect::<Result<Vec<_>>>()?;
+        let rois = recs.first().map(|r| r.rois.clone()).unwrap_or_default();
+        let mut out = SummaryRecord { roi: vec![], mean_r: vec![], ci_lower: vec![], ci_upper: vec![], n_subjects: vec![], n_boot: sm.n_boot, ci_level: sm.ci_level };
+        let mut push = |name: &str, vals: Vec<f64>| {
+            let ci = bootstrap_mean_ci(&vals, sm.n_boot, sm.ci_level, sm.seed);
+            out.roi.push(name.to_string());
+            out.mean_r.push(ci.estimate);
+            out.ci_lower.push(ci.lower);
+            out.ci_upper.push(ci.upper);
+            out.n_subjects.push(ci.n_units);
+        };
+        let per_subject: Vec<f64> = recs
+            .iter()
+            .map(|r| {
+                let v: Vec<f64> = r.r.iter().flatten().copied().collect();
+                if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+            })
+            .collect();
+        push("all", per_subject);
+        for (j, name) in rois.iter().enumerate() {
+            push(name, recs.iter().filter_map(|r| r.r.get(j).copied().flatten()).collect());
+        }
+        Ok(out)
+    })?;
+    Ok(id)
+}

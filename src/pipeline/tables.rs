@@ -1,0 +1,165 @@
+//! The run's output tables, built from the final dataflow snapshot and the artifact store, in a
+//! deterministic row order (so any worker count writes byte-identical files).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt16Array, UInt32Array};
+use arrow::record_batch::RecordBatch;
+
+use super::stages::{self, Ctx, FitRecord, SummaryRecord};
+use crate::dataflow::Snapshot;
+use crate::store::{write_table_parquet, TableSchema};
+use crate::{Error, Result};
+
+fn batch(cols: Vec<(&str, ArrayRef, bool)>) -> Result<RecordBatch> {
+    RecordBatch::try_from_iter_with_nullable(cols).map_err(|e| Error::Invalid(format!("building a table: {e}")))
+}
+
+fn utf8(v: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(v))
+}
+
+pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
+    let (mut subject, mut story, mut layer, mut set, mut roi) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut r, mut alpha, mut excluded, mut n_trs, mut n_feat) = (vec![], vec![], vec![], vec![], vec![]);
+    for (k, id) in &snap.fits {
+        let f: FitRecord = ctx.store.load_json("fit", id)?;
+        for (j, name) in f.rois.iter().enumerate() {
+            subject.push(k.subject.clone());
+            story.push(k.story.clone());
+            layer.push(k.layer as u16);
+            set.push(k.feature_set.clone());
+            roi.push(name.clone());
+            r.push(f.r[j]);
+            alpha.push(f.alpha_median[j]);
+            excluded.push(f.r[j].is_none());
+            n_trs.push(f.n_trs as u32);
+            n_feat.push(f.n_features as u32);
+        }
+    }
+    batch(vec![
+        ("subject", utf8(subject), false),
+        ("story", utf8(story), false),
+        ("layer", Arc::new(UInt16Array::from(layer)), false),
+        ("feature_set", utf8(set), false),
+        ("roi", utf8(roi), false),
+        ("r", Arc::new(Float64Array::from(r)), true),
+        ("alpha", Arc::new(Float64Array::from(alpha)), true),
+        ("excluded", Arc::new(BooleanArray::from(excluded)), false),
+        ("n_trs", Arc::new(UInt32Array::from(n_trs)), false),
+        ("n_features", Arc::new(UInt32Array::from(n_feat)), false),
+    ])
+}
+
+/// One summary row, for the plot and the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub story: String,
+    pub layer: usize,
+    pub feature_set: String,
+    pub roi: String,
+    pub mean_r: f64,
+    pub ci_lower: f64,
+    pub ci_upper: f64,
+    pub n_subjects: usize,
+}
+
+pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usize, f64)> {
+    let mut rows = Vec::new();
+    let (mut n_boot, mut level) = (0, f64::NAN);
+    for ((story, layer, set), id) in &snap.summaries {
+        let s: SummaryRecord = ctx.store.load_json("summary", id)?;
+        n_boot = s.n_boot;
+        level = s.ci_level;
+        for j in 0..s.roi.len() {
+            rows.push(SummaryRow {
+                story: story.clone(),
+                layer: *layer,
+                feature_set: set.clone(),
+                roi: s.roi[j].clone(),
+                mean_r: s.mean_r[j],
+                ci_lower: s.ci_lower[j],
+                ci_upper: s.ci_upper[j],
+                n_subjects: s.n_subjects[j],
+            });
+        }
+    }
+    Ok((rows, n_boot, level))
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
+}
+
+pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<RecordBatch> {
+    let n = rows.len();
+    batch(vec![
+        ("story", utf8(rows.iter().map(|r| r.story.clone()).collect()), false),
+        ("layer", Arc::new(UInt16Array::from_iter_values(rows.iter().map(|r| r.layer as u16))), false),
+        ("feature_set", utf8(rows.iter().map(|r| r.feature_set.clone()).collect()), false),
+        ("roi", utf8(rows.iter().map(|r| r.roi.clone()).collect()), false),
+        ("mean_r", Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.mean_r)))), true),
+        ("ci_lower", Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_lower)))), true),
+        ("ci_upper", Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_upper)))), true),
+        ("n_subjects", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n_subjects as u32))), false),
+        ("n_boot", Arc::new(UInt32Array::from(vec![n_boot as u32; n])), false),
+        ("ci_level", Arc::new(Float64Array::from(vec![level; n])), false),
+    ])
+}
+
+pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
+    let recs = snap.saes.iter().map(|(_, id)| stages::sae_record(ctx, id)).collect::<Result<Vec<_>>>()?;
+    let u32s = |f: &dyn Fn(&stages::SaeRecord) -> usize| -> ArrayRef {
+        Arc::new(UInt32Array::from_iter_values(recs.iter().map(|r| f(r) as u32)))
+    };
+    let f64s = |f: &dyn Fn(&stages::SaeRecord) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(recs.iter().map(f))) };
+    batch(vec![
+        ("layer", Arc::new(UInt16Array::from_iter_values(recs.iter().map(|r| r.layer as u16))), false),
+        ("d_in", u32s(&|r| r.d_in), false),
+        ("d_sae", u32s(&|r| r.d_sae), false),
+        ("n_train", u32s(&|r| r.n_train), false),
+        ("n_heldout", u32s(&|r| r.n_heldout), false),
+        ("r2", f64s(&|r| r.r2), false),
+        ("fvu", f64s(&|r| r.fvu), false),
+        ("mean_l0", f64s(&|r| r.mean_l0), false),
+        ("dead_fraction", f64s(&|r| r.dead_fraction), false),
+        ("dense_fraction", f64s(&|r| r.dense_fraction), false),
+    ])
+}
+
+/// Writes fits, summary and sae_quality tables, the plot and the report into `out`. All tables
+/// are built (and checked against their schemas) in memory before the first file is written;
+/// each file is written atomically.
+pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+    let fits = fits_batch(ctx, snap)?;
+    let (rows, n_boot, level) = summary_rows(ctx, snap)?;
+    let summary = summary_batch(&rows, n_boot, level)?;
+    let quality = sae_quality_batch(ctx, snap)?;
+    let sizes = HashMap::new();
+    let pipeline_text = std::fs::read(&ctx.plan.source).unwrap_or_default();
+    let meta = vec![
+        ("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone()),
+        ("cortexflow.pipeline_sha256".to_string(), format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text))),
+    ];
+    let tables = [("fits", fits), ("summary", summary), ("sae_quality", quality)];
+    let schemas = tables.iter().map(|(n, _)| TableSchema::builtin(n)).collect::<Result<Vec<_>>>()?;
+    for ((name, b), schema) in tables.iter().zip(&schemas) {
+        schema.check(&b.schema(), &sizes).map_err(|e| Error::Invalid(format!("table {name}: {e}")))?;
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut files = Vec::new();
+    for ((name, b), schema) in tables.iter().zip(&schemas) {
+        let p = out.join(format!("{name}.parquet"));
+        write_table_parquet(&p, schema, &sizes, std::slice::from_ref(b), &meta)?;
+        files.push(p);
+    }
+    let plot = out.join("r_by_layer.png");
+    crate::report::plot_r_by_layer(&rows, &plot)?;
+    files.push(plot);
+    let report = out.join("report.md");
+    crate::paths::write_atomic(&report, crate::report::markdown(ctx, snap, &rows)?.as_bytes())?;
+    files.push(report);
+    Ok(files)
+}

@@ -1,0 +1,177 @@
+//! Plots (PNG) and the Markdown run report.
+//!
+//! Text in plots uses DejaVu Sans from the system (Debian's fonts-dejavu-core); set
+//! `CORTEXFLOW_FONT` to another TTF. Without a font the plot is drawn without labels and a
+//! warning says so.
+
+use std::fmt::Write;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+
+use crate::dataflow::Snapshot;
+use crate::pipeline::stages::{self, Ctx};
+use crate::pipeline::tables::SummaryRow;
+use crate::{Error, Result};
+
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+];
+
+/// Registers a sans-serif font once; false when none is available.
+fn ensure_font() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let env = std::env::var("CORTEXFLOW_FONT").ok();
+        let candidates = env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied());
+        for c in candidates {
+            if let Ok(bytes) = std::fs::read(c) {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        tracing::warn!("no TTF font found (install fonts-dejavu-core or set CORTEXFLOW_FONT): plots have no labels");
+        false
+    })
+}
+
+fn perr(path: &Path) -> impl Fn(String) -> Error + '_ {
+    move |m| Error::Write { path: path.to_path_buf(), message: format!("plot: {m}") }
+}
+
+/// Mean held-out r (roi = "all") by layer, one line per feature set, with CI whiskers.
+pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
+    let rows: Vec<&SummaryRow> = rows.iter().filter(|r| r.roi == "all" && r.mean_r.is_finite()).collect();
+    let with_text = ensure_font();
+    let tmp = crate::paths::temp_sibling(path).with_extension("png");
+    let e = perr(path);
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let max_layer = rows.iter().map(|r| r.layer).max().unwrap_or(1).max(1);
+        let lo = rows.iter().map(|r| r.ci_lower.min(r.mean_r)).filter(|v| v.is_finite()).fold(0.0f64, f64::min);
+        let hi = rows.iter().map(|r| r.ci_upper.max(r.mean_r)).filter(|v| v.is_finite()).fold(0.05f64, f64::max);
+        let pad = 0.1 * (hi - lo);
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
+        if with_text {
+            builder.caption("Held-out encoding r by layer (mean over subjects, bootstrap 95% CI)", ("sans-serif", 20));
+            builder.x_label_area_size(45).y_label_area_size(60);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(-0.5f64..(max_layer as f64 + 0.5), (lo - pad)..(hi + pad))
+            .map_err(|x| e(x.to_string()))?;
+        if with_text {
+            chart
+                .configure_mesh()
+                .x_desc("layer (0 = embeddings)")
+                .y_desc("Pearson r")
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+        let mut sets: Vec<&str> = rows.iter().map(|r| r.feature_set.as_str()).collect();
+        sets.sort();
+        sets.dedup();
+        for (i, set) in sets.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            let offset = (i as f64 - (sets.len() as f64 - 1.0) / 2.0) * 0.15;
+            let mut pts: Vec<(f64, f64, f64, f64)> = rows
+                .iter()
+                .filter(|r| r.feature_set == *set)
+                .map(|r| (r.layer as f64 + offset, r.mean_r, r.ci_lower, r.ci_upper))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let series = chart
+                .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
+                .map_err(|x| e(x.to_string()))?;
+            if with_text {
+                let label = if *set == "sae" { "SAE codes" } else { "raw activations" };
+                series.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            }
+            chart
+                .draw_series(pts.iter().filter(|p| p.2.is_finite() && p.3.is_finite()).flat_map(|p| {
+                    // whisker from the CI's lower to upper bound, with caps
+                    let (x, w) = (p.0, 0.08);
+                    [
+                        PathElement::new(vec![(x, p.2), (x, p.3)], color.stroke_width(1)),
+                        PathElement::new(vec![(x - w, p.2), (x + w, p.2)], color.stroke_width(1)),
+                        PathElement::new(vec![(x - w, p.3), (x + w, p.3)], color.stroke_width(1)),
+                    ]
+                }))
+                .map_err(|x| e(x.to_string()))?;
+            chart
+                .draw_series(pts.iter().map(|p| Circle::new((p.0, p.1), 4, color.filled())))
+                .map_err(|x| e(x.to_string()))?;
+        }
+        if with_text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::LowerRight)
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|x| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, x)
+    })
+}
+
+/// The Markdown run report: what was run, the r-by-layer table, SAE quality, stage counts.
+pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<String> {
+    let plan = &ctx.plan;
+    let mut s = String::new();
+    let _ = writeln!(s, "# cortexflow run: {}\n", plan.file.name);
+    let _ = writeln!(
+        s,
+        "Pipeline `{}`; {} subject(s); layers {:?}; feature sets {:?}; pooling `{}`.\n",
+        plan.source.display(),
+        plan.subjects.len(),
+        plan.layers,
+        plan.file.encoding.feature_sets,
+        plan.file.model.pooling
+    );
+    let excluded: Vec<String> = plan
+        .subjects
+        .iter()
+        .flat_map(|s| s.table.constant.iter().map(move |r| format!("{}/{}", s.id, r)))
+        .collect();
+    if !excluded.is_empty() {
+        let _ = writeln!(s, "Constant ROI columns excluded: {}.\n", excluded.join(", "));
+    }
+    let e = &plan.file.encoding;
+    let _ = writeln!(
+        s,
+        "Encoding: ridge, α ∈ 10^[{}, {}] ({} values) chosen per ROI by {}-fold inner block CV; {} outer contiguous \
+         blocks with {} TRs excluded on each side of every test block; Pearson r on held-out TRs. CIs: percentile \
+         bootstrap over subjects ({} resamples).\n",
+        e.alpha_min_exp, e.alpha_max_exp, e.n_alphas, e.inner_folds, e.outer_folds, e.gap_trs, plan.file.summary.n_boot
+    );
+    let _ = writeln!(s, "## Mean held-out r by layer (all ROIs)\n\n![r by layer](r_by_layer.png)\n");
+    let _ = writeln!(s, "| layer | feature set | mean r | CI lower | CI upper | subjects |\n|---|---|---|---|---|---|");
+    for r in rows.iter().filter(|r| r.roi == "all") {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.4} | {:.4} | {:.4} | {} |",
+            r.layer, r.feature_set, r.mean_r, r.ci_lower, r.ci_upper, r.n_subjects
+        );
+    }
+    let _ = writeln!(s, "\n## SAE quality (held-out rows)\n\n| layer | d_sae | R² | mean L0 | dead | dense |\n|---|---|---|---|---|---|");
+    for (_, id) in &snap.saes {
+        let q = stages::sae_record(ctx, id)?;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {:.1} | {:.3} | {:.3} |",
+            q.layer, q.d_sae, q.r2, q.mean_l0, q.dead_fraction, q.dense_fraction
+        );
+    }
+    Ok(s)
+}

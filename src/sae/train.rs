@@ -1,0 +1,720 @@
+//! Training a ReLU SAE with Adam and dead-feature resampling (Anthropic, "Towards
+//! Monosemanticity", 2023; input normalisation as SAELens' `expected_average_only_in`).
+//!
+//! Input: activations `x (n_tokens, d_in)` f32, one row per token (or word). Output: a
+//! [`ReluSae`] (decoder rows unit-norm, `input_scale` set) and a [`TrainReport`].
+//!
+//! Recipe, step by step:
+//! 1. `input_scale = sqrt(d_in / mean_rows ‖x‖²)`, so normalised rows have E‖x‖² = d_in; the
+//!    loss and λ ([`SaeTrainConfig::l1`]) refer to these normalised rows.
+//! 2. `b_dec` = geometric median (Weiszfeld) of up to 8192 sampled normalised rows; decoder rows
+//!    random unit vectors; `W_enc = W_decᵀ`; `b_enc = 0`.
+//! 3. Each step draws `batch_size` rows from a seeded shuffle (reshuffled every epoch), computes
+//!    `L = mean ‖x − x̂‖² + λ Σ_j f_j ‖W_dec_j‖` and its gradient by hand
+//!    ([`ReluSae::loss_and_grad`]), removes from each decoder row's gradient its component
+//!    parallel to the row, takes an Adam step (β₁ 0.9, β₂ 0.999, ε 1e-8; learning rate warmed up
+//!    linearly over `warmup_steps`), and rescales decoder rows to unit norm.
+//! 4. Every `resample_every` steps, features that did not fire since the previous resampling are
+//!    re-initialised: rows of a random subset of the data (at most 16 batches) are scored by their
+//!    squared reconstruction error, one row per dead feature is drawn with probability ∝ error²,
+//!    the feature's decoder row becomes that row's centred direction, its encoder column the same
+//!    direction scaled to 0.2 × the mean encoder norm of live features, its bias 0, and its Adam
+//!    moments are reset.
+//!
+//! Numerics are f32 with f64 accumulation of sums over rows. Results are bit-identical for a
+//! given seed on any number of rayon threads (fixed block boundaries, sequential faer kernels per
+//! block, ordered combination of partial sums).
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{s, Array, Array1, Array2, ArrayView2, Axis, Dimension};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::linalg::{for_each_in_row, gemm, par_rows_mut, par_rows_mut_map, zeros, REDUCE_ROWS};
+use super::relu::{forward_backward, ReluSae, ReluSaeGrad, SaeLoss, StepKernels, Workspace};
+use crate::stats::SplitMix64;
+use crate::{Error, Result};
+
+const ADAM_BETA1: f32 = 0.9;
+const ADAM_BETA2: f32 = 0.999;
+const ADAM_EPS: f32 = 1e-8;
+/// Rows used for the geometric-median initialisation of `b_dec`.
+const MEDIAN_ROWS: usize = 8192;
+/// Batches of rows scored when resampling dead features.
+const RESAMPLE_BATCHES: usize = 16;
+
+/// Hyper-parameters of [`train_relu_sae`]. Validate with [`SaeTrainConfig::check`] (training
+/// does it too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SaeTrainConfig {
+    /// d_sae = expansion × d_in. Default 8 (the paper: 8–10×).
+    pub expansion: usize,
+    /// L1 coefficient λ on **normalised** inputs (E‖x‖² = d_in, squared error summed over d_in,
+    /// the SAELens convention). Default 5.0. The paper's λ = 5e-4 (GPT-2 XL) / 3e-4 (Llama) was
+    /// stated for its own, unreported input scale and loss normalisation and does not transfer;
+    /// tune λ for the paper's target L0 ≈ 50–60 instead (larger λ → smaller L0).
+    pub l1: f32,
+    /// Adam learning rate. Default 3e-4.
+    pub lr: f32,
+    /// Rows per step. Default 4096.
+    pub batch_size: usize,
+    /// Number of Adam steps. Default 20 000.
+    pub steps: usize,
+    /// Steps of linear learning-rate warm-up from lr/warmup_steps to lr (0 = none). Default 100.
+    pub warmup_steps: usize,
+    /// Resample dead features every this many steps (0 = never). Default 5000.
+    pub resample_every: usize,
+    /// Steps per [`TrainLog`] entry. Default 100.
+    pub log_every: usize,
+    /// Seed of the initialisation, the batch shuffle and the resampling draws. Default 0.
+    pub seed: u64,
+    /// Show a progress bar on stderr. Default false.
+    pub progress: bool,
+}
+
+impl Default for SaeTrainConfig {
+    fn default() -> Self {
+        SaeTrainConfig {
+            expansion: 8,
+            l1: 5.0,
+            lr: 3e-4,
+            batch_size: 4096,
+            steps: 20_000,
+            warmup_steps: 100,
+            resample_every: 5000,
+            log_every: 100,
+            seed: 0,
+            progress: false,
+        }
+    }
+}
+
+/// An invalid [`SaeTrainConfig`] value; the message names the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SaeTrainConfigError {
+    #[error("`expansion` must be at least 1, found {0}")]
+    Expansion(usize),
+    #[error("`l1` (λ) must be finite and ≥ 0, found {0}")]
+    L1(f32),
+    #[error("`lr` must be finite and > 0, found {0}")]
+    Lr(f32),
+    #[error("`batch_size` must be at least 1, found {0}")]
+    BatchSize(usize),
+    #[error("`steps` must be at least 1, found {0}")]
+    Steps(usize),
+    #[error("`log_every` must be at least 1, found {0}")]
+    LogEvery(usize),
+}
+
+impl From<SaeTrainConfigError> for Error {
+    fn from(e: SaeTrainConfigError) -> Self {
+        Error::Invalid(format!("SAE training config: {e}"))
+    }
+}
+
+impl SaeTrainConfig {
+    /// Checks every value; the first invalid one is reported.
+    pub fn check(&self) -> std::result::Result<(), SaeTrainConfigError> {
+        if self.expansion == 0 {
+            return Err(SaeTrainConfigError::Expansion(self.expansion));
+        }
+        if !(self.l1.is_finite() && self.l1 >= 0.0) {
+            return Err(SaeTrainConfigError::L1(self.l1));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(SaeTrainConfigError::Lr(self.lr));
+        }
+        if self.batch_size == 0 {
+            return Err(SaeTrainConfigError::BatchSize(self.batch_size));
+        }
+        if self.steps == 0 {
+            return Err(SaeTrainConfigError::Steps(self.steps));
+        }
+        if self.log_every == 0 {
+            return Err(SaeTrainConfigError::LogEvery(self.log_every));
+        }
+        Ok(())
+    }
+
+    /// Learning rate at (0-based) step `step`.
+    pub fn lr_at(&self, step: usize) -> f32 {
+        if self.warmup_steps == 0 || step >= self.warmup_steps {
+            self.lr
+        } else {
+            self.lr * (step + 1) as f32 / self.warmup_steps as f32
+        }
+    }
+}
+
+/// Means over one logging interval (normalised units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainLog {
+    /// Steps completed at the end of the interval.
+    pub step: usize,
+    /// Rows processed so far (steps × batch_size).
+    pub tokens_seen: u64,
+    /// Learning rate of the interval's last step.
+    pub lr: f32,
+    pub loss: f64,
+    /// Mean ‖x − x̂‖² per row.
+    pub mse: f64,
+    /// Mean Σ_j f_j ‖W_dec_j‖ per row (= mean ‖f‖₁).
+    pub sparsity: f64,
+    /// Mean number of active features per row.
+    pub l0: f64,
+    /// Fraction of features that fired on no row of the interval's batches.
+    pub dead_fraction: f64,
+}
+
+/// One dead-feature resampling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResampleEvent {
+    /// Steps completed when it happened.
+    pub step: usize,
+    /// Features that had not fired since the previous resampling (all were re-initialised).
+    pub n_dead: usize,
+    /// Rows scored to draw the new directions.
+    pub n_rows_scored: usize,
+}
+
+/// What happened during training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub n_tokens: usize,
+    pub d_in: usize,
+    pub d_sae: usize,
+    pub input_scale: f32,
+    pub steps: usize,
+    pub logs: Vec<TrainLog>,
+    pub resamples: Vec<ResampleEvent>,
+    /// Wall-clock seconds of the training loop (not deterministic, unlike everything else).
+    pub elapsed_s: f64,
+    /// Rows per second of the training loop.
+    pub tokens_per_s: f64,
+}
+
+/// Trains a ReLU SAE on `x (n_tokens, d_in)`; see the module docs for the recipe.
+pub fn train_relu_sae(x: ArrayView2<'_, f32>, cfg: &SaeTrainConfig) -> Result<(ReluSae, TrainReport)> {
+    let mut trainer = ReluSaeTrainer::new(x, cfg)?;
+    while trainer.steps_done() < cfg.steps {
+        trainer.step();
+    }
+    Ok(trainer.finish())
+}
+
+/// Adam moments of every parameter.
+struct Adam {
+    t: i32,
+    m_w_enc: Array2<f32>,
+    v_w_enc: Array2<f32>,
+    m_b_enc: Array1<f32>,
+    v_b_enc: Array1<f32>,
+    m_w_dec: Array2<f32>,
+    v_w_dec: Array2<f32>,
+    m_b_dec: Array1<f32>,
+    v_b_dec: Array1<f32>,
+}
+
+fn adam_update<D: Dimension>(p: &mut Array<f32, D>, g: &Array<f32, D>, m: &mut Array<f32, D>, v: &mut Array<f32, D>, lr: f32, t: i32) {
+    let bc1 = 1.0 - ADAM_BETA1.powi(t);
+    let bc2 = 1.0 - ADAM_BETA2.powi(t);
+    let step = lr / bc1;
+    let inv_bc2 = 1.0 / bc2;
+    const CHUNK: usize = 8192;
+    let p = p.as_slice_mut().expect("parameter in standard layout");
+    let g = g.as_slice().expect("gradient in standard layout");
+    let m = m.as_slice_mut().expect("contiguous");
+    let v = v.as_slice_mut().expect("contiguous");
+    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(
+        |(((p, g), m), v)| {
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                *m = ADAM_BETA1 * *m + (1.0 - ADAM_BETA1) * g;
+                *v = ADAM_BETA2 * *v + (1.0 - ADAM_BETA2) * g * g;
+                *p -= step * *m / ((*v * inv_bc2).sqrt() + ADAM_EPS);
+            }
+        },
+    );
+}
+
+impl Adam {
+    fn new(d_in: usize, d_sae: usize) -> Self {
+        Adam {
+            t: 0,
+            m_w_enc: zeros(d_in, d_sae),
+            v_w_enc: zeros(d_in, d_sae),
+            m_b_enc: Array1::zeros(d_sae),
+            v_b_enc: Array1::zeros(d_sae),
+            m_w_dec: zeros(d_sae, d_in),
+            v_w_dec: zeros(d_sae, d_in),
+            m_b_dec: Array1::zeros(d_in),
+            v_b_dec: Array1::zeros(d_in),
+        }
+    }
+
+    fn step(&mut self, sae: &mut ReluSae, g: &ReluSaeGrad, lr: f32) {
+        self.t = self.t.saturating_add(1);
+        let t = self.t;
+        adam_update(&mut sae.w_enc, &g.w_enc, &mut self.m_w_enc, &mut self.v_w_enc, lr, t);
+        adam_update(&mut sae.b_enc, &g.b_enc, &mut self.m_b_enc, &mut self.v_b_enc, lr, t);
+        adam_update(&mut sae.w_dec, &g.w_dec, &mut self.m_w_dec, &mut self.v_w_dec, lr, t);
+        adam_update(&mut sae.b_dec, &g.b_dec, &mut self.m_b_dec, &mut self.v_b_dec, lr, t);
+    }
+
+    /// Forgets the moments of feature `j` (its encoder column, encoder bias and decoder row).
+    fn reset_feature(&mut self, j: usize) {
+        self.m_w_enc.column_mut(j).fill(0.0);
+        self.v_w_enc.column_mut(j).fill(0.0);
+        self.m_b_enc[j] = 0.0;
+        self.v_b_enc[j] = 0.0;
+        self.m_w_dec.row_mut(j).fill(0.0);
+        self.v_w_dec.row_mut(j).fill(0.0);
+    }
+}
+
+/// Row indices from a seeded shuffle, reshuffled at the end of every epoch.
+struct Sampler {
+    perm: Vec<usize>,
+    pos: usize,
+    rng: SplitMix64,
+}
+
+impl Sampler {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut s = Sampler { perm: (0..n).collect(), pos: 0, rng: SplitMix64::new(seed) };
+        s.shuffle();
+        s
+    }
+
+    fn shuffle(&mut self) {
+        shuffle(&mut self.perm, &mut self.rng);
+        self.pos = 0;
+    }
+
+    fn next_batch(&mut self, b: usize, out: &mut Vec<usize>) {
+        out.clear();
+        while out.len() < b {
+            if self.pos == self.perm.len() {
+                self.shuffle();
+            }
+            let take = (b - out.len()).min(self.perm.len() - self.pos);
+            out.extend_from_slice(&self.perm[self.pos..self.pos + take]);
+            self.pos += take;
+        }
+    }
+}
+
+/// Fisher–Yates.
+fn shuffle(v: &mut [usize], rng: &mut SplitMix64) {
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+}
+
+/// `k` distinct indices of `0..n` drawn uniformly (partial Fisher–Yates), in draw order.
+fn sample_rows(n: usize, k: usize, rng: &mut SplitMix64) -> Vec<usize> {
+    let k = k.min(n);
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in 0..k {
+        let j = i + rng.below((n - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx.truncate(k);
+    idx
+}
+
+/// Fills `dst` with rows `idx` of `x`, times `scale`, minus `b_dec`.
+fn gather_centred(dst: ndarray::ArrayViewMut2<'_, f32>, x: ArrayView2<'_, f32>, idx: &[usize], scale: f32, b_dec: &Array1<f32>) {
+    let b_dec = b_dec.as_slice().expect("b_dec contiguous");
+    par_rows_mut(dst, |r, d| for_each_in_row(x.row(idx[r]), |k, v| d[k] = v * scale - b_dec[k]));
+}
+
+/// Geometric median of the rows of `pts (k, d)` by Weiszfeld's iteration, started at the mean.
+fn geometric_median(pts: ArrayView2<'_, f32>) -> Array1<f32> {
+    let (k, d) = pts.dim();
+    let weighted_mean = |w: &[f64]| -> Vec<f64> {
+        let partials: Vec<(Vec<f64>, f64)> = pts
+            .axis_chunks_iter(Axis(0), REDUCE_ROWS)
+            .into_par_iter()
+            .enumerate()
+            .map(|(c, blk)| {
+                let mut acc = vec![0.0f64; d];
+                let mut wsum = 0.0f64;
+                for (r, row) in blk.rows().into_iter().enumerate() {
+                    let wi = w[c * REDUCE_ROWS + r];
+                    wsum += wi;
+                    for (a, &v) in acc.iter_mut().zip(row.iter()) {
+                        *a += wi * v as f64;
+                    }
+                }
+                (acc, wsum)
+            })
+            .collect();
+        let mut total = vec![0.0f64; d];
+        let mut wtot = 0.0f64;
+        for (p, ws) in partials {
+            wtot += ws;
+            for (t, v) in total.iter_mut().zip(p) {
+                *t += v;
+            }
+        }
+        total.iter().map(|v| v / wtot).collect()
+    };
+    let mut y = weighted_mean(&vec![1.0; k]);
+    for _ in 0..100 {
+        let w: Vec<f64> = pts
+            .axis_iter(Axis(0))
+            .into_par_iter()
+            .map(|row| {
+                let dist = row.iter().zip(&y).map(|(&v, &c)| (v as f64 - c).powi(2)).sum::<f64>().sqrt();
+                1.0 / dist.max(1e-8)
+            })
+            .collect();
+        let next = weighted_mean(&w);
+        let shift = next.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+        let norm = next.iter().map(|a| a * a).sum::<f64>().sqrt();
+        y = next;
+        if shift <= 1e-6 * (norm + 1e-6) {
+            break;
+        }
+    }
+    y.into_iter().map(|v| v as f32).collect()
+}
+
+/// Running means of one logging interval.
+#[derive(Default)]
+struct LogAcc {
+    steps: usize,
+    loss: f64,
+    mse: f64,
+    sparsity: f64,
+    l0: f64,
+}
+
+/// A training run that can be advanced step by step (used by [`train_relu_sae`]; also lets
+/// callers inspect or edit the SAE between steps).
+pub struct ReluSaeTrainer<'a> {
+    x: ArrayView2<'a, f32>,
+    cfg: SaeTrainConfig,
+    sae: ReluSae,
+    adam: Adam,
+    grad: ReluSaeGrad,
+    ws: Workspace,
+    sampler: Sampler,
+    batch_idx: Vec<usize>,
+    rng: SplitMix64,
+    step: usize,
+    /// Per feature: fired since the last resampling (or the start).
+    window_fired: Vec<bool>,
+    /// Per feature: fired during the current logging interval.
+    log_fired: Vec<bool>,
+    acc: LogAcc,
+    logs: Vec<TrainLog>,
+    resamples: Vec<ResampleEvent>,
+    progress: ProgressBar,
+    start: Instant,
+}
+
+impl<'a> ReluSaeTrainer<'a> {
+    /// Validates `cfg` and `x (n_tokens, d_in)`, computes the input scale and initialises the SAE.
+    pub fn new(x: ArrayView2<'a, f32>, cfg: &SaeTrainConfig) -> Result<Self> {
+        cfg.check()?;
+        let (n, d_in) = x.dim();
+        if n == 0 || d_in == 0 {
+            return Err(Error::Invalid(format!(
+                "SAE training needs at least one row and one column, found activations of shape ({n}, {d_in})"
+            )));
+        }
+        if let Some((row, col)) = first_non_finite(x) {
+            return Err(Error::Invalid(format!("SAE training input holds a non-finite value at row {row}, column {col}")));
+        }
+        let d_sae = d_in
+            .checked_mul(cfg.expansion)
+            .ok_or_else(|| Error::Invalid(format!("d_sae = {d_in} × {} overflows", cfg.expansion)))?;
+        let sq = super::linalg::sum_rows_f64(x, |r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>());
+        let mean_sq = sq / n as f64;
+        if !(mean_sq > 0.0) {
+            return Err(Error::Invalid("SAE training input is all zeros: cannot normalise it".into()));
+        }
+        let input_scale = (d_in as f64 / mean_sq).sqrt() as f32;
+
+        let mut master = SplitMix64::new(cfg.seed);
+        let init_seed = master.next_u64();
+        let shuffle_seed = master.next_u64();
+        let mut rng = SplitMix64::new(master.next_u64());
+
+        let rows = sample_rows(n, MEDIAN_ROWS, &mut rng);
+        let mut pts = zeros(rows.len(), d_in);
+        gather_centred(pts.view_mut(), x, &rows, input_scale, &Array1::zeros(d_in));
+        let b_dec = geometric_median(pts.view());
+        let sae = ReluSae::init(d_in, d_sae, b_dec, input_scale, init_seed);
+
+        let progress = if cfg.progress {
+            let pb = ProgressBar::new(cfg.steps as u64);
+            if let Ok(style) = ProgressStyle::with_template("SAE {bar:40} {pos}/{len} steps {per_sec} eta {eta} {msg}") {
+                pb.set_style(style);
+            }
+            pb
+        } else {
+            ProgressBar::hidden()
+        };
+        tracing::info!(n_tokens = n, d_in, d_sae, input_scale, "training ReLU SAE");
+        Ok(ReluSaeTrainer {
+            x,
+            cfg: cfg.clone(),
+            sae,
+            adam: Adam::new(d_in, d_sae),
+            grad: ReluSaeGrad::zeros(d_in, d_sae),
+            ws: Workspace::new(cfg.batch_size, d_in, d_sae),
+            sampler: Sampler::new(n, shuffle_seed),
+            batch_idx: Vec::with_capacity(cfg.batch_size),
+            rng,
+            step: 0,
+            window_fired: vec![false; d_sae],
+            log_fired: vec![false; d_sae],
+            acc: LogAcc::default(),
+            logs: vec![],
+            resamples: vec![],
+            progress,
+            start: Instant::now(),
+        })
+    }
+
+    /// The SAE as trained so far.
+    pub fn sae(&self) -> &ReluSae {
+        &self.sae
+    }
+
+    /// Mutable access to the SAE (shapes must not change).
+    pub fn sae_mut(&mut self) -> &mut ReluSae {
+        &mut self.sae
+    }
+
+    /// Steps taken so far.
+    pub fn steps_done(&self) -> usize {
+        self.step
+    }
+
+    /// Fraction of features that have not fired since the last resampling (or the start).
+    pub fn window_dead_fraction(&self) -> f64 {
+        self.window_fired.iter().filter(|f| !**f).count() as f64 / self.sae.d_sae as f64
+    }
+
+    /// One training step (plus logging and, on schedule, resampling). Returns the batch's loss
+    /// before the update.
+    pub fn step(&mut self) -> SaeLoss {
+        assert_eq!(
+            (self.sae.d_in, self.sae.d_sae),
+            (self.x.ncols(), self.window_fired.len()),
+            "ReluSaeTrainer: the SAE's shape was changed"
+        );
+        let b = self.cfg.batch_size;
+        self.sampler.next_batch(b, &mut self.batch_idx);
+        gather_centred(self.ws.xc.view_mut(), self.x, &self.batch_idx, self.sae.input_scale, &self.sae.b_dec);
+        let loss = forward_backward(&self.sae, &mut self.ws, self.cfg.l1, &mut self.grad, StepKernels::Auto);
+        for ((w, l), &c) in self.window_fired.iter_mut().zip(self.log_fired.iter_mut()).zip(&self.ws.fired) {
+            *w |= c > 0;
+            *l |= c > 0;
+        }
+
+        // keep decoder rows on the unit sphere: drop the radial part of their gradient
+        let w_dec = &self.sae.w_dec;
+        par_rows_mut(self.grad.w_dec.view_mut(), |j, gs| {
+            let w = w_dec.row(j);
+            let ws = w.as_slice().expect("standard layout");
+            let nn = super::relu::dot(ws, ws);
+            if nn > 0.0 {
+                let c = super::relu::dot(gs, ws) / nn;
+                super::relu::axpy(-c, ws, gs);
+            }
+        });
+        let lr = self.cfg.lr_at(self.step);
+        self.adam.step(&mut self.sae, &self.grad, lr);
+        self.sae.normalize_decoder_rows();
+        self.step += 1;
+
+        self.acc.steps += 1;
+        self.acc.loss += loss.loss;
+        self.acc.mse += loss.mse;
+        self.acc.sparsity += loss.sparsity;
+        self.acc.l0 += loss.l0;
+        if self.step % self.cfg.log_every == 0 || self.step == self.cfg.steps {
+            self.push_log(lr);
+        }
+        if self.cfg.resample_every > 0 && self.step % self.cfg.resample_every == 0 && self.step < self.cfg.steps {
+            self.resample_dead();
+        }
+        self.progress.inc(1);
+        loss
+    }
+
+    fn push_log(&mut self, lr: f32) {
+        let k = self.acc.steps.max(1) as f64;
+        let dead = self.log_fired.iter().filter(|f| !**f).count() as f64 / self.sae.d_sae as f64;
+        let log = TrainLog {
+            step: self.step,
+            tokens_seen: self.step as u64 * self.cfg.batch_size as u64,
+            lr,
+            loss: self.acc.loss / k,
+            mse: self.acc.mse / k,
+            sparsity: self.acc.sparsity / k,
+            l0: self.acc.l0 / k,
+            dead_fraction: dead,
+        };
+        tracing::debug!(step = log.step, loss = log.loss, mse = log.mse, l0 = log.l0, dead = log.dead_fraction, "SAE");
+        self.progress.set_message(format!("loss {:.4} mse {:.4} L0 {:.1} dead {:.3}", log.loss, log.mse, log.l0, dead));
+        self.logs.push(log);
+        self.acc = LogAcc::default();
+        self.log_fired.iter_mut().for_each(|f| *f = false);
+    }
+
+    /// Re-initialises every feature that has not fired since the last resampling (see the
+    /// module docs) and starts a new window.
+    pub fn resample_dead(&mut self) -> ResampleEvent {
+        let dead: Vec<usize> = (0..self.sae.d_sae).filter(|&j| !self.window_fired[j]).collect();
+        self.window_fired.iter_mut().for_each(|f| *f = false);
+        let n = self.x.nrows();
+        let b = self.cfg.batch_size;
+        if dead.is_empty() {
+            let ev = ResampleEvent { step: self.step, n_dead: 0, n_rows_scored: 0 };
+            self.resamples.push(ev.clone());
+            return ev;
+        }
+        let rows = sample_rows(n, RESAMPLE_BATCHES * b, &mut self.rng);
+
+        // squared reconstruction error of each scored row (normalised units)
+        let chunk = b.min(rows.len());
+        let mut xc = zeros(chunk, self.sae.d_in);
+        let mut f = zeros(chunk, self.sae.d_sae);
+        let mut e = zeros(chunk, self.sae.d_in);
+        let mut err: Vec<f64> = Vec::with_capacity(rows.len());
+        for idx in rows.chunks(chunk) {
+            let r = idx.len();
+            gather_centred(xc.slice_mut(s![..r, ..]), self.x, idx, self.sae.input_scale, &self.sae.b_dec);
+            self.sae.encode_centred_into(f.slice_mut(s![..r, ..]), xc.slice(s![..r, ..]));
+            gemm(e.slice_mut(s![..r, ..]), f.slice(s![..r, ..]), self.sae.w_dec.view(), false);
+            let xc = &xc;
+            let part: Vec<f64> = par_rows_mut_map(e.slice_mut(s![..r, ..]), |i, e| {
+                let x = xc.row(i);
+                e.iter().zip(x.as_slice().expect("standard layout")).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>()
+            });
+            err.extend(part);
+        }
+        let mut cum = Vec::with_capacity(err.len());
+        let mut total = 0.0f64;
+        for v in &err {
+            total += if total.is_finite() { v * v } else { 0.0 };
+            cum.push(total);
+        }
+        let uniform = !(total > 0.0 && total.is_finite());
+
+        // mean encoder norm of live features
+        let mut col_sq = vec![0.0f64; self.sae.d_sae];
+        for row in self.sae.w_enc.rows() {
+            for (c, &v) in col_sq.iter_mut().zip(row.iter()) {
+                *c += (v as f64) * (v as f64);
+            }
+        }
+        let is_dead = {
+            let mut m = vec![false; self.sae.d_sae];
+            dead.iter().for_each(|&j| m[j] = true);
+            m
+        };
+        let live: Vec<f64> = (0..self.sae.d_sae).filter(|&j| !is_dead[j]).map(|j| col_sq[j].sqrt()).collect();
+        let enc_norm = if live.is_empty() { 1.0 } else { live.iter().sum::<f64>() / live.len() as f64 } as f32 * 0.2;
+
+        let d_in = self.sae.d_in;
+        for &j in &dead {
+            let pick = if uniform {
+                self.rng.below(rows.len() as u64) as usize
+            } else {
+                let u = self.rng.next_f64() * total;
+                cum.partition_point(|&c| c <= u).min(rows.len() - 1)
+            };
+            let i = rows[pick];
+            let mut v: Vec<f32> =
+                self.x.row(i).iter().zip(&self.sae.b_dec).map(|(&x, &b)| x * self.sae.input_scale - b).collect();
+            let mut norm = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt() as f32;
+            if !(norm > 0.0) {
+                v = (0..d_in).map(|_| self.rng.normal() as f32).collect();
+                norm = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt() as f32;
+            }
+            for (k, &a) in v.iter().enumerate() {
+                let u = a / norm;
+                self.sae.w_dec[[j, k]] = u;
+                self.sae.w_enc[[k, j]] = u * enc_norm;
+            }
+            self.sae.b_enc[j] = 0.0;
+            self.adam.reset_feature(j);
+        }
+        tracing::debug!(step = self.step, n_dead = dead.len(), "resampled dead SAE features");
+        let ev = ResampleEvent { step: self.step, n_dead: dead.len(), n_rows_scored: rows.len() };
+        self.resamples.push(ev.clone());
+        ev
+    }
+
+    /// Ends training: the SAE and the report (logs any unlogged steps).
+    pub fn finish(mut self) -> (ReluSae, TrainReport) {
+        if self.acc.steps > 0 {
+            let lr = self.cfg.lr_at(self.step.saturating_sub(1));
+            self.push_log(lr);
+        }
+        self.progress.finish_and_clear();
+        let elapsed_s = self.start.elapsed().as_secs_f64();
+        let report = TrainReport {
+            n_tokens: self.x.nrows(),
+            d_in: self.sae.d_in,
+            d_sae: self.sae.d_sae,
+            input_scale: self.sae.input_scale,
+            steps: self.step,
+            logs: self.logs,
+            resamples: self.resamples,
+            elapsed_s,
+            tokens_per_s: (self.step * self.cfg.batch_size) as f64 / elapsed_s.max(1e-9),
+        };
+        (self.sae, report)
+    }
+}
+
+/// (row, column) of the first non-finite entry, if any.
+fn first_non_finite(x: ArrayView2<'_, f32>) -> Option<(usize, usize)> {
+    let bad: Vec<Option<usize>> =
+        x.axis_iter(Axis(0)).into_par_iter().map(|r| r.iter().position(|v| !v.is_finite())).collect();
+    bad.into_iter().enumerate().find_map(|(i, c)| c.map(|c| (i, c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_geometric_median_resists_an_outlier_and_matches_the_closed_form() {
+        // a square's corners and a far outlier on its diagonal: by symmetry the median is (t, t)
+        // where the unit vectors balance, 6t² − 12t + 4 = 0 → t = 1 + 1/√3 (the mean is 20.8)
+        let pts = ndarray::array![[0.0f32, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [100.0, 100.0]];
+        let m = geometric_median(pts.view());
+        let t = 1.0 + 1.0 / 3.0f32.sqrt();
+        assert!((m[0] - t).abs() < 1e-3 && (m[1] - t).abs() < 1e-3, "{m:?}");
+    }
+
+    #[test]
+    fn the_sampler_visits_every_row_once_per_epoch() {
+        let mut s = Sampler::new(10, 3);
+        let mut out = vec![];
+        s.next_batch(7, &mut out);
+        let mut first: Vec<usize> = out.clone();
+        s.next_batch(7, &mut out);
+        first.extend_from_slice(&out[..3]);
+        first.sort();
+        assert_eq!(first, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn warm_up_ramps_the_learning_rate_linearly() {
+        let cfg = SaeTrainConfig { lr: 1.0, warmup_steps: 4, ..Default::default() };
+        assert_eq!((0..6).map(|s| cfg.lr_at(s)).collect::<Vec<_>>(), vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+    }
+}
