@@ -50,8 +50,14 @@ pub struct SaeFolderConfig {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let werr = |e: std::io::Error| Error::Write { path: path.to_path_buf(), message: e.to_string() };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let werr = |e: std::io::Error| Error::Write {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp: PathBuf = path.with_file_name(format!(".{file_name}.tmp{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -71,7 +77,10 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Writes `sae` (and, if given, its training configuration) to the folder `dir`, creating it.
 pub fn save_relu_sae(sae: &ReluSae, train: Option<&SaeTrainConfig>, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::Write { path: dir.to_path_buf(), message: e.to_string() })?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::Write {
+        path: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let cfg = SaeFolderConfig {
         architecture: "relu".into(),
         d_in: sae.d_in,
@@ -83,8 +92,10 @@ pub fn save_relu_sae(sae: &ReluSae, train: Option<&SaeTrainConfig>, dir: &Path) 
         train: train.cloned(),
     };
     let cfg_path = dir.join(CFG_FILE);
-    let json = serde_json::to_string_pretty(&cfg)
-        .map_err(|e| Error::Write { path: cfg_path.clone(), message: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&cfg).map_err(|e| Error::Write {
+        path: cfg_path.clone(),
+        message: e.to_string(),
+    })?;
     write_atomic(&cfg_path, json.as_bytes())?;
 
     let w_path = dir.join(WEIGHTS_FILE);
@@ -95,11 +106,16 @@ pub fn save_relu_sae(sae: &ReluSae, train: Option<&SaeTrainConfig>, dir: &Path) 
         ("W_dec", vec![sae.d_sae, sae.d_in], le_bytes(&std(&sae.w_dec))),
         ("b_dec", vec![sae.d_in], le_bytes(&sae.b_dec.to_vec())),
     ];
-    let werr = |m: String| Error::Write { path: w_path.clone(), message: m };
+    let werr = |m: String| Error::Write {
+        path: w_path.clone(),
+        message: m,
+    };
     let views = data
         .iter()
         .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (*name, v)).map_err(|e| werr(e.to_string()))
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (*name, v))
+                .map_err(|e| werr(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -112,15 +128,25 @@ pub fn read_sae_config(dir: &Path) -> Result<SaeFolderConfig> {
     let path = dir.join(CFG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::parse(&path, format!("line {}, column {}", e.line(), e.column()), e.to_string())
+        Error::parse(
+            &path,
+            format!("line {}, column {}", e.line(), e.column()),
+            e.to_string(),
+        )
     })
 }
 
 /// Reads one f32 tensor, checking its dtype and shape.
 fn tensor(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
-    let t = st.tensor(name).map_err(|e| Error::parse(path, format!("tensor `{name}`"), e.to_string()))?;
+    let t = st
+        .tensor(name)
+        .map_err(|e| Error::parse(path, format!("tensor `{name}`"), e.to_string()))?;
     if t.dtype() != Dtype::F32 {
-        return Err(Error::parse(path, format!("tensor `{name}`"), format!("expected dtype F32, found {}", t.dtype())));
+        return Err(Error::parse(
+            path,
+            format!("tensor `{name}`"),
+            format!("expected dtype F32, found {}", t.dtype()),
+        ));
     }
     if t.shape() != shape {
         return Err(Error::parse(
@@ -129,7 +155,10 @@ fn tensor(st: &SafeTensors<'_>, path: &Path, name: &str, shape: &[usize]) -> Res
             format!("expected shape {shape:?} (from cfg.json), found {:?}", t.shape()),
         ));
     }
-    Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    Ok(t.data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
 }
 
 /// Loads a ReLU SAE folder written by [`save_relu_sae`]; also returns its configuration.
@@ -144,7 +173,11 @@ pub fn load_relu_sae(dir: &Path) -> Result<(ReluSae, SaeFolderConfig)> {
         ));
     }
     if cfg.dtype != "float32" {
-        return Err(Error::parse(&cfg_path, "key `dtype`", format!("expected \"float32\", found {:?}", cfg.dtype)));
+        return Err(Error::parse(
+            &cfg_path,
+            "key `dtype`",
+            format!("expected \"float32\", found {:?}", cfg.dtype),
+        ));
     }
     if !cfg.apply_b_dec_to_input {
         return Err(Error::parse(
@@ -158,9 +191,11 @@ pub fn load_relu_sae(dir: &Path) -> Result<(ReluSae, SaeFolderConfig)> {
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::parse(&path, "header", e.to_string()))?;
     let (d_in, d_sae) = (cfg.d_in, cfg.d_sae);
     let shape_err = |e: ndarray::ShapeError| Error::parse(&path, "tensors", e.to_string());
-    let w_enc = Array2::from_shape_vec((d_in, d_sae), tensor(&st, &path, "W_enc", &[d_in, d_sae])?).map_err(shape_err)?;
+    let w_enc =
+        Array2::from_shape_vec((d_in, d_sae), tensor(&st, &path, "W_enc", &[d_in, d_sae])?).map_err(shape_err)?;
     let b_enc = Array1::from(tensor(&st, &path, "b_enc", &[d_sae])?);
-    let w_dec = Array2::from_shape_vec((d_sae, d_in), tensor(&st, &path, "W_dec", &[d_sae, d_in])?).map_err(shape_err)?;
+    let w_dec =
+        Array2::from_shape_vec((d_sae, d_in), tensor(&st, &path, "W_dec", &[d_sae, d_in])?).map_err(shape_err)?;
     let b_dec = Array1::from(tensor(&st, &path, "b_dec", &[d_in])?);
     let sae = ReluSae::from_parts(w_enc, b_enc, w_dec, b_dec, cfg.input_scale)
         .map_err(|e| Error::parse(&path, "tensors", e.to_string()))?;

@@ -41,7 +41,13 @@ pub(crate) fn gemm(dst: ArrayViewMut2<'_, f32>, a: ArrayView2<'_, f32>, b: Array
     let (m, n) = dst.dim();
     assert_eq!(a.nrows(), m, "gemm: a has {} rows, dst {}", a.nrows(), m);
     assert_eq!(b.ncols(), n, "gemm: b has {} columns, dst {}", b.ncols(), n);
-    assert_eq!(a.ncols(), b.nrows(), "gemm: inner dimensions {} and {}", a.ncols(), b.nrows());
+    assert_eq!(
+        a.ncols(),
+        b.nrows(),
+        "gemm: inner dimensions {} and {}",
+        a.ncols(),
+        b.nrows()
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -62,7 +68,14 @@ pub(crate) fn gemm(dst: ArrayViewMut2<'_, f32>, a: ArrayView2<'_, f32>, b: Array
             }
             return;
         }
-        matmul(tile.into_faer(), accum, a_blk.into_faer(), b_blk.into_faer(), 1.0f32, Par::Seq);
+        matmul(
+            tile.into_faer(),
+            accum,
+            a_blk.into_faer(),
+            b_blk.into_faer(),
+            1.0f32,
+            Par::Seq,
+        );
     });
 }
 
@@ -115,15 +128,18 @@ where
 pub(crate) fn transpose_into(mut dst: ArrayViewMut2<'_, f32>, src: ArrayView2<'_, f32>) {
     assert_eq!(dst.dim(), (src.ncols(), src.nrows()), "transpose_into: shapes");
     const BLK: usize = 64;
-    dst.axis_chunks_iter_mut(Axis(0), BLK).into_par_iter().enumerate().for_each(|(bi, mut out)| {
-        let j0 = bi * BLK;
-        let cols = out.nrows();
-        for (i, row) in src.rows().into_iter().enumerate() {
-            for jj in 0..cols {
-                out[[jj, i]] = row[j0 + jj];
+    dst.axis_chunks_iter_mut(Axis(0), BLK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(bi, mut out)| {
+            let j0 = bi * BLK;
+            let cols = out.nrows();
+            for (i, row) in src.rows().into_iter().enumerate() {
+                for jj in 0..cols {
+                    out[[jj, i]] = row[j0 + jj];
+                }
             }
-        }
-    });
+        });
 }
 
 /// Runs `f(i, row_i)` on every row of a standard-layout matrix, rows in parallel.

@@ -38,13 +38,28 @@ pub struct SaeQuality {
 /// If `x_heldout` does not have `sae.d_in` columns.
 pub fn sae_quality(sae: &ReluSae, x_heldout: ArrayView2<'_, f32>) -> SaeQuality {
     let n = x_heldout.nrows();
-    assert_eq!(x_heldout.ncols(), sae.d_in, "sae_quality: rows have {} columns, the SAE's d_in is {}", x_heldout.ncols(), sae.d_in);
+    assert_eq!(
+        x_heldout.ncols(),
+        sae.d_in,
+        "sae_quality: rows have {} columns, the SAE's d_in is {}",
+        x_heldout.ncols(),
+        sae.d_in
+    );
     if n == 0 {
         let nan = f64::NAN;
-        return SaeQuality { r2: nan, fvu: nan, mean_l0: nan, dead_fraction: nan, dense_fraction: nan, n_rows: 0 };
+        return SaeQuality {
+            r2: nan,
+            fvu: nan,
+            mean_l0: nan,
+            dead_fraction: nan,
+            dense_fraction: nan,
+            n_rows: 0,
+        };
     }
     let mean: Vec<f64> = col_sums_f64(x_heldout).into_iter().map(|v| v / n as f64).collect();
-    let total_ss = sum_rows_f64(x_heldout, |r| r.iter().zip(&mean).map(|(&v, &m)| (v as f64 - m).powi(2)).sum());
+    let total_ss = sum_rows_f64(x_heldout, |r| {
+        r.iter().zip(&mean).map(|(&v, &m)| (v as f64 - m).powi(2)).sum()
+    });
 
     let mut resid_ss = 0.0f64;
     let mut nnz = 0u64;
@@ -70,7 +85,11 @@ pub fn sae_quality(sae: &ReluSae, x_heldout: ArrayView2<'_, f32>) -> SaeQuality 
         fvu,
         mean_l0: nnz as f64 / n as f64,
         dead_fraction: counts.iter().filter(|&&c| c == 0).count() as f64 / m,
-        dense_fraction: counts.iter().filter(|&&c| c as f64 > DENSE_THRESHOLD * n as f64).count() as f64 / m,
+        dense_fraction: counts
+            .iter()
+            .filter(|&&c| c as f64 > DENSE_THRESHOLD * n as f64)
+            .count() as f64
+            / m,
         n_rows: n,
     }
 }

@@ -26,7 +26,7 @@ use crate::{Error, Result};
 const ENCODE_ROWS: usize = 4096;
 /// Code density (active fraction) below which the training step uses sparse kernels for
 /// everything but the encoder product.
-pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.08;
+pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.05;
 
 /// A ReLU SAE with f32 weights. Decoder rows are kept unit-norm by training.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,8 +89,13 @@ impl SparseCodes {
     /// CSR of a dense code matrix (entries > 0 are kept).
     pub fn from_dense(codes: ArrayView2<'_, f32>) -> Self {
         let (n_rows, d_sae) = codes.dim();
-        let mut out =
-            SparseCodes { n_rows: 0, d_sae, indptr: Vec::with_capacity(n_rows + 1), indices: vec![], values: vec![] };
+        let mut out = SparseCodes {
+            n_rows: 0,
+            d_sae,
+            indptr: Vec::with_capacity(n_rows + 1),
+            indices: vec![],
+            values: vec![],
+        };
         out.indptr.push(0);
         out.append_dense(codes);
         out
@@ -263,7 +268,11 @@ impl ReluSae {
             Error::Invalid(format!("SAE tensor {name}: expected shape {expected}, found {found}"))
         };
         if w_dec.dim() != (d_sae, d_in) {
-            return Err(shape_err("W_dec", format!("({d_sae}, {d_in})"), format!("{:?}", w_dec.dim())));
+            return Err(shape_err(
+                "W_dec",
+                format!("({d_sae}, {d_in})"),
+                format!("{:?}", w_dec.dim()),
+            ));
         }
         if b_enc.len() != d_sae {
             return Err(shape_err("b_enc", format!("({d_sae})"), format!("({})", b_enc.len())));
@@ -272,7 +281,9 @@ impl ReluSae {
             return Err(shape_err("b_dec", format!("({d_in})"), format!("({})", b_dec.len())));
         }
         if !(input_scale.is_finite() && input_scale > 0.0) {
-            return Err(Error::Invalid(format!("SAE input_scale must be finite and > 0, found {input_scale}")));
+            return Err(Error::Invalid(format!(
+                "SAE input_scale must be finite and > 0, found {input_scale}"
+            )));
         }
         for (name, ok) in [
             ("W_enc", w_enc.iter().all(|v| v.is_finite())),
@@ -298,7 +309,12 @@ impl ReluSae {
     /// A freshly initialised SAE: decoder rows random unit vectors, `W_enc = W_decᵀ`, `b_enc = 0`,
     /// the given `b_dec` (normalised units) and `input_scale`.
     pub fn init(d_in: usize, d_sae: usize, b_dec: Array1<f32>, input_scale: f32, seed: u64) -> Self {
-        assert_eq!(b_dec.len(), d_in, "ReluSae::init: b_dec has length {}, d_in is {d_in}", b_dec.len());
+        assert_eq!(
+            b_dec.len(),
+            d_in,
+            "ReluSae::init: b_dec has length {}, d_in is {d_in}",
+            b_dec.len()
+        );
         let mut rng = SplitMix64::new(seed);
         let mut w_dec = Array2::from_shape_simple_fn((d_sae, d_in), || rng.normal() as f32);
         for mut row in w_dec.rows_mut() {
@@ -308,7 +324,15 @@ impl ReluSae {
             }
         }
         let w_enc = w_dec.t().as_standard_layout().into_owned();
-        ReluSae { d_in, d_sae, input_scale, w_enc, b_enc: Array1::zeros(d_sae), w_dec, b_dec }
+        ReluSae {
+            d_in,
+            d_sae,
+            input_scale,
+            w_enc,
+            b_enc: Array1::zeros(d_sae),
+            w_dec,
+            b_dec,
+        }
     }
 
     /// [`ReluSae::init`] with `b_dec = 0` and `input_scale = 1`.
@@ -318,7 +342,11 @@ impl ReluSae {
 
     /// Euclidean norm of each decoder row, (d_sae).
     pub fn decoder_row_norms(&self) -> Array1<f32> {
-        self.w_dec.rows().into_iter().map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32).collect()
+        self.w_dec
+            .rows()
+            .into_iter()
+            .map(|r| r.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt() as f32)
+            .collect()
     }
 
     /// Scales every non-zero decoder row to unit norm.
@@ -332,7 +360,11 @@ impl ReluSae {
     }
 
     fn check_width(&self, what: &str, found: usize) {
-        assert_eq!(found, self.d_in, "ReluSae::{what}: input has {found} columns, the SAE's d_in is {}", self.d_in);
+        assert_eq!(
+            found, self.d_in,
+            "ReluSae::{what}: input has {found} columns, the SAE's d_in is {}",
+            self.d_in
+        );
     }
 
     /// `dst = x · input_scale − b_dec` for raw rows `x`.
@@ -361,7 +393,10 @@ impl ReluSae {
         self.check_width("encode", x.ncols());
         let mut out = zeros(x.nrows(), self.d_sae);
         let mut xc = zeros(ENCODE_ROWS.min(x.nrows()), self.d_in);
-        for (xb, ob) in x.axis_chunks_iter(Axis(0), ENCODE_ROWS).zip(out.axis_chunks_iter_mut(Axis(0), ENCODE_ROWS)) {
+        for (xb, ob) in x
+            .axis_chunks_iter(Axis(0), ENCODE_ROWS)
+            .zip(out.axis_chunks_iter_mut(Axis(0), ENCODE_ROWS))
+        {
             let r = xb.nrows();
             self.centre_into(xc.slice_mut(s![..r, ..]), xb);
             self.encode_centred_into(ob, xc.slice(s![..r, ..]));
@@ -375,7 +410,13 @@ impl ReluSae {
     /// If `x` does not have `d_in` columns.
     pub fn encode_sparse(&self, x: ArrayView2<'_, f32>) -> SparseCodes {
         self.check_width("encode_sparse", x.ncols());
-        let mut out = SparseCodes { n_rows: 0, d_sae: self.d_sae, indptr: vec![0], indices: vec![], values: vec![] };
+        let mut out = SparseCodes {
+            n_rows: 0,
+            d_sae: self.d_sae,
+            indptr: vec![0],
+            indices: vec![],
+            values: vec![],
+        };
         let block = ENCODE_ROWS.min(x.nrows());
         let mut xc = zeros(block, self.d_in);
         let mut f = zeros(block, self.d_sae);
@@ -393,7 +434,13 @@ impl ReluSae {
     /// # Panics
     /// If `codes` does not have `d_sae` columns.
     pub fn decode(&self, codes: ArrayView2<'_, f32>) -> Array2<f32> {
-        assert_eq!(codes.ncols(), self.d_sae, "ReluSae::decode: codes have {} columns, d_sae is {}", codes.ncols(), self.d_sae);
+        assert_eq!(
+            codes.ncols(),
+            self.d_sae,
+            "ReluSae::decode: codes have {} columns, d_sae is {}",
+            codes.ncols(),
+            self.d_sae
+        );
         let mut out = zeros(codes.nrows(), self.d_in);
         gemm(out.view_mut(), codes, self.w_dec.view(), false);
         self.finish_decode(&mut out);
@@ -402,7 +449,11 @@ impl ReluSae {
 
     /// Reconstruction `x̂ (n_rows, d_in)` in the input's units from CSR codes.
     pub fn decode_sparse(&self, codes: &SparseCodes) -> Array2<f32> {
-        assert_eq!(codes.d_sae, self.d_sae, "ReluSae::decode_sparse: codes have d_sae {}, the SAE {}", codes.d_sae, self.d_sae);
+        assert_eq!(
+            codes.d_sae, self.d_sae,
+            "ReluSae::decode_sparse: codes have d_sae {}, the SAE {}",
+            codes.d_sae, self.d_sae
+        );
         let mut out = zeros(codes.n_rows, self.d_in);
         par_rows_mut(out.view_mut(), |i, row| {
             let (idx, val) = codes.row(i);
@@ -445,7 +496,9 @@ impl ReluSae {
         self.check_width("loss_and_grad", x_norm.ncols());
         let mut ws = Workspace::new(x_norm.nrows(), self.d_in, self.d_sae);
         let b_dec = self.b_dec.as_slice().expect("b_dec contiguous");
-        par_rows_mut(ws.xc.view_mut(), |i, d| for_each_in_row(x_norm.row(i), |k, v| d[k] = v - b_dec[k]));
+        par_rows_mut(ws.xc.view_mut(), |i, d| {
+            for_each_in_row(x_norm.row(i), |k, v| d[k] = v - b_dec[k])
+        });
         let mut grad = ReluSaeGrad::zeros(self.d_in, self.d_sae);
         let loss = forward_backward(self, &mut ws, l1, &mut grad, kernels);
         (loss, grad)
@@ -478,22 +531,21 @@ pub(crate) fn forward_backward(
     sae.encode_centred_into(ws.f.view_mut(), ws.xc.view());
     {
         let dn = dnorm.as_slice().expect("contiguous");
-        let stats: Vec<(u32, f64)> = ws
-            .f
-            .axis_iter(Axis(0))
-            .into_par_iter()
-            .map(|row| {
-                let mut nnz = 0u32;
-                let mut sp = 0.0f64;
-                for (&v, &w) in row.as_slice().expect("standard layout").iter().zip(dn) {
-                    if v > 0.0 {
-                        nnz += 1;
-                        sp += (v * w) as f64;
+        let stats: Vec<(u32, f64)> =
+            ws.f.axis_iter(Axis(0))
+                .into_par_iter()
+                .map(|row| {
+                    let mut nnz = 0u32;
+                    let mut sp = 0.0f64;
+                    for (&v, &w) in row.as_slice().expect("standard layout").iter().zip(dn) {
+                        if v > 0.0 {
+                            nnz += 1;
+                            sp += (v * w) as f64;
+                        }
                     }
-                }
-                (nnz, sp)
-            })
-            .collect();
+                    (nnz, sp)
+                })
+                .collect();
         for (i, (nnz, sp)) in stats.into_iter().enumerate() {
             ws.row_nnz[i] = nnz;
             ws.row_sparsity[i] = sp;
@@ -531,11 +583,23 @@ pub(crate) fn forward_backward(
 
     let mse = ws.row_mse.iter().sum::<f64>() / n as f64;
     let sparsity = ws.row_sparsity.iter().sum::<f64>() / n as f64;
-    SaeLoss { loss: mse + l1 as f64 * sparsity, mse, sparsity, l0: total_nnz as f64 / n as f64 }
+    SaeLoss {
+        loss: mse + l1 as f64 * sparsity,
+        mse,
+        sparsity,
+        l0: total_nnz as f64 / n as f64,
+    }
 }
 
 /// Dense kernels: every product is a faer GEMM.
-fn dense_backward(sae: &ReluSae, ws: &mut Workspace, dnorm: &Array1<f32>, g_scale: f32, l1_n: f32, grad: &mut ReluSaeGrad) {
+fn dense_backward(
+    sae: &ReluSae,
+    ws: &mut Workspace,
+    dnorm: &Array1<f32>,
+    g_scale: f32,
+    l1_n: f32,
+    grad: &mut ReluSaeGrad,
+) {
     let (n, d_sae) = ws.f.dim();
     // e = f W_dec − xc = x̂ − x                                                    (n, d_in)
     gemm(ws.e.view_mut(), ws.f.view(), sae.w_dec.view(), false);
@@ -585,20 +649,19 @@ fn dense_backward(sae: &ReluSae, ws: &mut Workspace, dnorm: &Array1<f32>, g_scal
     }
 
     // firing counts (integers: exact in any order)
-    let counts: Vec<Vec<u32>> = ws
-        .f
-        .axis_chunks_iter(Axis(0), 256)
-        .into_par_iter()
-        .map(|blk| {
-            let mut c = vec![0u32; d_sae];
-            for row in blk.rows() {
-                for (c, &v) in c.iter_mut().zip(row.as_slice().expect("standard layout")) {
-                    *c += (v > 0.0) as u32;
+    let counts: Vec<Vec<u32>> =
+        ws.f.axis_chunks_iter(Axis(0), 256)
+            .into_par_iter()
+            .map(|blk| {
+                let mut c = vec![0u32; d_sae];
+                for row in blk.rows() {
+                    for (c, &v) in c.iter_mut().zip(row.as_slice().expect("standard layout")) {
+                        *c += (v > 0.0) as u32;
+                    }
                 }
-            }
-            c
-        })
-        .collect();
+                c
+            })
+            .collect();
     ws.fired.iter_mut().for_each(|c| *c = 0);
     for c in counts {
         for (t, v) in ws.fired.iter_mut().zip(c) {
@@ -609,7 +672,14 @@ fn dense_backward(sae: &ReluSae, ws: &mut Workspace, dnorm: &Array1<f32>, g_scal
 
 /// Sparse kernels: only the encoder product is dense; everything downstream of the codes walks
 /// the active (row, feature) pairs.
-fn sparse_backward(sae: &ReluSae, ws: &mut Workspace, dnorm: &Array1<f32>, g_scale: f32, l1_n: f32, grad: &mut ReluSaeGrad) {
+fn sparse_backward(
+    sae: &ReluSae,
+    ws: &mut Workspace,
+    dnorm: &Array1<f32>,
+    g_scale: f32,
+    l1_n: f32,
+    grad: &mut ReluSaeGrad,
+) {
     let (n, d_sae) = ws.f.dim();
     let d_in = sae.d_in;
     // CSR of f
@@ -659,35 +729,38 @@ fn sparse_backward(sae: &ReluSae, ws: &mut Workspace, dnorm: &Array1<f32>, g_sca
         pjobs.push(a);
         pv_rest = b;
     }
-    let row_mse: Vec<f64> = ws
-        .e
-        .axis_iter_mut(Axis(0))
-        .into_par_iter()
-        .zip(ws.xc.axis_iter(Axis(0)))
-        .zip(pjobs)
-        .enumerate()
-        .map(|(i, ((mut e, xc), pv))| {
-            let e = e.as_slice_mut().expect("standard layout");
-            let xc = xc.as_slice().expect("standard layout");
-            for (e, &x) in e.iter_mut().zip(xc) {
-                *e = -x;
-            }
-            let (a, b) = (indptr[i], indptr[i + 1]);
-            for k in a..b {
-                axpy(fvals[k], w_dec.row(indices[k] as usize).as_slice().expect("standard layout"), e);
-            }
-            let mut s = 0.0f64;
-            for v in e.iter_mut() {
-                s += (*v as f64) * (*v as f64);
-                *v *= g_scale;
-            }
-            for (k, p) in (a..b).zip(pv.iter_mut()) {
-                let j = indices[k] as usize;
-                *p = dot(e, w_dec.row(j).as_slice().expect("standard layout")) + l1_n * dn[j];
-            }
-            s
-        })
-        .collect();
+    let row_mse: Vec<f64> =
+        ws.e.axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .zip(ws.xc.axis_iter(Axis(0)))
+            .zip(pjobs)
+            .enumerate()
+            .map(|(i, ((mut e, xc), pv))| {
+                let e = e.as_slice_mut().expect("standard layout");
+                let xc = xc.as_slice().expect("standard layout");
+                for (e, &x) in e.iter_mut().zip(xc) {
+                    *e = -x;
+                }
+                let (a, b) = (indptr[i], indptr[i + 1]);
+                for k in a..b {
+                    axpy(
+                        fvals[k],
+                        w_dec.row(indices[k] as usize).as_slice().expect("standard layout"),
+                        e,
+                    );
+                }
+                let mut s = 0.0f64;
+                for v in e.iter_mut() {
+                    s += (*v as f64) * (*v as f64);
+                    *v *= g_scale;
+                }
+                for (k, p) in (a..b).zip(pv.iter_mut()) {
+                    let j = indices[k] as usize;
+                    *p = dot(e, w_dec.row(j).as_slice().expect("standard layout")) + l1_n * dn[j];
+                }
+                s
+            })
+            .collect();
     ws.row_mse.copy_from_slice(&row_mse);
 
     // CSC: entries of feature j in row order
@@ -741,7 +814,11 @@ fn sparse_backward(sae: &ReluSae, ws: &mut Workspace, dnorm: &Array1<f32>, g_sca
                 p_sum += pvals[k] as f64;
             }
             if dn[j] > 0.0 && f_sum != 0.0 {
-                axpy(l1_n * f_sum as f32 / dn[j], w_dec.row(j).as_slice().expect("standard layout"), gd);
+                axpy(
+                    l1_n * f_sum as f32 / dn[j],
+                    w_dec.row(j).as_slice().expect("standard layout"),
+                    gd,
+                );
             }
             p_sum as f32
         })

@@ -218,7 +218,14 @@ struct Adam {
     v_b_dec: Array1<f32>,
 }
 
-fn adam_update<D: Dimension>(p: &mut Array<f32, D>, g: &Array<f32, D>, m: &mut Array<f32, D>, v: &mut Array<f32, D>, lr: f32, t: i32) {
+fn adam_update<D: Dimension>(
+    p: &mut Array<f32, D>,
+    g: &Array<f32, D>,
+    m: &mut Array<f32, D>,
+    v: &mut Array<f32, D>,
+    lr: f32,
+    t: i32,
+) {
     let bc1 = 1.0 - ADAM_BETA1.powi(t);
     let bc2 = 1.0 - ADAM_BETA2.powi(t);
     let step = lr / bc1;
@@ -228,15 +235,17 @@ fn adam_update<D: Dimension>(p: &mut Array<f32, D>, g: &Array<f32, D>, m: &mut A
     let g = g.as_slice().expect("gradient in standard layout");
     let m = m.as_slice_mut().expect("contiguous");
     let v = v.as_slice_mut().expect("contiguous");
-    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(m.par_chunks_mut(CHUNK)).zip(v.par_chunks_mut(CHUNK)).for_each(
-        |(((p, g), m), v)| {
+    p.par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(m.par_chunks_mut(CHUNK))
+        .zip(v.par_chunks_mut(CHUNK))
+        .for_each(|(((p, g), m), v)| {
             for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 *m = ADAM_BETA1 * *m + (1.0 - ADAM_BETA1) * g;
                 *v = ADAM_BETA2 * *v + (1.0 - ADAM_BETA2) * g * g;
                 *p -= step * *m / ((*v * inv_bc2).sqrt() + ADAM_EPS);
             }
-        },
-    );
+        });
 }
 
 impl Adam {
@@ -283,7 +292,11 @@ struct Sampler {
 
 impl Sampler {
     fn new(n: usize, seed: u64) -> Self {
-        let mut s = Sampler { perm: (0..n).collect(), pos: 0, rng: SplitMix64::new(seed) };
+        let mut s = Sampler {
+            perm: (0..n).collect(),
+            pos: 0,
+            rng: SplitMix64::new(seed),
+        };
         s.shuffle();
         s
     }
@@ -327,9 +340,17 @@ fn sample_rows(n: usize, k: usize, rng: &mut SplitMix64) -> Vec<usize> {
 }
 
 /// Fills `dst` with rows `idx` of `x`, times `scale`, minus `b_dec`.
-fn gather_centred(dst: ndarray::ArrayViewMut2<'_, f32>, x: ArrayView2<'_, f32>, idx: &[usize], scale: f32, b_dec: &Array1<f32>) {
+fn gather_centred(
+    dst: ndarray::ArrayViewMut2<'_, f32>,
+    x: ArrayView2<'_, f32>,
+    idx: &[usize],
+    scale: f32,
+    b_dec: &Array1<f32>,
+) {
     let b_dec = b_dec.as_slice().expect("b_dec contiguous");
-    par_rows_mut(dst, |r, d| for_each_in_row(x.row(idx[r]), |k, v| d[k] = v * scale - b_dec[k]));
+    par_rows_mut(dst, |r, d| {
+        for_each_in_row(x.row(idx[r]), |k, v| d[k] = v * scale - b_dec[k])
+    });
 }
 
 /// Geometric median of the rows of `pts (k, d)` by Weiszfeld's iteration, started at the mean.
@@ -369,7 +390,12 @@ fn geometric_median(pts: ArrayView2<'_, f32>) -> Array1<f32> {
             .axis_iter(Axis(0))
             .into_par_iter()
             .map(|row| {
-                let dist = row.iter().zip(&y).map(|(&v, &c)| (v as f64 - c).powi(2)).sum::<f64>().sqrt();
+                let dist = row
+                    .iter()
+                    .zip(&y)
+                    .map(|(&v, &c)| (v as f64 - c).powi(2))
+                    .sum::<f64>()
+                    .sqrt();
                 1.0 / dist.max(1e-8)
             })
             .collect();
@@ -429,15 +455,19 @@ impl<'a> ReluSaeTrainer<'a> {
             )));
         }
         if let Some((row, col)) = first_non_finite(x) {
-            return Err(Error::Invalid(format!("SAE training input holds a non-finite value at row {row}, column {col}")));
+            return Err(Error::Invalid(format!(
+                "SAE training input holds a non-finite value at row {row}, column {col}"
+            )));
         }
         let d_sae = d_in
             .checked_mul(cfg.expansion)
             .ok_or_else(|| Error::Invalid(format!("d_sae = {d_in} × {} overflows", cfg.expansion)))?;
         let sq = super::linalg::sum_rows_f64(x, |r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>());
         let mean_sq = sq / n as f64;
-        if !(mean_sq > 0.0) {
-            return Err(Error::Invalid("SAE training input is all zeros: cannot normalise it".into()));
+        if mean_sq <= 0.0 || !mean_sq.is_finite() {
+            return Err(Error::Invalid(format!(
+                "SAE training input cannot be normalised: mean squared row norm is {mean_sq} (all zeros or overflowing)"
+            )));
         }
         let input_scale = (d_in as f64 / mean_sq).sqrt() as f32;
 
@@ -454,7 +484,8 @@ impl<'a> ReluSaeTrainer<'a> {
 
         let progress = if cfg.progress {
             let pb = ProgressBar::new(cfg.steps as u64);
-            if let Ok(style) = ProgressStyle::with_template("SAE {bar:40} {pos}/{len} steps {per_sec} eta {eta} {msg}") {
+            if let Ok(style) = ProgressStyle::with_template("SAE {bar:40} {pos}/{len} steps {per_sec} eta {eta} {msg}")
+            {
                 pb.set_style(style);
             }
             pb
@@ -513,9 +544,20 @@ impl<'a> ReluSaeTrainer<'a> {
         );
         let b = self.cfg.batch_size;
         self.sampler.next_batch(b, &mut self.batch_idx);
-        gather_centred(self.ws.xc.view_mut(), self.x, &self.batch_idx, self.sae.input_scale, &self.sae.b_dec);
+        gather_centred(
+            self.ws.xc.view_mut(),
+            self.x,
+            &self.batch_idx,
+            self.sae.input_scale,
+            &self.sae.b_dec,
+        );
         let loss = forward_backward(&self.sae, &mut self.ws, self.cfg.l1, &mut self.grad, StepKernels::Auto);
-        for ((w, l), &c) in self.window_fired.iter_mut().zip(self.log_fired.iter_mut()).zip(&self.ws.fired) {
+        for ((w, l), &c) in self
+            .window_fired
+            .iter_mut()
+            .zip(self.log_fired.iter_mut())
+            .zip(&self.ws.fired)
+        {
             *w |= c > 0;
             *l |= c > 0;
         }
@@ -541,10 +583,13 @@ impl<'a> ReluSaeTrainer<'a> {
         self.acc.mse += loss.mse;
         self.acc.sparsity += loss.sparsity;
         self.acc.l0 += loss.l0;
-        if self.step % self.cfg.log_every == 0 || self.step == self.cfg.steps {
+        if self.step.is_multiple_of(self.cfg.log_every) || self.step == self.cfg.steps {
             self.push_log(lr);
         }
-        if self.cfg.resample_every > 0 && self.step % self.cfg.resample_every == 0 && self.step < self.cfg.steps {
+        if self.cfg.resample_every > 0
+            && self.step.is_multiple_of(self.cfg.resample_every)
+            && self.step < self.cfg.steps
+        {
             self.resample_dead();
         }
         self.progress.inc(1);
@@ -564,8 +609,18 @@ impl<'a> ReluSaeTrainer<'a> {
             l0: self.acc.l0 / k,
             dead_fraction: dead,
         };
-        tracing::debug!(step = log.step, loss = log.loss, mse = log.mse, l0 = log.l0, dead = log.dead_fraction, "SAE");
-        self.progress.set_message(format!("loss {:.4} mse {:.4} L0 {:.1} dead {:.3}", log.loss, log.mse, log.l0, dead));
+        tracing::debug!(
+            step = log.step,
+            loss = log.loss,
+            mse = log.mse,
+            l0 = log.l0,
+            dead = log.dead_fraction,
+            "SAE"
+        );
+        self.progress.set_message(format!(
+            "loss {:.4} mse {:.4} L0 {:.1} dead {:.3}",
+            log.loss, log.mse, log.l0, dead
+        ));
         self.logs.push(log);
         self.acc = LogAcc::default();
         self.log_fired.iter_mut().for_each(|f| *f = false);
@@ -579,7 +634,11 @@ impl<'a> ReluSaeTrainer<'a> {
         let n = self.x.nrows();
         let b = self.cfg.batch_size;
         if dead.is_empty() {
-            let ev = ResampleEvent { step: self.step, n_dead: 0, n_rows_scored: 0 };
+            let ev = ResampleEvent {
+                step: self.step,
+                n_dead: 0,
+                n_rows_scored: 0,
+            };
             self.resamples.push(ev.clone());
             return ev;
         }
@@ -593,13 +652,28 @@ impl<'a> ReluSaeTrainer<'a> {
         let mut err: Vec<f64> = Vec::with_capacity(rows.len());
         for idx in rows.chunks(chunk) {
             let r = idx.len();
-            gather_centred(xc.slice_mut(s![..r, ..]), self.x, idx, self.sae.input_scale, &self.sae.b_dec);
-            self.sae.encode_centred_into(f.slice_mut(s![..r, ..]), xc.slice(s![..r, ..]));
-            gemm(e.slice_mut(s![..r, ..]), f.slice(s![..r, ..]), self.sae.w_dec.view(), false);
+            gather_centred(
+                xc.slice_mut(s![..r, ..]),
+                self.x,
+                idx,
+                self.sae.input_scale,
+                &self.sae.b_dec,
+            );
+            self.sae
+                .encode_centred_into(f.slice_mut(s![..r, ..]), xc.slice(s![..r, ..]));
+            gemm(
+                e.slice_mut(s![..r, ..]),
+                f.slice(s![..r, ..]),
+                self.sae.w_dec.view(),
+                false,
+            );
             let xc = &xc;
             let part: Vec<f64> = par_rows_mut_map(e.slice_mut(s![..r, ..]), |i, e| {
                 let x = xc.row(i);
-                e.iter().zip(x.as_slice().expect("standard layout")).map(|(&a, &b)| ((a - b) as f64).powi(2)).sum::<f64>()
+                e.iter()
+                    .zip(x.as_slice().expect("standard layout"))
+                    .map(|(&a, &b)| ((a - b) as f64).powi(2))
+                    .sum::<f64>()
             });
             err.extend(part);
         }
@@ -623,8 +697,16 @@ impl<'a> ReluSaeTrainer<'a> {
             dead.iter().for_each(|&j| m[j] = true);
             m
         };
-        let live: Vec<f64> = (0..self.sae.d_sae).filter(|&j| !is_dead[j]).map(|j| col_sq[j].sqrt()).collect();
-        let enc_norm = if live.is_empty() { 1.0 } else { live.iter().sum::<f64>() / live.len() as f64 } as f32 * 0.2;
+        let live: Vec<f64> = (0..self.sae.d_sae)
+            .filter(|&j| !is_dead[j])
+            .map(|j| col_sq[j].sqrt())
+            .collect();
+        let enc_norm = if live.is_empty() {
+            1.0
+        } else {
+            live.iter().sum::<f64>() / live.len() as f64
+        } as f32
+            * 0.2;
 
         let d_in = self.sae.d_in;
         for &j in &dead {
@@ -635,10 +717,15 @@ impl<'a> ReluSaeTrainer<'a> {
                 cum.partition_point(|&c| c <= u).min(rows.len() - 1)
             };
             let i = rows[pick];
-            let mut v: Vec<f32> =
-                self.x.row(i).iter().zip(&self.sae.b_dec).map(|(&x, &b)| x * self.sae.input_scale - b).collect();
+            let mut v: Vec<f32> = self
+                .x
+                .row(i)
+                .iter()
+                .zip(&self.sae.b_dec)
+                .map(|(&x, &b)| x * self.sae.input_scale - b)
+                .collect();
             let mut norm = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt() as f32;
-            if !(norm > 0.0) {
+            if norm.is_nan() || norm <= 0.0 {
                 v = (0..d_in).map(|_| self.rng.normal() as f32).collect();
                 norm = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt() as f32;
             }
@@ -651,7 +738,11 @@ impl<'a> ReluSaeTrainer<'a> {
             self.adam.reset_feature(j);
         }
         tracing::debug!(step = self.step, n_dead = dead.len(), "resampled dead SAE features");
-        let ev = ResampleEvent { step: self.step, n_dead: dead.len(), n_rows_scored: rows.len() };
+        let ev = ResampleEvent {
+            step: self.step,
+            n_dead: dead.len(),
+            n_rows_scored: rows.len(),
+        };
         self.resamples.push(ev.clone());
         ev
     }
@@ -681,8 +772,11 @@ impl<'a> ReluSaeTrainer<'a> {
 
 /// (row, column) of the first non-finite entry, if any.
 fn first_non_finite(x: ArrayView2<'_, f32>) -> Option<(usize, usize)> {
-    let bad: Vec<Option<usize>> =
-        x.axis_iter(Axis(0)).into_par_iter().map(|r| r.iter().position(|v| !v.is_finite())).collect();
+    let bad: Vec<Option<usize>> = x
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|r| r.iter().position(|v| !v.is_finite()))
+        .collect();
     bad.into_iter().enumerate().find_map(|(i, c)| c.map(|c| (i, c)))
 }
 
@@ -714,7 +808,14 @@ mod tests {
 
     #[test]
     fn warm_up_ramps_the_learning_rate_linearly() {
-        let cfg = SaeTrainConfig { lr: 1.0, warmup_steps: 4, ..Default::default() };
-        assert_eq!((0..6).map(|s| cfg.lr_at(s)).collect::<Vec<_>>(), vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]);
+        let cfg = SaeTrainConfig {
+            lr: 1.0,
+            warmup_steps: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            (0..6).map(|s| cfg.lr_at(s)).collect::<Vec<_>>(),
+            vec![0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+        );
     }
 }

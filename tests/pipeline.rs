@@ -1,0 +1,181 @@
+//! The Alice analysis end to end on the real data (a small configuration: 2 layers, 4 subjects,
+//! a short SAE run): the incremental property of the dataflow, worker-count invariance, the
+//! Parquet outputs against their schemas in pyarrow and polars, and bad input.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use cortexflow::config::Plan;
+use cortexflow::dataflow::{self, Epoch};
+use cortexflow::pipeline::{self, tables};
+
+fn small_plan(store: &Path, output: &Path) -> Plan {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let mut plan = Plan::load(&src).expect("the small Alice pipeline validates");
+    plan.store = store.to_path_buf();
+    plan.output = output.to_path_buf();
+    plan
+}
+
+/// Adds the last subject at a later timestamp (2 workers) and compares with a from-scratch run
+/// on all subjects (1 worker, its own store): exactly the new subject's fits are computed, and
+/// every table is byte-identical.
+#[test]
+fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_any_worker_count() {
+    let tmp = tempfile::tempdir().unwrap();
+
+    // incremental, 2 workers
+    let plan = small_plan(&tmp.path().join("store_inc"), &tmp.path().join("out_inc"));
+    let n_layers = plan.layers.len();
+    let n_sets = plan.file.encoding.feature_sets.len();
+    let ctx = pipeline::context(plan, 2).unwrap();
+    let inputs = pipeline::prepare_inputs(&ctx).unwrap();
+    assert!(inputs.responses.len() >= 3);
+    let mut first = pipeline::single_epoch(&inputs);
+    let last = first.responses.pop().unwrap();
+    let second = Epoch { responses: vec![last.clone()], ..Default::default() };
+    let results = dataflow::run(ctx.clone(), vec![first, second], 2).unwrap();
+    let (e0, e1) = (&results[0], &results[1]);
+    let fits0 = e0.stats.computed.get("fit").copied().unwrap_or(0);
+    let fits1 = e1.stats.computed.get("fit").copied().unwrap_or(0);
+    let n_before = inputs.responses.len() - 1;
+    assert_eq!(fits0, n_before * n_layers * n_sets, "epoch 0 fits every subject once");
+    assert_eq!(fits1 - fits0, n_layers * n_sets, "epoch 1 fits exactly the new subject");
+    assert_eq!(e1.stats.reused.get("fit"), e0.stats.reused.get("fit"), "no other fit is even looked up");
+    for stage in ["lm", "sae", "codes", "design"] {
+        assert_eq!(e1.stats.computed.get(stage), e0.stats.computed.get(stage), "stage {stage} must not rerun");
+    }
+    assert_eq!(e1.stats.computed["summary"] - e0.stats.computed["summary"], n_layers * n_sets);
+    let new_subject = &last.0 .1 .0;
+    let new_fits: Vec<_> = e1.snapshot.fits.difference(&e0.snapshot.fits).collect();
+    assert_eq!(new_fits.len(), n_layers * n_sets);
+    assert!(new_fits.iter().all(|(k, _)| &k.subject == new_subject));
+    let inc_files = tables::write_outputs(&ctx, &e1.snapshot, &ctx.plan.output).unwrap();
+
+    // from scratch, 1 worker, separate store
+    let plan = small_plan(&tmp.path().join("store_scratch"), &tmp.path().join("out_scratch"));
+    let report = pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
+    assert_eq!(report.result.snapshot.fits.len(), e1.snapshot.fits.len());
+    assert_eq!(report.result.snapshot, e1.snapshot, "same artifact ids: same inputs, config and code");
+    for (a, b) in inc_files.iter().zip(&report.files) {
+        assert_eq!(a.file_name(), b.file_name());
+        if a.extension().is_some_and(|e| e == "parquet") {
+            assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{} differs between runs", a.display());
+        }
+    }
+}
+
+#[test]
+fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out"));
+    let n_subjects = plan.subjects.len();
+    let n_rois = plan.file.fmri.rois.len();
+    let n_layers = plan.layers.len();
+    let report = pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let expected_rows = [
+        ("fits", n_subjects * n_layers * 2 * n_rois),
+        ("summary", n_layers * 2 * (n_rois + 1)),
+        ("sae_quality", n_layers),
+    ];
+    for (table, rows) in expected_rows {
+        let out = std::process::Command::new(support::python())
+            .arg(root.join("scripts/check_parquet.py"))
+            .arg(report.output.join(format!("{table}.parquet")))
+            .arg(root.join(format!("data-schemas/{table}.json")))
+            .args(["--rows", &rows.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{table}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Held-out r is a correlation; the SAE reconstructs its inputs better than chance.
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         f = pl.read_parquet(sys.argv[1]); q = pl.read_parquet(sys.argv[2])\n\
+         r = f.filter(~pl.col('excluded'))['r']\n\
+         print(bool(r.is_between(-1, 1).all()), bool((q['r2'] > 0.3).all()), bool((f['alpha'].drop_nulls() >= 1).all()))",
+        &[
+            report.output.join("fits.parquet").to_str().unwrap(),
+            report.output.join("sae_quality.parquet").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(check.trim(), "True True True");
+    let png = std::fs::read(report.output.join("r_by_layer.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+/// A data root whose Alice stimulus is the real one and whose subject files are copies, one of
+/// them damaged by `damage`.
+fn damaged_data_root(tmp: &Path, damage: impl Fn(&str) -> String) -> PathBuf {
+    let data = support::data_root().canonicalize().unwrap();
+    let real = data.join("alice_brennan2016");
+    let root = tmp.join("data");
+    let alice = root.join("alice_brennan2016");
+    std::fs::create_dir_all(alice.join("alice_data_shared/6mm")).unwrap();
+    std::os::unix::fs::symlink(real.join("alice_stim_shared"), alice.join("alice_stim_shared")).unwrap();
+    for s in ["s18", "s22"] {
+        let f = format!("alice_data_shared/6mm/{s}-timecourses.txt");
+        let text = std::fs::read_to_string(real.join(&f)).unwrap();
+        let text = if s == "s22" { damage(&text) } else { text };
+        std::fs::write(alice.join(&f), text).unwrap();
+    }
+    std::os::unix::fs::symlink(data.join("corpora_text"), root.join("corpora_text")).unwrap();
+    root
+}
+
+fn run_with_data_root(tmp: &Path, root: &Path) -> std::process::Output {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let text = text.replace("name = \"alice-small\"", &format!("name = \"bad\"\ndata-root = {:?}", root.to_str().unwrap()));
+    let text = text.replace("output = \"runs/alice-small\"", &format!("output = {:?}", tmp.join("out").to_str().unwrap()));
+    let text = text.replace("only-subjects = [\"s18\", \"s22\", \"s23\", \"s24\"]", "");
+    let p = tmp.join("bad.toml");
+    std::fs::write(&p, text).unwrap();
+    support::bin().arg("run").arg(&p).output().unwrap()
+}
+
+#[test]
+fn a_subject_file_with_a_bad_cell_or_missing_rows_is_named_and_nothing_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a non-numeric cell in row 7, column 3 (LPTL)
+    let t1 = tmp.path().join("cell");
+    std::fs::create_dir_all(&t1).unwrap();
+    let root = damaged_data_root(&t1, |text| {
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        let mut cells: Vec<String> = lines[6].split_whitespace().map(String::from).collect();
+        cells[2] = "n/a".into();
+        lines[6] = cells.join(" ");
+        lines.join("\n") + "\n"
+    });
+    let out = run_with_data_root(&t1, &root);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("s22-timecourses.txt") && err.contains("row 7") && err.contains("LPTL"), "{err}");
+    assert!(!t1.join("out").exists(), "nothing may be written");
+
+    // 10 rows missing
+    let t2 = tmp.path().join("rows");
+    std::fs::create_dir_all(&t2).unwrap();
+    let root = damaged_data_root(&t2, |text| text.lines().take(352).collect::<Vec<_>>().join("\n") + "\n");
+    let out = run_with_data_root(&t2, &root);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("s22-timecourses.txt") && err.contains("362") && err.contains("352"), "{err}");
+    assert!(!t2.join("out").exists(), "nothing may be written");
+}
+
+#[test]
+fn unknown_keys_and_out_of_range_layers_are_rejected_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let p = tmp.path().join("p.toml");
+    std::fs::write(&p, text.replace("pooling = \"last\"", "pooling = \"last\"\nwindw = 3")).unwrap();
+    let e = Plan::load(&p).unwrap_err().to_string();
+    assert!(e.contains("windw") && e.contains("line"), "{e}");
+    std::fs::write(&p, text.replace("layers = [3, 9]", "layers = [3, 31]")).unwrap();
+    let e = Plan::load(&p).unwrap_err().to_string();
+    assert!(e.contains("layer 31"), "{e}");
+}
