@@ -36,6 +36,8 @@ pub struct RunReport {
     pub files: Vec<PathBuf>,
     pub result: EpochResult,
     pub seconds: f64,
+    /// Compute seconds per stage, summed over workers.
+    pub stage_seconds: std::collections::BTreeMap<String, f64>,
 }
 
 /// The context of a plan: store opened, LM threads split between workers.
@@ -93,5 +95,11 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
     let mut results = dataflow::run(ctx.clone(), vec![single_epoch(&inputs)], opts.workers)?;
     let result = results.pop().expect("one epoch");
     let files = tables::write_outputs(&ctx, &result.snapshot, &ctx.plan.output)?;
-    Ok(RunReport { output: ctx.plan.output.clone(), files, result, seconds: started.elapsed().as_secs_f64() })
+    Ok(RunReport {
+        output: ctx.plan.output.clone(),
+        files,
+        result,
+        seconds: started.elapsed().as_secs_f64(),
+        stage_seconds: ctx.store.seconds(),
+    })
 }

@@ -139,7 +139,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         *model = Some(LanguageModel::load(&dir, &RuntimeOptions { threads: ctx.lm_threads })?);
     }
     let lm = model.as_mut().expect("loaded");
-    let ex = lm::extract_story(lm, story, &opts)?;
+    let ex = ctx.store.timed("lm", &words, || lm::extract_story(lm, story, &opts))?;
     for ((_, id), act) in layers.iter().zip(ex.activations) {
         ctx.store.arrays("lm", id, || Ok(Arrays::default().with_f32("x", act)))?;
     }

@@ -151,12 +151,13 @@ pub struct StoreStats {
 pub struct ArtifactStore {
     root: PathBuf,
     stats: Arc<Mutex<StoreStats>>,
+    seconds: Arc<Mutex<BTreeMap<String, f64>>>,
 }
 
 impl ArtifactStore {
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        Ok(ArtifactStore { root: root.to_path_buf(), stats: Arc::default() })
+        Ok(ArtifactStore { root: root.to_path_buf(), stats: Arc::default(), seconds: Arc::default() })
     }
 
     pub fn root(&self) -> &Path {
@@ -169,6 +170,21 @@ impl ArtifactStore {
 
     pub fn stats(&self) -> StoreStats {
         self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Seconds spent computing each stage's artifacts in this process (summed over workers).
+    pub fn seconds(&self) -> BTreeMap<String, f64> {
+        self.seconds.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `f`, adding its duration to `stage`'s compute time.
+    pub fn timed<T>(&self, stage: &str, id: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let t0 = std::time::Instant::now();
+        let out = f()?;
+        let dt = t0.elapsed().as_secs_f64();
+        *self.seconds.lock().unwrap_or_else(|p| p.into_inner()).entry(stage.to_string()).or_default() += dt;
+        tracing::info!("{stage} {} computed in {dt:.2} s", &id[..12]);
+        Ok(out)
     }
 
     fn count(&self, stage: &str, computed: bool) {
@@ -194,7 +210,7 @@ impl ArtifactStore {
             }
             tracing::warn!("artifact {} is unreadable; recomputing it", path.display());
         }
-        let a = compute()?;
+        let a = self.timed(stage, id, compute)?;
         self.write(&path, &a.to_bytes()?)?;
         self.count(stage, true);
         Ok(a)
@@ -217,7 +233,7 @@ impl ArtifactStore {
             }
             tracing::warn!("artifact {} is unreadable; recomputing it", path.display());
         }
-        let v = compute()?;
+        let v = self.timed(stage, id, compute)?;
         self.write(&path, &serde_json::to_vec(&v).expect("artifact serialises"))?;
         self.count(stage, true);
         Ok(v)
@@ -233,7 +249,7 @@ impl ArtifactStore {
         }
         let tmp = crate::paths::temp_sibling(&path);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        if let Err(e) = compute(&tmp) {
+        if let Err(e) = self.timed(stage, id, || compute(&tmp)) {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
         }
