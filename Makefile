@@ -6,15 +6,21 @@ CARGO ?= cargo
 DATA ?= $(or $(CORTEXFLOW_DATA),../shared/data)
 ALICE := $(DATA)/alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid
 
-.PHONY: setup demo test bench fmt clippy clean-cache
+.PHONY: setup demo extract-demo test bench fmt clippy clean-cache
 
 setup:
 	bash scripts/setup.sh
 
-# Main job (for now): extract the Alice story through the default model, print a per-layer summary.
+# Main job: the Alice fMRI analysis (pipelines/alice.toml): raw vs SAE features of every 3rd layer
+# predicting six language ROIs in 20 subjects. Tables, plot and report go to runs/alice/.
 demo: setup
 	$(CARGO) build --release --bin cortexflow
-	./target/release/cortexflow model default
+	./target/release/cortexflow run pipelines/alice.toml -w 2
+	@echo "tables, plot and report: runs/alice/ (report.md, r_by_layer.png, fits/summary/sae_quality.parquet)"
+
+# The LM stage alone: extract the Alice story, print a per-layer summary.
+extract-demo: setup
+	$(CARGO) build --release --bin cortexflow
 	./target/release/cortexflow extract "$(ALICE)" --out out/alice --language en
 
 test: setup
