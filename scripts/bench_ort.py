@@ -4,7 +4,7 @@ threads, same batches (read from a JSON file of windows) and the same requested 
 
 Prints one JSON line: {"tokens_per_s": ..., "seconds": ..., "peak_rss_mib": ...} per case.
 """
-import argparse, json, resource, time
+import argparse, json, time
 
 import numpy as np
 import onnxruntime as ort
@@ -42,7 +42,11 @@ def main():
                 sess.run(case["outputs"], f)
         dt = time.perf_counter() - t0
         out[name] = {"tokens_per_s": n_tokens * case["reps"] / dt, "seconds": dt}
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM belongs to this process's own address space (ru_maxrss would carry over the parent's
+    # high-water mark across fork + exec)
+    with open("/proc/self/status") as f:
+        hwm_kb = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+    out["peak_rss_mib"] = hwm_kb / 1024
     print(json.dumps(out))
 
 

@@ -263,29 +263,29 @@ pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOption
                     .collect()
             })
             .collect();
-        let out = lm.run(&windows, &layers)?;
-        for (bi, p) in batch.iter().enumerate() {
-            for t in p.own.clone() {
-                let pos = off + t - p.start;
-                tok_entropy[t] = out.next_entropy[[bi, pos]];
-                if pos >= 1 {
-                    tok_logprob[t] = out.next_logprob[[bi, pos - 1]];
-                }
-                // the words this token belongs to (usually one)
-                // the words this token overlaps: its anchor word and any later word it runs into
-                let w0 = tokens.token_word[t];
-                for w in (w0..n_words).take_while(|&w| tokens.word_tokens[w].start <= t) {
-                    if !tokens.word_tokens[w].contains(&t) || !want(w, t, opts.pooling, &tokens.word_tokens) {
-                        continue;
+        lm.run_with(&windows, &layers, |out| {
+            for (bi, p) in batch.iter().enumerate() {
+                for t in p.own.clone() {
+                    let pos = off + t - p.start;
+                    tok_entropy[t] = out.next_entropy[[bi, pos]];
+                    if pos >= 1 {
+                        tok_logprob[t] = out.next_logprob[[bi, pos - 1]];
                     }
-                    for (li, h) in out.hidden.iter().enumerate() {
-                        let src = h.slice(ndarray::s![bi, pos, ..]);
-                        let mut dst = acts[li].row_mut(w);
-                        dst += &src;
+                    // the words this token overlaps: its anchor word and any later word it runs into
+                    let w0 = tokens.token_word[t];
+                    for w in (w0..n_words).take_while(|&w| tokens.word_tokens[w].start <= t) {
+                        if !tokens.word_tokens[w].contains(&t) || !want(w, t, opts.pooling, &tokens.word_tokens) {
+                            continue;
+                        }
+                        for (li, h) in out.hidden.iter().enumerate() {
+                            let src = h.slice(ndarray::s![bi, pos, ..]);
+                            let mut dst = acts[li].row_mut(w);
+                            dst += &src;
+                        }
                     }
                 }
             }
-        }
+        })?;
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();

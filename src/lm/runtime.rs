@@ -62,6 +62,17 @@ pub struct BatchOutput {
     pub next_entropy: Array2<f32>,
 }
 
+/// The outputs of one batch as views into ONNX Runtime's buffers (valid inside
+/// [`LanguageModel::run_with`]).
+pub struct BatchView<'a> {
+    /// One entry per requested layer, in request order: (batch, seq, d_model).
+    pub hidden: Vec<ArrayView3<'a, f32>>,
+    /// ln p(token at t+1 | tokens ≤ t), (batch, seq), nats.
+    pub next_logprob: Array2<f32>,
+    /// Entropy of the next-token distribution at t, (batch, seq), nats.
+    pub next_entropy: Array2<f32>,
+}
+
 /// A decoder ready to run: session, tokenizer and manifest.
 pub struct LanguageModel {
     pub dir: PathBuf,
@@ -141,8 +152,19 @@ impl LanguageModel {
     }
 
     /// Runs a batch of token windows (each already holding BOS if the model wants it), right-padded
-    /// to the longest. Returns the requested layers and next-token statistics.
+    /// to the longest. Returns the requested layers and next-token statistics (copied out of ONNX
+    /// Runtime's buffers; [`LanguageModel::run_with`] avoids the copy).
     pub fn run(&mut self, windows: &[Vec<u32>], layers: &[usize]) -> Result<BatchOutput> {
+        self.run_with(windows, layers, |v| BatchOutput {
+            hidden: v.hidden.iter().map(|h| h.to_owned()).collect(),
+            next_logprob: v.next_logprob.clone(),
+            next_entropy: v.next_entropy.clone(),
+        })
+    }
+
+    /// As [`LanguageModel::run`], but hands `f` views of the hidden states in ONNX Runtime's own
+    /// output buffers (no copy of the (batch, seq, d_model) tensors).
+    pub fn run_with<R>(&mut self, windows: &[Vec<u32>], layers: &[usize], f: impl FnOnce(&BatchView<'_>) -> R) -> Result<R> {
         let b = windows.len();
         let s = windows.iter().map(Vec::len).max().unwrap_or(0);
         if b == 0 || s == 0 {
@@ -208,7 +230,7 @@ impl LanguageModel {
                     v.shape()
                 )));
             }
-            hidden.push(v.to_owned());
+            hidden.push(v);
         }
         let (next_logprob, next_entropy) = if in_graph {
             let get = |n: &str| -> Result<Array2<f32>> {
@@ -222,11 +244,7 @@ impl LanguageModel {
             let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
             next_token_stats(v, &ids, &mask, s)
         };
-        Ok(BatchOutput {
-            hidden,
-            next_logprob,
-            next_entropy,
-        })
+        Ok(f(&BatchView { hidden, next_logprob, next_entropy }))
     }
 }
 
