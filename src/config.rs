@@ -170,7 +170,11 @@ pub struct SummarySection {
 
 impl Default for SummarySection {
     fn default() -> Self {
-        SummarySection { n_boot: 2000, ci_level: 0.95, seed: 1 }
+        SummarySection {
+            n_boot: 2000,
+            ci_level: 0.95,
+            seed: 1,
+        }
     }
 }
 
@@ -255,9 +259,14 @@ fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
 pub fn match_subjects(root: &Path, pattern: &str) -> Result<Vec<(String, PathBuf)>> {
     let full = root.join(pattern);
     let dir = full.parent().unwrap_or(root).to_path_buf();
-    let name = full.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = full
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let Some((prefix, suffix)) = name.split_once('*') else {
-        return Err(Error::Invalid(format!("subject pattern `{pattern}` has no `*` in its file name")));
+        return Err(Error::Invalid(format!(
+            "subject pattern `{pattern}` has no `*` in its file name"
+        )));
     };
     let entries = std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))?;
     let mut out = Vec::new();
@@ -294,13 +303,24 @@ impl Plan {
         let data_root = match &file.data_root {
             Some(p) => p.clone(),
             None => crate::paths::data_root().ok_or_else(|| {
-                invalid(path, "data-root", "no data root: set `data-root`, CORTEXFLOW_DATA, or place the data at ../shared/data")
+                invalid(
+                    path,
+                    "data-root",
+                    "no data root: set `data-root`, CORTEXFLOW_DATA, or place the data at ../shared/data",
+                )
             })?,
         };
         if !data_root.is_dir() {
-            return Err(invalid(path, "data-root", format!("{} is not a folder", data_root.display())));
+            return Err(invalid(
+                path,
+                "data-root",
+                format!("{} is not a folder", data_root.display()),
+            ));
         }
-        let output = file.output.clone().unwrap_or_else(|| PathBuf::from("runs").join(&file.name));
+        let output = file
+            .output
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(&file.name));
         let store = file.store.clone().unwrap_or_else(|| output.join("store"));
 
         // ---- model: layer range from the manifest, or from the default GGUF's header
@@ -328,12 +348,23 @@ impl Plan {
         }
         for &l in &layers {
             if l > n_layers {
-                return Err(invalid(path, "model.layers", crate::lm::runtime::layer_error(l, n_layers)));
+                return Err(invalid(
+                    path,
+                    "model.layers",
+                    crate::lm::runtime::layer_error(l, n_layers),
+                ));
             }
         }
-        file.model.pooling.parse::<crate::lm::Pooling>().map_err(|e| invalid(path, "model.pooling", e))?;
+        file.model
+            .pooling
+            .parse::<crate::lm::Pooling>()
+            .map_err(|e| invalid(path, "model.pooling", e))?;
         if file.model.min_context + 2 > file.model.window {
-            return Err(invalid(path, "model.min-context", "must be at least 2 smaller than `window`"));
+            return Err(invalid(
+                path,
+                "model.min-context",
+                "must be at least 2 smaller than `window`",
+            ));
         }
         if file.model.batch_size == 0 {
             return Err(invalid(path, "model.batch-size", "must be at least 1"));
@@ -349,7 +380,11 @@ impl Plan {
                 return Err(invalid(path, "story.id", format!("story `{}` is declared twice", s.id)));
             }
             if !(s.tr_s > 0.0) || s.n_trs == 0 {
-                return Err(invalid(path, "story.tr-s", format!("story `{}`: tr-s and n-trs must be positive", s.id)));
+                return Err(invalid(
+                    path,
+                    "story.tr-s",
+                    format!("story `{}`: tr-s and n-trs must be positive", s.id),
+                ));
             }
             let opts = ReadOptions {
                 tier: s.tier.clone(),
@@ -359,20 +394,28 @@ impl Plan {
             };
             let story = stimulus::read_story(data_root.join(&s.stimulus), None, &opts)?;
             if story.words.iter().any(|w| w.onset_s.is_none()) {
-                return Err(invalid(path, "story.stimulus", format!("story `{}` has words without onsets: fMRI needs timing", s.id)));
+                return Err(invalid(
+                    path,
+                    "story.stimulus",
+                    format!("story `{}` has words without onsets: fMRI needs timing", s.id),
+                ));
             }
             stories.push((s.clone(), story));
         }
 
         // ---- responses
         let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == file.fmri.story) else {
-            return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{}`", file.fmri.story)));
+            return Err(invalid(
+                path,
+                "fmri.story",
+                format!("no [[story]] with id `{}`", file.fmri.story),
+            ));
         };
         let matched = match_subjects(&data_root, &file.fmri.subjects)?;
         let roi_names: Vec<&str> = file.fmri.rois.iter().map(String::as_str).collect();
         let mut subjects = Vec::new();
         for (id, p) in matched {
-                if file.fmri.exclude_subjects.contains(&id)
+            if file.fmri.exclude_subjects.contains(&id)
                 || (!file.fmri.only_subjects.is_empty() && !file.fmri.only_subjects.contains(&id))
             {
                 continue;
@@ -382,7 +425,11 @@ impl Plan {
             subjects.push(SubjectInput { id, path: p, table });
         }
         if subjects.is_empty() {
-            return Err(invalid(path, "fmri.subjects", format!("no file matches `{}` under {}", file.fmri.subjects, data_root.display())));
+            return Err(invalid(
+                path,
+                "fmri.subjects",
+                format!("no file matches `{}` under {}", file.fmri.subjects, data_root.display()),
+            ));
         }
 
         // ---- SAE and encoding parameters
@@ -399,19 +446,35 @@ impl Plan {
             return Err(invalid(path, "encoding.n-alphas", "the α grid is empty"));
         }
         if e.outer_folds < 2 || e.inner_folds < 2 {
-            return Err(invalid(path, "encoding.outer-folds", "outer and inner folds must be at least 2"));
+            return Err(invalid(
+                path,
+                "encoding.outer-folds",
+                "outer and inner folds must be at least 2",
+            ));
         }
         let fold = story_cfg.n_trs / e.outer_folds;
         if fold <= 2 * e.gap_trs {
-            return Err(invalid(path, "encoding.gap-trs", format!("folds of ~{fold} TRs cannot keep a gap of {} TRs", e.gap_trs)));
+            return Err(invalid(
+                path,
+                "encoding.gap-trs",
+                format!("folds of ~{fold} TRs cannot keep a gap of {} TRs", e.gap_trs),
+            ));
         }
         for fs in &e.feature_sets {
             if fs != "raw" && fs != "sae" {
-                return Err(invalid(path, "encoding.feature-sets", format!("unknown feature set `{fs}` (raw, sae)")));
+                return Err(invalid(
+                    path,
+                    "encoding.feature-sets",
+                    format!("unknown feature set `{fs}` (raw, sae)"),
+                ));
             }
         }
         if file.summary.n_boot == 0 || !(0.0..1.0).contains(&file.summary.ci_level) {
-            return Err(invalid(path, "summary", "n-boot must be positive and ci-level in (0, 1)"));
+            return Err(invalid(
+                path,
+                "summary",
+                "n-boot must be positive and ci-level in (0, 1)",
+            ));
         }
         Ok(Plan {
             source: path.to_path_buf(),
@@ -436,7 +499,9 @@ impl Plan {
             return vec![10f64.powf(e.alpha_min_exp)];
         }
         (0..e.n_alphas)
-            .map(|i| 10f64.powf(e.alpha_min_exp + (e.alpha_max_exp - e.alpha_min_exp) * i as f64 / (e.n_alphas - 1) as f64))
+            .map(|i| {
+                10f64.powf(e.alpha_min_exp + (e.alpha_max_exp - e.alpha_min_exp) * i as f64 / (e.n_alphas - 1) as f64)
+            })
             .collect()
     }
 

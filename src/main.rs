@@ -116,7 +116,8 @@ struct ExtractArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CORTEXFLOW_LOG").unwrap_or_else(|_| "cortexflow=info,warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CORTEXFLOW_LOG")
+                .unwrap_or_else(|_| "cortexflow=info,warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -198,9 +199,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { pipeline, workers } => {
             let plan = cortexflow::config::Plan::load(&pipeline)?;
             let report = cortexflow::pipeline::run(plan, &cortexflow::pipeline::RunOptions { workers })?;
-            print!("{}", std::fs::read_to_string(report.output.join("report.md")).unwrap_or_default());
-            println!("\nfinished in {:.1} s; artifacts computed {:?}, reused {:?}", report.seconds, report.result.stats.computed, report.result.stats.reused);
-            let secs: Vec<String> = report.stage_seconds.iter().map(|(k, v)| format!("{k} {v:.1} s")).collect();
+            print!(
+                "{}",
+                std::fs::read_to_string(report.output.join("report.md")).unwrap_or_default()
+            );
+            println!(
+                "\nfinished in {:.1} s; artifacts computed {:?}, reused {:?}",
+                report.seconds, report.result.stats.computed, report.result.stats.reused
+            );
+            let secs: Vec<String> = report
+                .stage_seconds
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.1} s"))
+                .collect();
             println!("compute time by stage (summed over workers): {}", secs.join(", "));
             for f in &report.files {
                 println!("wrote {}", f.display());

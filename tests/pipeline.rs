@@ -34,7 +34,10 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
     assert!(inputs.responses.len() >= 3);
     let mut first = pipeline::single_epoch(&inputs);
     let last = first.responses.pop().unwrap();
-    let second = Epoch { responses: vec![last.clone()], ..Default::default() };
+    let second = Epoch {
+        responses: vec![last.clone()],
+        ..Default::default()
+    };
     let results = dataflow::run(ctx.clone(), vec![first, second], 2).unwrap();
     let (e0, e1) = (&results[0], &results[1]);
     let fits0 = e0.stats.computed.get("fit").copied().unwrap_or(0);
@@ -42,11 +45,22 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
     let n_before = inputs.responses.len() - 1;
     assert_eq!(fits0, n_before * n_layers * n_sets, "epoch 0 fits every subject once");
     assert_eq!(fits1 - fits0, n_layers * n_sets, "epoch 1 fits exactly the new subject");
-    assert_eq!(e1.stats.reused.get("fit"), e0.stats.reused.get("fit"), "no other fit is even looked up");
+    assert_eq!(
+        e1.stats.reused.get("fit"),
+        e0.stats.reused.get("fit"),
+        "no other fit is even looked up"
+    );
     for stage in ["lm", "sae", "codes", "design"] {
-        assert_eq!(e1.stats.computed.get(stage), e0.stats.computed.get(stage), "stage {stage} must not rerun");
+        assert_eq!(
+            e1.stats.computed.get(stage),
+            e0.stats.computed.get(stage),
+            "stage {stage} must not rerun"
+        );
     }
-    assert_eq!(e1.stats.computed["summary"] - e0.stats.computed["summary"], n_layers * n_sets);
+    assert_eq!(
+        e1.stats.computed["summary"] - e0.stats.computed["summary"],
+        n_layers * n_sets
+    );
     let new_subject = &last.0 .1 .0;
     let new_fits: Vec<_> = e1.snapshot.fits.difference(&e0.snapshot.fits).collect();
     assert_eq!(new_fits.len(), n_layers * n_sets);
@@ -57,11 +71,18 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
     let plan = small_plan(&tmp.path().join("store_scratch"), &tmp.path().join("out_scratch"));
     let report = pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
     assert_eq!(report.result.snapshot.fits.len(), e1.snapshot.fits.len());
-    assert_eq!(report.result.snapshot, e1.snapshot, "same artifact ids: same inputs, config and code");
+    assert_eq!(
+        report.result.snapshot, e1.snapshot,
+        "same artifact ids: same inputs, config and code"
+    );
     for (a, b) in inc_files.iter().zip(&report.files) {
         assert_eq!(a.file_name(), b.file_name());
         if a.extension().is_some_and(|e| e == "parquet") {
-            assert!(std::fs::read(a).unwrap() == std::fs::read(b).unwrap(), "{} differs between runs", a.display());
+            assert!(
+                std::fs::read(a).unwrap() == std::fs::read(b).unwrap(),
+                "{} differs between runs",
+                a.display()
+            );
         }
     }
 }
@@ -88,7 +109,11 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
             .args(["--rows", &rows.to_string()])
             .output()
             .unwrap();
-        assert!(out.status.success(), "{table}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{table}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // Held-out r is a correlation; the SAE reconstructs its inputs better than chance.
     let check = support::run_python(
@@ -128,8 +153,14 @@ fn damaged_data_root(tmp: &Path, damage: impl Fn(&str) -> String) -> PathBuf {
 fn run_with_data_root(tmp: &Path, root: &Path) -> std::process::Output {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
     let text = std::fs::read_to_string(src).unwrap();
-    let text = text.replace("name = \"alice-small\"", &format!("name = \"bad\"\ndata-root = {:?}", root.to_str().unwrap()));
-    let text = text.replace("output = \"runs/alice-small\"", &format!("output = {:?}", tmp.join("out").to_str().unwrap()));
+    let text = text.replace(
+        "name = \"alice-small\"",
+        &format!("name = \"bad\"\ndata-root = {:?}", root.to_str().unwrap()),
+    );
+    let text = text.replace(
+        "output = \"runs/alice-small\"",
+        &format!("output = {:?}", tmp.join("out").to_str().unwrap()),
+    );
     let text = text.replace("only-subjects = [\"s18\", \"s22\", \"s23\", \"s24\"]", "");
     let p = tmp.join("bad.toml");
     std::fs::write(&p, text).unwrap();
@@ -152,7 +183,10 @@ fn a_subject_file_with_a_bad_cell_or_missing_rows_is_named_and_nothing_is_writte
     let out = run_with_data_root(&t1, &root);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("s22-timecourses.txt") && err.contains("row 7") && err.contains("LPTL"), "{err}");
+    assert!(
+        err.contains("s22-timecourses.txt") && err.contains("row 7") && err.contains("LPTL"),
+        "{err}"
+    );
     assert!(!t1.join("out").exists(), "nothing may be written");
 
     // 10 rows missing
@@ -162,7 +196,10 @@ fn a_subject_file_with_a_bad_cell_or_missing_rows_is_named_and_nothing_is_writte
     let out = run_with_data_root(&t2, &root);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("s22-timecourses.txt") && err.contains("362") && err.contains("352"), "{err}");
+    assert!(
+        err.contains("s22-timecourses.txt") && err.contains("362") && err.contains("352"),
+        "{err}"
+    );
     assert!(!t2.join("out").exists(), "nothing may be written");
 }
 

@@ -80,7 +80,10 @@ fn accumulate<D: Ord + Clone>(events: &[(u64, Vec<(D, u64, isize)>)], upto: u64)
 }
 
 fn record_error(errors: &Arc<Mutex<Vec<String>>>, what: String, e: Error) {
-    errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{what}: {e}"));
+    errors
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(format!("{what}: {e}"));
 }
 
 /// Runs the epochs through the graph on `workers` threads; returns one result per epoch.
@@ -153,7 +156,11 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                     layer.filter(|_| !is_story || include_stimulus).map(|l| (l, id))
                 })
                 .reduce_named("SAE", move |layer, input, output| {
-                    let ids: Vec<ArtifactId> = input.iter().filter(|(_, d)| *d > 0).map(|(a, _)| (*a).clone()).collect();
+                    let ids: Vec<ArtifactId> = input
+                        .iter()
+                        .filter(|(_, d)| *d > 0)
+                        .map(|(a, _)| (*a).clone())
+                        .collect();
                     match stages::sae_stage(&c2, *layer, &ids) {
                         Ok(id) => output.push((id, 1)),
                         Err(e) => record_error(&e2, format!("SAE of layer {layer}"), e),
@@ -162,9 +169,8 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
             saes.clone().inner.capture_into(ss);
 
             // ---- per (story, layer): SAE codes
-            let story_acts = acts.flat_map(|((is_story, story), (layer, id))| {
-                layer.filter(|_| is_story).map(|l| (l, (story, id)))
-            });
+            let story_acts =
+                acts.flat_map(|((is_story, story), (layer, id))| layer.filter(|_| is_story).map(|l| (l, (story, id))));
             let (c3, e3) = (ctx.clone(), errors.clone());
             let codes = story_acts
                 .clone()
@@ -212,7 +218,15 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                 .map(|((story, layer, set), design)| (story, (layer, set, design)))
                 .join(responses)
                 .map(|(story, ((layer, feature_set, design), (subject, roi)))| {
-                    (FitKey { subject, story, layer, feature_set }, (design, roi))
+                    (
+                        FitKey {
+                            subject,
+                            story,
+                            layer,
+                            feature_set,
+                        },
+                        (design, roi),
+                    )
                 })
                 .reduce_named("Fit", move |key, input, output| {
                     for ((design, roi), diff) in input {
@@ -231,7 +245,11 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
             let summaries = fits
                 .map(|(k, fit)| ((k.story, k.layer, k.feature_set), (k.subject, fit)))
                 .reduce_named("Summary", move |key, input, output| {
-                    let ids: Vec<ArtifactId> = input.iter().filter(|(_, d)| *d > 0).map(|((_, f), _)| f.clone()).collect();
+                    let ids: Vec<ArtifactId> = input
+                        .iter()
+                        .filter(|(_, d)| *d > 0)
+                        .map(|((_, f), _)| f.clone())
+                        .collect();
                     match stages::summary_stage(&c6, &ids) {
                         Ok(s) => output.push((s, 1)),
                         Err(e) => record_error(&e6, format!("summary {key:?}"), e),
@@ -271,7 +289,11 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
 
     let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if !errors.is_empty() {
-        return Err(Error::Invalid(format!("{} stage(s) failed:\n  {}", errors.len(), errors.join("\n  "))));
+        return Err(Error::Invalid(format!(
+            "{} stage(s) failed:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        )));
     }
     let words: Vec<(u64, Vec<((String, ArtifactId), u64, isize)>)> = r_words.extract();
     let saes: Vec<(u64, Vec<((usize, ArtifactId), u64, isize)>)> = r_saes.extract();

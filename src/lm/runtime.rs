@@ -164,7 +164,12 @@ impl LanguageModel {
 
     /// As [`LanguageModel::run`], but hands `f` views of the hidden states in ONNX Runtime's own
     /// output buffers (no copy of the (batch, seq, d_model) tensors).
-    pub fn run_with<R>(&mut self, windows: &[Vec<u32>], layers: &[usize], f: impl FnOnce(&BatchView<'_>) -> R) -> Result<R> {
+    pub fn run_with<R>(
+        &mut self,
+        windows: &[Vec<u32>],
+        layers: &[usize],
+        f: impl FnOnce(&BatchView<'_>) -> R,
+    ) -> Result<R> {
         let b = windows.len();
         let s = windows.iter().map(Vec::len).max().unwrap_or(0);
         if b == 0 || s == 0 {
@@ -244,7 +249,11 @@ impl LanguageModel {
             let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
             next_token_stats(v, &ids, &mask, s)
         };
-        Ok(f(&BatchView { hidden, next_logprob, next_entropy }))
+        Ok(f(&BatchView {
+            hidden,
+            next_logprob,
+            next_entropy,
+        }))
     }
 }
 

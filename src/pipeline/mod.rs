@@ -45,7 +45,11 @@ pub fn context(plan: Plan, workers: usize) -> Result<Ctx> {
     let store = ArtifactStore::open(&plan.store)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let lm_threads = plan.file.model.threads.unwrap_or((cores / workers.max(1)).max(1));
-    Ok(Ctx { plan: Arc::new(plan), store, lm_threads })
+    Ok(Ctx {
+        plan: Arc::new(plan),
+        store,
+        lm_threads,
+    })
 }
 
 /// The plan's inputs as dataflow records (stored in the artifact store first).
@@ -59,23 +63,47 @@ pub fn prepare_inputs(ctx: &Ctx) -> Result<Inputs> {
     let plan = &ctx.plan;
     let mut stories = Vec::new();
     for (cfg, story) in &plan.stories {
-        let st = StoredStory { story: story.clone(), n_trs: cfg.n_trs, tr_s: cfg.tr_s, t0_s: cfg.t0_s };
+        let st = StoredStory {
+            story: story.clone(),
+            n_trs: cfg.n_trs,
+            tr_s: cfg.tr_s,
+            t0_s: cfg.t0_s,
+        };
         stories.push((cfg.id.clone(), stages::put_story(&ctx.store, &st)?));
     }
-    let language = plan.stories.first().map(|(c, _)| c.language.clone()).unwrap_or_else(|| "en".into());
+    let language = plan
+        .stories
+        .first()
+        .map(|(c, _)| c.language.clone())
+        .unwrap_or_else(|| "en".into());
     let mut corpus = Vec::new();
     for path in &plan.corpus {
-        let opts = ReadOptions { language: language.clone(), ..Default::default() };
+        let opts = ReadOptions {
+            language: language.clone(),
+            ..Default::default()
+        };
         let mut doc: Story = stimulus::read_story(path, Some(StimulusFormat::PlainText), &opts)?;
         doc.words.truncate(plan.file.sae.corpus_max_words);
-        let st = StoredStory { story: doc, n_trs: 0, tr_s: 0.0, t0_s: 0.0 };
+        let st = StoredStory {
+            story: doc,
+            n_trs: 0,
+            tr_s: 0.0,
+            t0_s: 0.0,
+        };
         corpus.push((format!("corpus:{}", st.story.id), stages::put_story(&ctx.store, &st)?));
     }
     let mut responses = Vec::new();
     for s in &plan.subjects {
-        responses.push((plan.file.fmri.story.clone(), (s.id.clone(), stages::put_roi(&ctx.store, &s.table)?)));
+        responses.push((
+            plan.file.fmri.story.clone(),
+            (s.id.clone(), stages::put_roi(&ctx.store, &s.table)?),
+        ));
     }
-    Ok(Inputs { stories, corpus, responses })
+    Ok(Inputs {
+        stories,
+        corpus,
+        responses,
+    })
 }
 
 /// Everything in one epoch.

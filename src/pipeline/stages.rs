@@ -24,7 +24,7 @@ use crate::lm::{self, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
 use crate::sae::{self, SaeTrainConfig};
 use crate::stats::bootstrap_mean_ci;
 use crate::stimulus::Story;
-use crate::store::artifacts::{ArtifactId, ArtifactStore, Arrays, KeyBuilder};
+use crate::store::artifacts::{Arrays, ArtifactId, ArtifactStore, KeyBuilder};
 use crate::{Error, Result};
 
 /// Code revisions: bump one when its stage's output changes for the same inputs.
@@ -68,7 +68,9 @@ pub fn put_story(store: &ArtifactStore, s: &StoredStory) -> Result<ArtifactId> {
 
 /// Stores a response table: "y" (n_trs, n_rois) and the ROI names and constant columns as metadata.
 pub fn put_roi(store: &ArtifactStore, t: &crate::features::roi::RoiTable) -> Result<ArtifactId> {
-    let mut k = KeyBuilder::new("roi", 1).part("subject", &t.subject).config("rois", &t.rois);
+    let mut k = KeyBuilder::new("roi", 1)
+        .part("subject", &t.subject)
+        .config("rois", &t.rois);
     for v in t.data.iter() {
         k = k.part("", v.to_le_bytes());
     }
@@ -127,8 +129,11 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         .config("window", &(opts.window, opts.min_context))
         .config("story", story);
     let words = base.clone().part("words", "").finish();
-    let layers: Vec<(usize, ArtifactId)> =
-        opts.layers.iter().map(|&l| (l, base.clone().config("layer", &l).finish())).collect();
+    let layers: Vec<(usize, ArtifactId)> = opts
+        .layers
+        .iter()
+        .map(|&l| (l, base.clone().config("layer", &l).finish()))
+        .collect();
     let all_there = std::iter::once(&words)
         .chain(layers.iter().map(|(_, id)| id))
         .all(|id| ctx.store.path("lm", id, "safetensors").is_file());
@@ -136,12 +141,18 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         return Ok(LmOutputs { words, layers });
     }
     if model.is_none() {
-        *model = Some(LanguageModel::load(&dir, &RuntimeOptions { threads: ctx.lm_threads })?);
+        *model = Some(LanguageModel::load(
+            &dir,
+            &RuntimeOptions {
+                threads: ctx.lm_threads,
+            },
+        )?);
     }
     let lm = model.as_mut().expect("loaded");
     let ex = ctx.store.timed("lm", &words, || lm::extract_story(lm, story, &opts))?;
     for ((_, id), act) in layers.iter().zip(ex.activations) {
-        ctx.store.arrays("lm", id, || Ok(Arrays::default().with_f32("x", act)))?;
+        ctx.store
+            .arrays("lm", id, || Ok(Arrays::default().with_f32("x", act)))?;
     }
     let n = story.words.len();
     let mut info = Array2::<f64>::zeros((n, 3)); // onset_s, surprisal_bits, entropy_bits
@@ -150,7 +161,8 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         info[[i, 1]] = ex.surprisal_bits[i].map(f64::from).unwrap_or(f64::NAN);
         info[[i, 2]] = ex.entropy_bits[i] as f64;
     }
-    ctx.store.arrays("lm", &words, || Ok(Arrays::default().with_f64("words", info)))?;
+    ctx.store
+        .arrays("lm", &words, || Ok(Arrays::default().with_f64("words", info)))?;
     Ok(LmOutputs { words, layers })
 }
 
@@ -189,7 +201,9 @@ pub fn sae_train_config(plan: &Plan) -> SaeTrainConfig {
 /// Every `k`-th row (k = 1 / heldout-fraction) is held out for the quality metrics.
 pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<ArtifactId> {
     let cfg = sae_train_config(&ctx.plan);
-    let mut k = KeyBuilder::new("sae", REV_SAE).config("cfg", &ctx.plan.file.sae).config("layer", &layer);
+    let mut k = KeyBuilder::new("sae", REV_SAE)
+        .config("cfg", &ctx.plan.file.sae)
+        .config("layer", &layer);
     for id in inputs {
         k = k.part("input", id);
     }
@@ -228,14 +242,23 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
 }
 
 pub fn sae_record(ctx: &Ctx, sae_id: &str) -> Result<SaeRecord> {
-    let path = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id).join("quality.json");
+    let path = ctx
+        .store
+        .root()
+        .join("sae")
+        .join(&sae_id[..2])
+        .join(sae_id)
+        .join("quality.json");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::parse(&path, "json", e.to_string()))
 }
 
 /// Encodes a story's activations of one layer with that layer's SAE.
 pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
-    let id = KeyBuilder::new("codes", REV_CODES).part("act", act_id).part("sae", sae_id).finish();
+    let id = KeyBuilder::new("codes", REV_CODES)
+        .part("act", act_id)
+        .part("sae", sae_id)
+        .finish();
     ctx.store.arrays("codes", &id, || {
         let x = ctx.store.load_arrays("lm", act_id)?;
         let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
@@ -259,7 +282,11 @@ pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: 
         let onsets: Vec<f64> = st.story.words.iter().map(|w| w.onset_s.unwrap_or(f64::NAN)).collect();
         let x = ctx.store.load_arrays(feature_stage, feature_id)?;
         let x = x.f32("x")?.mapv(f64::from);
-        let grid = TrGrid { n_trs: st.n_trs, tr_s: st.tr_s, t0_s: st.t0_s };
+        let grid = TrGrid {
+            n_trs: st.n_trs,
+            tr_s: st.tr_s,
+            t0_s: st.t0_s,
+        };
         let mut d = words_to_trs(&onsets, x.view(), &grid, HRF_DT_S);
         crate::stats::detrend_columns(d.view_mut(), DETREND_ORDER);
         crate::stats::zscore_columns(d.view_mut());
@@ -283,7 +310,11 @@ pub struct FitRecord {
 
 pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId> {
     let e = &ctx.plan.file.encoding;
-    let id = KeyBuilder::new("fit", REV_FIT).part("design", design_id).part("roi", roi_id).config("encoding", e).finish();
+    let id = KeyBuilder::new("fit", REV_FIT)
+        .part("design", design_id)
+        .part("roi", roi_id)
+        .config("encoding", e)
+        .finish();
     let alphas = ctx.plan.alphas();
     ctx.store.json("fit", &id, || {
         let x = ctx.store.load_arrays("design", design_id)?;
@@ -293,7 +324,11 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
         let rois: Vec<String> = serde_json::from_str(&roi.meta["rois"]).unwrap_or_default();
         let constant: Vec<String> = serde_json::from_str(&roi.meta["constant"]).unwrap_or_default();
         if x.nrows() != y.nrows() {
-            return Err(Error::Invalid(format!("design has {} TRs but the responses have {}", x.nrows(), y.nrows())));
+            return Err(Error::Invalid(format!(
+                "design has {} TRs but the responses have {}",
+                x.nrows(),
+                y.nrows()
+            )));
         }
         let keep: Vec<usize> = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
         let mut r = vec![None; rois.len()];
@@ -355,9 +390,20 @@ pub fn summary_stage(ctx: &Ctx, fits: &[ArtifactId]) -> Result<ArtifactId> {
     }
     let id = k.finish();
     ctx.store.json("summary", &id, || {
-        let recs = fits.iter().map(|f| ctx.store.load_json::<FitRecord>("fit", f)).collect::<Result<Vec<_>>>()?;
+        let recs = fits
+            .iter()
+            .map(|f| ctx.store.load_json::<FitRecord>("fit", f))
+            .collect::<Result<Vec<_>>>()?;
         let rois = recs.first().map(|r| r.rois.clone()).unwrap_or_default();
-        let mut out = SummaryRecord { roi: vec![], mean_r: vec![], ci_lower: vec![], ci_upper: vec![], n_subjects: vec![], n_boot: sm.n_boot, ci_level: sm.ci_level };
+        let mut out = SummaryRecord {
+            roi: vec![],
+            mean_r: vec![],
+            ci_lower: vec![],
+            ci_upper: vec![],
+            n_subjects: vec![],
+            n_boot: sm.n_boot,
+            ci_level: sm.ci_level,
+        };
         let mut push = |name: &str, vals: Vec<f64>| {
             let ci = bootstrap_mean_ci(&vals, sm.n_boot, sm.ci_level, sm.seed);
             out.roi.push(name.to_string());
@@ -370,12 +416,19 @@ pub fn summary_stage(ctx: &Ctx, fits: &[ArtifactId]) -> Result<ArtifactId> {
             .iter()
             .map(|r| {
                 let v: Vec<f64> = r.r.iter().flatten().copied().collect();
-                if v.is_empty() { f64::NAN } else { v.iter().sum::<f64>() / v.len() as f64 }
+                if v.is_empty() {
+                    f64::NAN
+                } else {
+                    v.iter().sum::<f64>() / v.len() as f64
+                }
             })
             .collect();
         push("all", per_subject);
         for (j, name) in rois.iter().enumerate() {
-            push(name, recs.iter().filter_map(|r| r.r.get(j).copied().flatten()).collect());
+            push(
+                name,
+                recs.iter().filter_map(|r| r.r.get(j).copied().flatten()).collect(),
+            );
         }
         Ok(out)
     })?;

@@ -97,26 +97,60 @@ pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<R
     let n = rows.len();
     batch(vec![
         ("story", utf8(rows.iter().map(|r| r.story.clone()).collect()), false),
-        ("layer", Arc::new(UInt16Array::from_iter_values(rows.iter().map(|r| r.layer as u16))), false),
-        ("feature_set", utf8(rows.iter().map(|r| r.feature_set.clone()).collect()), false),
+        (
+            "layer",
+            Arc::new(UInt16Array::from_iter_values(rows.iter().map(|r| r.layer as u16))),
+            false,
+        ),
+        (
+            "feature_set",
+            utf8(rows.iter().map(|r| r.feature_set.clone()).collect()),
+            false,
+        ),
         ("roi", utf8(rows.iter().map(|r| r.roi.clone()).collect()), false),
-        ("mean_r", Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.mean_r)))), true),
-        ("ci_lower", Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_lower)))), true),
-        ("ci_upper", Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_upper)))), true),
-        ("n_subjects", Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n_subjects as u32))), false),
+        (
+            "mean_r",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.mean_r)))),
+            true,
+        ),
+        (
+            "ci_lower",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_lower)))),
+            true,
+        ),
+        (
+            "ci_upper",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_upper)))),
+            true,
+        ),
+        (
+            "n_subjects",
+            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n_subjects as u32))),
+            false,
+        ),
         ("n_boot", Arc::new(UInt32Array::from(vec![n_boot as u32; n])), false),
         ("ci_level", Arc::new(Float64Array::from(vec![level; n])), false),
     ])
 }
 
 pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
-    let recs = snap.saes.iter().map(|(_, id)| stages::sae_record(ctx, id)).collect::<Result<Vec<_>>>()?;
+    let recs = snap
+        .saes
+        .iter()
+        .map(|(_, id)| stages::sae_record(ctx, id))
+        .collect::<Result<Vec<_>>>()?;
     let u32s = |f: &dyn Fn(&stages::SaeRecord) -> usize| -> ArrayRef {
         Arc::new(UInt32Array::from_iter_values(recs.iter().map(|r| f(r) as u32)))
     };
-    let f64s = |f: &dyn Fn(&stages::SaeRecord) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(recs.iter().map(f))) };
+    let f64s = |f: &dyn Fn(&stages::SaeRecord) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(recs.iter().map(f)))
+    };
     batch(vec![
-        ("layer", Arc::new(UInt16Array::from_iter_values(recs.iter().map(|r| r.layer as u16))), false),
+        (
+            "layer",
+            Arc::new(UInt16Array::from_iter_values(recs.iter().map(|r| r.layer as u16))),
+            false,
+        ),
         ("d_in", u32s(&|r| r.d_in), false),
         ("d_sae", u32s(&|r| r.d_sae), false),
         ("n_train", u32s(&|r| r.n_train), false),
@@ -141,12 +175,20 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
     let pipeline_text = std::fs::read(&ctx.plan.source).unwrap_or_default();
     let meta = vec![
         ("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone()),
-        ("cortexflow.pipeline_sha256".to_string(), format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text))),
+        (
+            "cortexflow.pipeline_sha256".to_string(),
+            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text)),
+        ),
     ];
     let tables = [("fits", fits), ("summary", summary), ("sae_quality", quality)];
-    let schemas = tables.iter().map(|(n, _)| TableSchema::builtin(n)).collect::<Result<Vec<_>>>()?;
+    let schemas = tables
+        .iter()
+        .map(|(n, _)| TableSchema::builtin(n))
+        .collect::<Result<Vec<_>>>()?;
     for ((name, b), schema) in tables.iter().zip(&schemas) {
-        schema.check(&b.schema(), &sizes).map_err(|e| Error::Invalid(format!("table {name}: {e}")))?;
+        schema
+            .check(&b.schema(), &sizes)
+            .map_err(|e| Error::Invalid(format!("table {name}: {e}")))?;
     }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut files = Vec::new();

@@ -41,7 +41,10 @@ fn ensure_font() -> bool {
 }
 
 fn perr(path: &Path) -> impl Fn(String) -> Error + '_ {
-    move |m| Error::Write { path: path.to_path_buf(), message: format!("plot: {m}") }
+    move |m| Error::Write {
+        path: path.to_path_buf(),
+        message: format!("plot: {m}"),
+    }
 }
 
 /// Mean held-out r (roi = "all") by layer, one line per feature set, with CI whiskers.
@@ -54,13 +57,24 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
         let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
         root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
         let max_layer = rows.iter().map(|r| r.layer).max().unwrap_or(1).max(1);
-        let lo = rows.iter().map(|r| r.ci_lower.min(r.mean_r)).filter(|v| v.is_finite()).fold(0.0f64, f64::min);
-        let hi = rows.iter().map(|r| r.ci_upper.max(r.mean_r)).filter(|v| v.is_finite()).fold(0.05f64, f64::max);
+        let lo = rows
+            .iter()
+            .map(|r| r.ci_lower.min(r.mean_r))
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::min);
+        let hi = rows
+            .iter()
+            .map(|r| r.ci_upper.max(r.mean_r))
+            .filter(|v| v.is_finite())
+            .fold(0.05f64, f64::max);
         let pad = 0.1 * (hi - lo);
         let mut builder = ChartBuilder::on(&root);
         builder.margin(20);
         if with_text {
-            builder.caption("Held-out encoding r by layer (mean over subjects, bootstrap 95% CI)", ("sans-serif", 20));
+            builder.caption(
+                "Held-out encoding r by layer (mean over subjects, bootstrap 95% CI)",
+                ("sans-serif", 20),
+            );
             builder.x_label_area_size(45).y_label_area_size(60);
         }
         let mut chart = builder
@@ -91,7 +105,9 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
                 .map_err(|x| e(x.to_string()))?;
             if with_text {
                 let label = if *set == "sae" { "SAE codes" } else { "raw activations" };
-                series.label(label).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                series
+                    .label(label)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             }
             chart
                 .draw_series(pts.iter().filter(|p| p.2.is_finite() && p.3.is_finite()).flat_map(|p| {
@@ -155,8 +171,14 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
          bootstrap over subjects ({} resamples).\n",
         e.alpha_min_exp, e.alpha_max_exp, e.n_alphas, e.inner_folds, e.outer_folds, e.gap_trs, plan.file.summary.n_boot
     );
-    let _ = writeln!(s, "## Mean held-out r by layer (all ROIs)\n\n![r by layer](r_by_layer.png)\n");
-    let _ = writeln!(s, "| layer | feature set | mean r | CI lower | CI upper | subjects |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "## Mean held-out r by layer (all ROIs)\n\n![r by layer](r_by_layer.png)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| layer | feature set | mean r | CI lower | CI upper | subjects |\n|---|---|---|---|---|---|"
+    );
     for r in rows.iter().filter(|r| r.roi == "all") {
         let _ = writeln!(
             s,

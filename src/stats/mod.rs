@@ -53,7 +53,15 @@ pub fn detrend_columns(mut x: ArrayViewMut2<f64>, order: usize) {
         return;
     }
     // basis t^k on t in [-1, 1], orthonormalised by modified Gram–Schmidt
-    let t: Vec<f64> = (0..n).map(|i| if n == 1 { 0.0 } else { -1.0 + 2.0 * i as f64 / (n - 1) as f64 }).collect();
+    let t: Vec<f64> = (0..n)
+        .map(|i| {
+            if n == 1 {
+                0.0
+            } else {
+                -1.0 + 2.0 * i as f64 / (n - 1) as f64
+            }
+        })
+        .collect();
     let mut basis: Vec<Vec<f64>> = Vec::new();
     for k in 0..=order.min(n.saturating_sub(1)) {
         let mut v: Vec<f64> = t.iter().map(|&ti| ti.powi(k as i32)).collect();
@@ -212,7 +220,11 @@ mod tests {
         let t: Vec<f64> = (0..n).map(|i| -1.0 + 2.0 * i as f64 / (n - 1) as f64).collect();
         let mut x = ndarray::Array2::from_shape_fn((n, 2), |(i, j)| {
             let poly = 3.0 + 2.0 * t[i] - 1.5 * t[i] * t[i];
-            if j == 0 { poly } else { poly + (7.0 * t[i]).sin() }
+            if j == 0 {
+                poly
+            } else {
+                poly + (7.0 * t[i]).sin()
+            }
         });
         detrend_columns(x.view_mut(), 2);
         assert!(x.column(0).iter().all(|v| v.abs() < 1e-10));
@@ -224,7 +236,8 @@ mod tests {
         let bts = b.t().dot(&ndarray::Array1::from(s.clone()));
         // solve the 3×3 system by Cramer's rule
         let det = |m: &ndarray::Array2<f64>| {
-            m[[0, 0]] * (m[[1, 1]] * m[[2, 2]] - m[[1, 2]] * m[[2, 1]]) - m[[0, 1]] * (m[[1, 0]] * m[[2, 2]] - m[[1, 2]] * m[[2, 0]])
+            m[[0, 0]] * (m[[1, 1]] * m[[2, 2]] - m[[1, 2]] * m[[2, 1]])
+                - m[[0, 1]] * (m[[1, 0]] * m[[2, 2]] - m[[1, 2]] * m[[2, 0]])
                 + m[[0, 2]] * (m[[1, 0]] * m[[2, 1]] - m[[1, 1]] * m[[2, 0]])
         };
         let d = det(&btb);

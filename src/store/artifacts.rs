@@ -85,24 +85,42 @@ impl Arrays {
         self
     }
     pub fn f32(&self, name: &str) -> Result<ArrayView2<'_, f32>> {
-        self.f32.get(name).map(|a| a.view()).ok_or_else(|| Error::Invalid(format!("artifact has no f32 array `{name}`")))
+        self.f32
+            .get(name)
+            .map(|a| a.view())
+            .ok_or_else(|| Error::Invalid(format!("artifact has no f32 array `{name}`")))
     }
     pub fn f64(&self, name: &str) -> Result<ArrayView2<'_, f64>> {
-        self.f64.get(name).map(|a| a.view()).ok_or_else(|| Error::Invalid(format!("artifact has no f64 array `{name}`")))
+        self.f64
+            .get(name)
+            .map(|a| a.view())
+            .ok_or_else(|| Error::Invalid(format!("artifact has no f64 array `{name}`")))
     }
 
     fn to_bytes(&self) -> Result<Vec<u8>> {
         let mut bufs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (k, a) in &self.f32 {
-            bufs.push((k.clone(), Dtype::F32, a.shape().to_vec(), a.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            bufs.push((
+                k.clone(),
+                Dtype::F32,
+                a.shape().to_vec(),
+                a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
         }
         for (k, a) in &self.f64 {
-            bufs.push((k.clone(), Dtype::F64, a.shape().to_vec(), a.iter().flat_map(|v| v.to_le_bytes()).collect()));
+            bufs.push((
+                k.clone(),
+                Dtype::F64,
+                a.shape().to_vec(),
+                a.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ));
         }
         let views = bufs
             .iter()
             .map(|(k, dt, shape, data)| {
-                TensorView::new(*dt, shape.clone(), data).map(|v| (k.clone(), v)).map_err(|e| Error::Invalid(e.to_string()))
+                TensorView::new(*dt, shape.clone(), data)
+                    .map(|v| (k.clone(), v))
+                    .map_err(|e| Error::Invalid(e.to_string()))
             })
             .collect::<Result<Vec<_>>>()?;
         let meta: HashMap<String, String> = self.meta.clone().into_iter().collect();
@@ -125,12 +143,22 @@ impl Arrays {
             let dims = (shape[0], shape[1]);
             match t.dtype() {
                 Dtype::F32 => {
-                    let v: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-                    out.f32.insert(name, Array2::from_shape_vec(dims, v).map_err(|e| bad(e.to_string()))?);
+                    let v: Vec<f32> = t
+                        .data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
+                    out.f32
+                        .insert(name, Array2::from_shape_vec(dims, v).map_err(|e| bad(e.to_string()))?);
                 }
                 Dtype::F64 => {
-                    let v: Vec<f64> = t.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect();
-                    out.f64.insert(name, Array2::from_shape_vec(dims, v).map_err(|e| bad(e.to_string()))?);
+                    let v: Vec<f64> = t
+                        .data()
+                        .chunks_exact(8)
+                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                        .collect();
+                    out.f64
+                        .insert(name, Array2::from_shape_vec(dims, v).map_err(|e| bad(e.to_string()))?);
                 }
                 other => return Err(bad(format!("tensor `{name}` has dtype {other:?}, expected F32 or F64"))),
             }
@@ -157,7 +185,11 @@ pub struct ArtifactStore {
 impl ArtifactStore {
     pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        Ok(ArtifactStore { root: root.to_path_buf(), stats: Arc::default(), seconds: Arc::default() })
+        Ok(ArtifactStore {
+            root: root.to_path_buf(),
+            stats: Arc::default(),
+            seconds: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -182,7 +214,12 @@ impl ArtifactStore {
         let t0 = std::time::Instant::now();
         let out = f()?;
         let dt = t0.elapsed().as_secs_f64();
-        *self.seconds.lock().unwrap_or_else(|p| p.into_inner()).entry(stage.to_string()).or_default() += dt;
+        *self
+            .seconds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(stage.to_string())
+            .or_default() += dt;
         tracing::info!("{stage} {} computed in {dt:.2} s", &id[..12]);
         Ok(out)
     }
@@ -224,7 +261,12 @@ impl ArtifactStore {
     }
 
     /// The JSON artifact `id` of `stage`, computing and storing it if absent.
-    pub fn json<T: Serialize + DeserializeOwned>(&self, stage: &str, id: &str, compute: impl FnOnce() -> Result<T>) -> Result<T> {
+    pub fn json<T: Serialize + DeserializeOwned>(
+        &self,
+        stage: &str,
+        id: &str,
+        compute: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
         let path = self.path(stage, id, "json");
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(v) = serde_json::from_str(&text) {
@@ -301,7 +343,9 @@ mod tests {
         assert_eq!(store.stats().computed["t"], 1);
         assert_eq!(store.stats().reused["t"], 1);
         // No temp files are left next to the artifact.
-        let dir_entries: Vec<_> = std::fs::read_dir(store.path("t", &id, "x").parent().unwrap()).unwrap().collect();
+        let dir_entries: Vec<_> = std::fs::read_dir(store.path("t", &id, "x").parent().unwrap())
+            .unwrap()
+            .collect();
         assert_eq!(dir_entries.len(), 1);
     }
 
@@ -310,7 +354,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ArtifactStore::open(dir.path()).unwrap();
         let id = KeyBuilder::new("t", 1).finish();
-        assert!(store.json::<u32>("t", &id, || Err(Error::Invalid("boom".into()))).is_err());
+        assert!(store
+            .json::<u32>("t", &id, || Err(Error::Invalid("boom".into())))
+            .is_err());
         assert!(!store.path("t", &id, "json").exists());
         assert_eq!(store.json::<u32>("t", &id, || Ok(7)).unwrap(), 7);
     }
