@@ -16,6 +16,10 @@ use crate::store::artifacts::ArtifactStore;
 use crate::Result;
 use stages::{Ctx, StoredStory};
 
+/// Words per corpus record: the corpus is cut into chunks so that workers share the LM work
+/// (each chunk is run with its own windows; the first window of a chunk starts without context).
+pub const CORPUS_CHUNK_WORDS: usize = 2_500;
+
 /// How to run.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -84,13 +88,22 @@ pub fn prepare_inputs(ctx: &Ctx) -> Result<Inputs> {
         };
         let mut doc: Story = stimulus::read_story(path, Some(StimulusFormat::PlainText), &opts)?;
         doc.words.truncate(plan.file.sae.corpus_max_words);
-        let st = StoredStory {
-            story: doc,
-            n_trs: 0,
-            tr_s: 0.0,
-            t0_s: 0.0,
-        };
-        corpus.push((format!("corpus:{}", st.story.id), stages::put_story(&ctx.store, &st)?));
+        // Chunks of CORPUS_CHUNK_WORDS words are separate records, so workers share the LM work.
+        for (k, words) in doc.words.chunks(CORPUS_CHUNK_WORDS).enumerate() {
+            let id = format!("{}#{k:04}", doc.id);
+            let story = Story {
+                id: id.clone(),
+                language: doc.language.clone(),
+                words: words.to_vec(),
+            };
+            let st = StoredStory {
+                story,
+                n_trs: 0,
+                tr_s: 0.0,
+                t0_s: 0.0,
+            };
+            corpus.push((format!("corpus:{id}"), stages::put_story(&ctx.store, &st)?));
+        }
     }
     let mut responses = Vec::new();
     for s in &plan.subjects {
