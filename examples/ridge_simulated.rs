@@ -20,7 +20,10 @@ fn main() -> anyhow::Result<()> {
     for t in 0..n_targets {
         let var_s: f64 = w.column(t).iter().map(|v| v * v).sum();
         let ceiling = (var_s / (var_s + noise_sd * noise_sd)).sqrt();
-        println!("target {t}: held-out r {:.3} (ceiling {ceiling:.3})", res.r_per_target[t]);
+        println!(
+            "target {t}: held-out r {:.3} (ceiling {ceiling:.3})",
+            res.r_per_target[t]
+        );
     }
     Ok(())
 }
