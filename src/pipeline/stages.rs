@@ -151,8 +151,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
     let lm = model.as_mut().expect("loaded");
     let ex = ctx.store.timed("lm", &words, || lm::extract_story(lm, story, &opts))?;
     for ((_, id), act) in layers.iter().zip(ex.activations) {
-        ctx.store
-            .arrays("lm", id, || Ok(Arrays::default().with_f32("x", act)))?;
+        ctx.store.put_arrays("lm", id, &Arrays::default().with_f32("x", act))?;
     }
     let n = story.words.len();
     let mut info = Array2::<f64>::zeros((n, 3)); // onset_s, surprisal_bits, entropy_bits
@@ -162,7 +161,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         info[[i, 2]] = ex.entropy_bits[i] as f64;
     }
     ctx.store
-        .arrays("lm", &words, || Ok(Arrays::default().with_f64("words", info)))?;
+        .put_arrays("lm", &words, &Arrays::default().with_f64("words", info))?;
     Ok(LmOutputs { words, layers })
 }
 
