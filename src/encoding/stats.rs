@@ -1,0 +1,1 @@
+//! Encoding statistics (permutation tests, FDR, noise ceilings). Being written.

@@ -1,0 +1,1 @@
+//! Lanczos downsampling and FIR delays (Huth-lab alignment). Being written.
