@@ -4,6 +4,7 @@
 //! Runtime session, token→word pooling, GGUF import) → `store` (Arrow/Parquet tables, atomic
 //! writes, schemas). Later stages (SAE, features, encoding, reading, dataflow) build on these.
 
+pub mod cli;
 pub mod config;
 pub mod dataflow;
 pub mod encoding;

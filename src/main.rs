@@ -38,6 +38,9 @@ enum Command {
         #[arg(short = 'w', long, default_value_t = 1)]
         workers: usize,
     },
+    /// Ridge with a penalty per target chosen by K-fold CV on .npy/Parquet matrices (compare with
+    /// himalaya's solve_ridge_cv_svd or your own tools).
+    Ridge(cortexflow::cli::RidgeArgs),
     /// Greedy continuation of a prompt (a quick check that a model works).
     Generate {
         prompt: String,
@@ -179,6 +182,23 @@ fn run(cli: Cli) -> Result<()> {
             println!("{prompt}{text}");
         }
         Command::Extract(args) => extract(args)?,
+        Command::Ridge(args) => {
+            let s = cortexflow::cli::run_ridge(&args)?;
+            println!(
+                "ridge: {} samples × {} features → {} targets, {} folds, {:?}; median α {:.3e}{}; {:.2} s; wrote {}",
+                s.n_samples,
+                s.n_features,
+                s.n_targets,
+                s.n_folds,
+                s.method,
+                s.median_alpha,
+                s.mean_test_r
+                    .map(|r| format!(", mean test r {r:.4}"))
+                    .unwrap_or_default(),
+                s.seconds,
+                args.out.display()
+            );
+        }
         Command::Validate { pipeline } => {
             let plan = cortexflow::config::Plan::load(&pipeline)?;
             println!(

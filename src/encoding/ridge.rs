@@ -58,6 +58,23 @@ pub enum AlphaCriterion {
     Pearson,
     /// Coefficient of determination 1 − Σ(y − ŷ)² / Σ(y − ȳ)² (ȳ: mean of the test rows).
     R2,
+    /// Negative mean squared error −Σ(y − ŷ)² / n_test: himalaya's default `l2_neg_loss`, so that
+    /// penalties chosen with it are comparable with `himalaya.ridge.solve_ridge_cv_svd`.
+    NegMse,
+}
+
+impl AlphaCriterion {
+    /// Parses `pearson`, `r2` or `neg-mse` (the names used in pipeline files and on the CLI).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "pearson" | "r" => Ok(AlphaCriterion::Pearson),
+            "r2" => Ok(AlphaCriterion::R2),
+            "neg-mse" | "neg_mse" | "l2" => Ok(AlphaCriterion::NegMse),
+            other => Err(Error::Invalid(format!(
+                "penalty criterion: expected one of pearson, r2, neg-mse, found {other:?}"
+            ))),
+        }
+    }
 }
 
 /// `n` penalties evenly spaced in log10 from `10^lo_exp` to `10^hi_exp` inclusive.
@@ -133,20 +150,66 @@ pub fn solve_ridge_with_method(
         RidgeMethod::Auto => RidgeMethod::Svd,
         m => m,
     };
-    let xm = to_mat(x); // (n, p)
-    let ym = to_mat(y); // (n, t)
-    let (basis, spectrum, u) = match method {
-        RidgeMethod::Svd => svd_factors(xm.as_ref())?,
-        _ => kernel_factors(xm.as_ref())?,
+    let factors = factorize(to_mat(x).as_ref(), method)?;
+    Ok(factors.path(to_mat(y).as_ref(), alphas))
+}
+
+/// The spectral factors of one design: everything a ridge path needs except the targets.
+#[derive(Debug, Clone)]
+struct Factors {
+    method: RidgeMethod,
+    /// (n_features, rank)
+    basis: Mat<f64>,
+    /// (rank): singular values (SVD) or kernel eigenvalues (kernel), decreasing.
+    spectrum: Vec<f64>,
+    /// (n_samples, rank)
+    u: Mat<f64>,
+}
+
+/// Decomposes X (n, p) by `method` (`Auto` resolved by shape).
+fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Factors> {
+    let (n, p) = x.shape();
+    let method = match method {
+        RidgeMethod::Auto if p > n => RidgeMethod::Kernel,
+        RidgeMethod::Auto => RidgeMethod::Svd,
+        m => m,
     };
-    let uty = mm(u.as_ref().transpose(), ym.as_ref()); // (r, t)
-    Ok(RidgePath {
+    let (basis, spectrum, u) = match method {
+        RidgeMethod::Svd => svd_factors(x)?,
+        _ => kernel_factors(x)?,
+    };
+    Ok(Factors {
         method,
-        alphas: alphas.to_vec(),
         basis,
         spectrum,
-        uty,
+        u,
     })
+}
+
+impl Factors {
+    /// The path for targets `y` (n, t): stores Uᵀ Y.
+    fn path(self, y: MatRef<'_, f64>, alphas: &[f64]) -> RidgePath {
+        let uty = mm(self.u.as_ref().transpose(), y); // (r, t)
+        RidgePath {
+            method: self.method,
+            alphas: alphas.to_vec(),
+            basis: self.basis,
+            spectrum: self.spectrum,
+            uty,
+        }
+    }
+
+    fn gains(&self, alpha: f64) -> Vec<f64> {
+        gains(self.method, &self.spectrum, alpha)
+    }
+}
+
+/// Per-direction gains for penalty α: s / (s² + α) (SVD form) or 1 / (λ + α) (kernel form).
+fn gains(method: RidgeMethod, spectrum: &[f64], alpha: f64) -> Vec<f64> {
+    match method {
+        RidgeMethod::Svd => spectrum.iter().map(|s| s / (s * s + alpha)).collect(),
+        _ => spectrum.iter().map(|l| 1.0 / (l + alpha)).collect(),
+    }
 }
 
 /// Thin SVD: returns (V_r (p, r), s_r, U_r (n, r)) for the singular values above round-off.
@@ -247,10 +310,7 @@ impl RidgePath {
 
     /// Per-direction gains for penalty α: the diagonal between `basis` and `uty`.
     fn gains(&self, alpha: f64) -> Vec<f64> {
-        match self.method {
-            RidgeMethod::Svd => self.spectrum.iter().map(|s| s / (s * s + alpha)).collect(),
-            _ => self.spectrum.iter().map(|l| 1.0 / (l + alpha)).collect(),
-        }
+        gains(self.method, &self.spectrum, alpha)
     }
 
     /// Weights (n_features, n_targets) for penalty `alphas[alpha_index]`.
@@ -328,8 +388,8 @@ impl RidgePath {
         let parts: Vec<Vec<f64>> = tasks
             .par_iter()
             .map(|&(i, c0, c1)| {
-                let ag = scale_cols(a.as_ref(), &self.gains(self.alphas[i]));
-                let pred = mm(ag.as_ref(), self.uty.as_ref().subcols(c0, c1 - c0)); // (n_test, c1 - c0)
+                let guty = scale_rows(self.uty.as_ref().subcols(c0, c1 - c0), &self.gains(self.alphas[i]));
+                let pred = mm(a.as_ref(), guty.as_ref()); // (n_test, c1 - c0)
                 (c0..c1)
                     .map(|j| score(criterion, pred.col_as_slice(j - c0), yt.col_as_slice(j)))
                     .collect()
@@ -402,12 +462,28 @@ impl RidgePath {
     }
 }
 
+/// The score `criterion` of each column of `pred` against the same column of `obs` (both
+/// (n_samples, n_targets)); NaN where undefined (constant column for Pearson r / R²).
+pub fn score_per_target(criterion: AlphaCriterion, pred: ArrayView2<f64>, obs: ArrayView2<f64>) -> Vec<f64> {
+    assert_eq!(pred.dim(), obs.dim(), "score_per_target: shapes differ");
+    (0..pred.ncols())
+        .map(|j| score(criterion, &pred.column(j).to_vec(), &obs.column(j).to_vec()))
+        .collect()
+}
+
 /// Held-out score of one target (sequential sums in row order).
 fn score(criterion: AlphaCriterion, pred: &[f64], obs: &[f64]) -> f64 {
     match criterion {
         AlphaCriterion::Pearson => pearson(pred, obs),
         AlphaCriterion::R2 => r2(pred, obs),
+        AlphaCriterion::NegMse => neg_mse(pred, obs),
     }
+}
+
+/// −Σ(y − ŷ)² / n.
+fn neg_mse(pred: &[f64], obs: &[f64]) -> f64 {
+    let sse: f64 = pred.iter().zip(obs).map(|(p, y)| (y - p) * (y - p)).sum();
+    -sse / obs.len() as f64
 }
 
 /// 1 − Σ(y − ŷ)² / Σ(y − ȳ)²; NaN when y is constant.
@@ -462,8 +538,8 @@ impl RidgeCvResult {
 ///
 /// For each fold a spectral path is fitted on the training rows and scored (Pearson r, per
 /// penalty and target) on the test rows; `cv_scores` is the mean over folds. Each target gets the
-/// penalty with the highest mean r; exact ties go to the larger penalty (more shrinkage when the
-/// data cannot tell). No re-centering happens inside the folds: pass centered/z-scored data.
+/// penalty with the highest mean r, after adding [`ALPHA_TIE_SLOPE`] · ln α, so that scores equal
+/// to round-off go to the larger penalty (more shrinkage when the data cannot tell; himalaya's rule). No re-centering happens inside the folds: pass centered/z-scored data.
 /// Folds run in parallel; the result does not depend on the number of threads.
 pub fn ridge_cv(x: ArrayView2<f64>, y: ArrayView2<f64>, alphas: &[f64], folds: &[Fold]) -> Result<RidgeCvResult> {
     ridge_cv_with(x, y, alphas, folds, AlphaCriterion::Pearson)
@@ -477,6 +553,24 @@ pub fn ridge_cv_with(
     folds: &[Fold],
     criterion: AlphaCriterion,
 ) -> Result<RidgeCvResult> {
+    ridge_cv_method(x, y, alphas, folds, criterion, RidgeMethod::Auto)
+}
+
+/// [`ridge_cv_with`] with an explicit decomposition for the fold and refit designs.
+///
+/// Work and memory: each fold's design is decomposed once (kept for the whole run:
+/// (n_train + n_test + n_features) × rank per fold); targets are then processed in chunks of
+/// [`TARGET_CHUNK`] columns, each chunk costing rank × chunk for Uᵀ Y and n_test × chunk per
+/// penalty for predictions, so memory beyond the factors does not grow with the number of
+/// targets (apart from the (n_alphas, n_targets) scores and the refit path's Uᵀ Y).
+pub fn ridge_cv_method(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criterion: AlphaCriterion,
+    method: RidgeMethod,
+) -> Result<RidgeCvResult> {
     let (n, t) = (x.nrows(), y.ncols());
     if y.nrows() != n {
         return Err(Error::Invalid(format!(
@@ -484,30 +578,65 @@ pub fn ridge_cv_with(
             y.nrows()
         )));
     }
+    if n == 0 || x.ncols() == 0 {
+        return Err(Error::Invalid(format!(
+            "ridge_cv: expected a non-empty design, found shape {:?}",
+            x.dim()
+        )));
+    }
     check_alphas(alphas)?;
+    check_finite(x, "X")?;
+    check_finite(y, "Y")?;
     check_folds(folds, n, false)?;
-    let per_fold: Vec<Array2<f64>> = folds
+    let xm = to_mat(x); // (n, p)
+    let ym = to_mat(y); // (n, t), column-major: a target chunk is contiguous
+                        // per fold: factors of the training rows and the test rows projected on their basis
+    let fold_fits: Vec<(Factors, Mat<f64>)> = folds
         .par_iter()
         .map(|fold| {
-            let path = solve_ridge_svd(
-                x.select(Axis(0), &fold.train).view(),
-                y.select(Axis(0), &fold.train).view(),
-                alphas,
-            )?;
-            path.score_all_with(
-                x.select(Axis(0), &fold.test).view(),
-                y.select(Axis(0), &fold.test).view(),
-                criterion,
-            )
+            let f = factorize(select_rows(xm.as_ref(), &fold.train).as_ref(), method)?;
+            let a = mm(select_rows(xm.as_ref(), &fold.test).as_ref(), f.basis.as_ref()); // (n_test, r)
+            Ok((f, a))
         })
         .collect::<Result<_>>()?;
+    let chunks: Vec<(usize, usize)> = (0..t)
+        .step_by(TARGET_CHUNK)
+        .map(|c| (c, (c + TARGET_CHUNK).min(t)))
+        .collect();
+    let tasks: Vec<(usize, usize, usize)> = (0..folds.len())
+        .flat_map(|k| chunks.iter().map(move |&(c0, c1)| (k, c0, c1)))
+        .collect();
+    // (n_alphas × chunk) scores per task, column-major by target within the chunk
+    let parts: Vec<Vec<f64>> = tasks
+        .par_iter()
+        .map(|&(k, c0, c1)| {
+            let (fold, (f, a)) = (&folds[k], &fold_fits[k]);
+            let y_chunk = ym.as_ref().subcols(c0, c1 - c0);
+            let uty = mm(f.u.as_ref().transpose(), select_rows(y_chunk, &fold.train).as_ref()); // (r, c)
+            let y_test = select_rows(y_chunk, &fold.test); // (n_test, c)
+            let mut out = vec![0.0; alphas.len() * (c1 - c0)];
+            for (i, &alpha) in alphas.iter().enumerate() {
+                let pred = mm(a.as_ref(), scale_rows(uty.as_ref(), &f.gains(alpha)).as_ref());
+                for j in 0..c1 - c0 {
+                    out[j * alphas.len() + i] = score(criterion, pred.col_as_slice(j), y_test.col_as_slice(j));
+                }
+            }
+            out
+        })
+        .collect();
     let mut cv_scores = Array2::<f64>::zeros((alphas.len(), t));
-    for scores in &per_fold {
-        cv_scores.zip_mut_with(scores, |acc, &r| *acc += if r.is_nan() { 0.0 } else { r });
+    for (&(_, c0, c1), part) in tasks.iter().zip(&parts) {
+        for j in 0..c1 - c0 {
+            for i in 0..alphas.len() {
+                let r = part[j * alphas.len() + i];
+                cv_scores[[i, c0 + j]] += if r.is_nan() { 0.0 } else { r };
+            }
+        }
     }
+    drop(fold_fits);
     cv_scores.mapv_inplace(|s| s / folds.len() as f64);
     let best_alpha_index = (0..t).map(|j| best_alpha(alphas, cv_scores.column(j))).collect();
-    let path = solve_ridge_svd(x, y, alphas)?;
+    let path = factorize(xm.as_ref(), method)?.path(ym.as_ref(), alphas);
     Ok(RidgeCvResult {
         best_alpha_index,
         cv_scores,
@@ -516,12 +645,23 @@ pub fn ridge_cv_with(
     })
 }
 
-/// Index of the highest score for target `j`; exact ties → the larger penalty.
+/// Rows `rows` of `a`, as a new column-major matrix.
+fn select_rows(a: MatRef<'_, f64>, rows: &[usize]) -> Mat<f64> {
+    Mat::from_fn(rows.len(), a.ncols(), |i, j| a[(rows[i], j)])
+}
+
+/// Slope added to the mean CV score per unit of ln α before choosing, so that penalties whose
+/// scores agree to round-off go to the larger penalty (himalaya's `_select_best_alphas` rule).
+pub const ALPHA_TIE_SLOPE: f64 = 1e-10;
+
+/// Index of the highest `score + ALPHA_TIE_SLOPE · ln α` for one target (the first such index if
+/// several are exactly equal, as numpy's argmax); ties before the slope therefore go to the larger
+/// penalty.
 fn best_alpha(alphas: &[f64], scores: ArrayView1<f64>) -> usize {
+    let adjusted = |i: usize| scores[i] + ALPHA_TIE_SLOPE * alphas[i].ln();
     let mut best = 0;
     for i in 1..alphas.len() {
-        let (s, b) = (scores[i], scores[best]);
-        if s > b || (s == b && alphas[i] > alphas[best]) {
+        if adjusted(i) > adjusted(best) {
             best = i;
         }
     }
@@ -668,7 +808,7 @@ fn fit_outer_fold(
 
 /// Applies training-set (mean, sd) column statistics to other rows; sd = 0 columns become 0,
 /// as in [`zscore_columns`].
-fn apply_zscore(mut x: ArrayViewMut2<f64>, stats: &[(f64, f64)]) {
+pub fn apply_zscore(mut x: ArrayViewMut2<f64>, stats: &[(f64, f64)]) {
     for (mut col, &(mean, sd)) in x.axis_iter_mut(Axis(1)).zip(stats) {
         if sd > 0.0 {
             col.mapv_inplace(|v| (v - mean) / sd);
@@ -716,6 +856,11 @@ fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
     let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
     matmul(out.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
     out
+}
+
+/// diag(g) · a.
+fn scale_rows(a: MatRef<'_, f64>, g: &[f64]) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * g[i])
 }
 
 /// a · diag(g).
@@ -781,12 +926,15 @@ mod tests {
     }
 
     #[test]
-    fn the_best_penalty_is_the_highest_score_and_exact_ties_go_to_the_larger_penalty() {
+    fn the_best_penalty_is_the_highest_score_and_near_ties_go_to_the_larger_penalty() {
         let alphas = [10.0, 1.0, 100.0, 1000.0];
         assert_eq!(best_alpha(&alphas, array![0.1, 0.3, 0.2, 0.0].view()), 1);
         assert_eq!(best_alpha(&alphas, array![0.3, 0.3, 0.2, 0.0].view()), 0);
         assert_eq!(best_alpha(&alphas, array![0.3, 0.3, 0.3, 0.3].view()), 3);
         assert_eq!(best_alpha(&[5.0, 1.0], array![0.0, 0.0].view()), 0);
+        // within the slope: a score 1e-12 lower but one decade larger wins (1e-10 · ln 10 > 1e-12)
+        assert_eq!(best_alpha(&[1.0, 10.0], array![0.5, 0.5 - 1e-12].view()), 1);
+        assert_eq!(best_alpha(&[1.0, 10.0], array![0.5, 0.5 - 1e-9].view()), 0);
     }
 
     #[test]

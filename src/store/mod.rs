@@ -23,6 +23,7 @@
 
 pub mod artifacts;
 pub mod extraction;
+pub mod matrix;
 pub mod parquet_io;
 pub mod schema;
 
@@ -30,4 +31,5 @@ pub use parquet_io::{
     read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic, write_table_parquet, SIZES_KEY,
     VERSION_KEY, ZSTD_LEVEL,
 };
+pub use matrix::{read_matrix, read_npy, write_matrix, write_npy, NamedMatrix};
 pub use schema::{ColumnSchema, ColumnType, ListSize, ScalarType, TableSchema, BUILTIN_TABLES, SCHEMA_KEY};

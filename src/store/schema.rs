@@ -46,10 +46,11 @@ const BUILTINS: &[(&str, &str)] = &[
     ("fits", include_str!("../../data-schemas/fits.json")),
     ("summary", include_str!("../../data-schemas/summary.json")),
     ("sae_quality", include_str!("../../data-schemas/sae_quality.json")),
+    ("ridge_cv", include_str!("../../data-schemas/ridge_cv.json")),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
-pub const BUILTIN_TABLES: &[&str] = &["words", "activations", "fits", "summary", "sae_quality"];
+pub const BUILTIN_TABLES: &[&str] = &["words", "activations", "fits", "summary", "sae_quality", "ridge_cv"];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
