@@ -41,6 +41,9 @@ enum Command {
     /// Ridge with a penalty per target chosen by K-fold CV on .npy/Parquet matrices (compare with
     /// himalaya's solve_ridge_cv_svd or your own tools).
     Ridge(cortexflow::cli::RidgeArgs),
+    /// BOLD-like responses from given (or random) features with planted weights, HRF and noise at
+    /// a chosen SNR, with the noise-free ceiling written next to them.
+    Simulate(cortexflow::cli::SimulateArgs),
     /// Greedy continuation of a prompt (a quick check that a model works).
     Generate {
         prompt: String,
@@ -182,6 +185,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("{prompt}{text}");
         }
         Command::Extract(args) => extract(args)?,
+        Command::Simulate(args) => {
+            let s = cortexflow::cli::run_simulate(&args)?;
+            println!(
+                "simulate: {} TRs × {} design columns → {} targets, mean noise-free ceiling r {:.4}",
+                s.n_trs, s.n_design_columns, s.n_targets, s.mean_ceiling_r
+            );
+            for f in &s.files {
+                println!("wrote {}", f.display());
+            }
+        }
         Command::Ridge(args) => {
             let s = cortexflow::cli::run_ridge(&args)?;
             println!(

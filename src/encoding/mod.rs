@@ -16,7 +16,9 @@
 //! z-score themselves.
 
 pub mod folds;
+pub mod partition;
 pub mod ridge;
+pub mod simulate;
 pub mod stats;
 
 pub use folds::{block_folds_within, check_folds, contiguous_block_folds, leave_groups_out_folds, Fold};
