@@ -144,6 +144,29 @@ pub struct EncodingSection {
     pub gap_trs: usize,
     /// Feature sets: "raw" (layer activations) and/or "sae" (SAE codes).
     pub feature_sets: Vec<String>,
+    /// Word features → TRs: "hrf" (default, the paper's: impulses at word onsets convolved with
+    /// the canonical HRF, averaged within each TR) or "lanczos-fir" (the Huth lab's: Lanczos
+    /// downsampling to TR midpoints, then FIR delays `fir-delays`; no HRF shape assumed).
+    #[serde(default = "default_alignment")]
+    pub alignment: String,
+    /// FIR delays in TRs for "lanczos-fir" (default [1, 2, 3, 4]).
+    #[serde(default = "default_fir_delays")]
+    pub fir_delays: Vec<usize>,
+    /// Lanczos window (lobes) for "lanczos-fir" (default 3).
+    #[serde(default = "default_lanczos_window")]
+    pub lanczos_window: usize,
+}
+
+fn default_alignment() -> String {
+    "hrf".into()
+}
+
+fn default_fir_delays() -> Vec<usize> {
+    crate::features::lanczos::DEFAULT_FIR_DELAYS.to_vec()
+}
+
+fn default_lanczos_window() -> usize {
+    crate::features::lanczos::DEFAULT_LANCZOS_WINDOW
 }
 
 impl Default for EncodingSection {
@@ -156,6 +179,9 @@ impl Default for EncodingSection {
             inner_folds: 4,
             gap_trs: 5,
             feature_sets: vec!["raw".into(), "sae".into()],
+            alignment: default_alignment(),
+            fir_delays: default_fir_delays(),
+            lanczos_window: default_lanczos_window(),
         }
     }
 }
@@ -467,6 +493,25 @@ impl Plan {
                     "encoding.feature-sets",
                     format!("unknown feature set `{fs}` (raw, sae)"),
                 ));
+            }
+        }
+        match e.alignment.as_str() {
+            "hrf" => {}
+            "lanczos-fir" => {
+                if e.fir_delays.is_empty() || e.lanczos_window == 0 {
+                    return Err(invalid(
+                        path,
+                        "encoding.fir-delays",
+                        "lanczos-fir needs at least one FIR delay and a Lanczos window ≥ 1",
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    path,
+                    "encoding.alignment",
+                    format!("unknown alignment `{other}` (hrf, lanczos-fir)"),
+                ))
             }
         }
         if file.summary.n_boot == 0 || !(0.0..1.0).contains(&file.summary.ci_level) {

@@ -19,7 +19,7 @@ use ndarray::Array2;
 use serde_json::json;
 
 use crate::encoding::simulate::{simulate_responses, SimulationOptions};
-use crate::features::lanczos::{lanczos_fir_design, tr_times_s, DEFAULT_FIR_DELAYS, DEFAULT_LANCZOS_WINDOW};
+use crate::features::lanczos::{lanczos_fir_design, tr_mid_times_s, DEFAULT_FIR_DELAYS, DEFAULT_LANCZOS_WINDOW};
 use crate::features::{words_to_trs, zscore, TrGrid, DEFAULT_DT_S};
 use crate::stats::SplitMix64;
 use crate::store::{read_matrix, write_matrix, write_npy};
@@ -44,7 +44,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 20)]
     pub n_features: usize,
     /// Alignment of word features: hrf (HRF convolution + TR averaging) or lanczos-fir (Lanczos
-    /// window 3 to TR starts, then FIR delays 1–4 TRs).
+    /// window 3 to TR midpoints, then FIR delays 1–4 TRs).
     #[arg(long, default_value = "hrf")]
     pub alignment: String,
     /// Repetition time, seconds.
@@ -124,7 +124,7 @@ pub fn run_simulate(a: &SimulateArgs) -> Result<SimulateSummary> {
                     let d = lanczos_fir_design(
                         &onsets,
                         values.view(),
-                        &tr_times_s(&grid),
+                        &tr_mid_times_s(&grid),
                         DEFAULT_LANCZOS_WINDOW,
                         &DEFAULT_FIR_DELAYS,
                     )?;

@@ -267,15 +267,25 @@ pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> 
     Ok(id)
 }
 
-/// Word-level features → HRF-convolved, TR-averaged, z-scored design (n_trs, n_features).
+/// Word-level features → design (n_trs, n_design_columns) by the pipeline's alignment:
+/// "hrf": HRF-convolved, TR-averaged, detrended, z-scored (n_features columns);
+/// "lanczos-fir": Lanczos-downsampled to TR midpoints, detrended, z-scored, then FIR-delayed
+/// (n_features × n_delays columns, delay-major; the rows shifted in at the top are 0).
 /// `feature_stage` is "lm" (raw activations) or "codes" (SAE codes).
 pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: &str) -> Result<ArtifactId> {
-    let id = KeyBuilder::new("design", REV_DESIGN)
+    let e = &ctx.plan.file.encoding;
+    let mut key = KeyBuilder::new("design", REV_DESIGN)
         .part("story", story_id)
         .part("stage", feature_stage)
         .part("features", feature_id)
-        .config("dt", &HRF_DT_S)
-        .finish();
+        .config("dt", &HRF_DT_S);
+    if e.alignment != "hrf" {
+        key = key
+            .part("alignment", &e.alignment)
+            .config("fir_delays", &e.fir_delays)
+            .config("lanczos_window", &e.lanczos_window);
+    }
+    let id = key.finish();
     ctx.store.arrays("design", &id, || {
         let st: StoredStory = ctx.store.load_json("story", story_id)?;
         let onsets: Vec<f64> = st.story.words.iter().map(|w| w.onset_s.unwrap_or(f64::NAN)).collect();
@@ -286,9 +296,18 @@ pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: 
             tr_s: st.tr_s,
             t0_s: st.t0_s,
         };
-        let mut d = words_to_trs(&onsets, x.view(), &grid, HRF_DT_S);
-        crate::stats::detrend_columns(d.view_mut(), DETREND_ORDER);
-        crate::stats::zscore_columns(d.view_mut());
+        let d = if e.alignment == "lanczos-fir" {
+            let tr_times = crate::features::lanczos::tr_mid_times_s(&grid);
+            let mut d = crate::features::lanczos::lanczos_interp(x.view(), &onsets, &tr_times, e.lanczos_window, 1.0)?;
+            crate::stats::detrend_columns(d.view_mut(), DETREND_ORDER);
+            crate::stats::zscore_columns(d.view_mut());
+            crate::features::lanczos::fir_delays(d.view(), &e.fir_delays)
+        } else {
+            let mut d = words_to_trs(&onsets, x.view(), &grid, HRF_DT_S);
+            crate::stats::detrend_columns(d.view_mut(), DETREND_ORDER);
+            crate::stats::zscore_columns(d.view_mut());
+            d
+        };
         Ok(Arrays::default().with_f64("x", d))
     })?;
     Ok(id)

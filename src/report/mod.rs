@@ -164,6 +164,16 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         let _ = writeln!(s, "Constant ROI columns excluded: {}.\n", excluded.join(", "));
     }
     let e = &plan.file.encoding;
+    let alignment = match e.alignment.as_str() {
+        "lanczos-fir" => format!(
+            "Lanczos downsampling (window {}) of word features to TR midpoints, detrended and z-scored, then FIR \
+             delays {:?} TRs",
+            e.lanczos_window, e.fir_delays
+        ),
+        _ => "word features convolved with the canonical HRF and averaged within each TR, detrended and z-scored"
+            .to_string(),
+    };
+    let _ = writeln!(s, "Alignment: {alignment}.\n");
     let _ = writeln!(
         s,
         "Encoding: ridge, α ∈ 10^[{}, {}] ({} values) chosen per ROI by {}-fold inner block CV; {} outer contiguous \
