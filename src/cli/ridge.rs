@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt32Array};
 
+use crate::encoding::banded::{dirichlet_gammas, solve_banded_ridge_random_search};
 use crate::encoding::ridge::{apply_zscore, ridge_cv_method, score_per_target};
 use crate::encoding::{contiguous_block_folds, default_alphas, leave_groups_out_folds, AlphaCriterion, RidgeMethod};
 use crate::stats::zscore_columns;
@@ -67,6 +68,23 @@ pub struct RidgeArgs {
     /// Also write the test predictions (n_test, n_targets) here (.npy or .parquet).
     #[arg(long)]
     pub predictions: Option<PathBuf>,
+    /// Banded ridge: sizes of consecutive column bands (feature spaces), e.g. 60,40; one penalty
+    /// per band by random search over band weights γ (himalaya's solve_group_ridge_random_search).
+    #[arg(long, value_delimiter = ',')]
+    pub bands: Vec<usize>,
+    /// Banded ridge: candidate band weights (n_candidates, n_bands), rows on the simplex, .npy or
+    /// .parquet (default: --n-iter candidates, the first uniform, then Dirichlet draws).
+    #[arg(long, requires = "bands")]
+    pub gammas: Option<PathBuf>,
+    /// Banded ridge: number of random candidates when --gammas is not given.
+    #[arg(long, default_value_t = 20)]
+    pub n_iter: usize,
+    /// Banded ridge: seed of the random candidates.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Banded ridge: write ln(γ_b / α) per band and target (n_bands, n_targets) here.
+    #[arg(long, requires = "bands")]
+    pub deltas: Option<PathBuf>,
     /// Worker threads (results do not depend on it; default: all cores).
     #[arg(short = 'w', long)]
     pub threads: Option<usize>,
@@ -79,7 +97,8 @@ pub struct RidgeSummary {
     pub n_features: usize,
     pub n_targets: usize,
     pub n_folds: usize,
-    pub method: RidgeMethod,
+    /// "Svd", "Kernel" or "banded (…)".
+    pub method: String,
     pub median_alpha: f64,
     pub mean_test_r: Option<f64>,
     pub seconds: f64,
@@ -178,20 +197,80 @@ pub fn run_ridge(a: &RidgeArgs) -> Result<RidgeSummary> {
         .num_threads(a.threads.unwrap_or(0))
         .build()
         .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?;
-    let started = Instant::now();
-    let (cv, pred) = pool.install(|| -> Result<_> {
-        let cv = ridge_cv_method(x.view(), y.view(), &alphas, &folds, criterion, method)?;
-        let pred = match &test {
-            Some((xt, _)) => Some(cv.predict(xt.view())?),
-            None => None,
+    let banded = if a.bands.is_empty() {
+        None
+    } else {
+        if a.bands.iter().sum::<usize>() != x.ncols() || a.bands.contains(&0) {
+            return Err(Error::Invalid(format!(
+                "--bands {:?}: expected positive band sizes summing to the {} columns of X",
+                a.bands,
+                x.ncols()
+            )));
+        }
+        let labels: Vec<usize> = a
+            .bands
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &k)| std::iter::repeat(b).take(k))
+            .collect();
+        let gammas = match &a.gammas {
+            Some(p) => read_matrix(p)?.values,
+            None => dirichlet_gammas(a.n_iter, a.bands.len(), &[0.1, 1.0], a.seed)?,
         };
-        Ok((cv, pred))
+        if gammas.ncols() != a.bands.len() {
+            return Err(Error::Invalid(format!(
+                "{}: {} band weights per candidate for {} bands",
+                a.gammas.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                gammas.ncols(),
+                a.bands.len()
+            )));
+        }
+        Some((labels, gammas))
+    };
+    let started = Instant::now();
+    let t = y.ncols();
+    let (best, cv_score, pred, weights, method_name, deltas) = pool.install(|| -> Result<_> {
+        match &banded {
+            None => {
+                let cv = ridge_cv_method(x.view(), y.view(), &alphas, &folds, criterion, method)?;
+                let pred = match &test {
+                    Some((xt, _)) => Some(cv.predict(xt.view())?),
+                    None => None,
+                };
+                let w = if a.weights.is_some() { Some(cv.weights()?) } else { None };
+                let cv_score: Vec<f64> = (0..t).map(|j| cv.cv_scores[[cv.best_alpha_index[j], j]]).collect();
+                Ok((
+                    cv.best_alphas(),
+                    cv_score,
+                    pred,
+                    w,
+                    format!("{:?}", cv.path.method()),
+                    None,
+                ))
+            }
+            Some((labels, gammas)) => {
+                let r = solve_banded_ridge_random_search(
+                    x.view(),
+                    y.view(),
+                    labels,
+                    gammas.view(),
+                    &alphas,
+                    &folds,
+                    criterion,
+                )?;
+                let pred = match &test {
+                    Some((xt, _)) => Some(r.predict(xt.view())?),
+                    None => None,
+                };
+                let best: Vec<f64> = r.best_alpha_index.iter().map(|&i| alphas[i]).collect();
+                let cv_score: Vec<f64> = (0..t).map(|j| r.cv_scores[[r.best_gamma_index[j], j]]).collect();
+                let name = format!("banded ({} bands, {} candidates)", gammas.ncols(), gammas.nrows());
+                Ok((best, cv_score, pred, Some(r.weights), name, Some(r.deltas)))
+            }
+        }
     })?;
     let seconds = started.elapsed().as_secs_f64();
 
-    let t = y.ncols();
-    let best = cv.best_alphas();
-    let cv_score: Vec<f64> = (0..t).map(|j| cv.cv_scores[[cv.best_alpha_index[j], j]]).collect();
     let (test_r, test_r2): (Vec<Option<f64>>, Vec<Option<f64>>) = match (&pred, &test) {
         (Some(p), Some((_, yt))) => {
             let r = score_per_target(AlphaCriterion::Pearson, p.view(), yt.view());
@@ -222,10 +301,13 @@ pub fn run_ridge(a: &RidgeArgs) -> Result<RidgeSummary> {
                 None => format!("{} contiguous blocks, gap {}", a.cv, a.gap),
             },
         ),
-        ("cortexflow.method".to_string(), format!("{:?}", cv.path.method())),
+        ("cortexflow.method".to_string(), method_name.clone()),
     ];
-    if let Some(p) = &a.weights {
-        write_matrix(p, cv.weights()?.view(), Some(&names))?;
+    if let (Some(p), Some(w)) = (&a.weights, &weights) {
+        write_matrix(p, w.view(), Some(&names))?;
+    }
+    if let (Some(p), Some(d)) = (&a.deltas, &deltas) {
+        write_matrix(p, d.view(), Some(&names))?;
     }
     if let (Some(p), Some(pred)) = (&a.predictions, &pred) {
         write_matrix(p, pred.view(), Some(&names))?;
@@ -239,7 +321,7 @@ pub fn run_ridge(a: &RidgeArgs) -> Result<RidgeSummary> {
         n_features: x.ncols(),
         n_targets: t,
         n_folds: folds.len(),
-        method: cv.path.method(),
+        method: method_name,
         median_alpha: sorted[sorted.len() / 2],
         mean_test_r: (!rs.is_empty()).then(|| rs.iter().sum::<f64>() / rs.len() as f64),
         seconds,

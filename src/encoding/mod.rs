@@ -15,6 +15,7 @@
 //! fold's training statistics; direct callers of [`solve_ridge_svd`] and [`ridge_cv`] center or
 //! z-score themselves.
 
+pub mod banded;
 pub mod folds;
 pub mod partition;
 pub mod ridge;

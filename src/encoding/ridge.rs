@@ -156,7 +156,7 @@ pub fn solve_ridge_with_method(
 
 /// The spectral factors of one design: everything a ridge path needs except the targets.
 #[derive(Debug, Clone)]
-struct Factors {
+pub(crate) struct Factors {
     method: RidgeMethod,
     /// (n_features, rank)
     basis: Mat<f64>,
@@ -167,7 +167,7 @@ struct Factors {
 }
 
 /// Decomposes X (n, p) by `method` (`Auto` resolved by shape).
-fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Factors> {
+pub(crate) fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Factors> {
     let (n, p) = x.shape();
     let method = match method {
         RidgeMethod::Auto if p > n => RidgeMethod::Kernel,
@@ -188,7 +188,7 @@ fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Factors> {
 
 impl Factors {
     /// The path for targets `y` (n, t): stores Uᵀ Y.
-    fn path(self, y: MatRef<'_, f64>, alphas: &[f64]) -> RidgePath {
+    pub(crate) fn path(self, y: MatRef<'_, f64>, alphas: &[f64]) -> RidgePath {
         let uty = mm(self.u.as_ref().transpose(), y); // (r, t)
         RidgePath {
             method: self.method,
@@ -590,12 +590,35 @@ pub fn ridge_cv_method(
     check_folds(folds, n, false)?;
     let xm = to_mat(x); // (n, p)
     let ym = to_mat(y); // (n, t), column-major: a target chunk is contiguous
-                        // per fold: factors of the training rows and the test rows projected on their basis
+    let mut cv_scores = fold_scores(xm.as_ref(), ym.as_ref(), alphas, folds, criterion, method)?;
+    cv_scores.mapv_inplace(|s| s / folds.len() as f64);
+    let best_alpha_index = (0..t).map(|j| best_alpha(alphas, cv_scores.column(j))).collect();
+    let path = factorize(xm.as_ref(), method)?.path(ym.as_ref(), alphas);
+    Ok(RidgeCvResult {
+        best_alpha_index,
+        cv_scores,
+        criterion,
+        path,
+    })
+}
+
+/// Sum over `folds` of the held-out score per (penalty, target): (n_alphas, n_targets); undefined
+/// scores count as 0. Inputs already checked; `xm` (n, p), `ym` (n, t).
+pub(crate) fn fold_scores(
+    xm: MatRef<'_, f64>,
+    ym: MatRef<'_, f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criterion: AlphaCriterion,
+    method: RidgeMethod,
+) -> Result<Array2<f64>> {
+    let t = ym.ncols();
+    // per fold: factors of the training rows and the test rows projected on their basis
     let fold_fits: Vec<(Factors, Mat<f64>)> = folds
         .par_iter()
         .map(|fold| {
-            let f = factorize(select_rows(xm.as_ref(), &fold.train).as_ref(), method)?;
-            let a = mm(select_rows(xm.as_ref(), &fold.test).as_ref(), f.basis.as_ref()); // (n_test, r)
+            let f = factorize(select_rows(xm, &fold.train).as_ref(), method)?;
+            let a = mm(select_rows(xm, &fold.test).as_ref(), f.basis.as_ref()); // (n_test, r)
             Ok((f, a))
         })
         .collect::<Result<_>>()?;
@@ -611,7 +634,7 @@ pub fn ridge_cv_method(
         .par_iter()
         .map(|&(k, c0, c1)| {
             let (fold, (f, a)) = (&folds[k], &fold_fits[k]);
-            let y_chunk = ym.as_ref().subcols(c0, c1 - c0);
+            let y_chunk = ym.subcols(c0, c1 - c0);
             let uty = mm(f.u.as_ref().transpose(), select_rows(y_chunk, &fold.train).as_ref()); // (r, c)
             let y_test = select_rows(y_chunk, &fold.test); // (n_test, c)
             let mut out = vec![0.0; alphas.len() * (c1 - c0)];
@@ -633,16 +656,7 @@ pub fn ridge_cv_method(
             }
         }
     }
-    drop(fold_fits);
-    cv_scores.mapv_inplace(|s| s / folds.len() as f64);
-    let best_alpha_index = (0..t).map(|j| best_alpha(alphas, cv_scores.column(j))).collect();
-    let path = factorize(xm.as_ref(), method)?.path(ym.as_ref(), alphas);
-    Ok(RidgeCvResult {
-        best_alpha_index,
-        cv_scores,
-        criterion,
-        path,
-    })
+    Ok(cv_scores)
 }
 
 /// Rows `rows` of `a`, as a new column-major matrix.
@@ -657,7 +671,7 @@ pub const ALPHA_TIE_SLOPE: f64 = 1e-10;
 /// Index of the highest `score + ALPHA_TIE_SLOPE · ln α` for one target (the first such index if
 /// several are exactly equal, as numpy's argmax); ties before the slope therefore go to the larger
 /// penalty.
-fn best_alpha(alphas: &[f64], scores: ArrayView1<f64>) -> usize {
+pub(crate) fn best_alpha(alphas: &[f64], scores: ArrayView1<f64>) -> usize {
     let adjusted = |i: usize| scores[i] + ALPHA_TIE_SLOPE * alphas[i].ln();
     let mut best = 0;
     for i in 1..alphas.len() {
@@ -818,7 +832,7 @@ pub fn apply_zscore(mut x: ArrayViewMut2<f64>, stats: &[(f64, f64)]) {
     }
 }
 
-fn check_alphas(alphas: &[f64]) -> Result<()> {
+pub(crate) fn check_alphas(alphas: &[f64]) -> Result<()> {
     if alphas.is_empty() {
         return Err(Error::Invalid(
             "ridge: expected at least one penalty, found none".into(),
@@ -832,7 +846,7 @@ fn check_alphas(alphas: &[f64]) -> Result<()> {
     Ok(())
 }
 
-fn check_finite(a: ArrayView2<f64>, name: &str) -> Result<()> {
+pub(crate) fn check_finite(a: ArrayView2<f64>, name: &str) -> Result<()> {
     if let Some(((i, j), v)) = a.indexed_iter().find(|(_, v)| !v.is_finite()) {
         return Err(Error::Invalid(format!(
             "ridge: {name} must be finite, found {v} at row {i}, column {j}"
@@ -843,7 +857,7 @@ fn check_finite(a: ArrayView2<f64>, name: &str) -> Result<()> {
 
 /// Owned, aligned, column-major copy (faer's layout: the kernels see the same memory layout
 /// whatever the caller's allocation, which keeps results bit-reproducible).
-fn to_mat(a: ArrayView2<f64>) -> Mat<f64> {
+pub(crate) fn to_mat(a: ArrayView2<f64>) -> Mat<f64> {
     a.into_faer().to_owned()
 }
 
