@@ -120,13 +120,20 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
         "import sys, polars as pl\n\
          f = pl.read_parquet(sys.argv[1]); q = pl.read_parquet(sys.argv[2])\n\
          r = f.filter(~pl.col('excluded'))['r']\n\
-         print(bool(r.is_between(-1, 1).all()), bool((q['r2'] > 0.3).all()), bool((f['alpha'].drop_nulls() >= 1).all()))",
+         print(bool(r.is_between(-1, 1).all()), bool((q['r2'] > 0.3).all()), bool((f['alpha'].drop_nulls() >= 1).all()))\n\
+         k = f.filter(~pl.col('excluded'))\n\
+         print(bool(k['p_value'].is_between(1/1001 - 1e-12, 1).all()), bool((k['q_value'] >= k['p_value'] - 1e-15).all()),\n\
+               bool(k['r2'].le(1).all()))\n\
+         s = pl.read_parquet(sys.argv[3])\n\
+         c = s.filter(pl.col('roi') != 'all')['ceiling_r']\n\
+         print(c.null_count() == 0, bool(c.is_between(0, 1).all()))",
         &[
             report.output.join("fits.parquet").to_str().unwrap(),
             report.output.join("sae_quality.parquet").to_str().unwrap(),
+            report.output.join("summary.parquet").to_str().unwrap(),
         ],
     );
-    assert_eq!(check.trim(), "True True True");
+    assert_eq!(check.trim(), "True True True\nTrue True True\nTrue True");
     let png = std::fs::read(report.output.join("r_by_layer.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }

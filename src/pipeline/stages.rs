@@ -32,7 +32,7 @@ const REV_LM: u32 = 1;
 const REV_SAE: u32 = 1;
 const REV_CODES: u32 = 1;
 const REV_DESIGN: u32 = 2;
-const REV_FIT: u32 = 2;
+const REV_FIT: u32 = 3;
 const REV_SUMMARY: u32 = 1;
 
 /// Polynomial order of the drift removed from responses and designs before encoding (scanner
@@ -322,9 +322,20 @@ pub struct FitRecord {
     /// ROIs excluded as constant.
     pub r: Vec<Option<f64>>,
     pub alpha_median: Vec<Option<f64>>,
+    /// Held-out R² per ROI over all tested TRs (None when excluded).
+    pub r2: Vec<Option<f64>>,
+    /// One-sided block-permutation p of the held-out r over all tested TRs (blocks of
+    /// [`PERM_BLOCK_TRS`] TRs of the predictions shuffled, [`N_PERM`] permutations).
+    pub p_value: Vec<Option<f64>>,
     pub n_trs: usize,
     pub n_features: usize,
 }
+
+/// Block length (TRs) of the permutation test on held-out r: 10 TRs = 20 s at TR 2 s, longer
+/// than the HRF's main lobe, so the null keeps the autocorrelation of the BOLD signal.
+pub const PERM_BLOCK_TRS: usize = 10;
+/// Permutations per fit (p ≥ 1 / (N_PERM + 1)).
+pub const N_PERM: usize = 1000;
 
 pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId> {
     let e = &ctx.plan.file.encoding;
@@ -351,12 +362,16 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
         let keep: Vec<usize> = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
         let mut r = vec![None; rois.len()];
         let mut a = vec![None; rois.len()];
+        let mut r2 = vec![None; rois.len()];
+        let mut p_value = vec![None; rois.len()];
         if keep.is_empty() {
             return Ok(FitRecord {
                 subject: roi.meta.get("subject").cloned().unwrap_or_default(),
                 rois,
                 r,
                 alpha_median: a,
+                r2,
+                p_value,
                 n_trs: x.nrows(),
                 n_features: x.ncols(),
             });
@@ -365,7 +380,15 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
         crate::stats::detrend_columns(yk.view_mut(), DETREND_ORDER);
         let outer = contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
         let res = nested_cv_ridge(x, yk.view(), &alphas, &outer, e.inner_folds, e.gap_trs)?;
+        let pred = res.predictions.select(Axis(0), &res.tested_rows);
+        let obs = yk.select(Axis(0), &res.tested_rows);
+        let r2_tested = crate::encoding::stats::r2_per_target(pred.view(), obs.view());
+        let seed = ctx.plan.file.summary.seed;
+        let perm =
+            crate::encoding::stats::block_permutation_test(pred.view(), obs.view(), PERM_BLOCK_TRS, N_PERM, seed)?;
         for (k, &j) in keep.iter().enumerate() {
+            r2[j] = r2_tested[k].is_finite().then_some(r2_tested[k]);
+            p_value[j] = perm.p_values[k].is_finite().then_some(perm.p_values[k]);
             // mean over outer folds of the within-fold r: free of the offsets between folds that
             // bias an r computed over all concatenated held-out TRs
             let fold_r = res.r_per_fold.slice(s![.., k]);
@@ -379,6 +402,8 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
             rois,
             r,
             alpha_median: a,
+            r2,
+            p_value,
             n_trs: x.nrows(),
             n_features: x.ncols(),
         })

@@ -1,7 +1,7 @@
 //! The run's output tables, built from the final dataflow snapshot and the artifact store, in a
 //! deterministic row order (so any worker count writes byte-identical files).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ fn utf8(v: Vec<String>) -> ArrayRef {
 pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
     let (mut subject, mut story, mut layer, mut set, mut roi) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut r, mut alpha, mut excluded, mut n_trs, mut n_feat) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut r2, mut p_value) = (vec![], vec![]);
     for (k, id) in &snap.fits {
         let f: FitRecord = ctx.store.load_json("fit", id)?;
         for (j, name) in f.rois.iter().enumerate() {
@@ -34,6 +35,8 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
             roi.push(name.clone());
             r.push(f.r[j]);
             alpha.push(f.alpha_median[j]);
+            r2.push(f.r2[j]);
+            p_value.push(f.p_value[j]);
             excluded.push(f.r[j].is_none());
             n_trs.push(f.n_trs as u32);
             n_feat.push(f.n_features as u32);
@@ -47,10 +50,64 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
         ("roi", utf8(roi), false),
         ("r", Arc::new(Float64Array::from(r)), true),
         ("alpha", Arc::new(Float64Array::from(alpha)), true),
+        ("r2", Arc::new(Float64Array::from(r2)), true),
+        ("p_value", Arc::new(Float64Array::from(p_value.clone())), true),
+        ("q_value", Arc::new(Float64Array::from(fdr_over_table(&p_value))), true),
         ("excluded", Arc::new(BooleanArray::from(excluded)), false),
         ("n_trs", Arc::new(UInt32Array::from(n_trs)), false),
         ("n_features", Arc::new(UInt32Array::from(n_feat)), false),
     ])
+}
+
+/// Benjamini–Hochberg q-values over every non-null p of the table (one family: all subjects,
+/// layers, feature sets and ROIs of the run).
+fn fdr_over_table(p: &[Option<f64>]) -> Vec<Option<f64>> {
+    let flat: Vec<f64> = p.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
+    crate::encoding::stats::fdr_bh(&flat)
+        .into_iter()
+        .map(|q| q.is_finite().then_some(q))
+        .collect()
+}
+
+/// Noise ceiling per (story, ROI) from the subjects in the snapshot: the leave-one-subject-out
+/// inter-subject correlation of the detrended ROI time courses, corrected to a single-subject
+/// ceiling ([`crate::encoding::stats::IscCeiling::ceiling_r`]); subjects whose ROI is constant are
+/// left out of that ROI; fewer than 3 usable subjects → no ceiling. Returns (ceiling r, subjects).
+pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, String), (f64, usize)>> {
+    let mut subjects: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (k, _) in &snap.fits {
+        subjects.entry(k.story.clone()).or_default().insert(k.subject.clone());
+    }
+    let mut out = BTreeMap::new();
+    for (story, ids) in &subjects {
+        let tables: Vec<&crate::features::roi::RoiTable> = ctx
+            .plan
+            .subjects
+            .iter()
+            .filter(|s| ids.contains(&s.id))
+            .map(|s| &s.table)
+            .collect();
+        for roi in &ctx.plan.file.fmri.rois {
+            let mut cols: Vec<ndarray::Array2<f64>> = Vec::new();
+            for t in &tables {
+                if t.constant.contains(roi) {
+                    continue;
+                }
+                if let Some(c) = t.column(roi) {
+                    let mut m = ndarray::Array2::from_shape_vec((c.len(), 1), c).expect("column");
+                    crate::stats::detrend_columns(m.view_mut(), stages::DETREND_ORDER);
+                    cols.push(m);
+                }
+            }
+            if cols.len() < 3 || cols.iter().any(|c| c.nrows() != cols[0].nrows()) {
+                continue;
+            }
+            let views: Vec<_> = cols.iter().map(|c| c.view()).collect();
+            let isc = crate::encoding::stats::isc_ceiling(&views)?;
+            out.insert((story.clone(), roi.clone()), (isc.ceiling_r()[0], cols.len()));
+        }
+    }
+    Ok(out)
 }
 
 /// One summary row, for the plot and the report.
@@ -64,9 +121,30 @@ pub struct SummaryRow {
     pub ci_lower: f64,
     pub ci_upper: f64,
     pub n_subjects: usize,
+    /// ISC noise ceiling of r ([`isc_ceilings`]; for "all", the mean over the ROIs with one).
+    pub ceiling_r: f64,
 }
 
 pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usize, f64)> {
+    let ceilings = isc_ceilings(ctx, snap)?;
+    let ceiling_of = |story: &str, roi: &str| -> f64 {
+        if roi == "all" {
+            let v: Vec<f64> = ceilings
+                .iter()
+                .filter(|((s, _), _)| s == story)
+                .map(|(_, (c, _))| *c)
+                .collect();
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        } else {
+            ceilings
+                .get(&(story.to_string(), roi.to_string()))
+                .map_or(f64::NAN, |c| c.0)
+        }
+    };
     let mut rows = Vec::new();
     let (mut n_boot, mut level) = (0, f64::NAN);
     for ((story, layer, set), id) in &snap.summaries {
@@ -83,6 +161,7 @@ pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usiz
                 ci_lower: s.ci_lower[j],
                 ci_upper: s.ci_upper[j],
                 n_subjects: s.n_subjects[j],
+                ceiling_r: ceiling_of(story, &s.roi[j]),
             });
         }
     }
@@ -127,6 +206,22 @@ pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<R
             "n_subjects",
             Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n_subjects as u32))),
             false,
+        ),
+        (
+            "ceiling_r",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ceiling_r)))),
+            true,
+        ),
+        (
+            "r_normalized",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| {
+                if r.ceiling_r > 0.0 {
+                    finite(r.mean_r / r.ceiling_r)
+                } else {
+                    None
+                }
+            }))),
+            true,
         ),
         ("n_boot", Arc::new(UInt32Array::from(vec![n_boot as u32; n])), false),
         ("ci_level", Arc::new(Float64Array::from(vec![level; n])), false),

@@ -187,13 +187,35 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     );
     let _ = writeln!(
         s,
-        "| layer | feature set | mean r | CI lower | CI upper | subjects |\n|---|---|---|---|---|---|"
+        "| layer | feature set | mean r | CI lower | CI upper | subjects | r / ceiling |\n|---|---|---|---|---|---|---|"
     );
     for r in rows.iter().filter(|r| r.roi == "all") {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.4} | {:.4} | {:.4} | {} |",
-            r.layer, r.feature_set, r.mean_r, r.ci_lower, r.ci_upper, r.n_subjects
+            "| {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.3} |",
+            r.layer,
+            r.feature_set,
+            r.mean_r,
+            r.ci_lower,
+            r.ci_upper,
+            r.n_subjects,
+            r.mean_r / r.ceiling_r
+        );
+    }
+    let mut ceilings: Vec<(&str, f64)> = rows
+        .iter()
+        .filter(|r| r.roi != "all" && r.ceiling_r.is_finite())
+        .map(|r| (r.roi.as_str(), r.ceiling_r))
+        .collect();
+    ceilings.sort_by(|a, b| a.0.cmp(b.0));
+    ceilings.dedup_by(|a, b| a.0 == b.0);
+    if !ceilings.is_empty() {
+        let list: Vec<String> = ceilings.iter().map(|(roi, c)| format!("{roi} {c:.3}")).collect();
+        let _ = writeln!(
+            s,
+            "\nNoise ceiling of r per ROI (leave-one-subject-out ISC, Spearman–Brown corrected to a single subject): \
+             {}. Per-fit R², block-permutation p and BH q-values are in fits.parquet.",
+            list.join(", ")
         );
     }
     let _ = writeln!(s, "\n## SAE quality (held-out rows)\n\n| layer | d_sae | R² | mean L0 | dead | dense |\n|---|---|---|---|---|---|");
