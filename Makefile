@@ -30,6 +30,7 @@ test: setup
 
 bench: setup
 	$(CARGO) bench --bench extract_throughput
+	$(CARGO) bench --bench ridge_vs_himalaya
 
 fmt:
 	$(CARGO) fmt
