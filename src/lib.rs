@@ -13,6 +13,7 @@ pub mod features;
 pub mod lm;
 pub mod paths;
 pub mod pipeline;
+pub mod reading;
 pub mod report;
 pub mod sae;
 pub mod stats;

@@ -41,6 +41,9 @@ enum Command {
     /// Ridge with a penalty per target chosen by K-fold CV on .npy/Parquet matrices (compare with
     /// himalaya's solve_ridge_cv_svd or your own tools).
     Ridge(cortexflow::cli::RidgeArgs),
+    /// Linear mixed model (ML or REML, as lme4) on a CSV/TSV/Parquet table with an lme4-style
+    /// formula; --compare runs a likelihood-ratio test against a nested formula.
+    Lmm(cortexflow::cli::LmmArgs),
     /// BOLD-like responses from given (or random) features with planted weights, HRF and noise at
     /// a chosen SNR, with the noise-free ceiling written next to them.
     Simulate(cortexflow::cli::SimulateArgs),
@@ -185,6 +188,44 @@ fn run(cli: Cli) -> Result<()> {
             println!("{prompt}{text}");
         }
         Command::Extract(args) => extract(args)?,
+        Command::Lmm(args) => {
+            let s = cortexflow::cli::run_lmm(&args)?;
+            let f = &s.fit;
+            println!(
+                "lmm ({}): {} rows, {}; log-likelihood {:.6}, deviance {:.6}, AIC {:.3}, BIC {:.3}; {} evaluations, {:.2} s{}",
+                if f.reml { "REML" } else { "ML" },
+                f.n_obs,
+                f.n_levels.iter().map(|(g, n)| format!("{n} {g}")).collect::<Vec<_>>().join(", "),
+                f.log_likelihood,
+                f.deviance,
+                f.aic,
+                f.bic,
+                f.n_evals,
+                s.seconds,
+                if f.converged { "" } else { " (NOT CONVERGED)" }
+            );
+            for (col, n) in &s.excluded {
+                println!("excluded {n} rows with a missing {col}");
+            }
+            for j in 0..f.beta.len() {
+                println!(
+                    "  {:<20} {:>14.6} {:>12.6} {:>9.3}",
+                    f.fixed_names[j], f.beta[j], f.se[j], f.t[j]
+                );
+            }
+            for (g, effects, cov) in &f.covariances {
+                for (i, e) in effects.iter().enumerate() {
+                    println!("  {g:<12} {e:<20} variance {:.6}", cov[[i, i]]);
+                }
+            }
+            println!("  Residual     variance {:.6}", f.sigma2);
+            if let Some((dll, chi2, df, p)) = s.lrt {
+                println!("likelihood-ratio test: Δ log-likelihood {dll:.4}, χ² {chi2:.4}, df {df}, p {p:.4e}");
+            }
+            for p in &s.files {
+                println!("wrote {}", p.display());
+            }
+        }
         Command::Simulate(args) => {
             let s = cortexflow::cli::run_simulate(&args)?;
             println!(

@@ -2,10 +2,13 @@
 //! are testable and the binary (`main.rs`) only parses and prints.
 //!
 //! * [`ridge`]: `cortexflow ridge` — per-target ridge CV on `.npy` / Parquet matrices.
+//! * [`lmm`]: `cortexflow lmm` — linear mixed models on any table with an lme4-style formula.
 //! * [`simulate`]: `cortexflow simulate` — BOLD-like responses with planted weights and known ceiling.
 
+pub mod lmm;
 pub mod ridge;
 pub mod simulate;
 
+pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};
 pub use simulate::{run_simulate, SimulateArgs, SimulateSummary};

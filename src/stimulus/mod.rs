@@ -26,7 +26,7 @@
 
 mod decode;
 mod plain;
-mod table;
+pub(crate) mod table;
 mod textgrid;
 
 use std::fmt;

@@ -11,12 +11,12 @@ use crate::{Error, Result};
 
 /// One record of the table.
 #[derive(Debug, Clone, PartialEq)]
-struct Record {
+pub(crate) struct Record {
     /// Record number, 1 = header.
-    row: usize,
+    pub(crate) row: usize,
     /// Line on which the record starts (differs from `row` after a multi-line quoted field).
-    line: usize,
-    cells: Vec<String>,
+    pub(crate) line: usize,
+    pub(crate) cells: Vec<String>,
 }
 
 impl Record {
@@ -36,7 +36,7 @@ impl Record {
 
 /// Delimiter from the extension (`.tsv` tab, `.csv` comma); otherwise sniffed from the first
 /// line: tab if it has a tab, else comma if it has a comma, else tab (a single column).
-fn delimiter(path: &Path, text: &str) -> char {
+pub(crate) fn delimiter(path: &Path, text: &str) -> char {
     match path
         .extension()
         .and_then(|e| e.to_str())
@@ -60,7 +60,7 @@ fn delimiter(path: &Path, text: &str) -> char {
 
 /// Splits `text` into records of cells. Quotes open a quoted field only at the start of a field
 /// (leading spaces allowed); elsewhere `"` is an ordinary character.
-fn parse_records(path: &Path, text: &str, delim: char) -> Result<Vec<Record>> {
+pub(crate) fn parse_records(path: &Path, text: &str, delim: char) -> Result<Vec<Record>> {
     let mut records = Vec::new();
     let mut chars = text.chars().peekable();
     let (mut row, mut line, mut record_line) = (1usize, 1usize, 1usize);
