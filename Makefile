@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(CARGO) bench --bench extract_throughput
 	$(CARGO) bench --bench ridge_vs_himalaya
+	$(CARGO) bench --bench lmm_vs_lme4
 
 fmt:
 	$(CARGO) fmt
