@@ -119,19 +119,22 @@ fn ridge_with_a_vanishing_penalty_equals_least_squares_on_a_full_rank_tall_desig
     let mut rng = SplitMix64::new(11);
     let x = normal_matrix(60, 8, &mut rng);
     let y = normal_matrix(60, 3, &mut rng);
-    let path = solve_ridge_svd(x.view(), y.view(), &[1e-10]).unwrap();
-    assert_eq!(path.method(), RidgeMethod::Svd);
-    assert_eq!(path.rank(), 8);
-    let w = path.weights(0).unwrap();
-    // reference: the normal equations XᵀX w = Xᵀy solved by Gaussian elimination
-    let w_ls = gauss_solve(&x.t().dot(&x), &x.t().dot(&y));
-    let diff = max_abs_diff(&w, &w_ls);
-    println!("alpha 1e-10 vs least squares: max |dW| = {diff:e}");
-    assert!(diff < 1e-8, "max |W_ridge - W_ls| = {diff:e}");
-    // least-squares residuals are orthogonal to the columns of X
-    let resid = &y - &x.dot(&w);
-    for v in x.t().dot(&resid) {
-        assert_abs_diff_eq!(v, 0.0, epsilon = 1e-8);
+    assert_eq!(solve_ridge_svd(x.view(), y.view(), &[1e-10]).unwrap().method(), RidgeMethod::Gram);
+    for method in [RidgeMethod::Svd, RidgeMethod::Gram] {
+        let path = solve_ridge_with_method(x.view(), y.view(), &[1e-10], method).unwrap();
+        assert_eq!(path.method(), method);
+        assert_eq!(path.rank(), 8);
+        let w = path.weights(0).unwrap();
+        // reference: the normal equations XᵀX w = Xᵀy solved by Gaussian elimination
+        let w_ls = gauss_solve(&x.t().dot(&x), &x.t().dot(&y));
+        let diff = max_abs_diff(&w, &w_ls);
+        println!("{method:?}, alpha 1e-10 vs least squares: max |dW| = {diff:e}");
+        assert!(diff < 1e-8, "max |W_ridge - W_ls| = {diff:e}");
+        // least-squares residuals are orthogonal to the columns of X
+        let resid = &y - &x.dot(&w);
+        for v in x.t().dot(&resid) {
+            assert_abs_diff_eq!(v, 0.0, epsilon = 1e-8);
+        }
     }
 }
 
@@ -144,7 +147,7 @@ fn the_svd_path_equals_a_naive_solve_for_every_penalty_on_tall_and_wide_designs(
         let y = normal_matrix(n, 4, &mut rng);
         let x_test = normal_matrix(9, p, &mut rng);
         let path = solve_ridge_svd(x.view(), y.view(), &alphas).unwrap();
-        let expected_method = if p > n { RidgeMethod::Kernel } else { RidgeMethod::Svd };
+        let expected_method = if p > n { RidgeMethod::Kernel } else { RidgeMethod::Gram };
         assert_eq!(path.method(), expected_method);
         let all = path.predict_all(x_test.view()).unwrap();
         for (i, &alpha) in alphas.iter().enumerate() {

@@ -51,7 +51,8 @@ pub struct RidgeArgs {
     /// Penalty criterion: neg-mse (himalaya's default l2_neg_loss), r2 or pearson.
     #[arg(long, default_value = "neg-mse")]
     pub criterion: String,
-    /// Decomposition: auto (SVD when n_samples ≥ n_features, else the kernel), svd, kernel.
+    /// Decomposition: auto (gram when n_samples ≥ n_features, else kernel), svd (thin SVD of X,
+    /// the most accurate), gram (eigendecomposition of XᵀX), kernel (of XXᵀ).
     #[arg(long, default_value = "auto")]
     pub method: String,
     /// Z-score X and Y columns with the training rows' statistics first (the test rows with the
@@ -109,8 +110,9 @@ fn parse_method(name: &str) -> Result<RidgeMethod> {
         "auto" => Ok(RidgeMethod::Auto),
         "svd" => Ok(RidgeMethod::Svd),
         "kernel" => Ok(RidgeMethod::Kernel),
+        "gram" => Ok(RidgeMethod::Gram),
         other => Err(Error::Invalid(format!(
-            "--method: expected auto, svd or kernel, found {other:?}"
+            "--method: expected auto, svd, gram or kernel, found {other:?}"
         ))),
     }
 }

@@ -37,10 +37,16 @@ const TARGET_CHUNK: usize = 1024;
 /// How [`solve_ridge_with_method`] decomposes the design.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RidgeMethod {
-    /// `Kernel` when n_features > n_samples, `Svd` otherwise.
+    /// `Kernel` when n_features > n_samples, `Gram` otherwise.
     Auto,
-    /// Thin SVD of X (n, p): O(n p min(n, p)).
+    /// Thin SVD of X (n, p): O(n p min(n, p)); the most accurate, and the slowest (the
+    /// bidiagonalisation is memory-bound).
     Svd,
+    /// The same factors as `Svd` from the eigendecomposition of Xᵀ X (p, p): X Xᵀ's twin for tall
+    /// designs. O(n p² + p³), almost all of it matrix products; like `Kernel` it squares the
+    /// condition number (directions with s < s_max · sqrt(max(n, p) · ε) are dropped), which
+    /// changes nothing for penalties above that round-off level.
+    Gram,
     /// Eigendecomposition of X Xᵀ (n, n): O(n² p + n³); cheaper and as accurate when p ≫ n, but it
     /// squares the condition number, so directions with s < s_max · sqrt(max(n, p) · ε) are lost.
     Kernel,
@@ -147,7 +153,7 @@ pub fn solve_ridge_with_method(
     check_finite(y, "Y")?;
     let method = match method {
         RidgeMethod::Auto if p > n => RidgeMethod::Kernel,
-        RidgeMethod::Auto => RidgeMethod::Svd,
+        RidgeMethod::Auto => RidgeMethod::Gram,
         m => m,
     };
     let factors = factorize(to_mat(x).as_ref(), method)?;
@@ -171,11 +177,12 @@ pub(crate) fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Facto
     let (n, p) = x.shape();
     let method = match method {
         RidgeMethod::Auto if p > n => RidgeMethod::Kernel,
-        RidgeMethod::Auto => RidgeMethod::Svd,
+        RidgeMethod::Auto => RidgeMethod::Gram,
         m => m,
     };
     let (basis, spectrum, u) = match method {
         RidgeMethod::Svd => svd_factors(x)?,
+        RidgeMethod::Gram => gram_factors(x)?,
         _ => kernel_factors(x)?,
     };
     Ok(Factors {
@@ -189,7 +196,20 @@ pub(crate) fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Facto
 impl Factors {
     /// The path for targets `y` (n, t): stores Uᵀ Y.
     pub(crate) fn path(self, y: MatRef<'_, f64>, alphas: &[f64]) -> RidgePath {
-        let uty = mm(self.u.as_ref().transpose(), y); // (r, t)
+        // Uᵀ Y, target chunks in parallel (each chunk one sequential product: deterministic)
+        let t = y.ncols();
+        let chunks: Vec<(usize, usize)> = (0..t)
+            .step_by(TARGET_CHUNK)
+            .map(|c| (c, (c + TARGET_CHUNK).min(t)))
+            .collect();
+        let parts: Vec<Mat<f64>> = chunks
+            .par_iter()
+            .map(|&(c0, c1)| mm(self.u.as_ref().transpose(), y.subcols(c0, c1 - c0)))
+            .collect();
+        let mut uty = Mat::<f64>::zeros(self.u.ncols(), t); // (r, t)
+        for (&(c0, c1), part) in chunks.iter().zip(&parts) {
+            uty.as_mut().subcols_mut(c0, c1 - c0).copy_from(part.as_ref());
+        }
         RidgePath {
             method: self.method,
             alphas: alphas.to_vec(),
@@ -207,7 +227,7 @@ impl Factors {
 /// Per-direction gains for penalty α: s / (s² + α) (SVD form) or 1 / (λ + α) (kernel form).
 fn gains(method: RidgeMethod, spectrum: &[f64], alpha: f64) -> Vec<f64> {
     match method {
-        RidgeMethod::Svd => spectrum.iter().map(|s| s / (s * s + alpha)).collect(),
+        RidgeMethod::Svd | RidgeMethod::Gram => spectrum.iter().map(|s| s / (s * s + alpha)).collect(),
         _ => spectrum.iter().map(|l| 1.0 / (l + alpha)).collect(),
     }
 }
@@ -246,6 +266,43 @@ fn svd_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
         s[..r].to_vec(),
         u.as_ref().subcols(0, r).to_owned(),
     ))
+}
+
+/// Gram eigendecomposition Xᵀ X = V diag(s²) Vᵀ: returns (V_r (p, r), s_r decreasing,
+/// U_r = X V_r diag(1/s_r) (n, r)), the thin-SVD factors, for the directions above round-off.
+fn gram_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    let (n, p) = x.shape();
+    let gram = mm(x.transpose(), x); // (p, p)
+    let mut lam = Diag::<f64>::zeros(p);
+    let mut v = Mat::<f64>::zeros(p, p);
+    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        p,
+        ComputeEigenvectors::Yes,
+        Par::Seq,
+        Default::default(),
+    ));
+    self_adjoint_evd(
+        gram.as_ref(),
+        lam.as_mut(),
+        Some(v.as_mut()),
+        Par::Seq,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|e| {
+        Error::Invalid(format!(
+            "ridge: eigendecomposition of the ({p}, {p}) Gram matrix did not converge ({e:?})"
+        ))
+    })?;
+    let lam: Vec<f64> = lam.column_vector().iter().copied().collect(); // non-decreasing
+    let lam_max = lam.iter().copied().fold(0.0, f64::max);
+    let tol = lam_max * n.max(p) as f64 * f64::EPSILON;
+    let keep: Vec<usize> = (0..p).rev().filter(|&j| lam[j] > tol).collect(); // decreasing order
+    let s: Vec<f64> = keep.iter().map(|&j| lam[j].sqrt()).collect();
+    let v_r = Mat::from_fn(p, keep.len(), |i, j| v[(i, keep[j])]);
+    let xv = mm(x, v_r.as_ref()); // (n, r)
+    let u_r = Mat::from_fn(n, keep.len(), |i, j| xv[(i, j)] / s[j]);
+    Ok((v_r, s, u_r))
 }
 
 /// Kernel eigendecomposition X Xᵀ = U diag(λ) Uᵀ: returns (Xᵀ U_r (p, r), λ_r decreasing, U_r (n, r)).
@@ -303,7 +360,7 @@ impl RidgePath {
     /// Singular values of X, decreasing (the square roots of the kernel eigenvalues in kernel form).
     pub fn singular_values(&self) -> Vec<f64> {
         match self.method {
-            RidgeMethod::Svd => self.spectrum.clone(),
+            RidgeMethod::Svd | RidgeMethod::Gram => self.spectrum.clone(),
             _ => self.spectrum.iter().map(|l| l.sqrt()).collect(),
         }
     }
@@ -590,10 +647,15 @@ pub fn ridge_cv_method(
     check_folds(folds, n, false)?;
     let xm = to_mat(x); // (n, p)
     let ym = to_mat(y); // (n, t), column-major: a target chunk is contiguous
-    let mut cv_scores = fold_scores(xm.as_ref(), ym.as_ref(), alphas, folds, criterion, method)?;
+                        // the refit's decomposition runs beside the folds' (independent tasks: same result)
+    let (cv_scores, full) = rayon::join(
+        || fold_scores(xm.as_ref(), ym.as_ref(), alphas, folds, criterion, method),
+        || factorize(xm.as_ref(), method),
+    );
+    let mut cv_scores = cv_scores?;
     cv_scores.mapv_inplace(|s| s / folds.len() as f64);
     let best_alpha_index = (0..t).map(|j| best_alpha(alphas, cv_scores.column(j))).collect();
-    let path = factorize(xm.as_ref(), method)?.path(ym.as_ref(), alphas);
+    let path = full?.path(ym.as_ref(), alphas);
     Ok(RidgeCvResult {
         best_alpha_index,
         cv_scores,
@@ -894,7 +956,7 @@ mod tests {
         let x = array![[1.0], [2.0], [3.0]];
         let y = array![[2.0, 2.0], [1.0, 4.0], [3.0, 6.0]];
         let alphas = [1.0, 6.0];
-        for method in [RidgeMethod::Svd, RidgeMethod::Kernel] {
+        for method in [RidgeMethod::Svd, RidgeMethod::Gram, RidgeMethod::Kernel] {
             let path = solve_ridge_with_method(x.view(), y.view(), &alphas, method).unwrap();
             assert_eq!(path.rank(), 1);
             assert_abs_diff_eq!(path.singular_values()[0], 14f64.sqrt(), epsilon = 1e-12);
@@ -919,7 +981,7 @@ mod tests {
             [3.0, 3.0, 2.0]
         ];
         let y = x.column(0).mapv(|v| 2.0 * v).insert_axis(Axis(1)) + x.column(2).insert_axis(Axis(1)); // 2a + b
-        for method in [RidgeMethod::Svd, RidgeMethod::Kernel] {
+        for method in [RidgeMethod::Svd, RidgeMethod::Gram, RidgeMethod::Kernel] {
             let path = solve_ridge_with_method(x.view(), y.view(), &[1e-10], method).unwrap();
             assert_eq!(path.rank(), 2, "{method:?}");
             let w = path.weights(0).unwrap();
