@@ -119,7 +119,10 @@ fn ridge_with_a_vanishing_penalty_equals_least_squares_on_a_full_rank_tall_desig
     let mut rng = SplitMix64::new(11);
     let x = normal_matrix(60, 8, &mut rng);
     let y = normal_matrix(60, 3, &mut rng);
-    assert_eq!(solve_ridge_svd(x.view(), y.view(), &[1e-10]).unwrap().method(), RidgeMethod::Gram);
+    assert_eq!(
+        solve_ridge_svd(x.view(), y.view(), &[1e-10]).unwrap().method(),
+        RidgeMethod::Gram
+    );
     for method in [RidgeMethod::Svd, RidgeMethod::Gram] {
         let path = solve_ridge_with_method(x.view(), y.view(), &[1e-10], method).unwrap();
         assert_eq!(path.method(), method);

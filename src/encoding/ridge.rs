@@ -268,75 +268,56 @@ fn svd_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
     ))
 }
 
-/// Gram eigendecomposition Xᵀ X = V diag(s²) Vᵀ: returns (V_r (p, r), s_r decreasing,
-/// U_r = X V_r diag(1/s_r) (n, r)), the thin-SVD factors, for the directions above round-off.
-fn gram_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
-    let (n, p) = x.shape();
-    let gram = mm(x.transpose(), x); // (p, p)
-    let mut lam = Diag::<f64>::zeros(p);
-    let mut v = Mat::<f64>::zeros(p, p);
+/// Eigenpairs of the symmetric `m` (k, k) above round-off (λ > λ_max · max(n, p) · ε, the design's
+/// shape giving the error scale), in decreasing order: (λ_r, vectors (k, r)).
+fn eigh_above_roundoff(m: MatRef<'_, f64>, n: usize, p: usize, what: &str) -> Result<(Vec<f64>, Mat<f64>)> {
+    let k = m.nrows();
+    let mut lam = Diag::<f64>::zeros(k);
+    let mut vecs = Mat::<f64>::zeros(k, k);
     let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
-        p,
+        k,
         ComputeEigenvectors::Yes,
         Par::Seq,
         Default::default(),
     ));
     self_adjoint_evd(
-        gram.as_ref(),
+        m,
         lam.as_mut(),
-        Some(v.as_mut()),
+        Some(vecs.as_mut()),
         Par::Seq,
         MemStack::new(&mut buf),
         Default::default(),
     )
     .map_err(|e| {
         Error::Invalid(format!(
-            "ridge: eigendecomposition of the ({p}, {p}) Gram matrix did not converge ({e:?})"
+            "ridge: eigendecomposition of the ({k}, {k}) {what} did not converge ({e:?})"
         ))
     })?;
     let lam: Vec<f64> = lam.column_vector().iter().copied().collect(); // non-decreasing
     let lam_max = lam.iter().copied().fold(0.0, f64::max);
     let tol = lam_max * n.max(p) as f64 * f64::EPSILON;
-    let keep: Vec<usize> = (0..p).rev().filter(|&j| lam[j] > tol).collect(); // decreasing order
-    let s: Vec<f64> = keep.iter().map(|&j| lam[j].sqrt()).collect();
-    let v_r = Mat::from_fn(p, keep.len(), |i, j| v[(i, keep[j])]);
+    let keep: Vec<usize> = (0..k).rev().filter(|&j| lam[j] > tol).collect(); // decreasing order
+    let kept = Mat::from_fn(k, keep.len(), |i, j| vecs[(i, keep[j])]);
+    Ok((keep.iter().map(|&j| lam[j]).collect(), kept))
+}
+
+/// Gram eigendecomposition Xᵀ X = V diag(s²) Vᵀ: returns (V_r (p, r), s_r decreasing,
+/// U_r = X V_r diag(1/s_r) (n, r)), the thin-SVD factors, for the directions above round-off.
+fn gram_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    let (n, p) = x.shape();
+    let (lam, v_r) = eigh_above_roundoff(mm(x.transpose(), x).as_ref(), n, p, "Gram matrix")?;
+    let s: Vec<f64> = lam.iter().map(|l| l.sqrt()).collect();
     let xv = mm(x, v_r.as_ref()); // (n, r)
-    let u_r = Mat::from_fn(n, keep.len(), |i, j| xv[(i, j)] / s[j]);
+    let u_r = Mat::from_fn(n, s.len(), |i, j| xv[(i, j)] / s[j]);
     Ok((v_r, s, u_r))
 }
 
 /// Kernel eigendecomposition X Xᵀ = U diag(λ) Uᵀ: returns (Xᵀ U_r (p, r), λ_r decreasing, U_r (n, r)).
 fn kernel_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
     let (n, p) = x.shape();
-    let kernel = mm(x, x.transpose()); // (n, n)
-    let mut lam = Diag::<f64>::zeros(n);
-    let mut u = Mat::<f64>::zeros(n, n);
-    let mut buf = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
-        n,
-        ComputeEigenvectors::Yes,
-        Par::Seq,
-        Default::default(),
-    ));
-    self_adjoint_evd(
-        kernel.as_ref(),
-        lam.as_mut(),
-        Some(u.as_mut()),
-        Par::Seq,
-        MemStack::new(&mut buf),
-        Default::default(),
-    )
-    .map_err(|e| {
-        Error::Invalid(format!(
-            "ridge: eigendecomposition of the ({n}, {n}) kernel did not converge ({e:?})"
-        ))
-    })?;
-    let lam: Vec<f64> = lam.column_vector().iter().copied().collect(); // non-decreasing
-    let lam_max = lam.iter().copied().fold(0.0, f64::max);
-    let tol = lam_max * n.max(p) as f64 * f64::EPSILON;
-    let keep: Vec<usize> = (0..n).rev().filter(|&j| lam[j] > tol).collect(); // decreasing order
-    let u_r = Mat::from_fn(n, keep.len(), |i, j| u[(i, keep[j])]);
+    let (lam, u_r) = eigh_above_roundoff(mm(x, x.transpose()).as_ref(), n, p, "kernel")?;
     let basis = mm(x.transpose(), u_r.as_ref()); // (p, r)
-    Ok((basis, keep.iter().map(|&j| lam[j]).collect(), u_r))
+    Ok((basis, lam, u_r))
 }
 
 impl RidgePath {

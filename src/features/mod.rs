@@ -20,8 +20,8 @@
 pub mod alice;
 pub mod align;
 pub mod hrf;
-pub mod lanczos;
 pub mod lag;
+pub mod lanczos;
 pub mod roi;
 
 pub use alice::{

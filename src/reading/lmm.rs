@@ -24,7 +24,7 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
-use ndarray::{Array1, Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2};
 
 use crate::{Error, Result};
 
@@ -726,11 +726,6 @@ fn upper_gamma_q(a: f64, x: f64) -> f64 {
         }
         (-x + a * x.ln() - gln).exp() * h
     }
-}
-
-/// Column of ones.
-pub fn intercept_column(n: usize) -> Array1<f64> {
-    Array1::ones(n)
 }
 
 #[cfg(test)]

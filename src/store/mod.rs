@@ -27,9 +27,9 @@ pub mod matrix;
 pub mod parquet_io;
 pub mod schema;
 
+pub use matrix::{read_matrix, read_npy, write_matrix, write_npy, NamedMatrix};
 pub use parquet_io::{
     read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic, write_table_parquet, SIZES_KEY,
     VERSION_KEY, ZSTD_LEVEL,
 };
-pub use matrix::{read_matrix, read_npy, write_matrix, write_npy, NamedMatrix};
 pub use schema::{ColumnSchema, ColumnType, ListSize, ScalarType, TableSchema, BUILTIN_TABLES, SCHEMA_KEY};
