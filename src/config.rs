@@ -30,9 +30,15 @@ pub struct PipelineFile {
     #[serde(default)]
     pub data_root: Option<PathBuf>,
     pub model: ModelSection,
-    #[serde(rename = "story")]
+    /// Stories of an fMRI pipeline (a reading pipeline takes its stories from `[reading]`).
+    #[serde(rename = "story", default)]
     pub stories: Vec<StorySection>,
-    pub fmri: FmriSection,
+    /// Responses of an fMRI pipeline; absent in a reading-time pipeline.
+    #[serde(default)]
+    pub fmri: Option<FmriSection>,
+    /// Reading times (a reading-time pipeline: no `[[story]]`, no `[fmri]`).
+    #[serde(default)]
+    pub reading: Option<crate::reading::pipeline::ReadingSection>,
     pub sae: SaeSection,
     #[serde(default)]
     pub encoding: EncodingSection,
@@ -275,6 +281,8 @@ pub struct Plan {
     pub stories: Vec<(StorySection, Story)>,
     pub subjects: Vec<SubjectInput>,
     pub corpus: Vec<PathBuf>,
+    /// The reading-time inputs, validated and joined (reading pipelines only).
+    pub reading: Option<crate::reading::pipeline::ReadingInputs>,
 }
 
 fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
@@ -325,7 +333,7 @@ impl Plan {
         Self::from_file(file, path)
     }
 
-    pub fn from_file(file: PipelineFile, path: &Path) -> Result<Plan> {
+    pub fn from_file(mut file: PipelineFile, path: &Path) -> Result<Plan> {
         let data_root = match &file.data_root {
             Some(p) => p.clone(),
             None => crate::paths::data_root().ok_or_else(|| {
@@ -396,6 +404,67 @@ impl Plan {
             return Err(invalid(path, "model.batch-size", "must be at least 1"));
         }
 
+        let mut corpus = Vec::new();
+        for c in &file.sae.corpus {
+            let p = data_root.join(c);
+            if !p.is_file() {
+                return Err(invalid(path, "sae.corpus", format!("{} does not exist", p.display())));
+            }
+            corpus.push(p);
+        }
+
+        // ---- a reading-time pipeline: stories and reading times from [reading]
+        if let Some(section) = file.reading.clone() {
+            if file.fmri.is_some() || !file.stories.is_empty() {
+                return Err(invalid(
+                    path,
+                    "reading",
+                    "a reading-time pipeline takes its stories from [reading]; remove [fmri] and [[story]]",
+                ));
+            }
+            let inputs = crate::reading::pipeline::load_inputs(&data_root, &section, path)?;
+            let stories = inputs
+                .stories
+                .iter()
+                .map(|s| {
+                    let cfg = StorySection {
+                        id: s.id.clone(),
+                        language: s.language.clone(),
+                        stimulus: section.words.clone(),
+                        tier: None,
+                        n_trs: 0,
+                        tr_s: 0.0,
+                        t0_s: 0.0,
+                    };
+                    (cfg, s.clone())
+                })
+                .collect();
+            // the shared dataflow runs LM → SAE → codes only: no designs or encoding fits
+            file.encoding.feature_sets.clear();
+            return Ok(Plan {
+                source: path.to_path_buf(),
+                data_root,
+                output,
+                store,
+                model_dir,
+                n_layers,
+                d_model,
+                layers,
+                stories,
+                subjects: Vec::new(),
+                corpus,
+                reading: Some(inputs),
+                file,
+            });
+        }
+        let Some(fmri) = file.fmri.clone() else {
+            return Err(invalid(
+                path,
+                "fmri",
+                "an fMRI pipeline needs an [fmri] section (or [reading] for a reading-time pipeline)",
+            ));
+        };
+
         // ---- stories
         if file.stories.is_empty() {
             return Err(invalid(path, "story", "at least one [[story]] is needed"));
@@ -430,19 +499,19 @@ impl Plan {
         }
 
         // ---- responses
-        let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == file.fmri.story) else {
+        let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == fmri.story) else {
             return Err(invalid(
                 path,
                 "fmri.story",
-                format!("no [[story]] with id `{}`", file.fmri.story),
+                format!("no [[story]] with id `{}`", fmri.story),
             ));
         };
-        let matched = match_subjects(&data_root, &file.fmri.subjects)?;
-        let roi_names: Vec<&str> = file.fmri.rois.iter().map(String::as_str).collect();
+        let matched = match_subjects(&data_root, &fmri.subjects)?;
+        let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
         let mut subjects = Vec::new();
         for (id, p) in matched {
-            if file.fmri.exclude_subjects.contains(&id)
-                || (!file.fmri.only_subjects.is_empty() && !file.fmri.only_subjects.contains(&id))
+            if fmri.exclude_subjects.contains(&id)
+                || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
             {
                 continue;
             }
@@ -454,19 +523,11 @@ impl Plan {
             return Err(invalid(
                 path,
                 "fmri.subjects",
-                format!("no file matches `{}` under {}", file.fmri.subjects, data_root.display()),
+                format!("no file matches `{}` under {}", fmri.subjects, data_root.display()),
             ));
         }
 
-        // ---- SAE and encoding parameters
-        let mut corpus = Vec::new();
-        for c in &file.sae.corpus {
-            let p = data_root.join(c);
-            if !p.is_file() {
-                return Err(invalid(path, "sae.corpus", format!("{} does not exist", p.display())));
-            }
-            corpus.push(p);
-        }
+        // ---- encoding parameters
         let e = &file.encoding;
         if e.n_alphas == 0 || e.alpha_max_exp < e.alpha_min_exp {
             return Err(invalid(path, "encoding.n-alphas", "the α grid is empty"));
@@ -533,8 +594,17 @@ impl Plan {
             stories,
             subjects,
             corpus,
+            reading: None,
             file,
         })
+    }
+
+    /// The `[fmri]` section of an fMRI pipeline (validated to exist by [`Plan::load`]).
+    pub fn fmri(&self) -> &FmriSection {
+        self.file
+            .fmri
+            .as_ref()
+            .expect("Plan::from_file rejects fMRI pipelines without [fmri]")
     }
 
     /// The alpha grid.

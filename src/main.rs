@@ -31,7 +31,8 @@ enum Command {
     Extract(ExtractArgs),
     /// Checks a pipeline file (paths, shapes, parameters) without computing anything.
     Validate { pipeline: PathBuf },
-    /// Runs a pipeline: LM → SAE → design → encoding → summaries, as a differential dataflow.
+    /// Runs a pipeline: LM → SAE → design → encoding → summaries, as a differential dataflow (or,
+    /// for a `[reading]` pipeline, LM → SAE → codes → reading-time model comparisons).
     Run {
         pipeline: PathBuf,
         /// Worker threads (outputs do not depend on it).
@@ -255,6 +256,25 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Validate { pipeline } => {
             let plan = cortexflow::config::Plan::load(&pipeline)?;
+            if let Some(r) = &plan.reading {
+                let j = &r.data.report;
+                println!(
+                    "{}: ok — reading-time pipeline, {} stories, {} words, {} RT rows ({} joined, {} unmatched, \
+                     {} with another word, {} missing, {} trimmed), layers {:?}, output {}",
+                    pipeline.display(),
+                    r.stories.len(),
+                    r.data.words.len(),
+                    j.rt_rows,
+                    j.joined,
+                    j.unmatched,
+                    j.word_mismatch,
+                    j.missing_rt,
+                    j.below_min_rt + j.above_max_rt,
+                    plan.layers,
+                    plan.output.display()
+                );
+                return Ok(());
+            }
             println!(
                 "{}: ok — {} story(ies), {} subject(s), layers {:?}, feature sets {:?}, output {}",
                 pipeline.display(),
@@ -272,7 +292,12 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { pipeline, workers } => {
             let plan = cortexflow::config::Plan::load(&pipeline)?;
-            let report = cortexflow::pipeline::run(plan, &cortexflow::pipeline::RunOptions { workers })?;
+            let opts = cortexflow::pipeline::RunOptions { workers };
+            let report = if plan.reading.is_some() {
+                cortexflow::reading::pipeline::run(plan, &opts)?
+            } else {
+                cortexflow::pipeline::run(plan, &opts)?
+            };
             print!(
                 "{}",
                 std::fs::read_to_string(report.output.join("report.md")).unwrap_or_default()

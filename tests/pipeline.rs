@@ -92,7 +92,7 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
     let tmp = tempfile::tempdir().unwrap();
     let plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out"));
     let n_subjects = plan.subjects.len();
-    let n_rois = plan.file.fmri.rois.len();
+    let n_rois = plan.fmri().rois.len();
     let n_layers = plan.layers.len();
     let report = pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -270,7 +270,7 @@ fn svd_factors(x: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
 
 /// Eigenpairs of the symmetric `m` (k, k) above round-off (λ > λ_max · max(n, p) · ε, the design's
 /// shape giving the error scale), in decreasing order: (λ_r, vectors (k, r)).
-fn eigh_above_roundoff(m: MatRef<'_, f64>, n: usize, p: usize, what: &str) -> Result<(Vec<f64>, Mat<f64>)> {
+pub(crate) fn eigh_above_roundoff(m: MatRef<'_, f64>, n: usize, p: usize, what: &str) -> Result<(Vec<f64>, Mat<f64>)> {
     let k = m.nrows();
     let mut lam = Diag::<f64>::zeros(k);
     let mut vecs = Mat::<f64>::zeros(k, k);

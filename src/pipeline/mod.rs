@@ -108,7 +108,7 @@ pub fn prepare_inputs(ctx: &Ctx) -> Result<Inputs> {
     let mut responses = Vec::new();
     for s in &plan.subjects {
         responses.push((
-            plan.file.fmri.story.clone(),
+            plan.fmri().story.clone(),
             (s.id.clone(), stages::put_roi(&ctx.store, &s.table)?),
         ));
     }

@@ -87,7 +87,7 @@ pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, Stri
             .filter(|s| ids.contains(&s.id))
             .map(|s| &s.table)
             .collect();
-        for roi in &ctx.plan.file.fmri.rois {
+        for roi in &ctx.plan.fmri().rois {
             let mut cols: Vec<ndarray::Array2<f64>> = Vec::new();
             for t in &tables {
                 if t.constant.contains(roi) {

@@ -3,12 +3,20 @@
 //! * [`formula`]: lme4-style formulas (`rt ~ length + (1 + length | subject) + (1 | item)`).
 //! * [`frame`]: CSV/TSV/Parquet tables with typed access and precise errors.
 //! * [`lmm`]: ML/REML fits by the profiled deviance (as lme4), likelihood-ratio tests.
+//! * [`inputs`]: stories' words, reading times joined by position (with a report of what was
+//!   left out and why), sentences and part of speech from parses, lexical controls.
+//! * [`analysis`]: SAE feature evidence and selection, principal components, random-subset and
+//!   norm controls, likelihood-ratio comparisons with the baseline.
+//! * [`pipeline`]: `[reading]` pipelines (`cortexflow run pipelines/natural-stories.toml`).
 //! * [`model_from_frame`]: formula + table → the matrices [`lmm::fit_lmm`] takes, with rows that
 //!   have a missing value counted and reported, never silently dropped.
 
+pub mod analysis;
 pub mod formula;
 pub mod frame;
+pub mod inputs;
 pub mod lmm;
+pub mod pipeline;
 
 use ndarray::Array2;
 

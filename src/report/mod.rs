@@ -229,3 +229,120 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     }
     Ok(s)
 }
+
+/// Reading-time model comparison by layer: ΔlogLik of the selected SAE features' PCs (line), of
+/// random feature subsets (grey min–max bars and mean line) and of a word norm (horizontal line).
+pub fn plot_delta_loglik_by_layer(
+    sae: &[(usize, f64)],
+    random: &std::collections::BTreeMap<usize, Vec<f64>>,
+    norm: Option<f64>,
+    path: &Path,
+) -> Result<()> {
+    let with_text = ensure_font();
+    let tmp = crate::paths::temp_sibling(path).with_extension("png");
+    let e = perr(path);
+    let all: Vec<f64> = sae
+        .iter()
+        .map(|p| p.1)
+        .chain(random.values().flatten().copied())
+        .chain(norm)
+        .filter(|v| v.is_finite())
+        .collect();
+    let hi = all.iter().copied().fold(1.0f64, f64::max);
+    let lo = all.iter().copied().fold(0.0f64, f64::min);
+    let pad = 0.08 * (hi - lo);
+    let max_layer = sae
+        .iter()
+        .map(|p| p.0)
+        .chain(random.keys().copied())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    {
+        let root = BitMapBackend::new(&tmp, (900, 560)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
+        if with_text {
+            builder.caption(
+                "Reading times: ΔlogLik over the lexical baseline, by layer",
+                ("sans-serif", 20),
+            );
+            builder.x_label_area_size(45).y_label_area_size(60);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(-0.5f64..(max_layer + 0.5), (lo - pad)..(hi + pad))
+            .map_err(|x| e(x.to_string()))?;
+        if with_text {
+            chart
+                .configure_mesh()
+                .x_desc("layer (0 = embeddings)")
+                .y_desc("ΔlogLik (ML)")
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+        let grey = RGBColor(150, 150, 150);
+        chart
+            .draw_series(random.iter().map(|(l, v)| {
+                let a = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let b = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let x = *l as f64;
+                Rectangle::new([(x - 0.25, a), (x + 0.25, b)], RGBColor(215, 215, 215).filled())
+            }))
+            .map_err(|x| e(x.to_string()))?;
+        if !random.is_empty() {
+            let s = chart
+                .draw_series(LineSeries::new(
+                    random
+                        .iter()
+                        .map(|(l, v)| (*l as f64, v.iter().sum::<f64>() / v.len() as f64)),
+                    grey.stroke_width(2),
+                ))
+                .map_err(|x| e(x.to_string()))?;
+            if with_text {
+                s.label("random feature subsets, same count (mean; bars: min–max)")
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], grey.stroke_width(2)));
+            }
+        }
+        let blue = Palette99::pick(0).to_rgba();
+        let s = chart
+            .draw_series(LineSeries::new(
+                sae.iter().map(|(l, v)| (*l as f64, *v)),
+                blue.stroke_width(2),
+            ))
+            .map_err(|x| e(x.to_string()))?;
+        if with_text {
+            s.label("selected SAE features (principal components)")
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue.stroke_width(2)));
+        }
+        chart
+            .draw_series(sae.iter().map(|(l, v)| Circle::new((*l as f64, *v), 4, blue.filled())))
+            .map_err(|x| e(x.to_string()))?;
+        if let Some(v) = norm {
+            let s = chart
+                .draw_series(LineSeries::new(
+                    vec![(-0.5, v), (max_layer + 0.5, v)],
+                    RED.stroke_width(1),
+                ))
+                .map_err(|x| e(x.to_string()))?;
+            if with_text {
+                s.label("word norm")
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+            }
+        }
+        if with_text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|x| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, x)
+    })
+}

@@ -47,10 +47,33 @@ const BUILTINS: &[(&str, &str)] = &[
     ("summary", include_str!("../../data-schemas/summary.json")),
     ("sae_quality", include_str!("../../data-schemas/sae_quality.json")),
     ("ridge_cv", include_str!("../../data-schemas/ridge_cv.json")),
+    (
+        "reading_comparison",
+        include_str!("../../data-schemas/reading_comparison.json"),
+    ),
+    ("reading_fixed", include_str!("../../data-schemas/reading_fixed.json")),
+    ("reading_random", include_str!("../../data-schemas/reading_random.json")),
+    ("reading_words", include_str!("../../data-schemas/reading_words.json")),
+    (
+        "reading_features",
+        include_str!("../../data-schemas/reading_features.json"),
+    ),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
-pub const BUILTIN_TABLES: &[&str] = &["words", "activations", "fits", "summary", "sae_quality", "ridge_cv"];
+pub const BUILTIN_TABLES: &[&str] = &[
+    "words",
+    "activations",
+    "fits",
+    "summary",
+    "sae_quality",
+    "ridge_cv",
+    "reading_comparison",
+    "reading_fixed",
+    "reading_random",
+    "reading_words",
+    "reading_features",
+];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,286 @@
+//! The reading-time pipeline on the real Natural Stories data (../shared/data/naturalstories):
+//! inputs joined with every left-out row counted, tables that read back in pyarrow/polars with
+//! their documented schemas, the baseline and norm models refitted by R's lme4 on a design
+//! rebuilt independently from the exported word table, LRT p-values against scipy, the same
+//! tables for 1 and 2 workers, and per-subject rows with crossed random intercepts.
+//!
+//! To keep the LM work small the runs use the first three stories (~3,100 words) and one layer.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const STORIES: [&str; 3] = ["1", "2", "3"];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The first stories of the Natural Stories word table, written to `dir`.
+fn story_subset(dir: &Path) -> (PathBuf, usize) {
+    let src = support::data_root().join("naturalstories/naturalstories_RTS_all_stories.tok");
+    let text = std::fs::read_to_string(src).unwrap();
+    let mut lines = text.lines();
+    let mut out = vec![lines.next().unwrap().to_string()];
+    out.extend(
+        lines
+            .filter(|l| STORIES.contains(&l.split('\t').nth(2).unwrap()))
+            .map(str::to_string),
+    );
+    let n = out.len() - 1;
+    let p = dir.join("words.tok");
+    std::fs::write(&p, out.join("\n") + "\n").unwrap();
+    (p, n)
+}
+
+/// A reading pipeline over the subset; `reading_extra` adds or overrides `[reading]` keys.
+fn pipeline(dir: &Path, store: &Path, out: &str, words: &Path, rts: &str, reading_extra: &str) -> PathBuf {
+    let text = format!(
+        r#"name = "ns-test"
+output = "{out}"
+store = "{store}"
+data-root = "{data}"
+
+[model]
+layers = [6]
+window = 256
+min-context = 128
+
+[sae]
+include-stimulus = true
+expansion = 2
+l1 = 5.0
+steps = 150
+batch-size = 512
+seed = 3
+
+[reading]
+words = "{words}"
+rts = "{rts}"
+parses = "naturalstories/parses_ud_stories-aligned.conllx"
+frequency = "wordfreq/small_en_zipf.tsv"
+ngram = "naturalstories/freqs_freqs-2.tsv"
+norms = "concreteness_brysbaert/Concreteness_ratings_Brysbaert_et_al_BRM.txt"
+n-pcs = 10
+{reading_extra}
+"#,
+        out = dir.join(out).display(),
+        store = store.display(),
+        data = support::data_root().display(),
+        words = words.display(),
+    );
+    let p = dir.join(format!("{out}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(pipeline: &Path, workers: usize) {
+    let o = support::bin()
+        .args(["run", pipeline.to_str().unwrap(), "-w", &workers.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cortexflow run failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn store() -> PathBuf {
+    // shared by the tests of this file (and kept between runs of the suite): LM outputs are reused
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reading-store")
+}
+
+fn check_schema(out: &Path, table: &str, rows: Option<usize>) {
+    let mut cmd = Command::new(support::python());
+    cmd.arg(root().join("scripts/check_parquet.py"))
+        .arg(out.join(format!("{table}.parquet")))
+        .arg(root().join(format!("data-schemas/{table}.json")));
+    if let Some(n) = rows {
+        cmd.args(["--rows", &n.to_string()]);
+    }
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{table}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn natural_stories_means_match_lme4_and_the_tables_read_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (words, n_words) = story_subset(tmp.path());
+    let rts = "naturalstories/naturalstories_RTS_processed_wordinfo.tsv";
+    let p1 = pipeline(tmp.path(), &store(), "out1", &words, rts, "random-seeds = 2");
+    run(&p1, 1);
+    let out = tmp.path().join("out1");
+
+    // every table reads back with its schema; one comparison per model
+    check_schema(&out, "reading_comparison", Some(1 + 1 + 2)); // norm, sae-semantic, 2 random
+    check_schema(&out, "reading_words", Some(n_words));
+    check_schema(&out, "reading_fixed", None);
+    check_schema(&out, "reading_random", None);
+    check_schema(&out, "reading_features", Some(2 * 576));
+    check_schema(&out, "sae_quality", Some(1));
+    assert!(out.join("reading_by_layer.png").is_file());
+
+    // the RT rows of the other 7 stories are reported as unmatched, not silently dropped
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let all_rows = std::fs::read_to_string(support::data_root().join(rts))
+        .unwrap()
+        .lines()
+        .count()
+        - 1;
+    let unmatched = all_rows - n_words;
+    assert!(
+        report.contains(&format!("| position not in the story | {unmatched} |")),
+        "{report}"
+    );
+
+    // independent design from reading_words.parquet → lme4 (ML) logLik of the baseline and norm models
+    let design = tmp.path().join("design.csv");
+    let check = support::run_python(
+        &std::fs::read_to_string(root().join("scripts/reading_check.py")).unwrap(),
+        &[out.to_str().unwrap(), design.to_str().unwrap(), "1"],
+    );
+    let check: serde_json::Value = serde_json::from_str(check.trim()).unwrap();
+    assert!(check["p_check_max_rel"].as_f64().unwrap() < 1e-8, "{check}");
+    assert!(check["chi2_check_max_abs"].as_f64().unwrap() < 1e-9, "{check}");
+    let r = Command::new(std::env::var("CORTEXFLOW_RSCRIPT").unwrap_or_else(|_| "Rscript".into()))
+        .args([
+            "-e",
+            r#"suppressMessages(library(lme4)); d <- read.csv(commandArgs(TRUE)[1]); d$story <- factor(d$story)
+ctl <- lmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-11, maxfun = 1e5))
+f0 <- y ~ length + log_freq + sentence_position + lm_surprisal + ngram_surprisal + prev1_length + prev1_log_freq + (1 | story)
+m0 <- lmer(f0, data = d, REML = FALSE, control = ctl)
+m1 <- lmer(update(f0, . ~ . + norm + norm_missing), data = d, REML = FALSE, control = ctl)
+cat(sprintf("%.10f %.10f %d\n", as.numeric(logLik(m0)), as.numeric(logLik(m1)), nrow(d)))"#,
+        ])
+        .arg(&design)
+        .output()
+        .expect("Rscript runs (run `make setup`)");
+    assert!(r.status.success(), "lme4: {}", String::from_utf8_lossy(&r.stderr));
+    let v: Vec<f64> = String::from_utf8_lossy(&r.stdout)
+        .split_whitespace()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let cmp = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         c = [r for r in pq.read_table(sys.argv[1]).to_pylist() if r['model'] == 'norm'][0]\n\
+         print(c['loglik_base'], c['loglik_full'], c['n_obs'], c['df'])",
+        &[out.join("reading_comparison.parquet").to_str().unwrap()],
+    );
+    let c: Vec<f64> = cmp.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    assert_eq!(c[2], v[2], "rows: cortexflow {} vs the rebuilt design {}", c[2], v[2]);
+    assert!((c[0] - v[0]).abs() < 1e-6, "baseline logLik {} vs lme4 {}", c[0], v[0]);
+    assert!(
+        (c[1] - v[1]).abs() < 1e-6,
+        "norm model logLik {} vs lme4 {}",
+        c[1],
+        v[1]
+    );
+    assert_eq!(c[3], 2.0, "norm + missing indicator");
+
+    // same tables with 2 workers (the LM and SAE come from the store; the reading stage reruns)
+    let p2 = pipeline(tmp.path(), &store(), "out2", &words, rts, "random-seeds = 2");
+    run(&p2, 2);
+    let same = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         a, b = sys.argv[1], sys.argv[2]\n\
+         print(all(pq.read_table(f'{a}/{t}.parquet').equals(pq.read_table(f'{b}/{t}.parquet'))\n\
+                   for t in ['reading_comparison', 'reading_fixed', 'reading_random', 'reading_words', 'reading_features']))",
+        &[out.to_str().unwrap(), tmp.path().join("out2").to_str().unwrap()],
+    );
+    assert_eq!(same.trim(), "True");
+}
+
+#[test]
+fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (words, n_words) = story_subset(tmp.path());
+    // per-subject rows in the processed_RTs.tsv layout, simulated from the real per-word means:
+    // RT = mean + subject offset + noise, 12 subjects, plus one row of each kind that must be left out
+    let means =
+        std::fs::read_to_string(support::data_root().join("naturalstories/naturalstories_RTS_processed_wordinfo.tsv"))
+            .unwrap();
+    let mut rng = cortexflow::stats::SplitMix64::new(11);
+    let mut rows = vec!["WorkerId\titem\tzone\tword\tRT".to_string()];
+    let mut offsets = Vec::new();
+    let (mut below, mut above) = (0, 0);
+    for s in 0..12 {
+        let offset = 40.0 * rng.normal();
+        offsets.push(offset);
+        for l in means.lines().skip(1) {
+            let f: Vec<&str> = l.split('\t').collect();
+            if !STORIES.contains(&f[2]) {
+                continue;
+            }
+            let rt = f[4].parse::<f64>().unwrap() + offset + 60.0 * rng.normal();
+            below += usize::from(rt < 100.0);
+            above += usize::from(rt > 3000.0);
+            rows.push(format!("w{s:02}\t{}\t{}\t{}\t{rt:.1}", f[2], f[1], f[0]));
+        }
+    }
+    rows.push("w00\t1\t5000\tnowhere\t300".into()); // position not in the story
+    rows.push("w00\t1\t2\tnot-the-word\t300".into()); // word differs
+    rows.push("w00\t1\t3\t.\t30".into()); // (word check first) → mismatch as well
+    rows.push("w01\t1\t2\tyou\t50".into()); // below 100 ms
+    rows.push("w01\t1\t3\twere\t9000".into()); // above 3000 ms
+    rows.push("w02\t1\t4\tto\tNA".into()); // missing
+    let rts = tmp.path().join("rts.tsv");
+    std::fs::write(&rts, rows.join("\n") + "\n").unwrap();
+    let p = pipeline(
+        tmp.path(),
+        &store(),
+        "subj",
+        &words,
+        rts.to_str().unwrap(),
+        "rt-column = \"RT\"\nsubject-column = \"WorkerId\"\nrandom-seeds = 0\nfeatures = \"all\"",
+    );
+    run(&p, 2);
+    let out = tmp.path().join("subj");
+    check_schema(&out, "reading_comparison", Some(2)); // norm, sae-all
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for line in [
+        "| position not in the story | 1 |".to_string(),
+        "| word differs from the story's | 2 |".into(),
+        "| RT missing | 1 |".into(),
+        format!("| RT < 100 ms | {} |", below + 1),
+        format!("| RT > 3000 ms | {} |", above + 1),
+    ] {
+        assert!(report.contains(line.as_str()), "missing `{line}` in\n{report}");
+    }
+    let groups = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         r = [x for x in pq.read_table(sys.argv[1]).to_pylist() if x['model'] == 'baseline']\n\
+         print(' '.join(f\"{x['group']}={x['n_levels']}\" for x in r))",
+        &[out.join("reading_random.parquet").to_str().unwrap()],
+    );
+    let g = groups.trim();
+    assert!(g.starts_with("subject=12 word="), "{g}");
+    let n_levels: usize = g
+        .split("word=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n_levels > n_words / 2 && n_levels < n_words, "{g}");
+    assert!(g.ends_with("Residual=None"), "{g}");
+    // the simulated subject offsets are recovered: the ML variance of (1 | subject) is close to
+    // their variance (ddof 0); not equal, because the 100 ms trimming removes the low tail of the
+    // subjects with negative offsets (their means rise) — within 15%
+    let v = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         r = [x for x in pq.read_table(sys.argv[1]).to_pylist() if x['model'] == 'baseline' and x['group'] == 'subject']\n\
+         print(r[0]['variance'])",
+        &[out.join("reading_random.parquet").to_str().unwrap()],
+    );
+    let var: f64 = v.trim().parse().unwrap();
+    let m = offsets.iter().sum::<f64>() / 12.0;
+    let want = offsets.iter().map(|o| (o - m).powi(2)).sum::<f64>() / 12.0;
+    assert!(
+        (var - want).abs() < 0.15 * want,
+        "subject variance {var}, simulated offsets' {want}"
+    );
+}
