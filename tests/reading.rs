@@ -75,7 +75,12 @@ n-pcs = 10
     p
 }
 
+/// Runs one pipeline at a time: the tests share the LM and SAE artifacts of the same stories, so
+/// the second run finds them in the store instead of computing them concurrently.
+static RUN_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(pipeline: &Path, workers: usize) {
+    let _one_at_a_time = RUN_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let o = support::bin()
         .args(["run", pipeline.to_str().unwrap(), "-w", &workers.to_string()])
         .output()
@@ -120,6 +125,7 @@ fn natural_stories_means_match_lme4_and_the_tables_read_back() {
     check_schema(&out, "reading_random", None);
     check_schema(&out, "reading_features", Some(2 * 576));
     check_schema(&out, "sae_quality", Some(1));
+    check_schema(&out, "feature_examples", None);
     assert!(out.join("reading_by_layer.png").is_file());
 
     // the RT rows of the other 7 stories are reported as unmatched, not silently dropped
@@ -186,7 +192,8 @@ cat(sprintf("%.10f %.10f %d\n", as.numeric(logLik(m0)), as.numeric(logLik(m1)), 
         "import sys, pyarrow.parquet as pq\n\
          a, b = sys.argv[1], sys.argv[2]\n\
          print(all(pq.read_table(f'{a}/{t}.parquet').equals(pq.read_table(f'{b}/{t}.parquet'))\n\
-                   for t in ['reading_comparison', 'reading_fixed', 'reading_random', 'reading_words', 'reading_features']))",
+                   for t in ['reading_comparison', 'reading_fixed', 'reading_random', 'reading_words',
+                           'reading_features', 'feature_examples']))",
         &[out.to_str().unwrap(), tmp.path().join("out2").to_str().unwrap()],
     );
     assert_eq!(same.trim(), "True");

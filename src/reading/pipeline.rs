@@ -3,7 +3,7 @@
 //! pipeline (LM → one SAE per layer → codes, cached in the artifact store), then per layer the
 //! comparison of [`crate::reading::analysis`] runs on the joined reading times, and the tables
 //! `reading_comparison`, `reading_fixed`, `reading_random`, `reading_words`, `reading_features`,
-//! `sae_quality` (schemas in data-schemas/), a plot and `report.md` are written to the output
+//! `feature_examples`, `sae_quality` (schemas in data-schemas/), a plot and `report.md` are written to the output
 //! folder, each file atomically, after every table was built.
 //!
 //! Models. Per-word means (no `subject-column`): `rt ~ controls + (1 | story)`, a by-story random
@@ -384,6 +384,8 @@ struct FittedModel {
 pub struct ReadingResult {
     pub comparisons: Vec<Comparison>,
     pub evidence: Vec<(usize, Vec<FeatureEvidence>)>,
+    /// Per layer: top words with context, density (src/sae/evidence.rs).
+    pub examples: Vec<(usize, Vec<crate::sae::evidence::FeatureSummary>)>,
     pub formula: String,
     pub exclusions: BTreeMap<String, usize>,
     pub n_rows: usize,
@@ -461,6 +463,8 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
     };
     let sae_model = format!("sae-{}", r.selection.as_str());
     let mut evidence = Vec::new();
+    let mut examples = Vec::new();
+    let word_texts: Vec<String> = r.data.words.iter().map(|w| w.text.clone()).collect();
     let pb = progress(
         (snap.saes.len() * (1 + r.section.random_seeds)) as u64,
         "reading models (layer × feature set)",
@@ -514,11 +518,22 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
             pb.inc(1);
         }
         evidence.push((*layer, ev));
+        examples.push((
+            *layer,
+            crate::sae::evidence::feature_evidence(
+                codes.view(),
+                &word_texts,
+                &r.data.story_offsets,
+                crate::sae::evidence::DEFAULT_TOP,
+                crate::sae::evidence::DEFAULT_CONTEXT,
+            ),
+        ));
     }
     pb.finish_and_clear();
     let res = ReadingResult {
         comparisons,
         evidence,
+        examples,
         formula,
         exclusions,
         n_rows: n_obs,
@@ -767,6 +782,40 @@ fn features_batch(res: &ReadingResult) -> Result<RecordBatch> {
     ])
 }
 
+fn examples_batch(r: &ReadingInputs, res: &ReadingResult) -> Result<RecordBatch> {
+    let (mut layer, mut feature, mut rank, mut story, mut position) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut left, mut word, mut right, mut act, mut density) = (vec![], vec![], vec![], vec![], vec![]);
+    for (l, feats) in &res.examples {
+        for f in feats {
+            for e in &f.examples {
+                let w = &r.data.words[r.data.story_offsets[e.text] + e.word];
+                layer.push(*l as u16);
+                feature.push(f.feature);
+                rank.push(e.rank);
+                story.push(w.story.clone());
+                position.push(w.position);
+                left.push(e.left.join(" "));
+                word.push(e.token.clone());
+                right.push(e.right.join(" "));
+                act.push(e.activation);
+                density.push(f.density);
+            }
+        }
+    }
+    batch(vec![
+        ("layer", Arc::new(UInt16Array::from(layer)), false),
+        ("feature", Arc::new(UInt32Array::from(feature)), false),
+        ("rank", Arc::new(UInt32Array::from(rank)), false),
+        ("story", s(story), false),
+        ("position", Arc::new(Int64Array::from(position)), false),
+        ("left_context", s(left), false),
+        ("word", s(word), false),
+        ("right_context", s(right), false),
+        ("activation", Arc::new(arrow::array::Float32Array::from(act)), false),
+        ("density", Arc::new(Float64Array::from(density)), false),
+    ])
+}
+
 /// Builds every table, checks it against its schema, then writes tables, plot and report.
 fn write_outputs(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &ReadingResult) -> Result<Vec<PathBuf>> {
     let out = &ctx.plan.output;
@@ -776,6 +825,7 @@ fn write_outputs(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &
         ("reading_random", random_batch(res)?),
         ("reading_words", words_batch(r, res)?),
         ("reading_features", features_batch(res)?),
+        ("feature_examples", examples_batch(r, res)?),
         ("sae_quality", pipeline::tables::sae_quality_batch(ctx, snap)?),
     ];
     let sizes = Default::default();

@@ -10,6 +10,7 @@
 //! - [`train`]: [`train_relu_sae`] (Adam, unit-norm decoder rows, dead-feature resampling),
 //!   [`SaeTrainConfig`] with [`SaeTrainConfig::check`], [`TrainReport`].
 //! - [`metrics`]: [`sae_quality`] (R², FVU, mean L0, dead and dense fractions).
+//! - [`evidence`]: per feature, its top-activating words with ±5 words of context, density, mean.
 //! - [`io`]: [`save_relu_sae`] / [`load_relu_sae`] (`cfg.json` + `sae_weights.safetensors` with
 //!   SAELens tensor names).
 //!
@@ -33,6 +34,7 @@
 //! # Ok::<(), cortexflow::Error>(())
 //! ```
 
+pub mod evidence;
 pub mod io;
 mod linalg;
 pub mod metrics;

@@ -73,6 +73,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "reading_random",
     "reading_words",
     "reading_features",
+    "feature_examples",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
