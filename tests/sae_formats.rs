@@ -621,7 +621,25 @@ fn saelens_round_trips_give_bit_identical_codes_for_each_architecture() {
     let sae = Sae::from(w);
     let dir = tmp.path().join("scaled");
     save_saelens_sae(&sae, &SaeMeta::default(), &dir).unwrap();
-    let loaded = load_saelens_sae(&dir).unwrap().sae;
+    let folder = load_saelens_sae(&dir).unwrap();
+    assert_eq!(folder.meta, SaeMeta::default(), "unknown metadata stays unknown");
+    let cfg = read_cfg(&dir);
+    for key in [
+        "model_name",
+        "hook_name",
+        "hook_layer",
+        "activation_fn_str",
+        "context_size",
+        "prepend_bos",
+        "dataset_path",
+    ] {
+        assert!(
+            cfg.get(key).is_some(),
+            "cfg.json lacks `{key}` (required by SAELens ≤ 5)"
+        );
+    }
+    assert_eq!(cfg["cortexflow_input_scale"].as_f64().unwrap() as f32, 1.37);
+    let loaded = folder.sae;
     let (a, b) = (sae.encode(x.view()), loaded.encode(x.view()));
     let max = (&a - &b).iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(

@@ -407,10 +407,11 @@ fn saelens_meta(cfg: &Json, path: &Path) -> Result<SaeMeta> {
         _ => None,
     };
     for src in [Some(cfg), nested].into_iter().flatten() {
-        if let Some(v) = opt_str(src, path, "model_name")? {
+        // empty strings stand for "unknown" (written by [`save_saelens_sae`] for SAELens ≤ 5)
+        if let Some(v) = opt_str(src, path, "model_name")?.filter(|v| !v.is_empty()) {
             meta.model_name.get_or_insert_with(|| v.to_string());
         }
-        if let Some(v) = opt_str(src, path, "hook_name")? {
+        if let Some(v) = opt_str(src, path, "hook_name")?.filter(|v| !v.is_empty()) {
             meta.hook_name.get_or_insert_with(|| v.to_string());
         }
         match src.get("hook_layer") {
@@ -485,13 +486,15 @@ pub fn load_saelens_sae(dir: &Path) -> Result<LoadedSae> {
             None => Arch::TopK(legacy_k()?.ok_or_else(|| key_err(&cfg_path, "k", "missing (required for \"topk\")"))?),
         },
         "jumprelu" => Arch::JumpRelu,
-        other => return Err(key_err(
-            &cfg_path,
-            "architecture",
-            format!(
+        other => {
+            return Err(key_err(
+                &cfg_path,
+                "architecture",
+                format!(
                 "expected \"standard\", \"topk\" or \"jumprelu\" (or \"relu\" for cortexflow folders), found {other:?}"
             ),
-        )),
+            ))
+        }
     };
     let apply_b_dec_to_input = opt_bool(&cfg, &cfg_path, "apply_b_dec_to_input")?.unwrap_or(true);
     match opt_str(&cfg, &cfg_path, "normalize_activations")? {
@@ -619,8 +622,11 @@ pub fn load_sparsify_sae(dir: &Path) -> Result<LoadedSae> {
 /// power of two the codes are bit-identical, otherwise equal up to f32 rounding. The folded
 /// scale is recorded as `cortexflow_input_scale` (ignored by SAELens). `cfg.json` holds the
 /// SAELens ≥ 5 keys (`architecture`, `d_in`, `d_sae`, `dtype`, `device`, `apply_b_dec_to_input`,
-/// `normalize_activations` "none", `k` for TopK, `meta`), the older top-level `model_name`,
-/// `hook_name`, `hook_layer`, `activation_fn_str` / `activation_fn_kwargs`, and `cortexflow_version`.
+/// `normalize_activations` "none", `k` for TopK, `meta`), the top-level keys SAELens ≤ 5 requires
+/// (`model_name`, `hook_name` ("" when unknown), `hook_layer`, `activation_fn_str` /
+/// `activation_fn_kwargs`, `finetuning_scaling_factor`, `context_size`, `prepend_bos`,
+/// `dataset_path`, …; SAELens ignores keys its config class does not have), and
+/// `cortexflow_version`.
 pub fn save_saelens_sae(sae: &Sae, meta: &SaeMeta, dir: &Path) -> Result<()> {
     use serde_json::json;
     std::fs::create_dir_all(dir).map_err(|e| Error::Write {
@@ -654,10 +660,16 @@ pub fn save_saelens_sae(sae: &Sae, meta: &SaeMeta, dir: &Path) -> Result<()> {
         "activation_fn_str": act,
         "activation_fn_kwargs": kwargs,
         "finetuning_scaling_factor": false,
-        "model_name": meta.model_name,
-        "hook_name": meta.hook_name,
+        // SAELens ≤ 5 requires these top-level keys (strings must not be null there)
+        "model_name": meta.model_name.clone().unwrap_or_default(),
+        "hook_name": meta.hook_name.clone().unwrap_or_default(),
         "hook_layer": meta.hook_layer,
         "hook_head_index": null,
+        "context_size": null,
+        "prepend_bos": true,
+        "dataset_path": "",
+        "dataset_trust_remote_code": true,
+        "sae_lens_training_version": null,
         "meta": {
             "model_name": meta.model_name,
             "hook_name": meta.hook_name,
