@@ -1,14 +1,14 @@
 //! SAE quality on held-out rows: reconstruction R² / fraction of variance unexplained, mean L0,
 //! and the fractions of dead and dense features.
 //!
-//! Input: a [`ReluSae`] and rows `x (n_rows, d_in)` in the units the SAE was trained on.
+//! Input: a [`ReluSae`] (or any [`super::Sae`], via [`super::Sae::quality`]) and rows `x (n_rows, d_in)` in the units the SAE was trained on.
 //! Output: one [`SaeQuality`]. Sums are accumulated in f64 in row order (deterministic).
 
-use ndarray::{ArrayView2, Axis};
+use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{col_sums_f64, for_each_in_row, par_rows_mut_map, sum_rows_f64};
-use super::relu::ReluSae;
+use super::relu::{ReluSae, SparseCodes};
 
 /// Rows encoded at a time.
 const QUALITY_ROWS: usize = 4096;
@@ -37,7 +37,6 @@ pub struct SaeQuality {
 /// # Panics
 /// If `x_heldout` does not have `sae.d_in` columns.
 pub fn sae_quality(sae: &ReluSae, x_heldout: ArrayView2<'_, f32>) -> SaeQuality {
-    let n = x_heldout.nrows();
     assert_eq!(
         x_heldout.ncols(),
         sae.d_in,
@@ -45,6 +44,27 @@ pub fn sae_quality(sae: &ReluSae, x_heldout: ArrayView2<'_, f32>) -> SaeQuality 
         x_heldout.ncols(),
         sae.d_in
     );
+    quality_of(
+        sae.d_sae,
+        x_heldout,
+        |xb| sae.encode_sparse(xb),
+        |c| sae.decode_sparse(c),
+    )
+}
+
+/// [`sae_quality`] for any encoder/decoder pair with `d_sae` features (used by
+/// [`super::Sae::quality`]); the caller has checked the width of `x_heldout`.
+pub(crate) fn quality_of<E, D>(
+    d_sae: usize,
+    x_heldout: ArrayView2<'_, f32>,
+    encode_sparse: E,
+    decode_sparse: D,
+) -> SaeQuality
+where
+    E: Fn(ArrayView2<'_, f32>) -> SparseCodes,
+    D: Fn(&SparseCodes) -> Array2<f32>,
+{
+    let n = x_heldout.nrows();
     if n == 0 {
         let nan = f64::NAN;
         return SaeQuality {
@@ -63,14 +83,14 @@ pub fn sae_quality(sae: &ReluSae, x_heldout: ArrayView2<'_, f32>) -> SaeQuality 
 
     let mut resid_ss = 0.0f64;
     let mut nnz = 0u64;
-    let mut counts = vec![0u64; sae.d_sae];
+    let mut counts = vec![0u64; d_sae];
     for xb in x_heldout.axis_chunks_iter(Axis(0), QUALITY_ROWS) {
-        let codes = sae.encode_sparse(xb);
+        let codes = encode_sparse(xb);
         nnz += codes.nnz() as u64;
         for &j in &codes.indices {
             counts[j as usize] += 1;
         }
-        let mut xhat = sae.decode_sparse(&codes);
+        let mut xhat = decode_sparse(&codes);
         let per_row: Vec<f64> = par_rows_mut_map(xhat.view_mut(), |i, a| {
             let mut s = 0.0f64;
             for_each_in_row(xb.row(i), |k, q| s += ((a[k] - q) as f64).powi(2));
@@ -79,7 +99,7 @@ pub fn sae_quality(sae: &ReluSae, x_heldout: ArrayView2<'_, f32>) -> SaeQuality 
         resid_ss += per_row.iter().sum::<f64>();
     }
     let fvu = resid_ss / total_ss;
-    let m = sae.d_sae.max(1) as f64;
+    let m = d_sae.max(1) as f64;
     SaeQuality {
         r2: 1.0 - fvu,
         fvu,

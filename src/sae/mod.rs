@@ -6,13 +6,22 @@
 //! statistics ([`SaeQuality`]) and SAE folders on disk.
 //!
 //! - [`relu`]: the ReLU SAE `f = ReLU((x·s − b_dec) W_enc + b_enc)`, `x̂ = (f W_dec + b_dec)/s`,
-//!   with `s` = [`ReluSae::input_scale`]; encode / decode / loss and hand-written gradient.
-//! - [`train`]: [`train_relu_sae`] (Adam, unit-norm decoder rows, dead-feature resampling),
-//!   [`SaeTrainConfig`] with [`SaeTrainConfig::check`], [`TrainReport`].
-//! - [`metrics`]: [`sae_quality`] (R², FVU, mean L0, dead and dense fractions).
+//!   with `s` = [`ReluSae::input_scale`]; encode / decode; the L1 loss ([`ReluSae::loss_and_grad`])
+//!   and the TopK + AuxK loss ([`ReluSae::topk_loss_and_grad`]) with hand-written gradients.
+//!   Weights: W_enc (d_in, d_sae), b_enc (d_sae), W_dec (d_sae, d_in), b_dec (d_in), normalised
+//!   input units.
+//! - [`model`]: [`Sae`], one type over ReLU, TopK (`k` largest ReLU pre-activations per row) and
+//!   JumpReLU (`ReLU(z)·1[z > θ]`, θ (d_sae)) with encode / encode_sparse / decode / reconstruct /
+//!   quality, so downstream code does not care which architecture it holds.
+//! - [`train`]: [`train_relu_sae`] (Adam, unit-norm decoder rows, dead-feature resampling) and
+//!   [`train_topk_sae`] (same trainer, TopK objective with the AuxK dead-latent term,
+//!   [`TopKTrainConfig`]), [`SaeTrainConfig`] with [`SaeTrainConfig::check`], [`TrainReport`].
+//! - [`metrics`]: [`sae_quality`] / [`Sae::quality`] (R², FVU, mean L0, dead and dense fractions).
 //! - [`evidence`]: per feature, its top-activating words with ±5 words of context, density, mean.
-//! - [`io`]: [`save_relu_sae`] / [`load_relu_sae`] (`cfg.json` + `sae_weights.safetensors` with
-//!   SAELens tensor names).
+//! - [`io`]: [`save_relu_sae`] / [`load_relu_sae`] (cortexflow folders: `cfg.json` +
+//!   `sae_weights.safetensors` with SAELens tensor names); [`load_sae`] for cortexflow, SAELens
+//!   ("standard" / "topk" / "jumprelu") and EleutherAI sparsify folders (f32, f16 or bf16
+//!   tensors); [`save_saelens_sae`].
 //!
 //! Everything is deterministic for a given seed on any number of rayon threads.
 //!
@@ -38,12 +47,18 @@ pub mod evidence;
 pub mod io;
 mod linalg;
 pub mod metrics;
+pub mod model;
 pub mod relu;
 pub mod train;
 
-pub use io::{load_relu_sae, read_sae_config, save_relu_sae, SaeFolderConfig, CFG_FILE, WEIGHTS_FILE};
+pub use io::{
+    load_relu_sae, load_sae, load_saelens_sae, load_sparsify_sae, read_sae_config, save_relu_sae, save_saelens_sae,
+    LoadedSae, SaeFolderConfig, SaeFolderFormat, SaeMeta, CFG_FILE, SPARSIFY_WEIGHTS_FILE, WEIGHTS_FILE,
+};
 pub use metrics::{sae_quality, SaeQuality, DENSE_THRESHOLD};
-pub use relu::{ReluSae, ReluSaeGrad, SaeLoss, SparseCodes};
+pub use model::{Sae, SaeKind};
+pub use relu::{AuxK, ReluSae, ReluSaeGrad, SaeLoss, SparseCodes};
 pub use train::{
-    train_relu_sae, ReluSaeTrainer, ResampleEvent, SaeTrainConfig, SaeTrainConfigError, TrainLog, TrainReport,
+    train_relu_sae, train_topk_sae, ReluSaeTrainer, ResampleEvent, SaeTrainConfig, SaeTrainConfigError,
+    TopKTrainConfig, TrainLog, TrainReport,
 };

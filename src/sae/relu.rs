@@ -23,7 +23,7 @@ use crate::stats::SplitMix64;
 use crate::{Error, Result};
 
 /// Rows encoded per block by [`ReluSae::encode`] and friends (bounds temporary memory).
-const ENCODE_ROWS: usize = 4096;
+pub(crate) const ENCODE_ROWS: usize = 4096;
 /// Code density (active fraction) below which the training step uses sparse kernels for
 /// everything but the encoder product.
 pub(crate) const SPARSE_MAX_DENSITY: f64 = 0.05;
@@ -101,7 +101,7 @@ impl SparseCodes {
         out
     }
 
-    fn append_dense(&mut self, codes: ArrayView2<'_, f32>) {
+    pub(crate) fn append_dense(&mut self, codes: ArrayView2<'_, f32>) {
         let rows: Vec<(Vec<u32>, Vec<f32>)> = codes
             .axis_iter(Axis(0))
             .into_par_iter()
@@ -137,6 +137,9 @@ pub struct SaeLoss {
     pub sparsity: f64,
     /// Mean number of active features per row.
     pub l0: f64,
+    /// TopK training only: mean ‖ê_aux − (x − x̂)‖² of the AuxK term (before its coefficient and
+    /// dead-fraction scale); 0 otherwise.
+    pub aux: f64,
 }
 
 /// Gradient of [`SaeLoss::loss`] with respect to every parameter (same shapes as [`ReluSae`]).
@@ -374,6 +377,12 @@ impl ReluSae {
         par_rows_mut(dst, |i, d| for_each_in_row(x.row(i), |k, v| d[k] = v * s - b_dec[k]));
     }
 
+    /// `dst = x · input_scale` for raw rows `x` (encoders that do not subtract `b_dec`).
+    pub(crate) fn scale_into(&self, dst: ArrayViewMut2<'_, f32>, x: ArrayView2<'_, f32>) {
+        let s = self.input_scale;
+        par_rows_mut(dst, |i, d| for_each_in_row(x.row(i), |k, v| d[k] = v * s));
+    }
+
     /// `codes = ReLU(xc W_enc + b_enc)` for centred normalised rows `xc (n, d_in)`.
     pub(crate) fn encode_centred_into(&self, mut codes: ArrayViewMut2<'_, f32>, xc: ArrayView2<'_, f32>) {
         gemm(codes.view_mut(), xc, self.w_enc.view(), false);
@@ -486,11 +495,60 @@ impl ReluSae {
         self.loss_and_grad_with(x_norm, l1, StepKernels::Auto)
     }
 
+    /// Loss and gradient of the TopK objective (Gao et al. 2024, "Scaling and evaluating sparse
+    /// autoencoders") with these weights, on normalised inputs `x_norm (n, d_in)`:
+    ///
+    /// ```text
+    /// f     = TopK_k(ReLU((x_norm − b_dec) W_enc + b_enc))    ties → lower feature index
+    /// x̂     = f W_dec + b_dec
+    /// a     = the k_aux largest entries of ReLU(pre) among dead features (others 0)
+    /// ê     = a W_dec                                        (no b_dec, see below)
+    /// L     = mean ‖x_norm − x̂‖² + coef · min(n_dead / k_aux, 1) · mean ‖ê − (x_norm − x̂)‖²
+    /// ```
+    /// with `x_norm − x̂` held constant in the second term (detached, as in the references) and
+    /// `k_aux` reduced to `n_dead` when fewer features are dead. Without `auxk` (or with no dead
+    /// feature) the second term is absent. `ê` omits `b_dec`: OpenAI's reference decodes the
+    /// auxiliary latents with the bias and adds the bias back to the target
+    /// (`x − recons.detach() + pre_bias`, openai/sparse_autoencoder `train.py`), which is the same
+    /// loss; sparsify (`sparse_coder.py`) and SAELens (`topk_sae.py`) keep `b_dec` in the
+    /// auxiliary reconstruction. The gradient of `L` is written by hand like [`Self::loss_and_grad`].
+    ///
+    /// # Panics
+    /// If `x_norm` does not have `d_in` columns, `k` is 0, or `auxk.dead` does not have `d_sae`
+    /// entries.
+    pub fn topk_loss_and_grad(
+        &self,
+        x_norm: ArrayView2<'_, f32>,
+        k: usize,
+        auxk: Option<AuxK<'_>>,
+    ) -> (SaeLoss, ReluSaeGrad) {
+        assert!(k > 0, "ReluSae::topk_loss_and_grad: k must be at least 1");
+        if let Some(a) = &auxk {
+            assert_eq!(
+                a.dead.len(),
+                self.d_sae,
+                "ReluSae::topk_loss_and_grad: dead mask has {} entries, d_sae is {}",
+                a.dead.len(),
+                self.d_sae
+            );
+        }
+        self.objective_loss_and_grad(x_norm, &Objective::TopK { k, auxk }, StepKernels::Auto)
+    }
+
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn loss_and_grad_with(
         &self,
         x_norm: ArrayView2<'_, f32>,
         l1: f32,
+        kernels: StepKernels,
+    ) -> (SaeLoss, ReluSaeGrad) {
+        self.objective_loss_and_grad(x_norm, &Objective::L1(l1), kernels)
+    }
+
+    pub(crate) fn objective_loss_and_grad(
+        &self,
+        x_norm: ArrayView2<'_, f32>,
+        objective: &Objective<'_>,
         kernels: StepKernels,
     ) -> (SaeLoss, ReluSaeGrad) {
         self.check_width("loss_and_grad", x_norm.ncols());
@@ -500,9 +558,84 @@ impl ReluSae {
             for_each_in_row(x_norm.row(i), |k, v| d[k] = v - b_dec[k])
         });
         let mut grad = ReluSaeGrad::zeros(self.d_in, self.d_sae);
-        let loss = forward_backward(self, &mut ws, l1, &mut grad, kernels);
+        let loss = forward_backward(self, &mut ws, objective, &mut grad, kernels);
         (loss, grad)
     }
+}
+
+/// The auxiliary dead-latent loss of TopK training (see [`ReluSae::topk_loss_and_grad`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AuxK<'a> {
+    /// (d_sae) true for features counted as dead (not fired for a number of tokens).
+    pub dead: &'a [bool],
+    /// Number of dead latents used per row (Gao et al. B.1: d_in / 2); at least 1.
+    pub k_aux: usize,
+    /// Coefficient of the auxiliary term (Gao et al.: 1/32).
+    pub coef: f32,
+}
+
+/// What a training step minimises.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Objective<'a> {
+    /// `mse + λ Σ_j f_j ‖W_dec_j‖` with ReLU codes.
+    L1(f32),
+    /// `mse (+ AuxK)` with TopK codes.
+    TopK { k: usize, auxk: Option<AuxK<'a>> },
+}
+
+/// Keeps, in every row of non-negative codes, the `k` largest entries (ties broken by lower
+/// feature index) and zeroes the rest. Rows with at most `k` positive entries are unchanged.
+pub(crate) fn topk_rows_in_place(codes: ArrayViewMut2<'_, f32>, k: usize) {
+    par_rows_mut(codes, |_, row| {
+        let positives = row.iter().filter(|&&v| v > 0.0).count();
+        if positives <= k {
+            return;
+        }
+        let mut cand: Vec<(f32, u32)> = row
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v > 0.0)
+            .map(|(j, &v)| (v, j as u32))
+            .collect();
+        let order = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+        let (_, &mut kth, _) = cand.select_nth_unstable_by(k - 1, order);
+        for (j, v) in row.iter_mut().enumerate() {
+            if *v > 0.0 && order(&(*v, j as u32), &kth) == std::cmp::Ordering::Greater {
+                *v = 0.0;
+            }
+        }
+    });
+}
+
+/// Per row, the `k_aux` largest positive entries of `f` among dead features (ties → lower index),
+/// as CSR (indptr (n + 1), (feature, value) pairs in ascending feature order).
+fn select_auxk(f: ArrayView2<'_, f32>, dead: &[bool], k_aux: usize) -> (Vec<usize>, Vec<(u32, f32)>) {
+    let rows: Vec<Vec<(u32, f32)>> = f
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|row| {
+            let mut cand: Vec<(u32, f32)> = row
+                .iter()
+                .enumerate()
+                .filter(|&(j, &v)| dead[j] && v > 0.0)
+                .map(|(j, &v)| (j as u32, v))
+                .collect();
+            if cand.len() > k_aux {
+                cand.select_nth_unstable_by(k_aux - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                cand.truncate(k_aux);
+                cand.sort_unstable_by_key(|e| e.0);
+            }
+            cand
+        })
+        .collect();
+    let mut indptr = Vec::with_capacity(rows.len() + 1);
+    indptr.push(0);
+    let mut entries = Vec::new();
+    for r in rows {
+        entries.extend_from_slice(&r);
+        indptr.push(entries.len());
+    }
+    (indptr, entries)
 }
 
 /// One forward and backward pass on the centred batch `ws.xc (n, d_in)`; writes the gradient of
@@ -510,7 +643,7 @@ impl ReluSae {
 pub(crate) fn forward_backward(
     sae: &ReluSae,
     ws: &mut Workspace,
-    l1: f32,
+    objective: &Objective<'_>,
     grad: &mut ReluSaeGrad,
     kernels: StepKernels,
 ) -> SaeLoss {
@@ -529,6 +662,24 @@ pub(crate) fn forward_backward(
 
     // forward: f = ReLU(xc W_enc + b_enc)                                         (n, d_sae)
     sae.encode_centred_into(ws.f.view_mut(), ws.xc.view());
+    // TopK: the auxiliary latents are chosen among all ReLU pre-activations, then f is masked
+    let (l1, aux) = match *objective {
+        Objective::L1(l1) => (l1, None),
+        Objective::TopK { k, auxk } => {
+            let aux = auxk.and_then(|a| {
+                let n_dead = a.dead.iter().filter(|&&d| d).count();
+                let k_aux = a.k_aux.max(1);
+                if n_dead == 0 || a.coef == 0.0 {
+                    return None;
+                }
+                let scale = (n_dead as f32 / k_aux as f32).min(1.0);
+                let sel = select_auxk(ws.f.view(), a.dead, k_aux.min(n_dead));
+                Some((sel, a.coef * scale))
+            });
+            topk_rows_in_place(ws.f.view_mut(), k);
+            (0.0, aux)
+        }
+    };
     {
         let dn = dnorm.as_slice().expect("contiguous");
         let stats: Vec<(u32, f64)> =
@@ -567,7 +718,16 @@ pub(crate) fn forward_backward(
         dense_backward(sae, ws, &dnorm, g_scale, l1_n, grad);
     }
 
-    // grad b_dec = Σ_rows dL/dx̂ − W_enc · grad b_enc   (b_dec enters x̂ and, with a minus, xc)
+    let (aux_mse, aux_weight) = match aux {
+        Some(((indptr, entries), weight)) => (
+            auxk_backward(sae, ws, &indptr, &entries, weight, g_scale, grad),
+            weight as f64,
+        ),
+        None => (0.0, 0.0),
+    };
+
+    // grad b_dec = Σ_rows dL/dx̂ − W_enc · grad b_enc   (b_dec enters x̂ and, with a minus, xc;
+    // the auxiliary reconstruction has no b_dec, its target is held constant)
     let g_sum = col_sums_f64(ws.e.view()); // ws.e holds dL/dx̂ now
     let gb = grad.b_enc.as_slice().expect("contiguous");
     let wb: Vec<f64> = sae
@@ -584,11 +744,109 @@ pub(crate) fn forward_backward(
     let mse = ws.row_mse.iter().sum::<f64>() / n as f64;
     let sparsity = ws.row_sparsity.iter().sum::<f64>() / n as f64;
     SaeLoss {
-        loss: mse + l1 as f64 * sparsity,
+        loss: mse + l1 as f64 * sparsity + aux_weight * aux_mse,
         mse,
         sparsity,
         l0: total_nnz as f64 / n as f64,
+        aux: aux_mse,
     }
+}
+
+/// Adds the gradient of `weight · mean_rows ‖ê − (x − x̂)‖²` (ê = Σ_aux a_j W_dec_j, target held
+/// constant) to `grad` (W_dec, W_enc, b_enc; b_dec follows from b_enc in the caller). `ws.e` holds
+/// `g_scale (x̂ − x)` on entry. Returns the mean squared auxiliary error.
+fn auxk_backward(
+    sae: &ReluSae,
+    ws: &Workspace,
+    indptr: &[usize],
+    entries: &[(u32, f32)],
+    weight: f32,
+    g_scale: f32,
+    grad: &mut ReluSaeGrad,
+) -> f64 {
+    let (n, d_in, d_sae) = (ws.xc.nrows(), sae.d_in, sae.d_sae);
+    let w_dec = &sae.w_dec;
+    let inv_g = 1.0 / g_scale;
+    // per row: G = weight · g_scale · (ê + x̂ − x) (n, d_in) and P at the auxiliary entries
+    let mut g_aux = zeros(n, d_in);
+    let e = &ws.e;
+    let rows: Vec<(f64, Vec<f32>)> = par_rows_mut_map(g_aux.view_mut(), |i, g| {
+        let (a, b) = (indptr[i], indptr[i + 1]);
+        g.fill(0.0);
+        for &(j, v) in &entries[a..b] {
+            axpy(v, w_dec.row(j as usize).as_slice().expect("standard layout"), g);
+        }
+        let e_row = e.row(i);
+        let e_row = e_row.as_slice().expect("standard layout");
+        let mut s = 0.0f64;
+        for (g, &ev) in g.iter_mut().zip(e_row) {
+            *g += ev * inv_g; // ê − (x − x̂)
+            s += (*g as f64) * (*g as f64);
+            *g *= weight * g_scale;
+        }
+        let p: Vec<f32> = entries[a..b]
+            .iter()
+            .map(|&(j, _)| dot(g, w_dec.row(j as usize).as_slice().expect("standard layout")))
+            .collect();
+        (s, p)
+    });
+    let mut p_all = Vec::with_capacity(entries.len());
+    let mut total = 0.0f64;
+    for (s, p) in rows {
+        total += s;
+        p_all.extend(p);
+    }
+
+    // CSC over features: (row, entry position) in row order
+    let mut colptr = vec![0usize; d_sae + 1];
+    for &(j, _) in entries {
+        colptr[j as usize + 1] += 1;
+    }
+    for j in 0..d_sae {
+        colptr[j + 1] += colptr[j];
+    }
+    let mut col = vec![(0u32, 0u32); entries.len()];
+    let mut next = colptr[..d_sae].to_vec();
+    for i in 0..n {
+        for (q, &(j, _)) in entries.iter().enumerate().take(indptr[i + 1]).skip(indptr[i]) {
+            col[next[j as usize]] = (i as u32, q as u32);
+            next[j as usize] += 1;
+        }
+    }
+
+    // grad W_dec_j += Σ a_bj G_b ; grad W_enc[:, j] += Σ P_bj xc_b ; grad b_enc_j += Σ P_bj
+    let xc = &ws.xc;
+    let enc_parts: Vec<Option<(Vec<f32>, f64)>> = grad
+        .w_dec
+        .axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .map(|(j, mut gd)| {
+            let list = &col[colptr[j]..colptr[j + 1]];
+            if list.is_empty() {
+                return None;
+            }
+            let gd = gd.as_slice_mut().expect("standard layout");
+            let mut ge = vec![0.0f32; d_in];
+            let mut p_sum = 0.0f64;
+            for &(b, q) in list {
+                let (b, q) = (b as usize, q as usize);
+                axpy(entries[q].1, g_aux.row(b).as_slice().expect("standard layout"), gd);
+                axpy(p_all[q], xc.row(b).as_slice().expect("standard layout"), &mut ge);
+                p_sum += p_all[q] as f64;
+            }
+            Some((ge, p_sum))
+        })
+        .collect();
+    for (j, part) in enc_parts.into_iter().enumerate() {
+        if let Some((ge, p_sum)) = part {
+            for (k, v) in ge.into_iter().enumerate() {
+                grad.w_enc[[k, j]] += v;
+            }
+            grad.b_enc[j] += p_sum as f32;
+        }
+    }
+    total / n as f64
 }
 
 /// Dense kernels: every product is a faer GEMM.

@@ -21,6 +21,13 @@
 //!    direction scaled to 0.2 × the mean encoder norm of live features, its bias 0, and its Adam
 //!    moments are reset.
 //!
+//! TopK SAEs ([`train_topk_sae`], Gao et al. 2024, "Scaling and evaluating sparse
+//! autoencoders") share steps 1–3 (same input scale, initialisation, sampler, Adam, decoder
+//! projection and warm-up) but minimise `mean ‖x − x̂‖²` with codes restricted to the `k` largest
+//! ReLU pre-activations, plus the AuxK term on dead latents ([`ReluSae::topk_loss_and_grad`]);
+//! `l1` and resampling are not used. A feature is dead once it has not fired for more than
+//! [`TopKTrainConfig::dead_after_tokens`] rows (EleutherAI sparsify's `dead_feature_threshold`).
+//!
 //! Numerics are f32 with f64 accumulation of sums over rows. Results are bit-identical for a
 //! given seed on any number of rayon threads (fixed block boundaries, sequential faer kernels per
 //! block, ordered combination of partial sums).
@@ -33,7 +40,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::linalg::{for_each_in_row, gemm, par_rows_mut, par_rows_mut_map, zeros, REDUCE_ROWS};
-use super::relu::{forward_backward, ReluSae, ReluSaeGrad, SaeLoss, StepKernels, Workspace};
+use super::model::{Sae, SaeKind};
+use super::relu::{forward_backward, AuxK, Objective, ReluSae, ReluSaeGrad, SaeLoss, StepKernels, Workspace};
 use crate::stats::SplitMix64;
 use crate::{Error, Result};
 
@@ -107,6 +115,12 @@ pub enum SaeTrainConfigError {
     Steps(usize),
     #[error("`log_every` must be at least 1, found {0}")]
     LogEvery(usize),
+    #[error("`k` must be between 1 and d_sae = {d_sae}, found {k}")]
+    K { k: usize, d_sae: usize },
+    #[error("`aux_k` must be at least 1 when given, found {0}")]
+    AuxK(usize),
+    #[error("`aux_coef` must be finite and ≥ 0, found {0}")]
+    AuxCoef(f32),
 }
 
 impl From<SaeTrainConfigError> for Error {
@@ -149,6 +163,50 @@ impl SaeTrainConfig {
     }
 }
 
+/// TopK-specific hyper-parameters of [`train_topk_sae`] (the shared ones are in
+/// [`SaeTrainConfig`], whose `l1` and `resample_every` TopK training ignores).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopKTrainConfig {
+    /// Active features per row. Default 32 (sparsify's default; the paper's target L0 ≈ 50–60).
+    pub k: usize,
+    /// Dead latents used by the AuxK term per row; `None` = d_in / 2 (Gao et al. B.1, as sparsify
+    /// and SAELens). Default `None`.
+    pub aux_k: Option<usize>,
+    /// Coefficient of the AuxK term. Default 1/32 (Gao et al.).
+    pub aux_coef: f32,
+    /// A feature is dead when it has not fired for more than this many rows (tokens). Default
+    /// 10 000 000 (sparsify's `dead_feature_threshold`, Gao et al.'s "10M tokens").
+    pub dead_after_tokens: u64,
+}
+
+impl Default for TopKTrainConfig {
+    fn default() -> Self {
+        TopKTrainConfig {
+            k: 32,
+            aux_k: None,
+            aux_coef: 1.0 / 32.0,
+            dead_after_tokens: 10_000_000,
+        }
+    }
+}
+
+impl TopKTrainConfig {
+    /// Checks every value for an SAE with `d_sae` features; the first invalid one is reported.
+    pub fn check(&self, d_sae: usize) -> std::result::Result<(), SaeTrainConfigError> {
+        if self.k == 0 || self.k > d_sae {
+            return Err(SaeTrainConfigError::K { k: self.k, d_sae });
+        }
+        if self.aux_k == Some(0) {
+            return Err(SaeTrainConfigError::AuxK(0));
+        }
+        if !(self.aux_coef.is_finite() && self.aux_coef >= 0.0) {
+            return Err(SaeTrainConfigError::AuxCoef(self.aux_coef));
+        }
+        Ok(())
+    }
+}
+
 /// Means over one logging interval (normalised units).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainLog {
@@ -167,6 +225,9 @@ pub struct TrainLog {
     pub l0: f64,
     /// Fraction of features that fired on no row of the interval's batches.
     pub dead_fraction: f64,
+    /// TopK only: mean AuxK error ‖ê − (x − x̂)‖² per row (0 when no feature was dead).
+    #[serde(default)]
+    pub aux: f64,
 }
 
 /// One dead-feature resampling.
@@ -203,6 +264,32 @@ pub fn train_relu_sae(x: ArrayView2<'_, f32>, cfg: &SaeTrainConfig) -> Result<(R
         trainer.step();
     }
     Ok(trainer.finish())
+}
+
+/// Trains a TopK SAE on `x (n_tokens, d_in)`: the shared recipe of [`train_relu_sae`] (input
+/// scale, initialisation, batches, Adam, unit-norm decoder rows, warm-up, seed) with the TopK
+/// objective and the AuxK dead-latent term (see the module docs). `cfg.l1` and
+/// `cfg.resample_every` are ignored. The result has [`SaeKind::TopK`].
+pub fn train_topk_sae(
+    x: ArrayView2<'_, f32>,
+    cfg: &SaeTrainConfig,
+    topk: &TopKTrainConfig,
+) -> Result<(Sae, TrainReport)> {
+    let mut trainer = ReluSaeTrainer::with_objective(x, cfg, TrainObjective::TopK(topk.clone()))?;
+    while trainer.steps_done() < cfg.steps {
+        trainer.step();
+    }
+    let (weights, report) = trainer.finish();
+    let sae = Sae::new(SaeKind::TopK { k: topk.k }, weights, true)?;
+    Ok((sae, report))
+}
+
+/// What the trainer minimises.
+#[derive(Debug, Clone, PartialEq)]
+enum TrainObjective {
+    /// ReLU codes, L1 penalty `cfg.l1`, resampling every `cfg.resample_every` steps.
+    L1,
+    TopK(TopKTrainConfig),
 }
 
 /// Adam moments of every parameter.
@@ -418,13 +505,18 @@ struct LogAcc {
     mse: f64,
     sparsity: f64,
     l0: f64,
+    aux: f64,
 }
 
-/// A training run that can be advanced step by step (used by [`train_relu_sae`]; also lets
-/// callers inspect or edit the SAE between steps).
+/// A training run that can be advanced step by step (used by [`train_relu_sae`] and
+/// [`train_topk_sae`]; also lets callers inspect or edit the SAE between steps).
 pub struct ReluSaeTrainer<'a> {
     x: ArrayView2<'a, f32>,
     cfg: SaeTrainConfig,
+    objective: TrainObjective,
+    /// Per feature: rows since it last fired (TopK dead-latent tracking).
+    tokens_since_fired: Vec<u64>,
+    dead: Vec<bool>,
     sae: ReluSae,
     adam: Adam,
     grad: ReluSaeGrad,
@@ -447,6 +539,10 @@ pub struct ReluSaeTrainer<'a> {
 impl<'a> ReluSaeTrainer<'a> {
     /// Validates `cfg` and `x (n_tokens, d_in)`, computes the input scale and initialises the SAE.
     pub fn new(x: ArrayView2<'a, f32>, cfg: &SaeTrainConfig) -> Result<Self> {
+        Self::with_objective(x, cfg, TrainObjective::L1)
+    }
+
+    fn with_objective(x: ArrayView2<'a, f32>, cfg: &SaeTrainConfig, objective: TrainObjective) -> Result<Self> {
         cfg.check()?;
         let (n, d_in) = x.dim();
         if n == 0 || d_in == 0 {
@@ -462,6 +558,9 @@ impl<'a> ReluSaeTrainer<'a> {
         let d_sae = d_in
             .checked_mul(cfg.expansion)
             .ok_or_else(|| Error::Invalid(format!("d_sae = {d_in} × {} overflows", cfg.expansion)))?;
+        if let TrainObjective::TopK(topk) = &objective {
+            topk.check(d_sae)?;
+        }
         let sq = super::linalg::sum_rows_f64(x, |r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>());
         let mean_sq = sq / n as f64;
         if mean_sq <= 0.0 || !mean_sq.is_finite() {
@@ -492,10 +591,17 @@ impl<'a> ReluSaeTrainer<'a> {
         } else {
             ProgressBar::hidden()
         };
-        tracing::info!(n_tokens = n, d_in, d_sae, input_scale, "training ReLU SAE");
+        let arch = match objective {
+            TrainObjective::L1 => "ReLU",
+            TrainObjective::TopK(_) => "TopK",
+        };
+        tracing::info!(n_tokens = n, d_in, d_sae, input_scale, arch, "training SAE");
         Ok(ReluSaeTrainer {
             x,
             cfg: cfg.clone(),
+            objective,
+            tokens_since_fired: vec![0; d_sae],
+            dead: vec![false; d_sae],
             sae,
             adam: Adam::new(d_in, d_sae),
             grad: ReluSaeGrad::zeros(d_in, d_sae),
@@ -551,15 +657,33 @@ impl<'a> ReluSaeTrainer<'a> {
             self.sae.input_scale,
             &self.sae.b_dec,
         );
-        let loss = forward_backward(&self.sae, &mut self.ws, self.cfg.l1, &mut self.grad, StepKernels::Auto);
-        for ((w, l), &c) in self
+        let objective = match &self.objective {
+            TrainObjective::L1 => Objective::L1(self.cfg.l1),
+            TrainObjective::TopK(t) => {
+                for (d, &s) in self.dead.iter_mut().zip(&self.tokens_since_fired) {
+                    *d = s > t.dead_after_tokens;
+                }
+                Objective::TopK {
+                    k: t.k,
+                    auxk: Some(AuxK {
+                        dead: &self.dead,
+                        k_aux: t.aux_k.unwrap_or(self.sae.d_in / 2).max(1),
+                        coef: t.aux_coef,
+                    }),
+                }
+            }
+        };
+        let loss = forward_backward(&self.sae, &mut self.ws, &objective, &mut self.grad, StepKernels::Auto);
+        for (((w, l), s), &c) in self
             .window_fired
             .iter_mut()
             .zip(self.log_fired.iter_mut())
+            .zip(self.tokens_since_fired.iter_mut())
             .zip(&self.ws.fired)
         {
             *w |= c > 0;
             *l |= c > 0;
+            *s = if c > 0 { 0 } else { s.saturating_add(b as u64) };
         }
 
         // keep decoder rows on the unit sphere: drop the radial part of their gradient
@@ -583,10 +707,12 @@ impl<'a> ReluSaeTrainer<'a> {
         self.acc.mse += loss.mse;
         self.acc.sparsity += loss.sparsity;
         self.acc.l0 += loss.l0;
+        self.acc.aux += loss.aux;
         if self.step.is_multiple_of(self.cfg.log_every) || self.step == self.cfg.steps {
             self.push_log(lr);
         }
-        if self.cfg.resample_every > 0
+        if self.objective == TrainObjective::L1
+            && self.cfg.resample_every > 0
             && self.step.is_multiple_of(self.cfg.resample_every)
             && self.step < self.cfg.steps
         {
@@ -608,6 +734,7 @@ impl<'a> ReluSaeTrainer<'a> {
             sparsity: self.acc.sparsity / k,
             l0: self.acc.l0 / k,
             dead_fraction: dead,
+            aux: self.acc.aux / k,
         };
         tracing::debug!(
             step = log.step,
