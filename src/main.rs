@@ -45,6 +45,11 @@ enum Command {
     /// Linear mixed model (ML or REML, as lme4) on a CSV/TSV/Parquet table with an lme4-style
     /// formula; --compare runs a likelihood-ratio test against a nested formula.
     Lmm(cortexflow::cli::LmmArgs),
+    /// Sparse autoencoders: encode activations with any SAE folder (cortexflow, SAELens, sparsify).
+    Sae {
+        #[command(subcommand)]
+        command: SaeCommand,
+    },
     /// BOLD-like responses from given (or random) features with planted weights, HRF and noise at
     /// a chosen SNR, with the noise-free ceiling written next to them.
     Simulate(cortexflow::cli::SimulateArgs),
@@ -59,6 +64,13 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum SaeCommand {
+    /// Activations (.npy/Parquet) → sparse codes (row, feature, value) as Parquet, with the SAE's
+    /// quality on these rows; optionally the reconstruction.
+    Encode(cortexflow::cli::SaeEncodeArgs),
 }
 
 #[derive(Subcommand)]
@@ -232,6 +244,29 @@ fn run(cli: Cli) -> Result<()> {
             println!(
                 "simulate: {} TRs × {} design columns → {} targets, mean noise-free ceiling r {:.4}",
                 s.n_trs, s.n_design_columns, s.n_targets, s.mean_ceiling_r
+            );
+            for f in &s.files {
+                println!("wrote {}", f.display());
+            }
+        }
+        Command::Sae {
+            command: SaeCommand::Encode(args),
+        } => {
+            let s = cortexflow::cli::run_sae_encode(&args)?;
+            let q = &s.quality;
+            println!(
+                "sae encode: {} ({:?}, {}, d_in {}, d_sae {}) on {} rows: {} non-zero codes; R² {:.4}, mean L0 {:.1}, dead {:.3}, dense {:.3}",
+                s.loaded.dir.display(),
+                s.loaded.format,
+                s.loaded.sae.kind.saelens_name(),
+                s.loaded.sae.d_in(),
+                s.loaded.sae.d_sae(),
+                s.n_rows,
+                s.nnz,
+                q.r2,
+                q.mean_l0,
+                q.dead_fraction,
+                q.dense_fraction
             );
             for f in &s.files {
                 println!("wrote {}", f.display());

@@ -3,12 +3,15 @@
 //!
 //! * [`ridge`]: `cortexflow ridge` — per-target ridge CV on `.npy` / Parquet matrices.
 //! * [`lmm`]: `cortexflow lmm` — linear mixed models on any table with an lme4-style formula.
+//! * [`sae`]: `cortexflow sae encode` — any activation matrix through any supported SAE folder.
 //! * [`simulate`]: `cortexflow simulate` — BOLD-like responses with planted weights and known ceiling.
 
 pub mod lmm;
 pub mod ridge;
+pub mod sae;
 pub mod simulate;
 
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};
+pub use sae::{run_sae_encode, SaeEncodeArgs, SaeEncodeSummary};
 pub use simulate::{run_simulate, SimulateArgs, SimulateSummary};

@@ -53,7 +53,10 @@ pub fn feature_evidence(
 ) -> Vec<FeatureSummary> {
     let n = codes.nrows();
     assert_eq!(words.len(), n, "one word per row of codes");
-    assert!(offsets.first() == Some(&0) && offsets.last() == Some(&n), "offsets cover the rows");
+    assert!(
+        offsets.first() == Some(&0) && offsets.last() == Some(&n),
+        "offsets cover the rows"
+    );
     let text_of = |row: usize| offsets.partition_point(|&o| o <= row) - 1;
     (0..codes.ncols())
         .into_par_iter()
@@ -139,8 +142,14 @@ mod tests {
         assert_eq!((e.token.as_str(), e.right.clone()), ("e", vec!["f".to_string()]));
         let e = &f0.examples[1];
         assert_eq!((e.text, e.word, e.token.as_str()), (0, 1, "b"));
-        assert_eq!((e.left.clone(), e.right.clone()), (vec!["a".to_string()], vec!["c".to_string()]));
+        assert_eq!(
+            (e.left.clone(), e.right.clone()),
+            (vec!["a".to_string()], vec!["c".to_string()])
+        );
         // feature 1: two active rows, both kept
-        assert_eq!(ev[1].examples.iter().map(|e| e.token.as_str()).collect::<Vec<_>>(), ["e", "a"]);
+        assert_eq!(
+            ev[1].examples.iter().map(|e| e.token.as_str()).collect::<Vec<_>>(),
+            ["e", "a"]
+        );
     }
 }

@@ -58,6 +58,11 @@ const BUILTINS: &[(&str, &str)] = &[
         "reading_features",
         include_str!("../../data-schemas/reading_features.json"),
     ),
+    (
+        "feature_examples",
+        include_str!("../../data-schemas/feature_examples.json"),
+    ),
+    ("sae_codes", include_str!("../../data-schemas/sae_codes.json")),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -74,6 +79,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "reading_words",
     "reading_features",
     "feature_examples",
+    "sae_codes",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
@@ -610,4 +616,35 @@ fn is_identifier(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_file_is_embedded_under_its_table_name() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data-schemas");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let mut tables: Vec<String> = BUILTIN_TABLES.iter().map(|s| s.to_string()).collect();
+        tables.sort();
+        assert_eq!(files, tables, "data-schemas/*.json vs BUILTIN_TABLES");
+        assert_eq!(BUILTINS.len(), BUILTIN_TABLES.len());
+        for name in BUILTIN_TABLES {
+            let s = TableSchema::builtin(name).unwrap();
+            assert_eq!(&s.table, name);
+            let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap();
+            assert_eq!(
+                BUILTINS.iter().find(|(n, _)| n == name).unwrap().1,
+                text,
+                "{name} embedded as is"
+            );
+        }
+    }
 }
