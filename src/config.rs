@@ -117,6 +117,22 @@ pub struct SaeSection {
     /// Also train on the stimulus words.
     #[serde(default = "yes")]
     pub include_stimulus: bool,
+    /// "relu" (L1 penalty, the paper's; default) or "topk" (the `k` largest pre-activations per
+    /// word, AuxK loss for dead latents; `l1` and `resample-every` are then unused).
+    #[serde(default = "default_architecture", skip_serializing_if = "is_relu")]
+    pub architecture: String,
+    /// Active features per word for "topk" (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<usize>,
+    /// "topk": a feature counts as dead (and enters the AuxK term) after this many training rows
+    /// without firing (default 10,000,000, as sparsify; lower it for small corpora).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_after_tokens: Option<u64>,
+    /// Use pretrained SAEs instead of training: a folder per layer, `{layer}` standing for the
+    /// layer number (cortexflow, SAELens or sparsify folders), relative to the data root or
+    /// absolute. Quality is then measured on all stimulus and corpus rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
     #[serde(default = "default_expansion")]
     pub expansion: usize,
     #[serde(default = "default_l1")]
@@ -246,6 +262,12 @@ fn default_lr() -> f32 {
 }
 fn default_sae_batch() -> usize {
     1024
+}
+fn default_architecture() -> String {
+    "relu".into()
+}
+fn is_relu(a: &String) -> bool {
+    a == "relu"
 }
 fn default_steps() -> usize {
     300
@@ -411,6 +433,38 @@ impl Plan {
                 return Err(invalid(path, "sae.corpus", format!("{} does not exist", p.display())));
             }
             corpus.push(p);
+        }
+
+        let sae = &file.sae;
+        match sae.architecture.as_str() {
+            "relu" => {}
+            "topk" => {
+                let k = sae.k.unwrap_or(crate::sae::TopKTrainConfig::default().k);
+                let d_sae = sae.expansion * d_model;
+                if k == 0 || k > d_sae {
+                    return Err(invalid(
+                        path,
+                        "sae.k",
+                        format!("k = {k} must be between 1 and the number of features ({d_sae})"),
+                    ));
+                }
+            }
+            other => {
+                return Err(invalid(
+                    path,
+                    "sae.architecture",
+                    format!("unknown SAE architecture `{other}` (relu, topk)"),
+                ))
+            }
+        }
+        if let Some(pattern) = &sae.pretrained {
+            for &l in &layers {
+                let dir = data_root.join(pattern.replace("{layer}", &l.to_string()));
+                let loaded = crate::sae::load_sae(&dir).map_err(|e| invalid(path, "sae.pretrained", e))?;
+                loaded
+                    .check_input(d_model)
+                    .map_err(|e| invalid(path, "sae.pretrained", format!("layer {l}: {e}")))?;
+            }
         }
 
         // ---- a reading-time pipeline: stories and reading times from [reading]

@@ -36,6 +36,19 @@ fn story_subset(dir: &Path) -> (PathBuf, usize) {
 
 /// A reading pipeline over the subset; `reading_extra` adds or overrides `[reading]` keys.
 fn pipeline(dir: &Path, store: &Path, out: &str, words: &Path, rts: &str, reading_extra: &str) -> PathBuf {
+    pipeline_with_sae(dir, store, out, words, rts, reading_extra, "")
+}
+
+/// As [`pipeline`], with extra `[sae]` keys.
+fn pipeline_with_sae(
+    dir: &Path,
+    store: &Path,
+    out: &str,
+    words: &Path,
+    rts: &str,
+    reading_extra: &str,
+    sae_extra: &str,
+) -> PathBuf {
     let text = format!(
         r#"name = "ns-test"
 output = "{out}"
@@ -54,6 +67,7 @@ l1 = 5.0
 steps = 150
 batch-size = 512
 seed = 3
+{sae_extra}
 
 [reading]
 words = "{words}"
@@ -234,17 +248,29 @@ fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
     rows.push("w02\t1\t4\tto\tNA".into()); // missing
     let rts = tmp.path().join("rts.tsv");
     std::fs::write(&rts, rows.join("\n") + "\n").unwrap();
-    let p = pipeline(
+    // a TopK SAE trained in the pipeline (k = 8; dead latents after 5,000 rows enter AuxK)
+    let p = pipeline_with_sae(
         tmp.path(),
         &store(),
         "subj",
         &words,
         rts.to_str().unwrap(),
         "rt-column = \"RT\"\nsubject-column = \"WorkerId\"\nrandom-seeds = 0\nfeatures = \"all\"",
+        "architecture = \"topk\"\nk = 8\ndead-after-tokens = 5000",
     );
     run(&p, 2);
     let out = tmp.path().join("subj");
     check_schema(&out, "reading_comparison", Some(2)); // norm, sae-all
+    let q = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         q = pq.read_table(sys.argv[1]).to_pylist()[0]\n\
+         print(q['mean_l0'], q['d_sae'], q['r2'])",
+        &[out.join("sae_quality.parquet").to_str().unwrap()],
+    );
+    let q: Vec<f64> = q.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert!(q[0] > 7.0 && q[0] <= 8.0, "TopK k = 8: mean L0 {}", q[0]);
+    assert_eq!(q[1], 1152.0);
+    assert!(q[2] > 0.3, "TopK SAE held-out R² {}", q[2]);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     for line in [
         "| position not in the story | 1 |".to_string(),
@@ -290,4 +316,51 @@ fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
         (var - want).abs() < 0.15 * want,
         "subject variance {var}, simulated offsets' {want}"
     );
+}
+
+#[test]
+fn a_pretrained_saelens_folder_replaces_training() {
+    use cortexflow::sae::{save_saelens_sae, ReluSae, Sae, SaeKind, SaeMeta};
+    let tmp = tempfile::tempdir().unwrap();
+    let (words, _) = story_subset(tmp.path());
+    let k = 12;
+    let sae = Sae::new(SaeKind::TopK { k }, ReluSae::random(576, 768, 5), true).unwrap();
+    save_saelens_sae(&sae, &SaeMeta::default(), &tmp.path().join("saes/layer6")).unwrap();
+    let pattern = tmp.path().join("saes/layer{layer}");
+    let p = pipeline_with_sae(
+        tmp.path(),
+        &store(),
+        "pre",
+        &words,
+        "naturalstories/naturalstories_RTS_processed_wordinfo.tsv",
+        "random-seeds = 0\nfeatures = \"all\"\nmin-active = 1",
+        &format!("pretrained = \"{}\"", pattern.display()),
+    );
+    run(&p, 1);
+    let out = tmp.path().join("pre");
+    let q = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         q = pq.read_table(sys.argv[1]).to_pylist()[0]\n\
+         print(q['n_train'], q['d_sae'], q['mean_l0'])",
+        &[out.join("sae_quality.parquet").to_str().unwrap()],
+    );
+    let q: Vec<f64> = q.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!((q[0], q[1]), (0.0, 768.0), "not trained; the folder's width");
+    assert!(q[2] > 0.0 && q[2] <= k as f64, "mean L0 {} with k = {k}", q[2]);
+    // a folder of the wrong width is refused before anything runs
+    let bad = Sae::new(SaeKind::Relu, ReluSae::random(100, 200, 5), true).unwrap();
+    save_saelens_sae(&bad, &SaeMeta::default(), &tmp.path().join("bad/layer6")).unwrap();
+    let p = pipeline_with_sae(
+        tmp.path(),
+        &store(),
+        "bad",
+        &words,
+        "naturalstories/naturalstories_RTS_processed_wordinfo.tsv",
+        "",
+        &format!("pretrained = \"{}\"", tmp.path().join("bad/layer{layer}").display()),
+    );
+    let o = support::bin().args(["validate", p.to_str().unwrap()]).output().unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("sae.pretrained") && e.contains("d_in"), "{e}");
 }

@@ -5,7 +5,8 @@
 //! Stages and their artifacts:
 //! - `story`: a validated [`Story`] (JSON), keyed by its content;
 //! - `lm`: per (story, layer) word × d_model activations (f32), plus the words' surprisal/entropy;
-//! - `sae`: a ReLU SAE per layer (a folder: cfg.json + sae_weights.safetensors) and its quality;
+//! - `sae`: an SAE per layer (a folder: cfg.json + sae_weights.safetensors): trained ReLU
+//!   (cortexflow folder) or TopK (SAELens folder), or a pretrained folder copied in; its quality;
 //! - `codes`: per (story, layer) word × d_sae codes (f32);
 //! - `design`: per (story, layer, feature set) TR × feature design matrix (f64, z-scored);
 //! - `roi`: one subject's response table (f64 TR × ROI) with its constant-column list;
@@ -178,7 +179,9 @@ pub struct SaeRecord {
     pub mean_l0: f64,
     pub dead_fraction: f64,
     pub dense_fraction: f64,
-    pub final_loss: f64,
+    /// Training loss at the last step; None for a pretrained SAE.
+    #[serde(default)]
+    pub final_loss: Option<f64>,
 }
 
 pub fn sae_train_config(plan: &Plan) -> SaeTrainConfig {
@@ -208,6 +211,9 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
     }
     let id = k.finish();
     let heldout_every = (1.0 / ctx.plan.file.sae.heldout_fraction.clamp(1e-3, 0.5)).round() as usize;
+    if let Some(pattern) = &ctx.plan.file.sae.pretrained {
+        return pretrained_sae_stage(ctx, layer, inputs, pattern);
+    }
     ctx.store.dir("sae", &id, |dir| {
         let mats = inputs
             .iter()
@@ -218,13 +224,29 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
         let (train_rows, held_rows): (Vec<usize>, Vec<usize>) = (0..x.nrows()).partition(|i| i % heldout_every != 0);
         let train = x.select(Axis(0), &train_rows);
         let held = x.select(Axis(0), &held_rows);
-        let (model, report) = sae::train_relu_sae(train.view(), &cfg)?;
-        let q = sae::sae_quality(&model, held.view());
-        sae::save_relu_sae(&model, Some(&cfg), dir)?;
+        let (model, report) = match ctx.plan.file.sae.architecture.as_str() {
+            "topk" => {
+                let topk = topk_config(&ctx.plan);
+                let (model, report) = sae::train_topk_sae(train.view(), &cfg, &topk)?;
+                let meta = sae::SaeMeta {
+                    model_name: None,
+                    hook_name: Some(format!("layer {layer} residual stream, word vectors")),
+                    hook_layer: Some(layer as i64),
+                };
+                sae::save_saelens_sae(&model, &meta, dir)?;
+                (model, report)
+            }
+            _ => {
+                let (model, report) = sae::train_relu_sae(train.view(), &cfg)?;
+                sae::save_relu_sae(&model, Some(&cfg), dir)?;
+                (sae::Sae::from(model), report)
+            }
+        };
+        let q = model.quality(held.view());
         let rec = SaeRecord {
             layer,
-            d_in: model.d_in,
-            d_sae: model.d_sae,
+            d_in: model.d_in(),
+            d_sae: model.d_sae(),
             n_train: train.nrows(),
             n_heldout: held.nrows(),
             r2: q.r2,
@@ -232,10 +254,77 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
             mean_l0: q.mean_l0,
             dead_fraction: q.dead_fraction,
             dense_fraction: q.dense_fraction,
-            final_loss: report.logs.last().map(|l| l.loss as f64).unwrap_or(f64::NAN),
+            final_loss: report.logs.last().map(|l| l.loss as f64),
         };
         let path = dir.join("quality.json");
         crate::paths::write_atomic(&path, serde_json::to_string_pretty(&rec).unwrap().as_bytes())
+    })?;
+    Ok(id)
+}
+
+fn topk_config(plan: &Plan) -> sae::TopKTrainConfig {
+    let s = &plan.file.sae;
+    let d = sae::TopKTrainConfig::default();
+    sae::TopKTrainConfig {
+        k: s.k.unwrap_or(d.k),
+        dead_after_tokens: s.dead_after_tokens.unwrap_or(d.dead_after_tokens),
+        ..d
+    }
+}
+
+/// A pretrained SAE folder for `layer` copied into the store (keyed by its files' contents), with
+/// its quality on all the layer's rows (none of which it was trained on here).
+fn pretrained_sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId], pattern: &str) -> Result<ArtifactId> {
+    let src = ctx.plan.data_root.join(pattern.replace("{layer}", &layer.to_string()));
+    let mut k = KeyBuilder::new("sae-pretrained", REV_SAE).config("layer", &layer);
+    let mut names: Vec<_> = std::fs::read_dir(&src)
+        .map_err(|e| Error::io(&src, e))?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort();
+    for n in &names {
+        let p = src.join(n);
+        if p.is_file() {
+            k = k.part(&n.to_string_lossy(), std::fs::read(&p).map_err(|e| Error::io(&p, e))?);
+        }
+    }
+    for id in inputs {
+        k = k.part("input", id);
+    }
+    let id = k.finish();
+    ctx.store.dir("sae", &id, |dir| {
+        for n in &names {
+            let p = src.join(n);
+            if p.is_file() {
+                std::fs::copy(&p, dir.join(n)).map_err(|e| Error::io(&p, e))?;
+            }
+        }
+        let loaded = sae::load_sae(dir)?;
+        let mats = inputs
+            .iter()
+            .map(|a| Ok(ctx.store.load_arrays("lm", a)?.f32("x")?.to_owned()))
+            .collect::<Result<Vec<_>>>()?;
+        let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
+        let x = concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+        loaded.check_input(x.ncols())?;
+        let q = loaded.sae.quality(x.view());
+        let rec = SaeRecord {
+            layer,
+            d_in: loaded.sae.d_in(),
+            d_sae: loaded.sae.d_sae(),
+            n_train: 0,
+            n_heldout: x.nrows(),
+            r2: q.r2,
+            fvu: q.fvu,
+            mean_l0: q.mean_l0,
+            dead_fraction: q.dead_fraction,
+            dense_fraction: q.dense_fraction,
+            final_loss: None,
+        };
+        crate::paths::write_atomic(
+            &dir.join("quality.json"),
+            serde_json::to_string_pretty(&rec).unwrap().as_bytes(),
+        )
     })?;
     Ok(id)
 }
@@ -261,8 +350,10 @@ pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> 
     ctx.store.arrays("codes", &id, || {
         let x = ctx.store.load_arrays("lm", act_id)?;
         let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
-        let (model, _) = sae::load_relu_sae(&dir)?;
-        Ok(Arrays::default().with_f32("x", model.encode(x.f32("x")?)))
+        let loaded = sae::load_sae(&dir)?;
+        let x = x.f32("x")?;
+        loaded.check_input(x.ncols())?;
+        Ok(Arrays::default().with_f32("x", loaded.sae.encode(x)))
     })?;
     Ok(id)
 }
