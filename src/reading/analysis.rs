@@ -10,10 +10,11 @@
 //!    its top-20 words are open-class, they span ≥ 5 distinct forms (not lexical) and
 //!    |r(activation, entropy)| < 0.5 (not a prediction feature). `all`: every feature active on at
 //!    least `min_active` words.
-//! 3. Principal components: the selected features' codes are z-scored over the story words, and
-//!    the top-k eigenvectors of their covariance give k scores per word (each z-scored; the sign of
-//!    each component is fixed so that its largest loading is positive). The covariance is
-//!    accumulated over fixed row blocks in block order, so it does not depend on the thread count.
+//! 3. Principal components: the live features' codes are z-scored over the story words and their
+//!    Gram matrix is computed once per layer (over fixed row blocks, summed in block order, so it
+//!    does not depend on the thread count); for each feature set the top-k eigenvectors of its
+//!    submatrix (the set's correlation matrix) give k scores per word (each z-scored; the sign of
+//!    each component is fixed so that its largest loading is positive).
 //! 4. Models, all fitted by ML on the same rows: baseline = controls + random intercepts;
 //!    + PCs of the selected features; + PCs of random feature subsets of the same size (sampled
 //!    from all features active on ≥ `min_active` words, one subset per seed); + a word norm (value
@@ -186,34 +187,75 @@ pub fn feature_evidence(
         .collect()
 }
 
-/// Top-`k` principal-component scores (n_words, ≤ k) of the columns `cols` of `codes`, each
-/// z-scored; fewer than `k` when the columns span fewer non-degenerate directions. Also returns
-/// the fraction of the (z-scored) variance the components explain.
-pub fn pca_scores(codes: ArrayView2<'_, f32>, cols: &[usize], k: usize) -> Result<(Array2<f64>, f64)> {
+/// The live features' codes z-scored over the story words, and their Gram matrix XᵀX (= n × the
+/// correlation matrix), computed once per layer and shared by every subset's PCA.
+#[derive(Debug, Clone)]
+pub struct ZCodes {
+    /// (n_words, m) z-scored codes of `features`.
+    pub x: Array2<f64>,
+    /// (m, m)
+    pub gram: Array2<f64>,
+    /// Feature id of each column.
+    pub features: Vec<usize>,
+}
+
+/// Z-scores the columns `features` of `codes` and accumulates XᵀX over fixed row blocks, each a
+/// sequential faer product, summed in block order (the same result for any thread count).
+pub fn zcodes(codes: ArrayView2<'_, f32>, features: &[usize]) -> ZCodes {
     let n = codes.nrows();
-    let mut x = Array2::<f64>::zeros((n, cols.len()));
-    for (c, &j) in cols.iter().enumerate() {
+    let m = features.len();
+    let mut x = Array2::<f64>::zeros((n, m));
+    for (c, &j) in features.iter().enumerate() {
         x.column_mut(c).assign(&codes.column(j).mapv(f64::from));
     }
     zscore_columns(x.view_mut());
-    let m = x.ncols();
-    if m == 0 || n < 2 {
-        return Ok((Array2::zeros((n, 0)), 0.0));
-    }
-    // XᵀX over fixed row blocks, summed in block order
-    let blocks: Vec<Array2<f64>> = (0..n.div_ceil(COV_BLOCK))
+    let blocks: Vec<faer::Mat<f64>> = (0..n.div_ceil(COV_BLOCK))
         .into_par_iter()
         .map(|b| {
             let xb = x.slice(ndarray::s![b * COV_BLOCK..((b + 1) * COV_BLOCK).min(n), ..]);
-            xb.t().dot(&xb)
+            let fb = faer::Mat::from_fn(xb.nrows(), m, |i, j| xb[[i, j]]);
+            let mut g = faer::Mat::<f64>::zeros(m, m);
+            faer::linalg::matmul::matmul(
+                g.as_mut(),
+                faer::Accum::Replace,
+                fb.transpose(),
+                fb.as_ref(),
+                1.0,
+                faer::Par::Seq,
+            );
+            g
         })
         .collect();
-    let mut cov = Array2::<f64>::zeros((m, m));
-    for b in &blocks {
-        cov += b;
+    let mut gram = Array2::<f64>::zeros((m, m));
+    for g in &blocks {
+        gram.zip_mut_with(&Array2::from_shape_fn((m, m), |(i, j)| g[(i, j)]), |a, b| *a += b);
     }
-    let total: f64 = (0..m).map(|j| cov[[j, j]]).sum();
-    let cm = faer::Mat::from_fn(m, m, |i, j| cov[[i, j]]);
+    ZCodes {
+        x,
+        gram,
+        features: features.to_vec(),
+    }
+}
+
+/// Top-`k` principal-component scores (n_words, ≤ k) of the features `subset` (each must be in
+/// `z.features`), each z-scored; fewer than `k` when the features span fewer non-degenerate
+/// directions. Also returns the fraction of the (z-scored) variance the components explain.
+pub fn pca_scores(z: &ZCodes, subset: &[usize], k: usize) -> Result<(Array2<f64>, f64)> {
+    let n = z.x.nrows();
+    let cols: Vec<usize> = subset
+        .iter()
+        .map(|f| {
+            z.features
+                .binary_search(f)
+                .map_err(|_| Error::Invalid(format!("feature {f} is not among the live features")))
+        })
+        .collect::<Result<_>>()?;
+    let m = cols.len();
+    if m == 0 || n < 2 {
+        return Ok((Array2::zeros((n, 0)), 0.0));
+    }
+    let total: f64 = cols.iter().map(|&c| z.gram[[c, c]]).sum();
+    let cm = faer::Mat::from_fn(m, m, |i, j| z.gram[[cols[i], cols[j]]]);
     let (lam, vecs) = crate::encoding::ridge::eigh_above_roundoff(cm.as_ref(), n, m, "feature covariance")?;
     let r = k.min(lam.len());
     let mut v = Array2::<f64>::zeros((m, r));
@@ -230,7 +272,8 @@ pub fn pca_scores(codes: ArrayView2<'_, f32>, cols: &[usize], k: usize) -> Resul
             v[[i, c]] = sign * vecs[(i, c)];
         }
     }
-    let mut scores = x.dot(&v);
+    let xs = z.x.select(Axis(1), &cols);
+    let mut scores = xs.dot(&v);
     zscore_columns(scores.view_mut());
     let explained = if total > 0.0 {
         lam[..r].iter().sum::<f64>() / total
@@ -349,4 +392,56 @@ pub fn norm_columns(words: &[WordInfo]) -> (Array2<f64>, Vec<String>) {
 pub fn stack(mats: &[Array2<f32>]) -> Result<Array2<f32>> {
     let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
     ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(format!("codes do not stack: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn principal_components_match_a_direct_svd_and_are_uncorrelated() {
+        let mut rng = SplitMix64::new(4);
+        let (n, d) = (300, 20);
+        // correlated, sparse-ish non-negative codes
+        let base = Array2::from_shape_simple_fn((n, 4), || rng.normal());
+        let mix = Array2::from_shape_simple_fn((4, d), || rng.normal());
+        let codes = base.dot(&mix).mapv(|v| (v as f32).max(0.0));
+        let features: Vec<usize> = (0..d).collect();
+        let z = zcodes(codes.view(), &features);
+        let subset = [1usize, 3, 4, 7, 8, 11, 15, 19];
+        let (scores, explained) = pca_scores(&z, &subset, 3).unwrap();
+        assert_eq!(scores.dim(), (n, 3));
+        // second implementation: singular values of the z-scored subset by faer's SVD
+        let xs = z.x.select(Axis(1), &subset);
+        let fx = faer::Mat::from_fn(n, subset.len(), |i, j| xs[[i, j]]);
+        let sv = fx.singular_values().unwrap();
+        let total: f64 = sv.iter().map(|s| s * s).sum();
+        let top: f64 = sv.iter().take(3).map(|s| s * s).sum();
+        assert!(
+            (explained - top / total).abs() < 1e-10,
+            "{explained} vs {}",
+            top / total
+        );
+        // z-scored, mutually uncorrelated scores; the first is X v₁ up to scale
+        let c = scores.t().dot(&scores) / n as f64;
+        for i in 0..3 {
+            for j in 0..3 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((c[[i, j]] - want).abs() < 1e-9, "cov[{i},{j}] = {}", c[[i, j]]);
+            }
+        }
+        // a feature outside the live set is an error
+        assert!(pca_scores(&z, &[25], 2).is_err());
+    }
+
+    #[test]
+    fn random_subsets_are_distinct_sorted_and_seeded() {
+        let pool: Vec<usize> = (10..60).collect();
+        let a = random_subset(&pool, 12, 1);
+        assert_eq!(a.len(), 12);
+        assert!(a.windows(2).all(|w| w[0] < w[1]) && a.iter().all(|v| pool.contains(v)));
+        assert_eq!(a, random_subset(&pool, 12, 1));
+        assert_ne!(a, random_subset(&pool, 12, 2));
+        assert_eq!(random_subset(&pool, 80, 1).len(), 50);
+    }
 }

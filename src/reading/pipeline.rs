@@ -470,6 +470,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
         "reading models (layer × feature set)",
     );
     for (layer, sae_id) in &snap.saes {
+        let layer_started = Instant::now();
         let mut mats = Vec::new();
         for s in &r.stories {
             let lm = stages::lm_stage(&ctx, &mut None, s)?;
@@ -490,12 +491,13 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
             .filter(|e| e.n_active >= rule.min_active)
             .map(|e| e.feature as usize)
             .collect();
+        let z = analysis::zcodes(codes.view(), &alive);
         let mut run_set =
             |cols: &[usize], model: &str, seed: Option<u64>, fitted: &mut Vec<FittedModel>| -> Result<()> {
                 if cols.is_empty() {
                     return Ok(());
                 }
-                let (pcs, expl) = analysis::pca_scores(codes.view(), cols, r.section.n_pcs)?;
+                let (pcs, expl) = analysis::pca_scores(&z, cols, r.section.n_pcs)?;
                 let names: Vec<String> = (1..=pcs.ncols()).map(|k| format!("pc{k}")).collect();
                 let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, pcs.view(), &names)?;
                 push(
@@ -517,6 +519,13 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
             run_set(&subset, "random", Some(seed), &mut fitted)?;
             pb.inc(1);
         }
+        tracing::info!(
+            layer = *layer,
+            selected = selected.len(),
+            alive = alive.len(),
+            seconds = layer_started.elapsed().as_secs_f64(),
+            "reading models of the layer done"
+        );
         evidence.push((*layer, ev));
         examples.push((
             *layer,
