@@ -255,7 +255,8 @@ fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
         "subj",
         &words,
         rts.to_str().unwrap(),
-        "rt-column = \"RT\"\nsubject-column = \"WorkerId\"\nrandom-seeds = 0\nfeatures = \"all\"",
+        "rt-column = \"RT\"\nsubject-column = \"WorkerId\"\nrandom-seeds = 0\nfeatures = \"all\"\n\
+         subject-slopes = [\"lm_surprisal\"]",
         "architecture = \"topk\"\nk = 8\ndead-after-tokens = 5000",
     );
     run(&p, 2);
@@ -272,6 +273,7 @@ fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
     assert_eq!(q[1], 1152.0);
     assert!(q[2] > 0.3, "TopK SAE held-out R² {}", q[2]);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("(1 + lm_surprisal | subject) + (1 | word)"), "{report}");
     for line in [
         "| position not in the story | 1 |".to_string(),
         "| word differs from the story's | 2 |".into(),
@@ -288,7 +290,10 @@ fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
         &[out.join("reading_random.parquet").to_str().unwrap()],
     );
     let g = groups.trim();
-    assert!(g.starts_with("subject=12 word="), "{g}");
+    assert!(
+        g.starts_with("subject=12 subject=12 word="),
+        "intercept and slope by subject: {g}"
+    );
     let n_levels: usize = g
         .split("word=")
         .nth(1)
@@ -305,7 +310,7 @@ fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
     // subjects with negative offsets (their means rise) — within 15%
     let v = support::run_python(
         "import sys, pyarrow.parquet as pq\n\
-         r = [x for x in pq.read_table(sys.argv[1]).to_pylist() if x['model'] == 'baseline' and x['group'] == 'subject']\n\
+         r = [x for x in pq.read_table(sys.argv[1]).to_pylist() if x['model'] == 'baseline' and x['group'] == 'subject' and x['effect'] == '(Intercept)']\n\
          print(r[0]['variance'])",
         &[out.join("reading_random.parquet").to_str().unwrap()],
     );

@@ -57,6 +57,9 @@ pub struct ReadingSection {
     /// Subject column of per-subject rows; absent for per-word means.
     #[serde(default)]
     pub subject_column: Option<String>,
+    /// By-subject random slopes (per-subject rows only): control names, e.g. ["lm_surprisal"].
+    #[serde(default)]
+    pub subject_slopes: Vec<String>,
     /// Word column of the RT file, checked against the story's word at that position ("" = none).
     #[serde(default = "default_word_column")]
     pub rt_word_column: String,
@@ -178,6 +181,13 @@ pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<R
             pipeline,
             "features",
             "the `semantic` selection needs `parses` (part-of-speech tags); set `parses` or use `all`",
+        ));
+    }
+    if !s.subject_slopes.is_empty() && s.subject_column.is_none() {
+        return Err(invalid(
+            pipeline,
+            "subject-slopes",
+            "by-subject slopes need per-subject rows (`subject-column`)",
         ));
     }
     if s.n_pcs == 0 {
@@ -331,13 +341,29 @@ fn base_design(r: &ReadingInputs, lm_surprisal: &[Option<f64>]) -> Result<(BaseD
         }
     };
     let terms = if d.per_subject {
+        let mut subject = factor(
+            "subject",
+            rows.iter()
+                .map(|&i| d.obs[i].subject.clone().unwrap_or_default())
+                .collect(),
+        );
+        // by-subject random slopes of chosen controls (correlated with the intercept, as lme4's
+        // `(1 + x | subject)`), on the z-scored control columns
+        for slope in &s.subject_slopes {
+            let Some(c) = names.iter().position(|n| n == slope).filter(|&c| c > 0) else {
+                return Err(Error::Invalid(format!(
+                    "reading.subject-slopes: `{slope}` is not a control of this model ({})",
+                    names[1..].join(", ")
+                )));
+            };
+            let mut z = Array2::<f64>::zeros((rows.len(), subject.z.ncols() + 1));
+            z.slice_mut(ndarray::s![.., ..subject.z.ncols()]).assign(&subject.z);
+            z.column_mut(subject.z.ncols()).assign(&x.column(c));
+            subject.z = z;
+            subject.effect_names.push(slope.clone());
+        }
         vec![
-            factor(
-                "subject",
-                rows.iter()
-                    .map(|&i| d.obs[i].subject.clone().unwrap_or_default())
-                    .collect(),
-            ),
+            subject,
             factor(
                 "word",
                 rows.iter()
@@ -368,7 +394,18 @@ fn base_design(r: &ReadingInputs, lm_surprisal: &[Option<f64>]) -> Result<(BaseD
 
 /// The formula of the baseline in lme4 notation (for the tables and the report).
 fn base_formula(b: &BaseDesign) -> String {
-    let groups: Vec<String> = b.terms.iter().map(|t| format!("(1 | {})", t.name)).collect();
+    let groups: Vec<String> = b
+        .terms
+        .iter()
+        .map(|t| {
+            let effects: Vec<&str> = t
+                .effect_names
+                .iter()
+                .map(|e| if e == "(Intercept)" { "1" } else { e.as_str() })
+                .collect();
+            format!("({} | {})", effects.join(" + "), t.name)
+        })
+        .collect();
     format!("rt ~ {} + {}", b.names[1..].join(" + "), groups.join(" + "))
 }
 
@@ -657,19 +694,24 @@ fn fixed_batch(res: &ReadingResult) -> Result<RecordBatch> {
 fn random_batch(res: &ReadingResult) -> Result<RecordBatch> {
     let (mut layer, mut model, mut seed, mut group, mut variance, mut levels) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut effect_col: Vec<String> = vec![];
     for m in &res.fitted {
-        for (name, _, cov) in &m.fit.covariances {
-            layer.push(m.layer.map(|l| l as u16));
-            model.push(m.model.clone());
-            seed.push(m.seed);
-            group.push(name.clone());
-            variance.push(cov[[0, 0]]);
-            levels.push(m.fit.n_levels.iter().find(|(g, _)| g == name).map(|(_, n)| *n as u32));
+        for (name, effects, cov) in &m.fit.covariances {
+            for (e, effect) in effects.iter().enumerate() {
+                layer.push(m.layer.map(|l| l as u16));
+                model.push(m.model.clone());
+                seed.push(m.seed);
+                group.push(name.clone());
+                effect_col.push(effect.clone());
+                variance.push(cov[[e, e]]);
+                levels.push(m.fit.n_levels.iter().find(|(g, _)| g == name).map(|(_, n)| *n as u32));
+            }
         }
         layer.push(m.layer.map(|l| l as u16));
         model.push(m.model.clone());
         seed.push(m.seed);
         group.push("Residual".into());
+        effect_col.push(String::new());
         variance.push(m.fit.sigma2);
         levels.push(None);
     }
@@ -678,6 +720,7 @@ fn random_batch(res: &ReadingResult) -> Result<RecordBatch> {
         ("model", s(model), false),
         ("seed", Arc::new(UInt64Array::from_iter(seed)), true),
         ("group", s(group), false),
+        ("effect", s(effect_col), false),
         ("variance", Arc::new(Float64Array::from(variance)), false),
         ("n_levels", Arc::new(UInt32Array::from_iter(levels)), true),
     ])
