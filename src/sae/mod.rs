@@ -17,6 +17,8 @@
 //!   [`train_topk_sae`] (same trainer, TopK objective with the AuxK dead-latent term,
 //!   [`TopKTrainConfig`]), [`SaeTrainConfig`] with [`SaeTrainConfig::check`], [`TrainReport`].
 //! - [`metrics`]: [`sae_quality`] / [`Sae::quality`] (R², FVU, mean L0, dead and dense fractions).
+//! - [`directions`]: decoder-cosine alignment of features between two SAEs (best match and
+//!   similarity) and reconstruction with chosen features ablated to their mean.
 //! - [`evidence`]: per feature, its top-activating words with ±5 words of context, density, mean.
 //! - [`io`]: [`save_relu_sae`] / [`load_relu_sae`] (cortexflow folders: `cfg.json` +
 //!   `sae_weights.safetensors` with SAELens tensor names); [`load_sae`] for cortexflow, SAELens
@@ -43,6 +45,7 @@
 //! # Ok::<(), cortexflow::Error>(())
 //! ```
 
+pub mod directions;
 pub mod evidence;
 pub mod io;
 mod linalg;
