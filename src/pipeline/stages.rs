@@ -215,12 +215,7 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
         return pretrained_sae_stage(ctx, layer, inputs, pattern);
     }
     ctx.store.dir("sae", &id, |dir| {
-        let mats = inputs
-            .iter()
-            .map(|a| Ok(ctx.store.load_arrays("lm", a)?.f32("x")?.to_owned()))
-            .collect::<Result<Vec<_>>>()?;
-        let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
-        let x = concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+        let x = layer_rows(ctx, inputs)?;
         let (train_rows, held_rows): (Vec<usize>, Vec<usize>) = (0..x.nrows()).partition(|i| i % heldout_every != 0);
         let train = x.select(Axis(0), &train_rows);
         let held = x.select(Axis(0), &held_rows);
@@ -262,6 +257,16 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
     Ok(id)
 }
 
+/// The activation artifacts `inputs` (one layer, several texts) stacked in the given order.
+fn layer_rows(ctx: &Ctx, inputs: &[ArtifactId]) -> Result<Array2<f32>> {
+    let mats = inputs
+        .iter()
+        .map(|a| Ok(ctx.store.load_arrays("lm", a)?.f32("x")?.to_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
+    concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))
+}
+
 fn topk_config(plan: &Plan) -> sae::TopKTrainConfig {
     let s = &plan.file.sae;
     let d = sae::TopKTrainConfig::default();
@@ -300,12 +305,7 @@ fn pretrained_sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId], pattern:
             }
         }
         let loaded = sae::load_sae(dir)?;
-        let mats = inputs
-            .iter()
-            .map(|a| Ok(ctx.store.load_arrays("lm", a)?.f32("x")?.to_owned()))
-            .collect::<Result<Vec<_>>>()?;
-        let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
-        let x = concatenate(Axis(0), &views).map_err(|e| Error::Invalid(e.to_string()))?;
+        let x = layer_rows(ctx, inputs)?;
         loaded.check_input(x.ncols())?;
         let q = loaded.sae.quality(x.view());
         let rec = SaeRecord {

@@ -13,11 +13,11 @@ use crate::dataflow::Snapshot;
 use crate::store::{write_table_parquet, TableSchema};
 use crate::{Error, Result};
 
-fn batch(cols: Vec<(&str, ArrayRef, bool)>) -> Result<RecordBatch> {
+pub(crate) fn batch(cols: Vec<(&str, ArrayRef, bool)>) -> Result<RecordBatch> {
     RecordBatch::try_from_iter_with_nullable(cols).map_err(|e| Error::Invalid(format!("building a table: {e}")))
 }
 
-fn utf8(v: Vec<String>) -> ArrayRef {
+pub(crate) fn utf8(v: Vec<String>) -> ArrayRef {
     Arc::new(StringArray::from(v))
 }
 
@@ -266,16 +266,22 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
     let (rows, n_boot, level) = summary_rows(ctx, snap)?;
     let summary = summary_batch(&rows, n_boot, level)?;
     let quality = sae_quality_batch(ctx, snap)?;
-    let sizes = HashMap::new();
-    let pipeline_text = std::fs::read(&ctx.plan.source).unwrap_or_default();
-    let meta = vec![
-        ("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone()),
-        (
-            "cortexflow.pipeline_sha256".to_string(),
-            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text)),
-        ),
-    ];
     let tables = [("fits", fits), ("summary", summary), ("sae_quality", quality)];
+    let mut files = write_tables(ctx, &tables, out)?;
+    let plot = out.join("r_by_layer.png");
+    crate::report::plot_r_by_layer(&rows, &plot)?;
+    files.push(plot);
+    let report = out.join("report.md");
+    crate::paths::write_atomic(&report, crate::report::markdown(ctx, snap, &rows)?.as_bytes())?;
+    files.push(report);
+    Ok(files)
+}
+
+/// Checks every table against its built-in schema (data-schemas/{name}.json) before writing any,
+/// then writes `{out}/{name}.parquet` atomically, with the pipeline's name and file hash as
+/// metadata. Returns the files written.
+pub(crate) fn write_tables(ctx: &Ctx, tables: &[(&str, RecordBatch)], out: &Path) -> Result<Vec<PathBuf>> {
+    let sizes = HashMap::new();
     let schemas = tables
         .iter()
         .map(|(n, _)| TableSchema::builtin(n))
@@ -285,6 +291,14 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
             .check(&b.schema(), &sizes)
             .map_err(|e| Error::Invalid(format!("table {name}: {e}")))?;
     }
+    let pipeline_text = std::fs::read(&ctx.plan.source).unwrap_or_default();
+    let meta = vec![
+        ("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone()),
+        (
+            "cortexflow.pipeline_sha256".to_string(),
+            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text)),
+        ),
+    ];
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut files = Vec::new();
     for ((name, b), schema) in tables.iter().zip(&schemas) {
@@ -292,11 +306,5 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
         write_table_parquet(&p, schema, &sizes, std::slice::from_ref(b), &meta)?;
         files.push(p);
     }
-    let plot = out.join("r_by_layer.png");
-    crate::report::plot_r_by_layer(&rows, &plot)?;
-    files.push(plot);
-    let report = out.join("report.md");
-    crate::paths::write_atomic(&report, crate::report::markdown(ctx, snap, &rows)?.as_bytes())?;
-    files.push(report);
     Ok(files)
 }

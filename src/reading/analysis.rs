@@ -27,11 +27,9 @@ use serde::Serialize;
 
 use crate::reading::inputs::WordInfo;
 use crate::reading::lmm::{fit_lmm, likelihood_ratio_test, LmmFit, LmmOptions, TermData};
+use crate::sae::evidence::FeatureSummary;
 use crate::stats::{pearson, zscore_columns, SplitMix64};
 use crate::{Error, Result};
-
-/// Top-activating words kept per feature.
-pub const TOP_WORDS: usize = 20;
 
 /// Rows per block of the covariance accumulation.
 const COV_BLOCK: usize = 1024;
@@ -122,28 +120,23 @@ pub struct FeatureEvidence {
     pub selected: bool,
 }
 
-/// Evidence and selection for every feature of `codes (n_words, d_sae)`.
+/// Evidence and selection for every feature of `codes (n_words, d_sae)`, from its top words as
+/// found by [`crate::sae::evidence::feature_evidence`] (`summaries`, over the texts delimited by
+/// `offsets`) and the correlation of its activation with `entropy`.
 pub fn feature_evidence(
     codes: ArrayView2<'_, f32>,
+    summaries: &[FeatureSummary],
+    offsets: &[usize],
     words: &[WordInfo],
     entropy: &[f64],
     selection: Selection,
     rule: &SelectionRule,
 ) -> Vec<FeatureEvidence> {
-    let n = codes.nrows();
-    (0..codes.ncols())
-        .into_par_iter()
-        .map(|j| {
-            let col = codes.column(j);
-            let mut active: Vec<(f32, usize)> = col
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| **v > 0.0)
-                .map(|(i, v)| (*v, i))
-                .collect();
-            // largest first; ties by word index (deterministic)
-            active.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let top: Vec<usize> = active.iter().take(TOP_WORDS).map(|a| a.1).collect();
+    summaries
+        .par_iter()
+        .map(|f| {
+            let col = codes.column(f.feature as usize);
+            let top: Vec<usize> = f.examples.iter().map(|e| offsets[e.text] + e.word).collect();
             let open = top
                 .iter()
                 .filter(|&&i| words[i].pos.as_deref().is_some_and(is_open_class))
@@ -163,7 +156,7 @@ pub fn feature_evidence(
             } else {
                 open as f64 / top.len() as f64
             };
-            let alive = active.len() >= rule.min_active;
+            let alive = f.n_active >= rule.min_active;
             let selected = alive
                 && match selection {
                     Selection::All => true,
@@ -174,9 +167,9 @@ pub fn feature_evidence(
                     }
                 };
             FeatureEvidence {
-                feature: j as u32,
-                n_active: active.len(),
-                mean_activation: xs.iter().sum::<f64>() / n.max(1) as f64,
+                feature: f.feature,
+                n_active: f.n_active,
+                mean_activation: f.mean_activation,
                 open_class_fraction,
                 distinct_forms: forms.len(),
                 entropy_r,

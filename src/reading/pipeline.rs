@@ -28,12 +28,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Plan;
 use crate::dataflow;
 use crate::pipeline::stages::{self, Ctx};
+use crate::pipeline::tables::{batch, utf8};
 use crate::pipeline::{self, RunOptions, RunReport};
 use crate::reading::analysis::{self, BaseDesign, Comparison, FeatureEvidence, Selection, SelectionRule};
 use crate::reading::inputs::{self, InputSpec, ReadingData};
 use crate::reading::lmm::{LmmFit, TermData};
-use crate::store::schema::TableSchema;
-use crate::store::write_table_parquet;
 use crate::{Error, Result};
 
 /// `[reading]` of a pipeline file. Paths are relative to the data root.
@@ -506,11 +505,16 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
         (snap.saes.len() * (1 + r.section.random_seeds)) as u64,
         "reading models (layer × feature set)",
     );
+    // the stories' activation ids (all in the store after the dataflow: no model is loaded)
+    let lm_outputs = r
+        .stories
+        .iter()
+        .map(|s| stages::lm_stage(&ctx, &mut None, s))
+        .collect::<Result<Vec<_>>>()?;
     for (layer, sae_id) in &snap.saes {
         let layer_started = Instant::now();
         let mut mats = Vec::new();
-        for s in &r.stories {
-            let lm = stages::lm_stage(&ctx, &mut None, s)?;
+        for lm in &lm_outputs {
             let act = lm
                 .layers
                 .iter()
@@ -521,7 +525,22 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
             mats.push(ctx.store.load_arrays("codes", &codes)?.f32("x")?.to_owned());
         }
         let codes = analysis::stack(&mats)?;
-        let ev = analysis::feature_evidence(codes.view(), &r.data.words, &entropy, r.selection, &rule);
+        let summaries = crate::sae::evidence::feature_evidence(
+            codes.view(),
+            &word_texts,
+            &r.data.story_offsets,
+            crate::sae::evidence::DEFAULT_TOP,
+            crate::sae::evidence::DEFAULT_CONTEXT,
+        );
+        let ev = analysis::feature_evidence(
+            codes.view(),
+            &summaries,
+            &r.data.story_offsets,
+            &r.data.words,
+            &entropy,
+            r.selection,
+            &rule,
+        );
         let selected: Vec<usize> = ev.iter().filter(|e| e.selected).map(|e| e.feature as usize).collect();
         let alive: Vec<usize> = ev
             .iter()
@@ -564,16 +583,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
             "reading models of the layer done"
         );
         evidence.push((*layer, ev));
-        examples.push((
-            *layer,
-            crate::sae::evidence::feature_evidence(
-                codes.view(),
-                &word_texts,
-                &r.data.story_offsets,
-                crate::sae::evidence::DEFAULT_TOP,
-                crate::sae::evidence::DEFAULT_CONTEXT,
-            ),
-        ));
+        examples.push((*layer, summaries));
     }
     pb.finish_and_clear();
     let res = ReadingResult {
@@ -611,14 +621,6 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-fn batch(cols: Vec<(&str, ArrayRef, bool)>) -> Result<RecordBatch> {
-    RecordBatch::try_from_iter_with_nullable(cols).map_err(|e| Error::Invalid(format!("building a table: {e}")))
-}
-
-fn s(v: Vec<String>) -> ArrayRef {
-    Arc::new(StringArray::from(v))
-}
-
 fn comparison_batch(res: &ReadingResult) -> Result<RecordBatch> {
     let c = &res.comparisons;
     let f = |g: &dyn Fn(&Comparison) -> f64| -> ArrayRef { Arc::new(Float64Array::from_iter_values(c.iter().map(g))) };
@@ -628,7 +630,7 @@ fn comparison_batch(res: &ReadingResult) -> Result<RecordBatch> {
             Arc::new(UInt16Array::from_iter(c.iter().map(|x| x.layer.map(|l| l as u16)))),
             true,
         ),
-        ("model", s(c.iter().map(|x| x.model.clone()).collect()), false),
+        ("model", utf8(c.iter().map(|x| x.model.clone()).collect()), false),
         ("seed", Arc::new(UInt64Array::from_iter(c.iter().map(|x| x.seed))), true),
         (
             "n_features",
@@ -662,7 +664,7 @@ fn comparison_batch(res: &ReadingResult) -> Result<RecordBatch> {
             Arc::new(BooleanArray::from_iter(c.iter().map(|x| Some(x.converged)))),
             false,
         ),
-        ("baseline_formula", s(vec![res.formula.clone(); c.len()]), false),
+        ("baseline_formula", utf8(vec![res.formula.clone(); c.len()]), false),
     ])
 }
 
@@ -682,9 +684,9 @@ fn fixed_batch(res: &ReadingResult) -> Result<RecordBatch> {
     }
     batch(vec![
         ("layer", Arc::new(UInt16Array::from_iter(layer)), true),
-        ("model", s(model), false),
+        ("model", utf8(model), false),
         ("seed", Arc::new(UInt64Array::from_iter(seed)), true),
-        ("term", s(term), false),
+        ("term", utf8(term), false),
         ("estimate", Arc::new(Float64Array::from(est)), false),
         ("se", Arc::new(Float64Array::from(se)), false),
         ("t", Arc::new(Float64Array::from(t)), false),
@@ -717,10 +719,10 @@ fn random_batch(res: &ReadingResult) -> Result<RecordBatch> {
     }
     batch(vec![
         ("layer", Arc::new(UInt16Array::from_iter(layer)), true),
-        ("model", s(model), false),
+        ("model", utf8(model), false),
         ("seed", Arc::new(UInt64Array::from_iter(seed)), true),
-        ("group", s(group), false),
-        ("effect", s(effect_col), false),
+        ("group", utf8(group), false),
+        ("effect", utf8(effect_col), false),
         ("variance", Arc::new(Float64Array::from(variance)), false),
         ("n_levels", Arc::new(UInt32Array::from_iter(levels)), true),
     ])
@@ -745,13 +747,13 @@ fn words_batch(r: &ReadingInputs, res: &ReadingResult) -> Result<RecordBatch> {
     let opt_f =
         |g: &dyn Fn(usize) -> Option<f64>| -> ArrayRef { Arc::new(Float64Array::from_iter((0..w.len()).map(g))) };
     batch(vec![
-        ("story", s(w.iter().map(|x| x.story.clone()).collect()), false),
+        ("story", utf8(w.iter().map(|x| x.story.clone()).collect()), false),
         (
             "position",
             Arc::new(Int64Array::from_iter_values(w.iter().map(|x| x.position))),
             false,
         ),
-        ("word", s(w.iter().map(|x| x.text.clone()).collect()), false),
+        ("word", utf8(w.iter().map(|x| x.text.clone()).collect()), false),
         (
             "pos",
             Arc::new(StringArray::from_iter(w.iter().map(|x| x.pos.clone()))),
@@ -828,7 +830,7 @@ fn features_batch(res: &ReadingResult) -> Result<RecordBatch> {
         ),
         (
             "top_words",
-            s(rows.iter().map(|(_, e)| e.top_words.join(" | ")).collect()),
+            utf8(rows.iter().map(|(_, e)| e.top_words.join(" | ")).collect()),
             false,
         ),
     ])
@@ -858,11 +860,11 @@ fn examples_batch(r: &ReadingInputs, res: &ReadingResult) -> Result<RecordBatch>
         ("layer", Arc::new(UInt16Array::from(layer)), false),
         ("feature", Arc::new(UInt32Array::from(feature)), false),
         ("rank", Arc::new(UInt32Array::from(rank)), false),
-        ("story", s(story), false),
+        ("story", utf8(story), false),
         ("position", Arc::new(Int64Array::from(position)), false),
-        ("left_context", s(left), false),
-        ("word", s(word), false),
-        ("right_context", s(right), false),
+        ("left_context", utf8(left), false),
+        ("word", utf8(word), false),
+        ("right_context", utf8(right), false),
         ("activation", Arc::new(arrow::array::Float32Array::from(act)), false),
         ("density", Arc::new(Float64Array::from(density)), false),
     ])
@@ -880,31 +882,7 @@ fn write_outputs(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &
         ("feature_examples", examples_batch(r, res)?),
         ("sae_quality", pipeline::tables::sae_quality_batch(ctx, snap)?),
     ];
-    let sizes = Default::default();
-    let schemas = tables
-        .iter()
-        .map(|(n, _)| TableSchema::builtin(n))
-        .collect::<Result<Vec<_>>>()?;
-    for ((name, b), schema) in tables.iter().zip(&schemas) {
-        schema
-            .check(&b.schema(), &sizes)
-            .map_err(|e| Error::Invalid(format!("table {name}: {e}")))?;
-    }
-    let pipeline_text = std::fs::read(&ctx.plan.source).unwrap_or_default();
-    let meta = vec![
-        ("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone()),
-        (
-            "cortexflow.pipeline_sha256".to_string(),
-            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text)),
-        ),
-    ];
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut files = Vec::new();
-    for ((name, b), schema) in tables.iter().zip(&schemas) {
-        let p = out.join(format!("{name}.parquet"));
-        write_table_parquet(&p, schema, &sizes, std::slice::from_ref(b), &meta)?;
-        files.push(p);
-    }
+    let mut files = pipeline::tables::write_tables(ctx, &tables, out)?;
     let plot = out.join("reading_by_layer.png");
     plot_by_layer(&res.comparisons, &plot)?;
     files.push(plot);

@@ -34,7 +34,9 @@ pub struct Example {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureSummary {
     pub feature: u32,
-    /// Fraction of rows on which the feature is active (> 0).
+    /// Rows on which the feature is active (> 0).
+    pub n_active: usize,
+    /// `n_active / n_rows`.
     pub density: f64,
     /// Mean activation over all rows (zeros included).
     pub mean_activation: f64,
@@ -68,6 +70,7 @@ pub fn feature_evidence(
                 .filter(|(_, v)| **v > 0.0)
                 .map(|(i, v)| (*v, i))
                 .collect();
+            let n_active = active.len();
             let sum: f64 = active.iter().map(|a| a.0 as f64).sum();
             let max_activation = active.iter().map(|a| a.0).fold(0.0f32, f32::max);
             let density = active.len() as f64 / n.max(1) as f64;
@@ -102,6 +105,7 @@ pub fn feature_evidence(
                 .collect();
             FeatureSummary {
                 feature: j as u32,
+                n_active,
                 density,
                 mean_activation: sum / n.max(1) as f64,
                 max_activation,
@@ -131,6 +135,7 @@ mod tests {
         let ev = feature_evidence(codes.view(), &words, &[0, 4, 6], 2, 1);
         let f0 = &ev[0];
         assert!((f0.density - 0.5).abs() < 1e-12);
+        assert_eq!(f0.n_active, 3);
         assert!((f0.mean_activation - 11.0 / 6.0).abs() < 1e-12);
         assert_eq!(f0.max_activation, 5.0);
         // 5.0 at row 4 (text 1, word 0: no left context across the text boundary), then the tie
