@@ -129,8 +129,10 @@ pub struct SaeSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_after_tokens: Option<u64>,
     /// Use pretrained SAEs instead of training: a folder per layer, `{layer}` standing for the
-    /// layer number (cortexflow, SAELens or sparsify folders), relative to the data root or
-    /// absolute. Quality is then measured on all stimulus and corpus rows.
+    /// layer number (cortexflow, SAELens or sparsify folders), relative to the data root, or to
+    /// the working directory when it starts with `./` (like `output`; e.g. an SAE trained by
+    /// `cortexflow sae train`), or absolute. Quality is then measured on all stimulus and corpus
+    /// rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pretrained: Option<String>,
     #[serde(default = "default_expansion")]
@@ -164,7 +166,9 @@ pub struct EncodingSection {
     pub inner_folds: usize,
     /// TRs excluded on each side of a test block.
     pub gap_trs: usize,
-    /// Feature sets: "raw" (layer activations) and/or "sae" (SAE codes).
+    /// Feature sets: "raw" (layer activations), "sae" (SAE codes), "sae-recon" (the SAE's
+    /// reconstruction of the activations: METHOD.md §3's check that reconstructions predict the
+    /// brain as well as the raw activations, Δr ≈ 0.01 in the paper).
     pub feature_sets: Vec<String>,
     /// Word features → TRs: "hrf" (default, the paper's: impulses at word onsets convolved with
     /// the canonical HRF, averaged within each TR) or "lanczos-fir" (the Huth lab's: Lanczos
@@ -459,7 +463,7 @@ impl Plan {
         }
         if let Some(pattern) = &sae.pretrained {
             for &l in &layers {
-                let dir = data_root.join(pattern.replace("{layer}", &l.to_string()));
+                let dir = pretrained_dir(&data_root, pattern, l);
                 let loaded = crate::sae::load_sae(&dir).map_err(|e| invalid(path, "sae.pretrained", e))?;
                 loaded
                     .check_input(d_model)
@@ -602,11 +606,11 @@ impl Plan {
             ));
         }
         for fs in &e.feature_sets {
-            if fs != "raw" && fs != "sae" {
+            if !matches!(fs.as_str(), "raw" | "sae" | "sae-recon") {
                 return Err(invalid(
                     path,
                     "encoding.feature-sets",
-                    format!("unknown feature set `{fs}` (raw, sae)"),
+                    format!("unknown feature set `{fs}` (raw, sae, sae-recon)"),
                 ));
             }
         }
@@ -676,5 +680,16 @@ impl Plan {
 
     pub fn story(&self, id: &str) -> Option<&(StorySection, Story)> {
         self.stories.iter().find(|(s, _)| s.id == id)
+    }
+}
+
+/// The folder of a pretrained SAE for `layer`: `pattern` with `{layer}` substituted, relative to
+/// the working directory if it starts with `./`, else to the data root (absolute paths as given).
+pub fn pretrained_dir(data_root: &Path, pattern: &str, layer: usize) -> PathBuf {
+    let p = pattern.replace("{layer}", &layer.to_string());
+    if p.starts_with("./") {
+        PathBuf::from(p)
+    } else {
+        data_root.join(p)
     }
 }

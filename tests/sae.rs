@@ -338,7 +338,7 @@ fn resampling_revives_dead_features() {
         trainer.sae_mut().b_enc[j] = -1e4;
     }
     for _ in 0..30 {
-        trainer.step();
+        trainer.step().unwrap();
     }
     let before = sae_quality(trainer.sae(), x.view()).dead_fraction;
     assert!(trainer.window_dead_fraction() >= killed as f64 / d_sae as f64);
@@ -359,7 +359,7 @@ fn resampling_revives_dead_features() {
     println!("dead fraction before {before:.3}, right after resampling {after:.3}");
     assert!(after < before, "dead fraction did not drop: {before} → {after}");
     for _ in 0..30 {
-        trainer.step();
+        trainer.step().unwrap();
     }
     let later = sae_quality(trainer.sae(), x.view()).dead_fraction;
     println!("30 steps later {later:.3}");

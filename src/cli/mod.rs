@@ -4,14 +4,18 @@
 //! * [`ridge`]: `cortexflow ridge` — per-target ridge CV on `.npy` / Parquet matrices.
 //! * [`lmm`]: `cortexflow lmm` — linear mixed models on any table with an lme4-style formula.
 //! * [`sae`]: `cortexflow sae encode` — any activation matrix through any supported SAE folder.
+//! * [`sae_train`]: `cortexflow sae train JOB.toml` — corpus → LM → activation spool → SAE, with
+//!   checkpoints and held-out quality.
 //! * [`simulate`]: `cortexflow simulate` — BOLD-like responses with planted weights and known ceiling.
 
 pub mod lmm;
 pub mod ridge;
 pub mod sae;
+pub mod sae_train;
 pub mod simulate;
 
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};
 pub use sae::{run_sae_encode, SaeEncodeArgs, SaeEncodeSummary};
+pub use sae_train::{run_sae_train, SaeJob, SaeTrainRunOptions, SaeTrainSummary};
 pub use simulate::{run_simulate, SimulateArgs, SimulateSummary};

@@ -174,7 +174,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
             let (c3, e3) = (ctx.clone(), errors.clone());
             let codes = story_acts
                 .clone()
-                .join(saes)
+                .join(saes.clone())
                 .map(|(layer, ((story, act), sae))| ((story, layer), (act, sae)))
                 .reduce_named("Encode", move |(story, layer), input, output| {
                     for ((act, sae), diff) in input {
@@ -186,6 +186,26 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         }
                     }
                 });
+
+            // ---- per (story, layer): SAE reconstructions (only for the "sae-recon" feature set)
+            let want_recon = feature_sets.iter().any(|f| f == "sae-recon");
+            let (c7, e7) = (ctx.clone(), errors.clone());
+            let recons = story_acts
+                .clone()
+                .filter(move |_| want_recon)
+                .join(saes.clone())
+                .map(|(layer, ((story, act), sae))| ((story, layer), (act, sae)))
+                .reduce_named("Reconstruct", move |(story, layer), input, output| {
+                    for ((act, sae), diff) in input {
+                        if *diff > 0 {
+                            match stages::recon_stage(&c7, act, sae) {
+                                Ok(id) => output.push((id, 1)),
+                                Err(e) => record_error(&e7, format!("reconstruction of `{story}` layer {layer}"), e),
+                            }
+                        }
+                    }
+                })
+                .map(|((story, layer), id)| (story, (layer, "sae-recon".to_string(), "recon".to_string(), id)));
 
             // ---- designs per (story, layer, feature set)
             let want_raw = feature_sets.iter().any(|f| f == "raw");
@@ -199,6 +219,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
             let (c4, e4) = (ctx.clone(), errors.clone());
             let designs = raw
                 .concat(sae_feats)
+                .concat(recons)
                 .join(stories)
                 .map(|(story, ((layer, set, stage, id), story_art))| ((story, layer, set), (story_art, stage, id)))
                 .reduce_named("Design", move |(story, layer, set), input, output| {

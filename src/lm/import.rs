@@ -41,6 +41,10 @@ pub struct ImportOptions {
     pub precision: WeightPrecision,
     /// Cap on the RoPE table length (default: the model's context length).
     pub max_context: Option<usize>,
+    /// Keep only the first `blocks` blocks and emit no LM head: outputs `hidden_state_0` …
+    /// `hidden_state_{blocks}` only. A smaller, faster graph for extracting one early layer
+    /// (e.g. SAE training data); its hidden states equal the full model's.
+    pub blocks: Option<usize>,
 }
 
 /// Hyper-parameters read from GGUF metadata.
@@ -127,8 +131,18 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
     let cfg = LlamaConfig::from_gguf(&g)?;
     let tokenizer = tokenizer_json::from_gguf(&g)?;
     let tok_info = tokenizer_json::special_ids(&g);
+    if let Some(b) = opts.blocks {
+        if b == 0 || b > cfg.n_layers {
+            return Err(Error::Invalid(format!(
+                "cannot keep {b} blocks of a model with {} (choose 1 ..= {})",
+                cfg.n_layers, cfg.n_layers
+            )));
+        }
+    }
     let model = build_llama_graph(&g, &cfg, opts)?;
     let sha = sha256_file(gguf_path)?;
+    let n_blocks = opts.blocks.unwrap_or(cfg.n_layers);
+    let head = opts.blocks.is_none();
 
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let onnx = out_dir.join("model.onnx");
@@ -137,7 +151,7 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
     crate::paths::write_atomic(&tok_path, tokenizer.as_bytes())?;
     let manifest = Manifest {
         architecture: "llama".into(),
-        n_layers: cfg.n_layers,
+        n_layers: n_blocks,
         d_model: cfg.d_model,
         vocab_size: cfg.vocab_size,
         context_length: opts.max_context.unwrap_or(cfg.context_length).min(cfg.context_length),
@@ -145,10 +159,11 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
         prepend_bos: tok_info.bos.is_some(),
         input_ids: "input_ids".into(),
         attention_mask: Some("attention_mask".into()),
-        logits: Some("logits".into()),
-        hidden_states: (0..=cfg.n_layers).map(hidden_name).collect(),
-        next_token_logprob: Some("next_token_logprob".into()),
-        next_token_entropy: Some("next_token_entropy".into()),
+        logits: head.then(|| "logits".into()),
+        hidden_states: (0..=n_blocks).map(hidden_name).collect(),
+        next_token_logprob: head.then(|| "next_token_logprob".into()),
+        next_token_entropy: head.then(|| "next_token_entropy".into()),
+        truncated_from: (!head).then_some(cfg.n_layers),
         weights: Some(match opts.precision {
             WeightPrecision::F32 => "f32".into(),
             WeightPrecision::F16 => "f16".into(),
@@ -421,7 +436,8 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let bias = b.op("Where", &[&allowed, &f_zero, &neg_big], vec![]);
 
     let scale = 1.0 / (hd as f32).sqrt();
-    for l in 0..cfg.n_layers {
+    let n_blocks = opts.blocks.unwrap_or(cfg.n_layers).min(cfg.n_layers);
+    for l in 0..n_blocks {
         let p = |s: &str| format!("blk.{l}.{s}.weight");
         // weights
         let attn_norm = load(g, &p("attn_norm"), &[d])?;
@@ -512,6 +528,19 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         x = next;
     }
 
+    let f = DType::F32;
+    if opts.blocks.is_some() {
+        for i in 0..=n_blocks {
+            b.m.outputs.push(ValueInfo {
+                name: hidden_name(i),
+                dtype: f,
+                dims: vec![sym("batch"), sym("seq"), Dim::Fixed(d as i64)],
+            });
+        }
+        b.m.doc = format!("The first {n_blocks} blocks of a Llama decoder, exported by cortexflow (no LM head)");
+        return Ok(b.m);
+    }
+
     // ---- final norm and LM head (tied to the embeddings unless `output.weight` exists)
     let out_norm = load(g, "output_norm.weight", &[d])?;
     let out_norm = b.weight("output_norm", &[d as i64], &out_norm);
@@ -545,7 +574,6 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let has_next = b.op("Cast", &[&has_next], vec![("to", Attr::Int(DType::F32 as i64))]);
     b.op_named("Mul", &[&lp, &has_next], vec![], "next_token_logprob");
 
-    let f = DType::F32;
     b.m.outputs.push(ValueInfo {
         name: "logits".into(),
         dtype: f,

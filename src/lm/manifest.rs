@@ -66,6 +66,10 @@ pub struct Manifest {
     /// cortexflow version that wrote this manifest.
     #[serde(default)]
     pub written_by: Option<String>,
+    /// Set when only the first `n_layers` of this many blocks were kept and the LM head dropped
+    /// (hidden states only; no logits or next-token statistics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated_from: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -107,7 +111,10 @@ impl Manifest {
         if self.prepend_bos && self.bos_token_id.is_none() {
             return Err("`prepend_bos` is true but `bos_token_id` is missing".into());
         }
-        if self.logits.is_none() && (self.next_token_logprob.is_none() || self.next_token_entropy.is_none()) {
+        if self.truncated_from.is_none()
+            && self.logits.is_none()
+            && (self.next_token_logprob.is_none() || self.next_token_entropy.is_none())
+        {
             return Err("needs `logits`, or both `next_token_logprob` and `next_token_entropy`".into());
         }
         if self.context_length < 2 {

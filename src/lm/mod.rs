@@ -22,9 +22,29 @@ use std::path::PathBuf;
 /// importer revision changed). Imports go to a temporary folder that is renamed into place, so
 /// concurrent callers never see a half-written model; callers in one process are serialised.
 pub fn ensure_default_model() -> crate::Result<PathBuf> {
+    ensure_default_import(None)
+}
+
+/// The default model cut after `blocks` blocks, without its LM head (hidden states
+/// `0..=blocks` only; see [`ImportOptions::blocks`]), imported into the cache on first use. For
+/// extracting one early layer over a large corpus at a fraction of the full model's cost.
+pub fn ensure_default_model_blocks(blocks: usize) -> crate::Result<PathBuf> {
+    ensure_default_import(Some(blocks))
+}
+
+fn ensure_default_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = crate::paths::default_model_dir();
+    let full = crate::paths::default_model_dir();
+    let dir = match blocks {
+        None => full,
+        Some(b) => full.with_file_name(format!(
+            "{}-blocks{b}",
+            full.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )),
+    };
     let current = Manifest::load(&dir)
         .ok()
         .is_some_and(|m| m.written_by.as_deref() == Some(import::importer_stamp().as_str()))
@@ -40,7 +60,11 @@ pub fn ensure_default_model() -> crate::Result<PathBuf> {
         dir.display()
     );
     let tmp = crate::paths::temp_sibling(&dir);
-    import_gguf(&gguf, &tmp, &ImportOptions::default())?;
+    let opts = ImportOptions {
+        blocks,
+        ..Default::default()
+    };
+    import_gguf(&gguf, &tmp, &opts)?;
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
     }

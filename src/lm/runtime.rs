@@ -151,25 +151,8 @@ impl LanguageModel {
         self.manifest.n_layers
     }
 
-    /// Runs a batch of token windows (each already holding BOS if the model wants it), right-padded
-    /// to the longest. Returns the requested layers and next-token statistics (copied out of ONNX
-    /// Runtime's buffers; [`LanguageModel::run_with`] avoids the copy).
-    pub fn run(&mut self, windows: &[Vec<u32>], layers: &[usize]) -> Result<BatchOutput> {
-        self.run_with(windows, layers, |v| BatchOutput {
-            hidden: v.hidden.iter().map(|h| h.to_owned()).collect(),
-            next_logprob: v.next_logprob.clone(),
-            next_entropy: v.next_entropy.clone(),
-        })
-    }
-
-    /// As [`LanguageModel::run`], but hands `f` views of the hidden states in ONNX Runtime's own
-    /// output buffers (no copy of the (batch, seq, d_model) tensors).
-    pub fn run_with<R>(
-        &mut self,
-        windows: &[Vec<u32>],
-        layers: &[usize],
-        f: impl FnOnce(&BatchView<'_>) -> R,
-    ) -> Result<R> {
+    /// Checks a batch and the requested layers; returns (batch, seq, ids, mask), right-padded.
+    fn pack(&self, windows: &[Vec<u32>], layers: &[usize]) -> Result<(usize, usize, Vec<i64>, Vec<i64>)> {
         let b = windows.len();
         let s = windows.iter().map(Vec::len).max().unwrap_or(0);
         if b == 0 || s == 0 {
@@ -194,6 +177,29 @@ impl LanguageModel {
                 mask[i * s + j] = 1;
             }
         }
+        Ok((b, s, ids, mask))
+    }
+
+    /// Runs a batch of token windows (each already holding BOS if the model wants it), right-padded
+    /// to the longest. Returns the requested layers and next-token statistics (copied out of ONNX
+    /// Runtime's buffers; [`LanguageModel::run_with`] avoids the copy).
+    pub fn run(&mut self, windows: &[Vec<u32>], layers: &[usize]) -> Result<BatchOutput> {
+        self.run_with(windows, layers, |v| BatchOutput {
+            hidden: v.hidden.iter().map(|h| h.to_owned()).collect(),
+            next_logprob: v.next_logprob.clone(),
+            next_entropy: v.next_entropy.clone(),
+        })
+    }
+
+    /// As [`LanguageModel::run`], but hands `f` views of the hidden states in ONNX Runtime's own
+    /// output buffers (no copy of the (batch, seq, d_model) tensors).
+    pub fn run_with<R>(
+        &mut self,
+        windows: &[Vec<u32>],
+        layers: &[usize],
+        f: impl FnOnce(&BatchView<'_>) -> R,
+    ) -> Result<R> {
+        let (b, s, ids, mask) = self.pack(windows, layers)?;
         let m = &self.manifest;
         let in_graph = m.next_token_logprob.is_some() && m.next_token_entropy.is_some();
         let mut sel = OutputSelector::no_default();
@@ -254,6 +260,57 @@ impl LanguageModel {
             next_logprob,
             next_entropy,
         }))
+    }
+}
+
+impl LanguageModel {
+    /// Runs a batch of token windows (right-padded to the longest) and returns only the
+    /// requested hidden states, each (batch, seq, d_model). Works on truncated graphs (no LM
+    /// head); the graph computes whatever it holds, so a truncated import is what makes this
+    /// cheaper than [`LanguageModel::run`].
+    pub fn run_hidden(&mut self, windows: &[Vec<u32>], layers: &[usize]) -> Result<Vec<ndarray::Array3<f32>>> {
+        self.run_hidden_with(windows, layers, |h| h.iter().map(|v| v.to_owned()).collect())
+    }
+
+    /// As [`LanguageModel::run_hidden`], handing `f` views into ONNX Runtime's output buffers.
+    pub fn run_hidden_with<R>(
+        &mut self,
+        windows: &[Vec<u32>],
+        layers: &[usize],
+        f: impl FnOnce(&[ArrayView3<'_, f32>]) -> R,
+    ) -> Result<R> {
+        let (b, s, ids, mask) = self.pack(windows, layers)?;
+        let m = &self.manifest;
+        let mut sel = OutputSelector::no_default();
+        for &l in layers {
+            sel = sel.with(m.hidden_states[l].clone());
+        }
+        let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
+        let ids_t = Tensor::from_array(([b, s], ids)).map_err(rt("input_ids"))?;
+        let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
+        if let Some(mask_name) = &m.attention_mask {
+            let mask_t = Tensor::from_array(([b, s], mask)).map_err(rt("attention_mask"))?;
+            inputs.push((mask_name.clone().into(), mask_t.into()));
+        }
+        let names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
+        let d_model = m.d_model;
+        let outputs = self
+            .session
+            .run_with_options(inputs, &options)
+            .map_err(rt("inference"))?;
+        let mut hidden = Vec::with_capacity(names.len());
+        for name in &names {
+            let v = outputs[name.as_str()].try_extract_array::<f32>().map_err(rt(name))?;
+            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
+            if v.shape() != [b, s, d_model] {
+                return Err(Error::Model(format!(
+                    "output `{name}` has shape {:?}, expected [{b}, {s}, {d_model}]",
+                    v.shape()
+                )));
+            }
+            hidden.push(v);
+        }
+        Ok(f(&hidden))
     }
 }
 

@@ -280,7 +280,7 @@ fn topk_config(plan: &Plan) -> sae::TopKTrainConfig {
 /// A pretrained SAE folder for `layer` copied into the store (keyed by its files' contents), with
 /// its quality on all the layer's rows (none of which it was trained on here).
 fn pretrained_sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId], pattern: &str) -> Result<ArtifactId> {
-    let src = ctx.plan.data_root.join(pattern.replace("{layer}", &layer.to_string()));
+    let src = crate::config::pretrained_dir(&ctx.plan.data_root, pattern, layer);
     let mut k = KeyBuilder::new("sae-pretrained", REV_SAE).config("layer", &layer);
     let mut names: Vec<_> = std::fs::read_dir(&src)
         .map_err(|e| Error::io(&src, e))?
@@ -358,11 +358,29 @@ pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> 
     Ok(id)
 }
 
+/// A story's activations of one layer reconstructed by that layer's SAE (the "sae-recon"
+/// feature set), in the activations' own units.
+pub fn recon_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
+    let id = KeyBuilder::new("recon", REV_CODES)
+        .part("act", act_id)
+        .part("sae", sae_id)
+        .finish();
+    ctx.store.arrays("recon", &id, || {
+        let x = ctx.store.load_arrays("lm", act_id)?;
+        let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
+        let loaded = sae::load_sae(&dir)?;
+        let x = x.f32("x")?;
+        loaded.check_input(x.ncols())?;
+        Ok(Arrays::default().with_f32("x", loaded.sae.reconstruct(x)))
+    })?;
+    Ok(id)
+}
+
 /// Word-level features → design (n_trs, n_design_columns) by the pipeline's alignment:
 /// "hrf": HRF-convolved, TR-averaged, detrended, z-scored (n_features columns);
 /// "lanczos-fir": Lanczos-downsampled to TR midpoints, detrended, z-scored, then FIR-delayed
 /// (n_features × n_delays columns, delay-major; the rows shifted in at the top are 0).
-/// `feature_stage` is "lm" (raw activations) or "codes" (SAE codes).
+/// `feature_stage` is "lm" (raw activations), "codes" (SAE codes) or "recon" (reconstructions).
 pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: &str) -> Result<ArtifactId> {
     let e = &ctx.plan.file.encoding;
     let mut key = KeyBuilder::new("design", REV_DESIGN)

@@ -104,7 +104,11 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
                 .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
                 .map_err(|x| e(x.to_string()))?;
             if with_text {
-                let label = if *set == "sae" { "SAE codes" } else { "raw activations" };
+                let label = match *set {
+                    "sae" => "SAE codes",
+                    "sae-recon" => "SAE reconstructions",
+                    _ => "raw activations",
+                };
                 series
                     .label(label)
                     .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
@@ -217,6 +221,32 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
              {}. Per-fit R², block-permutation p and BH q-values are in fits.parquet.",
             list.join(", ")
         );
+    }
+    let recon: Vec<&SummaryRow> = rows
+        .iter()
+        .filter(|r| r.roi == "all" && r.feature_set == "sae-recon")
+        .collect();
+    if !recon.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## SAE reconstructions vs raw activations (METHOD.md §3: the paper finds Δr ≈ 0.01)\n\n\
+             | layer | mean r raw | mean r reconstruction | Δr (raw − reconstruction) |\n|---|---|---|---|"
+        );
+        for rc in recon {
+            if let Some(raw) = rows
+                .iter()
+                .find(|r| r.roi == "all" && r.feature_set == "raw" && r.layer == rc.layer)
+            {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.4} | {:.4} | {:+.4} |",
+                    rc.layer,
+                    raw.mean_r,
+                    rc.mean_r,
+                    raw.mean_r - rc.mean_r
+                );
+            }
+        }
     }
     let _ = writeln!(s, "\n## SAE quality (held-out rows)\n\n| layer | d_sae | R² | mean L0 | dead | dense |\n|---|---|---|---|---|---|");
     for (_, id) in &snap.saes {

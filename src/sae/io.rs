@@ -83,6 +83,44 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Writes named f32 tensors `(name, shape, data)` as a safetensors file, atomically.
+pub(crate) fn write_f32_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
+    let werr = |m: String| Error::Write {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let data: Vec<(&str, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, shape, v)| (*n, shape.clone(), le_bytes(v)))
+        .collect();
+    let views = data
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (*name, v))
+                .map_err(|e| werr(e.to_string()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None).map_err(|e| werr(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Every tensor of a safetensors file, as flat f32 vectors (f32 files only).
+pub(crate) fn read_f32_tensors(path: &Path) -> Result<HashMap<String, Vec<f32>>> {
+    let bytes = read_safetensors(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::parse(path, "safetensors", e.to_string()))?;
+    let mut out = HashMap::new();
+    for name in st.names() {
+        let shape = st
+            .tensor(name)
+            .map_err(|e| Error::parse(path, name, e.to_string()))?
+            .shape()
+            .to_vec();
+        out.insert(name.to_string(), tensor(&st, path, name, &shape)?);
+    }
+    Ok(out)
+}
+
 /// Writes `sae` (and, if given, its training configuration) to the folder `dir`, creating it.
 pub fn save_relu_sae(sae: &ReluSae, train: Option<&SaeTrainConfig>, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::Write {

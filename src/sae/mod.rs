@@ -52,6 +52,8 @@ mod linalg;
 pub mod metrics;
 pub mod model;
 pub mod relu;
+pub mod spool;
+pub mod stream;
 pub mod train;
 
 pub use io::{
@@ -61,7 +63,9 @@ pub use io::{
 pub use metrics::{sae_quality, SaeQuality, DENSE_THRESHOLD};
 pub use model::{Sae, SaeKind};
 pub use relu::{AuxK, ReluSae, ReluSaeGrad, SaeLoss, SparseCodes};
+pub use spool::{build_spool, Spool, SpoolManifest, SpoolOptions};
+pub use stream::SpoolStream;
 pub use train::{
     train_relu_sae, train_topk_sae, ReluSaeTrainer, ResampleEvent, SaeTrainConfig, SaeTrainConfigError,
-    TopKTrainConfig, TrainLog, TrainReport,
+    TopKTrainConfig, TrainLog, TrainObjective, TrainReport,
 };

@@ -32,6 +32,7 @@
 //! given seed on any number of rayon threads (fixed block boundaries, sequential faer kernels per
 //! block, ordered combination of partial sums).
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -42,6 +43,8 @@ use serde::{Deserialize, Serialize};
 use super::linalg::{for_each_in_row, gemm, par_rows_mut, par_rows_mut_map, zeros, REDUCE_ROWS};
 use super::model::{Sae, SaeKind};
 use super::relu::{forward_backward, AuxK, Objective, ReluSae, ReluSaeGrad, SaeLoss, StepKernels, Workspace};
+use super::spool::Spool;
+use super::stream::SpoolStream;
 use crate::stats::SplitMix64;
 use crate::{Error, Result};
 
@@ -261,7 +264,7 @@ pub struct TrainReport {
 pub fn train_relu_sae(x: ArrayView2<'_, f32>, cfg: &SaeTrainConfig) -> Result<(ReluSae, TrainReport)> {
     let mut trainer = ReluSaeTrainer::new(x, cfg)?;
     while trainer.steps_done() < cfg.steps {
-        trainer.step();
+        trainer.step()?;
     }
     Ok(trainer.finish())
 }
@@ -277,19 +280,61 @@ pub fn train_topk_sae(
 ) -> Result<(Sae, TrainReport)> {
     let mut trainer = ReluSaeTrainer::with_objective(x, cfg, TrainObjective::TopK(topk.clone()))?;
     while trainer.steps_done() < cfg.steps {
-        trainer.step();
+        trainer.step()?;
     }
-    let (weights, report) = trainer.finish();
-    let sae = Sae::new(SaeKind::TopK { k: topk.k }, weights, true)?;
-    Ok((sae, report))
+    trainer.finish_sae()
 }
 
 /// What the trainer minimises.
-#[derive(Debug, Clone, PartialEq)]
-enum TrainObjective {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TrainObjective {
     /// ReLU codes, L1 penalty `cfg.l1`, resampling every `cfg.resample_every` steps.
     L1,
+    /// TopK codes with the AuxK dead-latent term.
     TopK(TopKTrainConfig),
+}
+
+/// Where the trainer's rows come from.
+enum Rows<'a> {
+    /// An in-memory matrix and a seeded shuffle of its rows.
+    Memory { x: ArrayView2<'a, f32>, sampler: Sampler },
+    /// A spool on disk, through a bounded shuffle buffer.
+    Stream(Box<SpoolStream>),
+}
+
+impl Rows<'_> {
+    fn n_rows(&self) -> usize {
+        match self {
+            Rows::Memory { x, .. } => x.nrows(),
+            Rows::Stream(s) => s.n_rows(),
+        }
+    }
+
+    /// The next batch into `dst`, scaled and centred.
+    fn next_batch(
+        &mut self,
+        dst: ndarray::ArrayViewMut2<'_, f32>,
+        idx: &mut Vec<usize>,
+        scale: f32,
+        b_dec: &Array1<f32>,
+    ) -> Result<()> {
+        match self {
+            Rows::Memory { x, sampler } => {
+                sampler.next_batch(dst.nrows(), idx);
+                gather_centred(dst, *x, idx, scale, b_dec);
+                Ok(())
+            }
+            Rows::Stream(s) => s.next_batch(dst, scale, b_dec.as_slice().expect("b_dec contiguous")),
+        }
+    }
+
+    /// Rows from which resampling draws candidates: all rows in memory, or the stream's buffer.
+    fn pool(&self) -> ArrayView2<'_, f32> {
+        match self {
+            Rows::Memory { x, .. } => x.view(),
+            Rows::Stream(s) => s.buffer(),
+        }
+    }
 }
 
 /// Adam moments of every parameter.
@@ -367,6 +412,25 @@ impl Adam {
         self.v_b_enc[j] = 0.0;
         self.m_w_dec.row_mut(j).fill(0.0);
         self.v_w_dec.row_mut(j).fill(0.0);
+    }
+}
+
+/// The seeds derived from the configured one: SAE initialisation, batch order, and the draws
+/// (median rows, resampling).
+struct Seeds {
+    init: u64,
+    shuffle: u64,
+    rng: u64,
+}
+
+impl Seeds {
+    fn new(seed: u64) -> Self {
+        let mut master = SplitMix64::new(seed);
+        Seeds {
+            init: master.next_u64(),
+            shuffle: master.next_u64(),
+            rng: master.next_u64(),
+        }
     }
 }
 
@@ -498,7 +562,7 @@ fn geometric_median(pts: ArrayView2<'_, f32>) -> Array1<f32> {
 }
 
 /// Running means of one logging interval.
-#[derive(Default)]
+#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct LogAcc {
     steps: usize,
     loss: f64,
@@ -511,7 +575,9 @@ struct LogAcc {
 /// A training run that can be advanced step by step (used by [`train_relu_sae`] and
 /// [`train_topk_sae`]; also lets callers inspect or edit the SAE between steps).
 pub struct ReluSaeTrainer<'a> {
-    x: ArrayView2<'a, f32>,
+    rows: Rows<'a>,
+    /// Identifies the data in checkpoints (rows, width, input scale; the spool's sources).
+    data_id: String,
     cfg: SaeTrainConfig,
     objective: TrainObjective,
     /// Per feature: rows since it last fired (TopK dead-latent tracking).
@@ -521,7 +587,6 @@ pub struct ReluSaeTrainer<'a> {
     adam: Adam,
     grad: ReluSaeGrad,
     ws: Workspace,
-    sampler: Sampler,
     batch_idx: Vec<usize>,
     rng: SplitMix64,
     step: usize,
@@ -534,6 +599,8 @@ pub struct ReluSaeTrainer<'a> {
     resamples: Vec<ResampleEvent>,
     progress: ProgressBar,
     start: Instant,
+    /// Seconds spent before the last restore from a checkpoint.
+    elapsed_before: f64,
 }
 
 impl<'a> ReluSaeTrainer<'a> {
@@ -542,7 +609,8 @@ impl<'a> ReluSaeTrainer<'a> {
         Self::with_objective(x, cfg, TrainObjective::L1)
     }
 
-    fn with_objective(x: ArrayView2<'a, f32>, cfg: &SaeTrainConfig, objective: TrainObjective) -> Result<Self> {
+    /// A trainer on the in-memory rows `x (n_tokens, d_in)` for either objective.
+    pub fn with_objective(x: ArrayView2<'a, f32>, cfg: &SaeTrainConfig, objective: TrainObjective) -> Result<Self> {
         cfg.check()?;
         let (n, d_in) = x.dim();
         if n == 0 || d_in == 0 {
@@ -555,29 +623,89 @@ impl<'a> ReluSaeTrainer<'a> {
                 "SAE training input holds a non-finite value at row {row}, column {col}"
             )));
         }
+        let sq = super::linalg::sum_rows_f64(x, |r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>());
+        let seeds = Seeds::new(cfg.seed);
+        let mut rng = SplitMix64::new(seeds.rng);
+        let picked = sample_rows(n, MEDIAN_ROWS, &mut rng);
+        let mut pts = zeros(picked.len(), d_in);
+        pts.outer_iter_mut()
+            .zip(&picked)
+            .for_each(|(mut p, &i)| p.assign(&x.row(i)));
+        let rows = Rows::Memory {
+            x,
+            sampler: Sampler::new(n, seeds.shuffle),
+        };
+        Self::build(
+            rows,
+            sq / n as f64,
+            pts,
+            rng,
+            seeds.init,
+            cfg,
+            objective,
+            "in-memory rows".into(),
+        )
+    }
+
+    /// A trainer on a spool's training rows, read through a shuffle buffer of `buffer_chunks`
+    /// chunks (see [`SpoolStream`]): memory is bounded by the buffer and the SAE, not the corpus.
+    /// One pass over the spool computes the input scale and samples the rows for `b_dec`.
+    pub fn streamed(
+        spool: Spool,
+        buffer_chunks: usize,
+        cfg: &SaeTrainConfig,
+        objective: TrainObjective,
+    ) -> Result<Self> {
+        cfg.check()?;
+        let seeds = Seeds::new(cfg.seed);
+        let stream = SpoolStream::new(spool, buffer_chunks, seeds.shuffle)?;
+        let n = stream.n_rows();
+        let mut rng = SplitMix64::new(seeds.rng);
+        let mut picked = sample_rows(n, MEDIAN_ROWS, &mut rng);
+        picked.sort_unstable();
+        let (mean_sq, pts) = stream.scan(&picked)?;
+        let m = &stream.spool().manifest;
+        let data_id =
+            serde_json::to_string(&(&m.model, m.layer, m.context, &m.sources)).expect("spool identity serialises");
+        Self::build(
+            Rows::Stream(Box::new(stream)),
+            mean_sq,
+            pts,
+            rng,
+            seeds.init,
+            cfg,
+            objective,
+            data_id,
+        )
+    }
+
+    /// Steps 1–2 of the module docs: input scale from the mean squared row norm, `b_dec` from
+    /// the geometric median of the sampled raw rows `pts` (normalised), random unit decoder rows.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        rows: Rows<'a>,
+        mean_sq: f64,
+        mut pts: Array2<f32>,
+        rng: SplitMix64,
+        init_seed: u64,
+        cfg: &SaeTrainConfig,
+        objective: TrainObjective,
+        data_id: String,
+    ) -> Result<Self> {
+        let (n, d_in) = (rows.n_rows(), pts.ncols());
         let d_sae = d_in
             .checked_mul(cfg.expansion)
             .ok_or_else(|| Error::Invalid(format!("d_sae = {d_in} × {} overflows", cfg.expansion)))?;
         if let TrainObjective::TopK(topk) = &objective {
             topk.check(d_sae)?;
         }
-        let sq = super::linalg::sum_rows_f64(x, |r| r.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>());
-        let mean_sq = sq / n as f64;
         if mean_sq <= 0.0 || !mean_sq.is_finite() {
             return Err(Error::Invalid(format!(
                 "SAE training input cannot be normalised: mean squared row norm is {mean_sq} (all zeros or overflowing)"
             )));
         }
         let input_scale = (d_in as f64 / mean_sq).sqrt() as f32;
-
-        let mut master = SplitMix64::new(cfg.seed);
-        let init_seed = master.next_u64();
-        let shuffle_seed = master.next_u64();
-        let mut rng = SplitMix64::new(master.next_u64());
-
-        let rows = sample_rows(n, MEDIAN_ROWS, &mut rng);
-        let mut pts = zeros(rows.len(), d_in);
-        gather_centred(pts.view_mut(), x, &rows, input_scale, &Array1::zeros(d_in));
+        pts.mapv_inplace(|v| v * input_scale);
         let b_dec = geometric_median(pts.view());
         let sae = ReluSae::init(d_in, d_sae, b_dec, input_scale, init_seed);
 
@@ -597,7 +725,8 @@ impl<'a> ReluSaeTrainer<'a> {
         };
         tracing::info!(n_tokens = n, d_in, d_sae, input_scale, arch, "training SAE");
         Ok(ReluSaeTrainer {
-            x,
+            rows,
+            data_id: format!("{data_id} | n {n} | d {d_in} | scale {:08x}", input_scale.to_bits()),
             cfg: cfg.clone(),
             objective,
             tokens_since_fired: vec![0; d_sae],
@@ -606,7 +735,6 @@ impl<'a> ReluSaeTrainer<'a> {
             adam: Adam::new(d_in, d_sae),
             grad: ReluSaeGrad::zeros(d_in, d_sae),
             ws: Workspace::new(cfg.batch_size, d_in, d_sae),
-            sampler: Sampler::new(n, shuffle_seed),
             batch_idx: Vec::with_capacity(cfg.batch_size),
             rng,
             step: 0,
@@ -617,6 +745,7 @@ impl<'a> ReluSaeTrainer<'a> {
             resamples: vec![],
             progress,
             start: Instant::now(),
+            elapsed_before: 0.0,
         })
     }
 
@@ -642,21 +771,19 @@ impl<'a> ReluSaeTrainer<'a> {
 
     /// One training step (plus logging and, on schedule, resampling). Returns the batch's loss
     /// before the update.
-    pub fn step(&mut self) -> SaeLoss {
+    pub fn step(&mut self) -> Result<SaeLoss> {
         assert_eq!(
             (self.sae.d_in, self.sae.d_sae),
-            (self.x.ncols(), self.window_fired.len()),
+            (self.rows.pool().ncols(), self.window_fired.len()),
             "ReluSaeTrainer: the SAE's shape was changed"
         );
         let b = self.cfg.batch_size;
-        self.sampler.next_batch(b, &mut self.batch_idx);
-        gather_centred(
+        self.rows.next_batch(
             self.ws.xc.view_mut(),
-            self.x,
-            &self.batch_idx,
+            &mut self.batch_idx,
             self.sae.input_scale,
             &self.sae.b_dec,
-        );
+        )?;
         let objective = match &self.objective {
             TrainObjective::L1 => Objective::L1(self.cfg.l1),
             TrainObjective::TopK(t) => {
@@ -719,7 +846,7 @@ impl<'a> ReluSaeTrainer<'a> {
             self.resample_dead();
         }
         self.progress.inc(1);
-        loss
+        Ok(loss)
     }
 
     fn push_log(&mut self, lr: f32) {
@@ -758,7 +885,8 @@ impl<'a> ReluSaeTrainer<'a> {
     pub fn resample_dead(&mut self) -> ResampleEvent {
         let dead: Vec<usize> = (0..self.sae.d_sae).filter(|&j| !self.window_fired[j]).collect();
         self.window_fired.iter_mut().for_each(|f| *f = false);
-        let n = self.x.nrows();
+        let pool = self.rows.pool();
+        let n = pool.nrows();
         let b = self.cfg.batch_size;
         if dead.is_empty() {
             let ev = ResampleEvent {
@@ -781,7 +909,7 @@ impl<'a> ReluSaeTrainer<'a> {
             let r = idx.len();
             gather_centred(
                 xc.slice_mut(s![..r, ..]),
-                self.x,
+                pool,
                 idx,
                 self.sae.input_scale,
                 &self.sae.b_dec,
@@ -844,8 +972,7 @@ impl<'a> ReluSaeTrainer<'a> {
                 cum.partition_point(|&c| c <= u).min(rows.len() - 1)
             };
             let i = rows[pick];
-            let mut v: Vec<f32> = self
-                .x
+            let mut v: Vec<f32> = pool
                 .row(i)
                 .iter()
                 .zip(&self.sae.b_dec)
@@ -874,6 +1001,194 @@ impl<'a> ReluSaeTrainer<'a> {
         ev
     }
 
+    /// Writes the complete training state (weights, Adam moments, step, random states, batch
+    /// position, dead-feature counters, logs) to the folder `dir`, replacing any checkpoint there
+    /// atomically: a crash at any point leaves either the old or the new checkpoint readable.
+    pub fn save_checkpoint(&self, dir: &Path) -> Result<()> {
+        let state = CheckpointState {
+            version: CHECKPOINT_VERSION,
+            fingerprint: self.fingerprint(),
+            step: self.step,
+            rng: self.rng.state(),
+            adam_t: self.adam.t,
+            input_scale_bits: self.sae.input_scale.to_bits(),
+            sampler: match &self.rows {
+                Rows::Memory { sampler, .. } => Some((sampler.perm.clone(), sampler.pos, sampler.rng.state())),
+                Rows::Stream(_) => None,
+            },
+            tokens_since_fired: self.tokens_since_fired.clone(),
+            window_fired: self.window_fired.clone(),
+            log_fired: self.log_fired.clone(),
+            acc: self.acc.clone(),
+            logs: self.logs.clone(),
+            resamples: self.resamples.clone(),
+            elapsed_s: self.elapsed_before + self.start.elapsed().as_secs_f64(),
+        };
+        let a = &self.adam;
+        let sae = &self.sae;
+        let tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
+            ("W_enc", vec![sae.d_in, sae.d_sae], slice(&sae.w_enc)),
+            ("b_enc", vec![sae.d_sae], slice(&sae.b_enc)),
+            ("W_dec", vec![sae.d_sae, sae.d_in], slice(&sae.w_dec)),
+            ("b_dec", vec![sae.d_in], slice(&sae.b_dec)),
+            ("adam.m.W_enc", vec![sae.d_in, sae.d_sae], slice(&a.m_w_enc)),
+            ("adam.v.W_enc", vec![sae.d_in, sae.d_sae], slice(&a.v_w_enc)),
+            ("adam.m.b_enc", vec![sae.d_sae], slice(&a.m_b_enc)),
+            ("adam.v.b_enc", vec![sae.d_sae], slice(&a.v_b_enc)),
+            ("adam.m.W_dec", vec![sae.d_sae, sae.d_in], slice(&a.m_w_dec)),
+            ("adam.v.W_dec", vec![sae.d_sae, sae.d_in], slice(&a.v_w_dec)),
+            ("adam.m.b_dec", vec![sae.d_in], slice(&a.m_b_dec)),
+            ("adam.v.b_dec", vec![sae.d_in], slice(&a.v_b_dec)),
+        ];
+        let tmp = crate::paths::temp_sibling(dir);
+        let result = (|| {
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            super::io::write_f32_tensors(&tmp.join(CHECKPOINT_TENSORS), &tensors)?;
+            let json = serde_json::to_string(&state).expect("checkpoint state serialises");
+            crate::paths::write_atomic(&tmp.join(CHECKPOINT_STATE), json.as_bytes())?;
+            let old = old_sibling(dir);
+            if dir.exists() {
+                let _ = std::fs::remove_dir_all(&old);
+                std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+            }
+            std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+        result
+    }
+
+    /// Restores the state saved by [`ReluSaeTrainer::save_checkpoint`] in `dir` (or in the
+    /// previous checkpoint, if a crash interrupted the replacement). Returns false when there is
+    /// no checkpoint. The trainer must have been built on the same data with the same settings
+    /// (`steps` may differ, to extend a run); otherwise the error names what differs. Training
+    /// then continues exactly as the uninterrupted run would have.
+    pub fn restore_checkpoint(&mut self, dir: &Path) -> Result<bool> {
+        let dir = if dir.join(CHECKPOINT_STATE).is_file() {
+            dir.to_path_buf()
+        } else if old_sibling(dir).join(CHECKPOINT_STATE).is_file() {
+            old_sibling(dir)
+        } else {
+            return Ok(false);
+        };
+        let spath = dir.join(CHECKPOINT_STATE);
+        let text = std::fs::read_to_string(&spath).map_err(|e| Error::io(&spath, e))?;
+        let st: CheckpointState =
+            serde_json::from_str(&text).map_err(|e| Error::parse(&spath, "checkpoint state", e.to_string()))?;
+        if st.version != CHECKPOINT_VERSION {
+            return Err(Error::Invalid(format!(
+                "{}: checkpoint format {} (this cortexflow reads {CHECKPOINT_VERSION})",
+                spath.display(),
+                st.version
+            )));
+        }
+        let mine: Fingerprint = serde_json::from_str(&self.fingerprint()).expect("fingerprint parses");
+        let theirs: Fingerprint =
+            serde_json::from_str(&st.fingerprint).map_err(|e| Error::parse(&spath, "fingerprint", e.to_string()))?;
+        if let Some(what) = mine.difference(&theirs) {
+            return Err(Error::Invalid(format!(
+                "the checkpoint in {} was written by a run with other settings ({what}); delete it to start over",
+                dir.display()
+            )));
+        }
+        let tpath = dir.join(CHECKPOINT_TENSORS);
+        let mut t = super::io::read_f32_tensors(&tpath)?;
+        let (d_in, d_sae) = (self.sae.d_in, self.sae.d_sae);
+        let mut take2 = |name: &str, r: usize, c: usize| -> Result<Array2<f32>> {
+            let v = t
+                .remove(name)
+                .ok_or_else(|| Error::parse(&tpath, name, "tensor missing"))?;
+            Array2::from_shape_vec((r, c), v).map_err(|e| Error::parse(&tpath, name, e.to_string()))
+        };
+        let w_enc = take2("W_enc", d_in, d_sae)?;
+        let w_dec = take2("W_dec", d_sae, d_in)?;
+        let mw_enc = take2("adam.m.W_enc", d_in, d_sae)?;
+        let vw_enc = take2("adam.v.W_enc", d_in, d_sae)?;
+        let mw_dec = take2("adam.m.W_dec", d_sae, d_in)?;
+        let vw_dec = take2("adam.v.W_dec", d_sae, d_in)?;
+        let mut take1 = |name: &str, n: usize| -> Result<Array1<f32>> {
+            Ok(take2(name, 1, n)?.into_shape_with_order(n).expect("1 × n"))
+        };
+        self.sae.b_enc = take1("b_enc", d_sae)?;
+        self.sae.b_dec = take1("b_dec", d_in)?;
+        self.adam.m_b_enc = take1("adam.m.b_enc", d_sae)?;
+        self.adam.v_b_enc = take1("adam.v.b_enc", d_sae)?;
+        self.adam.m_b_dec = take1("adam.m.b_dec", d_in)?;
+        self.adam.v_b_dec = take1("adam.v.b_dec", d_in)?;
+        self.sae.w_enc = w_enc;
+        self.sae.w_dec = w_dec;
+        self.adam.m_w_enc = mw_enc;
+        self.adam.v_w_enc = vw_enc;
+        self.adam.m_w_dec = mw_dec;
+        self.adam.v_w_dec = vw_dec;
+        self.sae.input_scale = f32::from_bits(st.input_scale_bits);
+        self.adam.t = st.adam_t;
+        self.step = st.step;
+        self.rng = SplitMix64::new(st.rng);
+        match (&mut self.rows, st.sampler) {
+            (Rows::Memory { sampler, .. }, Some((perm, pos, rng))) if perm.len() == sampler.perm.len() => {
+                sampler.perm = perm;
+                sampler.pos = pos;
+                sampler.rng = SplitMix64::new(rng);
+            }
+            (Rows::Stream(s), None) => s.seek(st.step as u64 * self.cfg.batch_size as u64)?,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "the checkpoint in {} was written by a run reading its rows another way (in memory vs spool)",
+                    dir.display()
+                )))
+            }
+        }
+        let n = d_sae;
+        if st.tokens_since_fired.len() != n || st.window_fired.len() != n || st.log_fired.len() != n {
+            return Err(Error::parse(
+                &spath,
+                "feature counters",
+                format!("expected {n} features"),
+            ));
+        }
+        self.tokens_since_fired = st.tokens_since_fired;
+        self.window_fired = st.window_fired;
+        self.log_fired = st.log_fired;
+        self.acc = st.acc;
+        self.logs = st.logs;
+        self.resamples = st.resamples;
+        self.elapsed_before = st.elapsed_s;
+        self.start = Instant::now();
+        self.progress.set_position(self.step as u64);
+        tracing::info!(step = self.step, dir = %dir.display(), "resumed SAE training from a checkpoint");
+        Ok(true)
+    }
+
+    fn fingerprint(&self) -> String {
+        let mut cfg = self.cfg.clone();
+        cfg.steps = 0;
+        cfg.progress = false;
+        serde_json::to_string(&Fingerprint {
+            cfg,
+            objective: self.objective.clone(),
+            data: self.data_id.clone(),
+        })
+        .expect("fingerprint serialises")
+    }
+
+    /// As [`ReluSaeTrainer::finish`], with the SAE typed by the objective (ReLU or TopK).
+    pub fn finish_sae(self) -> Result<(Sae, TrainReport)> {
+        let topk = match &self.objective {
+            TrainObjective::TopK(t) => Some(t.k),
+            TrainObjective::L1 => None,
+        };
+        let (weights, report) = self.finish();
+        let sae = match topk {
+            Some(k) => Sae::new(SaeKind::TopK { k }, weights, true)?,
+            None => Sae::from(weights),
+        };
+        Ok((sae, report))
+    }
+
     /// Ends training: the SAE and the report (logs any unlogged steps).
     pub fn finish(mut self) -> (ReluSae, TrainReport) {
         if self.acc.steps > 0 {
@@ -881,9 +1196,9 @@ impl<'a> ReluSaeTrainer<'a> {
             self.push_log(lr);
         }
         self.progress.finish_and_clear();
-        let elapsed_s = self.start.elapsed().as_secs_f64();
+        let elapsed_s = self.elapsed_before + self.start.elapsed().as_secs_f64();
         let report = TrainReport {
-            n_tokens: self.x.nrows(),
+            n_tokens: self.rows.n_rows(),
             d_in: self.sae.d_in,
             d_sae: self.sae.d_sae,
             input_scale: self.sae.input_scale,
@@ -895,6 +1210,69 @@ impl<'a> ReluSaeTrainer<'a> {
         };
         (self.sae, report)
     }
+}
+
+const CHECKPOINT_VERSION: u32 = 1;
+/// Files of a checkpoint folder.
+pub const CHECKPOINT_STATE: &str = "state.json";
+pub const CHECKPOINT_TENSORS: &str = "tensors.safetensors";
+
+/// What a checkpoint must match to be resumed (`cfg.steps` and `cfg.progress` zeroed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Fingerprint {
+    cfg: SaeTrainConfig,
+    objective: TrainObjective,
+    data: String,
+}
+
+impl Fingerprint {
+    fn difference(&self, other: &Fingerprint) -> Option<String> {
+        if self.data != other.data {
+            return Some(format!("data `{}` vs `{}`", other.data, self.data));
+        }
+        if self.objective != other.objective {
+            return Some(format!("objective {:?} vs {:?}", other.objective, self.objective));
+        }
+        if self.cfg != other.cfg {
+            return Some(format!(
+                "training config {} vs {}",
+                serde_json::to_string(&other.cfg).unwrap_or_default(),
+                serde_json::to_string(&self.cfg).unwrap_or_default()
+            ));
+        }
+        None
+    }
+}
+
+/// `state.json` of a checkpoint (the arrays are in `tensors.safetensors`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    version: u32,
+    fingerprint: String,
+    step: usize,
+    rng: u64,
+    adam_t: i32,
+    input_scale_bits: u32,
+    /// In-memory rows: the sampler's permutation, position and random state.
+    sampler: Option<(Vec<usize>, usize, u64)>,
+    tokens_since_fired: Vec<u64>,
+    window_fired: Vec<bool>,
+    log_fired: Vec<bool>,
+    acc: LogAcc,
+    logs: Vec<TrainLog>,
+    resamples: Vec<ResampleEvent>,
+    elapsed_s: f64,
+}
+
+fn slice<D: Dimension>(a: &Array<f32, D>) -> &[f32] {
+    a.as_slice().expect("parameters in standard layout")
+}
+
+/// `dir` with `.old` appended to its name (the checkpoint being replaced).
+fn old_sibling(dir: &Path) -> PathBuf {
+    let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".old");
+    dir.with_file_name(name)
 }
 
 /// (row, column) of the first non-finite entry, if any.

@@ -144,7 +144,17 @@ pub fn read_npy(path: &Path) -> Result<Array2<f64>> {
     })
 }
 
-fn parse_npy(bytes: &[u8]) -> std::result::Result<Array2<f64>, String> {
+/// The parsed header of a `.npy` file.
+struct NpyHeader<'a> {
+    descr: &'a str,
+    fortran: bool,
+    n_rows: usize,
+    n_cols: usize,
+    /// Offset of the first data byte.
+    data: usize,
+}
+
+fn npy_header(bytes: &[u8]) -> std::result::Result<NpyHeader<'_>, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err("not a .npy file (missing the \\x93NUMPY magic)".into());
     }
@@ -183,6 +193,23 @@ fn parse_npy(bytes: &[u8]) -> std::result::Result<Array2<f64>, String> {
         [n, m] => (*n, *m),
         other => return Err(format!("expected a 1-D or 2-D array, found shape {other:?}")),
     };
+    Ok(NpyHeader {
+        descr,
+        fortran,
+        n_rows,
+        n_cols,
+        data: end,
+    })
+}
+
+fn parse_npy(bytes: &[u8]) -> std::result::Result<Array2<f64>, String> {
+    let NpyHeader {
+        descr,
+        fortran,
+        n_rows,
+        n_cols,
+        data: end,
+    } = npy_header(bytes)?;
     let (size, conv): (usize, fn(&[u8]) -> f64) = match descr {
         "<f8" => (8, |b| f64::from_le_bytes(b.try_into().unwrap())),
         "<f4" => (4, |b| f32::from_le_bytes(b.try_into().unwrap()) as f64),
@@ -231,18 +258,72 @@ fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
-/// Writes `(n_rows, n_cols)` as a `<f8` C-order `.npy` (format 1.0), atomically.
-pub fn write_npy(path: &Path, values: ArrayView2<f64>) -> Result<()> {
+/// Reads a `<f4` C-order `.npy` file as f32 `(n_rows, n_cols)` without a detour through f64
+/// (activation spools; other dtypes are refused, naming the one found).
+pub fn read_npy_f32(path: &Path) -> Result<Array2<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let perr = |message: String| Error::Parse {
+        path: path.to_path_buf(),
+        location: "header".into(),
+        message,
+    };
+    let h = npy_header(&bytes).map_err(perr)?;
+    if h.descr != "<f4" || h.fortran {
+        return Err(perr(format!(
+            "expected a C-order <f4 array, found dtype {} (fortran_order {})",
+            h.descr, h.fortran
+        )));
+    }
+    let n = h.n_rows * h.n_cols;
+    let data = &bytes[h.data..];
+    if data.len() != n * 4 {
+        return Err(perr(format!(
+            "expected {} data bytes for shape ({}, {}), found {}",
+            n * 4,
+            h.n_rows,
+            h.n_cols,
+            data.len()
+        )));
+    }
+    let flat: Vec<f32> = data
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+        .collect();
+    Array2::from_shape_vec((h.n_rows, h.n_cols), flat).map_err(|e| perr(e.to_string()))
+}
+
+/// Writes `(n_rows, n_cols)` f32 as a `<f4` C-order `.npy` (format 1.0), atomically.
+pub fn write_npy_f32(path: &Path, values: ArrayView2<f32>) -> Result<()> {
     let (n, m) = values.dim();
-    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': ({n}, {m}), }}");
+    let mut bytes = npy_preamble("<f4", n, m);
+    bytes.reserve(n * m * 4);
+    for row in values.rows() {
+        for v in row {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    write_atomic(path, &bytes)
+}
+
+/// Magic, version 1.0, header length and the header dict, padded to a multiple of 64 bytes.
+fn npy_preamble(descr: &str, n: usize, m: usize) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({n}, {m}), }}");
     // magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut bytes = Vec::with_capacity(10 + header.len() + n * m * 8);
+    let mut bytes = Vec::with_capacity(10 + header.len());
     bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
     bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
+    bytes
+}
+
+/// Writes `(n_rows, n_cols)` as a `<f8` C-order `.npy` (format 1.0), atomically.
+pub fn write_npy(path: &Path, values: ArrayView2<f64>) -> Result<()> {
+    let (n, m) = values.dim();
+    let mut bytes = npy_preamble("<f8", n, m);
+    bytes.reserve(n * m * 8);
     for row in values.rows() {
         for v in row {
             bytes.extend_from_slice(&v.to_le_bytes());

@@ -63,6 +63,7 @@ const BUILTINS: &[(&str, &str)] = &[
         include_str!("../../data-schemas/feature_examples.json"),
     ),
     ("sae_codes", include_str!("../../data-schemas/sae_codes.json")),
+    ("sae_train_log", include_str!("../../data-schemas/sae_train_log.json")),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -80,6 +81,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "reading_features",
     "feature_examples",
     "sae_codes",
+    "sae_train_log",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
