@@ -45,7 +45,8 @@ enum Command {
     /// Linear mixed model (ML or REML, as lme4) on a CSV/TSV/Parquet table with an lme4-style
     /// formula; --compare runs a likelihood-ratio test against a nested formula.
     Lmm(cortexflow::cli::LmmArgs),
-    /// Sparse autoencoders: encode activations with any SAE folder (cortexflow, SAELens, sparsify).
+    /// Sparse autoencoders: train one on a corpus (resumable), or encode activations with any SAE
+    /// folder (cortexflow, SAELens, sparsify).
     Sae {
         #[command(subcommand)]
         command: SaeCommand,

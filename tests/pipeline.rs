@@ -50,7 +50,12 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
         e0.stats.reused.get("fit"),
         "no other fit is even looked up"
     );
-    for stage in ["lm", "sae", "codes", "design"] {
+    assert_eq!(
+        e0.stats.computed.get("recon"),
+        Some(&n_layers),
+        "one SAE reconstruction per layer (feature set sae-recon)"
+    );
+    for stage in ["lm", "sae", "codes", "recon", "design"] {
         assert_eq!(
             e1.stats.computed.get(stage),
             e0.stats.computed.get(stage),
@@ -94,11 +99,12 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
     let n_subjects = plan.subjects.len();
     let n_rois = plan.fmri().rois.len();
     let n_layers = plan.layers.len();
+    let n_sets = plan.file.encoding.feature_sets.len();
     let report = pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let expected_rows = [
-        ("fits", n_subjects * n_layers * 2 * n_rois),
-        ("summary", n_layers * 2 * (n_rois + 1)),
+        ("fits", n_subjects * n_layers * n_sets * n_rois),
+        ("summary", n_layers * n_sets * (n_rois + 1)),
         ("sae_quality", n_layers),
     ];
     for (table, rows) in expected_rows {

@@ -16,6 +16,12 @@
 //! - [`train`]: [`train_relu_sae`] (Adam, unit-norm decoder rows, dead-feature resampling) and
 //!   [`train_topk_sae`] (same trainer, TopK objective with the AuxK dead-latent term,
 //!   [`TopKTrainConfig`]), [`SaeTrainConfig`] with [`SaeTrainConfig::check`], [`TrainReport`].
+//! - [`spool`]: [`build_spool`] runs the LM over text files and writes one layer's per-token
+//!   vectors to disk in `.npy` chunks (resumable; held-out tail per file); [`Spool`] reads them.
+//! - [`stream`]: [`SpoolStream`], the bounded shuffle buffer over a spool's chunks, seekable to
+//!   any position; [`ReluSaeTrainer::streamed`] trains from it, and
+//!   [`ReluSaeTrainer::save_checkpoint`] / [`ReluSaeTrainer::restore_checkpoint`] make any run
+//!   resumable to a bit-identical result.
 //! - [`metrics`]: [`sae_quality`] / [`Sae::quality`] (R², FVU, mean L0, dead and dense fractions).
 //! - [`directions`]: decoder-cosine alignment of features between two SAEs (best match and
 //!   similarity) and reconstruction with chosen features ablated to their mean.
