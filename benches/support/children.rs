@@ -48,6 +48,18 @@ mod sys {
 
     extern "C" {
         fn wait4(pid: c_int, status: *mut c_int, options: c_int, rusage: *mut Rusage) -> c_int;
+        fn getrusage(who: c_int, rusage: *mut Rusage) -> c_int;
+    }
+
+    /// CPU time (user + system, all threads) this process has used so far.
+    pub fn self_cpu_s() -> f64 {
+        let mut ru = Rusage::default();
+        // SAFETY: a valid pointer to a local; RUSAGE_SELF = 0.
+        if unsafe { getrusage(0, &mut ru) } == 0 {
+            ru.cpu_s()
+        } else {
+            f64::NAN
+        }
     }
 
     /// Reaps `pid`; returns its exit code (`None` if it was killed by a signal) and its usage.
@@ -85,6 +97,11 @@ pub struct Run {
     /// CPU share taken by other processes during the run (see [`others_share`]).
     pub others: f64,
     pub stdout: String,
+}
+
+/// CPU time (user + system, all threads) used by this process so far (`getrusage(2)`).
+pub fn self_cpu_s() -> f64 {
+    sys::self_cpu_s()
 }
 
 pub fn self_peak_mib() -> f64 {

@@ -1285,6 +1285,40 @@ fn first_non_finite(x: ArrayView2<'_, f32>) -> Option<(usize, usize)> {
     bad.into_iter().enumerate().find_map(|(i, c)| c.map(|c| (i, c)))
 }
 
+impl<'a> ReluSaeTrainer<'a> {
+    /// A ReLU + L1 trainer ([`ReluSaeTrainer::new`]: same sampler, Adam, decoder projection,
+    /// warm-up, logging and resampling) that starts from the given weights instead of step 2 of
+    /// the recipe, with fresh Adam moments. Any `d_sae` (not only a multiple of `d_in`:
+    /// `cfg.expansion` is ignored); `sae.input_scale` is kept as given. Used by the benchmarks to
+    /// start both implementations from the same weights.
+    pub fn from_sae(x: ArrayView2<'a, f32>, cfg: &SaeTrainConfig, sae: ReluSae) -> Result<Self> {
+        if sae.d_in != x.ncols() {
+            return Err(Error::Invalid(format!(
+                "the SAE has d_in = {}, the activations have {} columns",
+                sae.d_in,
+                x.ncols()
+            )));
+        }
+        let mut t = Self::new(
+            x,
+            &SaeTrainConfig {
+                expansion: 1,
+                ..cfg.clone()
+            },
+        )?;
+        let (d_in, d_sae) = (sae.d_in, sae.d_sae);
+        t.tokens_since_fired = vec![0; d_sae];
+        t.dead = vec![false; d_sae];
+        t.adam = Adam::new(d_in, d_sae);
+        t.grad = ReluSaeGrad::zeros(d_in, d_sae);
+        t.ws = Workspace::new(cfg.batch_size, d_in, d_sae);
+        t.window_fired = vec![false; d_sae];
+        t.log_fired = vec![false; d_sae];
+        t.sae = sae;
+        Ok(t)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
