@@ -62,7 +62,7 @@
 //! `RAYON_NUM_THREADS` = the same number (its BLAS and thread count are read back with
 //! threadpoolctl and printed).
 //!
-//! Run: `cargo bench --bench sae_vs_numpy` (about 5 minutes on 2 cores). Environment:
+//! Run: `cargo bench --bench sae_vs_numpy` (about 3 minutes on 2 quiet cores). Environment:
 //! `CORTEXFLOW_BENCH_STEPS` (default 10), `CORTEXFLOW_BENCH_AGREE_STEPS` (5; 0 = skip),
 //! `CORTEXFLOW_BENCH_ROWS` (65536), `CORTEXFLOW_BENCH_ENCODE_ROWS` (16384; 0 = skip),
 //! `CORTEXFLOW_BENCH_WIDTHS` (`4608,16384`), `CORTEXFLOW_BENCH_PROJECT_STEPS` (3; 0 = skip),
