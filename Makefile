@@ -32,6 +32,7 @@ bench: setup
 	$(CARGO) bench --bench extract_throughput
 	$(CARGO) bench --bench ridge_vs_himalaya
 	$(CARGO) bench --bench lmm_vs_lme4
+	$(CARGO) bench --bench sae_vs_numpy
 
 fmt:
 	$(CARGO) fmt

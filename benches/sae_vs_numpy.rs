@@ -290,9 +290,9 @@ fn time_training(
     steps: usize,
 ) -> anyhow::Result<TrainTiming> {
     let mut tr = ReluSaeTrainer::from_sae(x, cfg, sae.clone())?;
-    tr.step(); // warm-up
+    tr.step().expect("SAE step"); // warm-up
     let span = Span::start();
-    let losses: Vec<SaeLoss> = (0..steps).map(|_| tr.step()).collect();
+    let losses: Vec<SaeLoss> = (0..steps).map(|_| tr.step().expect("SAE step")).collect();
     let (seconds, cpu_s, others) = span.end();
     Ok(TrainTiming {
         tokens_per_s: (steps * cfg.batch_size) as f64 / seconds,
@@ -441,7 +441,7 @@ fn main() -> anyhow::Result<()> {
         if agree_steps > 0 {
             eprintln!("width {width}: cortexflow agreement steps …");
             let mut tr = ReluSaeTrainer::from_sae(x.slice(s![..BATCH, ..]), &cfg, sae.clone())?;
-            agree_cf = (0..agree_steps).map(|_| tr.step()).collect();
+            agree_cf = (0..agree_steps).map(|_| tr.step().expect("SAE step")).collect();
         }
         drop(sae);
 

@@ -19,14 +19,14 @@ fn a_trainer_started_from_given_weights_takes_its_first_step_from_them() {
         ..Default::default()
     };
     let mut trainer = ReluSaeTrainer::from_sae(x.view(), &cfg, sae.clone()).unwrap();
-    let first = trainer.step();
+    let first = trainer.step().unwrap();
     let (expected, _) = sae.loss_and_grad((&x * sae.input_scale).view(), cfg.l1);
     assert!(
         (first.loss - expected.loss).abs() <= 1e-5 * expected.loss,
         "{first:?} vs {expected:?}"
     );
     assert_eq!(first.l0, expected.l0);
-    trainer.step();
+    trainer.step().unwrap();
     let trained = trainer.sae();
     assert_eq!((trained.d_in, trained.d_sae, trained.input_scale), (6, 10, 0.8));
     assert_ne!(trained.w_enc, sae.w_enc);
