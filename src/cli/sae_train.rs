@@ -13,8 +13,9 @@
 //! - `quality.json`: R², FVU, mean L0, dead and dense fractions on the held-out tokens (the last
 //!   `heldout-fraction` of each file), and the same on training tokens for comparison.
 //!
-//! Rerunning the same job skips what is done: a complete spool is reused, training resumes from
-//! the last checkpoint, and a finished job is reported again without recomputation.
+//! Rerunning the same job skips what is done: a complete spool is reused and training resumes
+//! from the last checkpoint. The checkpoint is removed once training finishes, so rerunning a
+//! finished job trains it again (to the same result: everything is seeded).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
