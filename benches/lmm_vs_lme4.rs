@@ -68,7 +68,7 @@ use serde_json::json;
 
 #[path = "support/children.rs"]
 mod children;
-use children::{cpu_sample, env_or, f64_column, others_share, run_child, self_peak_mib, with_threads, Run};
+use children::{bench_dir, cpu_sample, env_or, f64_column, others_share, run_child, self_peak_mib, with_threads, Run};
 
 const MODELS: [(&str, &str); 2] = [
     ("a", "rt ~ x1 + x2 + (1 | subject) + (1 | item)"),
@@ -267,14 +267,7 @@ fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     ensure!(!cases.is_empty(), "CORTEXFLOW_BENCH_ROWS is empty");
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = match std::env::var_os("CORTEXFLOW_BENCH_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest.join("target"))
-            .join("bench_lmm"),
-    };
+    let root = bench_dir("bench_lmm");
     let cortexflow_bin = PathBuf::from(env!("CARGO_BIN_EXE_cortexflow"));
     let rs = rscript();
     std::fs::create_dir_all(root.join("data"))?;

@@ -61,21 +61,11 @@ use serde_json::json;
 
 #[path = "support/children.rs"]
 mod children;
-use children::{cpu_sample, env_or, f64_column, others_share, run_child, self_peak_mib, with_threads, Run};
+use children::{
+    bench_dir, cpu_sample, env_or, f64_column, others_share, python, run_child, self_peak_mib, with_threads, Run,
+};
 
 const N_FOLDS: usize = 4;
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CORTEXFLOW_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.is_file() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
 
 /// Reads the files once so that neither tool pays for a cold page cache.
 fn warm_cache(files: &[PathBuf]) -> anyhow::Result<()> {
@@ -170,13 +160,7 @@ fn main() -> anyhow::Result<()> {
         .map(parse_case)
         .collect::<anyhow::Result<_>>()?;
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = match std::env::var_os("CORTEXFLOW_BENCH_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest.join("target"))
-            .join("bench_ridge"),
-    };
+    let root = bench_dir("bench_ridge");
     let cortexflow_bin = PathBuf::from(env!("CARGO_BIN_EXE_cortexflow"));
     let py = python();
     let himalaya_script = manifest.join("scripts/himalaya_ridge.py");

@@ -88,7 +88,7 @@ use serde_json::{json, Value};
 
 #[path = "support/children.rs"]
 mod children;
-use children::{cpu_sample, env_or, others_share, run_child, self_cpu_s, with_threads};
+use children::{bench_dir, cpu_sample, env_or, others_share, python, run_child, self_cpu_s, with_threads};
 
 const D_IN: usize = 576;
 const BATCH: usize = 4096;
@@ -100,18 +100,6 @@ const TOPK: usize = 32;
 const PAPER_D_IN: usize = 1600;
 const PAPER_WIDTH: usize = 16384;
 const PAPER_TOKENS: f64 = 200e6;
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CORTEXFLOW_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.is_file() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
 
 /// Rows of `n` random unit vectors in R^d.
 fn unit_rows(n: usize, d: usize, rng: &mut SplitMix64) -> Array2<f32> {
@@ -368,14 +356,7 @@ fn main() -> anyhow::Result<()> {
         .num_threads(threads)
         .build_global()
         .context("building the rayon pool")?;
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let root = match std::env::var_os("CORTEXFLOW_BENCH_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| manifest.join("target"))
-            .join("bench_sae"),
-    };
+    let root = bench_dir("bench_sae");
     std::fs::create_dir_all(&root)?;
     let py = python();
     let cfg = SaeTrainConfig {

@@ -2,6 +2,8 @@
 //! loss, recovery of known sparse directions, determinism across thread counts, dead-feature
 //! resampling, folder round trips and config validation.
 
+mod support;
+
 use approx::assert_abs_diff_eq;
 use cortexflow::sae::{
     load_relu_sae, read_sae_config, sae_quality, save_relu_sae, train_relu_sae, ReluSae, ReluSaeTrainer,
@@ -175,32 +177,6 @@ fn codes_are_non_negative_and_sparse_codes_strictly_positive() {
 // ---------------------------------------------------------------------------------------------
 // recovery of known features
 
-/// `n` samples in `d_in` dimensions, each the sum of `k` of the `n_true` unit directions with
-/// magnitudes uniform in [0.5, 1.5]. Returns (samples, directions (n_true, d_in)).
-fn sparse_mixture(n: usize, d_in: usize, n_true: usize, k: usize, seed: u64) -> (Array2<f32>, Array2<f32>) {
-    let mut rng = SplitMix64::new(seed);
-    let mut dirs = Array2::from_shape_simple_fn((n_true, d_in), || rng.normal() as f32);
-    for mut r in dirs.rows_mut() {
-        let norm = r.dot(&r).sqrt();
-        r.mapv_inplace(|v| v / norm);
-    }
-    let mut x = Array2::zeros((n, d_in));
-    for mut row in x.rows_mut() {
-        let mut chosen: Vec<usize> = Vec::with_capacity(k);
-        while chosen.len() < k {
-            let j = rng.below(n_true as u64) as usize;
-            if !chosen.contains(&j) {
-                chosen.push(j);
-            }
-        }
-        for j in chosen {
-            let a = 0.5 + rng.next_f64() as f32;
-            row.scaled_add(a, &dirs.row(j));
-        }
-    }
-    (x, dirs)
-}
-
 /// For each true direction, the largest cosine with any decoder row.
 fn best_cosines(sae: &ReluSae, dirs: ArrayView2<f32>) -> Vec<f32> {
     let cos = dirs.dot(&sae.w_dec.t()); // (n_true, d_sae); both sides unit-norm
@@ -212,7 +188,7 @@ fn best_cosines(sae: &ReluSae, dirs: ArrayView2<f32>) -> Vec<f32> {
 
 #[test]
 fn training_on_sparse_mixtures_recovers_the_true_directions() {
-    let (x, dirs) = sparse_mixture(24_000, 32, 64, 3, 7);
+    let (x, dirs) = support::sparse_mixture(24_000, 32, 64, 3, 7);
     let (train, heldout) = x.view().split_at(ndarray::Axis(0), 20_000);
     let cfg = SaeTrainConfig {
         expansion: 4,
@@ -272,7 +248,7 @@ fn training_on_sparse_mixtures_recovers_the_true_directions() {
 fn the_same_seed_gives_bit_identical_weights_on_one_and_two_threads() {
     // wide enough that products are split into several tiles, long enough that both dense and
     // sparse kernels and two resamplings run
-    let (x, _) = sparse_mixture(3000, 40, 80, 3, 5);
+    let (x, _) = support::sparse_mixture(3000, 40, 80, 3, 5);
     let cfg = SaeTrainConfig {
         expansion: 32, // d_sae 1280 > one tile of columns
         l1: 10.0,
@@ -320,7 +296,7 @@ fn the_same_seed_gives_bit_identical_weights_on_one_and_two_threads() {
 
 #[test]
 fn resampling_revives_dead_features() {
-    let (x, _) = sparse_mixture(4000, 16, 32, 3, 13);
+    let (x, _) = support::sparse_mixture(4000, 16, 32, 3, 13);
     let cfg = SaeTrainConfig {
         expansion: 4,
         l1: 1.0,
@@ -370,7 +346,7 @@ fn resampling_revives_dead_features() {
 
 #[test]
 fn scheduled_resampling_is_reported() {
-    let (x, _) = sparse_mixture(2000, 8, 16, 2, 17);
+    let (x, _) = support::sparse_mixture(2000, 8, 16, 2, 17);
     let cfg = SaeTrainConfig {
         expansion: 16, // far more features than structure: many stay dead
         l1: 4.0,
@@ -392,7 +368,7 @@ fn scheduled_resampling_is_reported() {
 
 #[test]
 fn a_saved_folder_loads_back_bit_identical_with_saelens_tensor_names() {
-    let (x, _) = sparse_mixture(1000, 12, 24, 2, 19);
+    let (x, _) = support::sparse_mixture(1000, 12, 24, 2, 19);
     let cfg = SaeTrainConfig {
         expansion: 3,
         batch_size: 100,

@@ -9,33 +9,7 @@ use std::path::Path;
 use cortexflow::sae::{
     train_relu_sae, ReluSaeTrainer, SaeTrainConfig, Spool, SpoolStream, TopKTrainConfig, TrainObjective,
 };
-use cortexflow::stats::SplitMix64;
 use ndarray::{Array2, ArrayView2, Axis};
-
-/// `n` rows in `d` dimensions, each the sum of `k` of `n_true` unit atoms with magnitudes in
-/// [0.5, 1.5]. Returns (rows, atoms).
-fn sparse_mixture(n: usize, d: usize, n_true: usize, k: usize, seed: u64) -> (Array2<f32>, Array2<f32>) {
-    let mut rng = SplitMix64::new(seed);
-    let mut atoms = Array2::from_shape_simple_fn((n_true, d), || rng.normal() as f32);
-    for mut r in atoms.rows_mut() {
-        let norm = r.dot(&r).sqrt();
-        r.mapv_inplace(|v| v / norm);
-    }
-    let mut x = Array2::zeros((n, d));
-    for mut row in x.rows_mut() {
-        let mut chosen: Vec<usize> = Vec::with_capacity(k);
-        while chosen.len() < k {
-            let j = rng.below(n_true as u64) as usize;
-            if !chosen.contains(&j) {
-                chosen.push(j);
-            }
-        }
-        for j in chosen {
-            row.scaled_add(0.5 + rng.next_f64() as f32, &atoms.row(j));
-        }
-    }
-    (x, atoms)
-}
 
 /// Mean over atoms of the largest cosine with any decoder row (decoder rows are unit-norm).
 fn mean_max_cosine(w_dec: ArrayView2<f32>, atoms: ArrayView2<f32>) -> f64 {
@@ -140,7 +114,7 @@ fn run_with_stops(
 #[test]
 fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let (x, _) = sparse_mixture(3000, 16, 32, 3, 1);
+    let (x, _) = support::sparse_mixture(3000, 16, 32, 3, 1);
     let (train, held) = x.view().split_at(Axis(0), 2700);
     let spool = Spool::from_matrix(&tmp.path().join("spool"), train, Some(held), 256, "mixture").unwrap();
     let steps = 100;
@@ -185,7 +159,7 @@ fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
 #[test]
 fn a_checkpoint_from_other_settings_is_refused_and_a_crash_mid_replacement_is_survived() {
     let tmp = tempfile::tempdir().unwrap();
-    let (x, _) = sparse_mixture(600, 8, 16, 2, 2);
+    let (x, _) = support::sparse_mixture(600, 8, 16, 2, 2);
     let spool = Spool::from_matrix(&tmp.path().join("spool"), x.view(), None, 100, "mixture").unwrap();
     let ckpt = tmp.path().join("ckpt");
     let mut t = ReluSaeTrainer::streamed(spool.clone(), 2, &small_cfg(20), TrainObjective::L1).unwrap();
@@ -220,7 +194,7 @@ fn a_checkpoint_from_other_settings_is_refused_and_a_crash_mid_replacement_is_su
 #[test]
 fn streamed_topk_training_recovers_the_atoms_of_a_sparse_dictionary() {
     let tmp = tempfile::tempdir().unwrap();
-    let (x, atoms) = sparse_mixture(40_000, 32, 64, 3, 7);
+    let (x, atoms) = support::sparse_mixture(40_000, 32, 64, 3, 7);
     let (train, held) = x.view().split_at(Axis(0), 36_000);
     // 36 chunks of 1,000 rows, 4 in the buffer: no more than 4,000 rows in memory at once
     let spool = Spool::from_matrix(&tmp.path().join("spool"), train, Some(held), 1000, "mixture").unwrap();

@@ -3,7 +3,7 @@
 //! meanwhile (/proc/stat), thread settings for both sides, and reading a Float64 Parquet column.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -211,4 +211,29 @@ pub fn f64_column(batches: &[arrow::array::RecordBatch], name: &str) -> anyhow::
         out.extend((0..a.len()).map(|i| if a.is_null(i) { f64::NAN } else { a.value(i) }));
     }
     Ok(out)
+}
+
+/// Python with the peers (numpy, himalaya, …): `CORTEXFLOW_PYTHON`, else the project's `.venv`,
+/// else `python3`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("CORTEXFLOW_PYTHON") {
+        return p.into();
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+/// A benchmark's working folder: `CORTEXFLOW_BENCH_DIR`, else `<target dir>/<name>`.
+pub fn bench_dir(name: &str) -> PathBuf {
+    match std::env::var_os("CORTEXFLOW_BENCH_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+            .join(name),
+    }
 }

@@ -20,12 +20,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Float32Array, Float64Array, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, Float32Array, Float64Array, RecordBatch, UInt64Array};
 use serde::{Deserialize, Serialize};
 
 use crate::lm::{self, LanguageModel, RuntimeOptions};
 use crate::sae::{
-    self, build_spool, ReluSaeTrainer, SaeQuality, SaeTrainConfig, Spool, SpoolOptions, TopKTrainConfig,
+    self, build_spool, ReluSaeTrainer, SaeQuality, SaeTrainConfig, Spool, SpoolOptions, TopKTrainConfig, TrainLog,
     TrainObjective, TrainReport,
 };
 use crate::store::schema::TableSchema;
@@ -508,54 +508,22 @@ fn spool_matches(s: &Spool, job: &SaeJob, files: &[PathBuf]) -> bool {
 
 fn write_log(path: &Path, r: &TrainReport, job: &SaeJob) -> Result<()> {
     let l = &r.logs;
+    let f64s = |f: fn(&TrainLog) -> f64| Arc::new(Float64Array::from(l.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
+    let u64s = |f: fn(&TrainLog) -> u64| Arc::new(UInt64Array::from(l.iter().map(f).collect::<Vec<_>>())) as ArrayRef;
     let batch = RecordBatch::try_from_iter_with_nullable(vec![
-        (
-            "step",
-            Arc::new(UInt64Array::from(l.iter().map(|x| x.step as u64).collect::<Vec<_>>())) as _,
-            false,
-        ),
-        (
-            "tokens_seen",
-            Arc::new(UInt64Array::from(l.iter().map(|x| x.tokens_seen).collect::<Vec<_>>())) as _,
-            false,
-        ),
+        ("step", u64s(|x| x.step as u64), false),
+        ("tokens_seen", u64s(|x| x.tokens_seen), false),
         (
             "lr",
-            Arc::new(Float32Array::from(l.iter().map(|x| x.lr).collect::<Vec<_>>())) as _,
+            Arc::new(Float32Array::from(l.iter().map(|x| x.lr).collect::<Vec<_>>())) as ArrayRef,
             false,
         ),
-        (
-            "loss",
-            Arc::new(Float64Array::from(l.iter().map(|x| x.loss).collect::<Vec<_>>())) as _,
-            false,
-        ),
-        (
-            "mse",
-            Arc::new(Float64Array::from(l.iter().map(|x| x.mse).collect::<Vec<_>>())) as _,
-            false,
-        ),
-        (
-            "sparsity",
-            Arc::new(Float64Array::from(l.iter().map(|x| x.sparsity).collect::<Vec<_>>())) as _,
-            false,
-        ),
-        (
-            "l0",
-            Arc::new(Float64Array::from(l.iter().map(|x| x.l0).collect::<Vec<_>>())) as _,
-            false,
-        ),
-        (
-            "dead_fraction",
-            Arc::new(Float64Array::from(
-                l.iter().map(|x| x.dead_fraction).collect::<Vec<_>>(),
-            )) as _,
-            false,
-        ),
-        (
-            "aux",
-            Arc::new(Float64Array::from(l.iter().map(|x| x.aux).collect::<Vec<_>>())) as _,
-            false,
-        ),
+        ("loss", f64s(|x| x.loss), false),
+        ("mse", f64s(|x| x.mse), false),
+        ("sparsity", f64s(|x| x.sparsity), false),
+        ("l0", f64s(|x| x.l0), false),
+        ("dead_fraction", f64s(|x| x.dead_fraction), false),
+        ("aux", f64s(|x| x.aux), false),
     ])
     .map_err(|e| Error::Invalid(format!("building the training log table: {e}")))?;
     let schema = TableSchema::builtin("sae_train_log")?;

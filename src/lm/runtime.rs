@@ -214,12 +214,7 @@ impl LanguageModel {
             sel = sel.with(m.logits.clone().expect("checked by Manifest::check"));
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
-        let ids_t = Tensor::from_array(([b, s], ids.clone())).map_err(rt("input_ids"))?;
-        let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
-        if let Some(mask_name) = &m.attention_mask {
-            let mask_t = Tensor::from_array(([b, s], mask.clone())).map_err(rt("attention_mask"))?;
-            inputs.push((mask_name.clone().into(), mask_t.into()));
-        }
+        let inputs = model_inputs(m, [b, s], ids.clone(), mask.clone())?;
         let hidden_names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
         let (lp_name, ent_name, logits_name) = (
             m.next_token_logprob.clone(),
@@ -231,18 +226,7 @@ impl LanguageModel {
             .session
             .run_with_options(inputs, &options)
             .map_err(rt("inference"))?;
-        let mut hidden = Vec::with_capacity(layers.len());
-        for name in &hidden_names {
-            let v = outputs[name.as_str()].try_extract_array::<f32>().map_err(rt(name))?;
-            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
-            if v.shape() != [b, s, d_model] {
-                return Err(Error::Model(format!(
-                    "output `{name}` has shape {:?}, expected [{b}, {s}, {d_model}]",
-                    v.shape()
-                )));
-            }
-            hidden.push(v);
-        }
+        let hidden = hidden_views(&outputs, &hidden_names, [b, s, d_model])?;
         let (next_logprob, next_entropy) = if in_graph {
             let get = |n: &str| -> Result<Array2<f32>> {
                 let v = outputs[n].try_extract_array::<f32>().map_err(rt(n))?;
@@ -286,30 +270,14 @@ impl LanguageModel {
             sel = sel.with(m.hidden_states[l].clone());
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
-        let ids_t = Tensor::from_array(([b, s], ids)).map_err(rt("input_ids"))?;
-        let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
-        if let Some(mask_name) = &m.attention_mask {
-            let mask_t = Tensor::from_array(([b, s], mask)).map_err(rt("attention_mask"))?;
-            inputs.push((mask_name.clone().into(), mask_t.into()));
-        }
+        let inputs = model_inputs(m, [b, s], ids, mask)?;
         let names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
         let d_model = m.d_model;
         let outputs = self
             .session
             .run_with_options(inputs, &options)
             .map_err(rt("inference"))?;
-        let mut hidden = Vec::with_capacity(names.len());
-        for name in &names {
-            let v = outputs[name.as_str()].try_extract_array::<f32>().map_err(rt(name))?;
-            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
-            if v.shape() != [b, s, d_model] {
-                return Err(Error::Model(format!(
-                    "output `{name}` has shape {:?}, expected [{b}, {s}, {d_model}]",
-                    v.shape()
-                )));
-            }
-            hidden.push(v);
-        }
+        let hidden = hidden_views(&outputs, &names, [b, s, d_model])?;
         Ok(f(&hidden))
     }
 }
@@ -337,12 +305,7 @@ impl LanguageModel {
         let options = RunOptions::new()
             .map_err(rt("run options"))?
             .with_outputs(OutputSelector::no_default().with(logits_name.clone()));
-        let ids_t = Tensor::from_array(([1, s], seq)).map_err(rt("input_ids"))?;
-        let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
-        if let Some(mask_name) = &m.attention_mask {
-            let mask_t = Tensor::from_array(([1, s], vec![1i64; s])).map_err(rt("attention_mask"))?;
-            inputs.push((mask_name.clone().into(), mask_t.into()));
-        }
+        let inputs = model_inputs(m, [1, s], seq, vec![1i64; s])?;
         let outputs = self
             .session
             .run_with_options(inputs, &options)
@@ -385,6 +348,45 @@ impl LanguageModel {
             .decode(&ids[n_prompt..], false)
             .map_err(|e| Error::Invalid(format!("decoding: {e}")))
     }
+}
+
+/// The session inputs: token ids and, when the graph takes one, the attention mask, both int64
+/// `shape` = [batch, seq].
+fn model_inputs(
+    m: &Manifest,
+    shape: [usize; 2],
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+) -> Result<Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>> {
+    let ids_t = Tensor::from_array((shape, ids)).map_err(rt("input_ids"))?;
+    let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
+    if let Some(mask_name) = &m.attention_mask {
+        let mask_t = Tensor::from_array((shape, mask)).map_err(rt("attention_mask"))?;
+        inputs.push((mask_name.clone().into(), mask_t.into()));
+    }
+    Ok(inputs)
+}
+
+/// The named hidden-state outputs as (batch, seq, d_model) views, their shapes checked.
+fn hidden_views<'o>(
+    outputs: &'o ort::session::SessionOutputs<'_>,
+    names: &[String],
+    shape: [usize; 3],
+) -> Result<Vec<ArrayView3<'o, f32>>> {
+    names
+        .iter()
+        .map(|name| {
+            let v = outputs[name.as_str()].try_extract_array::<f32>().map_err(rt(name))?;
+            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
+            if v.shape() != shape {
+                return Err(Error::Model(format!(
+                    "output `{name}` has shape {:?}, expected {shape:?}",
+                    v.shape()
+                )));
+            }
+            Ok(v)
+        })
+        .collect()
 }
 
 pub fn layer_error(layer: usize, n_layers: usize) -> Error {

@@ -343,35 +343,34 @@ pub fn sae_record(ctx: &Ctx, sae_id: &str) -> Result<SaeRecord> {
 
 /// Encodes a story's activations of one layer with that layer's SAE.
 pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
-    let id = KeyBuilder::new("codes", REV_CODES)
-        .part("act", act_id)
-        .part("sae", sae_id)
-        .finish();
-    ctx.store.arrays("codes", &id, || {
-        let x = ctx.store.load_arrays("lm", act_id)?;
-        let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
-        let loaded = sae::load_sae(&dir)?;
-        let x = x.f32("x")?;
-        loaded.check_input(x.ncols())?;
-        Ok(Arrays::default().with_f32("x", loaded.sae.encode(x)))
-    })?;
-    Ok(id)
+    sae_map_stage(ctx, "codes", act_id, sae_id, |sae, x| sae.encode(x))
 }
 
 /// A story's activations of one layer reconstructed by that layer's SAE (the "sae-recon"
 /// feature set), in the activations' own units.
 pub fn recon_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
-    let id = KeyBuilder::new("recon", REV_CODES)
+    sae_map_stage(ctx, "recon", act_id, sae_id, |sae, x| sae.reconstruct(x))
+}
+
+/// `f(SAE, activations)` stored as stage `stage`, keyed by the activation and SAE artifacts.
+fn sae_map_stage(
+    ctx: &Ctx,
+    stage: &str,
+    act_id: &str,
+    sae_id: &str,
+    f: impl FnOnce(&sae::Sae, ndarray::ArrayView2<'_, f32>) -> Array2<f32>,
+) -> Result<ArtifactId> {
+    let id = KeyBuilder::new(stage, REV_CODES)
         .part("act", act_id)
         .part("sae", sae_id)
         .finish();
-    ctx.store.arrays("recon", &id, || {
+    ctx.store.arrays(stage, &id, || {
         let x = ctx.store.load_arrays("lm", act_id)?;
         let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
         let loaded = sae::load_sae(&dir)?;
         let x = x.f32("x")?;
         loaded.check_input(x.ncols())?;
-        Ok(Arrays::default().with_f32("x", loaded.sae.reconstruct(x)))
+        Ok(Arrays::default().with_f32("x", f(&loaded.sae, x)))
     })?;
     Ok(id)
 }

@@ -83,7 +83,8 @@ fn le_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes named f32 tensors `(name, shape, data)` as a safetensors file, atomically.
+/// Writes named f32 tensors `(name, shape, data)` as a safetensors file (metadata
+/// `format = pt`, as PyTorch-written files), atomically.
 pub(crate) fn write_f32_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32])]) -> Result<()> {
     let werr = |m: String| Error::Write {
         path: path.to_path_buf(),
@@ -101,7 +102,8 @@ pub(crate) fn write_f32_tensors(path: &Path, tensors: &[(&str, Vec<usize>, &[f32
                 .map_err(|e| werr(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None).map_err(|e| werr(e.to_string()))?;
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| werr(e.to_string()))?;
     write_atomic(path, &bytes)
 }
 
@@ -144,29 +146,17 @@ pub fn save_relu_sae(sae: &ReluSae, train: Option<&SaeTrainConfig>, dir: &Path) 
     })?;
     write_atomic(&cfg_path, json.as_bytes())?;
 
-    let w_path = dir.join(WEIGHTS_FILE);
     let std = |a: &Array2<f32>| a.as_standard_layout().iter().copied().collect::<Vec<f32>>();
-    let data: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
-        ("W_enc", vec![sae.d_in, sae.d_sae], le_bytes(&std(&sae.w_enc))),
-        ("b_enc", vec![sae.d_sae], le_bytes(&sae.b_enc.to_vec())),
-        ("W_dec", vec![sae.d_sae, sae.d_in], le_bytes(&std(&sae.w_dec))),
-        ("b_dec", vec![sae.d_in], le_bytes(&sae.b_dec.to_vec())),
-    ];
-    let werr = |m: String| Error::Write {
-        path: w_path.clone(),
-        message: m,
-    };
-    let views = data
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (*name, v))
-                .map_err(|e| werr(e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| werr(e.to_string()))?;
-    write_atomic(&w_path, &bytes)
+    let (w_enc, w_dec, b_enc, b_dec) = (std(&sae.w_enc), std(&sae.w_dec), sae.b_enc.to_vec(), sae.b_dec.to_vec());
+    write_f32_tensors(
+        &dir.join(WEIGHTS_FILE),
+        &[
+            ("W_enc", vec![sae.d_in, sae.d_sae], &w_enc),
+            ("b_enc", vec![sae.d_sae], &b_enc),
+            ("W_dec", vec![sae.d_sae, sae.d_in], &w_dec),
+            ("b_dec", vec![sae.d_in], &b_dec),
+        ],
+    )
 }
 
 /// Reads the configuration of an SAE folder.
@@ -726,30 +716,20 @@ pub fn save_saelens_sae(sae: &Sae, meta: &SaeMeta, dir: &Path) -> Result<()> {
     })?;
     write_atomic(&cfg_path, text.as_bytes())?;
 
-    let w_path = dir.join(WEIGHTS_FILE);
     let std = |a: &Array2<f32>| a.as_standard_layout().iter().copied().collect::<Vec<f32>>();
-    let mut data: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
-        ("W_enc", vec![w.d_in, w.d_sae], le_bytes(&std(&w_enc))),
-        ("b_enc", vec![w.d_sae], le_bytes(&w.b_enc.to_vec())),
-        ("W_dec", vec![w.d_sae, w.d_in], le_bytes(&std(&w_dec))),
-        ("b_dec", vec![w.d_in], le_bytes(&b_dec.to_vec())),
-    ];
-    if let SaeKind::JumpRelu { threshold } = &sae.kind {
-        data.push(("threshold", vec![w.d_sae], le_bytes(&threshold.to_vec())));
-    }
-    let werr = |m: String| Error::Write {
-        path: w_path.clone(),
-        message: m,
+    let (w_enc, w_dec, b_enc, b_dec) = (std(&w_enc), std(&w_dec), w.b_enc.to_vec(), b_dec.to_vec());
+    let threshold = match &sae.kind {
+        SaeKind::JumpRelu { threshold } => Some(threshold.to_vec()),
+        _ => None,
     };
-    let views = data
-        .iter()
-        .map(|(name, shape, bytes)| {
-            TensorView::new(Dtype::F32, shape.clone(), bytes)
-                .map(|v| (*name, v))
-                .map_err(|e| werr(e.to_string()))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| werr(e.to_string()))?;
-    write_atomic(&w_path, &bytes)
+    let mut tensors: Vec<(&str, Vec<usize>, &[f32])> = vec![
+        ("W_enc", vec![w.d_in, w.d_sae], &w_enc),
+        ("b_enc", vec![w.d_sae], &b_enc),
+        ("W_dec", vec![w.d_sae, w.d_in], &w_dec),
+        ("b_dec", vec![w.d_in], &b_dec),
+    ];
+    if let Some(t) = &threshold {
+        tensors.push(("threshold", vec![w.d_sae], t));
+    }
+    write_f32_tensors(&dir.join(WEIGHTS_FILE), &tensors)
 }

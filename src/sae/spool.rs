@@ -179,9 +179,9 @@ impl Spool {
             let x = self.read_chunk(i)?;
             let take = x.nrows().min(max_rows - n);
             n += take;
-            parts.push(x.slice(s![..take, ..]).to_owned());
+            parts.push((x, take));
         }
-        let views: Vec<ArrayView2<f32>> = parts.iter().map(|p| p.view()).collect();
+        let views: Vec<ArrayView2<f32>> = parts.iter().map(|(p, take)| p.slice(s![..*take, ..])).collect();
         if views.is_empty() {
             return Ok(Array2::zeros((0, self.manifest.d)));
         }

@@ -161,15 +161,13 @@ impl SpoolStream {
     pub fn seek(&mut self, rows: u64) -> Result<()> {
         let epoch = rows / self.n_rows as u64;
         let mut rest = (rows % self.n_rows as u64) as usize;
-        self.order.clear();
-        self.epoch = u64::MAX;
-        // chunk order of that epoch, to find the group
-        let order = shuffled(self.train.len(), mix(self.seed, epoch));
+        // that epoch's chunk order (kept: `load` reuses it), to find the group
+        self.order = shuffled(self.train.len(), mix(self.seed, epoch));
+        self.epoch = epoch;
         let mut g = 0;
         loop {
-            let lo = g * self.buffer_chunks;
-            let hi = (lo + self.buffer_chunks).min(order.len());
-            let rows_g: usize = order[lo..hi]
+            let rows_g: usize = self
+                .group_chunks(g)
                 .iter()
                 .map(|&k| self.spool.manifest.chunks[self.train[k]].rows)
                 .sum();

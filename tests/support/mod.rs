@@ -53,3 +53,35 @@ pub fn model_dir() -> PathBuf {
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cortexflow"))
 }
+
+/// `n` samples in `d_in` dimensions, each the sum of `k` of the `n_true` unit directions with
+/// magnitudes uniform in [0.5, 1.5]. Returns (samples, directions (n_true, d_in)).
+pub fn sparse_mixture(
+    n: usize,
+    d_in: usize,
+    n_true: usize,
+    k: usize,
+    seed: u64,
+) -> (ndarray::Array2<f32>, ndarray::Array2<f32>) {
+    let mut rng = cortexflow::stats::SplitMix64::new(seed);
+    let mut dirs = ndarray::Array2::from_shape_simple_fn((n_true, d_in), || rng.normal() as f32);
+    for mut r in dirs.rows_mut() {
+        let norm = r.dot(&r).sqrt();
+        r.mapv_inplace(|v| v / norm);
+    }
+    let mut x = ndarray::Array2::zeros((n, d_in));
+    for mut row in x.rows_mut() {
+        let mut chosen: Vec<usize> = Vec::with_capacity(k);
+        while chosen.len() < k {
+            let j = rng.below(n_true as u64) as usize;
+            if !chosen.contains(&j) {
+                chosen.push(j);
+            }
+        }
+        for j in chosen {
+            let a = 0.5 + rng.next_f64() as f32;
+            row.scaled_add(a, &dirs.row(j));
+        }
+    }
+    (x, dirs)
+}
