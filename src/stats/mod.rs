@@ -1,5 +1,10 @@
 //! Shared statistics on plain slices and ndarray views: Pearson correlation, z-scoring, and
 //! percentile-bootstrap confidence intervals with a seeded generator (deterministic for a seed).
+//!
+//! * [`agreement`]: inter-rater agreement of feature labels (confusion matrix, Cohen's and
+//!   Fleiss' κ with bootstrap CIs, soft → hard labels).
+
+pub mod agreement;
 
 use ndarray::{ArrayViewMut2, Axis};
 
