@@ -3,8 +3,11 @@
 //!
 //! * [`agreement`]: inter-rater agreement of feature labels (confusion matrix, Cohen's and
 //!   Fleiss' κ with bootstrap CIs, soft → hard labels).
+//! * [`topography`]: subcategory × region matrices (Spearman / Mantel convergence with a
+//!   prediction, repeated-measures interaction, FDR-significant cells and their overlap).
 
 pub mod agreement;
+pub mod topography;
 
 use ndarray::{ArrayViewMut2, Axis};
 
