@@ -54,6 +54,10 @@ enum Command {
     /// BOLD-like responses from given (or random) features with planted weights, HRF and noise at
     /// a chosen SNR, with the noise-free ceiling written next to them.
     Simulate(cortexflow::cli::SimulateArgs),
+    /// Subcategory × region matrices against an a priori 0/1 prediction: Spearman ρ and Mantel r
+    /// with label-permutation p and bootstrap CIs, repeated-measures interaction, BH-FDR cells and
+    /// their overlap with the prediction (hypergeometric, Fisher).
+    Topography(cortexflow::cli::TopographyArgs),
     /// Greedy continuation of a prompt (a quick check that a model works).
     Generate {
         prompt: String,
@@ -256,6 +260,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             for p in &s.files {
                 println!("wrote {}", p.display());
+            }
+        }
+        Command::Topography(args) => {
+            let s = cortexflow::cli::run_topography(&args)?;
+            print!("{}", s.text);
+            for f in &s.files {
+                println!("wrote {}", f.display());
             }
         }
         Command::Simulate(args) => {

@@ -7,15 +7,19 @@
 //! * [`sae_train`]: `cortexflow sae train JOB.toml` — corpus → LM → activation spool → SAE, with
 //!   checkpoints and held-out quality.
 //! * [`simulate`]: `cortexflow simulate` — BOLD-like responses with planted weights and known ceiling.
+//! * [`topography`]: `cortexflow topography` — subcategory × region matrices against an a priori
+//!   0/1 prediction (ρ, Mantel, interaction F, FDR cells, hypergeometric / Fisher overlap).
 
 pub mod lmm;
 pub mod ridge;
 pub mod sae;
 pub mod sae_train;
 pub mod simulate;
+pub mod topography;
 
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};
 pub use sae::{run_sae_encode, SaeEncodeArgs, SaeEncodeSummary};
 pub use sae_train::{run_sae_train, SaeJob, SaeTrainRunOptions, SaeTrainSummary};
 pub use simulate::{run_simulate, SimulateArgs, SimulateSummary};
+pub use topography::{run_topography, TopographyArgs, TopographySummary};

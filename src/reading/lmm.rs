@@ -660,7 +660,8 @@ pub fn chi2_sf(x: f64, df: f64) -> f64 {
     upper_gamma_q(df / 2.0, x / 2.0)
 }
 
-fn ln_gamma(x: f64) -> f64 {
+/// Natural log of the gamma function for x > 0 (Lanczos; shared with [`crate::stats::topography`]).
+pub(crate) fn ln_gamma(x: f64) -> f64 {
     // Lanczos approximation (g = 7, n = 9), |error| < 1e-14 for x > 0
     const C: [f64; 9] = [
         0.999_999_999_999_809_9,

@@ -1,5 +1,13 @@
 //! Shared statistics on plain slices and ndarray views: Pearson correlation, z-scoring, and
 //! percentile-bootstrap confidence intervals with a seeded generator (deterministic for a seed).
+//!
+//! * [`agreement`]: inter-rater agreement of feature labels (confusion matrix, Cohen's and
+//!   Fleiss' κ with bootstrap CIs, soft → hard labels).
+//! * [`topography`]: subcategory × region matrices (Spearman / Mantel convergence with a
+//!   prediction, repeated-measures interaction, FDR-significant cells and their overlap).
+
+pub mod agreement;
+pub mod topography;
 
 use ndarray::{ArrayViewMut2, Axis};
 
@@ -161,21 +169,40 @@ pub fn bootstrap_mean_ci(values: &[f64], n_boot: usize, level: f64, seed: u64) -
     let mut means: Vec<f64> = (0..n_boot)
         .map(|_| (0..n).map(|_| v[rng.below(n as u64) as usize]).sum::<f64>() / n as f64)
         .collect();
-    means.sort_by(|a, b| a.total_cmp(b));
-    let q = |p: f64| -> f64 {
-        // linear interpolation between order statistics (numpy's default "linear" method)
-        let h = p * (n_boot - 1) as f64;
-        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-        means[lo] + (h - lo as f64) * (means[hi] - means[lo])
-    };
-    let alpha = (1.0 - level) / 2.0;
+    let (lower, upper) = percentile_interval(&mut means, level);
     BootstrapCi {
         estimate,
-        lower: q(alpha),
-        upper: q(1.0 - alpha),
+        lower,
+        upper,
         level,
         n_boot,
         n_units: n,
+    }
+}
+
+/// Central percentile interval of `values` at `level` (e.g. 0.95 → the 2.5th and 97.5th
+/// percentiles), with linear interpolation between order statistics (numpy's default "linear"
+/// method). Sorts `values` in place; non-finite values must be removed by the caller. (NaN, NaN)
+/// when `values` is empty.
+pub fn percentile_interval(values: &mut [f64], level: f64) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| -> f64 {
+        let h = p * (values.len() - 1) as f64;
+        let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+        values[lo] + (h - lo as f64) * (values[hi] - values[lo])
+    };
+    let alpha = (1.0 - level) / 2.0;
+    (q(alpha), q(1.0 - alpha))
+}
+
+/// Fisher–Yates shuffle of `v` in place with `rng` (uniform over the n! orders).
+pub fn shuffle<T>(v: &mut [T], rng: &mut SplitMix64) {
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
     }
 }
 

@@ -64,6 +64,10 @@ const BUILTINS: &[(&str, &str)] = &[
     ),
     ("sae_codes", include_str!("../../data-schemas/sae_codes.json")),
     ("sae_train_log", include_str!("../../data-schemas/sae_train_log.json")),
+    (
+        "topography_tests",
+        include_str!("../../data-schemas/topography_tests.json"),
+    ),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -82,6 +86,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "feature_examples",
     "sae_codes",
     "sae_train_log",
+    "topography_tests",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
