@@ -316,3 +316,34 @@ fn tokens_map_back_to_their_words() {
         }
     }
 }
+
+#[test]
+fn logit_lens_at_the_last_layer_equals_the_models_own_next_token_entropy() {
+    // The lens applies the final RMSNorm and the (tied) head read from the source GGUF to any
+    // layer; at the last layer it must reproduce the graph's own entropy output.
+    let mut m = model();
+    let story = first_words(&alice(), 60);
+    let n_layers = m.n_layers();
+    let ex = lm::extract_story(
+        &mut m,
+        &story,
+        &ExtractOptions {
+            layers: vec![n_layers],
+            pooling: Pooling::Last,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let lens = lm::lens::Lens::load(&support::model_dir()).unwrap();
+    let h = lens.entropy_bits(ex.activations[0].view()).unwrap();
+    let mut worst = 0f64;
+    for (w, (a, b)) in h.iter().zip(&ex.entropy_bits).enumerate() {
+        worst = worst.max((a - *b as f64).abs());
+        assert!((a - *b as f64).abs() < 2e-3, "word {w}: lens {a} vs model {b}");
+    }
+    eprintln!("max |lens − model| entropy at layer {n_layers}: {worst:.2e} bits");
+    // static embeddings: one row per word, a multi-token word is the mean of its tokens
+    let e = lens.word_embeddings(&["rabbit".into(), "wonderland".into()]).unwrap();
+    assert_eq!(e.dim(), (2, lens.d_model()));
+    assert!(e.rows().into_iter().all(|r| r.iter().any(|v| *v != 0.0)));
+}

@@ -5,6 +5,7 @@
 pub mod extract;
 pub mod gguf;
 pub mod import;
+pub mod lens;
 pub mod manifest;
 pub mod onnx_proto;
 pub mod runtime;
