@@ -19,5 +19,6 @@ pub mod sae;
 pub mod stats;
 pub mod stimulus;
 pub mod store;
+pub mod taxonomy;
 
 pub use error::{Error, Result};
