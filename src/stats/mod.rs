@@ -7,6 +7,7 @@
 //!   prediction, repeated-measures interaction, FDR-significant cells and their overlap).
 
 pub mod agreement;
+pub mod paired;
 pub mod topography;
 
 use ndarray::{ArrayViewMut2, Axis};
