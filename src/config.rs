@@ -44,6 +44,76 @@ pub struct PipelineFile {
     pub encoding: EncodingSection,
     #[serde(default)]
     pub summary: SummarySection,
+    /// Feature taxonomy, baselines and topography (METHOD.md §4, §6, §7, §10); off when absent.
+    #[serde(default)]
+    pub taxonomy: Option<TaxonomySection>,
+}
+
+/// `[taxonomy]`: label every SAE feature, encode with category and subcategory subsets and their
+/// baselines, and test the subcategory × region topography.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TaxonomySection {
+    /// Labels to use instead of the built-in labeller's: answers as JSONL or TSV (see
+    /// `cortexflow labels`), relative to the working directory. The built-in labels are still
+    /// computed, and their agreement with these is reported.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// CoNLL-X/U parses the closed-class word list is extended from (under the data root; "" for
+    /// none). Default: the Natural Stories UD parses (English stories only).
+    #[serde(default = "default_closed_class")]
+    pub closed_class: String,
+    /// Brysbaert et al. concreteness ratings (under the data root; "" for none; English only).
+    #[serde(default = "default_concreteness")]
+    pub concreteness: String,
+    /// Binder et al. 2016 attribute ratings (under the data root; "" for none; English only).
+    #[serde(default = "default_binder")]
+    pub binder: String,
+    /// Seed lexicon (`word<TAB>subcategory`, relative to the working directory). Default: the
+    /// built-in one of the story language (pipelines/lexicons/subcategories-<lang>.tsv).
+    #[serde(default)]
+    pub seed_lexicon: Option<PathBuf>,
+    /// Random subsets per baseline kind (count- and variance-matched), at least 10.
+    #[serde(default = "default_random_seeds")]
+    pub random_seeds: usize,
+    /// Encode PCA / random-projection / reconstruction-error / ablation baselines too.
+    #[serde(default = "yes")]
+    pub baselines: bool,
+    /// ROI → region (e.g. LATL = "AT"); ROIs not listed take no part in the topography.
+    #[serde(default)]
+    pub regions: std::collections::BTreeMap<String, String>,
+    /// A-priori subcategory × region prediction matrix (TSV, 0/1, relative to the working
+    /// directory). Default: the paper's Table 16.
+    #[serde(default)]
+    pub prediction: Option<PathBuf>,
+    /// Permutations of the topography tests and per-cell sign-flip tests.
+    #[serde(default = "default_permutations")]
+    pub permutations: usize,
+    /// FDR level of the per-cell tests.
+    #[serde(default = "default_fdr")]
+    pub fdr: f64,
+    /// Thresholds of the built-in labeller.
+    #[serde(default)]
+    pub labeller: crate::taxonomy::labeller::LabellerConfig,
+}
+
+fn default_closed_class() -> String {
+    "naturalstories/parses_ud_stories-aligned.conllx".into()
+}
+fn default_concreteness() -> String {
+    "concreteness_brysbaert/Concreteness_ratings_Brysbaert_et_al_BRM.txt".into()
+}
+fn default_binder() -> String {
+    "binder2016/WordSet1_Ratings.csv".into()
+}
+fn default_random_seeds() -> usize {
+    10
+}
+fn default_permutations() -> usize {
+    10_000
+}
+fn default_fdr() -> f64 {
+    0.05
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -631,6 +701,49 @@ impl Plan {
                     "encoding.alignment",
                     format!("unknown alignment `{other}` (hrf, lanczos-fir)"),
                 ))
+            }
+        }
+        if let Some(t) = &file.taxonomy {
+            if !e.feature_sets.iter().any(|f| f == "sae") {
+                return Err(invalid(
+                    path,
+                    "taxonomy",
+                    "needs the \"sae\" feature set in encoding.feature-sets",
+                ));
+            }
+            if t.random_seeds < 10 {
+                return Err(invalid(
+                    path,
+                    "taxonomy.random-seeds",
+                    "at least 10 seeds (METHOD.md §6)",
+                ));
+            }
+            if t.permutations < 100 || !(0.0..1.0).contains(&t.fdr) {
+                return Err(invalid(path, "taxonomy", "permutations ≥ 100 and fdr in (0, 1)"));
+            }
+            for p in [&t.closed_class, &t.concreteness, &t.binder] {
+                if !p.is_empty() && !data_root.join(p).is_file() {
+                    return Err(invalid(
+                        path,
+                        "taxonomy",
+                        format!("{} not found", data_root.join(p).display()),
+                    ));
+                }
+            }
+            for p in [&t.labels, &t.seed_lexicon, &t.prediction].into_iter().flatten() {
+                if !p.is_file() {
+                    return Err(invalid(path, "taxonomy", format!("{} not found", p.display())));
+                }
+            }
+            let rois = &file.fmri.as_ref().map(|f| f.rois.clone()).unwrap_or_default();
+            for roi in t.regions.keys() {
+                if !rois.contains(roi) {
+                    return Err(invalid(
+                        path,
+                        "taxonomy.regions",
+                        format!("`{roi}` is not one of fmri.rois {rois:?}"),
+                    ));
+                }
             }
         }
         if file.summary.n_boot == 0 || !(0.0..1.0).contains(&file.summary.ci_level) {

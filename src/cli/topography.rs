@@ -100,7 +100,11 @@ fn read_text(path: &Path) -> Result<String> {
 /// (1-based, the label column is column 1) and the offending text: a missing header, duplicate
 /// labels, a line with the wrong number of fields, a cell that is not a number.
 pub fn read_labelled_matrix(path: &Path) -> Result<LabelledMatrix> {
-    let text = read_text(path)?;
+    parse_labelled_matrix(&read_text(path)?, path)
+}
+
+/// Parses labelled-matrix TSV text; `path` names its origin in errors.
+pub fn parse_labelled_matrix(text: &str, path: &Path) -> Result<LabelledMatrix> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
     let (_, header) = lines.next().ok_or_else(|| {
         Error::parse(

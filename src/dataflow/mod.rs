@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub fits: BTreeSet<(FitKey, ArtifactId)>,
     /// ((story, layer, feature set), summary artifact)
     pub summaries: BTreeSet<((String, usize, String), ArtifactId)>,
+    /// (layer, feature-taxonomy labels artifact), with `[taxonomy]`
+    pub labels: BTreeSet<(usize, ArtifactId)>,
 }
 
 /// One epoch's result: the snapshot and the store counters accumulated so far.
@@ -79,6 +81,17 @@ fn accumulate<D: Ord + Clone>(events: &[(u64, Vec<(D, u64, isize)>)], upto: u64)
     acc.into_iter().filter(|(_, r)| *r > 0).map(|(d, _)| d).collect()
 }
 
+/// (story, story artifact, activations, codes, words) → the taxonomy stage's input.
+fn story_layer(t: &(String, ArtifactId, ArtifactId, ArtifactId, ArtifactId)) -> crate::pipeline::taxonomy::StoryLayer {
+    crate::pipeline::taxonomy::StoryLayer {
+        story: t.0.clone(),
+        story_art: t.1.clone(),
+        act: t.2.clone(),
+        codes: t.3.clone(),
+        words: t.4.clone(),
+    }
+}
+
 fn record_error(errors: &Arc<Mutex<Vec<String>>>, what: String, e: Error) {
     errors
         .lock()
@@ -94,20 +107,22 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
     let (s_saes, r_saes) = std::sync::mpsc::channel();
     let (s_fits, r_fits) = std::sync::mpsc::channel();
     let (s_sum, r_sum) = std::sync::mpsc::channel();
-    let senders = Arc::new(Mutex::new((s_words, s_saes, s_fits, s_sum)));
+    let (s_lab, r_lab) = std::sync::mpsc::channel();
+    let senders = Arc::new(Mutex::new((s_words, s_saes, s_fits, s_sum, s_lab)));
     let n_epochs = epochs.len();
     let epochs = Arc::new(epochs);
     let feature_sets: Vec<String> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
+    let taxonomy_on = ctx.plan.file.taxonomy.is_some();
 
     let err2 = errors.clone();
     let res2 = results.clone();
     timely::execute(timely::Config::process(workers.max(1)), move |worker| {
         let index = worker.index();
         let errors = err2.clone();
-        let (sw, ss, sf, su) = {
+        let (sw, ss, sf, su, sl) = {
             let s = senders.lock().unwrap_or_else(|p| p.into_inner());
-            (s.0.clone(), s.1.clone(), s.2.clone(), s.3.clone())
+            (s.0.clone(), s.1.clone(), s.2.clone(), s.3.clone(), s.4.clone())
         };
         let ctx = ctx.clone();
         let feature_sets = feature_sets.clone();
@@ -143,10 +158,10 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                     }
                 }
             });
-            acts.clone()
-                .flat_map(|((is_story, text), (layer, id))| (is_story && layer.is_none()).then_some((text, id)))
-                .inner
-                .capture_into(sw);
+            let story_words = acts
+                .clone()
+                .flat_map(|((is_story, text), (layer, id))| (is_story && layer.is_none()).then_some((text, id)));
+            story_words.clone().inner.capture_into(sw);
 
             // ---- one SAE per layer
             let (c2, e2) = (ctx.clone(), errors.clone());
@@ -171,6 +186,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
             // ---- per (story, layer): SAE codes
             let story_acts =
                 acts.flat_map(|((is_story, story), (layer, id))| layer.filter(|_| is_story).map(|l| (l, (story, id))));
+            let story_acts_tax = story_acts.clone();
             let (c3, e3) = (ctx.clone(), errors.clone());
             let codes = story_acts
                 .clone()
@@ -214,13 +230,14 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                 .filter(move |_| want_raw)
                 .map(|(layer, (story, id))| (story, (layer, "raw".to_string(), "lm".to_string(), id)));
             let sae_feats = codes
+                .clone()
                 .filter(move |_| want_sae)
                 .map(|((story, layer), id)| (story, (layer, "sae".to_string(), "codes".to_string(), id)));
             let (c4, e4) = (ctx.clone(), errors.clone());
             let designs = raw
                 .concat(sae_feats)
                 .concat(recons)
-                .join(stories)
+                .join(stories.clone())
                 .map(|(story, ((layer, set, stage, id), story_art))| ((story, layer, set), (story_art, stage, id)))
                 .reduce_named("Design", move |(story, layer, set), input, output| {
                     for ((story_art, stage, id), diff) in input {
@@ -232,6 +249,77 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         }
                     }
                 });
+
+            // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
+            // per (story, layer, set): categories, subcategories and their baselines
+            let story_layers = story_acts_tax
+                .filter(move |_| taxonomy_on)
+                .map(|(layer, (story, act))| ((story, layer), act))
+                .join(codes.clone())
+                .map(|((story, layer), (act, codes))| (story, (layer, act, codes)))
+                .join(story_words)
+                .join(stories.clone())
+                .map(|(story, (((layer, act, codes), words), story_art))| {
+                    ((story.clone(), layer), (story, story_art, act, codes, words))
+                });
+            let (c8, e8) = (ctx.clone(), errors.clone());
+            let labels = story_layers
+                .clone()
+                .map(|((_, layer), t)| (layer, t))
+                .join(saes.clone())
+                .reduce_named("Label", move |layer, input, output| {
+                    let mut sae = None;
+                    let mut items = Vec::new();
+                    for ((t, s), d) in input {
+                        if *d > 0 {
+                            sae = Some(s.clone());
+                            items.push(story_layer(t));
+                        }
+                    }
+                    let Some(sae) = sae else { return };
+                    match crate::pipeline::taxonomy::label_stage(&c8, *layer, &sae, &items) {
+                        Ok((id, sets)) => {
+                            for set in sets {
+                                output.push(((set, id.clone()), 1));
+                            }
+                        }
+                        Err(e) => record_error(&e8, format!("labels of layer {layer}"), e),
+                    }
+                });
+            labels
+                .clone()
+                .map(|(layer, (_, id))| (layer, id))
+                .distinct()
+                .inner
+                .capture_into(sl);
+            let (c9, e9) = (ctx.clone(), errors.clone());
+            let derived = designs
+                .clone()
+                .filter(|((_, _, set), _)| set == "sae")
+                .map(|((story, layer, _), d)| ((story, layer), d))
+                .join(story_layers)
+                .map(|((story, layer), (d, t))| (layer, (story, d, t)))
+                .join(saes.clone())
+                .join(labels)
+                .map(|(layer, (((story, d, t), sae), (set, lid)))| ((story, layer, set), (d, t, sae, lid)))
+                .reduce_named("DerivedDesign", move |(story, layer, set), input, output| {
+                    for ((d, t, sae, lid), diff) in input {
+                        if *diff > 0 {
+                            match crate::pipeline::taxonomy::derived_design_stage(
+                                &c9,
+                                &story_layer(t),
+                                d,
+                                sae,
+                                lid,
+                                set,
+                            ) {
+                                Ok(id) => output.push((id, 1)),
+                                Err(e) => record_error(&e9, format!("design `{story}` layer {layer} {set}"), e),
+                            }
+                        }
+                    }
+                });
+            let designs = designs.concat(derived);
 
             // ---- fits per (subject, story, layer, feature set)
             let (c5, e5) = (ctx.clone(), errors.clone());
@@ -320,6 +408,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
     let saes: Vec<(u64, Vec<((usize, ArtifactId), u64, isize)>)> = r_saes.extract();
     let fits: Vec<(u64, Vec<((FitKey, ArtifactId), u64, isize)>)> = r_fits.extract();
     let sums: Vec<(u64, Vec<(((String, usize, String), ArtifactId), u64, isize)>)> = r_sum.extract();
+    let labs: Vec<(u64, Vec<((usize, ArtifactId), u64, isize)>)> = r_lab.extract();
     let stats = results.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok((0..n_epochs)
         .map(|e| EpochResult {
@@ -328,6 +417,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                 saes: accumulate(&saes, e as u64),
                 fits: accumulate(&fits, e as u64),
                 summaries: accumulate(&sums, e as u64),
+                labels: accumulate(&labs, e as u64),
             },
             stats: stats.get(e).cloned().unwrap_or_default(),
         })

@@ -4,6 +4,8 @@
 
 pub mod stages;
 pub mod tables;
+pub mod taxonomy;
+pub mod taxonomy_tables;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -266,13 +266,27 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
     let (rows, n_boot, level) = summary_rows(ctx, snap)?;
     let summary = summary_batch(&rows, n_boot, level)?;
     let quality = sae_quality_batch(ctx, snap)?;
-    let tables = [("fits", fits), ("summary", summary), ("sae_quality", quality)];
+    let taxonomy = match ctx.plan.file.taxonomy {
+        Some(_) => Some(super::taxonomy_tables::build(ctx, snap)?),
+        None => None,
+    };
+    let mut tables = vec![("fits", fits), ("summary", summary), ("sae_quality", quality)];
+    if let Some(tx) = &taxonomy {
+        tables.extend(tx.tables.iter().cloned());
+    }
     let mut files = write_tables(ctx, &tables, out)?;
+    if let Some(tx) = &taxonomy {
+        files.extend(super::taxonomy_tables::write_files(ctx, tx, out)?);
+    }
     let plot = out.join("r_by_layer.png");
     crate::report::plot_r_by_layer(&rows, &plot)?;
     files.push(plot);
     let report = out.join("report.md");
-    crate::paths::write_atomic(&report, crate::report::markdown(ctx, snap, &rows)?.as_bytes())?;
+    let mut md = crate::report::markdown(ctx, snap, &rows)?;
+    if let Some(tx) = &taxonomy {
+        md.push_str(&super::taxonomy_tables::markdown(ctx, tx));
+    }
+    crate::paths::write_atomic(&report, md.as_bytes())?;
     files.push(report);
     Ok(files)
 }
