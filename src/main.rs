@@ -58,6 +58,11 @@ enum Command {
     /// with label-permutation p and bootstrap CIs, repeated-measures interaction, BH-FDR cells and
     /// their overlap with the prediction (hypergeometric, Fisher).
     Topography(cortexflow::cli::TopographyArgs),
+    /// Feature labels: agreement between label sources (built-in, human raters, LLM answers).
+    Labels {
+        #[command(subcommand)]
+        command: LabelsCommand,
+    },
     /// Greedy continuation of a prompt (a quick check that a model works).
     Generate {
         prompt: String,
@@ -69,6 +74,13 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+}
+
+#[derive(Subcommand)]
+enum LabelsCommand {
+    /// Cohen's κ (overall, per category, confusion matrix) between two answers files, Fleiss' κ
+    /// for three or more, with bootstrap CIs over features.
+    Agree(cortexflow::cli::LabelsAgreeArgs),
 }
 
 #[derive(Subcommand)]
@@ -261,6 +273,12 @@ fn run(cli: Cli) -> Result<()> {
             for p in &s.files {
                 println!("wrote {}", p.display());
             }
+        }
+        Command::Labels {
+            command: LabelsCommand::Agree(args),
+        } => {
+            let s = cortexflow::cli::run_labels_agree(&args)?;
+            print!("{}", s.text);
         }
         Command::Topography(args) => {
             let s = cortexflow::cli::run_topography(&args)?;

@@ -257,3 +257,122 @@ fn unknown_keys_and_out_of_range_layers_are_rejected_before_any_work() {
     let e = Plan::load(&p).unwrap_err().to_string();
     assert!(e.contains("layer 31"), "{e}");
 }
+
+/// The taxonomy end to end on the small Alice plan (layer 9, 4 subjects, a short SAE): every
+/// feature gets one category with confidences summing to 1, the random baselines are matched to
+/// the semantic set (count, summed variance), every taxonomy table reads back in pyarrow and
+/// polars with its schema, the labelling tasks are valid JSONL, and imported answers replace the
+/// built-in labels (with their agreement reported and computable by `cortexflow labels agree`).
+#[test]
+fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src)
+        .unwrap()
+        .replace("layers = [3, 9]", "layers = [9]")
+        .replace(
+            "output = \"runs/alice-small\"",
+            &format!(
+                "output = {:?}\nstore = {:?}",
+                tmp.path().join("out").to_str().unwrap(),
+                tmp.path().join("store").to_str().unwrap()
+            ),
+        );
+    let taxonomy = "\n[taxonomy]\nrandom-seeds = 10\npermutations = 1000\n\
+                    regions = { LATL = \"AT\", RATL = \"AT\", LPTL = \"PT\", LIPL = \"AG\", LIFG = \"IF\" }\n";
+    let p = tmp.path().join("tax.toml");
+    std::fs::write(&p, format!("{text}{taxonomy}")).unwrap();
+    let plan = Plan::load(&p).expect("the taxonomy plan validates");
+    let out = plan.output.clone();
+    pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for table in ["feature_labels", "feature_sets", "baselines", "topography_observed"] {
+        let o = std::process::Command::new(support::python())
+            .arg(root.join("scripts/check_parquet.py"))
+            .arg(out.join(format!("{table}.parquet")))
+            .arg(root.join(format!("data-schemas/{table}.json")))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{table}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let check = support::run_python(
+        "import sys, json, polars as pl\n\
+         l = pl.read_parquet(sys.argv[1]); s = pl.read_parquet(sys.argv[2]); b = pl.read_parquet(sys.argv[3])\n\
+         conf = l.select(pl.sum_horizontal([c for c in l.columns if c.startswith('conf_')]))\n\
+         print(l.height, l['feature'].n_unique() == l.height, bool(((conf.to_series() - 1).abs() < 1e-9).all()))\n\
+         sem = s.filter(pl.col('feature_set') == 'sae:semantic')\n\
+         n_sem = sem['n_features'][0]; v_sem = sem['variance_share'][0]\n\
+         cm = s.filter(pl.col('kind') == 'count-matched'); vm = s.filter(pl.col('kind') == 'variance-matched')\n\
+         print(cm.height, bool((cm['n_features'] == n_sem).all()), vm.height, bool((vm['variance_share'] >= v_sem - 1e-12).all()))\n\
+         fams = set(b['feature_set'].to_list())\n\
+         print(all(f in fams for f in ['sae', 'sae:semantic', 'random:count', 'random:variance', 'pca', 'random-projection', 'sae-error', 'ablate:semantic']))\n\
+         t = [json.loads(x) for x in open(sys.argv[4])]\n\
+         print(len(t) > 0, all(1 <= len(x['contexts']) <= 20 and 'SEMANTIC' in x['categories'] for x in t))",
+        &[
+            out.join("feature_labels.parquet").to_str().unwrap(),
+            out.join("feature_sets.parquet").to_str().unwrap(),
+            out.join("baselines.parquet").to_str().unwrap(),
+            out.join("labelling_tasks_L9.jsonl").to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    assert_eq!(
+        lines[0], "1152 True True",
+        "2 × 576 features, one row each, confidences sum to 1"
+    );
+    assert_eq!(lines[1], "10 True 10 True", "10 count- and 10 variance-matched subsets");
+    assert_eq!(lines[2], "True");
+    assert_eq!(lines[3], "True True");
+
+    // Imported answers: relabel the first 40 built-in SEMANTIC/OTHER features as LEXICAL.
+    let builtin = std::fs::read_to_string(out.join("labels_builtin_L9.tsv")).unwrap();
+    let mut changed = 0;
+    let answers: String = builtin
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i > 0 && changed < 40 && !l.contains("\tlexical\t") {
+                changed += 1;
+                let f: Vec<&str> = l.split('\t').collect();
+                format!("{}\t{}\tlexical\t\trater\n", f[0], f[1])
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let ans = tmp.path().join("answers.tsv");
+    std::fs::write(&ans, answers).unwrap();
+    let o = support::bin()
+        .args(["labels", "agree"])
+        .arg(out.join("labels_builtin_L9.tsv"))
+        .arg(&ans)
+        .args(["--boot", "200"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains("over 1152 features") && text.contains("Cohen's κ"),
+        "{text}"
+    );
+    let imported = std::fs::read_to_string(&p).unwrap().replace(
+        "[taxonomy]\n",
+        &format!("[taxonomy]\nlabels = {:?}\n", ans.to_str().unwrap()),
+    );
+    std::fs::write(&p, imported).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         l = pl.read_parquet(sys.argv[1])\n\
+         d = l.filter(pl.col('category') != pl.col('builtin_category'))\n\
+         print(d.height, bool((d['category'] == 'lexical').all()), l['source'][0].endswith('answers.tsv'))",
+        &[out.join("feature_labels.parquet").to_str().unwrap()],
+    );
+    assert_eq!(check.trim(), "40 True True");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Agreement of the built-in labels with"),
+        "report states the agreement"
+    );
+}

@@ -1,0 +1,171 @@
+//! `cortexflow labels agree A B [C …]`: agreement between label sources (METHOD.md §4). Each
+//! source is an answers file (JSONL or TSV, see [`crate::taxonomy::tasks`]); a run writes the
+//! built-in labeller's labels as `labels_builtin_L<layer>.tsv` in that format, so the built-in
+//! labels, human raters and LLM answers compare directly. Items = the (layer, feature) pairs
+//! every source labelled (the count is reported). Two sources: Cohen's κ overall and one-vs-rest
+//! per category with percentile-bootstrap CIs over items, and the confusion matrix; three or
+//! more: Fleiss' κ (with per-category κ_j and a bootstrap CI) and every pair's Cohen's κ.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::path::PathBuf;
+
+use ndarray::Array2;
+
+use crate::stats::agreement::{cohen_kappa, cohen_kappa_bootstrap, fleiss_kappa, fleiss_kappa_bootstrap};
+use crate::taxonomy::tasks::read_answers;
+use crate::taxonomy::Category;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelsAgreeArgs {
+    /// Two or more answers files (JSONL or .tsv).
+    #[arg(required = true, num_args = 2..)]
+    pub sources: Vec<PathBuf>,
+    /// Bootstrap resamples of the items.
+    #[arg(long, default_value_t = 2000)]
+    pub boot: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub level: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// What `labels agree` computed.
+#[derive(Debug, Clone)]
+pub struct AgreementSummary {
+    pub n_items: usize,
+    /// Cohen's κ of each pair of sources (i < j), with its CI.
+    pub pairs: Vec<(usize, usize, f64, f64, f64)>,
+    pub fleiss: Option<f64>,
+    pub text: String,
+}
+
+pub fn run_labels_agree(a: &LabelsAgreeArgs) -> Result<AgreementSummary> {
+    if a.sources.len() < 2 {
+        return Err(Error::Invalid("labels agree: give at least two label sources".into()));
+    }
+    let mut maps: Vec<BTreeMap<(usize, u32), usize>> = Vec::new();
+    for p in &a.sources {
+        let mut m = BTreeMap::new();
+        for ans in read_answers(p)? {
+            if m.insert((ans.layer, ans.feature), ans.category.index()).is_some() {
+                return Err(Error::Invalid(format!(
+                    "{}: feature {} of layer {} is labelled twice (agreement needs one label per source)",
+                    p.display(),
+                    ans.feature,
+                    ans.layer
+                )));
+            }
+        }
+        maps.push(m);
+    }
+    let items: BTreeSet<(usize, u32)> = maps[0]
+        .keys()
+        .filter(|k| maps.iter().all(|m| m.contains_key(k)))
+        .copied()
+        .collect();
+    if items.len() < 2 {
+        return Err(Error::Invalid(format!(
+            "labels agree: the sources share {} labelled feature(s); at least 2 are needed",
+            items.len()
+        )));
+    }
+    let labels: Vec<Vec<usize>> = maps.iter().map(|m| items.iter().map(|k| m[k]).collect()).collect();
+    let mut s = String::new();
+    let names: Vec<String> = a.sources.iter().map(|p| p.display().to_string()).collect();
+    let _ = writeln!(
+        s,
+        "agreement over {} features labelled by all {} sources (unit: features; bootstrap: {} resamples of features, level {}, seed {})",
+        items.len(),
+        names.len(),
+        a.boot,
+        a.level,
+        a.seed
+    );
+    let mut pairs = Vec::new();
+    for i in 0..labels.len() {
+        for j in i + 1..labels.len() {
+            let (k, per, cm) = cohen_kappa(&labels[i], &labels[j], 5)?;
+            let ci = cohen_kappa_bootstrap(&labels[i], &labels[j], 5, a.boot, a.level, a.seed)?;
+            let _ = writeln!(
+                s,
+                "\nCohen's κ, {} vs {}: κ = {:.4} [{:.4}, {:.4}] (observed agreement {:.4}, expected {:.4}, n = {})",
+                names[i],
+                names[j],
+                k.kappa,
+                ci.overall.lower,
+                ci.overall.upper,
+                k.observed_agreement,
+                k.expected_agreement,
+                k.n_items
+            );
+            for (c, kc) in Category::ALL.iter().zip(&per) {
+                let cc = &ci.per_category[c.index()];
+                let _ = writeln!(
+                    s,
+                    "  {:<10} one-vs-rest κ = {:.4} [{:.4}, {:.4}]",
+                    c.name(),
+                    kc.kappa,
+                    cc.lower,
+                    cc.upper
+                );
+            }
+            let _ = writeln!(s, "  confusion matrix (rows: {}, columns: {}):", names[i], names[j]);
+            let _ = writeln!(
+                s,
+                "  {:<10} {}",
+                "",
+                Category::ALL
+                    .iter()
+                    .map(|c| format!("{:>10}", c.name()))
+                    .collect::<String>()
+            );
+            for (r, c) in Category::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    s,
+                    "  {:<10} {}",
+                    c.name(),
+                    (0..5).map(|q| format!("{:>10}", cm.counts[[r, q]])).collect::<String>()
+                );
+            }
+            pairs.push((i, j, k.kappa, ci.overall.lower, ci.overall.upper));
+        }
+    }
+    let fleiss = if labels.len() >= 3 {
+        let mut counts = Array2::<u64>::zeros((items.len(), 5));
+        for l in &labels {
+            for (i, &c) in l.iter().enumerate() {
+                counts[[i, c]] += 1;
+            }
+        }
+        let f = fleiss_kappa(counts.view())?;
+        let ci = fleiss_kappa_bootstrap(counts.view(), a.boot, a.level, a.seed)?;
+        let _ = writeln!(
+            s,
+            "\nFleiss' κ over {} sources: {:.4} [{:.4}, {:.4}] (P̄ = {:.4}, P̄e = {:.4}, n = {}); per category: {}",
+            labels.len(),
+            f.kappa,
+            ci.ci.lower,
+            ci.ci.upper,
+            f.mean_agreement,
+            f.expected_agreement,
+            f.n_items,
+            Category::ALL
+                .iter()
+                .zip(&f.per_category)
+                .map(|(c, k)| format!("{} {k:.4}", c.name()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Some(f.kappa)
+    } else {
+        None
+    };
+    Ok(AgreementSummary {
+        n_items: items.len(),
+        pairs,
+        fleiss,
+        text: s,
+    })
+}
