@@ -719,6 +719,42 @@ pub fn write_files(ctx: &Ctx, tx: &TaxonomyOutputs, out: &std::path::Path) -> Re
         crate::paths::write_atomic(&p, tsv.as_bytes())?;
         files.push(p);
     }
+    // plots: bars of r by feature set per (story, layer), predicted vs observed heatmaps
+    let mut keys: Vec<(String, usize)> = tx.baselines.iter().map(|r| (r.story.clone(), r.layer)).collect();
+    keys.dedup();
+    for (story, layer) in keys {
+        let bars: Vec<(String, f64, u8)> = tx
+            .baselines
+            .iter()
+            .filter(|r| r.story == story && r.layer == layer && r.kind != "recon-ablated")
+            .map(|r| {
+                let tone = if r.feature_set == "sae:semantic" {
+                    1
+                } else if r.n_seeds > 1 {
+                    2
+                } else {
+                    0
+                };
+                (r.feature_set.clone(), r.mean_r, tone)
+            })
+            .collect();
+        let p = out.join(format!("baselines_{story}_L{layer}.png"));
+        crate::report::plot_set_bars(&format!("{story}, layer {layer}: held-out r by feature set"), &bars, &p)?;
+        files.push(p);
+    }
+    for m in &tx.observed {
+        let p = out.join(format!("topography_{}_L{}.png", m.story, m.layer));
+        let rows: Vec<String> = m.subcategories.iter().map(|s| s.long_name().to_string()).collect();
+        crate::report::plot_topography(
+            &format!("{}, layer {}: subcategory × region", m.story, m.layer),
+            &rows,
+            &m.regions,
+            m.predicted.view(),
+            m.mean.view(),
+            &p,
+        )?;
+        files.push(p);
+    }
     let meta = vec![("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone())];
     for (story, layer, r) in &tx.reports {
         let p = out.join(format!("topography_tests_{story}_L{layer}.parquet"));
@@ -745,12 +781,32 @@ pub fn markdown(ctx: &Ctx, tx: &TaxonomyOutputs) -> String {
             ll.builtin.entropy_kind,
             ll.lexicon_sources.join("; ")
         );
-        if ll.imported.is_some() {
+        if let Some(imp) = &ll.imported {
             let _ = writeln!(
                 s,
                 "{} features had no imported answer and count as OTHER.\n",
                 ll.imported_missing
             );
+            let a = ll.builtin.category_indices();
+            let b = imp.category_indices();
+            if let Ok((k, per, _)) = crate::stats::agreement::cohen_kappa(&a, &b, 5) {
+                let per: Vec<String> = Category::ALL
+                    .iter()
+                    .zip(&per)
+                    .map(|(c, k)| format!("{} {:.3}", c.name(), k.kappa))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "Agreement of the built-in labels with `{}` over all {} features: Cohen's κ = {:.3} (observed {:.3}, expected {:.3}); one-vs-rest κ: {}. `cortexflow labels agree` on `labels_builtin_L{}.tsv` and the answers gives bootstrap CIs and the confusion matrix.\n",
+                    imp.source,
+                    k.n_items,
+                    k.kappa,
+                    k.observed_agreement,
+                    k.expected_agreement,
+                    per.join(", "),
+                    ll.layer
+                );
+            }
         }
         let _ = writeln!(
             s,
@@ -862,6 +918,7 @@ pub fn markdown(ctx: &Ctx, tx: &TaxonomyOutputs) -> String {
             }
             let _ = writeln!(s);
         }
+        let _ = writeln!(s, "\n![topography](topography_{}_L{}.png)\n", m.story, m.layer);
         if let Some((_, _, rep)) = tx.reports.iter().find(|(st, l, _)| *st == m.story && *l == m.layer) {
             let _ = writeln!(s, "\n| statistic | value | p | CI | n | df | permutations | unit | alternative | ties / note |\n|---|---|---|---|---|---|---|---|---|---|");
             for r in rep.rows() {

@@ -49,7 +49,13 @@ fn perr(path: &Path) -> impl Fn(String) -> Error + '_ {
 
 /// Mean held-out r (roi = "all") by layer, one line per feature set, with CI whiskers.
 pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
-    let rows: Vec<&SummaryRow> = rows.iter().filter(|r| r.roi == "all" && r.mean_r.is_finite()).collect();
+    // the three whole-layer sets; taxonomy subsets have their own plots
+    let rows: Vec<&SummaryRow> = rows
+        .iter()
+        .filter(|r| {
+            r.roi == "all" && r.mean_r.is_finite() && matches!(r.feature_set.as_str(), "raw" | "sae" | "sae-recon")
+        })
+        .collect();
     let with_text = ensure_font();
     let tmp = crate::paths::temp_sibling(path).with_extension("png");
     let e = perr(path);
@@ -368,6 +374,163 @@ pub fn plot_delta_loglik_by_layer(
                 .position(SeriesLabelPosition::UpperLeft)
                 .draw()
                 .map_err(|x| e(x.to_string()))?;
+        }
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|x| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, x)
+    })
+}
+
+/// Mean held-out r of each feature set of one layer (horizontal bars; semantic highlighted,
+/// random families in grey), as `(label, mean r, highlight)`.
+pub fn plot_set_bars(title: &str, bars: &[(String, f64, u8)], path: &Path) -> Result<()> {
+    let with_text = ensure_font();
+    let tmp = crate::paths::temp_sibling(path).with_extension("png");
+    let e = perr(path);
+    {
+        let h = 120 + 26 * bars.len() as u32;
+        let root = BitMapBackend::new(&tmp, (900, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let lo = bars
+            .iter()
+            .map(|b| b.1)
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, f64::min);
+        let hi = bars
+            .iter()
+            .map(|b| b.1)
+            .filter(|v| v.is_finite())
+            .fold(0.05f64, f64::max);
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(20);
+        if with_text {
+            builder.caption(title, ("sans-serif", 18));
+            builder.x_label_area_size(40).y_label_area_size(230);
+        }
+        let n = bars.len();
+        let mut chart = builder
+            .build_cartesian_2d((lo - 0.01)..(hi * 1.1), (0..n).into_segmented())
+            .map_err(|x| e(x.to_string()))?;
+        if with_text {
+            let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
+            chart
+                .configure_mesh()
+                .disable_y_mesh()
+                .x_desc("mean held-out r over subjects")
+                .y_labels(n)
+                .y_label_formatter(&|v| match v {
+                    SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+                    _ => String::new(),
+                })
+                .draw()
+                .map_err(|x| e(x.to_string()))?;
+        }
+        chart
+            .draw_series(bars.iter().enumerate().filter(|(_, b)| b.1.is_finite()).map(|(i, b)| {
+                let color = match b.2 {
+                    1 => RGBColor(200, 60, 40),
+                    2 => RGBColor(150, 150, 150),
+                    _ => RGBColor(60, 110, 180),
+                };
+                Rectangle::new(
+                    [(0.0, SegmentValue::Exact(i)), (b.1, SegmentValue::Exact(i + 1))],
+                    color.filled(),
+                )
+            }))
+            .map_err(|x| e(x.to_string()))?;
+        root.present().map_err(|x| e(x.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|x| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, x)
+    })
+}
+
+/// Predicted (0/1) and observed subcategory × region matrices side by side as heatmaps (observed:
+/// white = its minimum, dark red = its maximum; predicted cells outlined in both panels).
+pub fn plot_topography(
+    title: &str,
+    rows: &[String],
+    cols: &[String],
+    predicted: ndarray::ArrayView2<'_, f64>,
+    observed: ndarray::ArrayView2<'_, f64>,
+    path: &Path,
+) -> Result<()> {
+    let with_text = ensure_font();
+    let tmp = crate::paths::temp_sibling(path).with_extension("png");
+    let e = perr(path);
+    {
+        let root = BitMapBackend::new(&tmp, (1000, 460)).into_drawing_area();
+        root.fill(&WHITE).map_err(|x| e(x.to_string()))?;
+        let root = if with_text {
+            root.titled(title, ("sans-serif", 18)).map_err(|x| e(x.to_string()))?
+        } else {
+            root
+        };
+        let panels = root.split_evenly((1, 2));
+        let (lo, hi) = observed
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+        let span = (hi - lo).max(1e-12);
+        for (k, panel) in panels.iter().enumerate() {
+            let m = if k == 0 { predicted } else { observed };
+            let mut builder = ChartBuilder::on(panel);
+            builder.margin(15);
+            if with_text {
+                builder
+                    .caption(
+                        if k == 0 {
+                            "a-priori prediction"
+                        } else {
+                            "observed mean r"
+                        },
+                        ("sans-serif", 16),
+                    )
+                    .x_label_area_size(30)
+                    .y_label_area_size(150);
+            }
+            let mut chart = builder
+                .build_cartesian_2d((0..cols.len()).into_segmented(), (0..rows.len()).into_segmented())
+                .map_err(|x| e(x.to_string()))?;
+            if with_text {
+                chart
+                    .configure_mesh()
+                    .disable_mesh()
+                    .x_labels(cols.len())
+                    .y_labels(rows.len())
+                    .x_label_formatter(&|v| match v {
+                        SegmentValue::CenterOf(i) => cols.get(*i).cloned().unwrap_or_default(),
+                        _ => String::new(),
+                    })
+                    .y_label_formatter(&|v| match v {
+                        SegmentValue::CenterOf(i) => rows.get(*i).cloned().unwrap_or_default(),
+                        _ => String::new(),
+                    })
+                    .draw()
+                    .map_err(|x| e(x.to_string()))?;
+            }
+            for i in 0..rows.len() {
+                for j in 0..cols.len() {
+                    let v = m[[i, j]];
+                    let t = if k == 0 { v } else { ((v - lo) / span).clamp(0.0, 1.0) };
+                    let c = RGBColor(255, (255.0 * (1.0 - 0.8 * t)) as u8, (255.0 * (1.0 - 0.9 * t)) as u8);
+                    let cell = [
+                        (SegmentValue::Exact(j), SegmentValue::Exact(i)),
+                        (SegmentValue::Exact(j + 1), SegmentValue::Exact(i + 1)),
+                    ];
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(cell.clone(), c.filled())))
+                        .map_err(|x| e(x.to_string()))?;
+                    if predicted[[i, j]] == 1.0 {
+                        chart
+                            .draw_series(std::iter::once(Rectangle::new(cell, BLACK.stroke_width(2))))
+                            .map_err(|x| e(x.to_string()))?;
+                    }
+                }
+            }
         }
         root.present().map_err(|x| e(x.to_string()))?;
     }
