@@ -6,9 +6,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use approx::assert_abs_diff_eq;
 use ndarray::{Array2, Array3};
 use serde_json::{json, Value};
@@ -19,27 +16,7 @@ use cortexflow::stats::SplitMix64;
 
 /// Runs scripts/topography_reference.py on `req`; panics with its stderr on failure.
 fn reference(req: &Value) -> Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/topography_reference.py");
-    let mut child = Command::new(support::python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs (run `make setup` to create .venv with numpy and scipy)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(req.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "topography_reference.py failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the reference prints JSON")
+    support::topography_reference(req)
 }
 
 fn num(v: &Value) -> f64 {

@@ -343,27 +343,33 @@ pub fn sae_record(ctx: &Ctx, sae_id: &str) -> Result<SaeRecord> {
 
 /// Encodes a story's activations of one layer with that layer's SAE.
 pub fn codes_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
-    sae_map_stage(ctx, "codes", act_id, sae_id, |sae, x| sae.encode(x))
+    sae_map_stage(ctx, "codes", act_id, sae_id, "", |sae, x| sae.encode(x))
 }
 
 /// A story's activations of one layer reconstructed by that layer's SAE (the "sae-recon"
 /// feature set), in the activations' own units.
 pub fn recon_stage(ctx: &Ctx, act_id: &str, sae_id: &str) -> Result<ArtifactId> {
-    sae_map_stage(ctx, "recon", act_id, sae_id, |sae, x| sae.reconstruct(x))
+    sae_map_stage(ctx, "recon", act_id, sae_id, "", |sae, x| sae.reconstruct(x))
 }
 
 /// `f(SAE, activations)` stored as stage `stage`, keyed by the activation and SAE artifacts.
-fn sae_map_stage(
+/// `variant` (when not empty) distinguishes maps of the same stage (e.g. which features an
+/// ablation replaces) in the key.
+pub(crate) fn sae_map_stage(
     ctx: &Ctx,
     stage: &str,
     act_id: &str,
     sae_id: &str,
+    variant: &str,
     f: impl FnOnce(&sae::Sae, ndarray::ArrayView2<'_, f32>) -> Array2<f32>,
 ) -> Result<ArtifactId> {
-    let id = KeyBuilder::new(stage, REV_CODES)
+    let mut key = KeyBuilder::new(stage, REV_CODES)
         .part("act", act_id)
-        .part("sae", sae_id)
-        .finish();
+        .part("sae", sae_id);
+    if !variant.is_empty() {
+        key = key.part("variant", variant);
+    }
+    let id = key.finish();
     ctx.store.arrays(stage, &id, || {
         let x = ctx.store.load_arrays("lm", act_id)?;
         let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);

@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use super::stages::{self, Ctx, StoredStory};
 use crate::config::TaxonomySection;
 use crate::lm::lens::Lens;
-use crate::sae;
 use crate::store::artifacts::{Arrays, ArtifactId, KeyBuilder};
 use crate::taxonomy::baselines::{self, FeatureSetDef, SetSpec};
 use crate::taxonomy::labeller::{label_features, LabelInputs, WordVectors};
@@ -403,14 +402,16 @@ pub fn derived_design_stage(
             Ok(id)
         }
         SetSpec::Error => {
-            let eid = word_map(ctx, "sae-error", &sl.act, sae_id, &def.spec, |sae, x| {
+            let variant = serde_json::to_string(&def.spec).expect("spec serialises");
+            let eid = stages::sae_map_stage(ctx, "sae-error", &sl.act, sae_id, &variant, |sae, x| {
                 let r = sae.reconstruct(x);
                 &x - &r
             })?;
             stages::design_stage(ctx, &sl.story_art, "sae-error", &eid)
         }
         SetSpec::Ablate(cols) => {
-            let eid = word_map(ctx, "ablated", &sl.act, sae_id, &def.spec, |sae, x| {
+            let variant = serde_json::to_string(&def.spec).expect("spec serialises");
+            let eid = stages::sae_map_stage(ctx, "ablated", &sl.act, sae_id, &variant, |sae, x| {
                 let mut c = sae.encode(x);
                 for &j in cols {
                     let mut col = c.column_mut(j);
@@ -422,29 +423,4 @@ pub fn derived_design_stage(
             stages::design_stage(ctx, &sl.story_art, "ablated", &eid)
         }
     }
-}
-
-/// A word-level map of one story's activations through the layer's SAE, stored as `stage`.
-fn word_map(
-    ctx: &Ctx,
-    stage: &str,
-    act_id: &str,
-    sae_id: &str,
-    spec: &SetSpec,
-    f: impl FnOnce(&sae::Sae, ndarray::ArrayView2<'_, f32>) -> ndarray::Array2<f32>,
-) -> Result<ArtifactId> {
-    let id = KeyBuilder::new(stage, REV_DERIVED)
-        .part("act", act_id)
-        .part("sae", sae_id)
-        .config("spec", spec)
-        .finish();
-    ctx.store.arrays(stage, &id, || {
-        let x = ctx.store.load_arrays("lm", act_id)?;
-        let dir = ctx.store.root().join("sae").join(&sae_id[..2]).join(sae_id);
-        let loaded = sae::load_sae(&dir)?;
-        let x = x.f32("x")?;
-        loaded.check_input(x.ncols())?;
-        Ok(Arrays::default().with_f32("x", f(&loaded.sae, x)))
-    })?;
-    Ok(id)
 }

@@ -85,3 +85,31 @@ pub fn sparse_mixture(
     }
     (x, dirs)
 }
+
+/// Runs scripts/topography_reference.py (scipy/numpy references of the topography and agreement
+/// statistics) on one JSON request and returns its JSON answer.
+pub fn topography_reference(req: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    use std::process::Stdio;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/topography_reference.py");
+    let mut child = Command::new(python())
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs (run `make setup` to create .venv with numpy and scipy)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(req.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "topography_reference.py failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the reference prints JSON")
+}
