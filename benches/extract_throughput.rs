@@ -17,26 +17,9 @@ use cortexflow::lm::{self, extract, ExtractOptions, LanguageModel, RuntimeOption
 use cortexflow::stimulus::{self, ReadOptions};
 use serde_json::json;
 
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CORTEXFLOW_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.is_file() {
-        venv
-    } else {
-        "python3".into()
-    }
-}
+#[path = "support/children.rs"]
+mod children;
+use children::{python, self_peak_mib};
 
 fn main() -> anyhow::Result<()> {
     let threads: usize = std::env::var("CORTEXFLOW_BENCH_THREADS")
@@ -100,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         std::hint::black_box(lm::extract_story(&mut model, &story, &opts)?);
     }
     let extract_s = t0.elapsed().as_secs_f64() / reps as f64;
-    let our_rss = peak_rss_mib();
+    let our_rss = self_peak_mib();
 
     // ---- Python onnxruntime, same model, threads, batches and outputs
     let mut outputs: Vec<String> = m.hidden_states.clone();

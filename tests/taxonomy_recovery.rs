@@ -3,21 +3,14 @@
 //! matrix whose convergence test recovers the planted matrix, and a variance-matched random
 //! baseline predicts less than the planted semantic set (METHOD.md §6, §7).
 
+mod support;
+
 use cortexflow::encoding::{contiguous_block_folds, nested_cv_ridge};
 use cortexflow::pipeline::taxonomy_tables::specificity_tests;
 use cortexflow::stats::topography::{topography_report, TopographySettings};
 use cortexflow::stats::SplitMix64;
 use cortexflow::taxonomy::baselines::variance_matched;
 use ndarray::{Array2, Array3, Axis};
-
-const PRED: [[f64; 5]; 5] = [
-    // PT AT IF AG dmPFC
-    [1.0, 0.0, 0.0, 1.0, 0.0], // concrete
-    [1.0, 0.0, 1.0, 0.0, 0.0], // event
-    [0.0, 1.0, 0.0, 0.0, 1.0], // affect
-    [0.0, 1.0, 1.0, 0.0, 0.0], // social
-    [1.0, 0.0, 0.0, 1.0, 0.0], // spatial
-];
 
 #[test]
 fn planted_topography_is_recovered_and_variance_matched_baseline_is_lower() {
@@ -45,6 +38,7 @@ fn planted_topography_is_recovered_and_variance_matched_baseline_is_lower() {
             c.iter().map(|v| (v - m).powi(2)).sum::<f64>() / c.len() as f64
         })
         .collect();
+    let pred = support::table16();
     let mut per = Array3::<f64>::zeros((n_subjects, 5, 5));
     let (mut r_sem, mut r_var) = (0.0, 0.0);
     let semantic: Vec<usize> = (0..n_sem).collect();
@@ -62,7 +56,7 @@ fn planted_topography_is_recovered_and_variance_matched_baseline_is_lower() {
             for k in 0..rois_per_region {
                 let mut col = y.column_mut(b * rois_per_region + k);
                 for a in 0..5 {
-                    col.scaled_add(0.15 + PRED[a][b], &drive[a]);
+                    col.scaled_add(0.15 + pred[[a, b]], &drive[a]);
                 }
                 for v in col.iter_mut() {
                     *v += 6.0 * rng.normal();
@@ -92,7 +86,6 @@ fn planted_topography_is_recovered_and_variance_matched_baseline_is_lower() {
         r_var += rv / n_subjects as f64;
     }
     let observed = per.mean_axis(Axis(0)).unwrap();
-    let predicted = Array2::from_shape_fn((5, 5), |(a, b)| PRED[a][b]);
     let (_, p_cell, flips) = specificity_tests(per.view(), 10_000, 1);
     assert_eq!(flips, 1 << n_subjects, "exact sign flips for 10 subjects");
     let settings = TopographySettings {
@@ -105,7 +98,7 @@ fn planted_topography_is_recovered_and_variance_matched_baseline_is_lower() {
     };
     let rep = topography_report(
         observed.view(),
-        predicted.view(),
+        pred.view(),
         Some(p_cell.view()),
         Some(per.view()),
         &settings,

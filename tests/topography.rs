@@ -214,20 +214,9 @@ fn planted(predicted: &Array2<f64>, n_subjects: usize, effect: f64, seed: u64) -
     })
 }
 
-/// Paper Table 16: rows Concrete, Event, Affect, Social, Spatial; columns PT, AT, IF, AG, dmPFC.
-fn table16() -> Array2<f64> {
-    ndarray::array![
-        [1.0, 0.0, 0.0, 1.0, 0.0],
-        [1.0, 0.0, 1.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0, 0.0, 1.0],
-        [0.0, 1.0, 1.0, 0.0, 0.0],
-        [1.0, 0.0, 0.0, 1.0, 0.0]
-    ]
-}
-
 #[test]
 fn repeated_measures_interaction_matches_the_textbook_sums_of_squares() {
-    let pred = table16();
+    let pred = support::table16();
     let cases = [
         planted(&pred, 20, 0.05, 1),
         planted(&pred, 6, 0.0, 2),
@@ -265,7 +254,7 @@ fn repeated_measures_interaction_matches_the_textbook_sums_of_squares() {
 
 #[test]
 fn a_planted_topography_is_recovered_and_a_null_one_is_not() {
-    let pred = table16();
+    let pred = support::table16();
     let subjects = planted(&pred, 20, 0.05, 42);
     let observed = subjects.mean_axis(ndarray::Axis(0)).unwrap();
     let settings = TopographySettings {
@@ -310,7 +299,7 @@ fn a_planted_topography_is_recovered_and_a_null_one_is_not() {
 
 #[test]
 fn permutation_p_values_follow_their_definition() {
-    let pred = table16();
+    let pred = support::table16();
     let obs = planted(&pred, 1, 0.05, 3).index_axis(ndarray::Axis(0), 0).to_owned();
     let t = rank_convergence_test(pred.view(), obs.view(), 500, 1).unwrap();
     assert_eq!(t.p_value, (1 + t.n_as_extreme) as f64 / 501.0);

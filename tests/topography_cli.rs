@@ -16,17 +16,6 @@ use cortexflow::stats::SplitMix64;
 const ROWS: [&str; 5] = ["Concrete", "Event", "Affect", "Social", "Spatial"];
 const COLS: [&str; 5] = ["PT", "AT", "IF", "AG", "dmPFC"];
 
-/// Table 16: Concrete→PT,AG; Event→PT,IF; Affect→AT,dmPFC; Social→IF,AT; Spatial→AG,PT.
-fn table16() -> Array2<f64> {
-    ndarray::array![
-        [1.0, 0.0, 0.0, 1.0, 0.0],
-        [1.0, 0.0, 1.0, 0.0, 0.0],
-        [0.0, 1.0, 0.0, 0.0, 1.0],
-        [0.0, 1.0, 1.0, 0.0, 0.0],
-        [1.0, 0.0, 0.0, 1.0, 0.0]
-    ]
-}
-
 fn observed() -> Array2<f64> {
     ndarray::array![
         [0.142, 0.081, 0.090, 0.131, 0.077],
@@ -132,7 +121,7 @@ fn table16_run_writes_the_library_values_to_parquet() {
     let subj = subjects(12);
     write_matrix(&d.join("observed.tsv"), &observed(), &[0, 1, 2, 3, 4]);
     // the prediction's rows in another order: reordered by label
-    write_matrix(&d.join("predicted.tsv"), &table16(), &[4, 2, 0, 1, 3]);
+    write_matrix(&d.join("predicted.tsv"), &support::table16(), &[4, 2, 0, 1, 3]);
     write_matrix(&d.join("p.tsv"), &p_values(), &[0, 1, 2, 3, 4]);
     write_subjects(&d.join("subjects.tsv"), &subj);
     let out = support::bin()
@@ -169,7 +158,7 @@ fn table16_run_writes_the_library_values_to_parquet() {
     // the subjects file goes through text with `{:?}` (shortest round-trip), so values are exact
     let lib = topography_report(
         observed().view(),
-        table16().view(),
+        support::table16().view(),
         Some(p_values().view()),
         Some(subj.view()),
         &settings,

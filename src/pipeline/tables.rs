@@ -168,7 +168,7 @@ pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usiz
     Ok((rows, n_boot, level))
 }
 
-fn finite(v: f64) -> Option<f64> {
+pub(crate) fn finite(v: f64) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
@@ -284,7 +284,7 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
     let report = out.join("report.md");
     let mut md = crate::report::markdown(ctx, snap, &rows)?;
     if let Some(tx) = &taxonomy {
-        md.push_str(&super::taxonomy_tables::markdown(ctx, tx));
+        md.push_str(&super::taxonomy_tables::markdown(tx));
     }
     crate::paths::write_atomic(&report, md.as_bytes())?;
     files.push(report);

@@ -125,7 +125,9 @@ pub fn label_stage(ctx: &Ctx, layer: usize, sae_id: &str, inputs: &[StoryLayer])
     let labels = ctx
         .store
         .json("labels", &id, || compute_labels(ctx, &t, layer, sae_id, inputs))?;
-    Ok((id, labels.sets.iter().map(|d| d.name.clone()).collect()))
+    // the set definitions alone (small), read by every derived design of the layer
+    let sets = ctx.store.json("feature-sets", &id, || Ok(labels.sets.clone()))?;
+    Ok((id, sets.iter().map(|d| d.name.clone()).collect()))
 }
 
 fn compute_labels(
@@ -368,12 +370,13 @@ pub fn derived_design_stage(
     labels_id: &str,
     set: &str,
 ) -> Result<ArtifactId> {
-    let labels: LayerLabels = ctx.store.load_json("labels", labels_id)?;
-    let def = labels
-        .sets
-        .iter()
-        .find(|d| d.name == set)
-        .ok_or_else(|| Error::Invalid(format!("feature set `{set}` is not defined at layer {}", labels.layer)))?;
+    let sets: Vec<FeatureSetDef> = ctx.store.load_json("feature-sets", labels_id)?;
+    let def = sets.iter().find(|d| d.name == set).ok_or_else(|| {
+        Error::Invalid(format!(
+            "feature set `{set}` is not defined for story `{}`'s layer",
+            sl.story
+        ))
+    })?;
     match &def.spec {
         SetSpec::Columns(_) | SetSpec::Pca { .. } | SetSpec::RandomProjection { .. } => {
             let id = KeyBuilder::new("design", REV_DERIVED)

@@ -9,7 +9,7 @@ use arrow::array::{ArrayRef, Float64Array, UInt16Array, UInt32Array};
 use arrow::record_batch::RecordBatch;
 
 use super::stages::{Ctx, FitRecord};
-use super::tables::{batch, utf8};
+use super::tables::{batch, finite as fin, utf8};
 use super::taxonomy::LayerLabels;
 use crate::dataflow::Snapshot;
 use crate::stats::paired::{paired_comparison, PairedComparison};
@@ -18,9 +18,6 @@ use crate::Result;
 
 fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from(v))
-}
-fn fin(v: f64) -> Option<f64> {
-    v.is_finite().then_some(v)
 }
 
 /// Every layer's labels artifact.
@@ -765,7 +762,7 @@ pub fn write_files(ctx: &Ctx, tx: &TaxonomyOutputs, out: &std::path::Path) -> Re
 }
 
 /// The report's taxonomy sections (Markdown).
-pub fn markdown(ctx: &Ctx, tx: &TaxonomyOutputs) -> String {
+pub fn markdown(tx: &TaxonomyOutputs) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(s, "## Feature taxonomy (METHOD.md §4)\n");
@@ -952,6 +949,5 @@ pub fn markdown(ctx: &Ctx, tx: &TaxonomyOutputs) -> String {
             let _ = writeln!(s);
         }
     }
-    let _ = ctx;
     s
 }

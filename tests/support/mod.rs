@@ -113,3 +113,12 @@ pub fn topography_reference(req: &serde_json::Value) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("the reference prints JSON")
 }
+
+/// The paper's a-priori prediction (Table 16) as shipped in pipelines/topography/paper-table16.tsv:
+/// rows Concrete, Event, Affect, Social, Spatial; columns PT, AT, IF, AG, dmPFC.
+pub fn table16() -> ndarray::Array2<f64> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/topography/paper-table16.tsv");
+    cortexflow::cli::topography::read_labelled_matrix(&path)
+        .expect("the shipped Table 16")
+        .values
+}
