@@ -95,6 +95,19 @@ pub struct TaxonomySection {
     /// Thresholds of the built-in labeller.
     #[serde(default)]
     pub labeller: crate::taxonomy::labeller::LabellerConfig,
+    /// Variance partitioning of the SAE design by category (METHOD.md §5): unique and shared
+    /// held-out R² per category, per subject and ROI (k + 1 nested-CV ridge fits).
+    #[serde(default = "yes")]
+    pub variance_partition: bool,
+    /// Exact Shapley values of the categories too (2^k − 1 fits for k non-empty categories).
+    #[serde(default = "yes")]
+    pub shapley: bool,
+    /// Δ of the prediction-error features (METHOD.md §9; the paper's Δ = 4): layer-ℓ features
+    /// residualised on their decoder-aligned match at layer ℓ − Δ, encoded with the raw
+    /// activations (set `raw+pred-error`) and compared with `raw`. Computed for every analysed
+    /// layer ℓ whose layer ℓ − Δ is analysed too. Default: off.
+    #[serde(default)]
+    pub prediction_error_delta: Option<usize>,
 }
 
 fn default_closed_class() -> String {
@@ -733,6 +746,29 @@ impl Plan {
             for p in [&t.labels, &t.seed_lexicon, &t.prediction].into_iter().flatten() {
                 if !p.is_file() {
                     return Err(invalid(path, "taxonomy", format!("{} not found", p.display())));
+                }
+            }
+            if let Some(delta) = t.prediction_error_delta {
+                if delta == 0 || !e.feature_sets.iter().any(|f| f == "raw") {
+                    return Err(invalid(
+                        path,
+                        "taxonomy.prediction-error-delta",
+                        "needs Δ ≥ 1 and the \"raw\" feature set in encoding.feature-sets (raw + ε is compared with raw)",
+                    ));
+                }
+                if let Some(layers) = &file.model.layers {
+                    if !layers
+                        .iter()
+                        .any(|l| l.checked_sub(delta).is_some_and(|p| layers.contains(&p)))
+                    {
+                        return Err(invalid(
+                            path,
+                            "taxonomy.prediction-error-delta",
+                            format!(
+                                "no analysed layer ℓ has layer ℓ − {delta} analysed too (model.layers = {layers:?})"
+                            ),
+                        ));
+                    }
                 }
             }
             let rois = &file.fmri.as_ref().map(|f| f.rois.clone()).unwrap_or_default();

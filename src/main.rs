@@ -58,7 +58,8 @@ enum Command {
     /// with label-permutation p and bootstrap CIs, repeated-measures interaction, BH-FDR cells and
     /// their overlap with the prediction (hypergeometric, Fisher).
     Topography(cortexflow::cli::TopographyArgs),
-    /// Feature labels: agreement between label sources (built-in, human raters, LLM answers).
+    /// Feature labels: agreement between label sources (built-in, human raters, LLM answers), and
+    /// labelling by an LLM endpoint.
     Labels {
         #[command(subcommand)]
         command: LabelsCommand,
@@ -81,6 +82,10 @@ enum LabelsCommand {
     /// Cohen's κ (overall, per category, confusion matrix) between two answers files, Fleiss' κ
     /// for three or more, with bootstrap CIs over features.
     Agree(cortexflow::cli::LabelsAgreeArgs),
+    /// Labelling tasks answered by an OpenAI-compatible chat-completions endpoint (URL, model and
+    /// key from flags, --config or $OPENAI_BASE_URL / $CORTEXFLOW_LLM_MODEL / $OPENAI_API_KEY);
+    /// resumable, answers in the format `labels agree` and `[taxonomy] labels` read.
+    Ask(cortexflow::cli::LabelsAskArgs),
 }
 
 #[derive(Subcommand)]
@@ -279,6 +284,27 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let s = cortexflow::cli::run_labels_agree(&args)?;
             print!("{}", s.text);
+        }
+        Command::Labels {
+            command: LabelsCommand::Ask(args),
+        } => {
+            let r = cortexflow::cli::run_labels_ask(&args)?;
+            println!(
+                "{} task(s) answered, {} already answered, {} request(s); answers in {}",
+                r.answered,
+                r.resumed,
+                r.requests,
+                args.out.display()
+            );
+            if !r.failed.is_empty() {
+                for (id, why) in &r.failed {
+                    eprintln!("no answer for {id}: {why}");
+                }
+                return Err(anyhow::anyhow!(
+                    "{} task(s) got no usable answer (rerun to retry them; the others are kept)",
+                    r.failed.len()
+                ));
+            }
         }
         Command::Topography(args) => {
             let s = cortexflow::cli::run_topography(&args)?;

@@ -267,18 +267,15 @@ fn unknown_keys_and_out_of_range_layers_are_rejected_before_any_work() {
 fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers() {
     let tmp = tempfile::tempdir().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
-    let text = std::fs::read_to_string(src)
-        .unwrap()
-        .replace("layers = [3, 9]", "layers = [9]")
-        .replace(
-            "output = \"runs/alice-small\"",
-            &format!(
-                "output = {:?}\nstore = {:?}",
-                tmp.path().join("out").to_str().unwrap(),
-                tmp.path().join("store").to_str().unwrap()
-            ),
-        );
-    let taxonomy = "\n[taxonomy]\nrandom-seeds = 10\npermutations = 1000\n\
+    let text = std::fs::read_to_string(src).unwrap().replace(
+        "output = \"runs/alice-small\"",
+        &format!(
+            "output = {:?}\nstore = {:?}",
+            tmp.path().join("out").to_str().unwrap(),
+            tmp.path().join("store").to_str().unwrap()
+        ),
+    );
+    let taxonomy = "\n[taxonomy]\nrandom-seeds = 10\npermutations = 1000\nprediction-error-delta = 6\n\
                     regions = { LATL = \"AT\", RATL = \"AT\", LPTL = \"PT\", LIPL = \"AG\", LIFG = \"IF\" }\n";
     let p = tmp.path().join("tax.toml");
     std::fs::write(&p, format!("{text}{taxonomy}")).unwrap();
@@ -286,7 +283,15 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     let out = plan.output.clone();
     pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for table in ["feature_labels", "feature_sets", "baselines", "topography_observed"] {
+    for table in [
+        "feature_labels",
+        "feature_sets",
+        "baselines",
+        "topography_observed",
+        "variance_partition",
+        "variance_partition_summary",
+        "prediction_error",
+    ] {
         let o = std::process::Command::new(support::python())
             .arg(root.join("scripts/check_parquet.py"))
             .arg(out.join(format!("{table}.parquet")))
@@ -297,7 +302,9 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     }
     let check = support::run_python(
         "import sys, json, polars as pl\n\
-         l = pl.read_parquet(sys.argv[1]); s = pl.read_parquet(sys.argv[2]); b = pl.read_parquet(sys.argv[3])\n\
+         l = pl.read_parquet(sys.argv[1]).filter(pl.col('layer') == 9)\n\
+         s = pl.read_parquet(sys.argv[2]).filter(pl.col('layer') == 9)\n\
+         b = pl.read_parquet(sys.argv[3]).filter(pl.col('layer') == 9)\n\
          conf = l.select(pl.sum_horizontal([c for c in l.columns if c.startswith('conf_')]))\n\
          print(l.height, l['feature'].n_unique() == l.height, bool(((conf.to_series() - 1).abs() < 1e-9).all()))\n\
          sem = s.filter(pl.col('feature_set') == 'sae:semantic')\n\
@@ -323,6 +330,58 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     assert_eq!(lines[1], "10 True 10 True", "10 count- and 10 variance-matched subsets");
     assert_eq!(lines[2], "True");
     assert_eq!(lines[3], "True True");
+
+    // Variance partition by category: the groups are the layer's category sets with their
+    // feature counts, and the exact Shapley values of each (subject, ROI) sum to its full R²
+    // (efficiency, which the enumeration over all subsets must satisfy).
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         v = pl.read_parquet(sys.argv[1]); s = pl.read_parquet(sys.argv[2]); vs = pl.read_parquet(sys.argv[3])\n\
+         cats = s.filter(pl.col('kind') == 'category').select('layer', pl.col('feature_set').alias('group'), 'n_features')\n\
+         u = v.filter(pl.col('measure') == 'unique').select('layer', 'group', 'n_columns').unique()\n\
+         j = u.join(cats, on=['layer', 'group'], how='full', coalesce=True)\n\
+         print(u.height == cats.height, bool((j['n_columns'] == j['n_features']).all()))\n\
+         k = ['story', 'layer', 'subject', 'roi']\n\
+         full = v.filter(pl.col('measure') == 'full').select(*k, pl.col('r2').alias('full'))\n\
+         sh = v.filter(pl.col('measure') == 'shapley').group_by(k).agg(pl.col('r2').sum().alias('phi'))\n\
+         e = full.join(sh, on=k).drop_nulls()\n\
+         print(e.height, float((e['full'] - e['phi']).abs().max()) < 1e-9, v['subject'].n_unique(), sorted(set(v['layer'].to_list())))\n\
+         print(vs.filter(pl.col('measure') == 'full')['n_subjects'].to_list())",
+        &[
+            out.join("variance_partition.parquet").to_str().unwrap(),
+            out.join("feature_sets.parquet").to_str().unwrap(),
+            out.join("variance_partition_summary.parquet").to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    assert_eq!(lines[0], "True True", "one group per category set, same feature counts");
+    assert_eq!(
+        lines[1], "48 True 4 [3, 9]",
+        "4 subjects × 6 ROIs × 2 layers with Shapley values summing to the full R²"
+    );
+    assert_eq!(lines[2], "[4, 4]");
+
+    // Prediction-error features of layer 9 from layer 3 (Δ = 6): the design has the 576 raw
+    // columns and one ε column per layer-9 feature, and its comparison with raw is the
+    // baselines table's `raw+pred-error` row.
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         p = pl.read_parquet(sys.argv[1]); b = pl.read_parquet(sys.argv[2])\n\
+         r = p.row(0, named=True)\n\
+         print(p.height, r['layer'], r['from_layer'], r['n_features'], r['n_raw_columns'], r['n_error_columns'], r['n_subjects'])\n\
+         c = b.filter((pl.col('layer') == 9) & (pl.col('feature_set') == 'raw+pred-error')).row(0, named=True)\n\
+         raw = b.filter((pl.col('layer') == 9) & (pl.col('feature_set') == 'raw')).row(0, named=True)\n\
+         print(c['vs'], abs(c['mean_diff'] - r['delta_r']) < 1e-12, abs(raw['mean_r'] - r['mean_r_raw']) < 1e-12)\n\
+         print(0 < r['cosine_median'] <= 1, r['cosine_p10'] <= r['cosine_median'] <= r['cosine_p90'], 0 <= r['prediction_r2_median'] <= 1)",
+        &[
+            out.join("prediction_error.parquet").to_str().unwrap(),
+            out.join("baselines.parquet").to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    assert_eq!(lines[0], "1 9 3 1152 576 1152 4");
+    assert_eq!(lines[1], "raw True True");
+    assert_eq!(lines[2], "True True True");
 
     // Imported answers: relabel the first 40 built-in SEMANTIC/OTHER features as LEXICAL.
     let builtin = std::fs::read_to_string(out.join("labels_builtin_L9.tsv")).unwrap();
@@ -364,7 +423,7 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
     let check = support::run_python(
         "import sys, polars as pl\n\
-         l = pl.read_parquet(sys.argv[1])\n\
+         l = pl.read_parquet(sys.argv[1]).filter(pl.col('layer') == 9)\n\
          d = l.filter(pl.col('category') != pl.col('builtin_category'))\n\
          print(d.height, bool((d['category'] == 'lexical').all()), l['source'][0].endswith('answers.tsv'))",
         &[out.join("feature_labels.parquet").to_str().unwrap()],

@@ -169,3 +169,89 @@ pub fn run_labels_agree(a: &LabelsAgreeArgs) -> Result<AgreementSummary> {
         text: s,
     })
 }
+
+/// `cortexflow labels ask`: labelling tasks answered by an OpenAI-compatible chat-completions
+/// endpoint (see [`crate::taxonomy::llm`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelsAskArgs {
+    /// Labelling tasks (`labelling_tasks_L<layer>.jsonl` of a run), one or more files.
+    #[arg(required = true)]
+    pub tasks: Vec<PathBuf>,
+    /// Answers file (JSONL) to write; an existing one is extended (answered tasks are skipped).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// TOML file with the endpoint settings (url, model, api-key-env, temperature, seed,
+    /// max-tokens, timeout-s, max-retries, backoff-ms); flags and environment override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base URL (before /chat/completions). Default: $OPENAI_BASE_URL, else https://api.openai.com/v1.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Model. Default: $CORTEXFLOW_LLM_MODEL.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Environment variable holding the API key (default OPENAI_API_KEY).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Ask at most this many tasks per file (the first ones), e.g. for a pilot.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// The endpoint settings from `--config`, the environment and the flags (in increasing priority).
+pub fn llm_config(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmConfig> {
+    use crate::taxonomy::llm::LlmConfig;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut cfg = match &a.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+            toml::from_str::<LlmConfig>(&text).map_err(|e| Error::parse(p, "toml", e.to_string()))?
+        }
+        None => LlmConfig::new(
+            env("OPENAI_BASE_URL").unwrap_or_else(|| "https://api.openai.com/v1".into()),
+            env("CORTEXFLOW_LLM_MODEL").unwrap_or_default(),
+        ),
+    };
+    if let Some(u) = &a.url {
+        cfg.url = u.clone();
+    }
+    if let Some(m) = &a.model {
+        cfg.model = m.clone();
+    }
+    if let Some(k) = &a.api_key_env {
+        cfg.api_key_env = k.clone();
+    }
+    if a.seed.is_some() {
+        cfg.seed = a.seed;
+    }
+    if cfg.model.is_empty() {
+        return Err(Error::Invalid(
+            "labels ask: no model; give --model, `model` in --config, or $CORTEXFLOW_LLM_MODEL".into(),
+        ));
+    }
+    if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
+        return Err(Error::Invalid(format!(
+            "labels ask: the URL must start with http:// or https://, found `{}`",
+            cfg.url
+        )));
+    }
+    Ok(cfg)
+}
+
+pub fn run_labels_ask(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmRun> {
+    let cfg = llm_config(a)?;
+    let mut tasks = Vec::new();
+    for p in &a.tasks {
+        let mut t = crate::taxonomy::llm::read_tasks(p)?;
+        if let Some(n) = a.limit {
+            t.truncate(n);
+        }
+        tasks.extend(t);
+    }
+    let pb = crate::reading::pipeline::progress(tasks.len() as u64, "labelling");
+    let run = crate::taxonomy::llm::label_tasks(&cfg, &tasks, &a.out, || pb.inc(1))?;
+    pb.finish_and_clear();
+    Ok(run)
+}

@@ -7,7 +7,8 @@
 //! * [`sae_train`]: `cortexflow sae train JOB.toml` — corpus → LM → activation spool → SAE, with
 //!   checkpoints and held-out quality.
 //! * [`simulate`]: `cortexflow simulate` — BOLD-like responses with planted weights and known ceiling.
-//! * [`labels`]: `cortexflow labels agree` — Cohen's / Fleiss' κ between label sources.
+//! * [`labels`]: `cortexflow labels agree` — Cohen's / Fleiss' κ between label sources;
+//!   `cortexflow labels ask` — labelling tasks answered by an OpenAI-compatible endpoint.
 //! * [`topography`]: `cortexflow topography` — subcategory × region matrices against an a priori
 //!   0/1 prediction (ρ, Mantel, interaction F, FDR cells, hypergeometric / Fisher overlap).
 
@@ -19,7 +20,7 @@ pub mod sae_train;
 pub mod simulate;
 pub mod topography;
 
-pub use labels::{run_labels_agree, AgreementSummary, LabelsAgreeArgs};
+pub use labels::{run_labels_agree, run_labels_ask, AgreementSummary, LabelsAgreeArgs, LabelsAskArgs};
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};
 pub use sae::{run_sae_encode, SaeEncodeArgs, SaeEncodeSummary};

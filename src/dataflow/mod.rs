@@ -60,6 +60,11 @@ pub struct Snapshot {
     pub summaries: BTreeSet<((String, usize, String), ArtifactId)>,
     /// (layer, feature-taxonomy labels artifact), with `[taxonomy]`
     pub labels: BTreeSet<(usize, ArtifactId)>,
+    /// ((subject, story, layer), variance-partition artifact), with `[taxonomy] variance-partition`
+    pub partitions: BTreeSet<((String, String, usize), ArtifactId)>,
+    /// ((story, layer), `raw+pred-error` design id = its `pred-error-record` id), with
+    /// `[taxonomy] prediction-error-delta`
+    pub pred_errors: BTreeSet<((String, usize), ArtifactId)>,
 }
 
 /// One epoch's result: the snapshot and the store counters accumulated so far.
@@ -108,21 +113,33 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
     let (s_fits, r_fits) = std::sync::mpsc::channel();
     let (s_sum, r_sum) = std::sync::mpsc::channel();
     let (s_lab, r_lab) = std::sync::mpsc::channel();
-    let senders = Arc::new(Mutex::new((s_words, s_saes, s_fits, s_sum, s_lab)));
+    let (s_part, r_part) = std::sync::mpsc::channel();
+    let (s_pe, r_pe) = std::sync::mpsc::channel();
+    let senders = Arc::new(Mutex::new((s_words, s_saes, s_fits, s_sum, s_lab, s_part, s_pe)));
     let n_epochs = epochs.len();
     let epochs = Arc::new(epochs);
     let feature_sets: Vec<String> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
     let taxonomy_on = ctx.plan.file.taxonomy.is_some();
+    let partition_on = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.variance_partition);
+    let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
 
     let err2 = errors.clone();
     let res2 = results.clone();
     timely::execute(timely::Config::process(workers.max(1)), move |worker| {
         let index = worker.index();
         let errors = err2.clone();
-        let (sw, ss, sf, su, sl) = {
+        let (sw, ss, sf, su, sl, sp, spe) = {
             let s = senders.lock().unwrap_or_else(|p| p.into_inner());
-            (s.0.clone(), s.1.clone(), s.2.clone(), s.3.clone(), s.4.clone())
+            (
+                s.0.clone(),
+                s.1.clone(),
+                s.2.clone(),
+                s.3.clone(),
+                s.4.clone(),
+                s.5.clone(),
+                s.6.clone(),
+            )
         };
         let ctx = ctx.clone();
         let feature_sets = feature_sets.clone();
@@ -286,12 +303,9 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         Err(e) => record_error(&e8, format!("labels of layer {layer}"), e),
                     }
                 });
-            labels
-                .clone()
-                .map(|(layer, (_, id))| (layer, id))
-                .distinct()
-                .inner
-                .capture_into(sl);
+            let labels_by_layer = labels.clone().map(|(layer, (_, id))| (layer, id)).distinct();
+            labels_by_layer.clone().inner.capture_into(sl);
+            let story_layers_pe = story_layers.clone();
             let (c9, e9) = (ctx.clone(), errors.clone());
             let derived = designs
                 .clone()
@@ -320,6 +334,70 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                     }
                 });
             let designs = designs.concat(derived);
+
+            // ---- prediction-error features (METHOD.md §9): (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ the raw
+            // design of (story, ℓ) ──reduce per (story, ℓ)──▶ the `raw+pred-error` design
+            let delta = pe_delta.unwrap_or(0);
+            let pe_base = story_layers_pe
+                .filter(move |_| pe_delta.is_some())
+                .map(|((story, layer), t)| (layer, (story, t)))
+                .join(saes.clone())
+                .map(|(layer, ((story, t), sae))| ((story, layer), (t.1, t.3, sae)));
+            let pe_from = pe_base
+                .clone()
+                .map(move |((story, layer), (_, codes, sae))| ((story, layer + delta), (codes, sae)));
+            let raw_designs = designs
+                .clone()
+                .filter(|((_, _, set), _)| set == "raw")
+                .map(|((story, layer, _), d)| ((story, layer), d));
+            let (c10, e10) = (ctx.clone(), errors.clone());
+            let pred_errors = pe_base.join(pe_from).join(raw_designs).reduce_named(
+                "PredError",
+                move |(story, layer), input, output| {
+                    for ((((story_art, codes, sae), (codes_from, sae_from)), raw), diff) in input {
+                        if *diff > 0 {
+                            match crate::pipeline::taxonomy::pred_error_stage(
+                                &c10,
+                                story,
+                                story_art,
+                                *layer,
+                                (codes, sae),
+                                *layer - delta,
+                                (codes_from, sae_from),
+                                raw,
+                            ) {
+                                Ok(id) => output.push((id, 1)),
+                                Err(e) => record_error(&e10, format!("prediction error `{story}` layer {layer}"), e),
+                            }
+                        }
+                    }
+                },
+            );
+            pred_errors.clone().inner.capture_into(spe);
+            let designs = designs
+                .concat(pred_errors.map(|((story, layer), id)| ((story, layer, "raw+pred-error".to_string()), id)));
+
+            // ---- variance partition by category per (subject, story, layer)
+            let (c11, e11) = (ctx.clone(), errors.clone());
+            let partitions = designs
+                .clone()
+                .filter(move |((_, _, set), _)| partition_on && set == "sae")
+                .map(|((story, layer, _), d)| (layer, (story, d)))
+                .join(labels_by_layer)
+                .map(|(layer, ((story, d), lid))| (story, (layer, d, lid)))
+                .join(responses.clone())
+                .map(|(story, ((layer, d, lid), (subject, roi)))| ((subject, story, layer), (d, lid, roi)))
+                .reduce_named("Partition", move |key, input, output| {
+                    for ((d, lid, roi), diff) in input {
+                        if *diff > 0 {
+                            match crate::pipeline::taxonomy::partition_stage(&c11, d, lid, roi) {
+                                Ok(id) => output.push((id, 1)),
+                                Err(e) => record_error(&e11, format!("variance partition {key:?}"), e),
+                            }
+                        }
+                    }
+                });
+            partitions.inner.capture_into(sp);
 
             // ---- fits per (subject, story, layer, feature set)
             let (c5, e5) = (ctx.clone(), errors.clone());
@@ -409,6 +487,8 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
     let fits: Vec<(u64, Vec<((FitKey, ArtifactId), u64, isize)>)> = r_fits.extract();
     let sums: Vec<(u64, Vec<(((String, usize, String), ArtifactId), u64, isize)>)> = r_sum.extract();
     let labs: Vec<(u64, Vec<((usize, ArtifactId), u64, isize)>)> = r_lab.extract();
+    let parts: Vec<(u64, Vec<(((String, String, usize), ArtifactId), u64, isize)>)> = r_part.extract();
+    let pes: Vec<(u64, Vec<(((String, usize), ArtifactId), u64, isize)>)> = r_pe.extract();
     let stats = results.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok((0..n_epochs)
         .map(|e| EpochResult {
@@ -418,6 +498,8 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                 fits: accumulate(&fits, e as u64),
                 summaries: accumulate(&sums, e as u64),
                 labels: accumulate(&labs, e as u64),
+                partitions: accumulate(&parts, e as u64),
+                pred_errors: accumulate(&pes, e as u64),
             },
             stats: stats.get(e).cloned().unwrap_or_default(),
         })

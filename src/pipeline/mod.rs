@@ -2,6 +2,7 @@
 //! the dataflow (src/dataflow), and the final state is written as Parquet tables (schemas in
 //! data-schemas/), a PNG plot and a Markdown report under the plan's output folder.
 
+pub mod partition_tables;
 pub mod stages;
 pub mod tables;
 pub mod taxonomy;

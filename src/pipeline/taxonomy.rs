@@ -58,8 +58,9 @@ pub struct LayerLabels {
     pub lexicon_sources: Vec<String>,
     pub tasks: Vec<Task>,
     pub sets: Vec<FeatureSetDef>,
-    /// The semantic set's participation ratio (the random projection's dimension).
-    pub semantic_pr: f64,
+    /// The semantic set's participation ratio (the random projection's dimension); None with
+    /// fewer than two semantic features.
+    pub semantic_pr: Option<f64>,
 }
 
 impl LayerLabels {
@@ -203,12 +204,16 @@ fn compute_labels(
     let used = imported.as_ref().unwrap_or(&builtin);
     let variances: Vec<f64> = builtin.labels.iter().map(|l| l.evidence.variance).collect();
     let semantic = used.features_of(Category::Semantic);
-    let semantic_pr = if semantic.len() >= 2 {
-        crate::lm::summary::participation_ratio(&codes.select(ndarray::Axis(1), &semantic))
-    } else {
-        f64::NAN
-    };
-    let sets = feature_sets(t, used, &variances, semantic_pr, ctx.plan.file.summary.seed);
+    let semantic_pr = (semantic.len() >= 2)
+        .then(|| crate::lm::summary::participation_ratio(&codes.select(ndarray::Axis(1), &semantic)))
+        .filter(|p| p.is_finite());
+    let sets = feature_sets(
+        t,
+        used,
+        &variances,
+        semantic_pr.unwrap_or(1.0),
+        ctx.plan.file.summary.seed,
+    );
     let mut lexicon_sources = lex.closed.sources.clone();
     lexicon_sources.extend(lex.norms.sources.clone());
     Ok(LayerLabels {
@@ -426,4 +431,264 @@ pub fn derived_design_stage(
             stages::design_stage(ctx, &sl.story_art, "ablated", &eid)
         }
     }
+}
+
+const REV_PARTITION: u32 = 1;
+const REV_PRED_ERROR: u32 = 1;
+
+/// Variance partitioning of one subject's SAE design by category (METHOD.md §5), per ROI.
+/// R² values are held-out R² over the tested TRs of nested-CV ridge (α chosen per ROI by inner-CV
+/// R²), on the detrended responses, with the encoding section's folds and α grid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PartitionRecord {
+    pub subject: String,
+    pub rois: Vec<String>,
+    /// The groups: the layer's non-empty categories (feature sets `sae:<category>`).
+    pub groups: Vec<String>,
+    /// Design columns per group.
+    pub n_columns: Vec<usize>,
+    /// v(all groups) per ROI (None for ROIs excluded as constant).
+    pub r2_full: Vec<Option<f64>>,
+    /// unique(g) = v(all) − v(all ∖ g), (group, ROI).
+    pub unique: Vec<Vec<Option<f64>>>,
+    /// v(all) − Σ_g unique(g) per ROI.
+    pub shared: Vec<Option<f64>>,
+    /// Exact Shapley values (group, ROI), when `[taxonomy] shapley`.
+    pub shapley: Option<Vec<Vec<Option<f64>>>>,
+    /// Distinct ridge models fitted.
+    pub n_fits: usize,
+    pub n_trs: usize,
+}
+
+/// Category groups of the design columns: group index per column (a column's feature is
+/// `column % n_features`, which also covers FIR-delayed designs) and the groups' names.
+fn category_groups(sets: &[FeatureSetDef], n_cols: usize) -> Result<(Vec<usize>, Vec<String>)> {
+    let cats: Vec<(&str, &Vec<usize>)> = sets
+        .iter()
+        .filter(|d| d.kind == "category")
+        .filter_map(|d| match &d.spec {
+            SetSpec::Columns(c) if !c.is_empty() => Some((d.name.as_str(), c)),
+            _ => None,
+        })
+        .collect();
+    let n_features: usize = cats.iter().map(|(_, c)| c.len()).sum();
+    if n_features == 0 || n_cols % n_features != 0 {
+        return Err(Error::Invalid(format!(
+            "variance partition: the categories cover {n_features} features but the SAE design has {n_cols} columns"
+        )));
+    }
+    let mut of_feature = vec![usize::MAX; n_features];
+    for (g, (_, cols)) in cats.iter().enumerate() {
+        for &j in cols.iter() {
+            if j >= n_features || of_feature[j] != usize::MAX {
+                return Err(Error::Invalid(format!(
+                    "variance partition: feature {j} is out of range or in two categories"
+                )));
+            }
+            of_feature[j] = g;
+        }
+    }
+    Ok((
+        (0..n_cols).map(|c| of_feature[c % n_features]).collect(),
+        cats.iter().map(|(n, _)| n.to_string()).collect(),
+    ))
+}
+
+/// The variance partition (and Shapley values) of one subject's SAE design at one layer.
+pub fn partition_stage(ctx: &Ctx, design_id: &str, labels_id: &str, roi_id: &str) -> Result<ArtifactId> {
+    use crate::encoding::partition::{nested_cv_r2, shapley_exact, variance_partition, ValueCache};
+    let t = ctx
+        .plan
+        .file
+        .taxonomy
+        .clone()
+        .ok_or_else(|| Error::Invalid("partition stage without [taxonomy]".into()))?;
+    let e = &ctx.plan.file.encoding;
+    let id = KeyBuilder::new("partition", REV_PARTITION)
+        .part("design", design_id)
+        .part("roi", roi_id)
+        .part("labels", labels_id)
+        .config("encoding", e)
+        .config("shapley", &t.shapley)
+        .finish();
+    let alphas = ctx.plan.alphas();
+    ctx.store.json("partition", &id, || {
+        let sets: Vec<FeatureSetDef> = ctx.store.load_json("feature-sets", labels_id)?;
+        let x = ctx.store.load_arrays("design", design_id)?;
+        let x = x.f64("x")?;
+        let roi = ctx.store.load_arrays("roi", roi_id)?;
+        let y = roi.f64("y")?;
+        let rois: Vec<String> = serde_json::from_str(&roi.meta["rois"]).unwrap_or_default();
+        let constant: Vec<String> = serde_json::from_str(&roi.meta["constant"]).unwrap_or_default();
+        if x.nrows() != y.nrows() {
+            return Err(Error::Invalid(format!(
+                "design has {} TRs but the responses have {}",
+                x.nrows(),
+                y.nrows()
+            )));
+        }
+        let (groups, names) = category_groups(&sets, x.ncols())?;
+        let n_columns: Vec<usize> = (0..names.len())
+            .map(|g| groups.iter().filter(|&&c| c == g).count())
+            .collect();
+        let keep: Vec<usize> = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
+        let none = |k: usize| vec![vec![None; rois.len()]; k];
+        let mut rec = PartitionRecord {
+            subject: roi.meta.get("subject").cloned().unwrap_or_default(),
+            rois: rois.clone(),
+            groups: names.clone(),
+            n_columns,
+            r2_full: vec![None; rois.len()],
+            unique: none(names.len()),
+            shared: vec![None; rois.len()],
+            shapley: t.shapley.then(|| none(names.len())),
+            n_fits: 0,
+            n_trs: x.nrows(),
+        };
+        if keep.is_empty() {
+            return Ok(rec);
+        }
+        let mut yk = y.select(ndarray::Axis(1), &keep);
+        crate::stats::detrend_columns(yk.view_mut(), stages::DETREND_ORDER);
+        let outer = crate::encoding::contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
+        let value = nested_cv_r2(x, yk.view(), &groups, &alphas, &outer, e.inner_folds, e.gap_trs);
+        let mut cache = ValueCache::new(names.len(), value)?;
+        let vp = variance_partition(&mut cache)?;
+        let phi = if t.shapley {
+            Some(shapley_exact(&mut cache)?)
+        } else {
+            None
+        };
+        let fin = |v: f64| v.is_finite().then_some(v);
+        for (k, &j) in keep.iter().enumerate() {
+            rec.r2_full[j] = fin(vp.r2_full[k]);
+            rec.shared[j] = fin(vp.shared[k]);
+            for g in 0..names.len() {
+                rec.unique[g][j] = fin(vp.unique[[g, k]]);
+                if let (Some(s), Some(p)) = (rec.shapley.as_mut(), phi.as_ref()) {
+                    s[g][j] = fin(p[[g, k]]);
+                }
+            }
+        }
+        rec.n_fits = cache.n_fitted();
+        Ok(rec)
+    })?;
+    Ok(id)
+}
+
+/// What the prediction-error stage computed for one story at one layer (stored beside the
+/// `raw+pred-error` design, under the same id).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PredErrorRecord {
+    pub story: String,
+    pub layer: usize,
+    pub from_layer: usize,
+    pub n_words: usize,
+    pub n_features: usize,
+    pub n_features_from: usize,
+    /// Decoder cosine of each feature with its match: median and 10th / 90th percentiles.
+    pub cosine_median: f64,
+    pub cosine_p10: f64,
+    pub cosine_p90: f64,
+    /// Distinct earlier features used as matches.
+    pub n_distinct_matches: usize,
+    /// Median over features of the R² of f_i on its matched earlier feature (over the words).
+    pub r2_median: f64,
+    /// Columns of the combined design: raw activations, then ε.
+    pub n_raw_columns: usize,
+    pub n_error_columns: usize,
+}
+
+/// The `raw+pred-error` design of one story at `layer`: the raw activations' design next to the
+/// design of ε (layer-`layer` SAE codes residualised on their decoder-aligned layer-`from_layer`
+/// features, see [`crate::taxonomy::prederror`]). Returns the design's id; the
+/// [`PredErrorRecord`] is stored under the same id (stage `pred-error-record`).
+#[allow(clippy::too_many_arguments)]
+pub fn pred_error_stage(
+    ctx: &Ctx,
+    story: &str,
+    story_art: &str,
+    layer: usize,
+    (codes, sae): (&str, &str),
+    from_layer: usize,
+    (codes_prev, sae_prev): (&str, &str),
+    raw_design: &str,
+) -> Result<ArtifactId> {
+    use crate::taxonomy::prederror::{decoder_alignment, median, prediction_residuals, Alignment};
+    let load_sae = |id: &str| {
+        let dir = ctx.store.root().join("sae").join(&id[..2]).join(id);
+        crate::sae::load_sae(&dir)
+    };
+    let aid = KeyBuilder::new("alignment", REV_PRED_ERROR)
+        .part("sae", sae)
+        .part("sae-from", sae_prev)
+        .finish();
+    let alignment: Alignment = ctx.store.json("alignment", &aid, || {
+        let (a, b) = (load_sae(sae)?, load_sae(sae_prev)?);
+        decoder_alignment(a.sae.weights.w_dec.view(), b.sae.weights.w_dec.view())
+    })?;
+    let eid = KeyBuilder::new("pred-error", REV_PRED_ERROR)
+        .part("codes", codes)
+        .part("codes-from", codes_prev)
+        .part("alignment", &aid)
+        .finish();
+    let eps = ctx.store.arrays("pred-error", &eid, || {
+        let c = ctx.store.load_arrays("codes", codes)?;
+        let p = ctx.store.load_arrays("codes", codes_prev)?;
+        let r = prediction_residuals(c.f32("x")?, p.f32("x")?, &alignment)?;
+        let coef = ndarray::Array2::from_shape_fn((r.alpha.len(), 3), |(i, k)| match k {
+            0 => r.alpha[i],
+            1 => r.beta[i],
+            _ => r.r2[i],
+        });
+        Ok(Arrays::default().with_f32("x", r.eps).with_f64("coef", coef))
+    })?;
+    let eps_design = stages::design_stage(ctx, story_art, "pred-error", &eid)?;
+    let id = KeyBuilder::new("design", REV_PRED_ERROR)
+        .part("raw", raw_design)
+        .part("pred-error", &eps_design)
+        .finish();
+    ctx.store.arrays("design", &id, || {
+        let raw = ctx.store.load_arrays("design", raw_design)?;
+        let err = ctx.store.load_arrays("design", &eps_design)?;
+        let (raw, err) = (raw.f64("x")?, err.f64("x")?);
+        if raw.nrows() != err.nrows() {
+            return Err(Error::Invalid(format!(
+                "raw+pred-error: the raw design has {} TRs, the error design {}",
+                raw.nrows(),
+                err.nrows()
+            )));
+        }
+        let both = ndarray::concatenate(ndarray::Axis(1), &[raw, err])
+            .map_err(|e| Error::Invalid(format!("raw+pred-error: {e}")))?;
+        Ok(Arrays::default().with_f64("x", both))
+    })?;
+    ctx.store.json("pred-error-record", &id, || {
+        let coef = eps.f64("coef")?;
+        let cos = || alignment.cosine.iter().map(|c| *c as f64);
+        let quantile = |q: f64| {
+            let mut v: Vec<f64> = cos().collect();
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * q).round() as usize]
+        };
+        let raw_cols = ctx.store.load_arrays("design", raw_design)?.f64("x")?.ncols();
+        let err_cols = ctx.store.load_arrays("design", &eps_design)?.f64("x")?.ncols();
+        let distinct: std::collections::BTreeSet<u32> = alignment.matched.iter().copied().collect();
+        Ok(PredErrorRecord {
+            story: story.to_string(),
+            layer,
+            from_layer,
+            n_words: eps.f32("x")?.nrows(),
+            n_features: alignment.matched.len(),
+            n_features_from: ctx.store.load_arrays("codes", codes_prev)?.f32("x")?.ncols(),
+            cosine_median: median(cos()),
+            cosine_p10: quantile(0.1),
+            cosine_p90: quantile(0.9),
+            n_distinct_matches: distinct.len(),
+            r2_median: median(coef.column(2).iter().copied()),
+            n_raw_columns: raw_cols,
+            n_error_columns: err_cols,
+        })
+    })?;
+    Ok(id)
 }

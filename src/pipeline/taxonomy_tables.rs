@@ -234,7 +234,7 @@ pub fn baseline_rows(ctx: &Ctx, all: &[LayerLabels], scores: &SubjectScores) -> 
             // sets → per-subject values (families averaged over seeds within subject)
             let mut groups: BTreeMap<String, (String, Vec<&BTreeMap<String, (f64, f64)>>, f64, Option<f64>)> =
                 BTreeMap::new();
-            for set in ["raw", "sae", "sae-recon"] {
+            for set in ["raw", "sae", "sae-recon", "raw+pred-error"] {
                 if let Some(m) = get(set) {
                     let cols = scores
                         .n_columns
@@ -276,6 +276,7 @@ pub fn baseline_rows(ctx: &Ctx, all: &[LayerLabels], scores: &SubjectScores) -> 
             };
             let semantic = groups.get("sae:semantic").map(|g| per_subject(&g.1));
             let recon = groups.get("sae-recon").map(|g| per_subject(&g.1));
+            let raw = groups.get("raw").map(|g| per_subject(&g.1));
             for (name, (kind, ms, n_feat, vshare)) in &groups {
                 let subj = per_subject(ms);
                 let k = ms.len();
@@ -287,6 +288,8 @@ pub fn baseline_rows(ctx: &Ctx, all: &[LayerLabels], scores: &SubjectScores) -> 
                 let ablation = kind == "recon-ablated";
                 let (vs, reference) = if ablation {
                     ("sae-recon (R²)".to_string(), recon.as_ref())
+                } else if name == "raw+pred-error" {
+                    ("raw".to_string(), raw.as_ref())
                 } else if name == "sae:semantic" {
                     ("sae (all features)".to_string(), groups.get("sae").map(|_| all_r))
                 } else {
@@ -670,6 +673,8 @@ pub struct TaxonomyOutputs {
     pub baselines: Vec<BaselineRow>,
     pub observed: Vec<ObservedMatrix>,
     pub reports: Vec<(String, usize, crate::stats::topography::TopographyReport)>,
+    /// The variance-partition and prediction-error sections of the report.
+    pub partition_markdown: String,
 }
 
 pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
@@ -678,18 +683,40 @@ pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
     let baselines = baseline_rows(ctx, &labels, &scores)?;
     let observed = observed_matrices(ctx, &scores)?;
     let reports = topography_reports(ctx, &observed)?;
-    let tables = vec![
+    let mut tables = vec![
         ("feature_labels", labels_batch(&labels)?),
         ("feature_sets", sets_batch(&labels)?),
         ("baselines", baselines_batch(&baselines)?),
         ("topography_observed", observed_batch(ctx, &observed)?),
     ];
+    let t = ctx
+        .plan
+        .file
+        .taxonomy
+        .as_ref()
+        .expect("taxonomy tables need [taxonomy]");
+    let parts = super::partition_tables::partitions(ctx, snap)?;
+    let part_summary = super::partition_tables::partition_summary(ctx, &parts);
+    if t.variance_partition {
+        tables.push(("variance_partition", super::partition_tables::partition_batch(&parts)?));
+        tables.push((
+            "variance_partition_summary",
+            super::partition_tables::partition_summary_batch(&part_summary)?,
+        ));
+    }
+    let pe = super::partition_tables::pred_error_rows(ctx, snap, &baselines)?;
+    if t.prediction_error_delta.is_some() {
+        tables.push(("prediction_error", super::partition_tables::pred_error_batch(&pe)?));
+    }
+    let partition_markdown = super::partition_tables::markdown(&part_summary, &pe);
+    drop(pe);
     Ok(TaxonomyOutputs {
         tables,
         labels,
         baselines,
         observed,
         reports,
+        partition_markdown,
     })
 }
 
@@ -882,6 +909,7 @@ pub fn markdown(tx: &TaxonomyOutputs) -> String {
         s,
         "\nAblation rows compare held-out R² (not r) with the unablated reconstruction (`sae-recon`).\n"
     );
+    s.push_str(&tx.partition_markdown);
     let _ = writeln!(s, "## Cortical topography (METHOD.md §7)\n");
     for m in &tx.observed {
         let _ = writeln!(

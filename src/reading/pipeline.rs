@@ -607,7 +607,8 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
     })
 }
 
-fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+/// A progress bar on stderr when it is a terminal (hidden otherwise).
+pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();

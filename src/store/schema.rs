@@ -75,6 +75,18 @@ const BUILTINS: &[(&str, &str)] = &[
         "topography_tests",
         include_str!("../../data-schemas/topography_tests.json"),
     ),
+    (
+        "variance_partition",
+        include_str!("../../data-schemas/variance_partition.json"),
+    ),
+    (
+        "variance_partition_summary",
+        include_str!("../../data-schemas/variance_partition_summary.json"),
+    ),
+    (
+        "prediction_error",
+        include_str!("../../data-schemas/prediction_error.json"),
+    ),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -98,6 +110,9 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "sae_codes",
     "sae_train_log",
     "topography_tests",
+    "variance_partition",
+    "variance_partition_summary",
+    "prediction_error",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.

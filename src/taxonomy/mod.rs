@@ -10,6 +10,8 @@
 pub mod baselines;
 pub mod labeller;
 pub mod lexicon;
+pub mod llm;
+pub mod prederror;
 pub mod tasks;
 
 use serde::{Deserialize, Serialize};

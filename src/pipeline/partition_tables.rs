@@ -1,0 +1,336 @@
+//! Tables of the variance partition by category (METHOD.md §5) and of the prediction-error
+//! features (METHOD.md §9), from the final snapshot. Row orders are deterministic.
+//!
+//! - `variance_partition`: one row per (story, layer, subject, ROI, measure, group): held-out R²
+//!   of the full SAE design (`full`), each category's unique R² (`unique`), the shared rest
+//!   (`shared`) and each category's exact Shapley value (`shapley`).
+//! - `variance_partition_summary`: the same per (story, layer, measure, group) averaged over
+//!   ROIs within subject, then over subjects, with a percentile-bootstrap CI over subjects.
+//! - `prediction_error`: per (story, layer): the alignment with layer ℓ − Δ and Δr of raw + ε
+//!   over raw, paired over subjects (the `raw+pred-error` row of the baselines table).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Float64Array, UInt16Array, UInt32Array};
+use arrow::record_batch::RecordBatch;
+
+use super::stages::Ctx;
+use super::tables::{batch, finite as fin, utf8};
+use super::taxonomy::{PartitionRecord, PredErrorRecord};
+use super::taxonomy_tables::BaselineRow;
+use crate::dataflow::Snapshot;
+use crate::Result;
+
+fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
+    Arc::new(Float64Array::from(v))
+}
+fn u32s(v: Vec<u32>) -> ArrayRef {
+    Arc::new(UInt32Array::from(v))
+}
+fn u16s(v: Vec<u16>) -> ArrayRef {
+    Arc::new(UInt16Array::from(v))
+}
+
+/// One subject's partition at one (story, layer).
+pub struct SubjectPartition {
+    pub story: String,
+    pub layer: usize,
+    pub record: PartitionRecord,
+}
+
+pub fn partitions(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<SubjectPartition>> {
+    snap.partitions
+        .iter()
+        .map(|((_, story, layer), id)| {
+            Ok(SubjectPartition {
+                story: story.clone(),
+                layer: *layer,
+                record: ctx.store.load_json("partition", id)?,
+            })
+        })
+        .collect()
+}
+
+/// (measure, group, values per ROI, columns of the group) of one record, in table order.
+fn measures(r: &PartitionRecord) -> Vec<(&'static str, String, &[Option<f64>], Option<usize>)> {
+    let mut out: Vec<(&'static str, String, &[Option<f64>], Option<usize>)> =
+        vec![("full", "all".into(), &r.r2_full, Some(r.n_columns.iter().sum()))];
+    for (g, name) in r.groups.iter().enumerate() {
+        out.push(("unique", name.clone(), &r.unique[g], Some(r.n_columns[g])));
+    }
+    out.push(("shared", "shared".into(), &r.shared, None));
+    if let Some(sh) = &r.shapley {
+        for (g, name) in r.groups.iter().enumerate() {
+            out.push(("shapley", name.clone(), &sh[g], Some(r.n_columns[g])));
+        }
+    }
+    out
+}
+
+pub fn partition_batch(parts: &[SubjectPartition]) -> Result<RecordBatch> {
+    let (mut story, mut layer, mut subject, mut roi, mut measure, mut group) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut r2, mut n_cols, mut n_fits, mut n_trs) = (vec![], vec![], vec![], vec![]);
+    for p in parts {
+        for (m, g, vals, cols) in measures(&p.record) {
+            for (j, name) in p.record.rois.iter().enumerate() {
+                story.push(p.story.clone());
+                layer.push(p.layer as u16);
+                subject.push(p.record.subject.clone());
+                roi.push(name.clone());
+                measure.push(m.to_string());
+                group.push(g.clone());
+                r2.push(vals[j]);
+                n_cols.push(cols.map(|c| c as u32));
+                n_fits.push(p.record.n_fits as u32);
+                n_trs.push(p.record.n_trs as u32);
+            }
+        }
+    }
+    batch(vec![
+        ("story", utf8(story), false),
+        ("layer", u16s(layer), false),
+        ("subject", utf8(subject), false),
+        ("roi", utf8(roi), false),
+        ("measure", utf8(measure), false),
+        ("group", utf8(group), false),
+        ("r2", f64s(r2), true),
+        ("n_columns", Arc::new(UInt32Array::from(n_cols)), true),
+        ("n_fits", u32s(n_fits), false),
+        ("n_trs", u32s(n_trs), false),
+    ])
+}
+
+/// One row of the partition summary.
+pub struct PartitionSummaryRow {
+    pub story: String,
+    pub layer: usize,
+    pub measure: String,
+    pub group: String,
+    pub n_columns: Option<usize>,
+    pub mean: f64,
+    pub ci_lower: f64,
+    pub ci_upper: f64,
+    pub n_subjects: usize,
+}
+
+pub fn partition_summary(ctx: &Ctx, parts: &[SubjectPartition]) -> Vec<PartitionSummaryRow> {
+    let s = &ctx.plan.file.summary;
+    // (story, layer, order, measure, group) → (columns, per-subject ROI means)
+    type Key = (String, usize, usize, &'static str, String);
+    let mut acc: BTreeMap<Key, (Option<usize>, Vec<f64>)> = BTreeMap::new();
+    for p in parts {
+        for (order, (m, g, vals, cols)) in measures(&p.record).into_iter().enumerate() {
+            let v: Vec<f64> = vals.iter().flatten().copied().collect();
+            if v.is_empty() {
+                continue;
+            }
+            let e = acc
+                .entry((p.story.clone(), p.layer, order, m, g))
+                .or_insert((cols, vec![]));
+            e.1.push(v.iter().sum::<f64>() / v.len() as f64);
+        }
+    }
+    acc.into_iter()
+        .map(|((story, layer, _, measure, group), (cols, v))| {
+            let ci = crate::stats::bootstrap_mean_ci(&v, s.n_boot, s.ci_level, s.seed);
+            PartitionSummaryRow {
+                story,
+                layer,
+                measure: measure.into(),
+                group,
+                n_columns: cols,
+                mean: ci.estimate,
+                ci_lower: ci.lower,
+                ci_upper: ci.upper,
+                n_subjects: v.len(),
+            }
+        })
+        .collect()
+}
+
+pub fn partition_summary_batch(rows: &[PartitionSummaryRow]) -> Result<RecordBatch> {
+    batch(vec![
+        ("story", utf8(rows.iter().map(|r| r.story.clone()).collect()), false),
+        ("layer", u16s(rows.iter().map(|r| r.layer as u16).collect()), false),
+        ("measure", utf8(rows.iter().map(|r| r.measure.clone()).collect()), false),
+        ("group", utf8(rows.iter().map(|r| r.group.clone()).collect()), false),
+        (
+            "n_columns",
+            Arc::new(UInt32Array::from(
+                rows.iter().map(|r| r.n_columns.map(|c| c as u32)).collect::<Vec<_>>(),
+            )),
+            true,
+        ),
+        ("mean_r2", f64s(rows.iter().map(|r| fin(r.mean)).collect()), true),
+        ("ci_lower", f64s(rows.iter().map(|r| fin(r.ci_lower)).collect()), true),
+        ("ci_upper", f64s(rows.iter().map(|r| fin(r.ci_upper)).collect()), true),
+        (
+            "n_subjects",
+            u32s(rows.iter().map(|r| r.n_subjects as u32).collect()),
+            false,
+        ),
+        (
+            "unit",
+            utf8(
+                rows.iter()
+                    .map(|_| "subjects (each subject's R² averaged over its ROIs first)".to_string())
+                    .collect(),
+            ),
+            false,
+        ),
+    ])
+}
+
+/// One (story, layer) of the prediction-error analysis with its test.
+pub struct PredErrorRow<'a> {
+    pub record: PredErrorRecord,
+    pub combined: Option<&'a BaselineRow>,
+    pub raw_mean_r: Option<f64>,
+}
+
+pub fn pred_error_rows<'a>(ctx: &Ctx, snap: &Snapshot, baselines: &'a [BaselineRow]) -> Result<Vec<PredErrorRow<'a>>> {
+    snap.pred_errors
+        .iter()
+        .map(|((story, layer), id)| {
+            let record: PredErrorRecord = ctx.store.load_json("pred-error-record", id)?;
+            let find = |set: &str| {
+                baselines
+                    .iter()
+                    .find(|b| b.story == *story && b.layer == *layer && b.feature_set == set)
+            };
+            Ok(PredErrorRow {
+                record,
+                combined: find("raw+pred-error"),
+                raw_mean_r: find("raw").map(|b| b.mean_r),
+            })
+        })
+        .collect()
+}
+
+pub fn pred_error_batch(rows: &[PredErrorRow<'_>]) -> Result<RecordBatch> {
+    let rec = |f: &dyn Fn(&PredErrorRecord) -> f64| f64s(rows.iter().map(|r| fin(f(&r.record))).collect());
+    let cnt = |f: &dyn Fn(&PredErrorRecord) -> usize| u32s(rows.iter().map(|r| f(&r.record) as u32).collect());
+    let test = |f: &dyn Fn(&crate::stats::paired::PairedComparison) -> f64| {
+        f64s(
+            rows.iter()
+                .map(|r| r.combined.and_then(|b| b.test.as_ref()).and_then(|t| fin(f(t))))
+                .collect(),
+        )
+    };
+    batch(vec![
+        (
+            "story",
+            utf8(rows.iter().map(|r| r.record.story.clone()).collect()),
+            false,
+        ),
+        (
+            "layer",
+            u16s(rows.iter().map(|r| r.record.layer as u16).collect()),
+            false,
+        ),
+        (
+            "from_layer",
+            u16s(rows.iter().map(|r| r.record.from_layer as u16).collect()),
+            false,
+        ),
+        ("n_words", cnt(&|r| r.n_words), false),
+        ("n_features", cnt(&|r| r.n_features), false),
+        ("n_features_from", cnt(&|r| r.n_features_from), false),
+        ("n_distinct_matches", cnt(&|r| r.n_distinct_matches), false),
+        ("cosine_median", rec(&|r| r.cosine_median), true),
+        ("cosine_p10", rec(&|r| r.cosine_p10), true),
+        ("cosine_p90", rec(&|r| r.cosine_p90), true),
+        ("prediction_r2_median", rec(&|r| r.r2_median), true),
+        ("n_raw_columns", cnt(&|r| r.n_raw_columns), false),
+        ("n_error_columns", cnt(&|r| r.n_error_columns), false),
+        (
+            "mean_r_raw",
+            f64s(rows.iter().map(|r| r.raw_mean_r.and_then(fin)).collect()),
+            true,
+        ),
+        (
+            "mean_r_raw_error",
+            f64s(rows.iter().map(|r| r.combined.and_then(|b| fin(b.mean_r))).collect()),
+            true,
+        ),
+        ("delta_r", test(&|t| t.mean_diff), true),
+        ("delta_ci_lower", test(&|t| t.ci_lower), true),
+        ("delta_ci_upper", test(&|t| t.ci_upper), true),
+        ("t", test(&|t| t.t), true),
+        ("df", test(&|t| t.df), true),
+        ("p_t", test(&|t| t.p_t), true),
+        ("p_signflip", test(&|t| t.p_signflip), true),
+        ("cohens_dz", test(&|t| t.cohens_dz), true),
+        (
+            "n_subjects",
+            u32s(
+                rows.iter()
+                    .map(|r| r.combined.and_then(|b| b.test.as_ref()).map_or(0, |t| t.n as u32))
+                    .collect(),
+            ),
+            false,
+        ),
+    ])
+}
+
+/// The report's sections on the partition and the prediction-error features (Markdown).
+pub fn markdown(summary: &[PartitionSummaryRow], pe: &[PredErrorRow<'_>]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if !summary.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Variance partition by category (METHOD.md §5)\n\nHeld-out R² of nested-CV ridge on the SAE design restricted to categories (α per ROI by inner-CV R²). unique(c) = R²(all) − R²(all ∖ c); shared = R²(all) − Σ unique; Shapley: exact, over all subsets of the categories. Mean over subjects of each subject's mean over ROIs, with a percentile-bootstrap 95% CI over subjects (`variance_partition.parquet` has every subject and ROI).\n\n| layer | measure | group | columns | mean R² | 95% CI | subjects |\n|---|---|---|---|---|---|---|"
+        );
+        for r in summary {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.5} | [{:.5}, {:.5}] | {} |",
+                r.layer,
+                r.measure,
+                r.group,
+                r.n_columns.map_or("–".into(), |c| c.to_string()),
+                r.mean,
+                r.ci_lower,
+                r.ci_upper,
+                r.n_subjects
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !pe.is_empty() {
+        let _ = writeln!(
+            s,
+            "## Prediction-error features (METHOD.md §9, exploratory)\n\nEach layer-ℓ feature is matched with the layer-(ℓ − Δ) feature of highest decoder cosine; ε = f − (α f_match + β) by least squares over the story's words; the raw activations plus ε are encoded and compared with the raw activations alone (paired over subjects; Δr with a bootstrap CI, paired t, sign flips).\n\n| layer | from | features | cosine median [p10, p90] | distinct matches | median R² of the prediction | r raw | r raw + ε | Δr | 95% CI | t (df) | p_t | p_flip | d_z |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for r in pe {
+            let p = &r.record;
+            let t = r.combined.and_then(|b| b.test.as_ref());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} [{:.3}, {:.3}] | {} of {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                p.layer,
+                p.from_layer,
+                p.n_features,
+                p.cosine_median,
+                p.cosine_p10,
+                p.cosine_p90,
+                p.n_distinct_matches,
+                p.n_features_from,
+                p.r2_median,
+                r.raw_mean_r.map_or("–".into(), |v| format!("{v:.4}")),
+                r.combined.map_or("–".into(), |b| format!("{:.4}", b.mean_r)),
+                t.map_or("–".into(), |t| format!("{:+.4}", t.mean_diff)),
+                t.map_or("–".into(), |t| format!("[{:+.4}, {:+.4}]", t.ci_lower, t.ci_upper)),
+                t.map_or("–".into(), |t| format!("{:.2} ({})", t.t, t.df)),
+                t.map_or("–".into(), |t| format!("{:.2e}", t.p_t)),
+                t.map_or("–".into(), |t| format!("{:.4}", t.p_signflip)),
+                t.map_or("–".into(), |t| format!("{:.2}", t.cohens_dz)),
+            );
+        }
+        let _ = writeln!(s);
+    }
+    s
+}
