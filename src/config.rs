@@ -162,6 +162,20 @@ pub struct StorySection {
     /// TextGrid tier (default: "word"/"words" or the only interval tier).
     #[serde(default)]
     pub tier: Option<String>,
+    /// Word tables with several runs: the run this story is (1-based), e.g. one of the nine
+    /// sections of Le Petit Prince. Runs come from `run-column`, else from where the onsets
+    /// restart.
+    #[serde(default)]
+    pub run: Option<usize>,
+    /// Column holding each row's run number (with `run`).
+    #[serde(default)]
+    pub run_column: Option<String>,
+    /// Word-table column with the words (default: word, words, token or text).
+    #[serde(default)]
+    pub word_column: Option<String>,
+    /// Word tables: skip rows with an empty word cell instead of failing.
+    #[serde(default)]
+    pub skip_empty_words: bool,
     /// Number of fMRI volumes kept for this story.
     pub n_trs: usize,
     /// Repetition time in seconds.
@@ -573,6 +587,10 @@ impl Plan {
                         language: s.language.clone(),
                         stimulus: section.words.clone(),
                         tier: None,
+                        run: None,
+                        run_column: None,
+                        word_column: None,
+                        skip_empty_words: false,
                         n_trs: 0,
                         tr_s: 0.0,
                         t0_s: 0.0,
@@ -622,10 +640,23 @@ impl Plan {
                     format!("story `{}`: tr-s and n-trs must be positive", s.id),
                 ));
             }
+            if s.run_column.is_some() && s.run.is_none() {
+                return Err(invalid(
+                    path,
+                    "story.run-column",
+                    format!("story `{}`: run-column needs run (which run to read)", s.id),
+                ));
+            }
             let opts = ReadOptions {
                 tier: s.tier.clone(),
                 language: s.language.clone(),
                 story_id: Some(s.id.clone()),
+                word_column: s.word_column.clone(),
+                skip_empty_words: s.skip_empty_words,
+                run: s.run.map(|run| stimulus::RunSelect {
+                    run,
+                    column: s.run_column.clone(),
+                }),
                 ..Default::default()
             };
             let story = stimulus::read_story(data_root.join(&s.stimulus), None, &opts)?;

@@ -500,11 +500,7 @@ fn extract(a: ExtractArgs) -> Result<()> {
         window: a.window,
         min_context: a.min_context,
         batch_size: a.batch_size,
-        separator: if story.language == "zh" {
-            String::new()
-        } else {
-            " ".into()
-        },
+        separator: lm::extract::word_separator(&story.language).into(),
         progress: !a.quiet,
     };
     lm::extract::resolve_layers(&opts.layers, lm.n_layers())?;

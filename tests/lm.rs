@@ -347,3 +347,141 @@ fn logit_lens_at_the_last_layer_equals_the_models_own_next_token_entropy() {
     assert_eq!(e.dim(), (2, lens.d_model()));
     assert!(e.rows().into_iter().all(|r| r.iter().any(|v| *v != 0.0)));
 }
+
+fn lpp(path: &str, language: &str, run: usize, run_column: Option<&str>) -> Story {
+    let opts = ReadOptions {
+        language: language.into(),
+        skip_empty_words: true,
+        story_id: Some(format!("lpp-{language}-run{run}")),
+        run: Some(stimulus::RunSelect {
+            run,
+            column: run_column.map(String::from),
+        }),
+        ..Default::default()
+    };
+    stimulus::read_story(support::data_root().join(path), None, &opts).unwrap()
+}
+
+/// Chinese: the words of the Le Petit Prince annotation (never whitespace) joined without a
+/// separator; every word keeps its onset and gets tokens whose bytes cover it, and the tokens'
+/// text is the story's text.
+#[test]
+fn chinese_word_table_to_tokens_to_words_keeps_every_word_with_its_onset() {
+    let m = model();
+    let path = "lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv";
+    let story = lpp(path, "zh", 1, Some("section"));
+    // run 1 = the rows of section 1 in the table, in order, each with its onset
+    let text = std::fs::read_to_string(support::data_root().join(path)).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let section1: Vec<&Vec<&str>> = rows.iter().filter(|r| r[6] == "1").collect();
+    assert_eq!(story.words.len(), section1.len());
+    assert_eq!(story.words.len(), 1753);
+    for (w, r) in story.words.iter().zip(&section1) {
+        assert_eq!(w.text, r[0]);
+        assert_eq!(w.onset_s, Some(r[2].parse::<f64>().unwrap()));
+    }
+    let sep = extract::word_separator("zh");
+    assert_eq!(sep, "");
+    let t = extract::tokenize_story(&m.tokenizer, &story, sep).unwrap();
+    assert_eq!(t.word_tokens.len(), story.words.len());
+    let joined: String = story.words.iter().map(|w| w.text.as_str()).collect();
+    assert_eq!(
+        m.tokenizer.decode(&t.ids, false).unwrap(),
+        joined,
+        "no separator, nothing lost"
+    );
+    let (mut multi, mut shared, mut cut) = (0, 0, 0);
+    for (i, r) in t.word_tokens.iter().enumerate() {
+        assert!(!r.is_empty(), "word {i} has tokens");
+        let covered = m.tokenizer.decode(&t.ids[r.clone()], false).unwrap();
+        let w = &story.words[i].text;
+        // byte-level tokens that start or end inside a character decode to U+FFFD on their own;
+        // otherwise the word's tokens spell the word (plus any neighbour merged into them)
+        if covered.contains('\u{fffd}') {
+            cut += 1;
+        } else {
+            assert!(covered.contains(w.as_str()), "word {i} `{w}` vs tokens `{covered}`");
+        }
+        multi += usize::from(r.len() > 1);
+        if i > 0 && t.word_tokens[i - 1].end > r.start {
+            shared += 1;
+        }
+    }
+    eprintln!(
+        "zh run 1: {} words, {} tokens ({:.2} tokens/word), {multi} words over several tokens, {shared} sharing a token with the previous word, {cut} with a token cut inside a character",
+        story.words.len(),
+        t.ids.len(),
+        t.ids.len() as f64 / story.words.len() as f64
+    );
+}
+
+/// French: an elided word is written against the next one (`j'étais`, `l'école`), and accented
+/// words map to exactly the tokens of their own bytes.
+#[test]
+fn french_apostrophes_and_accents_map_to_the_right_tokens() {
+    let m = model();
+    let words = [
+        "lorsque",
+        "j'",
+        "étais",
+        "âgé",
+        "de",
+        "six",
+        "ans",
+        "j'",
+        "ai",
+        "vu",
+        "l'",
+        "éléphant",
+    ];
+    let story = Story {
+        id: "fr".into(),
+        language: "fr".into(),
+        words: words
+            .iter()
+            .map(|w| Word {
+                text: w.to_string(),
+                onset_s: None,
+                offset_s: None,
+            })
+            .collect(),
+    };
+    let t = extract::tokenize_story(&m.tokenizer, &story, extract::word_separator("fr")).unwrap();
+    let text = m.tokenizer.decode(&t.ids, false).unwrap();
+    assert_eq!(text, "lorsque j'étais âgé de six ans j'ai vu l'éléphant");
+    for (i, r) in t.word_tokens.iter().enumerate() {
+        let covered = m.tokenizer.decode(&t.ids[r.clone()], false).unwrap();
+        assert_eq!(covered.trim(), words[i], "word {i}");
+        for tok in r.clone() {
+            assert_eq!(t.token_word[tok], i, "token {tok} of word {i}");
+        }
+    }
+    // the same words in English would get a space after the apostrophe
+    assert!(!extract::glued_to_next("en", "j'"));
+    assert!(extract::glued_to_next("fr", "l’"));
+    // the real French table: section 1, with its accents and elisions
+    let lpp = lpp("lpp_fr_neurospin/lppFR_word_information.csv", "fr", 1, Some("section"));
+    assert_eq!(
+        lpp.words.len(),
+        1632 - 18,
+        "section 1 without its 18 empty contraction halves"
+    );
+    assert!(lpp.words.iter().all(|w| w.onset_s.is_some()));
+    let t = extract::tokenize_story(&m.tokenizer, &lpp, extract::word_separator("fr")).unwrap();
+    let elided = lpp
+        .words
+        .iter()
+        .filter(|w| extract::glued_to_next("fr", &w.text))
+        .count();
+    assert!(elided > 50, "{elided} elisions in section 1");
+    for (i, r) in t.word_tokens.iter().enumerate() {
+        let covered = m.tokenizer.decode(&t.ids[r.clone()], false).unwrap();
+        assert_eq!(covered.trim(), lpp.words[i].text, "word {i}");
+    }
+    eprintln!(
+        "fr run 1: {} words, {} tokens ({:.2} tokens/word), {elided} elisions",
+        lpp.words.len(),
+        t.ids.len(),
+        t.ids.len() as f64 / lpp.words.len() as f64
+    );
+}

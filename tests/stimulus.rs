@@ -463,3 +463,79 @@ fn alice_textgrid_real_data() {
         );
     }
 }
+
+/// Le Petit Prince tables hold nine runs: by a run column (French, Chinese) or, in the English
+/// table, only by the onsets restarting at each run. Every row lands in exactly one run, in
+/// order, and a run that does not exist is an error that lists the runs.
+#[test]
+fn lpp_word_tables_split_into_their_nine_runs() {
+    let read = |path: &str, lang: &str, run: usize, col: Option<&str>| {
+        let opts = ReadOptions {
+            language: lang.into(),
+            skip_empty_words: true,
+            run: Some(cortexflow::stimulus::RunSelect {
+                run,
+                column: col.map(String::from),
+            }),
+            ..Default::default()
+        };
+        read_story(data_root().join(path), None, &opts)
+    };
+    for (path, lang, col, rows) in [
+        // the English table has 31 empty word cells (second halves of split contractions)
+        ("lpp_en_ivanova/lpp_en_regressors.csv", "en", None, 15376 - 31),
+        // and the French one 135 (du = de + [le], aux = à + [les])
+        (
+            "lpp_fr_neurospin/lppFR_word_information.csv",
+            "fr",
+            Some("section"),
+            15391 - 135,
+        ),
+        (
+            "lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv",
+            "zh",
+            Some("section"),
+            16009,
+        ),
+    ] {
+        let runs: Vec<Story> = (1..=9).map(|r| read(path, lang, r, col).unwrap()).collect();
+        let total: usize = runs.iter().map(|s| s.words.len()).sum();
+        assert_eq!(total, rows, "{path}: every row in one run");
+        for (k, s) in runs.iter().enumerate() {
+            assert_eq!(s.language, lang);
+            let on: Vec<f64> = s.words.iter().map(|w| w.onset_s.unwrap()).collect();
+            assert!(
+                on.windows(2).all(|p| p[0] <= p[1]),
+                "{path} run {}: onsets in order",
+                k + 1
+            );
+            assert!(on[0] < 10.0, "{path} run {} starts near 0 s, found {}", k + 1, on[0]);
+        }
+        let e = read(path, lang, 10, col).unwrap_err().to_string();
+        assert!(e.contains("run 10") && e.contains("9}"), "{e}");
+    }
+    // English run 1 ends where the onsets first restart (row 1,518 of the table)
+    let en1 = read("lpp_en_ivanova/lpp_en_regressors.csv", "en", 1, None).unwrap();
+    let empty_in_run1 = std::fs::read_to_string(data_root().join("lpp_en_ivanova/lpp_en_regressors.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take(1517)
+        .filter(|l| l.starts_with(','))
+        .count();
+    assert_eq!(en1.words.len(), 1517 - empty_in_run1);
+    assert_eq!(en1.words[0].text, "once");
+    // a bad run cell names the row and column
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("t.csv");
+    std::fs::write(&p, "word,onset,section\na,0.1,1\nb,0.2,one\n").unwrap();
+    let opts = ReadOptions {
+        run: Some(cortexflow::stimulus::RunSelect {
+            run: 1,
+            column: Some("section".into()),
+        }),
+        ..Default::default()
+    };
+    let e = read_story(&p, None, &opts).unwrap_err().to_string();
+    assert!(e.contains("row 3") && e.contains("section") && e.contains("one"), "{e}");
+}

@@ -95,7 +95,25 @@ pub struct TokenizedStory {
     pub token_word: Vec<usize>,
 }
 
-/// Joins the words with `sep`, tokenizes the text once, and maps tokens to words by byte offsets.
+/// Whether a word is written against the next one without the separator: elisions ending in an
+/// apostrophe in French, Italian and Catalan (`j'` + `étais` → `j'étais`, `l'` + `homme`).
+pub fn glued_to_next(language: &str, word: &str) -> bool {
+    matches!(language, "fr" | "it" | "ca") && (word.ends_with('\'') || word.ends_with('’'))
+}
+
+/// The separator between words of a language: none for Chinese and Japanese (words come from the
+/// annotation, never from whitespace), a space otherwise.
+pub fn word_separator(language: &str) -> &'static str {
+    match language {
+        "zh" | "ja" => "",
+        _ => " ",
+    }
+}
+
+/// Joins the words with `sep` (not after elisions, see [`glued_to_next`]), tokenizes the text
+/// once, and maps tokens to words by byte offsets: a word gets every token overlapping its bytes
+/// (a token that straddles two words, as a merged Chinese token can, belongs to both), and a
+/// token's probability counts for the word of its first non-space byte.
 pub fn tokenize_story(tokenizer: &tokenizers::Tokenizer, story: &Story, sep: &str) -> Result<TokenizedStory> {
     if story.words.is_empty() {
         return Err(Error::Invalid(format!("story `{}` has no words", story.id)));
@@ -103,7 +121,7 @@ pub fn tokenize_story(tokenizer: &tokenizers::Tokenizer, story: &Story, sep: &st
     let mut text = String::new();
     let mut spans = Vec::with_capacity(story.words.len());
     for (i, w) in story.words.iter().enumerate() {
-        if i > 0 {
+        if i > 0 && !glued_to_next(&story.language, &story.words[i - 1].text) {
             text.push_str(sep);
         }
         let start = text.len();

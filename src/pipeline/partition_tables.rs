@@ -52,10 +52,12 @@ pub fn partitions(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<SubjectPartition>> {
         .collect()
 }
 
-/// (measure, group, values per ROI, columns of the group) of one record, in table order.
-fn measures(r: &PartitionRecord) -> Vec<(&'static str, String, &[Option<f64>], Option<usize>)> {
-    let mut out: Vec<(&'static str, String, &[Option<f64>], Option<usize>)> =
-        vec![("full", "all".into(), &r.r2_full, Some(r.n_columns.iter().sum()))];
+/// (measure, group, values per ROI, columns of the group).
+type Measure<'a> = (&'static str, String, &'a [Option<f64>], Option<usize>);
+
+/// The measures of one record, in table order.
+fn measures(r: &PartitionRecord) -> Vec<Measure<'_>> {
+    let mut out: Vec<Measure<'_>> = vec![("full", "all".into(), &r.r2_full, Some(r.n_columns.iter().sum()))];
     for (g, name) in r.groups.iter().enumerate() {
         out.push(("unique", name.clone(), &r.unique[g], Some(r.n_columns[g])));
     }
@@ -239,6 +241,7 @@ pub fn pred_error_batch(rows: &[PredErrorRow<'_>]) -> Result<RecordBatch> {
         ("n_features", cnt(&|r| r.n_features), false),
         ("n_features_from", cnt(&|r| r.n_features_from), false),
         ("n_distinct_matches", cnt(&|r| r.n_distinct_matches), false),
+        ("identity_share", rec(&|r| r.identity_share), true),
         ("cosine_median", rec(&|r| r.cosine_median), true),
         ("cosine_p10", rec(&|r| r.cosine_p10), true),
         ("cosine_p90", rec(&|r| r.cosine_p90), true),
@@ -303,14 +306,14 @@ pub fn markdown(summary: &[PartitionSummaryRow], pe: &[PredErrorRow<'_>]) -> Str
     if !pe.is_empty() {
         let _ = writeln!(
             s,
-            "## Prediction-error features (METHOD.md §9, exploratory)\n\nEach layer-ℓ feature is matched with the layer-(ℓ − Δ) feature of highest decoder cosine; ε = f − (α f_match + β) by least squares over the story's words; the raw activations plus ε are encoded and compared with the raw activations alone (paired over subjects; Δr with a bootstrap CI, paired t, sign flips).\n\n| layer | from | features | cosine median [p10, p90] | distinct matches | median R² of the prediction | r raw | r raw + ε | Δr | 95% CI | t (df) | p_t | p_flip | d_z |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "## Prediction-error features (METHOD.md §9, exploratory)\n\nEach layer-ℓ feature is matched with the layer-(ℓ − Δ) feature of highest decoder cosine; ε = f − (α f_match + β) by least squares over the story's words; the raw activations plus ε are encoded and compared with the raw activations alone (paired over subjects; Δr with a bootstrap CI, paired t, sign flips). \"Same index\" near 100% means the two SAEs share their initialisation and their decoders barely moved, so the alignment is not informative.\n\n| layer | from | features | cosine median [p10, p90] | distinct matches | same index | median R² of the prediction | r raw | r raw + ε | Δr | 95% CI | t (df) | p_t | p_flip | d_z |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for r in pe {
             let p = &r.record;
             let t = r.combined.and_then(|b| b.test.as_ref());
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.3} [{:.3}, {:.3}] | {} of {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.3} [{:.3}, {:.3}] | {} of {} | {:.1}% | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 p.layer,
                 p.from_layer,
                 p.n_features,
@@ -319,6 +322,7 @@ pub fn markdown(summary: &[PartitionSummaryRow], pe: &[PredErrorRow<'_>]) -> Str
                 p.cosine_p90,
                 p.n_distinct_matches,
                 p.n_features_from,
+                100.0 * p.identity_share,
                 p.r2_median,
                 r.raw_mean_r.map_or("–".into(), |v| format!("{v:.4}")),
                 r.combined.map_or("–".into(), |b| format!("{:.4}", b.mean_r)),

@@ -121,9 +121,7 @@ pub struct LmOutputs {
 pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> Result<LmOutputs> {
     let (dir, identity) = model_identity(&ctx.plan)?;
     let mut opts = extract_options(&ctx.plan)?;
-    if story.language == "zh" {
-        opts.separator = String::new();
-    }
+    opts.separator = lm::extract::word_separator(&story.language).into();
     let base = KeyBuilder::new("lm", REV_LM)
         .part("model", &identity)
         .part("pooling", opts.pooling.as_str())

@@ -109,10 +109,18 @@ pub fn label_stage(ctx: &Ctx, layer: usize, sae_id: &str, inputs: &[StoryLayer])
         .taxonomy
         .clone()
         .ok_or_else(|| Error::Invalid("label stage without [taxonomy]".into()))?;
+    // only the settings the labels and feature sets depend on (the topography, partition and
+    // prediction-error settings do not), so changing those reuses the labels
+    let settings = serde_json::json!({
+        "labels": t.labels, "closed_class": t.closed_class, "concreteness": t.concreteness,
+        "binder": t.binder, "seed_lexicon": t.seed_lexicon, "random_seeds": t.random_seeds,
+        "baselines": t.baselines, "labeller": t.labeller,
+        "seed": ctx.plan.file.summary.seed,
+    });
     let mut key = KeyBuilder::new("labels", REV_LABELS)
         .part("sae", sae_id)
         .config("layer", &layer)
-        .config("taxonomy", &t);
+        .config("taxonomy", &settings);
     for i in inputs {
         key = key
             .part("story", &i.story_art)
@@ -592,6 +600,10 @@ pub struct PredErrorRecord {
     pub cosine_p90: f64,
     /// Distinct earlier features used as matches.
     pub n_distinct_matches: usize,
+    /// Share of features matched with the earlier feature of the same index. Near 1 means the
+    /// two SAEs share their initialisation and their decoders moved little in training, so the
+    /// alignment reflects the initialisation, not learned directions.
+    pub identity_share: f64,
     /// Median over features of the R² of f_i on its matched earlier feature (over the words).
     pub r2_median: f64,
     /// Columns of the combined design: raw activations, then ε.
@@ -674,6 +686,14 @@ pub fn pred_error_stage(
         let raw_cols = ctx.store.load_arrays("design", raw_design)?.f64("x")?.ncols();
         let err_cols = ctx.store.load_arrays("design", &eps_design)?.f64("x")?.ncols();
         let distinct: std::collections::BTreeSet<u32> = alignment.matched.iter().copied().collect();
+        let identity = alignment.matched.iter().enumerate().filter(|(i, j)| *i == **j as usize).count() as f64
+            / alignment.matched.len().max(1) as f64;
+        if identity > 0.5 {
+            tracing::warn!(
+                "prediction error `{story}` layer {layer} from {from_layer}: {:.0}% of features match the earlier feature of the same index; the SAEs likely share their initialisation and barely moved, so the alignment is not informative",
+                100.0 * identity
+            );
+        }
         Ok(PredErrorRecord {
             story: story.to_string(),
             layer,
@@ -685,6 +705,7 @@ pub fn pred_error_stage(
             cosine_p10: quantile(0.1),
             cosine_p90: quantile(0.9),
             n_distinct_matches: distinct.len(),
+            identity_share: identity,
             r2_median: median(coef.column(2).iter().copied()),
             n_raw_columns: raw_cols,
             n_error_columns: err_cols,

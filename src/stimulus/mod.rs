@@ -173,6 +173,24 @@ pub struct ReadOptions {
     pub language: String,
     /// Story id. `None`: the file stem.
     pub story_id: Option<String>,
+    /// Word tables holding several runs (fMRI sessions, sections): read only this one.
+    pub run: Option<RunSelect>,
+    /// Word tables: skip rows whose word cell is empty (and count them in the log) instead of
+    /// failing, e.g. the second half of a split contraction (`hasnt` + an empty row whose stem
+    /// is `not`, in the English Le Petit Prince table).
+    pub skip_empty_words: bool,
+}
+
+/// One run of a word table with several (e.g. the nine sections of Le Petit Prince, whose onsets
+/// restart at 0 in each).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSelect {
+    /// 1-based run number.
+    pub run: usize,
+    /// Column holding the run number of each row (compared as a number, so `1` and `1.0` match).
+    /// `None`: runs are the segments of the table where the onsets restart (a row whose onset is
+    /// below the previous row's starts the next run), which needs an onset column.
+    pub column: Option<String>,
 }
 
 impl Default for ReadOptions {
@@ -185,6 +203,8 @@ impl Default for ReadOptions {
             offset_column: None,
             language: "en".to_string(),
             story_id: None,
+            run: None,
+            skip_empty_words: false,
         }
     }
 }

@@ -262,11 +262,82 @@ pub(crate) fn read_words(path: &Path, text: &str, opts: &ReadOptions) -> Result<
         "offset",
     )?;
 
+    let run_col = match &opts.run {
+        Some(super::RunSelect { column: Some(c), .. }) => {
+            Some(find_column(path, &header, Some(c), &[], "run")?.ok_or_else(|| {
+                Error::parse(
+                    path,
+                    "row 1",
+                    format!("no run column `{c}` among {}", list_columns(&header)),
+                )
+            })?)
+        }
+        Some(super::RunSelect { column: None, .. }) if onset_col.is_none() => {
+            return Err(Error::parse(
+                path,
+                "row 1",
+                "selecting a run by restarting onsets needs an onset column (or name the run column)",
+            ))
+        }
+        _ => None,
+    };
+    // run of each row: from the run column, or counted at every onset restart
+    let mut segment = 1usize;
+    let mut last_raw_onset: Option<f64> = None;
+    let mut runs_seen = std::collections::BTreeSet::new();
+
     let mut words = Vec::with_capacity(rows.len());
     let mut prev_onset: Option<(f64, usize)> = None;
+    let mut n_empty = 0usize;
     for rec in rows {
         if rec.is_empty() {
             continue;
+        }
+        if let Some(sel) = &opts.run {
+            if rec.cells.len() != header.len() {
+                return Err(Error::parse(
+                    path,
+                    format!("row {}", rec.row),
+                    format!(
+                        "expected {} cells as in the header, found {}",
+                        header.len(),
+                        rec.cells.len()
+                    ),
+                ));
+            }
+            let run = match run_col {
+                Some(c) => {
+                    let cell = rec.cells[c].trim();
+                    let v: f64 = cell.parse().map_err(|_| {
+                        Error::parse(
+                            path,
+                            format!("row {}, column `{}`", rec.row, header[c]),
+                            format!("expected a run number, found `{cell}`"),
+                        )
+                    })?;
+                    if v.fract() != 0.0 || v < 1.0 {
+                        return Err(Error::parse(
+                            path,
+                            format!("row {}, column `{}`", rec.row, header[c]),
+                            format!("expected a run number ≥ 1, found `{cell}`"),
+                        ));
+                    }
+                    v as usize
+                }
+                None => {
+                    let c = onset_col.expect("checked above");
+                    let on = seconds(path, rec, c, &header[c])?;
+                    if last_raw_onset.is_some_and(|p| on < p) {
+                        segment += 1;
+                    }
+                    last_raw_onset = Some(on);
+                    segment
+                }
+            };
+            runs_seen.insert(run);
+            if run != sel.run {
+                continue;
+            }
         }
         if rec.cells.len() != header.len() {
             return Err(Error::parse(
@@ -281,6 +352,10 @@ pub(crate) fn read_words(path: &Path, text: &str, opts: &ReadOptions) -> Result<
             ));
         }
         let text = rec.cells[word_col].trim();
+        if text.is_empty() && opts.skip_empty_words {
+            n_empty += 1;
+            continue;
+        }
         if text.is_empty() {
             return Err(Error::parse(
                 path,
@@ -335,6 +410,26 @@ pub(crate) fn read_words(path: &Path, text: &str, opts: &ReadOptions) -> Result<
             onset_s,
             offset_s,
         });
+    }
+    if n_empty > 0 {
+        tracing::info!("{}: skipped {n_empty} row(s) with an empty word cell", path.display());
+    }
+    if let Some(sel) = &opts.run {
+        if !runs_seen.contains(&sel.run) {
+            return Err(Error::parse(
+                path,
+                "run",
+                format!(
+                    "run {} requested, but the table's runs are {:?} ({})",
+                    sel.run,
+                    runs_seen,
+                    match &sel.column {
+                        Some(c) => format!("from column `{c}`"),
+                        None => "counted where the onsets restart".into(),
+                    }
+                ),
+            ));
+        }
     }
     Ok(words)
 }
