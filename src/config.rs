@@ -616,13 +616,8 @@ impl Plan {
                 file,
             });
         }
-        let Some(fmri) = file.fmri.clone() else {
-            return Err(invalid(
-                path,
-                "fmri",
-                "an fMRI pipeline needs an [fmri] section (or [reading] for a reading-time pipeline)",
-            ));
-        };
+        // without [fmri] (no responses, e.g. Le Petit Prince here) the run stops at the designs
+        let fmri = file.fmri.clone();
 
         // ---- stories
         if file.stories.is_empty() {
@@ -671,32 +666,39 @@ impl Plan {
         }
 
         // ---- responses
-        let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == fmri.story) else {
-            return Err(invalid(
-                path,
-                "fmri.story",
-                format!("no [[story]] with id `{}`", fmri.story),
-            ));
-        };
-        let matched = match_subjects(&data_root, &fmri.subjects)?;
-        let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
         let mut subjects = Vec::new();
-        for (id, p) in matched {
-            if fmri.exclude_subjects.contains(&id)
-                || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
-            {
-                continue;
+        // TRs of the shortest fitted run (the folds must fit it)
+        let mut fit_trs = stories.iter().map(|(s, _)| s.n_trs).min().unwrap_or(0);
+        if let Some(fmri) = &fmri {
+            let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == fmri.story) else {
+                return Err(invalid(
+                    path,
+                    "fmri.story",
+                    format!("no [[story]] with id `{}`", fmri.story),
+                ));
+            };
+            fit_trs = story_cfg.n_trs;
+            let matched = match_subjects(&data_root, &fmri.subjects)?;
+            let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
+            for (id, p) in matched {
+                if fmri.exclude_subjects.contains(&id)
+                    || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
+                {
+                    continue;
+                }
+                let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
+                table.subject = id.clone();
+                subjects.push(SubjectInput { id, path: p, table });
             }
-            let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
-            table.subject = id.clone();
-            subjects.push(SubjectInput { id, path: p, table });
-        }
-        if subjects.is_empty() {
-            return Err(invalid(
-                path,
-                "fmri.subjects",
-                format!("no file matches `{}` under {}", fmri.subjects, data_root.display()),
-            ));
+            if subjects.is_empty() {
+                return Err(invalid(
+                    path,
+                    "fmri.subjects",
+                    format!("no file matches `{}` under {}", fmri.subjects, data_root.display()),
+                ));
+            }
+        } else if file.taxonomy.is_some() {
+            return Err(invalid(path, "taxonomy", "needs responses: add an [fmri] section"));
         }
 
         // ---- encoding parameters
@@ -711,7 +713,7 @@ impl Plan {
                 "outer and inner folds must be at least 2",
             ));
         }
-        let fold = story_cfg.n_trs / e.outer_folds;
+        let fold = fit_trs / e.outer_folds;
         if fold <= 2 * e.gap_trs {
             return Err(invalid(
                 path,

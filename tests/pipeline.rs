@@ -258,6 +258,106 @@ fn unknown_keys_and_out_of_range_layers_are_rejected_before_any_work() {
     assert!(e.contains("layer 31"), "{e}");
 }
 
+/// The shipped Le Petit Prince pipelines validate: nine runs per language, every word of the
+/// tables (less the empty halves of split contractions) with an onset inside its run's TR grid.
+#[test]
+fn the_three_language_pipelines_read_nine_runs_each() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (lang, words) in [("en", 15376 - 31), ("fr", 15391 - 135), ("zh", 16009)] {
+        let plan = Plan::load(&root.join(format!("pipelines/lpp-{lang}.toml"))).unwrap();
+        assert_eq!(plan.stories.len(), 9, "{lang}");
+        let total: usize = plan.stories.iter().map(|(_, s)| s.words.len()).sum();
+        assert_eq!(total, words, "{lang}");
+        for (cfg, story) in &plan.stories {
+            assert_eq!(story.language, lang);
+            let last = story.words.last().unwrap().onset_s.unwrap();
+            assert!(last < cfg.n_trs as f64 * cfg.tr_s, "{}: last onset {last} s", cfg.id);
+        }
+    }
+}
+
+/// A pipeline without [fmri] (no LPP responses here) runs the Chinese words of run 1 through the
+/// LM and a per-language SAE to the designs, and says so in its report.
+#[test]
+fn a_chinese_run_without_responses_stops_at_the_designs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines/lpp-zh.toml")).unwrap();
+    let (head, rest) = text.split_once("[[story]]").unwrap();
+    let first = rest.split("[[story]]").next().unwrap();
+    let (_, sae) = text.split_once("[sae]").unwrap();
+    let plan_text = format!(
+        "{}[[story]]{}[sae]{}",
+        head.replace("layers = [9, 15, 21]", "layers = [9]").replace(
+            "output = \"runs/lpp-zh\"",
+            &format!(
+                "output = {:?}\nstore = {:?}",
+                tmp.path().join("out").to_str().unwrap(),
+                tmp.path().join("store").to_str().unwrap()
+            )
+        ),
+        first.split("[sae]").next().unwrap(),
+        sae.replace("steps = 2000", "steps = 20")
+    );
+    let p = tmp.path().join("zh.toml");
+    std::fs::write(&p, plan_text).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    assert_eq!(plan.stories.len(), 1);
+    assert!(plan.subjects.is_empty());
+    let out = plan.output.clone();
+    let report = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("No [fmri] section") && md.contains("`lpp-zh-run1` (zh, 1753 words, 288 TRs)"),
+        "{md}"
+    );
+    // one raw and one SAE design of the run's 288 TRs
+    let mut shapes: Vec<Vec<u64>> = walk(&tmp.path().join("store/design"))
+        .iter()
+        .map(|f| {
+            // safetensors: 8-byte little-endian header length, then the JSON header
+            let bytes = std::fs::read(f).unwrap();
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+            serde_json::from_value(h["x"]["shape"].clone()).unwrap()
+        })
+        .collect();
+    shapes.sort();
+    assert_eq!(shapes, vec![vec![288, 576], vec![288, 2304]], "raw and SAE designs");
+    assert!(
+        report.result.stats.computed.get("fit").is_none(),
+        "no fits without responses"
+    );
+    assert!(report.result.snapshot.fits.is_empty());
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Prediction-error features need the raw set and a pair of analysed layers Δ apart.
+#[test]
+fn prediction_error_settings_are_checked_against_the_layers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let p = tmp.path().join("p.toml");
+    std::fs::write(&p, format!("{text}\n[taxonomy]\nprediction-error-delta = 4\n")).unwrap();
+    let e = Plan::load(&p).unwrap_err().to_string();
+    assert!(e.contains("prediction-error-delta") && e.contains("[3, 9]"), "{e}");
+    std::fs::write(&p, format!("{text}\n[taxonomy]\nprediction-error-delta = 6\n")).unwrap();
+    assert!(Plan::load(&p).is_ok());
+}
+
 /// The taxonomy end to end on the small Alice plan (layer 9, 4 subjects, a short SAE): every
 /// feature gets one category with confidences summing to 1, the random baselines are matched to
 /// the semantic set (count, summed variance), every taxonomy table reads back in pyarrow and

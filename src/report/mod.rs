@@ -165,6 +165,21 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         plan.file.encoding.feature_sets,
         plan.file.model.pooling
     );
+    if plan.file.fmri.is_none() {
+        let _ = writeln!(
+            s,
+            "No [fmri] section: no responses, so the run stops at the design matrices ({} stories × {} layers × {} feature sets, in the store `{}`). Stories: {}.\n",
+            plan.stories.len(),
+            plan.layers.len(),
+            plan.file.encoding.feature_sets.len(),
+            plan.store.display(),
+            plan.stories
+                .iter()
+                .map(|(c, st)| format!("`{}` ({}, {} words, {} TRs)", c.id, st.language, st.words.len(), c.n_trs))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let excluded: Vec<String> = plan
         .subjects
         .iter()
