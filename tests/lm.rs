@@ -18,6 +18,22 @@ fn alice() -> Story {
     stimulus::read_story(&support::alice_textgrid(), None, &ReadOptions::default()).expect("Alice TextGrid")
 }
 
+/// A story of `words` without timing.
+fn untimed(id: &str, language: &str, words: &[&str]) -> Story {
+    Story {
+        id: id.into(),
+        language: language.into(),
+        words: words
+            .iter()
+            .map(|w| Word {
+                text: w.to_string(),
+                onset_s: None,
+                offset_s: None,
+            })
+            .collect(),
+    }
+}
+
 fn first_words(story: &Story, n: usize) -> Story {
     Story {
         words: story.words[..n].to_vec(),
@@ -293,18 +309,7 @@ fn mean_and_first_pooling_agree_with_last_on_single_token_words() {
 #[test]
 fn tokens_map_back_to_their_words() {
     let m = model();
-    let story = Story {
-        id: "t".into(),
-        language: "en".into(),
-        words: ["Alice,", "whose", "1865", "rabbit-hole", "adventure"]
-            .iter()
-            .map(|w| Word {
-                text: w.to_string(),
-                onset_s: None,
-                offset_s: None,
-            })
-            .collect(),
-    };
+    let story = untimed("t", "en", &["Alice,", "whose", "1865", "rabbit-hole", "adventure"]);
     let t = extract::tokenize_story(&m.tokenizer, &story, " ").unwrap();
     assert_eq!(t.word_tokens.len(), 5);
     assert_eq!(t.word_tokens[2].len(), 4, "1865 is four digit tokens");
@@ -434,18 +439,7 @@ fn french_apostrophes_and_accents_map_to_the_right_tokens() {
         "l'",
         "éléphant",
     ];
-    let story = Story {
-        id: "fr".into(),
-        language: "fr".into(),
-        words: words
-            .iter()
-            .map(|w| Word {
-                text: w.to_string(),
-                onset_s: None,
-                offset_s: None,
-            })
-            .collect(),
-    };
+    let story = untimed("fr", "fr", &words);
     let t = extract::tokenize_story(&m.tokenizer, &story, extract::word_separator("fr")).unwrap();
     let text = m.tokenizer.decode(&t.ids, false).unwrap();
     assert_eq!(text, "lorsque j'étais âgé de six ans j'ai vu l'éléphant");

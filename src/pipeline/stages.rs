@@ -425,6 +425,35 @@ pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: 
     Ok(id)
 }
 
+/// A design and one subject's responses, checked to have the same TRs.
+pub(crate) struct FitInputs {
+    pub design: Arrays,
+    pub responses: Arrays,
+    pub rois: Vec<String>,
+    /// Indices of the ROIs that are not constant (the others are left out of every model).
+    pub keep: Vec<usize>,
+}
+
+pub(crate) fn fit_inputs(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<FitInputs> {
+    let design = ctx.store.load_arrays("design", design_id)?;
+    let responses = ctx.store.load_arrays("roi", roi_id)?;
+    let rois: Vec<String> = serde_json::from_str(&responses.meta["rois"]).unwrap_or_default();
+    let constant: Vec<String> = serde_json::from_str(&responses.meta["constant"]).unwrap_or_default();
+    let (n_x, n_y) = (design.f64("x")?.nrows(), responses.f64("y")?.nrows());
+    if n_x != n_y {
+        return Err(Error::Invalid(format!(
+            "design has {n_x} TRs but the responses have {n_y}"
+        )));
+    }
+    let keep = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
+    Ok(FitInputs {
+        design,
+        responses,
+        rois,
+        keep,
+    })
+}
+
 /// One encoding fit: per ROI held-out r and the median α chosen across outer folds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FitRecord {
@@ -458,20 +487,14 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
         .finish();
     let alphas = ctx.plan.alphas();
     ctx.store.json("fit", &id, || {
-        let x = ctx.store.load_arrays("design", design_id)?;
-        let x = x.f64("x")?;
-        let roi = ctx.store.load_arrays("roi", roi_id)?;
+        let FitInputs {
+            design,
+            responses: roi,
+            rois,
+            keep,
+        } = fit_inputs(ctx, design_id, roi_id)?;
+        let x = design.f64("x")?;
         let y = roi.f64("y")?;
-        let rois: Vec<String> = serde_json::from_str(&roi.meta["rois"]).unwrap_or_default();
-        let constant: Vec<String> = serde_json::from_str(&roi.meta["constant"]).unwrap_or_default();
-        if x.nrows() != y.nrows() {
-            return Err(Error::Invalid(format!(
-                "design has {} TRs but the responses have {}",
-                x.nrows(),
-                y.nrows()
-            )));
-        }
-        let keep: Vec<usize> = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
         let mut r = vec![None; rois.len()];
         let mut a = vec![None; rois.len()];
         let mut r2 = vec![None; rois.len()];

@@ -522,24 +522,18 @@ pub fn partition_stage(ctx: &Ctx, design_id: &str, labels_id: &str, roi_id: &str
     let alphas = ctx.plan.alphas();
     ctx.store.json("partition", &id, || {
         let sets: Vec<FeatureSetDef> = ctx.store.load_json("feature-sets", labels_id)?;
-        let x = ctx.store.load_arrays("design", design_id)?;
-        let x = x.f64("x")?;
-        let roi = ctx.store.load_arrays("roi", roi_id)?;
+        let stages::FitInputs {
+            design,
+            responses: roi,
+            rois,
+            keep,
+        } = stages::fit_inputs(ctx, design_id, roi_id)?;
+        let x = design.f64("x")?;
         let y = roi.f64("y")?;
-        let rois: Vec<String> = serde_json::from_str(&roi.meta["rois"]).unwrap_or_default();
-        let constant: Vec<String> = serde_json::from_str(&roi.meta["constant"]).unwrap_or_default();
-        if x.nrows() != y.nrows() {
-            return Err(Error::Invalid(format!(
-                "design has {} TRs but the responses have {}",
-                x.nrows(),
-                y.nrows()
-            )));
-        }
         let (groups, names) = category_groups(&sets, x.ncols())?;
         let n_columns: Vec<usize> = (0..names.len())
             .map(|g| groups.iter().filter(|&&c| c == g).count())
             .collect();
-        let keep: Vec<usize> = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
         let none = |k: usize| vec![vec![None; rois.len()]; k];
         let mut rec = PartitionRecord {
             subject: roi.meta.get("subject").cloned().unwrap_or_default(),

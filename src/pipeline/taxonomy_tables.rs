@@ -20,6 +20,15 @@ fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from(v))
 }
 
+/// The plan's `[taxonomy]` (these tables are built only when it is present).
+fn section(ctx: &Ctx) -> &crate::config::TaxonomySection {
+    ctx.plan
+        .file
+        .taxonomy
+        .as_ref()
+        .expect("taxonomy tables need [taxonomy]")
+}
+
 /// Every layer's labels artifact.
 pub fn layer_labels(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<LayerLabels>> {
     snap.labels
@@ -210,12 +219,7 @@ fn family_of(set: &str) -> Option<&'static str> {
 }
 
 pub fn baseline_rows(ctx: &Ctx, all: &[LayerLabels], scores: &SubjectScores) -> Result<Vec<BaselineRow>> {
-    let t = ctx
-        .plan
-        .file
-        .taxonomy
-        .as_ref()
-        .expect("taxonomy tables need [taxonomy]");
+    let t = section(ctx);
     let seed = ctx.plan.file.summary.seed;
     let n_boot = ctx.plan.file.summary.n_boot;
     let level = ctx.plan.file.summary.ci_level;
@@ -465,7 +469,7 @@ pub struct ObservedMatrix {
 
 /// The a-priori prediction: the `[taxonomy] prediction` TSV, else the paper's Table 16.
 pub fn prediction_matrix(ctx: &Ctx) -> Result<crate::cli::topography::LabelledMatrix> {
-    let t = ctx.plan.file.taxonomy.as_ref().expect("[taxonomy]");
+    let t = section(ctx);
     match &t.prediction {
         Some(p) => crate::cli::topography::read_labelled_matrix(p),
         None => crate::cli::topography::parse_labelled_matrix(
@@ -476,7 +480,7 @@ pub fn prediction_matrix(ctx: &Ctx) -> Result<crate::cli::topography::LabelledMa
 }
 
 pub fn observed_matrices(ctx: &Ctx, scores: &SubjectScores) -> Result<Vec<ObservedMatrix>> {
-    let t = ctx.plan.file.taxonomy.as_ref().expect("[taxonomy]");
+    let t = section(ctx);
     let pred = prediction_matrix(ctx)?;
     // regions in the prediction's column order, those that have ROIs here
     let mut regions = Vec::new();
@@ -643,7 +647,7 @@ pub fn topography_reports(
     ctx: &Ctx,
     ms: &[ObservedMatrix],
 ) -> Result<Vec<(String, usize, crate::stats::topography::TopographyReport)>> {
-    let t = ctx.plan.file.taxonomy.as_ref().expect("[taxonomy]");
+    let t = section(ctx);
     let settings = crate::stats::topography::TopographySettings {
         n_perm: t.permutations,
         n_boot: ctx.plan.file.summary.n_boot,
@@ -689,12 +693,7 @@ pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
         ("baselines", baselines_batch(&baselines)?),
         ("topography_observed", observed_batch(ctx, &observed)?),
     ];
-    let t = ctx
-        .plan
-        .file
-        .taxonomy
-        .as_ref()
-        .expect("taxonomy tables need [taxonomy]");
+    let t = section(ctx);
     let parts = super::partition_tables::partitions(ctx, snap)?;
     let part_summary = super::partition_tables::partition_summary(ctx, &parts);
     if t.variance_partition {
