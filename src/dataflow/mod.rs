@@ -10,6 +10,11 @@
 //! designs ⋈ responses(story, subject, roi) ──reduce per (subject, story, layer, set): ridge──▶ fits
 //! fits ──reduce per (story, layer, set) over subjects: mean r, bootstrap CI──▶ summaries
 //! ```
+//! With `[taxonomy]`: (acts, codes, words) per (story, layer) ⋈ saes ──reduce per layer: Label──▶
+//! labels and feature sets; sets ⋈ SAE designs ──reduce per (story, layer, set): DerivedDesign──▶
+//! designs; (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ raw design ──reduce per (story, ℓ): PredError──▶ the
+//! `raw+pred-error` design; SAE designs ⋈ labels ⋈ responses ──reduce per (subject, story, layer):
+//! Partition──▶ variance partitions by category.
 //! Each heavy step is a `reduce` keyed by its output key, so work is partitioned across workers
 //! by key and recomputed only when that key's inputs change: a subject added at a later time
 //! produces exactly that subject's fits, plus the (cheap) summaries. Stage closures do not fail:
