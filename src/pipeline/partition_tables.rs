@@ -12,19 +12,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, UInt16Array, UInt32Array};
+use arrow::array::{ArrayRef, UInt16Array, UInt32Array};
 use arrow::record_batch::RecordBatch;
 
 use super::stages::Ctx;
 use super::tables::{batch, finite as fin, utf8};
 use super::taxonomy::{PartitionRecord, PredErrorRecord};
-use super::taxonomy_tables::BaselineRow;
+use super::taxonomy_tables::{f64s, BaselineRow};
 use crate::dataflow::Snapshot;
 use crate::Result;
 
-fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
-    Arc::new(Float64Array::from(v))
-}
 fn u32s(v: Vec<u32>) -> ArrayRef {
     Arc::new(UInt32Array::from(v))
 }

@@ -16,7 +16,7 @@ use crate::stats::paired::{paired_comparison, PairedComparison};
 use crate::taxonomy::{Category, Subcategory};
 use crate::Result;
 
-fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
+pub(crate) fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
     Arc::new(Float64Array::from(v))
 }
 

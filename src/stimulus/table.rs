@@ -293,18 +293,19 @@ pub(crate) fn read_words(path: &Path, text: &str, opts: &ReadOptions) -> Result<
         if rec.is_empty() {
             continue;
         }
+        if rec.cells.len() != header.len() {
+            return Err(Error::parse(
+                path,
+                format!("row {}", rec.row),
+                format!(
+                    "expected {} cells as in the header, found {}{}",
+                    header.len(),
+                    rec.cells.len(),
+                    rec.line_note()
+                ),
+            ));
+        }
         if let Some(sel) = &opts.run {
-            if rec.cells.len() != header.len() {
-                return Err(Error::parse(
-                    path,
-                    format!("row {}", rec.row),
-                    format!(
-                        "expected {} cells as in the header, found {}",
-                        header.len(),
-                        rec.cells.len()
-                    ),
-                ));
-            }
             let run = match run_col {
                 Some(c) => {
                     let cell = rec.cells[c].trim();
@@ -338,18 +339,6 @@ pub(crate) fn read_words(path: &Path, text: &str, opts: &ReadOptions) -> Result<
             if run != sel.run {
                 continue;
             }
-        }
-        if rec.cells.len() != header.len() {
-            return Err(Error::parse(
-                path,
-                format!("row {}", rec.row),
-                format!(
-                    "expected {} cells as in the header, found {}{}",
-                    header.len(),
-                    rec.cells.len(),
-                    rec.line_note()
-                ),
-            ));
         }
         let text = rec.cells[word_col].trim();
         if text.is_empty() && opts.skip_empty_words {
