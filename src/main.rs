@@ -33,11 +33,56 @@ enum Command {
     Validate { pipeline: PathBuf },
     /// Runs a pipeline: LM → SAE → design → encoding → summaries, as a differential dataflow (or,
     /// for a `[reading]` pipeline, LM → SAE → codes → reading-time model comparisons).
+    ///
+    /// On several machines (or processes), start the same command on each with `-n`, its own
+    /// `-p` and a shared `-h` hostfile; the artifact store must be on a shared filesystem. The
+    /// first process writes the outputs.
+    #[command(disable_help_flag = true)]
     Run {
+        pipeline: PathBuf,
+        /// Worker threads per process (outputs do not depend on it).
+        #[arg(short = 'w', long, default_value_t = 1)]
+        workers: usize,
+        /// Number of processes (timely's `-n`).
+        #[arg(short = 'n', long, default_value_t = 1)]
+        processes: usize,
+        /// This process's index, 0 to n − 1 (timely's `-p`).
+        #[arg(short = 'p', long, default_value_t = 0)]
+        process: usize,
+        /// File with one `host:port` per process, in process order (timely's `-h`); default
+        /// localhost:2101, localhost:2102, …
+        #[arg(short = 'h', long)]
+        hostfile: Option<PathBuf>,
+        /// Print help.
+        #[arg(long, action = clap::ArgAction::Help)]
+        help: Option<bool>,
+    },
+    /// Keeps a pipeline's outputs current: new, changed and removed stories, subject files and
+    /// corpus files are fed into the running dataflow, and only the affected results are
+    /// recomputed and republished (tables, a `changes` log, the manifest).
+    Watch {
         pipeline: PathBuf,
         /// Worker threads (outputs do not depend on it).
         #[arg(short = 'w', long, default_value_t = 1)]
         workers: usize,
+        /// Seconds between looks at the inputs.
+        #[arg(long, default_value_t = 2.0)]
+        poll: f64,
+        /// Exit after this many updates after the first (default: run until stopped).
+        #[arg(long)]
+        updates: Option<usize>,
+    },
+    /// What the pipeline's output folder holds, what is cached in the store, and what is stale
+    /// and why (new, changed or removed inputs; changed settings; pruned artifacts).
+    Status { pipeline: PathBuf },
+    /// Deletes from the pipelines' stores every artifact that none of the listed pipelines' last
+    /// runs used (and temporary files left by killed runs). Refuses while a run uses the store.
+    Prune {
+        #[arg(required = true)]
+        pipelines: Vec<PathBuf>,
+        /// List what would be deleted without deleting it.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Ridge with a penalty per target chosen by K-fold CV on .npy/Parquet matrices (compare with
     /// himalaya's solve_ridge_cv_svd or your own tools).
@@ -440,13 +485,39 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Run { pipeline, workers } => {
+        Command::Run {
+            pipeline,
+            workers,
+            processes,
+            process,
+            hostfile,
+            help: _,
+        } => {
             let plan = cortexflow::config::Plan::load(&pipeline)?;
-            let opts = cortexflow::pipeline::RunOptions { workers };
+            let topology = cortexflow::dataflow::Topology {
+                threads: workers,
+                processes,
+                process,
+                hosts: match &hostfile {
+                    Some(h) => cortexflow::dataflow::Topology::read_hostfile(h)?,
+                    None => Vec::new(),
+                },
+            };
+            topology.validate()?;
             let report = if plan.reading.is_some() {
+                if processes > 1 {
+                    anyhow::bail!("reading pipelines run on one process (use -w for more workers)");
+                }
+                let opts = cortexflow::pipeline::RunOptions { workers };
                 cortexflow::reading::pipeline::run(plan, &opts)?
             } else {
-                cortexflow::pipeline::run(plan, &opts)?
+                match cortexflow::pipeline::run_on(plan, &topology)? {
+                    Some(r) => r,
+                    None => {
+                        println!("process {process} of {processes}: done; process 0 wrote the outputs");
+                        return Ok(());
+                    }
+                }
             };
             print!(
                 "{}",
@@ -464,6 +535,55 @@ fn run(cli: Cli) -> Result<()> {
             println!("compute time by stage (summed over workers): {}", secs.join(", "));
             for f in &report.files {
                 println!("wrote {}", f.display());
+            }
+        }
+        Command::Watch {
+            pipeline,
+            workers,
+            poll,
+            updates,
+        } => {
+            if !(poll.is_finite() && poll > 0.0) {
+                anyhow::bail!("--poll must be a positive number of seconds, not {poll}");
+            }
+            let opts = cortexflow::pipeline::watch::WatchOptions {
+                workers,
+                poll: std::time::Duration::from_secs_f64(poll),
+                updates,
+            };
+            cortexflow::pipeline::watch::watch(&pipeline, &opts, |u| {
+                for f in &u.files {
+                    println!("update {}: wrote {}", u.epoch, f.display());
+                }
+            })?;
+        }
+        Command::Status { pipeline } => {
+            let plan = cortexflow::config::Plan::load(&pipeline)?;
+            let st = cortexflow::pipeline::incremental::status(&plan)?;
+            print!("{}", cortexflow::pipeline::incremental::status_text(&plan, &st));
+        }
+        Command::Prune { pipelines, dry_run } => {
+            let plans = pipelines
+                .iter()
+                .map(|p| cortexflow::config::Plan::load(p))
+                .collect::<cortexflow::Result<Vec<_>>>()?;
+            for (store, r) in cortexflow::pipeline::incremental::prune_pipelines(&plans, dry_run)? {
+                println!(
+                    "{} {}: {} artifact(s) {} ({}), {} kept, {} temporary file(s) {}",
+                    if dry_run { "would prune" } else { "pruned" },
+                    store.display(),
+                    r.removed.len(),
+                    if dry_run { "to delete" } else { "deleted" },
+                    cortexflow::pipeline::incremental::human_bytes(r.bytes),
+                    r.kept,
+                    r.temporaries,
+                    if dry_run { "to delete" } else { "deleted" },
+                );
+                if dry_run {
+                    for e in &r.removed {
+                        println!("  {e}");
+                    }
+                }
             }
         }
     }

@@ -19,12 +19,19 @@
 //! by key and recomputed only when that key's inputs change: a subject added at a later time
 //! produces exactly that subject's fits, plus the (cheap) summaries. Stage closures do not fail:
 //! errors are collected and the run is reported as failed after the dataflow drains.
+//!
+//! Time: epoch `t` of the inputs is applied at timestamp `2t`; at `2t + 1` each process adds what
+//! its workers recorded during the epoch (stage errors, artifacts touched). Every output record,
+//! with those, is exchanged to worker 0, so on several processes (`Topology`) the first process
+//! sees the whole state and is the one that writes outputs.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use differential_dataflow::input::Input;
-use timely::dataflow::operators::capture::{Capture, Extract};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::{Exchange, Inspect, Probe};
+use timely::dataflow::ProbeHandle;
 
 use crate::lm::LanguageModel;
 use crate::pipeline::stages::{self, Ctx, StoredStory};
@@ -37,15 +44,21 @@ pub type StoryRec = (String, ArtifactId);
 pub type ResponseRec = (String, (String, ArtifactId));
 
 /// Input changes applied at one timestamp.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Epoch {
     pub stories: Vec<(StoryRec, isize)>,
     pub corpus: Vec<(StoryRec, isize)>,
     pub responses: Vec<(ResponseRec, isize)>,
 }
 
+impl Epoch {
+    pub fn is_empty(&self) -> bool {
+        self.stories.is_empty() && self.corpus.is_empty() && self.responses.is_empty()
+    }
+}
+
 /// Key of one encoding fit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FitKey {
     pub subject: String,
     pub story: String,
@@ -53,9 +66,45 @@ pub struct FitKey {
     pub feature_set: String,
 }
 
+/// One record of the analysis state: a key and the artifact holding its value. The state after
+/// an epoch is a set of these; between epochs, records are added and retracted.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Record {
+    /// An input story: (story, story artifact)
+    Story(String, ArtifactId),
+    /// An input response table: (story, subject, response artifact)
+    Response(String, String, ArtifactId),
+    /// (story, words artifact)
+    Words(String, ArtifactId),
+    /// (layer, SAE artifact)
+    Sae(usize, ArtifactId),
+    Fit(FitKey, ArtifactId),
+    /// ((story, layer, feature set), summary artifact)
+    Summary((String, usize, String), ArtifactId),
+    /// (layer, labels artifact)
+    Labels(usize, ArtifactId),
+    /// ((subject, story, layer), variance-partition artifact)
+    Partition((String, String, usize), ArtifactId),
+    /// ((story, layer), `raw+pred-error` design)
+    PredError((String, usize), ArtifactId),
+}
+
+/// What flows to worker 0: state records, and at each epoch's second timestamp what the
+/// processes recorded (stage errors; artifacts read or written, as store-relative paths).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Out {
+    Rec(Record),
+    Error(String),
+    Touched(String),
+}
+
 /// The collections' contents after an epoch (sorted, so equal states compare equal).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// The input stories (story, story artifact)
+    pub stories: BTreeSet<(String, ArtifactId)>,
+    /// The input responses ((story, subject), response artifact)
+    pub responses: BTreeSet<((String, String), ArtifactId)>,
     /// (story, words artifact)
     pub words: BTreeSet<(String, ArtifactId)>,
     /// (layer, SAE artifact)
@@ -72,24 +121,226 @@ pub struct Snapshot {
     pub pred_errors: BTreeSet<((String, usize), ArtifactId)>,
 }
 
-/// One epoch's result: the snapshot and the store counters accumulated so far.
+impl Snapshot {
+    /// The snapshot holding `records`.
+    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Snapshot {
+        let mut s = Snapshot::default();
+        for r in records {
+            s.insert(r.clone());
+        }
+        s
+    }
+
+    fn insert(&mut self, r: Record) {
+        match r {
+            Record::Story(k, a) => _ = self.stories.insert((k, a)),
+            Record::Response(st, sub, a) => _ = self.responses.insert(((st, sub), a)),
+            Record::Words(k, a) => _ = self.words.insert((k, a)),
+            Record::Sae(k, a) => _ = self.saes.insert((k, a)),
+            Record::Fit(k, a) => _ = self.fits.insert((k, a)),
+            Record::Summary(k, a) => _ = self.summaries.insert((k, a)),
+            Record::Labels(k, a) => _ = self.labels.insert((k, a)),
+            Record::Partition(k, a) => _ = self.partitions.insert((k, a)),
+            Record::PredError(k, a) => _ = self.pred_errors.insert((k, a)),
+        }
+    }
+
+    /// Every record of the snapshot, in a fixed order.
+    pub fn records(&self) -> Vec<Record> {
+        let mut v: Vec<Record> = Vec::new();
+        v.extend(self.stories.iter().map(|(k, a)| Record::Story(k.clone(), a.clone())));
+        v.extend(
+            self.responses
+                .iter()
+                .map(|((st, sub), a)| Record::Response(st.clone(), sub.clone(), a.clone())),
+        );
+        v.extend(self.words.iter().map(|(k, a)| Record::Words(k.clone(), a.clone())));
+        v.extend(self.saes.iter().map(|(k, a)| Record::Sae(*k, a.clone())));
+        v.extend(self.fits.iter().map(|(k, a)| Record::Fit(k.clone(), a.clone())));
+        v.extend(
+            self.summaries
+                .iter()
+                .map(|(k, a)| Record::Summary(k.clone(), a.clone())),
+        );
+        v.extend(self.labels.iter().map(|(k, a)| Record::Labels(*k, a.clone())));
+        v.extend(
+            self.partitions
+                .iter()
+                .map(|(k, a)| Record::Partition(k.clone(), a.clone())),
+        );
+        v.extend(
+            self.pred_errors
+                .iter()
+                .map(|(k, a)| Record::PredError(k.clone(), a.clone())),
+        );
+        v.sort();
+        v
+    }
+
+    /// The records added (+1) and retracted (−1) going from `self` to `next`, sorted.
+    pub fn changes_to(&self, next: &Snapshot) -> Vec<(Record, isize)> {
+        let (a, b): (BTreeSet<Record>, BTreeSet<Record>) = (
+            self.records().into_iter().collect(),
+            next.records().into_iter().collect(),
+        );
+        let mut out: Vec<(Record, isize)> = b.difference(&a).map(|r| (r.clone(), 1)).collect();
+        out.extend(a.difference(&b).map(|r| (r.clone(), -1)));
+        out.sort();
+        out
+    }
+}
+
+/// One epoch's result, seen by the first process.
 #[derive(Debug, Clone)]
 pub struct EpochResult {
+    /// The epoch's index (0 for the first input).
+    pub epoch: u64,
     pub snapshot: Snapshot,
+    /// Records added (+1) and retracted (−1) by this epoch, sorted.
+    pub changes: Vec<(Record, isize)>,
+    /// Stages that failed during this epoch (on any process).
+    pub errors: Vec<String>,
+    /// Store-relative paths of every artifact read or written so far (on any process).
+    pub touched: BTreeSet<String>,
+    /// The first process's store counters, accumulated so far.
     pub stats: StoreStats,
 }
 
-fn accumulate<D: Ord + Clone>(events: &[(u64, Vec<(D, u64, isize)>)], upto: u64) -> BTreeSet<D> {
-    let mut acc: BTreeMap<D, isize> = BTreeMap::new();
-    for (_, batch) in events {
-        for (d, t, r) in batch {
-            if *t <= upto {
-                *acc.entry(d.clone()).or_default() += r;
-            }
+/// Where the dataflow's workers run: `threads` per process, `processes` processes (this one
+/// being `process`), connected over TCP at `hosts` (one `host:port` per process; empty means
+/// `localhost:2101`, `localhost:2102`, …, as timely's own `-h`). Results do not depend on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub threads: usize,
+    pub processes: usize,
+    pub process: usize,
+    pub hosts: Vec<String>,
+}
+
+impl Topology {
+    /// `threads` workers in this process alone.
+    pub fn local(threads: usize) -> Topology {
+        Topology {
+            threads: threads.max(1),
+            processes: 1,
+            process: 0,
+            hosts: Vec::new(),
         }
     }
-    acc.into_iter().filter(|(_, r)| *r > 0).map(|(d, _)| d).collect()
+
+    /// Reads a hostfile: one `host:port` per line (blank lines and `#` comments skipped).
+    pub fn read_hostfile(path: &std::path::Path) -> Result<Vec<String>> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect())
+    }
+
+    /// Checks the numbers; errors say what is wrong.
+    pub fn validate(&self) -> Result<()> {
+        if self.threads == 0 || self.processes == 0 {
+            return Err(Error::Invalid(
+                "workers (-w) and processes (-n) must be at least 1".into(),
+            ));
+        }
+        if self.process >= self.processes {
+            return Err(Error::Invalid(format!(
+                "process index -p {} is out of range for -n {} (0 to {})",
+                self.process,
+                self.processes,
+                self.processes - 1
+            )));
+        }
+        if !self.hosts.is_empty() && self.hosts.len() < self.processes {
+            return Err(Error::Invalid(format!(
+                "the hostfile lists {} address(es), but -n is {}",
+                self.hosts.len(),
+                self.processes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether this process sees the results (and writes the outputs).
+    pub fn is_leader(&self) -> bool {
+        self.process == 0
+    }
+
+    fn config(&self) -> timely::Config {
+        if self.processes <= 1 {
+            return timely::Config::process(self.threads);
+        }
+        let addresses = if self.hosts.is_empty() {
+            (0..self.processes).map(|i| format!("localhost:{}", 2101 + i)).collect()
+        } else {
+            self.hosts[..self.processes].to_vec()
+        };
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads: self.threads,
+                process: self.process,
+                addresses,
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        }
+    }
 }
+
+/// The epochs a dataflow consumes, shared by the process's workers: a fixed list, or a queue that
+/// a watcher fills while the dataflow runs ([`EpochFeed::push`], then [`EpochFeed::close`]).
+#[derive(Default)]
+pub struct EpochFeed {
+    state: Mutex<(Vec<Epoch>, bool)>,
+    ready: Condvar,
+}
+
+impl EpochFeed {
+    /// An open, empty feed.
+    pub fn new() -> Arc<EpochFeed> {
+        Arc::default()
+    }
+
+    /// A closed feed holding `epochs`.
+    pub fn fixed(epochs: Vec<Epoch>) -> Arc<EpochFeed> {
+        Arc::new(EpochFeed {
+            state: Mutex::new((epochs, true)),
+            ready: Condvar::new(),
+        })
+    }
+
+    pub fn push(&self, e: Epoch) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).0.push(e);
+        self.ready.notify_all();
+    }
+
+    /// No more epochs: the dataflow finishes once it has run those pushed.
+    pub fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = true;
+        self.ready.notify_all();
+    }
+
+    /// Epoch `t`, waiting for it; `None` once the feed is closed before it.
+    fn get(&self, t: usize) -> Option<Epoch> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(e) = s.0.get(t) {
+                return Some(e.clone());
+            }
+            if s.1 {
+                return None;
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Called on the first process after each epoch.
+pub type Sink = Box<dyn FnMut(EpochResult) + Send>;
 
 /// (story, story artifact, activations, codes, words) → the taxonomy stage's input.
 fn story_layer(t: &(String, ArtifactId, ArtifactId, ArtifactId, ArtifactId)) -> crate::pipeline::taxonomy::StoryLayer {
@@ -109,49 +360,65 @@ fn record_error(errors: &Arc<Mutex<Vec<String>>>, what: String, e: Error) {
         .push(format!("{what}: {e}"));
 }
 
-/// Runs the epochs through the graph on `workers` threads; returns one result per epoch.
+/// Runs the epochs through the graph on `workers` threads; returns one result per epoch, or the
+/// failed stages' errors.
 pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResult>> {
+    run_on(ctx, epochs, &Topology::local(workers))
+}
+
+/// [`run`] on any topology. Only the first process gets results; the others return an empty list.
+pub fn run_on(ctx: Ctx, epochs: Vec<Epoch>, topology: &Topology) -> Result<Vec<EpochResult>> {
+    let results: Arc<Mutex<Vec<EpochResult>>> = Arc::default();
+    let r2 = results.clone();
+    run_stream(
+        ctx,
+        EpochFeed::fixed(epochs),
+        topology,
+        Box::new(move |r| r2.lock().unwrap_or_else(|p| p.into_inner()).push(r)),
+    )?;
+    let results = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let errors: Vec<String> = results.iter().flat_map(|r| r.errors.iter().cloned()).collect();
+    if !errors.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{} stage(s) failed:\n  {}",
+            errors.len(),
+            errors.join("\n  ")
+        )));
+    }
+    Ok(results)
+}
+
+/// Runs the graph over the feed's epochs as they come, calling `sink` on the first process after
+/// each one. Returns when the feed is closed and drained.
+pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sink) -> Result<()> {
+    topology.validate()?;
     let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    let results: Arc<Mutex<Vec<StoreStats>>> = Arc::default();
-    let (s_words, r_words) = std::sync::mpsc::channel();
-    let (s_saes, r_saes) = std::sync::mpsc::channel();
-    let (s_fits, r_fits) = std::sync::mpsc::channel();
-    let (s_sum, r_sum) = std::sync::mpsc::channel();
-    let (s_lab, r_lab) = std::sync::mpsc::channel();
-    let (s_part, r_part) = std::sync::mpsc::channel();
-    let (s_pe, r_pe) = std::sync::mpsc::channel();
-    let senders = Arc::new(Mutex::new((s_words, s_saes, s_fits, s_sum, s_lab, s_part, s_pe)));
-    let n_epochs = epochs.len();
-    let epochs = Arc::new(epochs);
+    let buffer: Arc<Mutex<Vec<(Out, u64, isize)>>> = Arc::default();
+    let sink = Arc::new(Mutex::new(Some(sink)));
+    let threads = topology.threads;
     let feature_sets: Vec<String> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
     let taxonomy_on = ctx.plan.file.taxonomy.is_some();
     let partition_on = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.variance_partition);
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
 
-    let err2 = errors.clone();
-    let res2 = results.clone();
-    timely::execute(timely::Config::process(workers.max(1)), move |worker| {
+    let guards = timely::execute(topology.config(), move |worker| {
         let index = worker.index();
-        let errors = err2.clone();
-        let (sw, ss, sf, su, sl, sp, spe) = {
-            let s = senders.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                s.0.clone(),
-                s.1.clone(),
-                s.2.clone(),
-                s.3.clone(),
-                s.4.clone(),
-                s.5.clone(),
-                s.6.clone(),
-            )
-        };
+        let errors = errors.clone();
+        let buffer = buffer.clone();
         let ctx = ctx.clone();
         let feature_sets = feature_sets.clone();
-        let (mut stories_in, mut corpus_in, mut resp_in, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let probe = ProbeHandle::new();
+        let (mut stories_in, mut corpus_in, mut resp_in, mut aux_in) = worker.dataflow::<u64, _, _>(|scope| {
             let (stories_in, stories) = scope.new_collection::<StoryRec, isize>();
             let (corpus_in, corpus) = scope.new_collection::<StoryRec, isize>();
             let (resp_in, responses) = scope.new_collection::<ResponseRec, isize>();
+            let (aux_in, aux) = scope.new_collection::<Out, isize>();
+            let rec_inputs = stories.clone().map(|(s, a)| Record::Story(s, a)).concat(
+                responses
+                    .clone()
+                    .map(|(s, (subject, a))| Record::Response(s, subject, a)),
+            );
 
             // ---- LM over every text (stories and corpus documents)
             let texts = stories
@@ -183,7 +450,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
             let story_words = acts
                 .clone()
                 .flat_map(|((is_story, text), (layer, id))| (is_story && layer.is_none()).then_some((text, id)));
-            story_words.clone().inner.capture_into(sw);
+            let rec_words = story_words.clone().map(|(s, a)| Record::Words(s, a));
 
             // ---- one SAE per layer
             let (c2, e2) = (ctx.clone(), errors.clone());
@@ -203,7 +470,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         Err(e) => record_error(&e2, format!("SAE of layer {layer}"), e),
                     }
                 });
-            saes.clone().inner.capture_into(ss);
+            let rec_saes = saes.clone().map(|(l, a)| Record::Sae(l, a));
 
             // ---- per (story, layer): SAE codes
             let story_acts =
@@ -309,7 +576,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                     }
                 });
             let labels_by_layer = labels.clone().map(|(layer, (_, id))| (layer, id)).distinct();
-            labels_by_layer.clone().inner.capture_into(sl);
+            let rec_labels = labels_by_layer.clone().map(|(l, a)| Record::Labels(l, a));
             let story_layers_pe = story_layers.clone();
             let (c9, e9) = (ctx.clone(), errors.clone());
             let derived = designs
@@ -378,7 +645,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                     }
                 },
             );
-            pred_errors.clone().inner.capture_into(spe);
+            let rec_pe = pred_errors.clone().map(|(k, a)| Record::PredError(k, a));
             let designs = designs
                 .concat(pred_errors.map(|((story, layer), id)| ((story, layer, "raw+pred-error".to_string()), id)));
 
@@ -402,7 +669,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         }
                     }
                 });
-            partitions.inner.capture_into(sp);
+            let rec_parts = partitions.map(|(k, a)| Record::Partition(k, a));
 
             // ---- fits per (subject, story, layer, feature set)
             let (c5, e5) = (ctx.clone(), errors.clone());
@@ -430,7 +697,7 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         }
                     }
                 });
-            fits.clone().inner.capture_into(sf);
+            let rec_fits = fits.clone().map(|(k, a)| Record::Fit(k, a));
 
             // ---- summaries over subjects
             let (c6, e6) = (ctx.clone(), errors.clone());
@@ -447,12 +714,40 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                         Err(e) => record_error(&e6, format!("summary {key:?}"), e),
                     }
                 });
-            let (probe, summaries) = summaries.probe();
-            summaries.inner.capture_into(su);
-            (stories_in, corpus_in, resp_in, probe)
+            let rec_sums = summaries.map(|(k, a)| Record::Summary(k, a));
+            let buffer = buffer.clone();
+            rec_inputs
+                .concat(rec_words)
+                .concat(rec_saes)
+                .concat(rec_labels)
+                .concat(rec_pe)
+                .concat(rec_parts)
+                .concat(rec_fits)
+                .concat(rec_sums)
+                .map(Out::Rec)
+                .concat(aux)
+                .inner
+                .exchange(|_| 0)
+                .inspect(move |(d, t, r)| {
+                    buffer
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((d.clone(), *t, *r))
+                })
+                .probe_with(&probe);
+            (stories_in, corpus_in, resp_in, aux_in)
         });
 
-        for (t, epoch) in epochs.iter().enumerate() {
+        let mut sink = if index == 0 {
+            sink.lock().unwrap_or_else(|p| p.into_inner()).take()
+        } else {
+            None
+        };
+        let mut state: BTreeMap<Record, isize> = BTreeMap::new();
+        let mut touched: BTreeSet<String> = BTreeSet::new();
+        let mut t = 0usize;
+        while let Some(epoch) = feed.get(t) {
+            let (data_time, aux_time) = (2 * t as u64, 2 * t as u64 + 1);
             if index == 0 {
                 for (r, d) in &epoch.stories {
                     stories_in.update(r.clone(), *d);
@@ -464,49 +759,64 @@ pub fn run(ctx: Ctx, epochs: Vec<Epoch>, workers: usize) -> Result<Vec<EpochResu
                     resp_in.update(r.clone(), *d);
                 }
             }
-            let next = t as u64 + 1;
-            stories_in.advance_to(next);
-            corpus_in.advance_to(next);
-            resp_in.advance_to(next);
-            stories_in.flush();
-            corpus_in.flush();
-            resp_in.flush();
-            worker.step_while(|| probe.less_than(&next));
-            if index == 0 {
-                res2.lock().unwrap_or_else(|p| p.into_inner()).push(ctx.store.stats());
+            for next in [aux_time, aux_time + 1] {
+                if next == aux_time + 1 && index % threads == 0 {
+                    // this process's account of the epoch, added by its first worker
+                    let errs = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+                    for e in errs {
+                        aux_in.update(Out::Error(e), 1);
+                    }
+                    for p in ctx.store.take_touched() {
+                        aux_in.update(Out::Touched(p), 1);
+                    }
+                }
+                stories_in.advance_to(next);
+                corpus_in.advance_to(next);
+                resp_in.advance_to(next);
+                aux_in.advance_to(next);
+                stories_in.flush();
+                corpus_in.flush();
+                resp_in.flush();
+                aux_in.flush();
+                worker.step_while(|| probe.less_than(&next));
             }
+            if let Some(sink) = sink.as_mut() {
+                let batch = std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()));
+                let mut delta: BTreeMap<Record, isize> = BTreeMap::new();
+                let mut errs = Vec::new();
+                for (out, time, diff) in batch {
+                    debug_assert!(time <= aux_time && (time == aux_time || time >= data_time));
+                    match out {
+                        Out::Rec(r) => *delta.entry(r).or_default() += diff,
+                        Out::Error(e) if diff > 0 => errs.push(e),
+                        Out::Touched(p) if diff > 0 => _ = touched.insert(p),
+                        _ => {}
+                    }
+                }
+                let changes: Vec<(Record, isize)> = delta.into_iter().filter(|(_, d)| *d != 0).collect();
+                for (r, d) in &changes {
+                    let c = state.entry(r.clone()).or_default();
+                    *c += d;
+                    if *c == 0 {
+                        state.remove(r);
+                    }
+                }
+                errs.sort();
+                sink(EpochResult {
+                    epoch: t as u64,
+                    snapshot: Snapshot::from_records(state.iter().filter(|(_, c)| **c > 0).map(|(r, _)| r)),
+                    changes,
+                    errors: errs,
+                    touched: touched.clone(),
+                    stats: ctx.store.stats(),
+                });
+            }
+            t += 1;
         }
     })
     .map_err(|e| Error::Invalid(format!("dataflow: {e}")))?;
-
-    let errors = errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if !errors.is_empty() {
-        return Err(Error::Invalid(format!(
-            "{} stage(s) failed:\n  {}",
-            errors.len(),
-            errors.join("\n  ")
-        )));
+    for r in guards.join() {
+        r.map_err(|e| Error::Invalid(format!("a dataflow worker failed: {e}")))?;
     }
-    let words: Vec<(u64, Vec<((String, ArtifactId), u64, isize)>)> = r_words.extract();
-    let saes: Vec<(u64, Vec<((usize, ArtifactId), u64, isize)>)> = r_saes.extract();
-    let fits: Vec<(u64, Vec<((FitKey, ArtifactId), u64, isize)>)> = r_fits.extract();
-    let sums: Vec<(u64, Vec<(((String, usize, String), ArtifactId), u64, isize)>)> = r_sum.extract();
-    let labs: Vec<(u64, Vec<((usize, ArtifactId), u64, isize)>)> = r_lab.extract();
-    let parts: Vec<(u64, Vec<(((String, String, usize), ArtifactId), u64, isize)>)> = r_part.extract();
-    let pes: Vec<(u64, Vec<(((String, usize), ArtifactId), u64, isize)>)> = r_pe.extract();
-    let stats = results.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok((0..n_epochs)
-        .map(|e| EpochResult {
-            snapshot: Snapshot {
-                words: accumulate(&words, e as u64),
-                saes: accumulate(&saes, e as u64),
-                fits: accumulate(&fits, e as u64),
-                summaries: accumulate(&sums, e as u64),
-                labels: accumulate(&labs, e as u64),
-                partitions: accumulate(&parts, e as u64),
-                pred_errors: accumulate(&pes, e as u64),
-            },
-            stats: stats.get(e).cloned().unwrap_or_default(),
-        })
-        .collect())
+    Ok(())
 }

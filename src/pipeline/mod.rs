@@ -2,21 +2,25 @@
 //! the dataflow (src/dataflow), and the final state is written as Parquet tables (schemas in
 //! data-schemas/), a PNG plot and a Markdown report under the plan's output folder.
 
+pub mod incremental;
 pub mod partition_tables;
 pub mod stages;
 pub mod tables;
 pub mod taxonomy;
 pub mod taxonomy_tables;
+pub mod watch;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Plan;
-use crate::dataflow::{self, Epoch, EpochResult, ResponseRec, StoryRec};
+use crate::dataflow::{self, Epoch, EpochResult, ResponseRec, StoryRec, Topology};
 use crate::stimulus::{self, ReadOptions, StimulusFormat, Story};
 use crate::store::artifacts::ArtifactStore;
 use crate::Result;
+use incremental::Manifest;
 use stages::{Ctx, StoredStory};
 
 /// Words per corpus record: the corpus is cut into chunks so that workers share the LM work
@@ -41,6 +45,8 @@ impl Default for RunOptions {
 pub struct RunReport {
     pub output: PathBuf,
     pub files: Vec<PathBuf>,
+    /// The output folder's update number (0 for its first run).
+    pub epoch: u64,
     pub result: EpochResult,
     pub seconds: f64,
     /// Compute seconds per stage, summed over workers.
@@ -59,16 +65,26 @@ pub fn context(plan: Plan, workers: usize) -> Result<Ctx> {
     })
 }
 
-/// The plan's inputs as dataflow records (stored in the artifact store first).
+/// The plan's inputs as dataflow records, with the file each came from.
+#[derive(Debug, Clone, Default)]
 pub struct Inputs {
     pub stories: Vec<StoryRec>,
     pub corpus: Vec<StoryRec>,
     pub responses: Vec<ResponseRec>,
+    /// Source file of each story (by story id) and response table (by subject id).
+    pub story_files: BTreeMap<String, PathBuf>,
+    pub subject_files: BTreeMap<String, PathBuf>,
 }
 
+/// The plan's inputs as records, stored in the artifact store first.
 pub fn prepare_inputs(ctx: &Ctx) -> Result<Inputs> {
-    let plan = &ctx.plan;
-    let mut stories = Vec::new();
+    input_records(&ctx.plan, Some(&ctx.store))
+}
+
+/// The plan's inputs as records; stored in `store` when given (without it, nothing is written:
+/// `cortexflow status` only compares ids).
+pub fn input_records(plan: &Plan, store: Option<&ArtifactStore>) -> Result<Inputs> {
+    let mut inputs = Inputs::default();
     for (cfg, story) in &plan.stories {
         let st = StoredStory {
             story: story.clone(),
@@ -76,14 +92,20 @@ pub fn prepare_inputs(ctx: &Ctx) -> Result<Inputs> {
             tr_s: cfg.tr_s,
             t0_s: cfg.t0_s,
         };
-        stories.push((cfg.id.clone(), stages::put_story(&ctx.store, &st)?));
+        let id = match store {
+            Some(s) => stages::put_story(s, &st)?,
+            None => stages::story_id(&st),
+        };
+        inputs.stories.push((cfg.id.clone(), id));
+        inputs
+            .story_files
+            .insert(cfg.id.clone(), plan.data_root.join(&cfg.stimulus));
     }
     let language = plan
         .stories
         .first()
         .map(|(c, _)| c.language.clone())
         .unwrap_or_else(|| "en".into());
-    let mut corpus = Vec::new();
     for path in &plan.corpus {
         let opts = ReadOptions {
             language: language.clone(),
@@ -105,21 +127,38 @@ pub fn prepare_inputs(ctx: &Ctx) -> Result<Inputs> {
                 tr_s: 0.0,
                 t0_s: 0.0,
             };
-            corpus.push((format!("corpus:{id}"), stages::put_story(&ctx.store, &st)?));
+            let art = match store {
+                Some(s) => stages::put_story(s, &st)?,
+                None => stages::story_id(&st),
+            };
+            inputs.corpus.push((format!("corpus:{id}"), art));
         }
     }
-    let mut responses = Vec::new();
     for s in &plan.subjects {
-        responses.push((
-            plan.fmri().story.clone(),
-            (s.id.clone(), stages::put_roi(&ctx.store, &s.table)?),
-        ));
+        let id = match store {
+            Some(st) => stages::put_roi(st, &s.table)?,
+            None => stages::roi_id(&s.table),
+        };
+        inputs.responses.push((plan.fmri().story.clone(), (s.id.clone(), id)));
+        inputs.subject_files.insert(s.id.clone(), s.path.clone());
     }
-    Ok(Inputs {
-        stories,
-        corpus,
-        responses,
-    })
+    Ok(inputs)
+}
+
+/// The epoch that turns the inputs `from` into `to`: records only in `to` added, records only in
+/// `from` retracted (a changed file is both: its old record retracted, its new one added).
+pub fn input_changes(from: &Inputs, to: &Inputs) -> Epoch {
+    fn diff<T: Ord + Clone>(a: &[T], b: &[T]) -> Vec<(T, isize)> {
+        let (a, b): (BTreeSet<&T>, BTreeSet<&T>) = (a.iter().collect(), b.iter().collect());
+        let mut v: Vec<(T, isize)> = b.difference(&a).map(|r| ((*r).clone(), 1)).collect();
+        v.extend(a.difference(&b).map(|r| ((*r).clone(), -1)));
+        v
+    }
+    Epoch {
+        stories: diff(&from.stories, &to.stories),
+        corpus: diff(&from.corpus, &to.corpus),
+        responses: diff(&from.responses, &to.responses),
+    }
 }
 
 /// Everything in one epoch.
@@ -133,17 +172,64 @@ pub fn single_epoch(inputs: &Inputs) -> Epoch {
 
 /// Runs a validated plan end to end and writes its outputs.
 pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
+    run_on(plan, &Topology::local(opts.workers))?
+        .ok_or_else(|| crate::Error::Invalid("a single process leads its run".into()))
+}
+
+/// [`run`] on any topology: every process runs its share of the dataflow; the first one writes
+/// the outputs and returns the report (the others return `None`).
+pub fn run_on(plan: Plan, topology: &Topology) -> Result<Option<RunReport>> {
     let started = Instant::now();
-    let ctx = context(plan, opts.workers)?;
+    let ctx = context(plan, topology.threads)?;
+    let _lock = incremental::lock_shared(&ctx.plan.store)?;
     let inputs = prepare_inputs(&ctx)?;
-    let mut results = dataflow::run(ctx.clone(), vec![single_epoch(&inputs)], opts.workers)?;
-    let result = results.pop().expect("one epoch");
-    let files = tables::write_outputs(&ctx, &result.snapshot, &ctx.plan.output)?;
-    Ok(RunReport {
+    let mut results = dataflow::run_on(ctx.clone(), vec![single_epoch(&inputs)], topology)?;
+    let Some(result) = results.pop() else {
+        return Ok(None);
+    };
+    let (files, epoch) = publish(&ctx, &inputs, &result)?;
+    Ok(Some(RunReport {
         output: ctx.plan.output.clone(),
         files,
+        epoch,
         result,
         seconds: started.elapsed().as_secs_f64(),
         stage_seconds: ctx.store.seconds(),
-    })
+    }))
+}
+
+/// Writes the outputs of a state into the plan's output folder: the tables, plot and report, then
+/// the `changes` log (what changed since the folder's last update), then the manifest. Returns
+/// the files and the folder's new update number.
+pub fn publish(ctx: &Ctx, inputs: &Inputs, result: &EpochResult) -> Result<(Vec<PathBuf>, u64)> {
+    let out = &ctx.plan.output;
+    let previous = match Manifest::load(out) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("ignoring the previous manifest: {e}");
+            None
+        }
+    };
+    let mut files = tables::write_outputs(ctx, &result.snapshot, out)?;
+    let (epoch, before) = match &previous {
+        Some(m) => (m.epoch + 1, m.snapshot()),
+        None => (0, dataflow::Snapshot::default()),
+    };
+    let now = incremental::unix_ms();
+    let rows: Vec<incremental::ChangeRow> = before
+        .changes_to(&result.snapshot)
+        .into_iter()
+        .map(|(record, diff)| incremental::ChangeRow {
+            epoch,
+            unix_ms: now,
+            record,
+            diff,
+        })
+        .collect();
+    files.extend(incremental::append_changes(out, &rows)?);
+    let mut touched = result.touched.clone();
+    touched.extend(ctx.store.take_touched());
+    let m = incremental::manifest(&ctx.plan, inputs, &result.snapshot, &touched, epoch);
+    files.push(m.save(out)?);
+    Ok((files, epoch))
 }

@@ -61,21 +61,31 @@ pub struct StoredStory {
     pub t0_s: f64,
 }
 
+/// The artifact id of a story (its content key).
+pub fn story_id(s: &StoredStory) -> ArtifactId {
+    KeyBuilder::new("story", 1).config("story", s).finish()
+}
+
 pub fn put_story(store: &ArtifactStore, s: &StoredStory) -> Result<ArtifactId> {
-    let id = KeyBuilder::new("story", 1).config("story", s).finish();
+    let id = story_id(s);
     store.json("story", &id, || Ok(s.clone()))?;
     Ok(id)
 }
 
 /// Stores a response table: "y" (n_trs, n_rois) and the ROI names and constant columns as metadata.
-pub fn put_roi(store: &ArtifactStore, t: &crate::features::roi::RoiTable) -> Result<ArtifactId> {
+/// The artifact id of a response table (its content key).
+pub fn roi_id(t: &crate::features::roi::RoiTable) -> ArtifactId {
     let mut k = KeyBuilder::new("roi", 1)
         .part("subject", &t.subject)
         .config("rois", &t.rois);
     for v in t.data.iter() {
         k = k.part("", v.to_le_bytes());
     }
-    let id = k.finish();
+    k.finish()
+}
+
+pub fn put_roi(store: &ArtifactStore, t: &crate::features::roi::RoiTable) -> Result<ArtifactId> {
+    let id = roi_id(t);
     store.arrays("roi", &id, || {
         Ok(Arrays::default()
             .with_f64("y", t.data.clone())
@@ -135,7 +145,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         .collect();
     let all_there = std::iter::once(&words)
         .chain(layers.iter().map(|(_, id)| id))
-        .all(|id| ctx.store.path("lm", id, "safetensors").is_file());
+        .all(|id| ctx.store.has("lm", id, "safetensors"));
     if all_there {
         return Ok(LmOutputs { words, layers });
     }
@@ -432,6 +442,23 @@ pub(crate) struct FitInputs {
     pub rois: Vec<String>,
     /// Indices of the ROIs that are not constant (the others are left out of every model).
     pub keep: Vec<usize>,
+}
+
+/// A stored response table (see [`put_roi`]) read back.
+pub fn load_roi(store: &ArtifactStore, id: &str) -> Result<crate::features::roi::RoiTable> {
+    let a = store.load_arrays("roi", id)?;
+    let meta = |k: &str| -> Vec<String> {
+        a.meta
+            .get(k)
+            .and_then(|v| serde_json::from_str(v).ok())
+            .unwrap_or_default()
+    };
+    Ok(crate::features::roi::RoiTable {
+        subject: a.meta.get("subject").cloned().unwrap_or_default(),
+        rois: meta("rois"),
+        constant: meta("constant"),
+        data: a.f64("y")?.to_owned(),
+    })
 }
 
 pub(crate) fn fit_inputs(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<FitInputs> {

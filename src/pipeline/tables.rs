@@ -80,13 +80,12 @@ pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, Stri
     }
     let mut out = BTreeMap::new();
     for (story, ids) in &subjects {
-        let tables: Vec<&crate::features::roi::RoiTable> = ctx
-            .plan
-            .subjects
+        let tables = snap
+            .responses
             .iter()
-            .filter(|s| ids.contains(&s.id))
-            .map(|s| &s.table)
-            .collect();
+            .filter(|((st, subject), _)| st == story && ids.contains(subject))
+            .map(|(_, id)| stages::load_roi(&ctx.store, id))
+            .collect::<Result<Vec<_>>>()?;
         for roi in &ctx.plan.fmri().rois {
             let mut cols: Vec<ndarray::Array2<f64>> = Vec::new();
             for t in &tables {

@@ -601,6 +601,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
     Ok(RunReport {
         output: ctx.plan.output.clone(),
         files,
+        epoch: 0,
         result,
         seconds: started.elapsed().as_secs_f64(),
         stage_seconds: ctx.store.seconds(),

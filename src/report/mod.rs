@@ -160,7 +160,11 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         s,
         "Pipeline `{}`; {} subject(s); layers {:?}; feature sets {:?}; pooling `{}`.\n",
         plan.source.display(),
-        plan.subjects.len(),
+        snap.responses
+            .iter()
+            .map(|((_, subject), _)| subject)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
         plan.layers,
         plan.file.encoding.feature_sets,
         plan.file.model.pooling
@@ -180,11 +184,13 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
                 .join(", ")
         );
     }
-    let excluded: Vec<String> = plan
-        .subjects
-        .iter()
-        .flat_map(|s| s.table.constant.iter().map(move |r| format!("{}/{}", s.id, r)))
-        .collect();
+    let mut excluded: Vec<String> = Vec::new();
+    for ((_, subject), id) in &snap.responses {
+        let t = crate::pipeline::stages::load_roi(&ctx.store, id)?;
+        excluded.extend(t.constant.iter().map(|r| format!("{subject}/{r}")));
+    }
+    excluded.sort();
+    excluded.dedup();
     if !excluded.is_empty() {
         let _ = writeln!(s, "Constant ROI columns excluded: {}.\n", excluded.join(", "));
     }

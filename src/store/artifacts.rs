@@ -10,7 +10,7 @@
 //!
 //! Layout: `ROOT/<stage>/<id[0..2]>/<id>.<ext>`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -180,6 +180,8 @@ pub struct ArtifactStore {
     root: PathBuf,
     stats: Arc<Mutex<StoreStats>>,
     seconds: Arc<Mutex<BTreeMap<String, f64>>>,
+    /// Store-relative paths read or written since the last [`ArtifactStore::take_touched`].
+    touched: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl ArtifactStore {
@@ -189,6 +191,7 @@ impl ArtifactStore {
             root: root.to_path_buf(),
             stats: Arc::default(),
             seconds: Arc::default(),
+            touched: Arc::default(),
         })
     }
 
@@ -197,7 +200,34 @@ impl ArtifactStore {
     }
 
     pub fn path(&self, stage: &str, id: &str, ext: &str) -> PathBuf {
-        self.root.join(stage).join(&id[..2]).join(format!("{id}.{ext}"))
+        self.root.join(Self::relative(stage, id, ext))
+    }
+
+    /// An artifact's path inside the store (`ext` empty for a folder artifact).
+    pub fn relative(stage: &str, id: &str, ext: &str) -> String {
+        match ext {
+            "" => format!("{stage}/{}/{id}", &id[..2]),
+            _ => format!("{stage}/{}/{id}.{ext}", &id[..2]),
+        }
+    }
+
+    fn touch(&self, stage: &str, id: &str, ext: &str) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(Self::relative(stage, id, ext));
+    }
+
+    /// Whether artifact `id` of `stage` exists (a use of it: it is recorded as touched).
+    pub fn has(&self, stage: &str, id: &str, ext: &str) -> bool {
+        self.touch(stage, id, ext);
+        self.path(stage, id, ext).exists()
+    }
+
+    /// The store-relative paths of the artifacts read or written since the last call: what a run
+    /// needs kept (see `cortexflow prune`).
+    pub fn take_touched(&self) -> BTreeSet<String> {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -240,6 +270,7 @@ impl ArtifactStore {
     /// The arrays artifact `id` of `stage`, computing and storing it if absent.
     pub fn arrays(&self, stage: &str, id: &str, compute: impl FnOnce() -> Result<Arrays>) -> Result<Arrays> {
         let path = self.path(stage, id, "safetensors");
+        self.touch(stage, id, "safetensors");
         if let Ok(bytes) = std::fs::read(&path) {
             if let Ok(a) = Arrays::from_bytes(&bytes, &path) {
                 self.count(stage, false);
@@ -257,6 +288,7 @@ impl ArtifactStore {
     /// counting them as computed without timing them again.
     pub fn put_arrays(&self, stage: &str, id: &str, a: &Arrays) -> Result<()> {
         self.write(&self.path(stage, id, "safetensors"), &a.to_bytes()?)?;
+        self.touch(stage, id, "safetensors");
         self.count(stage, true);
         Ok(())
     }
@@ -264,6 +296,7 @@ impl ArtifactStore {
     /// Reads an arrays artifact that must exist.
     pub fn load_arrays(&self, stage: &str, id: &str) -> Result<Arrays> {
         let path = self.path(stage, id, "safetensors");
+        self.touch(stage, id, "safetensors");
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
         Arrays::from_bytes(&bytes, &path)
     }
@@ -276,6 +309,7 @@ impl ArtifactStore {
         compute: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
         let path = self.path(stage, id, "json");
+        self.touch(stage, id, "json");
         if let Ok(text) = std::fs::read_to_string(&path) {
             if let Ok(v) = serde_json::from_str(&text) {
                 self.count(stage, false);
@@ -292,7 +326,8 @@ impl ArtifactStore {
     /// The folder artifact `id` of `stage` (e.g. a saved SAE), filled by `compute` into a temporary
     /// sibling folder that is renamed into place only when complete.
     pub fn dir(&self, stage: &str, id: &str, compute: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
-        let path = self.root.join(stage).join(&id[..2]).join(id);
+        let path = self.root.join(Self::relative(stage, id, ""));
+        self.touch(stage, id, "");
         if path.is_dir() {
             self.count(stage, false);
             return Ok(path);
@@ -316,6 +351,7 @@ impl ArtifactStore {
     /// Reads a JSON artifact that must exist.
     pub fn load_json<T: DeserializeOwned>(&self, stage: &str, id: &str) -> Result<T> {
         let path = self.path(stage, id, "json");
+        self.touch(stage, id, "json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         serde_json::from_str(&text).map_err(|e| Error::parse(&path, "json", e.to_string()))
     }

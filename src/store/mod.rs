@@ -29,7 +29,7 @@ pub mod schema;
 
 pub use matrix::{read_matrix, read_npy, read_npy_f32, write_matrix, write_npy, write_npy_f32, NamedMatrix};
 pub use parquet_io::{
-    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic, write_table_parquet, SIZES_KEY,
-    VERSION_KEY, ZSTD_LEVEL,
+    read_arrow_ipc, read_parquet, write_arrow_ipc_atomic, write_parquet_atomic, write_table_arrow_stream,
+    write_table_parquet, SIZES_KEY, VERSION_KEY, ZSTD_LEVEL,
 };
 pub use schema::{ColumnSchema, ColumnType, ListSize, ScalarType, TableSchema, BUILTIN_TABLES, SCHEMA_KEY};

@@ -120,6 +120,32 @@ pub fn write_arrow_ipc_atomic(path: &Path, batches: &[RecordBatch], metadata: &[
     })
 }
 
+/// Writes `batches` of `table` as an Arrow IPC *stream* (`.arrows`: the schema, then the batches;
+/// what `pyarrow.ipc.open_stream` and `polars.read_ipc_stream` read), atomically. The schema
+/// carries the table's schema metadata (name, units).
+pub fn write_table_arrow_stream(
+    path: &Path,
+    table: &TableSchema,
+    sizes: &HashMap<String, i32>,
+    batches: &[RecordBatch],
+) -> Result<()> {
+    let schema: SchemaRef = Arc::new(table.to_arrow(sizes)?);
+    let conformed = batches
+        .iter()
+        .map(|b| {
+            RecordBatch::try_new(schema.clone(), b.columns().to_vec())
+                .map_err(|e| Error::Invalid(format!("table {}: {e}", table.table)))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    write_atomic(path, |out| {
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(out, &schema).map_err(|e| e.to_string())?;
+        for (i, batch) in conformed.iter().enumerate() {
+            writer.write(batch).map_err(|e| format!("batch {i}: {e}"))?;
+        }
+        writer.finish().map_err(|e| e.to_string())
+    })
+}
+
 /// Reads a whole Parquet file: its Arrow schema (including schema and field metadata stored by
 /// the writer), its record batches, and its key-value metadata (without the encoded
 /// `ARROW:schema` entry; keys without a value map to "").

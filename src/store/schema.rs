@@ -87,6 +87,7 @@ const BUILTINS: &[(&str, &str)] = &[
         "prediction_error",
         include_str!("../../data-schemas/prediction_error.json"),
     ),
+    ("changes", include_str!("../../data-schemas/changes.json")),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -113,6 +114,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "variance_partition",
     "variance_partition_summary",
     "prediction_error",
+    "changes",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
