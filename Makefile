@@ -33,6 +33,7 @@ bench: setup
 	$(CARGO) bench --bench ridge_vs_himalaya
 	$(CARGO) bench --bench lmm_vs_lme4
 	$(CARGO) bench --bench sae_vs_numpy
+	$(CARGO) bench --bench incremental
 
 fmt:
 	$(CARGO) fmt

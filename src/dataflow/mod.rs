@@ -396,6 +396,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let buffer: Arc<Mutex<Vec<(Out, u64, isize)>>> = Arc::default();
     let sink = Arc::new(Mutex::new(Some(sink)));
     let threads = topology.threads;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let feature_sets: Vec<String> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
     let taxonomy_on = ctx.plan.file.taxonomy.is_some();
@@ -406,7 +407,15 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
         let index = worker.index();
         let errors = errors.clone();
         let buffer = buffer.clone();
-        let ctx = ctx.clone();
+        let mut ctx = ctx.clone();
+        // each worker computes on its share of the cores: coarse parallelism (independent fits on
+        // different workers) rather than every worker's numerics contending for one pool
+        ctx.pool = rayon::ThreadPoolBuilder::new()
+            .num_threads((cores / threads).max(1))
+            .thread_name(move |i| format!("cortexflow-w{index}-{i}"))
+            .build()
+            .ok()
+            .map(Arc::new);
         let feature_sets = feature_sets.clone();
         let probe = ProbeHandle::new();
         let (mut stories_in, mut corpus_in, mut resp_in, mut aux_in) = worker.dataflow::<u64, _, _>(|scope| {
@@ -465,7 +474,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         .filter(|(_, d)| *d > 0)
                         .map(|(a, _)| (*a).clone())
                         .collect();
-                    match stages::sae_stage(&c2, *layer, &ids) {
+                    match c2.install(|| stages::sae_stage(&c2, *layer, &ids)) {
                         Ok(id) => output.push((id, 1)),
                         Err(e) => record_error(&e2, format!("SAE of layer {layer}"), e),
                     }
@@ -484,7 +493,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .reduce_named("Encode", move |(story, layer), input, output| {
                     for ((act, sae), diff) in input {
                         if *diff > 0 {
-                            match stages::codes_stage(&c3, act, sae) {
+                            match c3.install(|| stages::codes_stage(&c3, act, sae)) {
                                 Ok(id) => output.push((id, 1)),
                                 Err(e) => record_error(&e3, format!("codes of `{story}` layer {layer}"), e),
                             }
@@ -503,7 +512,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .reduce_named("Reconstruct", move |(story, layer), input, output| {
                     for ((act, sae), diff) in input {
                         if *diff > 0 {
-                            match stages::recon_stage(&c7, act, sae) {
+                            match c7.install(|| stages::recon_stage(&c7, act, sae)) {
                                 Ok(id) => output.push((id, 1)),
                                 Err(e) => record_error(&e7, format!("reconstruction of `{story}` layer {layer}"), e),
                             }
@@ -531,7 +540,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .reduce_named("Design", move |(story, layer, set), input, output| {
                     for ((story_art, stage, id), diff) in input {
                         if *diff > 0 {
-                            match stages::design_stage(&c4, story_art, stage, id) {
+                            match c4.install(|| stages::design_stage(&c4, story_art, stage, id)) {
                                 Ok(d) => output.push((d, 1)),
                                 Err(e) => record_error(&e4, format!("design `{story}` layer {layer} {set}"), e),
                             }
@@ -566,7 +575,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         }
                     }
                     let Some(sae) = sae else { return };
-                    match crate::pipeline::taxonomy::label_stage(&c8, *layer, &sae, &items) {
+                    match c8.install(|| crate::pipeline::taxonomy::label_stage(&c8, *layer, &sae, &items)) {
                         Ok((id, sets)) => {
                             for set in sets {
                                 output.push(((set, id.clone()), 1));
@@ -591,14 +600,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .reduce_named("DerivedDesign", move |(story, layer, set), input, output| {
                     for ((d, t, sae, lid), diff) in input {
                         if *diff > 0 {
-                            match crate::pipeline::taxonomy::derived_design_stage(
-                                &c9,
-                                &story_layer(t),
-                                d,
-                                sae,
-                                lid,
-                                set,
-                            ) {
+                            match c9.install(|| {
+                                crate::pipeline::taxonomy::derived_design_stage(&c9, &story_layer(t), d, sae, lid, set)
+                            }) {
                                 Ok(id) => output.push((id, 1)),
                                 Err(e) => record_error(&e9, format!("design `{story}` layer {layer} {set}"), e),
                             }
@@ -628,16 +632,18 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 move |(story, layer), input, output| {
                     for ((((story_art, codes, sae), (codes_from, sae_from)), raw), diff) in input {
                         if *diff > 0 {
-                            match crate::pipeline::taxonomy::pred_error_stage(
-                                &c10,
-                                story,
-                                story_art,
-                                *layer,
-                                (codes, sae),
-                                *layer - delta,
-                                (codes_from, sae_from),
-                                raw,
-                            ) {
+                            match c10.install(|| {
+                                crate::pipeline::taxonomy::pred_error_stage(
+                                    &c10,
+                                    story,
+                                    story_art,
+                                    *layer,
+                                    (codes, sae),
+                                    *layer - delta,
+                                    (codes_from, sae_from),
+                                    raw,
+                                )
+                            }) {
                                 Ok(id) => output.push((id, 1)),
                                 Err(e) => record_error(&e10, format!("prediction error `{story}` layer {layer}"), e),
                             }
@@ -662,7 +668,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .reduce_named("Partition", move |key, input, output| {
                     for ((d, lid, roi), diff) in input {
                         if *diff > 0 {
-                            match crate::pipeline::taxonomy::partition_stage(&c11, d, lid, roi) {
+                            match c11.install(|| crate::pipeline::taxonomy::partition_stage(&c11, d, lid, roi)) {
                                 Ok(id) => output.push((id, 1)),
                                 Err(e) => record_error(&e11, format!("variance partition {key:?}"), e),
                             }
@@ -690,7 +696,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .reduce_named("Fit", move |key, input, output| {
                     for ((design, roi), diff) in input {
                         if *diff > 0 {
-                            match stages::fit_stage(&c5, design, roi) {
+                            match c5.install(|| stages::fit_stage(&c5, design, roi)) {
                                 Ok(f) => output.push((f, 1)),
                                 Err(e) => record_error(&e5, format!("fit {key:?}"), e),
                             }
@@ -709,7 +715,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         .filter(|(_, d)| *d > 0)
                         .map(|((_, f), _)| f.clone())
                         .collect();
-                    match stages::summary_stage(&c6, &ids) {
+                    match c6.install(|| stages::summary_stage(&c6, &ids)) {
                         Ok(s) => output.push((s, 1)),
                         Err(e) => record_error(&e6, format!("summary {key:?}"), e),
                     }

@@ -62,6 +62,7 @@ pub fn context(plan: Plan, workers: usize) -> Result<Ctx> {
         plan: Arc::new(plan),
         store,
         lm_threads,
+        pool: None,
     })
 }
 

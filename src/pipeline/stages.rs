@@ -50,6 +50,19 @@ pub struct Ctx {
     pub store: ArtifactStore,
     /// ONNX Runtime threads per worker.
     pub lm_threads: usize,
+    /// The worker's own thread pool for the numerics (set by the dataflow: each of the process's
+    /// workers gets its share of the cores); `None`: rayon's global pool.
+    pub pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Ctx {
+    /// Runs `f` in the worker's thread pool (see [`Ctx::pool`]).
+    pub fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        match &self.pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
 }
 
 /// A story as stored: its words and its fMRI grid.
