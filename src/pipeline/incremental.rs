@@ -472,7 +472,18 @@ pub fn status(plan: &Plan) -> Result<Status> {
         st.stale
             .push(format!("story `{s}` removed: its results are to be retracted"));
     }
-    let per_subject = plan.layers.len() * plan.file.encoding.feature_sets.len();
+    // fits per subject: as many as a subject of the last update has (taxonomy sets included),
+    // else layers × feature sets
+    let snap = m.snapshot();
+    let mut by_subject: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    for (k, _) in &snap.fits {
+        *by_subject.entry((k.story.as_str(), k.subject.as_str())).or_default() += 1;
+    }
+    let per_subject = by_subject
+        .values()
+        .copied()
+        .max()
+        .unwrap_or(plan.layers.len() * plan.file.encoding.feature_sets.len());
     let old_resp: BTreeMap<(&str, &str), &str> = m
         .responses
         .iter()
