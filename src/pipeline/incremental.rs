@@ -542,7 +542,8 @@ pub fn status(plan: &Plan) -> Result<Status> {
     Ok(st)
 }
 
-fn human(bytes: u64) -> String {
+/// A byte count for people (KiB, MiB, GiB).
+pub fn human_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
@@ -570,14 +571,14 @@ pub fn status_text(plan: &Plan, st: &Status) -> String {
         let _ = writeln!(s, "\ncached (artifacts of the last update):");
         let _ = writeln!(s, "  {:<22} {:>8} {:>12} {:>8}", "stage", "present", "size", "missing");
         for (stage, (n, b, miss)) in &st.cached {
-            let _ = writeln!(s, "  {stage:<22} {n:>8} {:>12} {miss:>8}", human(*b));
+            let _ = writeln!(s, "  {stage:<22} {n:>8} {:>12} {miss:>8}", human_bytes(*b));
         }
     }
     let _ = writeln!(
         s,
         "\nnot used by the last update: {} artifact(s), {} (`cortexflow prune {}` deletes them)",
         st.unused.0,
-        human(st.unused.1),
+        human_bytes(st.unused.1),
         plan.source.display()
     );
     if st.stale.is_empty() {
@@ -674,8 +675,4 @@ pub fn prune_pipelines(plans: &[Plan], dry_run: bool) -> Result<Vec<(PathBuf, Pr
         .into_iter()
         .map(|(store, ms)| prune(&store, &ms, dry_run).map(|r| (store, r)))
         .collect()
-}
-
-pub fn human_bytes(b: u64) -> String {
-    human(b)
 }
