@@ -174,17 +174,6 @@ fn cells(r: &Record) -> RecordCells<'_> {
     }
 }
 
-/// A record in words, e.g. `fit s18/alice/layer 9/sae`.
-pub fn describe(r: &Record) -> String {
-    let (kind, story, subject, layer, set, _) = cells(r);
-    let mut parts = vec![];
-    parts.extend(subject.map(String::from));
-    parts.extend(story.map(String::from));
-    parts.extend(layer.map(|l| format!("layer {l}")));
-    parts.extend(set.map(String::from));
-    format!("{kind} {}", parts.join("/"))
-}
-
 pub fn changes_batch(rows: &[ChangeRow]) -> Result<arrow::record_batch::RecordBatch> {
     let c: Vec<RecordCells<'_>> = rows.iter().map(|r| cells(&r.record)).collect();
     let opt = |f: &dyn Fn(&RecordCells<'_>) -> Option<String>| -> ArrayRef {
