@@ -70,7 +70,7 @@ fn main() {
     let n_subjects = full.result.snapshot.responses.len();
     println!(
         "from scratch: {n_subjects} subjects, layers {:?}, {} fits, {t_full:.1} s (compute by stage, summed over workers: {:?})",
-        full.result.snapshot.saes.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        full.result.snapshot.saes.iter().map(|((_, l), _)| *l).collect::<Vec<_>>(),
         full.result.snapshot.fits.len(),
         full.stage_seconds.iter().map(|(k, v)| format!("{k} {v:.0} s")).collect::<Vec<_>>()
     );
@@ -170,7 +170,7 @@ fn main() {
             let id = stages::put_roi(&ctx.store, &t).unwrap();
             epoch
                 .responses
-                .push(((ctx.plan.fmri().story.clone(), (t.subject.clone(), id)), 1));
+                .push(((ctx.plan.subjects[0].story.clone(), (t.subject.clone(), id)), 1));
         }
         let t0 = Instant::now();
         let r = dataflow::run(ctx.clone(), vec![epoch], w).unwrap();

@@ -5,6 +5,7 @@
 //! response files exist and have the declared number of rows and columns, layers are in the
 //! model's range, CV folds fit the data. See `pipelines/alice.toml` for a commented example.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,10 @@ pub struct PipelineFile {
     /// Responses of an fMRI pipeline; absent in a reading-time pipeline.
     #[serde(default)]
     pub fmri: Option<FmriSection>,
+    /// Simulated responses to every story, instead of `[fmri]` (for stimuli without recorded
+    /// responses here, e.g. Le Petit Prince).
+    #[serde(default)]
+    pub simulate: Option<SimulateSection>,
     /// Reading times (a reading-time pipeline: no `[[story]]`, no `[fmri]`).
     #[serde(default)]
     pub reading: Option<crate::reading::pipeline::ReadingSection>,
@@ -79,6 +84,11 @@ pub struct TaxonomySection {
     /// Encode PCA / random-projection / reconstruction-error / ablation baselines too.
     #[serde(default = "yes")]
     pub baselines: bool,
+    /// Encode the feature sets the labels define (categories, subcategories, random baselines:
+    /// their designs and fits). `false`: label the features only (feature_labels, feature_sets,
+    /// category_proportions), e.g. for the category proportions of a large multi-language run.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub encode_sets: bool,
     /// ROI → region (e.g. LATL = "AT"); ROIs not listed take no part in the topography.
     #[serde(default)]
     pub regions: std::collections::BTreeMap<String, String>,
@@ -187,10 +197,13 @@ pub struct StorySection {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FmriSection {
-    /// The story the responses were recorded for.
-    pub story: String,
+    /// The story the responses were recorded for. Leave it out when `subjects` contains
+    /// `{story}`: then every story (e.g. every run of Le Petit Prince) has its own files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub story: Option<String>,
     /// Response files, relative to the data root, with one `*` standing for the subject
-    /// (e.g. `alice_brennan2016/alice_data_shared/6mm/s*-timecourses.txt`).
+    /// (e.g. `alice_brennan2016/alice_data_shared/6mm/s*-timecourses.txt`), and optionally
+    /// `{story}` standing for each story's id (e.g. `lpp/sub-*/{story}_rois.tsv`).
     pub subjects: String,
     /// Column names of the response files, in order.
     pub rois: Vec<String>,
@@ -200,6 +213,54 @@ pub struct FmriSection {
     /// If non-empty, only these subjects are used.
     #[serde(default)]
     pub only_subjects: Vec<String>,
+}
+
+/// `[simulate]`: BOLD-like responses of simulated subjects to every story (in place of recorded
+/// ones): the same planted signal for every subject, each subject with its own AR(1) noise. The
+/// signal is a random mix (weights from `seed`, the same in every story) of two word-level
+/// regressors known without any model, word rate and word length in characters, convolved with
+/// the HRF and averaged per TR on each story's grid; `snr` = var(signal) / var(noise). See
+/// `encoding::simulate` for the model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SimulateSection {
+    /// Simulated subjects (`sim01`, `sim02`, …).
+    #[serde(default = "default_sim_subjects")]
+    pub subjects: usize,
+    /// Response columns ("ROIs" `t01`, `t02`, …) per subject.
+    #[serde(default = "default_sim_targets")]
+    pub targets: usize,
+    #[serde(default = "default_sim_snr")]
+    pub snr: f64,
+    /// AR(1) coefficient of the noise.
+    #[serde(default = "default_sim_ar1")]
+    pub noise_ar1: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_sim_subjects() -> usize {
+    4
+}
+fn default_sim_targets() -> usize {
+    8
+}
+fn default_sim_snr() -> f64 {
+    0.5
+}
+fn default_sim_ar1() -> f64 {
+    0.4
+}
+
+impl SimulateSection {
+    /// The simulated response columns' names.
+    pub fn target_names(&self) -> Vec<String> {
+        (1..=self.targets).map(|j| format!("t{j:02}")).collect()
+    }
+    /// The simulated subjects' ids.
+    pub fn subject_ids(&self) -> Vec<String> {
+        (1..=self.subjects).map(|s| format!("sim{s:02}")).collect()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -214,6 +275,11 @@ pub struct SaeSection {
     /// Also train on the stimulus words.
     #[serde(default = "yes")]
     pub include_stimulus: bool,
+    /// One SAE per language and layer, each trained on its language's texts only (default), so
+    /// that adding a language leaves the others' results unchanged; `false`: one SAE per layer
+    /// shared by all languages. The corpus files are in the first story's language.
+    #[serde(default = "yes")]
+    pub per_language: bool,
     /// "relu" (L1 penalty, the paper's; default) or "topk" (the `k` largest pre-activations per
     /// word, AuxK loss for dead latents; `l1` and `resample-every` are then unused).
     #[serde(default = "default_architecture", skip_serializing_if = "is_relu")]
@@ -265,7 +331,9 @@ pub struct EncodingSection {
     pub gap_trs: usize,
     /// Feature sets: "raw" (layer activations), "sae" (SAE codes), "sae-recon" (the SAE's
     /// reconstruction of the activations: METHOD.md §3's check that reconstructions predict the
-    /// brain as well as the raw activations, Δr ≈ 0.01 in the paper).
+    /// brain as well as the raw activations, Δr ≈ 0.01 in the paper), "controls" (lexical
+    /// controls without the LM: word rate, length, word frequency; the same design at every
+    /// layer, a reference line).
     pub feature_sets: Vec<String>,
     /// Word features → TRs: "hrf" (default, the paper's: impulses at word onsets convolved with
     /// the canonical HRF, averaged within each TR) or "lanczos-fir" (the Huth lab's: Lanczos
@@ -278,6 +346,22 @@ pub struct EncodingSection {
     /// Lanczos window (lobes) for "lanczos-fir" (default 3).
     #[serde(default = "default_lanczos_window")]
     pub lanczos_window: usize,
+    /// Word-frequency list of the `controls` feature set (word rate, length, Zipf frequency),
+    /// relative to the data root, `{language}` standing for each story's language: wordfreq's
+    /// lists as shipped in its PyPI package (default `wordfreq/large_{language}.msgpack.gz`).
+    #[serde(
+        default = "default_word_frequency",
+        skip_serializing_if = "is_default_word_frequency"
+    )]
+    pub word_frequency: String,
+}
+
+fn default_word_frequency() -> String {
+    "wordfreq/large_{language}.msgpack.gz".into()
+}
+
+fn is_default_word_frequency(s: &String) -> bool {
+    *s == default_word_frequency()
 }
 
 fn default_alignment() -> String {
@@ -305,6 +389,7 @@ impl Default for EncodingSection {
             alignment: default_alignment(),
             fir_delays: default_fir_delays(),
             lanczos_window: default_lanczos_window(),
+            word_frequency: default_word_frequency(),
         }
     }
 }
@@ -348,6 +433,9 @@ fn default_language() -> String {
 fn yes() -> bool {
     true
 }
+fn is_true(b: &bool) -> bool {
+    *b
+}
 fn default_corpus_words() -> usize {
     20_000
 }
@@ -384,6 +472,8 @@ fn default_seed() -> u64 {
 #[derive(Debug, Clone)]
 pub struct SubjectInput {
     pub id: String,
+    /// The story these responses were recorded for.
+    pub story: String,
     pub path: PathBuf,
     pub table: RoiTable,
 }
@@ -670,25 +760,52 @@ impl Plan {
         // TRs of the shortest fitted run (the folds must fit it)
         let mut fit_trs = stories.iter().map(|(s, _)| s.n_trs).min().unwrap_or(0);
         if let Some(fmri) = &fmri {
-            let Some((story_cfg, _)) = stories.iter().find(|(s, _)| s.id == fmri.story) else {
-                return Err(invalid(
-                    path,
-                    "fmri.story",
-                    format!("no [[story]] with id `{}`", fmri.story),
-                ));
-            };
-            fit_trs = story_cfg.n_trs;
-            let matched = match_subjects(&data_root, &fmri.subjects)?;
+            let per_story = fmri.subjects.contains("{story}");
+            let recorded: Vec<&(StorySection, Story)> =
+                match (&fmri.story, per_story) {
+                    (Some(_), true) => {
+                        return Err(invalid(
+                            path,
+                            "fmri.story",
+                            "leave it out when fmri.subjects has `{story}` (every story has its own files)",
+                        ))
+                    }
+                    (None, false) => return Err(invalid(
+                        path,
+                        "fmri.story",
+                        "missing: name the story the responses were recorded for, or put `{story}` in fmri.subjects",
+                    )),
+                    (None, true) => stories.iter().collect(),
+                    (Some(id), false) => match stories.iter().find(|(s, _)| &s.id == id) {
+                        Some(s) => vec![s],
+                        None => return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{id}`"))),
+                    },
+                };
             let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
-            for (id, p) in matched {
-                if fmri.exclude_subjects.contains(&id)
-                    || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
-                {
-                    continue;
+            let mut trs = Vec::new();
+            for (story_cfg, _) in recorded {
+                let pattern = fmri.subjects.replace("{story}", &story_cfg.id);
+                let matched = match per_story {
+                    // a story without files has no responses (e.g. a run a subject missed)
+                    true => match_subjects(&data_root, &pattern).unwrap_or_default(),
+                    false => match_subjects(&data_root, &pattern)?,
+                };
+                for (id, p) in matched {
+                    if fmri.exclude_subjects.contains(&id)
+                        || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
+                    {
+                        continue;
+                    }
+                    let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
+                    table.subject = id.clone();
+                    trs.push(story_cfg.n_trs);
+                    subjects.push(SubjectInput {
+                        id,
+                        story: story_cfg.id.clone(),
+                        path: p,
+                        table,
+                    });
                 }
-                let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
-                table.subject = id.clone();
-                subjects.push(SubjectInput { id, path: p, table });
             }
             if subjects.is_empty() {
                 return Err(invalid(
@@ -697,8 +814,75 @@ impl Plan {
                     format!("no file matches `{}` under {}", fmri.subjects, data_root.display()),
                 ));
             }
-        } else if file.taxonomy.is_some() {
-            return Err(invalid(path, "taxonomy", "needs responses: add an [fmri] section"));
+            fit_trs = trs.into_iter().min().unwrap_or(fit_trs);
+        }
+        if let Some(sim) = &file.simulate {
+            if fmri.is_some() {
+                return Err(invalid(
+                    path,
+                    "simulate",
+                    "a pipeline takes recorded ([fmri]) or simulated ([simulate]) responses, not both",
+                ));
+            }
+            if sim.subjects == 0 || sim.targets == 0 {
+                return Err(invalid(
+                    path,
+                    "simulate.subjects",
+                    "subjects and targets must be at least 1",
+                ));
+            }
+            if !(sim.snr > 0.0 && sim.snr.is_finite()) {
+                return Err(invalid(
+                    path,
+                    "simulate.snr",
+                    format!("must be positive and finite, found {}", sim.snr),
+                ));
+            }
+            if !(0.0..1.0).contains(&sim.noise_ar1) {
+                return Err(invalid(
+                    path,
+                    "simulate.noise-ar1",
+                    format!("must be in [0, 1), found {}", sim.noise_ar1),
+                ));
+            }
+        }
+        if fmri.is_none() && file.simulate.is_none() && file.taxonomy.is_some() {
+            return Err(invalid(
+                path,
+                "taxonomy",
+                "needs responses: add an [fmri] (or a [simulate]) section",
+            ));
+        }
+
+        // ---- languages: SAEs per language, or one shared by all
+        let languages: BTreeSet<&str> = stories.iter().map(|(s, _)| s.language.as_str()).collect();
+        if file.sae.per_language && !file.sae.include_stimulus && file.sae.pretrained.is_none() {
+            let corpus_language = stories.first().map(|(s, _)| s.language.as_str());
+            if let Some(l) = languages
+                .iter()
+                .find(|l| corpus.is_empty() || Some(**l) != corpus_language)
+            {
+                return Err(invalid(
+                    path,
+                    "sae.include-stimulus",
+                    format!(
+                        "the per-language SAE of `{l}` would have no training text: the corpus is in the first \
+                         story's language ({}); set include-stimulus = true or per-language = false",
+                        corpus_language.unwrap_or("none")
+                    ),
+                ));
+            }
+        }
+        if !file.sae.per_language && languages.len() > 1 && file.taxonomy.is_some() {
+            return Err(invalid(
+                path,
+                "sae.per-language",
+                format!(
+                    "the taxonomy labels features with one language's lexicon; with stories in {} \
+                     keep per-language = true",
+                    languages.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
 
         // ---- encoding parameters
@@ -722,12 +906,27 @@ impl Plan {
             ));
         }
         for fs in &e.feature_sets {
-            if !matches!(fs.as_str(), "raw" | "sae" | "sae-recon") {
+            if !matches!(fs.as_str(), "raw" | "sae" | "sae-recon" | "controls") {
                 return Err(invalid(
                     path,
                     "encoding.feature-sets",
-                    format!("unknown feature set `{fs}` (raw, sae, sae-recon)"),
+                    format!("unknown feature set `{fs}` (raw, sae, sae-recon, controls)"),
                 ));
+            }
+        }
+        if e.feature_sets.iter().any(|f| f == "controls") {
+            for lang in &languages {
+                let p = data_root.join(e.word_frequency.replace("{language}", lang));
+                if !p.is_file() {
+                    return Err(invalid(
+                        path,
+                        "encoding.word-frequency",
+                        format!(
+                            "the controls of the `{lang}` stories need a word-frequency list: {} does not exist",
+                            p.display()
+                        ),
+                    ));
+                }
             }
         }
         match e.alignment.as_str() {
@@ -839,7 +1038,29 @@ impl Plan {
         })
     }
 
-    /// The `[fmri]` section of an fMRI pipeline (validated to exist by [`Plan::load`]).
+    /// The response columns: the `[fmri]` ROIs, or the `[simulate]` targets (none without either).
+    pub fn response_columns(&self) -> Vec<String> {
+        match (&self.file.fmri, &self.file.simulate) {
+            (Some(f), _) => f.rois.clone(),
+            (None, Some(s)) => s.target_names(),
+            (None, None) => Vec::new(),
+        }
+    }
+
+    /// The word-frequency list of `language` (`[encoding] word-frequency`).
+    pub fn word_frequency_list(&self, language: &str) -> PathBuf {
+        self.data_root
+            .join(self.file.encoding.word_frequency.replace("{language}", language))
+    }
+
+    /// The languages of the stories, sorted.
+    pub fn languages(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.stories.iter().map(|(s, _)| &s.language).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// The `[fmri]` section of an fMRI pipeline with recorded responses (callers check that
+    /// `plan.subjects` is non-empty, which needs it).
     pub fn fmri(&self) -> &FmriSection {
         self.file
             .fmri

@@ -354,7 +354,10 @@ fn random_additions_replacements_and_removals_match_from_scratch_runs_on_1_2_4_w
             compared += 1;
         }
     }
-    assert_eq!(compared, 3, "fits, summary and sae_quality compared");
+    assert_eq!(
+        compared, 5,
+        "fits, summary, sae_quality, languages and language_layers compared"
+    );
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -502,7 +505,7 @@ fn a_run_killed_at_several_points_and_restarted_gives_the_uninterrupted_outputs(
     write_pipeline(&b, &root);
     run_ok(&a, &["run", "pipeline.toml", "-w", "2"]);
     let want = table_digest(&a.join("out"));
-    assert_eq!(want.lines().count(), 3, "{want}");
+    assert_eq!(want.lines().count(), 5, "{want}");
 
     // kill -9 when the store first holds LM activations, an SAE, some fits, and the tables
     let points: [(&str, usize); 4] = [("store/lm", 1), ("store/sae", 1), ("store/fit", 3), ("out", 2)];

@@ -276,72 +276,118 @@ fn the_three_language_pipelines_read_nine_runs_each() {
     }
 }
 
-/// A pipeline without [fmri] (no LPP responses here) runs the Chinese words of run 1 through the
-/// LM and a per-language SAE to the designs, and says so in its report.
+/// The three-language pipeline cut to run 1 of each language (layer 9, a short SAE run, 3
+/// simulated subjects) against the English-only pipeline cut the same way, in one store:
+/// languages do not interfere. The English SAE of the three-language run has the same content id
+/// as the English-only one (its inputs are exactly the English words, so it is not retrained: two
+/// SAEs are trained, French and Chinese), and every English row of fits, summary and sae_quality
+/// is identical, q-values included (FDR families are per language). The cross-language tables
+/// have one row per language, read back by polars.
 #[test]
-fn a_chinese_run_without_responses_stops_at_the_designs() {
+fn an_english_only_run_and_a_three_language_run_give_the_same_english_results() {
     let tmp = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("pipelines/lpp-zh.toml")).unwrap();
+    let text = std::fs::read_to_string(root.join("pipelines/lpp-all.toml")).unwrap();
     let (head, rest) = text.split_once("[[story]]").unwrap();
-    let first = rest.split("[[story]]").next().unwrap();
-    let (_, sae) = text.split_once("[sae]").unwrap();
-    let plan_text = format!(
-        "{}[[story]]{}[sae]{}",
-        head.replace("layers = [9, 15, 21]", "layers = [9]").replace(
-            "output = \"runs/lpp-zh\"",
-            &format!(
-                "output = {:?}\nstore = {:?}",
-                tmp.path().join("out").to_str().unwrap(),
-                tmp.path().join("store").to_str().unwrap()
-            )
-        ),
-        first.split("[sae]").next().unwrap(),
-        sae.replace("steps = 2000", "steps = 20")
+    let (_, tail) = rest.split_once("\n[simulate]").unwrap();
+    let tail = tail.split("\n[taxonomy]").next().unwrap();
+    let run1 = |lang: &str| {
+        rest.split("[[story]]")
+            .find(|s| s.contains(&format!("id = \"lpp-{lang}-run1\"")))
+            .map(|s| format!("[[story]]{}", s.split("\n[simulate]").next().unwrap()))
+            .unwrap()
+    };
+    let plan_text = |name: &str, langs: &[&str]| {
+        format!(
+            "{}{}\n[simulate]{}",
+            head.replace("layers = [9, 15, 21]", "layers = [9]")
+                .replace("name = \"lpp-all\"", &format!("name = \"{name}\""))
+                .replace(
+                    "output = \"runs/lpp-all\"",
+                    &format!(
+                        "output = {:?}\nstore = {:?}",
+                        tmp.path().join(name).to_str().unwrap(),
+                        tmp.path().join("store").to_str().unwrap()
+                    )
+                ),
+            langs.iter().map(|l| run1(l)).collect::<String>(),
+            tail.replace("subjects = 4", "subjects = 3")
+                .replace("steps = 2000", "steps = 20")
+        )
+    };
+    let mut outs = Vec::new();
+    let mut reports = Vec::new();
+    for (name, langs) in [("en-only", vec!["en"]), ("three", vec!["en", "fr", "zh"])] {
+        let p = tmp.path().join(format!("{name}.toml"));
+        std::fs::write(&p, plan_text(name, &langs)).unwrap();
+        let plan = Plan::load(&p).unwrap();
+        assert_eq!(plan.languages(), langs);
+        outs.push(plan.output.clone());
+        reports.push(pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap());
+    }
+    let stats = &reports[1].result.stats;
+    assert_eq!(stats.computed.get("sae"), Some(&2), "French and Chinese SAEs only");
+    assert_eq!(
+        reports[1]
+            .result
+            .snapshot
+            .saes
+            .iter()
+            .find(|((g, _), _)| g == "en")
+            .map(|(_, a)| a),
+        reports[0].result.snapshot.saes.iter().next().map(|(_, a)| a),
+        "the English SAE is the same artifact"
     );
-    let p = tmp.path().join("zh.toml");
-    std::fs::write(&p, plan_text).unwrap();
-    let plan = Plan::load(&p).unwrap();
-    assert_eq!(plan.stories.len(), 1);
-    assert!(plan.subjects.is_empty());
-    let out = plan.output.clone();
-    let report = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
-    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
-    assert!(
-        md.contains("No [fmri] section") && md.contains("`lpp-zh-run1` (zh, 1753 words, 288 TRs)"),
-        "{md}"
-    );
-    // one raw and one SAE design of the run's 288 TRs
-    let mut shapes: Vec<Vec<u64>> = walk(&tmp.path().join("store/design"))
+    let saes: Vec<String> = reports[1]
+        .result
+        .snapshot
+        .saes
         .iter()
-        .map(|f| {
-            // safetensors: 8-byte little-endian header length, then the JSON header
-            let bytes = std::fs::read(f).unwrap();
-            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-            let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-            serde_json::from_value(h["x"]["shape"].clone()).unwrap()
+        .map(|((g, _), _)| g.clone())
+        .collect();
+    assert_eq!(saes, ["en", "fr", "zh"]);
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         a, b = sys.argv[1], sys.argv[2]\n\
+         for t in ['fits', 'summary', 'sae_quality']:\n\
+         \x20   x = pl.read_parquet(f'{a}/{t}.parquet')\n\
+         \x20   y = pl.read_parquet(f'{b}/{t}.parquet').filter(pl.col('language') == 'en')\n\
+         \x20   print(t, x.height > 0, x['language'].unique().to_list() == ['en'], x.equals(y))\n\
+         f = pl.read_parquet(f'{b}/fits.parquet')\n\
+         c = f.filter(pl.col('feature_set') == 'controls')\n\
+         print(c['n_features'].unique().to_list(), c.height == 3 * 3 * 8, bool(c['r'].is_not_null().all()))\n\
+         print(sorted(f.group_by('language').agg(pl.col('n_trs').max())['n_trs'].to_list()),\n\
+         \x20     f.select(pl.struct('language', 'subject').n_unique()).item())\n\
+         l = pl.read_parquet(f'{b}/languages.parquet')\n\
+         print(l['language'].to_list(), l['n_subjects'].to_list(), l['sae_group'].to_list())\n\
+         print(l['n_words'].to_list(), bool((l['tokens_per_word'] >= 1).all()))\n\
+         p = pl.read_parquet(f'{b}/language_layers.parquet')\n\
+         print(p.filter(pl.col('peak')).sort('language', 'feature_set').select('language', 'feature_set', 'layer').rows())",
+        &[outs[0].to_str().unwrap(), outs[1].to_str().unwrap()],
+    );
+    let words: Vec<usize> = ["en", "fr", "zh"]
+        .iter()
+        .map(|l| {
+            let p = tmp.path().join(format!("{l}.toml"));
+            std::fs::write(&p, plan_text(l, &[l])).unwrap();
+            Plan::load(&p).unwrap().stories[0].1.words.len()
         })
         .collect();
-    shapes.sort();
-    assert_eq!(shapes, vec![vec![288, 576], vec![288, 2304]], "raw and SAE designs");
-    assert!(
-        report.result.stats.computed.get("fit").is_none(),
-        "no fits without responses"
+    assert_eq!(words[2], 1753, "Chinese run 1: the annotation's words");
+    assert_eq!(
+        check.trim(),
+        format!(
+            "fits True True True\nsummary True True True\nsae_quality True True True\n\
+             [3] True True\n\
+             [283, 288, 311] 9\n\
+             ['en', 'fr', 'zh'] [3, 3, 3] ['en', 'fr', 'zh']\n\
+             {words:?} True\n\
+             [('en', 'controls', 9), ('en', 'raw', 9), ('en', 'sae', 9), ('fr', 'controls', 9), ('fr', 'raw', 9), \
+             ('fr', 'sae', 9), ('zh', 'controls', 9), ('zh', 'raw', 9), ('zh', 'sae', 9)]"
+        )
     );
-    assert!(report.result.snapshot.fits.is_empty());
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    let md = std::fs::read_to_string(outs[1].join("report.md")).unwrap();
+    assert!(md.contains("## Languages") && md.contains("| zh | 1 | 1753 |"), "{md}");
 }
 
 /// Prediction-error features need the raw set and a pair of analysed layers Δ apart.
@@ -534,4 +580,79 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         report.contains("Agreement of the built-in labels with"),
         "report states the agreement"
     );
+}
+
+/// `[fmri] subjects` with `{story}`: every story has its own response files (the nine runs of
+/// Le Petit Prince per subject, say). Two stories here, "a" and "b" (both the Alice stimulus):
+/// s18 and s22 heard "a", only s18 heard "b"; each file is read with its story's TRs. Naming a
+/// story as well, or neither, is an error that says what to do.
+#[test]
+fn responses_per_story_come_from_a_story_pattern() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = support::data_root().canonicalize().unwrap();
+    let real = data.join("alice_brennan2016");
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(root.join("alice_brennan2016")).unwrap();
+    std::os::unix::fs::symlink(
+        real.join("alice_stim_shared"),
+        root.join("alice_brennan2016/alice_stim_shared"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(data.join("corpora_text"), root.join("corpora_text")).unwrap();
+    for (story, s) in [("a", "s18"), ("a", "s22"), ("b", "s18")] {
+        let dir = root.join("resp").join(story);
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = format!("{s}-timecourses.txt");
+        let text = std::fs::read_to_string(real.join("alice_data_shared/6mm").join(&f)).unwrap();
+        // run "b" is 300 volumes long
+        let n = if story == "b" { 300 } else { 362 };
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        std::fs::write(dir.join(&f), lines.join("\n") + "\n").unwrap();
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let (head, rest) = text.split_once("[[story]]").unwrap();
+    let (story, rest) = rest.split_once("[fmri]").unwrap();
+    let write = |fmri: &str| {
+        let t = format!(
+            "{}[[story]]{}[[story]]{}[fmri]{}",
+            head.replace(
+                "name = \"alice-small\"",
+                &format!("name = \"per-story\"\ndata-root = {:?}", root.to_str().unwrap())
+            ),
+            story.replace("id = \"alice\"", "id = \"a\""),
+            story
+                .replace("id = \"alice\"", "id = \"b\"")
+                .replace("n-trs = 362", "n-trs = 300"),
+            rest.replace("story = \"alice\"\n", fmri)
+                .replace("alice_brennan2016/alice_data_shared/6mm/s*", "resp/{story}/s*")
+        );
+        let p = tmp.path().join("p.toml");
+        std::fs::write(&p, t).unwrap();
+        Plan::load(&p)
+    };
+    let plan = write("").unwrap();
+    let got: Vec<(String, String, usize)> = plan
+        .subjects
+        .iter()
+        .map(|s| (s.story.clone(), s.id.clone(), s.table.data.nrows()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a".to_string(), "s18".to_string(), 362),
+            ("a".into(), "s22".into(), 362),
+            ("b".into(), "s18".into(), 300)
+        ]
+    );
+    let inputs = pipeline::input_records(&plan, None).unwrap();
+    let keys: Vec<(String, String)> = inputs
+        .responses
+        .iter()
+        .map(|(st, (s, _))| (st.clone(), s.clone()))
+        .collect();
+    assert_eq!(keys.len(), 3);
+    assert!(inputs.subject_files.contains_key(&("b".to_string(), "s18".to_string())));
+    let e = write("story = \"a\"\n").unwrap_err().to_string();
+    assert!(e.contains("fmri.story") && e.contains("leave it out"), "{e}");
 }

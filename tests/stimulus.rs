@@ -349,19 +349,53 @@ fn plain_text_tokens_keep_punctuation() {
     assert!(s.words.iter().all(|w| w.onset_s.is_none() && w.offset_s.is_none()));
 }
 
+/// Chinese plain text is segmented by jieba, never split on whitespace: the Chinese LPP
+/// annotation's words of run 1, joined into one text without separators, come back as words
+/// that cover the same characters, most of them exactly the annotation's words.
 #[test]
-fn chinese_plain_text_is_rejected() {
+fn chinese_plain_text_is_segmented_not_split_on_whitespace() {
     let opts = ReadOptions {
         language: "zh".into(),
         ..Default::default()
     };
-    let err = read_story(fixture("story.txt"), None, &opts).unwrap_err();
-    assert!(matches!(err, Error::Invalid(_)), "{err:?}");
-    let m = err.to_string();
-    assert!(m.contains("story.txt") && m.contains("segmented word table"), "{m}");
-    // A segmented zh word table is fine.
+    // A segmented zh word table keeps its own words.
     let s = read_story(fixture("onsetless.tsv"), None, &opts).unwrap();
     assert_eq!(s.language, "zh");
+    let table = read_story(
+        data_root().join("lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv"),
+        None,
+        &ReadOptions {
+            language: "zh".into(),
+            run: Some(cortexflow::stimulus::RunSelect {
+                run: 1,
+                column: Some("section".into()),
+            }),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let text: String = table.words.iter().map(|w| w.text.as_str()).collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("lpp-zh-run1.txt");
+    std::fs::write(&p, &text).unwrap();
+    let seg = read_story(&p, None, &opts).unwrap();
+    let strip = |s: &str| s.chars().filter(|c| c.is_alphanumeric()).collect::<String>();
+    assert_eq!(
+        strip(&seg.words.iter().map(|w| w.text.as_str()).collect::<String>()),
+        strip(&text),
+        "the same characters in the same order"
+    );
+    let annotated: std::collections::HashSet<String> = table.words.iter().map(|w| strip(&w.text)).collect();
+    let same = seg.words.iter().filter(|w| annotated.contains(&strip(&w.text))).count();
+    let share = same as f64 / seg.words.len() as f64;
+    println!(
+        "jieba: {} words for the annotation's {}; {share:.3} of them are annotation words",
+        seg.words.len(),
+        table.words.len()
+    );
+    assert!(share > 0.85, "{share}");
+    let ratio = seg.words.len() as f64 / table.words.len() as f64;
+    assert!((0.7..1.3).contains(&ratio), "{ratio}");
 }
 
 #[test]
@@ -538,4 +572,68 @@ fn lpp_word_tables_split_into_their_nine_runs() {
     };
     let e = read_story(&p, None, &opts).unwrap_err().to_string();
     assert!(e.contains("row 3") && e.contains("section") && e.contains("one"), "{e}");
+}
+
+/// wordfreq's lists as shipped in its PyPI package (msgpack.gz), decoded here, against the TSV
+/// exports of the same lists in ../shared/data/wordfreq (word, Zipf to 2 decimals): every word of
+/// the export has our Zipf to ±0.005, in all three languages. Then the LPP words' coverage by the
+/// large lists: most words of each language's tables have a frequency.
+#[test]
+fn wordfreq_lists_decode_to_their_tsv_exports_in_three_languages() {
+    use cortexflow::stimulus::wordfreq::WordFrequencies;
+    let dir = data_root().join("wordfreq");
+    for lang in ["en", "fr", "zh"] {
+        let f = WordFrequencies::load(&dir.join(format!("small_{lang}.msgpack.gz"))).unwrap();
+        let tsv = std::fs::read_to_string(dir.join(format!("small_{lang}_zipf.tsv"))).unwrap();
+        let mut n = 0;
+        for (i, line) in tsv.lines().enumerate().skip(1) {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let want: f64 = cols[1].parse().unwrap();
+            let got = f
+                .listed(cols[0])
+                .unwrap_or_else(|| panic!("{lang} line {}: `{}` not found", i + 1, cols[0]));
+            assert!(
+                (got - want).abs() <= 0.005 + 1e-9,
+                "{lang} `{}`: {got} vs {want}",
+                cols[0]
+            );
+            n += 1;
+        }
+        assert!(n > 20_000, "{lang}: {n} words in the export");
+        assert!(f.len() >= n, "{lang}: {} words decoded, {n} exported", f.len());
+    }
+    for (lang, path, run_column, at_least) in [
+        ("en", "lpp_en_ivanova/lpp_en_regressors.csv", None, 0.97),
+        (
+            "fr",
+            "lpp_fr_neurospin/lppFR_word_information.csv",
+            Some("section"),
+            0.97,
+        ),
+        (
+            "zh",
+            "lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv",
+            Some("section"),
+            0.95,
+        ),
+    ] {
+        let f = WordFrequencies::load(&dir.join(format!("large_{lang}.msgpack.gz"))).unwrap();
+        let opts = ReadOptions {
+            language: lang.into(),
+            skip_empty_words: true,
+            run: Some(cortexflow::stimulus::RunSelect {
+                run: 1,
+                column: run_column.map(String::from),
+            }),
+            ..Default::default()
+        };
+        let story = read_story(data_root().join(path), None, &opts).unwrap();
+        let found = story.words.iter().filter(|w| f.zipf(&w.text).is_some()).count();
+        let share = found as f64 / story.words.len() as f64;
+        println!(
+            "{lang}: {found} of {} run-1 words in large_{lang} ({share:.3})",
+            story.words.len()
+        );
+        assert!(share >= at_least, "{lang}: coverage {share:.3}");
+    }
 }

@@ -4,13 +4,17 @@
 //! Records carry artifact ids (content hashes); the arrays live in the artifact store. The graph:
 //! ```text
 //! stories(story, art) ∪ corpus(doc, art) ──reduce per text: LM──▶ acts(text, layer, act)
-//! acts ──reduce per layer: train SAE──▶ saes(layer, sae)
+//! acts ──reduce per (language, layer): train SAE──▶ saes((language, layer), sae)
 //! acts ⋈ saes ──reduce per (story, layer): encode──▶ codes(story, layer, codes)
 //! (acts ∪ codes) ⋈ stories ──reduce per (story, layer, set): HRF + TR average──▶ designs
 //! designs ⋈ responses(story, subject, roi) ──reduce per (subject, story, layer, set): ridge──▶ fits
 //! fits ──reduce per (story, layer, set) over subjects: mean r, bootstrap CI──▶ summaries
 //! ```
-//! With `[taxonomy]`: (acts, codes, words) per (story, layer) ⋈ saes ──reduce per layer: Label──▶
+//! The language is a key: each text's language comes out of the LM stage, and SAEs and labels
+//! are per (language, layer) (`[sae] per-language`, the default; otherwise one SAE group
+//! `all`), so the stories of one language never reach another language's SAE.
+//! With `[taxonomy]`: (acts, codes, words) per (story, layer) ⋈ saes ──reduce per (language,
+//! layer): Label──▶
 //! labels and feature sets; sets ⋈ SAE designs ──reduce per (story, layer, set): DerivedDesign──▶
 //! designs; (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ raw design ──reduce per (story, ℓ): PredError──▶ the
 //! `raw+pred-error` design; SAE designs ⋈ labels ⋈ responses ──reduce per (subject, story, layer):
@@ -42,6 +46,11 @@ use crate::{Error, Result};
 pub type StoryRec = (String, ArtifactId);
 /// (story id, (subject, response artifact))
 pub type ResponseRec = (String, (String, ArtifactId));
+/// (SAE group, layer): the group is the texts' language with `[sae] per-language` (the default),
+/// else [`SHARED_SAE_GROUP`].
+pub type SaeKey = (String, usize);
+/// The SAE group of every text when one SAE is shared by all languages.
+pub const SHARED_SAE_GROUP: &str = "all";
 
 /// Input changes applied at one timestamp.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,13 +85,13 @@ pub enum Record {
     Response(String, String, ArtifactId),
     /// (story, words artifact)
     Words(String, ArtifactId),
-    /// (layer, SAE artifact)
-    Sae(usize, ArtifactId),
+    /// ((SAE group: the language, or `all`), layer), SAE artifact)
+    Sae(SaeKey, ArtifactId),
     Fit(FitKey, ArtifactId),
     /// ((story, layer, feature set), summary artifact)
     Summary((String, usize, String), ArtifactId),
-    /// (layer, labels artifact)
-    Labels(usize, ArtifactId),
+    /// ((SAE group, layer), labels artifact)
+    Labels(SaeKey, ArtifactId),
     /// ((subject, story, layer), variance-partition artifact)
     Partition((String, String, usize), ArtifactId),
     /// ((story, layer), `raw+pred-error` design)
@@ -107,13 +116,13 @@ pub struct Snapshot {
     pub responses: BTreeSet<((String, String), ArtifactId)>,
     /// (story, words artifact)
     pub words: BTreeSet<(String, ArtifactId)>,
-    /// (layer, SAE artifact)
-    pub saes: BTreeSet<(usize, ArtifactId)>,
+    /// ((SAE group, layer), SAE artifact)
+    pub saes: BTreeSet<(SaeKey, ArtifactId)>,
     pub fits: BTreeSet<(FitKey, ArtifactId)>,
     /// ((story, layer, feature set), summary artifact)
     pub summaries: BTreeSet<((String, usize, String), ArtifactId)>,
-    /// (layer, feature-taxonomy labels artifact), with `[taxonomy]`
-    pub labels: BTreeSet<(usize, ArtifactId)>,
+    /// ((SAE group, layer), feature-taxonomy labels artifact), with `[taxonomy]`
+    pub labels: BTreeSet<(SaeKey, ArtifactId)>,
     /// ((subject, story, layer), variance-partition artifact), with `[taxonomy] variance-partition`
     pub partitions: BTreeSet<((String, String, usize), ArtifactId)>,
     /// ((story, layer), `raw+pred-error` design id = its `pred-error-record` id), with
@@ -155,14 +164,14 @@ impl Snapshot {
                 .map(|((st, sub), a)| Record::Response(st.clone(), sub.clone(), a.clone())),
         );
         v.extend(self.words.iter().map(|(k, a)| Record::Words(k.clone(), a.clone())));
-        v.extend(self.saes.iter().map(|(k, a)| Record::Sae(*k, a.clone())));
+        v.extend(self.saes.iter().map(|(k, a)| Record::Sae(k.clone(), a.clone())));
         v.extend(self.fits.iter().map(|(k, a)| Record::Fit(k.clone(), a.clone())));
         v.extend(
             self.summaries
                 .iter()
                 .map(|(k, a)| Record::Summary(k.clone(), a.clone())),
         );
-        v.extend(self.labels.iter().map(|(k, a)| Record::Labels(*k, a.clone())));
+        v.extend(self.labels.iter().map(|(k, a)| Record::Labels(k.clone(), a.clone())));
         v.extend(
             self.partitions
                 .iter()
@@ -399,8 +408,10 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let feature_sets: Vec<String> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
+    let per_language = ctx.plan.file.sae.per_language;
     let taxonomy_on = ctx.plan.file.taxonomy.is_some();
     let partition_on = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.variance_partition);
+    let encode_sets = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.encode_sets);
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
 
     let guards = timely::execute(topology.config(), move |worker| {
@@ -441,15 +452,19 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     if *diff <= 0 {
                         continue;
                     }
-                    let mut run = || -> Result<stages::LmOutputs> {
+                    let mut run = || -> Result<(String, stages::LmOutputs)> {
                         let st: StoredStory = c1.store.load_json("story", art)?;
-                        stages::lm_stage(&c1, &mut model, &st.story)
+                        let group = match per_language {
+                            true => st.story.language.clone(),
+                            false => SHARED_SAE_GROUP.to_string(),
+                        };
+                        Ok((group, stages::lm_stage(&c1, &mut model, &st.story)?))
                     };
                     match run() {
-                        Ok(out) => {
-                            output.push(((None, out.words), 1));
+                        Ok((group, out)) => {
+                            output.push(((group.clone(), None, out.words), 1));
                             for (l, id) in out.layers {
-                                output.push(((Some(l), id), 1));
+                                output.push(((group.clone(), Some(l), id), 1));
                             }
                         }
                         Err(e) => record_error(&e1, format!("LM on `{text}`"), e),
@@ -458,38 +473,41 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             });
             let story_words = acts
                 .clone()
-                .flat_map(|((is_story, text), (layer, id))| (is_story && layer.is_none()).then_some((text, id)));
+                .flat_map(|((is_story, text), (_, layer, id))| (is_story && layer.is_none()).then_some((text, id)));
             let rec_words = story_words.clone().map(|(s, a)| Record::Words(s, a));
 
-            // ---- one SAE per layer
+            // ---- one SAE per (language, layer)
             let (c2, e2) = (ctx.clone(), errors.clone());
             let saes = acts
                 .clone()
-                .flat_map(move |((is_story, _), (layer, id))| {
-                    layer.filter(|_| !is_story || include_stimulus).map(|l| (l, id))
+                .flat_map(move |((is_story, _), (group, layer, id))| {
+                    layer
+                        .filter(|_| !is_story || include_stimulus)
+                        .map(|l| ((group, l), id))
                 })
-                .reduce_named("SAE", move |layer, input, output| {
+                .reduce_named("SAE", move |(group, layer), input, output| {
                     let ids: Vec<ArtifactId> = input
                         .iter()
                         .filter(|(_, d)| *d > 0)
                         .map(|(a, _)| (*a).clone())
                         .collect();
-                    match c2.install(|| stages::sae_stage(&c2, *layer, &ids)) {
+                    match c2.install(|| stages::sae_stage(&c2, group, *layer, &ids)) {
                         Ok(id) => output.push((id, 1)),
-                        Err(e) => record_error(&e2, format!("SAE of layer {layer}"), e),
+                        Err(e) => record_error(&e2, format!("SAE of `{group}` layer {layer}"), e),
                     }
                 });
-            let rec_saes = saes.clone().map(|(l, a)| Record::Sae(l, a));
+            let rec_saes = saes.clone().map(|(k, a)| Record::Sae(k, a));
 
             // ---- per (story, layer): SAE codes
-            let story_acts =
-                acts.flat_map(|((is_story, story), (layer, id))| layer.filter(|_| is_story).map(|l| (l, (story, id))));
+            let story_acts = acts.flat_map(|((is_story, story), (group, layer, id))| {
+                layer.filter(|_| is_story).map(|l| ((group, l), (story, id)))
+            });
             let story_acts_tax = story_acts.clone();
             let (c3, e3) = (ctx.clone(), errors.clone());
             let codes = story_acts
                 .clone()
                 .join(saes.clone())
-                .map(|(layer, ((story, act), sae))| ((story, layer), (act, sae)))
+                .map(|((_, layer), ((story, act), sae))| ((story, layer), (act, sae)))
                 .reduce_named("Encode", move |(story, layer), input, output| {
                     for ((act, sae), diff) in input {
                         if *diff > 0 {
@@ -508,7 +526,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 .clone()
                 .filter(move |_| want_recon)
                 .join(saes.clone())
-                .map(|(layer, ((story, act), sae))| ((story, layer), (act, sae)))
+                .map(|((_, layer), ((story, act), sae))| ((story, layer), (act, sae)))
                 .reduce_named("Reconstruct", move |(story, layer), input, output| {
                     for ((act, sae), diff) in input {
                         if *diff > 0 {
@@ -521,12 +539,42 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 })
                 .map(|((story, layer), id)| (story, (layer, "sae-recon".to_string(), "recon".to_string(), id)));
 
+            // ---- per story: lexical controls (feature set "controls"), the same design at every
+            // layer (its fits are computed once: same design and responses, same fit artifact)
+            let want_controls = feature_sets.iter().any(|f| f == "controls");
+            let layers = ctx.plan.layers.clone();
+            let (c12, e12) = (ctx.clone(), errors.clone());
+            let controls = stories
+                .clone()
+                .filter(move |_| want_controls)
+                .reduce_named("Controls", move |story, input, output| {
+                    for (art, diff) in input {
+                        if *diff > 0 {
+                            match c12.install(|| stages::controls_stage(&c12, art)) {
+                                Ok(id) => output.push((id, 1)),
+                                Err(e) => record_error(&e12, format!("controls of `{story}`"), e),
+                            }
+                        }
+                    }
+                })
+                .flat_map(move |(story, id)| {
+                    layers
+                        .iter()
+                        .map(|l| {
+                            (
+                                story.clone(),
+                                (*l, "controls".to_string(), "controls".to_string(), id.clone()),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                });
+
             // ---- designs per (story, layer, feature set)
             let want_raw = feature_sets.iter().any(|f| f == "raw");
             let want_sae = feature_sets.iter().any(|f| f == "sae");
             let raw = story_acts
                 .filter(move |_| want_raw)
-                .map(|(layer, (story, id))| (story, (layer, "raw".to_string(), "lm".to_string(), id)));
+                .map(|((_, layer), (story, id))| (story, (layer, "raw".to_string(), "lm".to_string(), id)));
             let sae_feats = codes
                 .clone()
                 .filter(move |_| want_sae)
@@ -535,6 +583,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             let designs = raw
                 .concat(sae_feats)
                 .concat(recons)
+                .concat(controls)
                 .join(stories.clone())
                 .map(|(story, ((layer, set, stage, id), story_art))| ((story, layer, set), (story_art, stage, id)))
                 .reduce_named("Design", move |(story, layer, set), input, output| {
@@ -552,20 +601,20 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             // per (story, layer, set): categories, subcategories and their baselines
             let story_layers = story_acts_tax
                 .filter(move |_| taxonomy_on)
-                .map(|(layer, (story, act))| ((story, layer), act))
+                .map(|((group, layer), (story, act))| ((story, layer), (group, act)))
                 .join(codes.clone())
-                .map(|((story, layer), (act, codes))| (story, (layer, act, codes)))
+                .map(|((story, layer), ((group, act), codes))| (story, (group, layer, act, codes)))
                 .join(story_words)
                 .join(stories.clone())
-                .map(|(story, (((layer, act, codes), words), story_art))| {
-                    ((story.clone(), layer), (story, story_art, act, codes, words))
+                .map(|(story, (((group, layer, act, codes), words), story_art))| {
+                    ((story.clone(), layer), (group, (story, story_art, act, codes, words)))
                 });
             let (c8, e8) = (ctx.clone(), errors.clone());
             let labels = story_layers
                 .clone()
-                .map(|((_, layer), t)| (layer, t))
+                .map(|((_, layer), (group, t))| ((group, layer), t))
                 .join(saes.clone())
-                .reduce_named("Label", move |layer, input, output| {
+                .reduce_named("Label", move |(group, layer), input, output| {
                     let mut sae = None;
                     let mut items = Vec::new();
                     for ((t, s), d) in input {
@@ -581,22 +630,26 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                                 output.push(((set, id.clone()), 1));
                             }
                         }
-                        Err(e) => record_error(&e8, format!("labels of layer {layer}"), e),
+                        Err(e) => record_error(&e8, format!("labels of `{group}` layer {layer}"), e),
                     }
                 });
-            let labels_by_layer = labels.clone().map(|(layer, (_, id))| (layer, id)).distinct();
-            let rec_labels = labels_by_layer.clone().map(|(l, a)| Record::Labels(l, a));
+            let labels_by_key = labels.clone().map(|(key, (_, id))| (key, id)).distinct();
+            let rec_labels = labels_by_key.clone().map(|(k, a)| Record::Labels(k, a));
+            // (story, layer) → its SAE key, for the joins below
+            let story_key = story_layers
+                .clone()
+                .map(|((story, layer), (group, _))| ((story, layer), (group, layer)));
             let story_layers_pe = story_layers.clone();
             let (c9, e9) = (ctx.clone(), errors.clone());
             let derived = designs
                 .clone()
-                .filter(|((_, _, set), _)| set == "sae")
+                .filter(move |((_, _, set), _)| encode_sets && set == "sae")
                 .map(|((story, layer, _), d)| ((story, layer), d))
                 .join(story_layers)
-                .map(|((story, layer), (d, t))| (layer, (story, d, t)))
+                .map(|((story, layer), (d, (group, t)))| ((group, layer), (story, d, t)))
                 .join(saes.clone())
                 .join(labels)
-                .map(|(layer, (((story, d, t), sae), (set, lid)))| ((story, layer, set), (d, t, sae, lid)))
+                .map(|((_, layer), (((story, d, t), sae), (set, lid)))| ((story, layer, set), (d, t, sae, lid)))
                 .reduce_named("DerivedDesign", move |(story, layer, set), input, output| {
                     for ((d, t, sae, lid), diff) in input {
                         if *diff > 0 {
@@ -616,9 +669,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             let delta = pe_delta.unwrap_or(0);
             let pe_base = story_layers_pe
                 .filter(move |_| pe_delta.is_some())
-                .map(|((story, layer), t)| (layer, (story, t)))
+                .map(|((story, layer), (group, t))| ((group, layer), (story, t)))
                 .join(saes.clone())
-                .map(|(layer, ((story, t), sae))| ((story, layer), (t.1, t.3, sae)));
+                .map(|((_, layer), ((story, t), sae))| ((story, layer), (t.1, t.3, sae)));
             let pe_from = pe_base
                 .clone()
                 .map(move |((story, layer), (_, codes, sae))| ((story, layer + delta), (codes, sae)));
@@ -660,9 +713,11 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             let partitions = designs
                 .clone()
                 .filter(move |((_, _, set), _)| partition_on && set == "sae")
-                .map(|((story, layer, _), d)| (layer, (story, d)))
-                .join(labels_by_layer)
-                .map(|(layer, ((story, d), lid))| (story, (layer, d, lid)))
+                .map(|((story, layer, _), d)| ((story, layer), d))
+                .join(story_key)
+                .map(|((story, _), (d, key))| (key, (story, d)))
+                .join(labels_by_key)
+                .map(|((_, layer), ((story, d), lid))| (story, (layer, d, lid)))
                 .join(responses.clone())
                 .map(|(story, ((layer, d, lid), (subject, roi)))| ((subject, story, layer), (d, lid, roi)))
                 .reduce_named("Partition", move |key, input, output| {

@@ -163,21 +163,8 @@ pub fn simulate_responses(design: ArrayView2<f64>, opts: &SimulationOptions) -> 
             col += &part;
         }
     }
-    // AR(1) noise per target, unit sample variance
     let mut responses = signal.clone();
-    let phi = opts.noise_ar1;
-    for j in 0..t {
-        let mut e = vec![0.0; n];
-        e[0] = rng.normal() / (1.0 - phi * phi).sqrt();
-        for i in 1..n {
-            e[i] = phi * e[i - 1] + rng.normal();
-        }
-        let mean = e.iter().sum::<f64>() / n as f64;
-        let sd = sample_sd(&e);
-        for i in 0..n {
-            responses[[i, j]] += (e[i] - mean) / sd;
-        }
-    }
+    add_ar1_noise(&mut responses, opts.noise_ar1, &mut rng);
     let ceiling_r = (0..t)
         .map(|j| pearson(&signal.column(j).to_vec(), &responses.column(j).to_vec()))
         .collect();
@@ -195,6 +182,45 @@ pub fn simulate_responses(design: ArrayView2<f64>, opts: &SimulationOptions) -> 
         ceiling_r,
         group_r2,
     })
+}
+
+/// Adds AR(1) noise with coefficient `phi`, centred and scaled to unit sample variance, to each
+/// column of `y`.
+fn add_ar1_noise(y: &mut Array2<f64>, phi: f64, rng: &mut SplitMix64) {
+    let (n, t) = y.dim();
+    for j in 0..t {
+        let mut e = vec![0.0; n];
+        e[0] = rng.normal() / (1.0 - phi * phi).sqrt();
+        for i in 1..n {
+            e[i] = phi * e[i - 1] + rng.normal();
+        }
+        let mean = e.iter().sum::<f64>() / n as f64;
+        let sd = sample_sd(&e);
+        for i in 0..n {
+            y[[i, j]] += (e[i] - mean) / sd;
+        }
+    }
+}
+
+/// Responses of several simulated subjects to one stimulus: [`simulate_responses`]'s planted
+/// signal (weights from `opts.seed`, so the same for every subject) plus, per subject, its own
+/// AR(1) noise drawn from `noise_seeds[s]`. Returns the simulation of the planted signal (its
+/// `responses` use `opts.seed`'s noise) and one `(n_trs, n_targets)` response matrix per seed.
+pub fn simulate_subjects(
+    design: ArrayView2<f64>,
+    opts: &SimulationOptions,
+    noise_seeds: &[u64],
+) -> Result<(Simulation, Vec<Array2<f64>>)> {
+    let sim = simulate_responses(design, opts)?;
+    let subjects = noise_seeds
+        .iter()
+        .map(|&seed| {
+            let mut y = sim.signal.clone();
+            add_ar1_noise(&mut y, opts.noise_ar1, &mut SplitMix64::new(seed));
+            y
+        })
+        .collect();
+    Ok((sim, subjects))
 }
 
 /// Population-style sd with the n − 1 denominator (sample sd).
@@ -237,6 +263,30 @@ mod tests {
         }
         let same = simulate_responses(x.view(), &opts).unwrap();
         assert_eq!(same.responses, sim.responses);
+    }
+
+    /// Subjects share the planted signal and differ in their noise: two subjects' responses
+    /// correlate at ≈ snr / (snr + 1) (the closed form for independent unit-variance noise).
+    #[test]
+    fn simulated_subjects_share_the_signal_and_not_the_noise() {
+        let x = design(4000, 3, 5);
+        let opts = SimulationOptions {
+            n_targets: 2,
+            snr: 1.0,
+            noise_ar1: 0.3,
+            ..Default::default()
+        };
+        let (sim, ys) = simulate_subjects(x.view(), &opts, &[11, 12, 11]).unwrap();
+        assert_eq!(ys.len(), 3);
+        assert_eq!(ys[0], ys[2], "same seed, same noise");
+        for y in &ys {
+            let noise: Vec<f64> = (0..4000).map(|i| y[[i, 0]] - sim.signal[[i, 0]]).collect();
+            assert_abs_diff_eq!(sample_sd(&noise), 1.0, epsilon = 1e-10);
+        }
+        for j in 0..2 {
+            let r = pearson(&ys[0].column(j).to_vec(), &ys[1].column(j).to_vec());
+            assert!((r - 0.5).abs() < 0.05, "target {j}: inter-subject r = {r}");
+        }
     }
 
     #[test]

@@ -126,7 +126,10 @@ pub fn manifest(plan: &Plan, inputs: &Inputs, snapshot: &Snapshot, touched: &BTr
         responses: inputs
             .responses
             .iter()
-            .map(|(st, (sub, a))| (st.clone(), sub.clone(), a.clone(), file(&inputs.subject_files, sub)))
+            .map(|(st, (sub, a))| {
+                let f = inputs.subject_files.get(&(st.clone(), sub.clone()));
+                (st.clone(), sub.clone(), a.clone(), f.cloned().unwrap_or_default())
+            })
             .collect(),
         corpus: inputs.corpus.clone(),
         records: snapshot.records(),
@@ -143,7 +146,7 @@ pub struct ChangeRow {
     pub diff: isize,
 }
 
-/// (kind, story, subject, layer, feature set, artifact) of a record.
+/// (kind, story, subject, layer, feature set, artifact, SAE group) of a record.
 type RecordCells<'a> = (
     &'static str,
     Option<&'a str>,
@@ -151,14 +154,15 @@ type RecordCells<'a> = (
     Option<usize>,
     Option<&'a str>,
     &'a str,
+    Option<&'a str>,
 );
 
 fn cells(r: &Record) -> RecordCells<'_> {
     match r {
-        Record::Story(s, a) => ("story", Some(s), None, None, None, a),
-        Record::Response(s, sub, a) => ("response", Some(s), Some(sub), None, None, a),
-        Record::Words(s, a) => ("words", Some(s), None, None, None, a),
-        Record::Sae(l, a) => ("sae", None, None, Some(*l), None, a),
+        Record::Story(s, a) => ("story", Some(s), None, None, None, a, None),
+        Record::Response(s, sub, a) => ("response", Some(s), Some(sub), None, None, a, None),
+        Record::Words(s, a) => ("words", Some(s), None, None, None, a, None),
+        Record::Sae((g, l), a) => ("sae", None, None, Some(*l), None, a, Some(g)),
         Record::Fit(k, a) => (
             "fit",
             Some(&k.story),
@@ -166,11 +170,12 @@ fn cells(r: &Record) -> RecordCells<'_> {
             Some(k.layer),
             Some(&k.feature_set),
             a,
+            None,
         ),
-        Record::Summary((s, l, f), a) => ("summary", Some(s), None, Some(*l), Some(f), a),
-        Record::Labels(l, a) => ("labels", None, None, Some(*l), None, a),
-        Record::Partition((sub, s, l), a) => ("partition", Some(s), Some(sub), Some(*l), None, a),
-        Record::PredError((s, l), a) => ("pred_error", Some(s), None, Some(*l), None, a),
+        Record::Summary((s, l, f), a) => ("summary", Some(s), None, Some(*l), Some(f), a, None),
+        Record::Labels((g, l), a) => ("labels", None, None, Some(*l), None, a, Some(g)),
+        Record::Partition((sub, s, l), a) => ("partition", Some(s), Some(sub), Some(*l), None, a, None),
+        Record::PredError((s, l), a) => ("pred_error", Some(s), None, Some(*l), None, a, None),
     }
 }
 
@@ -200,6 +205,7 @@ pub fn changes_batch(rows: &[ChangeRow]) -> Result<arrow::record_batch::RecordBa
             false,
         ),
         ("kind", utf8(c.iter().map(|x| x.0.to_string()).collect()), false),
+        ("language", opt(&|x| x.6.map(String::from)), true),
         ("story", opt(&|x| x.1.map(String::from)), true),
         ("subject", opt(&|x| x.2.map(String::from)), true),
         (
@@ -244,9 +250,10 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
             Ok(a.iter().map(|v| v.map(String::from)).collect())
         };
         let (epoch, ms) = (u64s("epoch")?, u64s("unix_ms")?);
-        let (change, kind, story, subject, set, art) = (
+        let (change, kind, language, story, subject, set, art) = (
             strs("change")?,
             strs("kind")?,
+            strs("language")?,
             strs("story")?,
             strs("subject")?,
             strs("feature_set")?,
@@ -267,12 +274,13 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                     .ok_or_else(|| bad("no layer"))
             };
             let f = || set[i].clone().ok_or_else(|| bad("no feature set"));
+            let g = || language[i].clone().ok_or_else(|| bad("no language"));
             let a = art[i].clone().unwrap_or_default();
             let record = match kind[i].as_deref().unwrap_or("") {
                 "story" => Record::Story(s()?, a),
                 "response" => Record::Response(s()?, sub()?, a),
                 "words" => Record::Words(s()?, a),
-                "sae" => Record::Sae(l()?, a),
+                "sae" => Record::Sae((g()?, l()?), a),
                 "fit" => Record::Fit(
                     crate::dataflow::FitKey {
                         subject: sub()?,
@@ -283,7 +291,7 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                     a,
                 ),
                 "summary" => Record::Summary((s()?, l()?, f()?), a),
-                "labels" => Record::Labels(l()?, a),
+                "labels" => Record::Labels((g()?, l()?), a),
                 "partition" => Record::Partition((sub()?, s()?, l()?), a),
                 "pred_error" => Record::PredError((s()?, l()?), a),
                 other => return Err(bad(&format!("unknown kind `{other}`"))),
@@ -481,7 +489,7 @@ pub fn status(plan: &Plan) -> Result<Status> {
     for (story, (sub, a)) in &inputs.responses {
         let file = inputs
             .subject_files
-            .get(sub)
+            .get(&(story.clone(), sub.clone()))
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         match old_resp.get(&(story.as_str(), sub.as_str())) {

@@ -3,7 +3,9 @@
 //! data-schemas/), a PNG plot and a Markdown report under the plan's output folder.
 
 pub mod incremental;
+pub mod language_tables;
 pub mod partition_tables;
+pub mod simulated;
 pub mod stages;
 pub mod tables;
 pub mod taxonomy;
@@ -72,9 +74,10 @@ pub struct Inputs {
     pub stories: Vec<StoryRec>,
     pub corpus: Vec<StoryRec>,
     pub responses: Vec<ResponseRec>,
-    /// Source file of each story (by story id) and response table (by subject id).
+    /// Source file of each story (by story id) and response table (by (story, subject); none
+    /// for simulated responses).
     pub story_files: BTreeMap<String, PathBuf>,
-    pub subject_files: BTreeMap<String, PathBuf>,
+    pub subject_files: BTreeMap<(String, String), PathBuf>,
 }
 
 /// The plan's inputs as records, stored in the artifact store first.
@@ -140,8 +143,17 @@ pub fn input_records(plan: &Plan, store: Option<&ArtifactStore>) -> Result<Input
             Some(st) => stages::put_roi(st, &s.table)?,
             None => stages::roi_id(&s.table),
         };
-        inputs.responses.push((plan.fmri().story.clone(), (s.id.clone(), id)));
-        inputs.subject_files.insert(s.id.clone(), s.path.clone());
+        inputs.responses.push((s.story.clone(), (s.id.clone(), id)));
+        inputs
+            .subject_files
+            .insert((s.story.clone(), s.id.clone()), s.path.clone());
+    }
+    for (story, table) in simulated::responses(plan)? {
+        let id = match store {
+            Some(st) => stages::put_roi(st, &table)?,
+            None => stages::roi_id(&table),
+        };
+        inputs.responses.push((story, (table.subject.clone(), id)));
     }
     Ok(inputs)
 }

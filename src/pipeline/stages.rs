@@ -35,6 +35,7 @@ const REV_CODES: u32 = 1;
 const REV_DESIGN: u32 = 2;
 const REV_FIT: u32 = 3;
 const REV_SUMMARY: u32 = 1;
+const REV_CONTROLS: u32 = 1;
 
 /// Polynomial order of the drift removed from responses and designs before encoding (scanner
 /// drift: the Alice time courses are not detrended at the source).
@@ -110,7 +111,7 @@ pub fn put_roi(store: &ArtifactStore, t: &crate::features::roi::RoiTable) -> Res
 }
 
 /// The LM identity that keys activations: model folder's manifest (source hash and importer).
-fn model_identity(plan: &Plan) -> Result<(std::path::PathBuf, String)> {
+pub(crate) fn model_identity(plan: &Plan) -> Result<(std::path::PathBuf, String)> {
     let dir = match &plan.model_dir {
         Some(d) => d.clone(),
         None => lm::ensure_default_model()?,
@@ -190,6 +191,9 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
 /// SAE quality on held-out rows, stored next to the SAE.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SaeRecord {
+    /// The SAE group: the language of its training texts with `[sae] per-language`, else `all`.
+    #[serde(default)]
+    pub language: String,
     pub layer: usize,
     pub d_in: usize,
     pub d_sae: usize,
@@ -222,10 +226,11 @@ pub fn sae_train_config(plan: &Plan) -> SaeTrainConfig {
 
 /// Trains the layer's SAE on the given activation artifacts (sorted ids → deterministic order).
 /// Every `k`-th row (k = 1 / heldout-fraction) is held out for the quality metrics.
-pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<ArtifactId> {
+pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) -> Result<ArtifactId> {
     let cfg = sae_train_config(&ctx.plan);
     let mut k = KeyBuilder::new("sae", REV_SAE)
         .config("cfg", &ctx.plan.file.sae)
+        .config("group", &group)
         .config("layer", &layer);
     for id in inputs {
         k = k.part("input", id);
@@ -233,7 +238,7 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
     let id = k.finish();
     let heldout_every = (1.0 / ctx.plan.file.sae.heldout_fraction.clamp(1e-3, 0.5)).round() as usize;
     if let Some(pattern) = &ctx.plan.file.sae.pretrained {
-        return pretrained_sae_stage(ctx, layer, inputs, pattern);
+        return pretrained_sae_stage(ctx, group, layer, inputs, pattern);
     }
     ctx.store.dir("sae", &id, |dir| {
         let x = layer_rows(ctx, inputs)?;
@@ -260,6 +265,7 @@ pub fn sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId]) -> Result<Artif
         };
         let q = model.quality(held.view());
         let rec = SaeRecord {
+            language: group.to_string(),
             layer,
             d_in: model.d_in(),
             d_sae: model.d_sae(),
@@ -300,9 +306,17 @@ fn topk_config(plan: &Plan) -> sae::TopKTrainConfig {
 
 /// A pretrained SAE folder for `layer` copied into the store (keyed by its files' contents), with
 /// its quality on all the layer's rows (none of which it was trained on here).
-fn pretrained_sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId], pattern: &str) -> Result<ArtifactId> {
+fn pretrained_sae_stage(
+    ctx: &Ctx,
+    group: &str,
+    layer: usize,
+    inputs: &[ArtifactId],
+    pattern: &str,
+) -> Result<ArtifactId> {
     let src = crate::config::pretrained_dir(&ctx.plan.data_root, pattern, layer);
-    let mut k = KeyBuilder::new("sae-pretrained", REV_SAE).config("layer", &layer);
+    let mut k = KeyBuilder::new("sae-pretrained", REV_SAE)
+        .config("group", &group)
+        .config("layer", &layer);
     let mut names: Vec<_> = std::fs::read_dir(&src)
         .map_err(|e| Error::io(&src, e))?
         .filter_map(|e| e.ok().map(|e| e.file_name()))
@@ -330,6 +344,7 @@ fn pretrained_sae_stage(ctx: &Ctx, layer: usize, inputs: &[ArtifactId], pattern:
         loaded.check_input(x.ncols())?;
         let q = loaded.sae.quality(x.view());
         let rec = SaeRecord {
+            language: group.to_string(),
             layer,
             d_in: loaded.sae.d_in(),
             d_sae: loaded.sae.d_sae(),
@@ -444,6 +459,42 @@ pub fn design_stage(ctx: &Ctx, story_id: &str, feature_stage: &str, feature_id: 
             d
         };
         Ok(Arrays::default().with_f64("x", d))
+    })?;
+    Ok(id)
+}
+
+/// Columns of the `controls` feature set, per word.
+pub const CONTROL_COLUMNS: [&str; 3] = ["word_rate", "length", "zipf"];
+
+/// The lexical controls of a story (feature set `controls`), per word: 1 (word rate after the
+/// HRF), length in characters, and wordfreq Zipf frequency from the story language's list
+/// (`[encoding] word-frequency`); a word not in the list gets the list's lowest Zipf. Stored as
+/// "x" (n_words, 3), with the coverage as metadata; designed like any word features.
+pub fn controls_stage(ctx: &Ctx, story_id: &str) -> Result<ArtifactId> {
+    let st: StoredStory = ctx.store.load_json("story", story_id)?;
+    let list = ctx.plan.word_frequency_list(&st.story.language);
+    let list_bytes = std::fs::read(&list).map_err(|e| Error::io(&list, e))?;
+    let id = KeyBuilder::new("controls", REV_CONTROLS)
+        .part("story", story_id)
+        .part("word-frequency", &list_bytes)
+        .finish();
+    ctx.store.arrays("controls", &id, || {
+        let f = crate::stimulus::wordfreq::WordFrequencies::load(&list)?;
+        let n = st.story.words.len();
+        let mut x = Array2::<f32>::zeros((n, CONTROL_COLUMNS.len()));
+        let mut found = 0usize;
+        for (i, w) in st.story.words.iter().enumerate() {
+            let z = f.zipf(&w.text);
+            found += usize::from(z.is_some());
+            x[[i, 0]] = 1.0;
+            x[[i, 1]] = w.text.chars().filter(|c| c.is_alphanumeric()).count() as f32;
+            x[[i, 2]] = z.unwrap_or(f.min_zipf) as f32;
+        }
+        Ok(Arrays::default()
+            .with_f32("x", x)
+            .with_meta("columns", serde_json::to_string(&CONTROL_COLUMNS).unwrap())
+            .with_meta("words_with_frequency", found.to_string())
+            .with_meta("word_frequency_list", list.display().to_string()))
     })?;
     Ok(id)
 }

@@ -21,8 +21,26 @@ pub(crate) fn utf8(v: Vec<String>) -> ArrayRef {
     Arc::new(StringArray::from(v))
 }
 
+/// Story id → language, from the snapshot's story artifacts.
+pub fn story_languages(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<String, String>> {
+    snap.stories
+        .iter()
+        .map(|(story, id)| {
+            let st: stages::StoredStory = ctx.store.load_json("story", id)?;
+            Ok((story.clone(), st.story.language))
+        })
+        .collect()
+}
+
+/// The language of `story` in `langs` (`""` for a story not in the snapshot).
+pub(crate) fn language_of(langs: &BTreeMap<String, String>, story: &str) -> String {
+    langs.get(story).cloned().unwrap_or_default()
+}
+
 pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
+    let langs = story_languages(ctx, snap)?;
     let (mut subject, mut story, mut layer, mut set, mut roi) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut language = vec![];
     let (mut r, mut alpha, mut excluded, mut n_trs, mut n_feat) = (vec![], vec![], vec![], vec![], vec![]);
     let (mut r2, mut p_value) = (vec![], vec![]);
     for (k, id) in &snap.fits {
@@ -30,6 +48,7 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
         for (j, name) in f.rois.iter().enumerate() {
             subject.push(k.subject.clone());
             story.push(k.story.clone());
+            language.push(language_of(&langs, &k.story));
             layer.push(k.layer as u16);
             set.push(k.feature_set.clone());
             roi.push(name.clone());
@@ -45,6 +64,7 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
     batch(vec![
         ("subject", utf8(subject), false),
         ("story", utf8(story), false),
+        ("language", utf8(language.clone()), false),
         ("layer", Arc::new(UInt16Array::from(layer)), false),
         ("feature_set", utf8(set), false),
         ("roi", utf8(roi), false),
@@ -52,21 +72,30 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
         ("alpha", Arc::new(Float64Array::from(alpha)), true),
         ("r2", Arc::new(Float64Array::from(r2)), true),
         ("p_value", Arc::new(Float64Array::from(p_value.clone())), true),
-        ("q_value", Arc::new(Float64Array::from(fdr_over_table(&p_value))), true),
+        (
+            "q_value",
+            Arc::new(Float64Array::from(fdr_per_language(&p_value, &language))),
+            true,
+        ),
         ("excluded", Arc::new(BooleanArray::from(excluded)), false),
         ("n_trs", Arc::new(UInt32Array::from(n_trs)), false),
         ("n_features", Arc::new(UInt32Array::from(n_feat)), false),
     ])
 }
 
-/// Benjamini–Hochberg q-values over every non-null p of the table (one family: all subjects,
-/// layers, feature sets and ROIs of the run).
-fn fdr_over_table(p: &[Option<f64>]) -> Vec<Option<f64>> {
-    let flat: Vec<f64> = p.iter().map(|v| v.unwrap_or(f64::NAN)).collect();
-    crate::encoding::stats::fdr_bh(&flat)
-        .into_iter()
-        .map(|q| q.is_finite().then_some(q))
-        .collect()
+/// Benjamini–Hochberg q-values over the non-null p of each language's rows (one family per
+/// language: all its subjects, stories, layers, feature sets and ROIs), so that adding a
+/// language leaves the others' q-values unchanged.
+fn fdr_per_language(p: &[Option<f64>], language: &[String]) -> Vec<Option<f64>> {
+    let mut q = vec![None; p.len()];
+    for lang in language.iter().collect::<BTreeSet<_>>() {
+        let rows: Vec<usize> = (0..p.len()).filter(|&i| &language[i] == lang).collect();
+        let flat: Vec<f64> = rows.iter().map(|&i| p[i].unwrap_or(f64::NAN)).collect();
+        for (&i, v) in rows.iter().zip(crate::encoding::stats::fdr_bh(&flat)) {
+            q[i] = v.is_finite().then_some(v);
+        }
+    }
+    q
 }
 
 /// Noise ceiling per (story, ROI) from the subjects in the snapshot: the leave-one-subject-out
@@ -86,7 +115,7 @@ pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, Stri
             .filter(|((st, subject), _)| st == story && ids.contains(subject))
             .map(|(_, id)| stages::load_roi(&ctx.store, id))
             .collect::<Result<Vec<_>>>()?;
-        for roi in &ctx.plan.fmri().rois {
+        for roi in &ctx.plan.response_columns() {
             let mut cols: Vec<ndarray::Array2<f64>> = Vec::new();
             for t in &tables {
                 if t.constant.contains(roi) {
@@ -113,6 +142,7 @@ pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, Stri
 #[derive(Debug, Clone, PartialEq)]
 pub struct SummaryRow {
     pub story: String,
+    pub language: String,
     pub layer: usize,
     pub feature_set: String,
     pub roi: String,
@@ -144,6 +174,7 @@ pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usiz
                 .map_or(f64::NAN, |c| c.0)
         }
     };
+    let langs = story_languages(ctx, snap)?;
     let mut rows = Vec::new();
     let (mut n_boot, mut level) = (0, f64::NAN);
     for ((story, layer, set), id) in &snap.summaries {
@@ -153,6 +184,7 @@ pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usiz
         for j in 0..s.roi.len() {
             rows.push(SummaryRow {
                 story: story.clone(),
+                language: language_of(&langs, story),
                 layer: *layer,
                 feature_set: set.clone(),
                 roi: s.roi[j].clone(),
@@ -175,6 +207,11 @@ pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<R
     let n = rows.len();
     batch(vec![
         ("story", utf8(rows.iter().map(|r| r.story.clone()).collect()), false),
+        (
+            "language",
+            utf8(rows.iter().map(|r| r.language.clone()).collect()),
+            false,
+        ),
         (
             "layer",
             Arc::new(UInt16Array::from_iter_values(rows.iter().map(|r| r.layer as u16))),
@@ -241,6 +278,11 @@ pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
     };
     batch(vec![
         (
+            "language",
+            utf8(recs.iter().map(|r| r.language.clone()).collect()),
+            false,
+        ),
+        (
             "layer",
             Arc::new(UInt16Array::from_iter_values(recs.iter().map(|r| r.layer as u16))),
             false,
@@ -269,8 +311,27 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
         Some(_) => Some(super::taxonomy_tables::build(ctx, snap)?),
         None => None,
     };
-    let mut tables = vec![("fits", fits), ("summary", summary), ("sae_quality", quality)];
+    let langs = super::language_tables::language_rows(ctx, snap)?;
+    let lang_layers = super::language_tables::language_layer_rows(&rows);
+    let props = taxonomy
+        .as_ref()
+        .map(|tx| super::language_tables::proportion_rows(&tx.labels))
+        .unwrap_or_default();
+    let mut tables = vec![
+        ("fits", fits),
+        ("summary", summary),
+        ("sae_quality", quality),
+        ("languages", super::language_tables::languages_batch(&langs)?),
+        (
+            "language_layers",
+            super::language_tables::language_layers_batch(&lang_layers)?,
+        ),
+    ];
     if let Some(tx) = &taxonomy {
+        tables.push((
+            "category_proportions",
+            super::language_tables::proportions_batch(&props)?,
+        ));
         tables.extend(tx.tables.iter().cloned());
     }
     let mut files = write_tables(ctx, &tables, out)?;
@@ -282,6 +343,7 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
     files.push(plot);
     let report = out.join("report.md");
     let mut md = crate::report::markdown(ctx, snap, &rows)?;
+    md.push_str(&super::language_tables::markdown(&langs, &lang_layers, &props));
     if let Some(tx) = &taxonomy {
         md.push_str(&super::taxonomy_tables::markdown(tx));
     }

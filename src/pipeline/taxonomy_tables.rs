@@ -41,6 +41,7 @@ pub fn labels_batch(all: &[LayerLabels]) -> Result<RecordBatch> {
     let mut c: BTreeMap<&str, Vec<Option<f64>>> = BTreeMap::new();
     let (mut layer, mut feature, mut source, mut cat, mut sub, mut builtin_cat) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut language = vec![];
     let (mut n_active, mut affix) = (vec![], vec![]);
     let conf_names = [
         "conf_semantic",
@@ -59,6 +60,7 @@ pub fn labels_batch(all: &[LayerLabels]) -> Result<RecordBatch> {
     for ll in all {
         let used = ll.used();
         for (l, b) in used.labels.iter().zip(&ll.builtin.labels) {
+            language.push(ll.language.clone());
             layer.push(ll.layer as u16);
             feature.push(l.feature);
             source.push(used.source.clone());
@@ -84,6 +86,7 @@ pub fn labels_batch(all: &[LayerLabels]) -> Result<RecordBatch> {
         }
     }
     let mut cols: Vec<(&str, ArrayRef, bool)> = vec![
+        ("language", utf8(language), false),
         ("layer", Arc::new(UInt16Array::from(layer)), false),
         ("feature", Arc::new(UInt32Array::from(feature)), false),
         ("source", utf8(source), false),
@@ -116,8 +119,10 @@ pub fn labels_batch(all: &[LayerLabels]) -> Result<RecordBatch> {
 pub fn sets_batch(all: &[LayerLabels]) -> Result<RecordBatch> {
     let (mut layer, mut name, mut kind, mut n, mut share, mut seed, mut note) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut language = vec![];
     for ll in all {
         for d in &ll.sets {
+            language.push(ll.language.clone());
             layer.push(ll.layer as u16);
             name.push(d.name.clone());
             kind.push(d.kind.clone());
@@ -128,6 +133,7 @@ pub fn sets_batch(all: &[LayerLabels]) -> Result<RecordBatch> {
         }
     }
     batch(vec![
+        ("language", utf8(language), false),
         ("layer", Arc::new(UInt16Array::from(layer)), false),
         ("feature_set", utf8(name), false),
         ("kind", utf8(kind), false),
@@ -218,7 +224,14 @@ fn family_of(set: &str) -> Option<&'static str> {
     }
 }
 
-pub fn baseline_rows(ctx: &Ctx, all: &[LayerLabels], scores: &SubjectScores) -> Result<Vec<BaselineRow>> {
+/// `langs`: story → language ([`super::tables::story_languages`]); a story is compared with the
+/// labels of its own language only.
+pub fn baseline_rows(
+    ctx: &Ctx,
+    all: &[LayerLabels],
+    scores: &SubjectScores,
+    langs: &BTreeMap<String, String>,
+) -> Result<Vec<BaselineRow>> {
     let t = section(ctx);
     let seed = ctx.plan.file.summary.seed;
     let n_boot = ctx.plan.file.summary.n_boot;
@@ -230,7 +243,8 @@ pub fn baseline_rows(ctx: &Ctx, all: &[LayerLabels], scores: &SubjectScores) -> 
         v
     };
     for story in &stories {
-        for ll in all {
+        let language = super::tables::language_of(langs, story);
+        for ll in all.iter().filter(|ll| ll.language == language) {
             let layer = ll.layer;
             let get = |set: &str| scores.by_set.get(&(story.clone(), layer, set.to_string()));
             let Some(all_r) = get("sae") else { continue };
@@ -684,7 +698,8 @@ pub struct TaxonomyOutputs {
 pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
     let labels = layer_labels(ctx, snap)?;
     let scores = subject_scores(ctx, snap)?;
-    let baselines = baseline_rows(ctx, &labels, &scores)?;
+    let langs = super::tables::story_languages(ctx, snap)?;
+    let baselines = baseline_rows(ctx, &labels, &scores, &langs)?;
     let observed = observed_matrices(ctx, &scores)?;
     let reports = topography_reports(ctx, &observed)?;
     let mut tables = vec![
@@ -723,8 +738,14 @@ pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
 /// story and layer, the `topography_tests` schema of `cortexflow topography`).
 pub fn write_files(ctx: &Ctx, tx: &TaxonomyOutputs, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();
+    // with several languages, each language's files carry its code
+    let several = tx.labels.iter().any(|ll| ll.language != tx.labels[0].language);
     for ll in &tx.labels {
-        let p = out.join(format!("labelling_tasks_L{}.jsonl", ll.layer));
+        let tag = match several {
+            true => format!("{}_L{}", ll.language, ll.layer),
+            false => format!("L{}", ll.layer),
+        };
+        let p = out.join(format!("labelling_tasks_{tag}.jsonl"));
         crate::taxonomy::tasks::write_tasks(&p, &ll.tasks)?;
         files.push(p);
         // the built-in labels as an answers file, for `cortexflow labels agree`
@@ -738,7 +759,7 @@ pub fn write_files(ctx: &Ctx, tx: &TaxonomyOutputs, out: &std::path::Path) -> Re
                 l.subcategory.map_or("", |s| s.name())
             ));
         }
-        let p = out.join(format!("labels_builtin_L{}.tsv", ll.layer));
+        let p = out.join(format!("labels_builtin_{tag}.tsv"));
         crate::paths::write_atomic(&p, tsv.as_bytes())?;
         files.push(p);
     }
@@ -797,8 +818,9 @@ pub fn markdown(tx: &TaxonomyOutputs) -> String {
         let n = used.labels.len();
         let _ = writeln!(
             s,
-            "Layer {}: {n} features labelled by `{}` from {} evidence words (entropy: {}; lexicons: {}).\n",
+            "Layer {} ({}): {n} features labelled by `{}` from {} evidence words (entropy: {}; lexicons: {}).\n",
             ll.layer,
+            ll.language,
             used.source,
             ll.n_words,
             ll.builtin.entropy_kind,

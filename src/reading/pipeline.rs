@@ -511,7 +511,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
         .iter()
         .map(|s| stages::lm_stage(&ctx, &mut None, s))
         .collect::<Result<Vec<_>>>()?;
-    for (layer, sae_id) in &snap.saes {
+    for ((_, layer), sae_id) in &snap.saes {
         let layer_started = Instant::now();
         let mut mats = Vec::new();
         for lm in &lm_outputs {
@@ -1028,7 +1028,7 @@ fn markdown(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &Readi
         m,
         "| layer | features | selected | R² (held out) | mean L0 | dead |\n|---:|---:|---:|---:|---:|---:|"
     );
-    for (layer, id) in &snap.saes {
+    for ((_, layer), id) in &snap.saes {
         let q = stages::sae_record(ctx, id)?;
         let sel = res
             .evidence

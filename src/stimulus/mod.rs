@@ -28,6 +28,7 @@ mod decode;
 mod plain;
 pub(crate) mod table;
 mod textgrid;
+pub mod wordfreq;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -223,22 +224,18 @@ impl ReadOptions {
 /// `format`: `None` guesses from the extension ([`StimulusFormat::from_path`]).
 ///
 /// Chinese is written without spaces between words, so plain text whose
-/// [`ReadOptions::language`] is Chinese (`zh`, `zh-…`, `zh_…`, `cmn`) cannot be split into
-/// words by whitespace and is rejected with [`Error::Invalid`]: supply a word table with one
-/// segmented word per row instead (a built-in segmenter comes later).
+/// [`ReadOptions::language`] is Chinese (`zh`, `zh-…`, `zh_…`, `cmn`) is segmented by jieba
+/// (jieba-rs) instead of split on whitespace; word tables and TextGrids keep their own words.
 ///
 /// Errors: [`Error::Io`] if the file cannot be read; [`Error::Parse`] for malformed content
 /// (with line or row/column); [`Error::Invalid`] if no words remain after skipping labels, the
-/// TextGrid has no usable word tier, or the text is Chinese plain text.
+/// TextGrid has no usable word tier.
 pub fn read_story(path: impl AsRef<Path>, format: Option<StimulusFormat>, opts: &ReadOptions) -> Result<Story> {
     let path = path.as_ref();
     let format = match format {
         Some(f) => f,
         None => StimulusFormat::from_path(path)?,
     };
-    if format == StimulusFormat::PlainText {
-        plain::check_language(path, &opts.language)?;
-    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let text = decode::decode_text(path, &bytes)?;
     parse_story(&text, path, format, opts)
@@ -252,10 +249,7 @@ pub fn parse_story(text: &str, path: impl AsRef<Path>, format: StimulusFormat, o
     let words = match format {
         StimulusFormat::TextGrid => textgrid::read_words(path, text, opts)?,
         StimulusFormat::WordTable => table::read_words(path, text, opts)?,
-        StimulusFormat::PlainText => {
-            plain::check_language(path, &opts.language)?;
-            plain::read_words(text)
-        }
+        StimulusFormat::PlainText => plain::read_words_in(text, &opts.language),
     };
     if words.is_empty() {
         return Err(Error::Invalid(format!(

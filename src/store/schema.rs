@@ -88,6 +88,15 @@ const BUILTINS: &[(&str, &str)] = &[
         include_str!("../../data-schemas/prediction_error.json"),
     ),
     ("changes", include_str!("../../data-schemas/changes.json")),
+    ("languages", include_str!("../../data-schemas/languages.json")),
+    (
+        "language_layers",
+        include_str!("../../data-schemas/language_layers.json"),
+    ),
+    (
+        "category_proportions",
+        include_str!("../../data-schemas/category_proportions.json"),
+    ),
 ];
 
 /// Names of the tables whose schemas are embedded in the binary.
@@ -115,6 +124,9 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "variance_partition_summary",
     "prediction_error",
     "changes",
+    "languages",
+    "language_layers",
+    "category_proportions",
 ];
 
 /// Element type of a column, or of the items of a `fixed_size_list<…>` column.
