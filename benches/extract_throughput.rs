@@ -3,8 +3,9 @@
 //! next-token log-probability and entropy), measured in one run and printed as ratios.
 //!
 //! Cases: fixed shapes 1×512 and 8×128 (tokens from the Alice story), and the full
-//! `extract_story` on Alice (tokenization, windows, pooling, surprisal included) against Python
-//! running the very same windows. Peak RSS of both processes is reported.
+//! `extract_story` (tokenization, windows, pooling, surprisal included) against Python running the
+//! very same windows, on Alice and on run 1 of Le Petit Prince in English, French and Chinese
+//! (words, tokens per word and throughput per language). Peak RSS of both processes is reported.
 //!
 //! Run: `make bench` (or `cargo bench --bench extract_throughput`); `CORTEXFLOW_BENCH_THREADS`
 //! sets the threads (default 2), `CORTEXFLOW_BENCH_REPS` the repetitions (default 3).
@@ -38,6 +39,38 @@ fn main() -> anyhow::Result<()> {
     let alice = data.join("alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid");
     let story = stimulus::read_story(&alice, None, &ReadOptions::default())?;
     let toks = extract::tokenize_story(&model.tokenizer, &story, " ")?;
+    // (case name, story) for the whole-story cases
+    let lpp = |path: &str, language: &str, column: Option<&str>| -> anyhow::Result<stimulus::Story> {
+        Ok(stimulus::read_story(
+            data.join(path),
+            None,
+            &ReadOptions {
+                language: language.into(),
+                skip_empty_words: true,
+                run: Some(stimulus::RunSelect {
+                    run: 1,
+                    column: column.map(String::from),
+                }),
+                ..Default::default()
+            },
+        )?)
+    };
+    let stories = vec![
+        ("alice_windows", story.clone()),
+        ("lpp_en_run1", lpp("lpp_en_ivanova/lpp_en_regressors.csv", "en", None)?),
+        (
+            "lpp_fr_run1",
+            lpp("lpp_fr_neurospin/lppFR_word_information.csv", "fr", Some("section"))?,
+        ),
+        (
+            "lpp_zh_run1",
+            lpp(
+                "lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv",
+                "zh",
+                Some("section"),
+            )?,
+        ),
+    ];
     let layers: Vec<usize> = (0..=m.n_layers).collect();
 
     let window = |start: usize, len: usize| -> Vec<u32> {
@@ -45,24 +78,34 @@ fn main() -> anyhow::Result<()> {
             .chain(toks.ids[start..start + len - 1].iter().copied())
             .collect()
     };
-    let opts = ExtractOptions::default();
-    let plans = extract::plan_windows(toks.ids.len(), opts.window - 1, opts.min_context)?;
-    let extract_batches: Vec<Vec<Vec<u32>>> = plans
-        .chunks(opts.batch_size)
-        .map(|c| {
-            c.iter()
-                .map(|p| {
-                    std::iter::once(bos)
-                        .chain(toks.ids[p.start..p.end].iter().copied())
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
     let mut cases: BTreeMap<&str, Vec<Vec<Vec<u32>>>> = BTreeMap::new();
     cases.insert("1x512", vec![vec![window(0, 512)]]);
     cases.insert("8x128", vec![(0..8).map(|i| window(i * 127, 128)).collect()]);
-    cases.insert("alice_windows", extract_batches);
+    // every story's extraction windows, exactly as extract_story runs them
+    let mut n_tokens_of = BTreeMap::new();
+    for (name, st) in &stories {
+        let sep = extract::word_separator(&st.language);
+        let ids = extract::tokenize_story(&model.tokenizer, st, sep)?.ids;
+        let opts = ExtractOptions {
+            separator: sep.into(),
+            ..Default::default()
+        };
+        let plans = extract::plan_windows(ids.len(), opts.window - 1, opts.min_context)?;
+        let batches: Vec<Vec<Vec<u32>>> = plans
+            .chunks(opts.batch_size)
+            .map(|c| {
+                c.iter()
+                    .map(|p| {
+                        std::iter::once(bos)
+                            .chain(ids[p.start..p.end].iter().copied())
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        n_tokens_of.insert(*name, ids.len());
+        cases.insert(name, batches);
+    }
 
     // ---- cortexflow
     let mut ours = BTreeMap::new();
@@ -78,11 +121,18 @@ fn main() -> anyhow::Result<()> {
         }
         ours.insert(*name, (n_tokens * reps) as f64 / t0.elapsed().as_secs_f64());
     }
-    let t0 = Instant::now();
-    for _ in 0..reps {
-        std::hint::black_box(lm::extract_story(&mut model, &story, &opts)?);
+    let mut extract_s = BTreeMap::new();
+    for (name, st) in &stories {
+        let opts = ExtractOptions {
+            separator: extract::word_separator(&st.language).into(),
+            ..Default::default()
+        };
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            std::hint::black_box(lm::extract_story(&mut model, st, &opts)?);
+        }
+        extract_s.insert(*name, t0.elapsed().as_secs_f64() / reps as f64);
     }
-    let extract_s = t0.elapsed().as_secs_f64() / reps as f64;
     let our_rss = self_peak_mib();
 
     // ---- Python onnxruntime, same model, threads, batches and outputs
@@ -121,21 +171,26 @@ fn main() -> anyhow::Result<()> {
         let py_tps = py[name]["tokens_per_s"].as_f64().unwrap();
         println!("{name:<16} {ours_tps:>14.1} {py_tps:>14.1} {:>8.3}", ours_tps / py_tps);
     }
-    let py_alice_tps = py["alice_windows"]["tokens_per_s"].as_f64().unwrap();
-    let n_tok = toks.ids.len();
-    let n_words = story.words.len();
     println!(
-        "extract alice: {n_words} words, {n_tok} tokens in {extract_s:.2} s = {:.1} words/s, {:.1} tokens/s; \
-         python on the same windows (padding and BOS included) {py_alice_tps:.1} tokens/s",
-        n_words as f64 / extract_s,
-        n_tok as f64 / extract_s,
+        "\nwhole extract_story per story (ratio: window tokens per second against python running the same windows)"
     );
-    let windows_tokens: usize = cases["alice_windows"].iter().flatten().map(Vec::len).sum();
-    let ours_window_tps = windows_tokens as f64 / extract_s;
     println!(
-        "extract ratio (whole extract_story vs python model runs, same window tokens): {:.3}",
-        ours_window_tps / py_alice_tps
+        "{:<14} {:>6} {:>7} {:>11} {:>8} {:>9} {:>8}",
+        "story", "words", "tokens", "tokens/word", "words/s", "tokens/s", "ratio"
     );
+    for (name, st) in &stories {
+        let s = extract_s[name];
+        let (n_words, n_tok) = (st.words.len(), n_tokens_of[name]);
+        let windows_tokens: usize = cases[name].iter().flatten().map(Vec::len).sum();
+        let py_tps = py[name]["tokens_per_s"].as_f64().unwrap();
+        println!(
+            "{name:<14} {n_words:>6} {n_tok:>7} {:>11.3} {:>8.1} {:>9.1} {:>8.3}",
+            n_tok as f64 / n_words as f64,
+            n_words as f64 / s,
+            n_tok as f64 / s,
+            windows_tokens as f64 / s / py_tps
+        );
+    }
     println!(
         "peak RSS: cortexflow {our_rss:.0} MiB, python {:.0} MiB",
         py["peak_rss_mib"].as_f64().unwrap()

@@ -12,11 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt16Array, UInt32Array};
+use arrow::array::{BooleanArray, Float64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
 use super::stages::{self, Ctx, StoredStory};
-use super::tables::{batch, finite, utf8, SummaryRow};
+use super::tables::{batch, finite_f64s, u16s, u32s, utf8, SummaryRow};
 use super::taxonomy::LayerLabels;
 use crate::dataflow::Snapshot;
 use crate::taxonomy::{Category, Subcategory};
@@ -78,26 +78,22 @@ pub fn language_rows(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<LanguageRow>> {
 }
 
 pub fn languages_batch(rows: &[LanguageRow]) -> Result<RecordBatch> {
-    let u32s = |f: &dyn Fn(&LanguageRow) -> usize| -> ArrayRef {
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| f(r) as u32)))
-    };
+    let per_word = rows.iter().map(|r| r.n_tokens as f64 / r.n_words.max(1) as f64);
     batch(vec![
         (
             "language",
             utf8(rows.iter().map(|r| r.language.clone()).collect()),
             false,
         ),
-        ("n_stories", u32s(&|r| r.n_stories), false),
-        ("n_words", u32s(&|r| r.n_words), false),
-        ("n_tokens", u32s(&|r| r.n_tokens), false),
+        ("n_stories", u32s(rows.iter().map(|r| r.n_stories)), false),
+        ("n_words", u32s(rows.iter().map(|r| r.n_words)), false),
+        ("n_tokens", u32s(rows.iter().map(|r| r.n_tokens)), false),
         (
             "tokens_per_word",
-            Arc::new(Float64Array::from_iter_values(
-                rows.iter().map(|r| r.n_tokens as f64 / r.n_words.max(1) as f64),
-            )),
+            Arc::new(Float64Array::from_iter_values(per_word)),
             false,
         ),
-        ("n_subjects", u32s(&|r| r.n_subjects), false),
+        ("n_subjects", u32s(rows.iter().map(|r| r.n_subjects)), false),
         (
             "sae_group",
             utf8(rows.iter().map(|r| r.sae_group.clone()).collect()),
@@ -157,6 +153,7 @@ pub fn language_layer_rows(summary: &[SummaryRow]) -> Vec<LanguageLayerRow> {
 }
 
 pub fn language_layers_batch(rows: &[LanguageLayerRow]) -> Result<RecordBatch> {
+    let peak = BooleanArray::from_iter(rows.iter().map(|r| Some(r.peak)));
     batch(vec![
         (
             "language",
@@ -168,26 +165,10 @@ pub fn language_layers_batch(rows: &[LanguageLayerRow]) -> Result<RecordBatch> {
             utf8(rows.iter().map(|r| r.feature_set.clone()).collect()),
             false,
         ),
-        (
-            "layer",
-            Arc::new(UInt16Array::from_iter_values(rows.iter().map(|r| r.layer as u16))),
-            false,
-        ),
-        (
-            "mean_r",
-            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.mean_r)))),
-            true,
-        ),
-        (
-            "n_stories",
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n_stories as u32))),
-            false,
-        ),
-        (
-            "peak",
-            Arc::new(BooleanArray::from_iter(rows.iter().map(|r| Some(r.peak)))),
-            false,
-        ),
+        ("layer", u16s(rows.iter().map(|r| r.layer)), false),
+        ("mean_r", finite_f64s(rows.iter().map(|r| r.mean_r)), true),
+        ("n_stories", u32s(rows.iter().map(|r| r.n_stories)), false),
+        ("peak", Arc::new(peak), false),
     ])
 }
 
@@ -244,39 +225,22 @@ pub fn proportion_rows(labels: &[LayerLabels]) -> Vec<ProportionRow> {
 }
 
 pub fn proportions_batch(rows: &[ProportionRow]) -> Result<RecordBatch> {
+    let sub = StringArray::from(rows.iter().map(|r| r.subcategory.clone()).collect::<Vec<_>>());
     batch(vec![
         (
             "language",
             utf8(rows.iter().map(|r| r.language.clone()).collect()),
             false,
         ),
-        (
-            "layer",
-            Arc::new(UInt16Array::from_iter_values(rows.iter().map(|r| r.layer as u16))),
-            false,
-        ),
+        ("layer", u16s(rows.iter().map(|r| r.layer)), false),
         (
             "category",
             utf8(rows.iter().map(|r| r.category.clone()).collect()),
             false,
         ),
-        (
-            "subcategory",
-            Arc::new(StringArray::from(
-                rows.iter().map(|r| r.subcategory.clone()).collect::<Vec<_>>(),
-            )),
-            true,
-        ),
-        (
-            "n_features",
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.n_features as u32))),
-            false,
-        ),
-        (
-            "proportion",
-            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.proportion)))),
-            true,
-        ),
+        ("subcategory", Arc::new(sub), true),
+        ("n_features", u32s(rows.iter().map(|r| r.n_features)), false),
+        ("proportion", finite_f64s(rows.iter().map(|r| r.proportion)), true),
     ])
 }
 
@@ -360,6 +324,28 @@ mod tests {
             n_subjects: 3,
             ceiling_r: f64::NAN,
         }
+    }
+
+    /// A story-keyed table gains its stories' languages right after `story`; an unknown story
+    /// gets "".
+    #[test]
+    fn story_keyed_tables_gain_a_language_column_after_story() {
+        use super::super::tables::with_language;
+        let b = batch(vec![
+            ("story", utf8(vec!["a".into(), "b".into(), "x".into()]), false),
+            ("layer", u16s([3, 3, 9].into_iter()), false),
+        ])
+        .unwrap();
+        let langs: BTreeMap<String, String> = [("a", "en"), ("b", "zh")]
+            .into_iter()
+            .map(|(s, l)| (s.to_string(), l.to_string()))
+            .collect();
+        let out = with_language(&b, &langs).unwrap();
+        let schema = out.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["story", "language", "layer"]);
+        let l = out.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert_eq!(l.iter().map(|v| v.unwrap()).collect::<Vec<_>>(), ["en", "zh", ""]);
     }
 
     #[test]

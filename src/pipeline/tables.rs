@@ -21,6 +21,45 @@ pub(crate) fn utf8(v: Vec<String>) -> ArrayRef {
     Arc::new(StringArray::from(v))
 }
 
+/// `b` with a `language` column (each row's story's language in `langs`) after its `story`
+/// column: the taxonomy tables are keyed by story, and every table is keyed by language too.
+pub(crate) fn with_language(b: &RecordBatch, langs: &BTreeMap<String, String>) -> Result<RecordBatch> {
+    let at = b
+        .schema()
+        .index_of("story")
+        .map_err(|e| Error::Invalid(format!("with_language: {e}")))?;
+    let stories = b
+        .column(at)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| Error::Invalid("with_language: `story` is not a utf8 column".into()))?;
+    let language: Vec<String> = stories.iter().map(|s| language_of(langs, s.unwrap_or(""))).collect();
+    let schema = b.schema();
+    let mut cols: Vec<(&str, ArrayRef, bool)> = Vec::new();
+    for (i, f) in schema.fields().iter().enumerate() {
+        cols.push((f.name().as_str(), b.column(i).clone(), f.is_nullable()));
+        if i == at {
+            cols.push(("language", utf8(language.clone()), false));
+        }
+    }
+    batch(cols)
+}
+
+/// A u16 column (layers).
+pub(crate) fn u16s(v: impl Iterator<Item = usize>) -> ArrayRef {
+    Arc::new(UInt16Array::from_iter_values(v.map(|x| x as u16)))
+}
+
+/// A u32 column (counts).
+pub(crate) fn u32s(v: impl Iterator<Item = usize>) -> ArrayRef {
+    Arc::new(UInt32Array::from_iter_values(v.map(|x| x as u32)))
+}
+
+/// A nullable f64 column: non-finite values become null.
+pub(crate) fn finite_f64s(v: impl Iterator<Item = f64>) -> ArrayRef {
+    Arc::new(Float64Array::from_iter(v.map(finite)))
+}
+
 /// Story id → language, from the snapshot's story artifacts.
 pub fn story_languages(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<String, String>> {
     snap.stories

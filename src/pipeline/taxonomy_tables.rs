@@ -724,6 +724,14 @@ pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
     }
     let partition_markdown = super::partition_tables::markdown(&part_summary, &pe);
     drop(pe);
+    // every table keyed by story is keyed by its language too
+    let tables = tables
+        .into_iter()
+        .map(|(name, b)| match b.schema().index_of("story") {
+            Ok(_) => Ok((name, super::tables::with_language(&b, &langs)?)),
+            Err(_) => Ok((name, b)), // keyed by (language, layer) already
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(TaxonomyOutputs {
         tables,
         labels,
