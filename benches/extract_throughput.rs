@@ -8,7 +8,8 @@
 //! (words, tokens per word and throughput per language). Peak RSS of both processes is reported.
 //!
 //! Run: `make bench` (or `cargo bench --bench extract_throughput`); `CORTEXFLOW_BENCH_THREADS`
-//! sets the threads (default 2), `CORTEXFLOW_BENCH_REPS` the repetitions (default 3).
+//! sets the threads (default 2), `CORTEXFLOW_BENCH_REPS` the repetitions (default 3), and
+//! `CORTEXFLOW_BENCH_MODEL=gemma3-270m` runs the multilingual model instead of SmolLM2.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,7 +32,10 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let dir = lm::ensure_default_model()?;
+    let dir = match std::env::var("CORTEXFLOW_BENCH_MODEL").as_deref() {
+        Ok("gemma3-270m") => lm::ensure_gemma_model()?,
+        _ => lm::ensure_default_model()?,
+    };
     let mut model = LanguageModel::load(&dir, &RuntimeOptions { threads })?;
     let m = model.manifest.clone();
     let bos = m.bos_token_id.expect("default model has a BOS");

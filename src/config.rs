@@ -142,7 +142,8 @@ fn default_fdr() -> f64 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ModelSection {
-    /// "default" (SmolLM2-135M-Instruct from the cache) or a folder with model.onnx + manifest.json.
+    /// "default" (SmolLM2-135M-Instruct from the cache), "gemma3-270m" (the multilingual Gemma 3
+    /// 270M from the cache) or a folder with model.onnx + manifest.json.
     #[serde(default = "default_model")]
     pub dir: String,
     /// Layers to analyse (0 = embeddings). Default: every 3rd layer, 0, 3, … n_layers.
@@ -571,7 +572,12 @@ impl Plan {
         let store = file.store.clone().unwrap_or_else(|| output.join("store"));
 
         // ---- model: layer range from the manifest, or from the default GGUF's header
-        let (model_dir, n_layers, d_model) = if file.model.dir == "default" {
+        let (model_dir, n_layers, d_model) = if file.model.dir == "gemma3-270m" {
+            // the multilingual model, imported into the cache on first use
+            let dir = crate::lm::ensure_gemma_model()?;
+            let m = crate::lm::Manifest::load(&dir)?;
+            (Some(dir), m.n_layers, m.d_model)
+        } else if file.model.dir == "default" {
             let dir = crate::paths::default_model_dir();
             match crate::lm::Manifest::load(&dir) {
                 Ok(m) => (None, m.n_layers, m.d_model),

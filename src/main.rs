@@ -112,7 +112,7 @@ enum Command {
     /// Greedy continuation of a prompt (a quick check that a model works).
     Generate {
         prompt: String,
-        /// Model folder (default: the imported default model in the cache).
+        /// Model folder, or `gemma3-270m` for the multilingual model (default: the imported default model in the cache).
         #[arg(long)]
         model: Option<PathBuf>,
         #[arg(long, default_value_t = 8)]
@@ -182,7 +182,7 @@ struct ExtractArgs {
     /// Input format (default: from the extension): textgrid, table, text.
     #[arg(long)]
     format: Option<String>,
-    /// Model folder (default: the imported default model in the cache).
+    /// Model folder, or `gemma3-270m` for the multilingual model (default: the imported default model in the cache).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Output folder for words.parquet and activations.parquet.
@@ -592,6 +592,8 @@ fn run(cli: Cli) -> Result<()> {
 
 fn load_model(model: Option<&Path>, threads: Option<usize>) -> Result<LanguageModel> {
     let dir = match model {
+        // the multilingual model by name, as in pipelines
+        Some(d) if d == Path::new("gemma3-270m") => lm::ensure_gemma_model()?,
         Some(d) => d.to_path_buf(),
         None => lm::ensure_default_model()?,
     };

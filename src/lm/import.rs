@@ -60,30 +60,42 @@ pub struct LlamaConfig {
     pub context_length: usize,
     pub rope_base: f64,
     pub rms_eps: f32,
+    /// "llama" or "gemma3".
+    pub arch: String,
+    /// Gemma 3: the RoPE base of the sliding-window (local) layers; every `global_every`-th layer
+    /// (1-based) is global, with `rope_base`, and attends to the whole window.
+    pub rope_base_local: f64,
+    pub sliding_window: Option<usize>,
+    pub global_every: usize,
 }
 
 impl LlamaConfig {
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
-        let arch = g.req_str("general.architecture")?;
-        if arch != "llama" {
+        let arch = g.req_str("general.architecture")?.to_string();
+        if arch != "llama" && arch != "gemma3" {
             return Err(Error::Model(format!(
-                "{}: architecture `{arch}` is not supported by the importer (supported: llama)",
+                "{}: architecture `{arch}` is not supported by the importer (supported: llama, gemma3)",
                 g.path().display()
             )));
         }
-        let k = |s: &str| format!("llama.{s}");
+        let gemma = arch == "gemma3";
+        let k = |s: &str| format!("{arch}.{s}");
         let n_heads = g.req_u64(&k("attention.head_count"))? as usize;
         let d_model = g.req_u64(&k("embedding_length"))? as usize;
         let n_kv_heads = g
             .get(&k("attention.head_count_kv"))
             .and_then(|v| v.as_u64())
             .unwrap_or(n_heads as u64) as usize;
-        let head_dim = d_model / n_heads.max(1);
+        // Gemma's heads are wider than d_model / n_heads (256 × 4 heads on d = 640)
+        let head_dim = match gemma {
+            true => g.req_u64(&k("attention.key_length"))? as usize,
+            false => d_model / n_heads.max(1),
+        };
         let rope_dim = g
             .get(&k("rope.dimension_count"))
             .and_then(|v| v.as_u64())
             .unwrap_or(head_dim as u64) as usize;
-        if n_heads == 0 || d_model % n_heads != 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        if n_heads == 0 || (!gemma && d_model % n_heads != 0) || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             return Err(Error::Model(format!(
                 "inconsistent attention shape: d_model {d_model}, {n_heads} heads, {n_kv_heads} KV heads"
             )));
@@ -111,6 +123,16 @@ impl LlamaConfig {
                 .get(&k("attention.layer_norm_rms_epsilon"))
                 .and_then(|v| v.as_f64())
                 .unwrap_or(1e-5) as f32,
+            // llama.cpp's Gemma 3 constants (not in the GGUF): local RoPE base 10,000, every
+            // sixth layer global
+            rope_base_local: if gemma { 10_000.0 } else { 0.0 },
+            sliding_window: g
+                .get(&k("attention.sliding_window"))
+                .and_then(|v| v.as_u64())
+                .map(|w| w as usize)
+                .filter(|_| gemma),
+            global_every: if gemma { 6 } else { 1 },
+            arch,
         })
     }
 }
@@ -150,7 +172,7 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
     let tok_path = out_dir.join("tokenizer.json");
     crate::paths::write_atomic(&tok_path, tokenizer.as_bytes())?;
     let manifest = Manifest {
-        architecture: "llama".into(),
+        architecture: cfg.arch.clone(),
         n_layers: n_blocks,
         d_model: cfg.d_model,
         vocab_size: cfg.vocab_size,
@@ -394,36 +416,57 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let pads = b.const_i64("pads_next", &[0, 0, 0, 1]);
 
     // RoPE tables, half-split layout: cos[p, j] = cos(p · base^(−2(j mod D/2)/D)).
-    let mut cos = vec![0f32; ctx * hd];
-    let mut sin = vec![0f32; ctx * hd];
-    for p in 0..ctx {
-        for j in 0..hd {
-            let i = (j % (hd / 2)) as f64;
-            let theta = p as f64 * cfg.rope_base.powf(-2.0 * i / hd as f64);
-            cos[p * hd + j] = theta.cos() as f32;
-            sin[p * hd + j] = theta.sin() as f32;
+    let gemma = cfg.arch == "gemma3";
+    let rope_table = |b: &mut Builder, suffix: &str, base: f64| {
+        let mut cos = vec![0f32; ctx * hd];
+        let mut sin = vec![0f32; ctx * hd];
+        for p in 0..ctx {
+            for j in 0..hd {
+                let i = (j % (hd / 2)) as f64;
+                let theta = p as f64 * base.powf(-2.0 * i / hd as f64);
+                cos[p * hd + j] = theta.cos() as f32;
+                sin[p * hd + j] = theta.sin() as f32;
+            }
         }
-    }
-    b.m.initializers
-        .push(Tensor::f32("rope_cos", &[ctx as i64, hd as i64], &cos));
-    b.m.initializers
-        .push(Tensor::f32("rope_sin", &[ctx as i64, hd as i64], &sin));
+        let (c, s) = (format!("rope_cos{suffix}"), format!("rope_sin{suffix}"));
+        b.m.initializers.push(Tensor::f32(&c, &[ctx as i64, hd as i64], &cos));
+        b.m.initializers.push(Tensor::f32(&s, &[ctx as i64, hd as i64], &sin));
+        (c, s)
+    };
+    let global_tables = rope_table(&mut b, "", cfg.rope_base);
+    let local_tables = match gemma {
+        true => Some(rope_table(&mut b, "_local", cfg.rope_base_local)),
+        false => None,
+    };
 
-    // ---- embeddings
+    // ---- embeddings (Gemma scales them by √d)
     let emb = load(g, "token_embd.weight", &[v, d])?;
     let emb_name = b.weight("token_embd", &[v as i64, d as i64], &emb);
     drop(emb);
     let mut x = hidden_name(0);
-    b.op_named("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))], &x);
+    if gemma {
+        let e = b.op("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))]);
+        let sqrt_d = b.const_f32_scalar("embed_scale", (d as f32).sqrt());
+        b.op_named("Mul", &[&e, &sqrt_d], vec![], &x);
+    } else {
+        b.op_named("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))], &x);
+    }
 
     // ---- positions from the mask, and the additive attention bias [B, 1, S, S]
     let cum = b.op("CumSum", &["attention_mask", &c1], vec![]);
     let pos = b.op("Sub", &[&cum, &c1], vec![]);
     let pos = b.op("Max", &[&pos, "c_0s"], vec![]);
-    let cos_g = b.op("Gather", &["rope_cos", &pos], vec![("axis", Attr::Int(0))]);
-    let sin_g = b.op("Gather", &["rope_sin", &pos], vec![("axis", Attr::Int(0))]);
-    let cos_g = b.op("Unsqueeze", &[&cos_g, &c2], vec![]); // [B, S, 1, D]
-    let sin_g = b.op("Unsqueeze", &[&sin_g, &c2], vec![]);
+    // per-position cos and sin, [B, S, 1, D]
+    let gather_rope = |b: &mut Builder, (c, s): &(String, String)| {
+        let cg = b.op("Gather", &[c, &pos], vec![("axis", Attr::Int(0))]);
+        let sg = b.op("Gather", &[s, &pos], vec![("axis", Attr::Int(0))]);
+        (
+            b.op("Unsqueeze", &[&cg, &c2], vec![]),
+            b.op("Unsqueeze", &[&sg, &c2], vec![]),
+        )
+    };
+    let rope_global = gather_rope(&mut b, &global_tables);
+    let rope_local = local_tables.as_ref().map(|t| gather_rope(&mut b, t));
     let shape_ids = b.op("Shape", &["input_ids"], vec![]);
     let seq = b.op("Gather", &[&shape_ids, "c_1s"], vec![("axis", Attr::Int(0))]);
     let ar = b.op("Range", &["c_0s", &seq, "c_1s"], vec![]);
@@ -434,6 +477,26 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let key_ok = b.op("Unsqueeze", &[&mask_b, &axes12], vec![]); // [B, 1, 1, S]
     let allowed = b.op("And", &[&causal, &key_ok], vec![]); // [B, 1, S, S]
     let bias = b.op("Where", &[&allowed, &f_zero, &neg_big], vec![]);
+    // sliding-window layers: also key position > query position − window
+    let bias_local = match cfg.sliding_window {
+        Some(w) => {
+            let dist = b.op("Sub", &[&rows, &cols], vec![]);
+            let w = b.const_i64("c_window", &[w as i64]);
+            let near = b.op("Less", &[&dist, &w], vec![]);
+            let allowed_local = b.op("And", &[&allowed, &near], vec![]);
+            b.op("Where", &[&allowed_local, &f_zero, &neg_big], vec![])
+        }
+        None => bias.clone(),
+    };
+    // GELU, tanh approximation (Gemma's gelu_pytorch_tanh), from opset-17 ops
+    let gelu = gemma.then(|| {
+        (
+            b.const_f32_scalar("gelu_c", (2.0f64 / std::f64::consts::PI).sqrt() as f32),
+            b.const_f32_scalar("gelu_a", 0.044715),
+            b.const_f32_scalar("f_half", 0.5),
+            b.const_f32_scalar("f_one", 1.0),
+        )
+    });
 
     let scale = 1.0 / (hd as f32).sqrt();
     let n_blocks = opts.blocks.unwrap_or(cfg.n_layers).min(cfg.n_layers);
@@ -442,9 +505,20 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         // weights
         let attn_norm = load(g, &p("attn_norm"), &[d])?;
         let attn_norm = b.weight(&format!("l{l}.attn_norm"), &[d as i64], &attn_norm);
-        let mut wq = unpermute_rope_rows(&load(g, &p("attn_q"), &[h * hd, d])?, h, hd, d);
-        wq.iter_mut().for_each(|w| *w *= scale);
-        let wk = unpermute_rope_rows(&load(g, &p("attn_k"), &[kv * hd, d])?, kv, hd, d);
+        // Llama: Q/K rows back from llama.cpp's interleaved RoPE layout, the attention scale
+        // folded into W_q. Gemma: half-split layout already, the scale folded into the Q norm
+        // (after which it applies).
+        let (wq, wk) = if gemma {
+            (
+                load(g, &p("attn_q"), &[h * hd, d])?,
+                load(g, &p("attn_k"), &[kv * hd, d])?,
+            )
+        } else {
+            let mut wq = unpermute_rope_rows(&load(g, &p("attn_q"), &[h * hd, d])?, h, hd, d);
+            wq.iter_mut().for_each(|w| *w *= scale);
+            let wk = unpermute_rope_rows(&load(g, &p("attn_k"), &[kv * hd, d])?, kv, hd, d);
+            (wq, wk)
+        };
         let wv = load(g, &p("attn_v"), &[kv * hd, d])?;
         let mut wqkv = wq;
         wqkv.extend_from_slice(&wk);
@@ -472,6 +546,27 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         );
         let wd = load(g, &p("ffn_down"), &[d, ff])?;
         let wd = b.weight(&format!("l{l}.wdown"), &[ff as i64, d as i64], &transpose(&wd, d, ff));
+        // Gemma: QK-norm, and norms after attention and after the MLP
+        let gemma_norms = if gemma {
+            let mut qn = load(g, &p("attn_q_norm"), &[hd])?;
+            qn.iter_mut().for_each(|w| *w *= scale);
+            let qn = b.weight(&format!("l{l}.q_norm"), &[hd as i64], &qn);
+            let kn = load(g, &p("attn_k_norm"), &[hd])?;
+            let kn = b.weight(&format!("l{l}.k_norm"), &[hd as i64], &kn);
+            let pa = load(g, &p("post_attention_norm"), &[d])?;
+            let pa = b.weight(&format!("l{l}.post_attn_norm"), &[d as i64], &pa);
+            let pf = load(g, &p("post_ffw_norm"), &[d])?;
+            let pf = b.weight(&format!("l{l}.post_ffw_norm"), &[d as i64], &pf);
+            Some((qn, kn, pa, pf))
+        } else {
+            None
+        };
+        let global = (l + 1) % cfg.global_every == 0;
+        let (cos_g, sin_g) = match (&rope_local, global) {
+            (Some(local), false) => local.clone(),
+            _ => rope_global.clone(),
+        };
+        let layer_bias = if global { bias.clone() } else { bias_local.clone() };
 
         // attention
         let hn = b.rms_norm(&x, &attn_norm, &eps);
@@ -480,6 +575,10 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         let q = b.op("Reshape", &[&parts[0], &shape_q], vec![]); // [B, S, H, D]
         let k = b.op("Reshape", &[&parts[1], &shape_kv], vec![]); // [B, S, KV, D]
         let vv = b.op("Reshape", &[&parts[2], &shape_kv], vec![]);
+        let (q, k) = match &gemma_norms {
+            Some((qn, kn, _, _)) => (b.rms_norm(&q, qn, &eps), b.rms_norm(&k, kn, &eps)),
+            None => (q, k),
+        };
         let rope = |b: &mut Builder, t: &str| {
             let t1 = b.op("Slice", &[t, &c0, &half_i, &c3], vec![]);
             let t2 = b.op("Slice", &[t, &half_i, &hd_i, &c3], vec![]);
@@ -507,22 +606,43 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         let kt = b.op("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))]); // [B, H, D, S]
         let vt = b.op("Transpose", &[&vv], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]); // [B, H, S, D]
         let scores = b.op("MatMul", &[&qt, &kt], vec![]);
-        let scores = b.op("Add", &[&scores, &bias], vec![]);
+        let scores = b.op("Add", &[&scores, &layer_bias], vec![]);
         let probs = b.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
         let ctxv = b.op("MatMul", &[&probs, &vt], vec![]); // [B, H, S, D]
         let ctxv = b.op("Transpose", &[&ctxv], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]);
         let ctxv = b.op("Reshape", &[&ctxv, &shape_attn], vec![]);
         let attn = b.op("MatMul", &[&ctxv, &wo], vec![]);
+        let attn = match &gemma_norms {
+            Some((_, _, pa, _)) => b.rms_norm(&attn, pa, &eps),
+            None => attn,
+        };
         let x_mid = b.op("Add", &[&x, &attn], vec![]);
 
         // MLP
         let hn2 = b.rms_norm(&x_mid, &ffn_norm, &eps);
         let gu = b.op("MatMul", &[&hn2, &wgu], vec![]);
         let gu = b.op_multi("Split", &[&gu, &split_ff], vec![("axis", Attr::Int(-1))], 2);
-        let sig = b.op("Sigmoid", &[&gu[0]], vec![]);
-        let silu = b.op("Mul", &[&gu[0], &sig], vec![]);
-        let m = b.op("Mul", &[&silu, &gu[1]], vec![]);
+        let act = if let Some((gelu_c, gelu_a, f_half, f_one)) = &gelu {
+            // 0.5 g (1 + tanh(√(2/π) (g + 0.044715 g³)))
+            let g2 = b.op("Mul", &[&gu[0], &gu[0]], vec![]);
+            let g3 = b.op("Mul", &[&g2, &gu[0]], vec![]);
+            let t = b.op("Mul", &[&g3, gelu_a], vec![]);
+            let t = b.op("Add", &[&gu[0], &t], vec![]);
+            let t = b.op("Mul", &[&t, gelu_c], vec![]);
+            let t = b.op("Tanh", &[&t], vec![]);
+            let t = b.op("Add", &[&t, f_one], vec![]);
+            let t = b.op("Mul", &[&t, f_half], vec![]);
+            b.op("Mul", &[&gu[0], &t], vec![])
+        } else {
+            let sig = b.op("Sigmoid", &[&gu[0]], vec![]);
+            b.op("Mul", &[&gu[0], &sig], vec![])
+        };
+        let m = b.op("Mul", &[&act, &gu[1]], vec![]);
         let down = b.op("MatMul", &[&m, &wd], vec![]);
+        let down = match &gemma_norms {
+            Some((_, _, _, pf)) => b.rms_norm(&down, pf, &eps),
+            None => down,
+        };
         let next = hidden_name(l + 1);
         b.op_named("Add", &[&x_mid, &down], vec![], &next);
         x = next;

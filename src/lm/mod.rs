@@ -33,6 +33,47 @@ pub fn ensure_default_model_blocks(blocks: usize) -> crate::Result<PathBuf> {
     ensure_default_import(Some(blocks))
 }
 
+/// Positions the imported Gemma 3 model supports (its RoPE tables; the GGUF allows 32,768):
+/// extraction windows are far shorter, and the tables grow with it.
+pub const GEMMA_MAX_CONTEXT: usize = 4096;
+
+/// The multilingual model, Gemma 3 270M (`[model] dir = "gemma3-270m"`), imported from the
+/// cached GGUF on first use, like [`ensure_default_model`].
+pub fn ensure_gemma_model() -> crate::Result<PathBuf> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = crate::paths::gemma_model_dir();
+    if is_current(&dir) {
+        return Ok(dir);
+    }
+    let opts = ImportOptions {
+        max_context: Some(GEMMA_MAX_CONTEXT),
+        ..Default::default()
+    };
+    import_into(&crate::paths::gemma_gguf()?, &dir, &opts)
+}
+
+/// Whether `dir` holds a model written by this importer revision.
+fn is_current(dir: &std::path::Path) -> bool {
+    Manifest::load(dir)
+        .ok()
+        .is_some_and(|m| m.written_by.as_deref() == Some(import::importer_stamp().as_str()))
+        && dir.join("model.onnx").is_file()
+        && dir.join("tokenizer.json").is_file()
+}
+
+/// Imports `gguf` into a temporary sibling of `dir`, then renames it into place.
+fn import_into(gguf: &std::path::Path, dir: &std::path::Path, opts: &ImportOptions) -> crate::Result<PathBuf> {
+    tracing::warn!("importing {} → {} (once)", gguf.display(), dir.display());
+    let tmp = crate::paths::temp_sibling(dir);
+    import_gguf(gguf, &tmp, opts)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| crate::Error::io(dir, e))?;
+    Ok(dir.to_path_buf())
+}
+
 fn ensure_default_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
@@ -46,29 +87,12 @@ fn ensure_default_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
                 .unwrap_or_default()
         )),
     };
-    let current = Manifest::load(&dir)
-        .ok()
-        .is_some_and(|m| m.written_by.as_deref() == Some(import::importer_stamp().as_str()))
-        && dir.join("model.onnx").is_file()
-        && dir.join("tokenizer.json").is_file();
-    if current {
+    if is_current(&dir) {
         return Ok(dir);
     }
-    let gguf = crate::paths::default_gguf()?;
-    tracing::warn!(
-        "importing the default model {} → {} (once)",
-        gguf.display(),
-        dir.display()
-    );
-    let tmp = crate::paths::temp_sibling(&dir);
     let opts = ImportOptions {
         blocks,
         ..Default::default()
     };
-    import_gguf(&gguf, &tmp, &opts)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
-    }
-    std::fs::rename(&tmp, &dir).map_err(|e| crate::Error::io(&dir, e))?;
-    Ok(dir)
+    import_into(&crate::paths::default_gguf()?, &dir, &opts)
 }

@@ -339,7 +339,7 @@ impl LanguageModel {
             if self
                 .tokenizer
                 .id_to_token(best)
-                .is_some_and(|t| t.starts_with("<|") && t.ends_with("|>"))
+                .is_some_and(|t| (t.starts_with("<|") && t.ends_with("|>")) || t == "<eos>" || t == "<end_of_turn>")
             {
                 break;
             }

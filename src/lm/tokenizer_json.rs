@@ -51,9 +51,12 @@ fn pre_tokenizer(pre: &str) -> Result<Json> {
 /// Returns the text of a tokenizer.json equivalent to the GGUF's tokenizer.
 pub fn from_gguf(g: &Gguf) -> Result<String> {
     let model = g.req_str("tokenizer.ggml.model")?;
+    if model == "llama" {
+        return sentencepiece_bpe(g);
+    }
     if model != "gpt2" {
         return Err(Error::Model(format!(
-            "tokenizer model `{model}` is not supported yet (supported: gpt2 byte-level BPE)"
+            "tokenizer model `{model}` is not supported yet (supported: gpt2 byte-level BPE, llama SentencePiece BPE)"
         )));
     }
     let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
@@ -103,6 +106,92 @@ pub fn from_gguf(g: &Gguf) -> Result<String> {
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": pairs}
+    });
+    Ok(serde_json::to_string(&tok).expect("json"))
+}
+
+/// A SentencePiece BPE vocabulary (`tokenizer.ggml.model = "llama"`: pieces with scores, `▁` for
+/// a space, `<0xXX>` byte pieces), as Hugging Face converts it: a BPE model with byte fallback
+/// whose merges are every split `a + b` of a piece into two pieces, ranked by the merged piece's
+/// score (highest first: SentencePiece merges the best-scoring adjacent pair first), spaces
+/// replaced by `▁` before the model, no pre-tokenizer and no prefix space (Gemma 3 sets
+/// `add_space_prefix = false`; a GGUF that asks for one is refused rather than guessed).
+fn sentencepiece_bpe(g: &Gguf) -> Result<String> {
+    if g.get("tokenizer.ggml.add_space_prefix").and_then(Value::as_bool) == Some(true) {
+        return Err(Error::Model(
+            "SentencePiece tokenizer with add_space_prefix = true is not supported yet".into(),
+        ));
+    }
+    let tokens = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.tokens` is missing".into()))?;
+    let scores = g
+        .get("tokenizer.ggml.scores")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.scores` is missing".into()))?;
+    let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
+    if scores.len() != tokens.len() {
+        return Err(Error::Model(format!(
+            "{} tokens but {} scores",
+            tokens.len(),
+            scores.len()
+        )));
+    }
+    let unk = g
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(Value::as_u64)
+        .and_then(|i| tokens.get(i as usize))
+        .and_then(Value::as_str)
+        .unwrap_or("<unk>");
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::with_capacity(tokens.len());
+    let mut normal: Vec<(usize, &str, f64)> = Vec::new();
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        let s = t
+            .as_str()
+            .ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
+        vocab.insert(s.to_string(), json!(i));
+        let ty = types.and_then(|ts| ts.get(i)).and_then(Value::as_u64).unwrap_or(1);
+        // 1 = normal, 3 = control, 4 = user-defined, 6 = byte (llama.cpp's llama_token_type)
+        match ty {
+            1 => {
+                ids.entry(s).or_insert(i);
+                normal.push((i, s, scores[i].as_f64().unwrap_or(0.0)));
+            }
+            3 | 4 => added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == 3})),
+            _ => {}
+        }
+    }
+    // merges: every split of a normal piece into two normal pieces
+    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new(); // (score, merged id, left id, right id)
+    for &(id, s, score) in &normal {
+        for (k, _) in s.char_indices().skip(1) {
+            if let (Some(&a), Some(&b)) = (ids.get(&s[..k]), ids.get(&s[k..])) {
+                merges.push((score, id, a, b));
+            }
+        }
+    }
+    // best score first; ties by the merged piece's id, then by the left piece's
+    merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
+    let name = |i: usize| tokens[i].as_str().unwrap_or_default();
+    let pairs: Vec<Json> = merges.iter().map(|m| json!([name(m.2), name(m.3)])).collect();
+    let tok = json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
             "vocab": vocab, "merges": pairs}
     });
     Ok(serde_json::to_string(&tok).expect("json"))
