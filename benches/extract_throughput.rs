@@ -9,7 +9,9 @@
 //!
 //! Run: `make bench` (or `cargo bench --bench extract_throughput`); `CORTEXFLOW_BENCH_THREADS`
 //! sets the threads (default 2), `CORTEXFLOW_BENCH_REPS` the repetitions (default 3), and
-//! `CORTEXFLOW_BENCH_MODEL=gemma3-270m` runs the multilingual model instead of SmolLM2.
+//! `CORTEXFLOW_BENCH_MODEL=gemma3-270m` runs the multilingual model instead of SmolLM2, and
+//! `CORTEXFLOW_BENCH_BATCH` sets the windows per batch of the whole-story cases (default 4; use 1
+//! for Gemma, whose 262,144-word vocabulary makes each window's logits 0.5 GB).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -32,6 +34,10 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let batch_size: usize = std::env::var("CORTEXFLOW_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ExtractOptions::default().batch_size);
     let dir = match std::env::var("CORTEXFLOW_BENCH_MODEL").as_deref() {
         Ok("gemma3-270m") => lm::ensure_gemma_model()?,
         _ => lm::ensure_default_model()?,
@@ -92,6 +98,7 @@ fn main() -> anyhow::Result<()> {
         let ids = extract::tokenize_story(&model.tokenizer, st, sep)?.ids;
         let opts = ExtractOptions {
             separator: sep.into(),
+            batch_size,
             ..Default::default()
         };
         let plans = extract::plan_windows(ids.len(), opts.window - 1, opts.min_context)?;
@@ -129,6 +136,7 @@ fn main() -> anyhow::Result<()> {
     for (name, st) in &stories {
         let opts = ExtractOptions {
             separator: extract::word_separator(&st.language).into(),
+            batch_size,
             ..Default::default()
         };
         let t0 = Instant::now();

@@ -6,7 +6,7 @@
 //!   word tier is an IntervalTier — each non-silent interval is one word;
 //! * a word table (TSV or CSV with a header row) with one word per row and, optionally, onset
 //!   and offset columns;
-//! * plain text — words are the whitespace-separated tokens; no timing.
+//! * plain text — words are the whitespace-separated tokens (Chinese: jieba's segments); no timing.
 //!
 //! **Output.** A [`Story`]: its id (default: the file stem), its language (a BCP-47-style code
 //! such as `en`, from [`ReadOptions::language`]) and its [`Word`]s in file order.
@@ -21,7 +21,7 @@
 //! [`Error::Parse`] naming the file, the place (`line 57` for a TextGrid, ``row 12, column
 //! `onset_s` `` for a table; rows are counted as in the file, the header being row 1) and what was
 //! expected versus what was found. A well-formed file without usable words (zero words after
-//! skipping silence labels, no word tier, Chinese plain text) is [`Error::Invalid`] naming the
+//! skipping silence labels, no word tier) is [`Error::Invalid`] naming the
 //! file.
 
 mod decode;
