@@ -48,6 +48,42 @@ fn pre_tokenizer(pre: &str) -> Result<Json> {
     })
 }
 
+/// The GGUF's pieces with llama.cpp's token type of each (1 = normal, 3 = control,
+/// 4 = user-defined, 6 = byte; 1 when the GGUF has no types).
+fn pieces(g: &Gguf) -> Result<Vec<(&str, u64)>> {
+    let tokens = g
+        .get("tokenizer.ggml.tokens")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.tokens` is missing".into()))?;
+    let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let s = t
+                .as_str()
+                .ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
+            let ty = types.and_then(|ts| ts.get(i)).and_then(Value::as_u64).unwrap_or(1);
+            Ok((s, ty))
+        })
+        .collect()
+}
+
+/// The vocabulary (piece → id) and the added tokens: control and user-defined pieces, never
+/// split; control pieces are special, and user-defined ones too when `user_defined_special`.
+fn vocab_and_added(pieces: &[(&str, u64)], user_defined_special: bool) -> (serde_json::Map<String, Json>, Vec<Json>) {
+    let mut vocab = serde_json::Map::with_capacity(pieces.len());
+    let mut added = Vec::new();
+    for (i, &(s, ty)) in pieces.iter().enumerate() {
+        vocab.insert(s.to_string(), json!(i));
+        if ty == 3 || ty == 4 {
+            added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": ty == 3 || user_defined_special}));
+        }
+    }
+    (vocab, added)
+}
+
 /// Returns the text of a tokenizer.json equivalent to the GGUF's tokenizer.
 pub fn from_gguf(g: &Gguf) -> Result<String> {
     let model = g.req_str("tokenizer.ggml.model")?;
@@ -61,30 +97,13 @@ pub fn from_gguf(g: &Gguf) -> Result<String> {
     }
     let pre = g.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
     let pre_tok = pre_tokenizer(pre)?;
-    let tokens = g
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.tokens` is missing".into()))?;
-    let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
     let merges = g
         .get("tokenizer.ggml.merges")
         .and_then(Value::as_array)
         .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.merges` is missing".into()))?;
 
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    let mut added = Vec::new();
-    for (i, t) in tokens.iter().enumerate() {
-        let s = t
-            .as_str()
-            .ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
-        vocab.insert(s.to_string(), json!(i));
-        let ty = types.and_then(|ts| ts.get(i)).and_then(Value::as_u64).unwrap_or(1);
-        // 3 = control, 4 = user-defined (llama.cpp's llama_token_type)
-        if ty == 3 || ty == 4 {
-            added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": true}));
-        }
-    }
+    let pieces = pieces(g)?;
+    let (vocab, added) = vocab_and_added(&pieces, true);
     let mut pairs = Vec::with_capacity(merges.len());
     for (i, m) in merges.iter().enumerate() {
         let s = m
@@ -123,47 +142,30 @@ fn sentencepiece_bpe(g: &Gguf) -> Result<String> {
             "SentencePiece tokenizer with add_space_prefix = true is not supported yet".into(),
         ));
     }
-    let tokens = g
-        .get("tokenizer.ggml.tokens")
-        .and_then(Value::as_array)
-        .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.tokens` is missing".into()))?;
+    let pieces = pieces(g)?;
     let scores = g
         .get("tokenizer.ggml.scores")
         .and_then(Value::as_array)
         .ok_or_else(|| Error::Model("metadata `tokenizer.ggml.scores` is missing".into()))?;
-    let types = g.get("tokenizer.ggml.token_type").and_then(Value::as_array);
-    if scores.len() != tokens.len() {
+    if scores.len() != pieces.len() {
         return Err(Error::Model(format!(
             "{} tokens but {} scores",
-            tokens.len(),
+            pieces.len(),
             scores.len()
         )));
     }
     let unk = g
         .get("tokenizer.ggml.unknown_token_id")
         .and_then(Value::as_u64)
-        .and_then(|i| tokens.get(i as usize))
-        .and_then(Value::as_str)
-        .unwrap_or("<unk>");
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::with_capacity(tokens.len());
+        .and_then(|i| pieces.get(i as usize))
+        .map_or("<unk>", |p| p.0);
+    let (vocab, added) = vocab_and_added(&pieces, false);
+    let mut ids: std::collections::HashMap<&str, usize> = std::collections::HashMap::with_capacity(pieces.len());
     let mut normal: Vec<(usize, &str, f64)> = Vec::new();
-    let mut added = Vec::new();
-    for (i, t) in tokens.iter().enumerate() {
-        let s = t
-            .as_str()
-            .ok_or_else(|| Error::Model(format!("token {i} is not a string")))?;
-        vocab.insert(s.to_string(), json!(i));
-        let ty = types.and_then(|ts| ts.get(i)).and_then(Value::as_u64).unwrap_or(1);
-        // 1 = normal, 3 = control, 4 = user-defined, 6 = byte (llama.cpp's llama_token_type)
-        match ty {
-            1 => {
-                ids.entry(s).or_insert(i);
-                normal.push((i, s, scores[i].as_f64().unwrap_or(0.0)));
-            }
-            3 | 4 => added.push(json!({"id": i, "content": s, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": ty == 3})),
-            _ => {}
+    for (i, &(s, ty)) in pieces.iter().enumerate() {
+        if ty == 1 {
+            ids.entry(s).or_insert(i);
+            normal.push((i, s, scores[i].as_f64().unwrap_or(0.0)));
         }
     }
     // merges: every split of a normal piece into two normal pieces
@@ -177,7 +179,7 @@ fn sentencepiece_bpe(g: &Gguf) -> Result<String> {
     }
     // best score first; ties by the merged piece's id, then by the left piece's
     merges.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)).then(x.2.cmp(&y.2)));
-    let name = |i: usize| tokens[i].as_str().unwrap_or_default();
+    let name = |i: usize| pieces[i].0;
     let pairs: Vec<Json> = merges.iter().map(|m| json!([name(m.2), name(m.3)])).collect();
     let tok = json!({
         "version": "1.0",

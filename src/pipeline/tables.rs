@@ -76,8 +76,8 @@ pub(crate) fn language_of(langs: &BTreeMap<String, String>, story: &str) -> Stri
     langs.get(story).cloned().unwrap_or_default()
 }
 
-pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
-    let langs = story_languages(ctx, snap)?;
+/// `langs`: story → language ([`story_languages`]).
+pub fn fits_batch(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Result<RecordBatch> {
     let (mut subject, mut story, mut layer, mut set, mut roi) = (vec![], vec![], vec![], vec![], vec![]);
     let mut language = vec![];
     let (mut r, mut alpha, mut excluded, mut n_trs, mut n_feat) = (vec![], vec![], vec![], vec![], vec![]);
@@ -87,7 +87,7 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
         for (j, name) in f.rois.iter().enumerate() {
             subject.push(k.subject.clone());
             story.push(k.story.clone());
-            language.push(language_of(&langs, &k.story));
+            language.push(language_of(langs, &k.story));
             layer.push(k.layer as u16);
             set.push(k.feature_set.clone());
             roi.push(name.clone());
@@ -193,7 +193,11 @@ pub struct SummaryRow {
     pub ceiling_r: f64,
 }
 
-pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usize, f64)> {
+pub fn summary_rows(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    langs: &BTreeMap<String, String>,
+) -> Result<(Vec<SummaryRow>, usize, f64)> {
     let ceilings = isc_ceilings(ctx, snap)?;
     let ceiling_of = |story: &str, roi: &str| -> f64 {
         if roi == "all" {
@@ -213,7 +217,6 @@ pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usiz
                 .map_or(f64::NAN, |c| c.0)
         }
     };
-    let langs = story_languages(ctx, snap)?;
     let mut rows = Vec::new();
     let (mut n_boot, mut level) = (0, f64::NAN);
     for ((story, layer, set), id) in &snap.summaries {
@@ -223,7 +226,7 @@ pub fn summary_rows(ctx: &Ctx, snap: &Snapshot) -> Result<(Vec<SummaryRow>, usiz
         for j in 0..s.roi.len() {
             rows.push(SummaryRow {
                 story: story.clone(),
-                language: language_of(&langs, story),
+                language: language_of(langs, story),
                 layer: *layer,
                 feature_set: set.clone(),
                 roi: s.roi[j].clone(),
@@ -342,12 +345,14 @@ pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
 /// are built (and checked against their schemas) in memory before the first file is written;
 /// each file is written atomically.
 pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
-    let fits = fits_batch(ctx, snap)?;
-    let (rows, n_boot, level) = summary_rows(ctx, snap)?;
+    // every story artifact read once for the language of each story-keyed row
+    let story_langs = story_languages(ctx, snap)?;
+    let fits = fits_batch(ctx, snap, &story_langs)?;
+    let (rows, n_boot, level) = summary_rows(ctx, snap, &story_langs)?;
     let summary = summary_batch(&rows, n_boot, level)?;
     let quality = sae_quality_batch(ctx, snap)?;
     let taxonomy = match ctx.plan.file.taxonomy {
-        Some(_) => Some(super::taxonomy_tables::build(ctx, snap)?),
+        Some(_) => Some(super::taxonomy_tables::build(ctx, snap, &story_langs)?),
         None => None,
     };
     let langs = super::language_tables::language_rows(ctx, snap)?;

@@ -695,11 +695,11 @@ pub struct TaxonomyOutputs {
     pub partition_markdown: String,
 }
 
-pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
+/// `langs`: story → language ([`super::tables::story_languages`]).
+pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Result<TaxonomyOutputs> {
     let labels = layer_labels(ctx, snap)?;
     let scores = subject_scores(ctx, snap)?;
-    let langs = super::tables::story_languages(ctx, snap)?;
-    let baselines = baseline_rows(ctx, &labels, &scores, &langs)?;
+    let baselines = baseline_rows(ctx, &labels, &scores, langs)?;
     let observed = observed_matrices(ctx, &scores)?;
     let reports = topography_reports(ctx, &observed)?;
     let mut tables = vec![
@@ -728,7 +728,7 @@ pub fn build(ctx: &Ctx, snap: &Snapshot) -> Result<TaxonomyOutputs> {
     let tables = tables
         .into_iter()
         .map(|(name, b)| match b.schema().index_of("story") {
-            Ok(_) => Ok((name, super::tables::with_language(&b, &langs)?)),
+            Ok(_) => Ok((name, super::tables::with_language(&b, langs)?)),
             Err(_) => Ok((name, b)), // keyed by (language, layer) already
         })
         .collect::<Result<Vec<_>>>()?;
