@@ -61,7 +61,9 @@ pub struct PipelineFile {
 pub struct TaxonomySection {
     /// Labels to use instead of the built-in labeller's: answers as JSONL or TSV (see
     /// `cortexflow labels`), relative to the working directory. The built-in labels are still
-    /// computed, and their agreement with these is reported.
+    /// computed, and their agreement with these is reported. `{language}` in the path stands for
+    /// the SAE's language (one answers file per language, e.g. `answers-{language}.tsv`); without
+    /// it, the one file labels that layer's SAE of every language.
     #[serde(default)]
     pub labels: Option<PathBuf>,
     /// CoNLL-X/U parses the closed-class word list is extended from (under the data root; "" for
@@ -118,6 +120,15 @@ pub struct TaxonomySection {
     /// layer ℓ whose layer ℓ − Δ is analysed too. Default: off.
     #[serde(default)]
     pub prediction_error_delta: Option<usize>,
+}
+
+impl TaxonomySection {
+    /// The imported labels of `language`'s SAEs (`labels` with `{language}` replaced).
+    pub fn labels_for(&self, language: &str) -> Option<PathBuf> {
+        self.labels
+            .as_ref()
+            .map(|p| PathBuf::from(p.to_string_lossy().replace("{language}", language)))
+    }
 }
 
 fn default_closed_class() -> String {
@@ -981,9 +992,18 @@ impl Plan {
                     ));
                 }
             }
-            for p in [&t.labels, &t.seed_lexicon, &t.prediction].into_iter().flatten() {
+            for p in [&t.seed_lexicon, &t.prediction].into_iter().flatten() {
                 if !p.is_file() {
                     return Err(invalid(path, "taxonomy", format!("{} not found", p.display())));
+                }
+            }
+            for l in &languages {
+                if let Some(p) = t.labels_for(l).filter(|p| !p.is_file()) {
+                    return Err(invalid(
+                        path,
+                        "taxonomy.labels",
+                        format!("{} not found (the labels of the `{l}` SAEs)", p.display()),
+                    ));
                 }
             }
             if let Some(delta) = t.prediction_error_delta {

@@ -443,6 +443,7 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         "feature_sets",
         "baselines",
         "topography_observed",
+        "topography_stats",
         "variance_partition",
         "variance_partition_summary",
         "prediction_error",
@@ -485,6 +486,30 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     assert_eq!(lines[1], "10 True 10 True", "10 count- and 10 variance-matched subsets");
     assert_eq!(lines[2], "True");
     assert_eq!(lines[3], "True True");
+
+    // The topography statistics of every (story, layer) matrix are one table keyed by story,
+    // language and layer; its Spearman ρ is scipy's on the observed cells of the same matrix.
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         from scipy.stats import spearmanr\n\
+         o = pl.read_parquet(sys.argv[1]); t = pl.read_parquet(sys.argv[2])\n\
+         print(t.columns[:4], sorted(set(t['language'].to_list())))\n\
+         keys = sorted(set(o.select('story', 'layer').iter_rows()))\n\
+         print(keys == sorted(set(t.select('story', 'layer').iter_rows())), t.group_by('story', 'layer').len()['len'].n_unique())\n\
+         for story, layer in keys:\n\
+         \x20   m = o.filter((pl.col('story') == story) & (pl.col('layer') == layer)).sort('subcategory', 'region')\n\
+         \x20   rho = t.filter((pl.col('story') == story) & (pl.col('layer') == layer) & (pl.col('statistic') == 'spearman_rho'))['value'][0]\n\
+         \x20   ref = spearmanr(m['mean_r'].to_numpy(), m['predicted'].cast(pl.Float64).to_numpy()).statistic\n\
+         \x20   print(layer, abs(rho - ref) < 1e-9)",
+        &[
+            out.join("topography_observed.parquet").to_str().unwrap(),
+            out.join("topography_stats.parquet").to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    assert_eq!(lines[0], "['story', 'language', 'layer', 'statistic'] ['en']");
+    assert_eq!(lines[1], "True 1", "every matrix has the same statistics");
+    assert_eq!(&lines[2..], ["3 True", "9 True"], "ρ agrees with scipy at both layers");
 
     // Variance partition by category: the groups are the layer's category sets with their
     // feature counts, and the exact Shapley values of each (subject, ROI) sum to its full R²
@@ -554,7 +579,8 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
             }
         })
         .collect();
-    let ans = tmp.path().join("answers.tsv");
+    // one answers file per language: `{language}` in the path names the SAE's language
+    let ans = tmp.path().join("answers-en.tsv");
     std::fs::write(&ans, answers).unwrap();
     let o = support::bin()
         .args(["labels", "agree"])
@@ -569,18 +595,27 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         text.contains("over 1152 features") && text.contains("Cohen's κ"),
         "{text}"
     );
-    let imported = std::fs::read_to_string(&p).unwrap().replace(
-        "[taxonomy]\n",
-        &format!("[taxonomy]\nlabels = {:?}\n", ans.to_str().unwrap()),
+    let with_labels = |file: &str| {
+        let text = std::fs::read_to_string(&p).unwrap().replace(
+            "[taxonomy]\n",
+            &format!("[taxonomy]\nlabels = {:?}\n", tmp.path().join(file).to_str().unwrap()),
+        );
+        let q = tmp.path().join("tax-labels.toml");
+        std::fs::write(&q, text).unwrap();
+        Plan::load(&q)
+    };
+    let missing = with_labels("nothing-{language}.tsv").unwrap_err().to_string();
+    assert!(
+        missing.contains("nothing-en.tsv not found (the labels of the `en` SAEs)"),
+        "{missing}"
     );
-    std::fs::write(&p, imported).unwrap();
-    let plan = Plan::load(&p).unwrap();
+    let plan = with_labels("answers-{language}.tsv").unwrap();
     pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
     let check = support::run_python(
         "import sys, polars as pl\n\
          l = pl.read_parquet(sys.argv[1]).filter(pl.col('layer') == 9)\n\
          d = l.filter(pl.col('category') != pl.col('builtin_category'))\n\
-         print(d.height, bool((d['category'] == 'lexical').all()), l['source'][0].endswith('answers.tsv'))",
+         print(d.height, bool((d['category'] == 'lexical').all()), l['source'][0].endswith('answers-en.tsv'))",
         &[out.join("feature_labels.parquet").to_str().unwrap()],
     );
     assert_eq!(check.trim(), "40 True True");

@@ -441,8 +441,8 @@ pub fn run_topography(a: &TopographyArgs) -> Result<TopographySummary> {
     })
 }
 
-/// Writes `rows` as the `topography_tests` table (atomic, schema-checked).
-pub fn write_statistics_parquet(path: &Path, rows: &[StatisticRow], metadata: &[(String, String)]) -> Result<()> {
+/// The columns of the `topography_tests` table, in its schema's order.
+pub fn statistics_columns(rows: &[StatisticRow]) -> Vec<ArrayRef> {
     let f64s = |f: fn(&StatisticRow) -> Option<f64>| {
         Arc::new(Float64Array::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
     };
@@ -452,7 +452,7 @@ pub fn write_statistics_parquet(path: &Path, rows: &[StatisticRow], metadata: &[
     let strs = |f: fn(&StatisticRow) -> Option<&str>| {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
     };
-    let cols: Vec<ArrayRef> = vec![
+    vec![
         strs(|r| Some(r.statistic.as_str())),
         f64s(|r| Some(r.value)),
         f64s(|r| r.p_value),
@@ -466,7 +466,12 @@ pub fn write_statistics_parquet(path: &Path, rows: &[StatisticRow], metadata: &[
         strs(|r| r.alternative.as_deref()),
         strs(|r| r.tie_rule.as_deref()),
         strs(|r| r.note.as_deref()),
-    ];
+    ]
+}
+
+/// Writes `rows` as the `topography_tests` table (atomic, schema-checked).
+pub fn write_statistics_parquet(path: &Path, rows: &[StatisticRow], metadata: &[(String, String)]) -> Result<()> {
+    let cols = statistics_columns(rows);
     let schema = TableSchema::builtin("topography_tests")?;
     let arrow_schema = Arc::new(schema.to_arrow(&Default::default())?);
     let batch = RecordBatch::try_new(arrow_schema, cols).map_err(|e| Error::Write {

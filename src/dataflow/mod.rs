@@ -624,7 +624,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         }
                     }
                     let Some(sae) = sae else { return };
-                    match c8.install(|| crate::pipeline::taxonomy::label_stage(&c8, *layer, &sae, &items)) {
+                    match c8.install(|| crate::pipeline::taxonomy::label_stage(&c8, group, *layer, &sae, &items)) {
                         Ok((id, sets)) => {
                             for set in sets {
                                 output.push(((set, id.clone()), 1));

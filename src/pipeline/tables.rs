@@ -380,7 +380,7 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
     }
     let mut files = write_tables(ctx, &tables, out)?;
     if let Some(tx) = &taxonomy {
-        files.extend(super::taxonomy_tables::write_files(ctx, tx, out)?);
+        files.extend(super::taxonomy_tables::write_files(tx, out)?);
     }
     let plot = out.join("r_by_layer.png");
     crate::report::plot_r_by_layer(&rows, &plot)?;

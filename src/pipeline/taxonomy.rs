@@ -102,13 +102,25 @@ pub fn lexicon(ctx: &Ctx, t: &TaxonomySection, language: &str) -> Result<Lexicon
 
 /// Labels and feature sets of one layer (see the module docs).
 /// Returns the labels artifact and the names of the layer's feature sets.
-pub fn label_stage(ctx: &Ctx, layer: usize, sae_id: &str, inputs: &[StoryLayer]) -> Result<(ArtifactId, Vec<String>)> {
+/// `group`: the SAE's language, or "all" for one SAE of every language (then the plan has one).
+pub fn label_stage(
+    ctx: &Ctx,
+    group: &str,
+    layer: usize,
+    sae_id: &str,
+    inputs: &[StoryLayer],
+) -> Result<(ArtifactId, Vec<String>)> {
     let t = ctx
         .plan
         .file
         .taxonomy
         .clone()
         .ok_or_else(|| Error::Invalid("label stage without [taxonomy]".into()))?;
+    let language = match group {
+        "all" => ctx.plan.languages().into_iter().next().unwrap_or_default(),
+        l => l.to_string(),
+    };
+    let labels_file = t.labels_for(&language);
     // only the settings the labels and feature sets depend on (the topography, partition and
     // prediction-error settings do not), so changing those reuses the labels
     let settings = serde_json::json!({
@@ -127,13 +139,13 @@ pub fn label_stage(ctx: &Ctx, layer: usize, sae_id: &str, inputs: &[StoryLayer])
             .part("codes", &i.codes)
             .part("act", &i.act);
     }
-    for p in [&t.labels, &t.seed_lexicon].into_iter().flatten() {
+    for p in [&labels_file, &t.seed_lexicon].into_iter().flatten() {
         key = key.part("file", crate::store::artifacts::file_digest(p)?);
     }
     let id = key.finish();
-    let labels = ctx
-        .store
-        .json("labels", &id, || compute_labels(ctx, &t, layer, sae_id, inputs))?;
+    let labels = ctx.store.json("labels", &id, || {
+        compute_labels(ctx, &t, layer, sae_id, inputs, labels_file.as_deref())
+    })?;
     // the set definitions alone (small), read by every derived design of the layer
     let sets = ctx.store.json("feature-sets", &id, || Ok(labels.sets.clone()))?;
     Ok((id, sets.iter().map(|d| d.name.clone()).collect()))
@@ -145,6 +157,7 @@ fn compute_labels(
     layer: usize,
     sae_id: &str,
     inputs: &[StoryLayer],
+    labels_file: Option<&std::path::Path>,
 ) -> Result<LayerLabels> {
     let mut words: Vec<String> = Vec::new();
     let mut offsets = vec![0usize];
@@ -195,7 +208,7 @@ fn compute_labels(
         &t.labeller,
         layer,
     );
-    let (imported, imported_missing) = match &t.labels {
+    let (imported, imported_missing) = match labels_file {
         Some(p) => {
             let answers = tasks::read_answers(p)?;
             let (set, missing) = tasks::label_set_from_answers(

@@ -684,6 +684,32 @@ pub fn topography_reports(
         .collect()
 }
 
+/// The `topography_stats` table: every report's `topography_tests` rows, keyed by story and layer
+/// (the language column is added with the other story-keyed tables).
+pub fn stats_batch(reports: &[(String, usize, crate::stats::topography::TopographyReport)]) -> Result<RecordBatch> {
+    let (mut stories, mut layers, mut stats) = (vec![], vec![], vec![]);
+    for (story, layer, r) in reports {
+        for row in r.rows() {
+            stories.push(story.clone());
+            layers.push(*layer);
+            stats.push(row);
+        }
+    }
+    let schema = crate::store::TableSchema::builtin("topography_tests")?;
+    let mut cols: Vec<(&str, ArrayRef, bool)> = vec![
+        ("story", utf8(stories), false),
+        ("layer", super::tables::u16s(layers.into_iter()), false),
+    ];
+    for (c, a) in schema
+        .columns
+        .iter()
+        .zip(crate::cli::topography::statistics_columns(&stats))
+    {
+        cols.push((c.name.as_str(), a, c.nullable));
+    }
+    batch(cols)
+}
+
 /// Everything the taxonomy adds to a run's outputs, built in memory before anything is written.
 pub struct TaxonomyOutputs {
     pub tables: Vec<(&'static str, RecordBatch)>,
@@ -707,6 +733,7 @@ pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Re
         ("feature_sets", sets_batch(&labels)?),
         ("baselines", baselines_batch(&baselines)?),
         ("topography_observed", observed_batch(ctx, &observed)?),
+        ("topography_stats", stats_batch(&reports)?),
     ];
     let t = section(ctx);
     let parts = super::partition_tables::partitions(ctx, snap)?;
@@ -742,9 +769,8 @@ pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Re
     })
 }
 
-/// Writes the labelling tasks (JSONL per layer) and the topography tests (one Parquet table per
-/// story and layer, the `topography_tests` schema of `cortexflow topography`).
-pub fn write_files(ctx: &Ctx, tx: &TaxonomyOutputs, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
+/// Writes the labelling tasks (JSONL per layer), the built-in labels and the plots.
+pub fn write_files(tx: &TaxonomyOutputs, out: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();
     // with several languages, each language's files carry its code
     let several = tx.labels.iter().any(|ll| ll.language != tx.labels[0].language);
@@ -805,12 +831,6 @@ pub fn write_files(ctx: &Ctx, tx: &TaxonomyOutputs, out: &std::path::Path) -> Re
             m.mean.view(),
             &p,
         )?;
-        files.push(p);
-    }
-    let meta = vec![("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone())];
-    for (story, layer, r) in &tx.reports {
-        let p = out.join(format!("topography_tests_{story}_L{layer}.parquet"));
-        crate::cli::topography::write_statistics_parquet(&p, &r.rows(), &meta)?;
         files.push(p);
     }
     Ok(files)

@@ -76,6 +76,10 @@ const BUILTINS: &[(&str, &str)] = &[
         include_str!("../../data-schemas/topography_tests.json"),
     ),
     (
+        "topography_stats",
+        include_str!("../../data-schemas/topography_stats.json"),
+    ),
+    (
         "variance_partition",
         include_str!("../../data-schemas/variance_partition.json"),
     ),
@@ -120,6 +124,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "sae_codes",
     "sae_train_log",
     "topography_tests",
+    "topography_stats",
     "variance_partition",
     "variance_partition_summary",
     "prediction_error",
