@@ -248,7 +248,7 @@ pub fn proportions_batch(rows: &[ProportionRow]) -> Result<RecordBatch> {
 pub fn markdown(langs: &[LanguageRow], layers: &[LanguageLayerRow], props: &[ProportionRow]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let _ = writeln!(s, "## Languages\n");
+    let _ = writeln!(s, "\n## Languages\n");
     let _ = writeln!(
         s,
         "| language | stories | words | tokens | tokens/word | subjects | SAE |\n|---|---:|---:|---:|---:|---:|---|"

@@ -264,6 +264,15 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             }
         };
         let q = model.quality(held.view());
+        if !(q.r2 >= crate::report::POOR_SAE_R2) {
+            tracing::warn!(
+                "the SAE of `{group}` layer {layer} reconstructs R² = {:.3} of the held-out activations \
+                 (mean L0 {:.1}, {:.0}% dead features): lower [sae] l1",
+                q.r2,
+                q.mean_l0,
+                100.0 * q.dead_fraction
+            );
+        }
         let rec = SaeRecord {
             language: group.to_string(),
             layer,

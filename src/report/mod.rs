@@ -275,16 +275,49 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
             }
         }
     }
-    let _ = writeln!(s, "\n## SAE quality (held-out rows)\n\n| layer | d_sae | R² | mean L0 | dead | dense |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n## SAE quality (held-out rows)\n\n| SAE | layer | d_sae | R² | mean L0 | dead | dense |\n|---|---|---|---|---|---|---|"
+    );
+    let mut records = Vec::new();
     for (_, id) in &snap.saes {
         let q = stages::sae_record(ctx, id)?;
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {:.1} | {:.3} | {:.3} |",
-            q.layer, q.d_sae, q.r2, q.mean_l0, q.dead_fraction, q.dense_fraction
+            "| {} | {} | {} | {:.3} | {:.1} | {:.3} | {:.3} |",
+            q.language, q.layer, q.d_sae, q.r2, q.mean_l0, q.dead_fraction, q.dense_fraction
         );
+        records.push((q.language, q.layer, q.r2));
+    }
+    if let Some(w) = poor_sae_warning(&records) {
+        let _ = writeln!(s, "\n{w}");
     }
     Ok(s)
+}
+
+/// Held-out R² under which the report warns that an SAE explains too little.
+pub const POOR_SAE_R2: f64 = 0.1;
+
+/// The report's warning about SAEs (language, layer, held-out R²) under [`POOR_SAE_R2`], if any.
+pub fn poor_sae_warning(saes: &[(String, usize, f64)]) -> Option<String> {
+    let poor: Vec<String> = saes
+        .iter()
+        .filter(|(_, _, r2)| !(*r2 >= POOR_SAE_R2))
+        .map(|(language, layer, r2)| format!("{language} layer {layer} (R² {r2:.3})"))
+        .collect();
+    let one = poor.len() == 1;
+    (!poor.is_empty()).then(|| {
+        format!(
+            "**Warning:** the SAE{} of {} reconstruct{} less than {POOR_SAE_R2} of the held-out variance, \
+             so {} features say little about the activations. The L1 penalty `[sae] l1` acts on inputs \
+             scaled to E‖x‖² = d_in; a model whose residual stream is mostly a constant offset (Gemma 3's, \
+             for one) leaves little variance under that scale and needs a smaller l1.",
+            if one { "" } else { "s" },
+            poor.join(", "),
+            if one { "s" } else { "" },
+            if one { "its" } else { "their" },
+        )
+    })
 }
 
 /// Reading-time model comparison by layer: ΔlogLik of the selected SAE features' PCs (line), of
@@ -559,4 +592,27 @@ pub fn plot_topography(
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, x)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_report_warns_about_saes_that_reconstruct_too_little() {
+        let ok = ("en".to_string(), 9, 0.7);
+        assert_eq!(poor_sae_warning(&[ok.clone()]), None);
+        let w = poor_sae_warning(&[ok.clone(), ("fr".into(), 9, -0.043)]).unwrap();
+        assert!(
+            w.contains("the SAE of fr layer 9 (R² -0.043) reconstructs less than 0.1"),
+            "{w}"
+        );
+        assert!(!w.contains("en layer"), "{w}");
+        // a NaN R² (constant held-out rows) is no reassurance either
+        let w = poor_sae_warning(&[("fr".into(), 9, 0.05), ("zh".into(), 15, f64::NAN)]).unwrap();
+        assert!(
+            w.contains("the SAEs of fr layer 9 (R² 0.050), zh layer 15 (R² NaN) reconstruct less"),
+            "{w}"
+        );
+    }
 }
