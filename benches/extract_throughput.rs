@@ -38,8 +38,8 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(ExtractOptions::default().batch_size);
-    let dir = match std::env::var("CORTEXFLOW_BENCH_MODEL").as_deref() {
-        Ok("gemma3-270m") => lm::ensure_gemma_model()?,
+    let dir = match std::env::var("CORTEXFLOW_BENCH_MODEL") {
+        Ok(m) if m == cortexflow::paths::GEMMA_MODEL => lm::ensure_gemma_model()?,
         _ => lm::ensure_default_model()?,
     };
     let mut model = LanguageModel::load(&dir, &RuntimeOptions { threads })?;

@@ -583,7 +583,7 @@ impl Plan {
         let store = file.store.clone().unwrap_or_else(|| output.join("store"));
 
         // ---- model: layer range from the manifest, or from the default GGUF's header
-        let (model_dir, n_layers, d_model) = if file.model.dir == "gemma3-270m" {
+        let (model_dir, n_layers, d_model) = if file.model.dir == crate::paths::GEMMA_MODEL {
             // the multilingual model, imported into the cache on first use
             let dir = crate::lm::ensure_gemma_model()?;
             let m = crate::lm::Manifest::load(&dir)?;

