@@ -6,7 +6,7 @@ CARGO ?= cargo
 DATA ?= $(or $(CORTEXFLOW_DATA),../shared/data)
 ALICE := $(DATA)/alice_brennan2016/alice_stim_shared/DownTheRabbitHoleFinal_exp120_pad_1.TextGrid
 
-.PHONY: setup demo extract-demo test bench fmt clippy clean-cache
+.PHONY: setup demo extract-demo test golden bench fmt clippy clean-cache
 
 setup:
 	bash scripts/setup.sh
@@ -26,7 +26,13 @@ extract-demo: setup
 test: setup
 	$(CARGO) build --bin cortexflow
 	./target/debug/cortexflow model default
-	$(CARGO) test
+	bash scripts/test.sh
+
+# Behaviour fingerprint: reduced alice, alice-taxonomy and natural-stories runs, every Parquet
+# table's sha256 compared with tests/fixtures/golden/SHA256SUMS (scripts/golden.sh).
+golden: setup
+	$(CARGO) build --bin cortexflow
+	bash scripts/golden.sh
 
 bench: setup
 	$(CARGO) bench --bench extract_throughput

@@ -31,7 +31,8 @@ use std::time::Instant;
 
 use cortexflow::config::Plan;
 use cortexflow::dataflow::{self, Epoch, EpochFeed, EpochResult, Topology};
-use cortexflow::pipeline::{self, stages};
+use cortexflow::pipeline;
+use cortexflow::stages;
 
 fn plan(tmp: &Path, name: &str) -> Plan {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/alice.toml");
@@ -70,7 +71,7 @@ fn main() {
     let n_subjects = full.result.snapshot.responses.len();
     println!(
         "from scratch: {n_subjects} subjects, layers {:?}, {} fits, {t_full:.1} s (compute by stage, summed over workers: {:?})",
-        full.result.snapshot.saes.iter().map(|((_, l), _)| *l).collect::<Vec<_>>(),
+        full.result.snapshot.saes.iter().map(|(k, _)| k.layer).collect::<Vec<_>>(),
         full.result.snapshot.fits.len(),
         full.stage_seconds.iter().map(|(k, v)| format!("{k} {v:.0} s")).collect::<Vec<_>>()
     );

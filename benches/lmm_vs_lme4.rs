@@ -9,7 +9,7 @@
 //!   (a) rt ~ x1 + x2 + (1 | subject) + (1 | item)
 //!   (b) rt ~ x1 + x2 + (1 + x1 | subject) + (1 | item)   (a correlated by-subject random slope)
 //!
-//! Data (the simulator of `tests/lmm_parity.rs`, scaled): for a target of N rows, S = √(N/5)
+//! Data (the simulator of `tests/it/lmm_parity.rs`, scaled): for a target of N rows, S = √(N/5)
 //! subjects × 10·S items (200 × 2,000 for the default N = 200,000), each subject reading each item
 //! with probability ½ (so ≈ N rows, unbalanced both ways); x1 ~ N(0, 1) per row, x2 item-level
 //! ((item mod 7) + N(0, ½²)); rt = 300 + 20·x1 − 10·x2 + b0[subject] + b1[subject]·x1 + c[item] +

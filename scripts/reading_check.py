@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Peer check of a reading-time run (tests/reading.rs).
+"""Peer check of a reading-time run (tests/it/reading.rs).
 
 Input:  OUT_DIR (a run's output folder with reading_words.parquet and reading_comparison.parquet),
         DESIGN_CSV (path to write), SPILLOVER (int).

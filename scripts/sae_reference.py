@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference SAE encoder in NumPy for tests/sae_cli.rs (independent of cortexflow's code).
+"""Reference SAE encoder in NumPy for tests/it/sae_cli.rs (independent of cortexflow's code).
 
 Input:  SAE_DIR (a SAELens folder: cfg.json + sae_weights.safetensors, architecture "standard",
         "topk" or "jumprelu"), X_NPY (activations, n × d_in), CODES_PARQUET (cortexflow's

@@ -115,7 +115,7 @@ if [ "$WANT_VENV" = 1 ]; then
     cp "$ROOT/scripts/requirements-dev.txt" "$stamp"
   fi
 
-  # R's lme4 (Debian packages) is the peer of the linear mixed models (tests/lmm_parity.rs).
+  # R's lme4 (Debian packages) is the peer of the linear mixed models (tests/it/lmm_parity.rs).
   if ! Rscript -e 'suppressMessages(library(lme4))' >/dev/null 2>&1; then
     echo "setup: installing r-base-core and r-cran-lme4 (Debian) for the lme4 parity tests" >&2
     SUDO=""

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Reference values for cortexflow's topography and agreement statistics (tests/topography.rs,
-tests/agreement.rs).
+"""Reference values for cortexflow's topography and agreement statistics (tests/it/topography.rs,
+tests/it/agreement.rs).
 
 Reads one JSON object from stdin; every key is optional and holds a list of cases:
 

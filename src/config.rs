@@ -4,6 +4,9 @@
 //! and parameters are checked by [`Plan::load`] before any work starts: stimulus files parse,
 //! response files exist and have the declared number of rows and columns, layers are in the
 //! model's range, CV folds fit the data. See `pipelines/alice.toml` for a commented example.
+//!
+//! May import: the analyses' section types and readers (`reading`, `taxonomy`, `features`, `sae`,
+//! `lm`, `stimulus`), `store`, `stats`, `paths`, `error`; never `stages`, `dataflow` or above.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::features::roi::{read_roi_timecourses, RoiTable};
+use crate::features::FeatureSet;
 use crate::stimulus::{self, ReadOptions, Story};
 use crate::{Error, Result};
 
@@ -43,7 +47,7 @@ pub struct PipelineFile {
     pub simulate: Option<SimulateSection>,
     /// Reading times (a reading-time pipeline: no `[[story]]`, no `[fmri]`).
     #[serde(default)]
-    pub reading: Option<crate::reading::pipeline::ReadingSection>,
+    pub reading: Option<crate::reading::section::ReadingSection>,
     pub sae: SaeSection,
     #[serde(default)]
     pub encoding: EncodingSection,
@@ -346,7 +350,7 @@ pub struct EncodingSection {
     /// brain as well as the raw activations, Δr ≈ 0.01 in the paper), "controls" (lexical
     /// controls without the LM: word rate, length, word frequency; the same design at every
     /// layer, a reference line).
-    pub feature_sets: Vec<String>,
+    pub feature_sets: Vec<FeatureSet>,
     /// Word features → TRs: "hrf" (default, the paper's: impulses at word onsets convolved with
     /// the canonical HRF, averaged within each TR) or "lanczos-fir" (the Huth lab's: Lanczos
     /// downsampling to TR midpoints, then FIR delays `fir-delays`; no HRF shape assumed).
@@ -397,7 +401,7 @@ impl Default for EncodingSection {
             outer_folds: 5,
             inner_folds: 4,
             gap_trs: 5,
-            feature_sets: vec!["raw".into(), "sae".into()],
+            feature_sets: vec![FeatureSet::Raw, FeatureSet::Sae],
             alignment: default_alignment(),
             fir_delays: default_fir_delays(),
             lanczos_window: default_lanczos_window(),
@@ -507,7 +511,7 @@ pub struct Plan {
     pub subjects: Vec<SubjectInput>,
     pub corpus: Vec<PathBuf>,
     /// The reading-time inputs, validated and joined (reading pipelines only).
-    pub reading: Option<crate::reading::pipeline::ReadingInputs>,
+    pub reading: Option<crate::reading::section::ReadingInputs>,
 }
 
 fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
@@ -684,7 +688,7 @@ impl Plan {
                     "a reading-time pipeline takes its stories from [reading]; remove [fmri] and [[story]]",
                 ));
             }
-            let inputs = crate::reading::pipeline::load_inputs(&data_root, &section, path)?;
+            let inputs = crate::reading::section::load_inputs(&data_root, &section, path)?;
             let stories = inputs
                 .stories
                 .iter()
@@ -923,7 +927,7 @@ impl Plan {
             ));
         }
         for fs in &e.feature_sets {
-            if !matches!(fs.as_str(), "raw" | "sae" | "sae-recon" | "controls") {
+            if !fs.is_configurable() {
                 return Err(invalid(
                     path,
                     "encoding.feature-sets",
@@ -931,7 +935,7 @@ impl Plan {
                 ));
             }
         }
-        if e.feature_sets.iter().any(|f| f == "controls") {
+        if e.feature_sets.contains(&FeatureSet::Controls) {
             for lang in &languages {
                 let p = data_root.join(e.word_frequency.replace("{language}", lang));
                 if !p.is_file() {
@@ -966,7 +970,7 @@ impl Plan {
             }
         }
         if let Some(t) = &file.taxonomy {
-            if !e.feature_sets.iter().any(|f| f == "sae") {
+            if !e.feature_sets.contains(&FeatureSet::Sae) {
                 return Err(invalid(
                     path,
                     "taxonomy",
@@ -1007,7 +1011,7 @@ impl Plan {
                 }
             }
             if let Some(delta) = t.prediction_error_delta {
-                if delta == 0 || !e.feature_sets.iter().any(|f| f == "raw") {
+                if delta == 0 || !e.feature_sets.contains(&FeatureSet::Raw) {
                     return Err(invalid(
                         path,
                         "taxonomy.prediction-error-delta",

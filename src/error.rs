@@ -1,5 +1,7 @@
 //! The library's one error type. Every message says what was expected, what was found and where
 //! (file, row, column, tensor, layer …), so a user can fix the input without reading the code.
+//!
+//! May import: nothing of this crate (the bottom layer, with `paths` and `progress`).
 
 use std::path::PathBuf;
 

@@ -509,7 +509,7 @@ fn run(cli: Cli) -> Result<()> {
                     anyhow::bail!("reading pipelines run on one process (use -w for more workers)");
                 }
                 let opts = cortexflow::pipeline::RunOptions { workers };
-                cortexflow::reading::pipeline::run(plan, &opts)?
+                cortexflow::pipeline::reading::run(plan, &opts)?
             } else {
                 match cortexflow::pipeline::run_on(plan, &topology)? {
                     Some(r) => r,

@@ -1,5 +1,7 @@
 //! Where things live: the data root, the cache, the ONNX Runtime library, the default model; and
 //! atomic file writes (temp file in the same folder + rename) used by every writer.
+//!
+//! May import: nothing of this crate (the bottom layer, with `error` and `progress`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

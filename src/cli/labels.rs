@@ -250,7 +250,7 @@ pub fn run_labels_ask(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmRun>
         }
         tasks.extend(t);
     }
-    let pb = crate::reading::pipeline::progress(tasks.len() as u64, "labelling");
+    let pb = crate::progress::progress(tasks.len() as u64, "labelling");
     let run = crate::taxonomy::llm::label_tasks(&cfg, &tasks, &a.out, || pb.inc(1))?;
     pb.finish_and_clear();
     Ok(run)

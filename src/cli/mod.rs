@@ -11,6 +11,8 @@
 //!   `cortexflow labels ask` — labelling tasks answered by an OpenAI-compatible endpoint.
 //! * [`topography`]: `cortexflow topography` — subcategory × region matrices against an a priori
 //!   0/1 prediction (ρ, Mantel, interaction F, FDR cells, hypergeometric / Fisher overlap).
+//!
+//! May import: everything (`pipeline`, `outputs`, the analyses …): it is the top layer, with `main.rs`.
 
 pub mod labels;
 pub mod lmm;

@@ -1,5 +1,5 @@
 //! `cortexflow topography`: does an observed subcategory × region matrix follow an a priori 0/1
-//! prediction? ([`crate::stats::topography`], METHOD.md §7.)
+//! prediction? ([`crate::topography`], METHOD.md §7.)
 //!
 //! Input: TSV matrices. The first line is a header: an empty (or label) first cell, then the
 //! region names; each further line is a subcategory name, then one number per region.
@@ -15,16 +15,16 @@
 //! tie rule and alternative) and, with `--out DIR`, `DIR/topography_tests.parquet`
 //! (data-schemas/topography_tests.json), written atomically.
 
+use ndarray::{Array2, Array3};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
-use ndarray::{Array2, Array3};
-
-use crate::stats::topography::{topography_report, StatisticRow, TopographyReport, TopographySettings};
-use crate::store::{write_table_parquet, TableSchema};
+use crate::topography::matrix::read_text;
+pub use crate::topography::matrix::{
+    parse_labelled_matrix, read_labelled_matrix, statistics_columns, write_statistics_parquet, LabelledMatrix,
+};
+use crate::topography::{topography_report, TopographyReport, TopographySettings};
 use crate::{Error, Result};
 
 /// Arguments of `cortexflow topography`.
@@ -68,17 +68,6 @@ pub struct TopographyArgs {
     pub out: Option<PathBuf>,
 }
 
-/// A labelled matrix read from a TSV.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LabelledMatrix {
-    pub row_labels: Vec<String>,
-    pub col_labels: Vec<String>,
-    /// (n_rows, n_cols).
-    pub values: Array2<f64>,
-    /// File line (1-based) of each row, for messages.
-    pub lines: Vec<usize>,
-}
-
 /// What `cortexflow topography` computed and wrote.
 #[derive(Debug, Clone)]
 pub struct TopographySummary {
@@ -90,111 +79,6 @@ pub struct TopographySummary {
     /// The readable report.
     pub text: String,
     pub files: Vec<PathBuf>,
-}
-
-fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
-}
-
-/// Reads a labelled matrix TSV (see the module docs). Errors name the file, line and column
-/// (1-based, the label column is column 1) and the offending text: a missing header, duplicate
-/// labels, a line with the wrong number of fields, a cell that is not a number.
-pub fn read_labelled_matrix(path: &Path) -> Result<LabelledMatrix> {
-    parse_labelled_matrix(&read_text(path)?, path)
-}
-
-/// Parses labelled-matrix TSV text; `path` names its origin in errors.
-pub fn parse_labelled_matrix(text: &str, path: &Path) -> Result<LabelledMatrix> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let (_, header) = lines.next().ok_or_else(|| {
-        Error::parse(
-            path,
-            "line 1",
-            "expected a header (label cell, then region names), found an empty file",
-        )
-    })?;
-    let col_labels: Vec<String> = header.split('\t').skip(1).map(|s| s.trim().to_string()).collect();
-    if col_labels.is_empty() || col_labels.iter().any(String::is_empty) {
-        return Err(Error::parse(
-            path,
-            "line 1",
-            format!("expected a header of a label cell and tab-separated, non-empty region names, found `{header}`"),
-        ));
-    }
-    check_unique(path, "region", &col_labels, "line 1")?;
-    let mut row_labels = Vec::new();
-    let mut values = Vec::new();
-    let mut line_numbers = Vec::new();
-    for (i, line) in lines {
-        let ln = i + 1;
-        let fields: Vec<&str> = line.split('\t').collect();
-        if fields.len() != col_labels.len() + 1 {
-            return Err(Error::parse(
-                path,
-                format!("line {ln}"),
-                format!(
-                    "expected a subcategory name and {} values (one per region), found {} fields",
-                    col_labels.len(),
-                    fields.len()
-                ),
-            ));
-        }
-        let label = fields[0].trim();
-        if label.is_empty() {
-            return Err(Error::parse(
-                path,
-                format!("line {ln}, column 1"),
-                "expected a subcategory name, found an empty cell",
-            ));
-        }
-        row_labels.push(label.to_string());
-        for (j, f) in fields[1..].iter().enumerate() {
-            let t = f.trim();
-            let v: f64 = t.parse().map_err(|_| {
-                Error::parse(
-                    path,
-                    format!("line {ln}, column {} (region `{}`)", j + 2, col_labels[j]),
-                    format!("expected a number, found `{t}`"),
-                )
-            })?;
-            if !v.is_finite() {
-                return Err(Error::parse(
-                    path,
-                    format!("line {ln}, column {} (region `{}`)", j + 2, col_labels[j]),
-                    format!("expected a finite number, found `{t}`"),
-                ));
-            }
-            values.push(v);
-        }
-        line_numbers.push(ln);
-    }
-    if row_labels.is_empty() {
-        return Err(Error::parse(
-            path,
-            "line 2",
-            "expected at least one subcategory line after the header, found none",
-        ));
-    }
-    check_unique(path, "subcategory", &row_labels, "column 1")?;
-    Ok(LabelledMatrix {
-        values: Array2::from_shape_vec((row_labels.len(), col_labels.len()), values).expect("one value per cell"),
-        row_labels,
-        col_labels,
-        lines: line_numbers,
-    })
-}
-
-fn check_unique(path: &Path, what: &str, labels: &[String], location: &str) -> Result<()> {
-    for (i, l) in labels.iter().enumerate() {
-        if labels[..i].contains(l) {
-            return Err(Error::parse(
-                path,
-                location,
-                format!("expected unique {what} names, found `{l}` twice"),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Puts `m` in the row and column order of `reference`; errors naming the missing labels when the
@@ -332,10 +216,16 @@ fn read_subjects(path: &Path, rows: &[String], cols: &[String]) -> Result<(Array
     }
     let expected = subjects.len() * rows.len() * cols.len();
     if entries.len() != expected {
-        let (s, r, c) = (0..subjects.len())
+        let missing = (0..subjects.len())
             .flat_map(|s| (0..rows.len()).flat_map(move |r| (0..cols.len()).map(move |c| (s, r, c))))
-            .find(|k| !cells.contains_key(k))
-            .expect("a cell is missing");
+            .find(|k| !cells.contains_key(k));
+        let Some((s, r, c)) = missing else {
+            return Err(Error::parse(
+                path,
+                "whole file",
+                format!("expected {expected} values (subjects × cells), found {}", entries.len()),
+            ));
+        };
         return Err(Error::parse(
             path,
             "whole file",
@@ -439,46 +329,6 @@ pub fn run_topography(a: &TopographyArgs) -> Result<TopographySummary> {
         text,
         files,
     })
-}
-
-/// The columns of the `topography_tests` table, in its schema's order.
-pub fn statistics_columns(rows: &[StatisticRow]) -> Vec<ArrayRef> {
-    let f64s = |f: fn(&StatisticRow) -> Option<f64>| {
-        Arc::new(Float64Array::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
-    };
-    let u64s = |f: fn(&StatisticRow) -> Option<u64>| {
-        Arc::new(UInt64Array::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
-    };
-    let strs = |f: fn(&StatisticRow) -> Option<&str>| {
-        Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
-    };
-    vec![
-        strs(|r| Some(r.statistic.as_str())),
-        f64s(|r| Some(r.value)),
-        f64s(|r| r.p_value),
-        f64s(|r| r.ci_lower),
-        f64s(|r| r.ci_upper),
-        u64s(|r| r.n),
-        f64s(|r| r.df1),
-        f64s(|r| r.df2),
-        u64s(|r| r.n_perm),
-        strs(|r| r.unit.as_deref()),
-        strs(|r| r.alternative.as_deref()),
-        strs(|r| r.tie_rule.as_deref()),
-        strs(|r| r.note.as_deref()),
-    ]
-}
-
-/// Writes `rows` as the `topography_tests` table (atomic, schema-checked).
-pub fn write_statistics_parquet(path: &Path, rows: &[StatisticRow], metadata: &[(String, String)]) -> Result<()> {
-    let cols = statistics_columns(rows);
-    let schema = TableSchema::builtin("topography_tests")?;
-    let arrow_schema = Arc::new(schema.to_arrow(&Default::default())?);
-    let batch = RecordBatch::try_new(arrow_schema, cols).map_err(|e| Error::Write {
-        path: path.to_path_buf(),
-        message: format!("topography_tests table: {e}"),
-    })?;
-    write_table_parquet(path, &schema, &Default::default(), &[batch], metadata)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {

@@ -21,36 +21,42 @@
 //! Partition──▶ variance partitions by category.
 //! Each heavy step is a `reduce` keyed by its output key, so work is partitioned across workers
 //! by key and recomputed only when that key's inputs change: a subject added at a later time
-//! produces exactly that subject's fits, plus the (cheap) summaries. Stage closures do not fail:
-//! errors are collected and the run is reported as failed after the dataflow drains.
+//! produces exactly that subject's fits, plus the (cheap) summaries. Every stage but the LM goes
+//! through one of two generic keyed-stage operators (`StageEnv::per_value`: one artifact per
+//! input value; `StageEnv::per_key`: one result from all of a key's values), which call the
+//! stage function of [`crate::stages`], run it in the worker's thread pool and collect its error:
+//! stage closures do not fail, the run is reported as failed after the dataflow drains. Keys are
+//! named structs ([`records`]: [`SaeKey`], [`StoryLayerKey`], [`DesignKey`], [`FitKey`],
+//! [`PartitionKey`], [`ResponseKey`]); feature sets are [`FeatureSet`]s.
 //!
 //! Time: epoch `t` of the inputs is applied at timestamp `2t`; at `2t + 1` each process adds what
 //! its workers recorded during the epoch (stage errors, artifacts touched). Every output record,
 //! with those, is exchanged to worker 0, so on several processes (`Topology`) the first process
 //! sees the whole state and is the one that writes outputs.
+//!
+//! May import: `stages` and everything below it (`config`, the analyses, `store`, `lm` …); never
+//! `report`, `outputs`, `pipeline` or `cli`, and it knows nothing of tables or reports.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar, Mutex};
 
 use differential_dataflow::input::Input;
-use serde::{Deserialize, Serialize};
+use differential_dataflow::{ExchangeData, Hashable, VecCollection};
 use timely::dataflow::operators::{Exchange, Inspect, Probe};
 use timely::dataflow::ProbeHandle;
 
+use crate::features::FeatureSet;
 use crate::lm::LanguageModel;
-use crate::pipeline::stages::{self, Ctx, StoredStory};
+use crate::stages::taxonomy::StoryLayer;
+use crate::stages::{self, Ctx, StoredStory};
 use crate::store::artifacts::{ArtifactId, StoreStats};
 use crate::{Error, Result};
 
-/// (story id, story artifact)
-pub type StoryRec = (String, ArtifactId);
-/// (story id, (subject, response artifact))
-pub type ResponseRec = (String, (String, ArtifactId));
-/// (SAE group, layer): the group is the texts' language with `[sae] per-language` (the default),
-/// else [`SHARED_SAE_GROUP`].
-pub type SaeKey = (String, usize);
-/// The SAE group of every text when one SAE is shared by all languages.
-pub const SHARED_SAE_GROUP: &str = "all";
+pub mod records;
+pub use records::{
+    DesignKey, FitKey, Out, PartitionKey, Record, ResponseKey, ResponseRec, SaeKey, Snapshot, StoryLayerKey, StoryRec,
+    SummaryKey, SHARED_SAE_GROUP,
+};
 
 /// Input changes applied at one timestamp.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,139 +69,6 @@ pub struct Epoch {
 impl Epoch {
     pub fn is_empty(&self) -> bool {
         self.stories.is_empty() && self.corpus.is_empty() && self.responses.is_empty()
-    }
-}
-
-/// Key of one encoding fit.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct FitKey {
-    pub subject: String,
-    pub story: String,
-    pub layer: usize,
-    pub feature_set: String,
-}
-
-/// One record of the analysis state: a key and the artifact holding its value. The state after
-/// an epoch is a set of these; between epochs, records are added and retracted.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Record {
-    /// An input story: (story, story artifact)
-    Story(String, ArtifactId),
-    /// An input response table: (story, subject, response artifact)
-    Response(String, String, ArtifactId),
-    /// (story, words artifact)
-    Words(String, ArtifactId),
-    /// ((SAE group: the language, or `all`), layer), SAE artifact)
-    Sae(SaeKey, ArtifactId),
-    Fit(FitKey, ArtifactId),
-    /// ((story, layer, feature set), summary artifact)
-    Summary((String, usize, String), ArtifactId),
-    /// ((SAE group, layer), labels artifact)
-    Labels(SaeKey, ArtifactId),
-    /// ((subject, story, layer), variance-partition artifact)
-    Partition((String, String, usize), ArtifactId),
-    /// ((story, layer), `raw+pred-error` design)
-    PredError((String, usize), ArtifactId),
-}
-
-/// What flows to worker 0: state records, and at each epoch's second timestamp what the
-/// processes recorded (stage errors; artifacts read or written, as store-relative paths).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Out {
-    Rec(Record),
-    Error(String),
-    Touched(String),
-}
-
-/// The collections' contents after an epoch (sorted, so equal states compare equal).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    /// The input stories (story, story artifact)
-    pub stories: BTreeSet<(String, ArtifactId)>,
-    /// The input responses ((story, subject), response artifact)
-    pub responses: BTreeSet<((String, String), ArtifactId)>,
-    /// (story, words artifact)
-    pub words: BTreeSet<(String, ArtifactId)>,
-    /// ((SAE group, layer), SAE artifact)
-    pub saes: BTreeSet<(SaeKey, ArtifactId)>,
-    pub fits: BTreeSet<(FitKey, ArtifactId)>,
-    /// ((story, layer, feature set), summary artifact)
-    pub summaries: BTreeSet<((String, usize, String), ArtifactId)>,
-    /// ((SAE group, layer), feature-taxonomy labels artifact), with `[taxonomy]`
-    pub labels: BTreeSet<(SaeKey, ArtifactId)>,
-    /// ((subject, story, layer), variance-partition artifact), with `[taxonomy] variance-partition`
-    pub partitions: BTreeSet<((String, String, usize), ArtifactId)>,
-    /// ((story, layer), `raw+pred-error` design id = its `pred-error-record` id), with
-    /// `[taxonomy] prediction-error-delta`
-    pub pred_errors: BTreeSet<((String, usize), ArtifactId)>,
-}
-
-impl Snapshot {
-    /// The snapshot holding `records`.
-    pub fn from_records<'a>(records: impl IntoIterator<Item = &'a Record>) -> Snapshot {
-        let mut s = Snapshot::default();
-        for r in records {
-            s.insert(r.clone());
-        }
-        s
-    }
-
-    fn insert(&mut self, r: Record) {
-        match r {
-            Record::Story(k, a) => _ = self.stories.insert((k, a)),
-            Record::Response(st, sub, a) => _ = self.responses.insert(((st, sub), a)),
-            Record::Words(k, a) => _ = self.words.insert((k, a)),
-            Record::Sae(k, a) => _ = self.saes.insert((k, a)),
-            Record::Fit(k, a) => _ = self.fits.insert((k, a)),
-            Record::Summary(k, a) => _ = self.summaries.insert((k, a)),
-            Record::Labels(k, a) => _ = self.labels.insert((k, a)),
-            Record::Partition(k, a) => _ = self.partitions.insert((k, a)),
-            Record::PredError(k, a) => _ = self.pred_errors.insert((k, a)),
-        }
-    }
-
-    /// Every record of the snapshot, in a fixed order.
-    pub fn records(&self) -> Vec<Record> {
-        let mut v: Vec<Record> = Vec::new();
-        v.extend(self.stories.iter().map(|(k, a)| Record::Story(k.clone(), a.clone())));
-        v.extend(
-            self.responses
-                .iter()
-                .map(|((st, sub), a)| Record::Response(st.clone(), sub.clone(), a.clone())),
-        );
-        v.extend(self.words.iter().map(|(k, a)| Record::Words(k.clone(), a.clone())));
-        v.extend(self.saes.iter().map(|(k, a)| Record::Sae(k.clone(), a.clone())));
-        v.extend(self.fits.iter().map(|(k, a)| Record::Fit(k.clone(), a.clone())));
-        v.extend(
-            self.summaries
-                .iter()
-                .map(|(k, a)| Record::Summary(k.clone(), a.clone())),
-        );
-        v.extend(self.labels.iter().map(|(k, a)| Record::Labels(k.clone(), a.clone())));
-        v.extend(
-            self.partitions
-                .iter()
-                .map(|(k, a)| Record::Partition(k.clone(), a.clone())),
-        );
-        v.extend(
-            self.pred_errors
-                .iter()
-                .map(|(k, a)| Record::PredError(k.clone(), a.clone())),
-        );
-        v.sort();
-        v
-    }
-
-    /// The records added (+1) and retracted (−1) going from `self` to `next`, sorted.
-    pub fn changes_to(&self, next: &Snapshot) -> Vec<(Record, isize)> {
-        let (a, b): (BTreeSet<Record>, BTreeSet<Record>) = (
-            self.records().into_iter().collect(),
-            next.records().into_iter().collect(),
-        );
-        let mut out: Vec<(Record, isize)> = b.difference(&a).map(|r| (r.clone(), 1)).collect();
-        out.extend(a.difference(&b).map(|r| (r.clone(), -1)));
-        out.sort();
-        out
     }
 }
 
@@ -351,22 +224,78 @@ impl EpochFeed {
 /// Called on the first process after each epoch.
 pub type Sink = Box<dyn FnMut(EpochResult) + Send>;
 
-/// (story, story artifact, activations, codes, words) → the taxonomy stage's input.
-fn story_layer(t: &(String, ArtifactId, ArtifactId, ArtifactId, ArtifactId)) -> crate::pipeline::taxonomy::StoryLayer {
-    crate::pipeline::taxonomy::StoryLayer {
-        story: t.0.clone(),
-        story_art: t.1.clone(),
-        act: t.2.clone(),
-        codes: t.3.clone(),
-        words: t.4.clone(),
-    }
-}
-
 fn record_error(errors: &Arc<Mutex<Vec<String>>>, what: String, e: Error) {
     errors
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(format!("{what}: {e}"));
+}
+
+/// A collection of the graph: records of type `D` at epoch times, counted by `isize`.
+type Coll<'s, D> = VecCollection<'s, u64, D, isize>;
+
+/// What every stage of the graph shares: the worker's context, and where failed stages put their
+/// errors (closures in the graph do not fail; the run reports the errors after the epoch).
+#[derive(Clone)]
+struct StageEnv {
+    ctx: Ctx,
+    errors: Arc<Mutex<Vec<String>>>,
+}
+
+impl StageEnv {
+    /// The generic keyed stage for stages that make one artifact from one input: a `reduce` per
+    /// key of `input` that runs `stage` on each value present at the key (in the worker's rayon
+    /// pool) and outputs (key, artifact id). A failed value adds `"{what(key)}: {error}"` to the
+    /// run's errors and outputs nothing. Work is partitioned across workers by key, and a key is
+    /// recomputed only when its values change.
+    fn per_value<'s, K, V>(
+        &self,
+        input: Coll<'s, (K, V)>,
+        name: &str,
+        what: fn(&K) -> String,
+        mut stage: impl FnMut(&Ctx, &K, &V) -> Result<ArtifactId> + Send + 'static,
+    ) -> Coll<'s, (K, ArtifactId)>
+    where
+        K: ExchangeData + Hashable + Sync,
+        V: ExchangeData + Sync,
+    {
+        let env = self.clone();
+        input.reduce_named(name, move |key, values, output| {
+            for (value, diff) in values {
+                if *diff > 0 {
+                    match env.ctx.install(|| stage(&env.ctx, key, value)) {
+                        Ok(id) => output.push((id, 1)),
+                        Err(e) => record_error(&env.errors, what(key), e),
+                    }
+                }
+            }
+        })
+    }
+
+    /// The generic keyed stage for stages that combine every input of a key (an SAE from its
+    /// layer's activations, a summary from its fits, labels from a layer's stories): `stage` gets
+    /// the values present at the key, in their sorted order, and returns the key's outputs.
+    fn per_key<'s, K, V, V2>(
+        &self,
+        input: Coll<'s, (K, V)>,
+        name: &str,
+        what: fn(&K) -> String,
+        mut stage: impl FnMut(&Ctx, &K, &[&V]) -> Result<Vec<V2>> + Send + 'static,
+    ) -> Coll<'s, (K, V2)>
+    where
+        K: ExchangeData + Hashable + Sync,
+        V: ExchangeData + Sync,
+        V2: ExchangeData + Send,
+    {
+        let env = self.clone();
+        input.reduce_named(name, move |key, values, output| {
+            let present: Vec<&V> = values.iter().filter(|(_, d)| *d > 0).map(|(v, _)| *v).collect();
+            match env.ctx.install(|| stage(&env.ctx, key, &present)) {
+                Ok(out) => output.extend(out.into_iter().map(|v| (v, 1))),
+                Err(e) => record_error(&env.errors, what(key), e),
+            }
+        })
+    }
 }
 
 /// Runs the epochs through the graph on `workers` threads; returns one result per epoch, or the
@@ -406,7 +335,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let sink = Arc::new(Mutex::new(Some(sink)));
     let threads = topology.threads;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let feature_sets: Vec<String> = ctx.plan.file.encoding.feature_sets.clone();
+    let feature_sets: Vec<FeatureSet> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
     let per_language = ctx.plan.file.sae.per_language;
     let taxonomy_on = ctx.plan.file.taxonomy.is_some();
@@ -430,6 +359,10 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
         let feature_sets = feature_sets.clone();
         let probe = ProbeHandle::new();
         let (mut stories_in, mut corpus_in, mut resp_in, mut aux_in) = worker.dataflow::<u64, _, _>(|scope| {
+            let env = StageEnv {
+                ctx: ctx.clone(),
+                errors: errors.clone(),
+            };
             let (stories_in, stories) = scope.new_collection::<StoryRec, isize>();
             let (corpus_in, corpus) = scope.new_collection::<StoryRec, isize>();
             let (resp_in, responses) = scope.new_collection::<ResponseRec, isize>();
@@ -437,28 +370,30 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             let rec_inputs = stories.clone().map(|(s, a)| Record::Story(s, a)).concat(
                 responses
                     .clone()
-                    .map(|(s, (subject, a))| Record::Response(s, subject, a)),
+                    .map(|(story, (subject, a))| Record::Response(ResponseKey { story, subject }, a)),
             );
 
-            // ---- LM over every text (stories and corpus documents)
+            // ---- LM over every text (stories and corpus documents): its words and one activation
+            // artifact per layer. Not a generic stage: the worker's ONNX session is its state.
             let texts = stories
                 .clone()
                 .map(|(s, a)| ((true, s), a))
                 .concat(corpus.map(|(c, a)| ((false, c), a)));
-            let (c1, e1) = (ctx.clone(), errors.clone());
+            let lm_env = env.clone();
             let mut model: Option<LanguageModel> = None;
             let acts = texts.reduce_named("LM", move |(_, text), input, output| {
                 for (art, diff) in input {
                     if *diff <= 0 {
                         continue;
                     }
+                    let ctx = &lm_env.ctx;
                     let mut run = || -> Result<(String, stages::LmOutputs)> {
-                        let st: StoredStory = c1.store.load_json("story", art)?;
+                        let st: StoredStory = ctx.store.load_json("story", art)?;
                         let group = match per_language {
                             true => st.story.language.clone(),
                             false => SHARED_SAE_GROUP.to_string(),
                         };
-                        Ok((group, stages::lm_stage(&c1, &mut model, &st.story)?))
+                        Ok((group, stages::lm_stage(ctx, &mut model, &st.story)?))
                     };
                     match run() {
                         Ok((group, out)) => {
@@ -467,7 +402,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                                 output.push(((group.clone(), Some(l), id), 1));
                             }
                         }
-                        Err(e) => record_error(&e1, format!("LM on `{text}`"), e),
+                        Err(e) => record_error(&lm_env.errors, format!("LM on `{text}`"), e),
                     }
                 }
             });
@@ -477,304 +412,299 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             let rec_words = story_words.clone().map(|(s, a)| Record::Words(s, a));
 
             // ---- one SAE per (language, layer)
-            let (c2, e2) = (ctx.clone(), errors.clone());
-            let saes = acts
-                .clone()
-                .flat_map(move |((is_story, _), (group, layer, id))| {
-                    layer
-                        .filter(|_| !is_story || include_stimulus)
-                        .map(|l| ((group, l), id))
-                })
-                .reduce_named("SAE", move |(group, layer), input, output| {
-                    let ids: Vec<ArtifactId> = input
-                        .iter()
-                        .filter(|(_, d)| *d > 0)
-                        .map(|(a, _)| (*a).clone())
-                        .collect();
-                    match c2.install(|| stages::sae_stage(&c2, group, *layer, &ids)) {
-                        Ok(id) => output.push((id, 1)),
-                        Err(e) => record_error(&e2, format!("SAE of `{group}` layer {layer}"), e),
-                    }
-                });
+            let sae_inputs = acts.clone().flat_map(move |((is_story, _), (group, layer, id))| {
+                layer
+                    .filter(|_| !is_story || include_stimulus)
+                    .map(|layer| (SaeKey { group, layer }, id))
+            });
+            let saes = env.per_key(
+                sae_inputs,
+                "SAE",
+                |k| format!("SAE of `{}` layer {}", k.group, k.layer),
+                |ctx, k, ids| {
+                    let ids: Vec<ArtifactId> = ids.iter().map(|a| (*a).clone()).collect();
+                    Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?])
+                },
+            );
             let rec_saes = saes.clone().map(|(k, a)| Record::Sae(k, a));
 
-            // ---- per (story, layer): SAE codes
+            // ---- per (story, layer): SAE codes, and reconstructions for the `sae-recon` set
             let story_acts = acts.flat_map(|((is_story, story), (group, layer, id))| {
-                layer.filter(|_| is_story).map(|l| ((group, l), (story, id)))
+                layer
+                    .filter(|_| is_story)
+                    .map(|layer| (SaeKey { group, layer }, (story, id)))
             });
-            let story_acts_tax = story_acts.clone();
-            let (c3, e3) = (ctx.clone(), errors.clone());
-            let codes = story_acts
+            let with_sae = story_acts
                 .clone()
                 .join(saes.clone())
-                .map(|((_, layer), ((story, act), sae))| ((story, layer), (act, sae)))
-                .reduce_named("Encode", move |(story, layer), input, output| {
-                    for ((act, sae), diff) in input {
-                        if *diff > 0 {
-                            match c3.install(|| stages::codes_stage(&c3, act, sae)) {
-                                Ok(id) => output.push((id, 1)),
-                                Err(e) => record_error(&e3, format!("codes of `{story}` layer {layer}"), e),
-                            }
-                        }
-                    }
-                });
+                .map(|(k, ((story, act), sae))| (StoryLayerKey { story, layer: k.layer }, (act, sae)));
+            let codes = env.per_value(
+                with_sae.clone(),
+                "Encode",
+                |k| format!("codes of `{}` layer {}", k.story, k.layer),
+                |ctx, _, (act, sae)| stages::codes_stage(ctx, act, sae),
+            );
+            let want_recon = feature_sets.contains(&FeatureSet::SaeRecon);
+            let recons = env
+                .per_value(
+                    with_sae.filter(move |_| want_recon),
+                    "Reconstruct",
+                    |k| format!("reconstruction of `{}` layer {}", k.story, k.layer),
+                    |ctx, _, (act, sae)| stages::recon_stage(ctx, act, sae),
+                )
+                .map(|(k, id)| (k.story, (k.layer, FeatureSet::SaeRecon, id)));
 
-            // ---- per (story, layer): SAE reconstructions (only for the "sae-recon" feature set)
-            let want_recon = feature_sets.iter().any(|f| f == "sae-recon");
-            let (c7, e7) = (ctx.clone(), errors.clone());
-            let recons = story_acts
-                .clone()
-                .filter(move |_| want_recon)
-                .join(saes.clone())
-                .map(|((_, layer), ((story, act), sae))| ((story, layer), (act, sae)))
-                .reduce_named("Reconstruct", move |(story, layer), input, output| {
-                    for ((act, sae), diff) in input {
-                        if *diff > 0 {
-                            match c7.install(|| stages::recon_stage(&c7, act, sae)) {
-                                Ok(id) => output.push((id, 1)),
-                                Err(e) => record_error(&e7, format!("reconstruction of `{story}` layer {layer}"), e),
-                            }
-                        }
-                    }
-                })
-                .map(|((story, layer), id)| (story, (layer, "sae-recon".to_string(), "recon".to_string(), id)));
-
-            // ---- per story: lexical controls (feature set "controls"), the same design at every
+            // ---- per story: lexical controls (feature set `controls`), the same design at every
             // layer (its fits are computed once: same design and responses, same fit artifact)
-            let want_controls = feature_sets.iter().any(|f| f == "controls");
+            let want_controls = feature_sets.contains(&FeatureSet::Controls);
             let layers = ctx.plan.layers.clone();
-            let (c12, e12) = (ctx.clone(), errors.clone());
-            let controls = stories
-                .clone()
-                .filter(move |_| want_controls)
-                .reduce_named("Controls", move |story, input, output| {
-                    for (art, diff) in input {
-                        if *diff > 0 {
-                            match c12.install(|| stages::controls_stage(&c12, art)) {
-                                Ok(id) => output.push((id, 1)),
-                                Err(e) => record_error(&e12, format!("controls of `{story}`"), e),
-                            }
-                        }
-                    }
-                })
+            let controls = env
+                .per_value(
+                    stories.clone().filter(move |_| want_controls),
+                    "Controls",
+                    |story| format!("controls of `{story}`"),
+                    |ctx, _, art| stages::controls_stage(ctx, art),
+                )
                 .flat_map(move |(story, id)| {
                     layers
                         .iter()
-                        .map(|l| {
-                            (
-                                story.clone(),
-                                (*l, "controls".to_string(), "controls".to_string(), id.clone()),
-                            )
-                        })
+                        .map(|l| (story.clone(), (*l, FeatureSet::Controls, id.clone())))
                         .collect::<Vec<_>>()
                 });
 
             // ---- designs per (story, layer, feature set)
-            let want_raw = feature_sets.iter().any(|f| f == "raw");
-            let want_sae = feature_sets.iter().any(|f| f == "sae");
+            let want_raw = feature_sets.contains(&FeatureSet::Raw);
+            let want_sae = feature_sets.contains(&FeatureSet::Sae);
             let raw = story_acts
+                .clone()
                 .filter(move |_| want_raw)
-                .map(|((_, layer), (story, id))| (story, (layer, "raw".to_string(), "lm".to_string(), id)));
+                .map(|(k, (story, id))| (story, (k.layer, FeatureSet::Raw, id)));
             let sae_feats = codes
                 .clone()
                 .filter(move |_| want_sae)
-                .map(|((story, layer), id)| (story, (layer, "sae".to_string(), "codes".to_string(), id)));
-            let (c4, e4) = (ctx.clone(), errors.clone());
-            let designs = raw
+                .map(|(k, id)| (k.story, (k.layer, FeatureSet::Sae, id)));
+            let design_in = raw
                 .concat(sae_feats)
                 .concat(recons)
                 .concat(controls)
                 .join(stories.clone())
-                .map(|(story, ((layer, set, stage, id), story_art))| ((story, layer, set), (story_art, stage, id)))
-                .reduce_named("Design", move |(story, layer, set), input, output| {
-                    for ((story_art, stage, id), diff) in input {
-                        if *diff > 0 {
-                            match c4.install(|| stages::design_stage(&c4, story_art, stage, id)) {
-                                Ok(d) => output.push((d, 1)),
-                                Err(e) => record_error(&e4, format!("design `{story}` layer {layer} {set}"), e),
-                            }
-                        }
-                    }
+                .map(|(story, ((layer, feature_set, id), story_art))| {
+                    (
+                        DesignKey {
+                            story,
+                            layer,
+                            feature_set,
+                        },
+                        (story_art, id),
+                    )
                 });
+            let designs = env.per_value(
+                design_in,
+                "Design",
+                |k| format!("design `{}` layer {} {}", k.story, k.layer, k.feature_set),
+                |ctx, k, (story_art, id)| {
+                    stages::design_stage(ctx, story_art, stages::feature_source(&k.feature_set)?, id)
+                },
+            );
 
             // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
             // per (story, layer, set): categories, subcategories and their baselines
-            let story_layers = story_acts_tax
+            let story_layers = story_acts
                 .filter(move |_| taxonomy_on)
-                .map(|((group, layer), (story, act))| ((story, layer), (group, act)))
+                .map(|(k, (story, act))| (StoryLayerKey { story, layer: k.layer }, (k.group, act)))
                 .join(codes.clone())
-                .map(|((story, layer), ((group, act), codes))| (story, (group, layer, act, codes)))
+                .map(|(k, ((group, act), codes))| (k.story, (group, k.layer, act, codes)))
                 .join(story_words)
                 .join(stories.clone())
                 .map(|(story, (((group, layer, act, codes), words), story_art))| {
-                    ((story.clone(), layer), (group, (story, story_art, act, codes, words)))
+                    let key = StoryLayerKey {
+                        story: story.clone(),
+                        layer,
+                    };
+                    let sl = StoryLayer {
+                        story,
+                        story_art,
+                        act,
+                        codes,
+                        words,
+                    };
+                    (key, (group, sl))
                 });
-            let (c8, e8) = (ctx.clone(), errors.clone());
-            let labels = story_layers
+            let label_in = story_layers
                 .clone()
-                .map(|((_, layer), (group, t))| ((group, layer), t))
-                .join(saes.clone())
-                .reduce_named("Label", move |(group, layer), input, output| {
-                    let mut sae = None;
-                    let mut items = Vec::new();
-                    for ((t, s), d) in input {
-                        if *d > 0 {
-                            sae = Some(s.clone());
-                            items.push(story_layer(t));
-                        }
-                    }
-                    let Some(sae) = sae else { return };
-                    match c8.install(|| crate::pipeline::taxonomy::label_stage(&c8, group, *layer, &sae, &items)) {
-                        Ok((id, sets)) => {
-                            for set in sets {
-                                output.push(((set, id.clone()), 1));
-                            }
-                        }
-                        Err(e) => record_error(&e8, format!("labels of `{group}` layer {layer}"), e),
-                    }
-                });
+                .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, sl))
+                .join(saes.clone());
+            let labels = env.per_key(
+                label_in,
+                "Label",
+                |k| format!("labels of `{}` layer {}", k.group, k.layer),
+                |ctx, k, items| {
+                    let Some((_, sae)) = items.last() else {
+                        return Ok(Vec::new());
+                    };
+                    let layers: Vec<StoryLayer> = items.iter().map(|(sl, _)| sl.clone()).collect();
+                    let (id, sets) = stages::taxonomy::label_stage(ctx, &k.group, k.layer, sae, &layers)?;
+                    Ok(sets.into_iter().map(|s| (FeatureSet::named(&s), id.clone())).collect())
+                },
+            );
             let labels_by_key = labels.clone().map(|(key, (_, id))| (key, id)).distinct();
             let rec_labels = labels_by_key.clone().map(|(k, a)| Record::Labels(k, a));
             // (story, layer) → its SAE key, for the joins below
             let story_key = story_layers
                 .clone()
-                .map(|((story, layer), (group, _))| ((story, layer), (group, layer)));
-            let story_layers_pe = story_layers.clone();
-            let (c9, e9) = (ctx.clone(), errors.clone());
-            let derived = designs
+                .map(|(k, (group, _))| (k.clone(), SaeKey { group, layer: k.layer }));
+            let derived_in = designs
                 .clone()
-                .filter(move |((_, _, set), _)| encode_sets && set == "sae")
-                .map(|((story, layer, _), d)| ((story, layer), d))
-                .join(story_layers)
-                .map(|((story, layer), (d, (group, t)))| ((group, layer), (story, d, t)))
+                .filter(move |(k, _)| encode_sets && k.feature_set == FeatureSet::Sae)
+                .map(|(k, d)| {
+                    (
+                        StoryLayerKey {
+                            story: k.story,
+                            layer: k.layer,
+                        },
+                        d,
+                    )
+                })
+                .join(story_layers.clone())
+                .map(|(k, (d, (group, sl)))| (SaeKey { group, layer: k.layer }, (k.story, d, sl)))
                 .join(saes.clone())
                 .join(labels)
-                .map(|((_, layer), (((story, d, t), sae), (set, lid)))| ((story, layer, set), (d, t, sae, lid)))
-                .reduce_named("DerivedDesign", move |(story, layer, set), input, output| {
-                    for ((d, t, sae, lid), diff) in input {
-                        if *diff > 0 {
-                            match c9.install(|| {
-                                crate::pipeline::taxonomy::derived_design_stage(&c9, &story_layer(t), d, sae, lid, set)
-                            }) {
-                                Ok(id) => output.push((id, 1)),
-                                Err(e) => record_error(&e9, format!("design `{story}` layer {layer} {set}"), e),
-                            }
-                        }
-                    }
+                .map(|(k, (((story, d, sl), sae), (feature_set, lid)))| {
+                    (
+                        DesignKey {
+                            story,
+                            layer: k.layer,
+                            feature_set,
+                        },
+                        (d, sl, sae, lid),
+                    )
                 });
+            let derived = env.per_value(
+                derived_in,
+                "DerivedDesign",
+                |k| format!("design `{}` layer {} {}", k.story, k.layer, k.feature_set),
+                |ctx, k, (d, sl, sae, lid)| {
+                    stages::taxonomy::derived_design_stage(ctx, sl, d, sae, lid, k.feature_set.as_str())
+                },
+            );
             let designs = designs.concat(derived);
 
             // ---- prediction-error features (METHOD.md §9): (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ the raw
-            // design of (story, ℓ) ──reduce per (story, ℓ)──▶ the `raw+pred-error` design
+            // design of (story, ℓ) ──per (story, ℓ)──▶ the `raw+pred-error` design
             let delta = pe_delta.unwrap_or(0);
-            let pe_base = story_layers_pe
+            let pe_base = story_layers
                 .filter(move |_| pe_delta.is_some())
-                .map(|((story, layer), (group, t))| ((group, layer), (story, t)))
+                .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, (k.story, sl)))
                 .join(saes.clone())
-                .map(|((_, layer), ((story, t), sae))| ((story, layer), (t.1, t.3, sae)));
-            let pe_from = pe_base
-                .clone()
-                .map(move |((story, layer), (_, codes, sae))| ((story, layer + delta), (codes, sae)));
+                .map(|(k, ((story, sl), sae))| {
+                    (StoryLayerKey { story, layer: k.layer }, (sl.story_art, sl.codes, sae))
+                });
+            let pe_from = pe_base.clone().map(move |(k, (_, codes, sae))| {
+                let key = StoryLayerKey {
+                    story: k.story,
+                    layer: k.layer + delta,
+                };
+                (key, (codes, sae))
+            });
             let raw_designs = designs
                 .clone()
-                .filter(|((_, _, set), _)| set == "raw")
-                .map(|((story, layer, _), d)| ((story, layer), d));
-            let (c10, e10) = (ctx.clone(), errors.clone());
-            let pred_errors = pe_base.join(pe_from).join(raw_designs).reduce_named(
+                .filter(|(k, _)| k.feature_set == FeatureSet::Raw)
+                .map(|(k, d)| {
+                    (
+                        StoryLayerKey {
+                            story: k.story,
+                            layer: k.layer,
+                        },
+                        d,
+                    )
+                });
+            let pred_errors = env.per_value(
+                pe_base.join(pe_from).join(raw_designs),
                 "PredError",
-                move |(story, layer), input, output| {
-                    for ((((story_art, codes, sae), (codes_from, sae_from)), raw), diff) in input {
-                        if *diff > 0 {
-                            match c10.install(|| {
-                                crate::pipeline::taxonomy::pred_error_stage(
-                                    &c10,
-                                    story,
-                                    story_art,
-                                    *layer,
-                                    (codes, sae),
-                                    *layer - delta,
-                                    (codes_from, sae_from),
-                                    raw,
-                                )
-                            }) {
-                                Ok(id) => output.push((id, 1)),
-                                Err(e) => record_error(&e10, format!("prediction error `{story}` layer {layer}"), e),
-                            }
-                        }
-                    }
+                |k| format!("prediction error `{}` layer {}", k.story, k.layer),
+                move |ctx, k, (((story_art, codes, sae), (codes_from, sae_from)), raw)| {
+                    stages::taxonomy::pred_error_stage(
+                        ctx,
+                        &k.story,
+                        story_art,
+                        k.layer,
+                        (codes, sae),
+                        k.layer - delta,
+                        (codes_from, sae_from),
+                        raw,
+                    )
                 },
             );
             let rec_pe = pred_errors.clone().map(|(k, a)| Record::PredError(k, a));
-            let designs = designs
-                .concat(pred_errors.map(|((story, layer), id)| ((story, layer, "raw+pred-error".to_string()), id)));
+            let designs = designs.concat(pred_errors.map(|(k, id)| {
+                let key = DesignKey {
+                    story: k.story,
+                    layer: k.layer,
+                    feature_set: FeatureSet::RawPredError,
+                };
+                (key, id)
+            }));
 
             // ---- variance partition by category per (subject, story, layer)
-            let (c11, e11) = (ctx.clone(), errors.clone());
-            let partitions = designs
+            let partition_in = designs
                 .clone()
-                .filter(move |((_, _, set), _)| partition_on && set == "sae")
-                .map(|((story, layer, _), d)| ((story, layer), d))
+                .filter(move |(k, _)| partition_on && k.feature_set == FeatureSet::Sae)
+                .map(|(k, d)| {
+                    (
+                        StoryLayerKey {
+                            story: k.story,
+                            layer: k.layer,
+                        },
+                        d,
+                    )
+                })
                 .join(story_key)
-                .map(|((story, _), (d, key))| (key, (story, d)))
+                .map(|(k, (d, key))| (key, (k.story, d)))
                 .join(labels_by_key)
-                .map(|((_, layer), ((story, d), lid))| (story, (layer, d, lid)))
+                .map(|(key, ((story, d), lid))| (story, (key.layer, d, lid)))
                 .join(responses.clone())
-                .map(|(story, ((layer, d, lid), (subject, roi)))| ((subject, story, layer), (d, lid, roi)))
-                .reduce_named("Partition", move |key, input, output| {
-                    for ((d, lid, roi), diff) in input {
-                        if *diff > 0 {
-                            match c11.install(|| crate::pipeline::taxonomy::partition_stage(&c11, d, lid, roi)) {
-                                Ok(id) => output.push((id, 1)),
-                                Err(e) => record_error(&e11, format!("variance partition {key:?}"), e),
-                            }
-                        }
-                    }
+                .map(|(story, ((layer, d, lid), (subject, roi)))| {
+                    (PartitionKey { subject, story, layer }, (d, lid, roi))
                 });
+            let partitions = env.per_value(
+                partition_in,
+                "Partition",
+                |k| format!("variance partition {k:?}"),
+                |ctx, _, (d, lid, roi)| stages::taxonomy::partition_stage(ctx, d, lid, roi),
+            );
             let rec_parts = partitions.map(|(k, a)| Record::Partition(k, a));
 
             // ---- fits per (subject, story, layer, feature set)
-            let (c5, e5) = (ctx.clone(), errors.clone());
-            let fits = designs
-                .map(|((story, layer, set), design)| (story, (layer, set, design)))
+            let fit_in = designs
+                .map(|(k, design)| (k.story, (k.layer, k.feature_set, design)))
                 .join(responses)
                 .map(|(story, ((layer, feature_set, design), (subject, roi)))| {
-                    (
-                        FitKey {
-                            subject,
-                            story,
-                            layer,
-                            feature_set,
-                        },
-                        (design, roi),
-                    )
-                })
-                .reduce_named("Fit", move |key, input, output| {
-                    for ((design, roi), diff) in input {
-                        if *diff > 0 {
-                            match c5.install(|| stages::fit_stage(&c5, design, roi)) {
-                                Ok(f) => output.push((f, 1)),
-                                Err(e) => record_error(&e5, format!("fit {key:?}"), e),
-                            }
-                        }
-                    }
+                    let key = FitKey {
+                        subject,
+                        story,
+                        layer,
+                        feature_set,
+                    };
+                    (key, (design, roi))
                 });
+            let fits = env.per_value(
+                fit_in,
+                "Fit",
+                |k| format!("fit {k:?}"),
+                |ctx, _, (design, roi)| stages::fit_stage(ctx, design, roi),
+            );
             let rec_fits = fits.clone().map(|(k, a)| Record::Fit(k, a));
 
             // ---- summaries over subjects
-            let (c6, e6) = (ctx.clone(), errors.clone());
-            let summaries = fits
-                .map(|(k, fit)| ((k.story, k.layer, k.feature_set), (k.subject, fit)))
-                .reduce_named("Summary", move |key, input, output| {
-                    let ids: Vec<ArtifactId> = input
-                        .iter()
-                        .filter(|(_, d)| *d > 0)
-                        .map(|((_, f), _)| f.clone())
-                        .collect();
-                    match c6.install(|| stages::summary_stage(&c6, &ids)) {
-                        Ok(s) => output.push((s, 1)),
-                        Err(e) => record_error(&e6, format!("summary {key:?}"), e),
-                    }
-                });
+            let summaries = env.per_key(
+                fits.map(|(k, fit)| (k.summary_key(), (k.subject, fit))),
+                "Summary",
+                |k| format!("summary {k:?}"),
+                |ctx, _, fits| {
+                    let ids: Vec<ArtifactId> = fits.iter().map(|(_, f)| f.clone()).collect();
+                    Ok(vec![stages::summary_stage(ctx, &ids)?])
+                },
+            );
             let rec_sums = summaries.map(|(k, a)| Record::Summary(k, a));
             let buffer = buffer.clone();
             rec_inputs

@@ -14,6 +14,8 @@
 //! rayon threads. Ridge fits no intercept: [`nested_cv_ridge`] z-scores X and Y with each outer
 //! fold's training statistics; direct callers of [`solve_ridge_svd`] and [`ridge_cv`] center or
 //! z-score themselves.
+//!
+//! May import: `stats`, `error` (pure numerics; no store, no dataflow).
 
 pub mod banded;
 pub mod folds;

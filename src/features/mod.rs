@@ -12,10 +12,13 @@
 //!   warned about) and [`read_column_series`].
 //! * [`alice`]: paths and constants of the Alice data (TR 2 s, 362 TRs, TR 0 at stimulus time
 //!   20 s) and [`alice_alignment`], which establishes that alignment from the data.
+//! * [`set`]: [`FeatureSet`], the kind of a design's columns.
 //!
 //! Numerics take ndarray views or slices and do not fail on valid input (they panic, naming the
 //! mismatch, on inconsistent shapes); file readers return [`crate::Error`]s naming the file, row
 //! and column.
+//!
+//! May import: `error`, `paths`, `stats`, `stimulus`.
 
 pub mod alice;
 pub mod align;
@@ -23,6 +26,7 @@ pub mod hrf;
 pub mod lag;
 pub mod lanczos;
 pub mod roi;
+pub mod set;
 
 pub use alice::{
     alice_alignment, alice_data_dir, alice_grid, alice_rate_path, alice_textgrid_path, alice_timecourses_path,
@@ -33,3 +37,4 @@ pub use align::{story_onsets, tr_weights, word_rate_regressor, words_to_trs, zsc
 pub use hrf::{double_gamma, hrf_kernel, HRF_PEAK_S, HRF_SUPPORT_S, HRF_UNDERSHOOT_MIN_S};
 pub use lag::{best_lag, lagged_r, LagScan};
 pub use roi::{is_constant, read_column_series, read_roi_timecourses, subject_from_path, RoiTable, ALICE_ROIS};
+pub use set::FeatureSet;

@@ -101,6 +101,28 @@ pub fn glued_to_next(language: &str, word: &str) -> bool {
     matches!(language, "fr" | "it" | "ca") && (word.ends_with('\'') || word.ends_with('’'))
 }
 
+/// A model's tokenizer applied to whole stories, as the LM stage joins their words
+/// ([`word_separator`] of the story's language): for counts of tokens outside the LM stage
+/// without naming `tokenizers` there.
+pub struct StoryTokenizer {
+    tokenizer: tokenizers::Tokenizer,
+}
+
+impl StoryTokenizer {
+    /// Loads `model_dir/tokenizer.json`.
+    pub fn open(model_dir: &std::path::Path) -> Result<StoryTokenizer> {
+        let path = model_dir.join("tokenizer.json");
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::parse(&path, "tokenizer", e.to_string()))?;
+        Ok(StoryTokenizer { tokenizer })
+    }
+
+    /// The story's tokens (BOS not included) and the tokens of each word.
+    pub fn tokenize(&self, story: &Story) -> Result<TokenizedStory> {
+        tokenize_story(&self.tokenizer, story, word_separator(&story.language))
+    }
+}
+
 /// The separator between words of a language: none for Chinese and Japanese (words come from the
 /// annotation, never from whitespace), a space otherwise.
 pub fn word_separator(language: &str) -> &'static str {

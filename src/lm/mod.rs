@@ -1,6 +1,8 @@
 //! The language-model stage: GGUF import (→ ONNX graph + tokenizer.json + manifest), the ONNX
 //! Runtime session, and word-level extraction of residual-stream activations, surprisal and entropy.
 //! This is the only module that uses `ort` and `tokenizers`.
+//!
+//! May import: `stimulus`, `stats`, `paths`, `error`.
 
 pub mod extract;
 pub mod gguf;

@@ -15,12 +15,13 @@ use std::sync::Arc;
 use arrow::array::{BooleanArray, Float64Array, StringArray};
 use arrow::record_batch::RecordBatch;
 
-use super::stages::{self, Ctx, StoredStory};
-use super::tables::{batch, finite_f64s, u16s, u32s, utf8, SummaryRow};
-use super::taxonomy::LayerLabels;
+use super::columns::{batch, finite_f64s, u16s, u32s, utf8};
 use crate::dataflow::Snapshot;
+use crate::report::SummaryRow;
+use crate::stages::taxonomy::LayerLabels;
+use crate::stages::{self, Ctx, StoredStory};
 use crate::taxonomy::{Category, Subcategory};
-use crate::{Error, Result};
+use crate::Result;
 
 /// One row of `languages`.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,15 +39,13 @@ pub struct LanguageRow {
 /// joins them), subjects.
 pub fn language_rows(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<LanguageRow>> {
     let (dir, _) = stages::model_identity(&ctx.plan)?;
-    let tok_path = dir.join("tokenizer.json");
-    let tokenizer =
-        tokenizers::Tokenizer::from_file(&tok_path).map_err(|e| Error::parse(&tok_path, "tokenizer", e.to_string()))?;
+    let tokenizer = crate::lm::extract::StoryTokenizer::open(&dir)?;
     let mut rows: BTreeMap<String, LanguageRow> = BTreeMap::new();
     let mut lang_of = BTreeMap::new();
     for (story, id) in &snap.stories {
         let st: StoredStory = ctx.store.load_json("story", id)?;
         let lang = st.story.language.clone();
-        let t = crate::lm::extract::tokenize_story(&tokenizer, &st.story, crate::lm::extract::word_separator(&lang))?;
+        let t = tokenizer.tokenize(&st.story)?;
         let r = rows.entry(lang.clone()).or_insert_with(|| LanguageRow {
             language: lang.clone(),
             n_stories: 0,
@@ -64,7 +63,8 @@ pub fn language_rows(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<LanguageRow>> {
         lang_of.insert(story.clone(), lang);
     }
     let mut subjects: BTreeMap<&String, BTreeSet<&String>> = BTreeMap::new();
-    for ((story, subject), _) in &snap.responses {
+    for (k, _) in &snap.responses {
+        let (story, subject) = (&k.story, &k.subject);
         if let Some(l) = lang_of.get(story) {
             subjects.entry(l).or_default().insert(subject);
         }
@@ -121,7 +121,7 @@ pub fn language_layer_rows(summary: &[SummaryRow]) -> Vec<LanguageLayerRow> {
     let mut acc: BTreeMap<(String, String, usize), (f64, usize)> = BTreeMap::new();
     for r in summary.iter().filter(|r| r.roi == "all" && r.mean_r.is_finite()) {
         let e = acc
-            .entry((r.language.clone(), r.feature_set.clone(), r.layer))
+            .entry((r.language.clone(), r.feature_set.to_string(), r.layer))
             .or_default();
         e.0 += r.mean_r;
         e.1 += 1;
@@ -316,7 +316,7 @@ mod tests {
             story: story.into(),
             language: language.into(),
             layer,
-            feature_set: "raw".into(),
+            feature_set: crate::features::FeatureSet::Raw,
             roi: roi.into(),
             mean_r,
             ci_lower: f64::NAN,
@@ -330,7 +330,7 @@ mod tests {
     /// gets "".
     #[test]
     fn story_keyed_tables_gain_a_language_column_after_story() {
-        use super::super::tables::with_language;
+        use super::super::columns::with_language;
         let b = batch(vec![
             ("story", utf8(vec!["a".into(), "b".into(), "x".into()]), false),
             ("layer", u16s([3, 3, 9].into_iter()), false),

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, UInt16Array, UInt32Array};
 use arrow::record_batch::RecordBatch;
 
-use super::stages::Ctx;
-use super::tables::{batch, finite as fin, utf8};
-use super::taxonomy::{PartitionRecord, PredErrorRecord};
-use super::taxonomy_tables::{f64s, BaselineRow};
+use super::columns::{batch, f64s, finite as fin, utf8};
+use super::rows::BaselineRow;
 use crate::dataflow::Snapshot;
+use crate::features::FeatureSet;
+use crate::stages::taxonomy::{PartitionRecord, PredErrorRecord};
+use crate::stages::Ctx;
 use crate::Result;
 
 fn u32s(v: Vec<u32>) -> ArrayRef {
@@ -39,10 +40,10 @@ pub struct SubjectPartition {
 pub fn partitions(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<SubjectPartition>> {
     snap.partitions
         .iter()
-        .map(|((_, story, layer), id)| {
+        .map(|(k, id)| {
             Ok(SubjectPartition {
-                story: story.clone(),
-                layer: *layer,
+                story: k.story.clone(),
+                layer: k.layer,
                 record: ctx.store.load_json("partition", id)?,
             })
         })
@@ -192,7 +193,8 @@ pub struct PredErrorRow<'a> {
 pub fn pred_error_rows<'a>(ctx: &Ctx, snap: &Snapshot, baselines: &'a [BaselineRow]) -> Result<Vec<PredErrorRow<'a>>> {
     snap.pred_errors
         .iter()
-        .map(|((story, layer), id)| {
+        .map(|(k, id)| {
+            let (story, layer) = (&k.story, &k.layer);
             let record: PredErrorRecord = ctx.store.load_json("pred-error-record", id)?;
             let find = |set: &str| {
                 baselines
@@ -201,8 +203,8 @@ pub fn pred_error_rows<'a>(ctx: &Ctx, snap: &Snapshot, baselines: &'a [BaselineR
             };
             Ok(PredErrorRow {
                 record,
-                combined: find("raw+pred-error"),
-                raw_mean_r: find("raw").map(|b| b.mean_r),
+                combined: find(FeatureSet::RawPredError.as_str()),
+                raw_mean_r: find(FeatureSet::Raw.as_str()).map(|b| b.mean_r),
             })
         })
         .collect()

@@ -1,64 +1,19 @@
 //! The run's output tables, built from the final dataflow snapshot and the artifact store, in a
 //! deterministic row order (so any worker count writes byte-identical files).
+//!
+//! May import: [`super::columns`], `report` (the summary row), `stages`, `dataflow` (the
+//! snapshot) and everything below them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, StringArray, UInt16Array, UInt32Array};
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, UInt16Array, UInt32Array};
 use arrow::record_batch::RecordBatch;
 
-use super::stages::{self, Ctx, FitRecord, SummaryRecord};
+use super::columns::{batch, finite, language_of, utf8};
 use crate::dataflow::Snapshot;
-use crate::store::{write_table_parquet, TableSchema};
-use crate::{Error, Result};
-
-pub(crate) fn batch(cols: Vec<(&str, ArrayRef, bool)>) -> Result<RecordBatch> {
-    RecordBatch::try_from_iter_with_nullable(cols).map_err(|e| Error::Invalid(format!("building a table: {e}")))
-}
-
-pub(crate) fn utf8(v: Vec<String>) -> ArrayRef {
-    Arc::new(StringArray::from(v))
-}
-
-/// `b` with a `language` column (each row's story's language in `langs`) after its `story`
-/// column: the taxonomy tables are keyed by story, and every table is keyed by language too.
-pub(crate) fn with_language(b: &RecordBatch, langs: &BTreeMap<String, String>) -> Result<RecordBatch> {
-    let at = b
-        .schema()
-        .index_of("story")
-        .map_err(|e| Error::Invalid(format!("with_language: {e}")))?;
-    let stories = b
-        .column(at)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| Error::Invalid("with_language: `story` is not a utf8 column".into()))?;
-    let language: Vec<String> = stories.iter().map(|s| language_of(langs, s.unwrap_or(""))).collect();
-    let schema = b.schema();
-    let mut cols: Vec<(&str, ArrayRef, bool)> = Vec::new();
-    for (i, f) in schema.fields().iter().enumerate() {
-        cols.push((f.name().as_str(), b.column(i).clone(), f.is_nullable()));
-        if i == at {
-            cols.push(("language", utf8(language.clone()), false));
-        }
-    }
-    batch(cols)
-}
-
-/// A u16 column (layers).
-pub(crate) fn u16s(v: impl Iterator<Item = usize>) -> ArrayRef {
-    Arc::new(UInt16Array::from_iter_values(v.map(|x| x as u16)))
-}
-
-/// A u32 column (counts).
-pub(crate) fn u32s(v: impl Iterator<Item = usize>) -> ArrayRef {
-    Arc::new(UInt32Array::from_iter_values(v.map(|x| x as u32)))
-}
-
-/// A nullable f64 column: non-finite values become null.
-pub(crate) fn finite_f64s(v: impl Iterator<Item = f64>) -> ArrayRef {
-    Arc::new(Float64Array::from_iter(v.map(finite)))
-}
+use crate::stages::{self, Ctx, FitRecord, SummaryRecord};
+use crate::Result;
 
 /// Story id → language, from the snapshot's story artifacts.
 pub fn story_languages(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<String, String>> {
@@ -69,11 +24,6 @@ pub fn story_languages(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<String, St
             Ok((story.clone(), st.story.language))
         })
         .collect()
-}
-
-/// The language of `story` in `langs` (`""` for a story not in the snapshot).
-pub(crate) fn language_of(langs: &BTreeMap<String, String>, story: &str) -> String {
-    langs.get(story).cloned().unwrap_or_default()
 }
 
 /// `langs`: story → language ([`story_languages`]).
@@ -89,7 +39,7 @@ pub fn fits_batch(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) 
             story.push(k.story.clone());
             language.push(language_of(langs, &k.story));
             layer.push(k.layer as u16);
-            set.push(k.feature_set.clone());
+            set.push(k.feature_set.to_string());
             roi.push(name.clone());
             r.push(f.r[j]);
             alpha.push(f.alpha_median[j]);
@@ -151,7 +101,7 @@ pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, Stri
         let tables = snap
             .responses
             .iter()
-            .filter(|((st, subject), _)| st == story && ids.contains(subject))
+            .filter(|(k, _)| k.story == *story && ids.contains(&k.subject))
             .map(|(_, id)| stages::load_roi(&ctx.store, id))
             .collect::<Result<Vec<_>>>()?;
         for roi in &ctx.plan.response_columns() {
@@ -177,21 +127,7 @@ pub fn isc_ceilings(ctx: &Ctx, snap: &Snapshot) -> Result<BTreeMap<(String, Stri
     Ok(out)
 }
 
-/// One summary row, for the plot and the report.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SummaryRow {
-    pub story: String,
-    pub language: String,
-    pub layer: usize,
-    pub feature_set: String,
-    pub roi: String,
-    pub mean_r: f64,
-    pub ci_lower: f64,
-    pub ci_upper: f64,
-    pub n_subjects: usize,
-    /// ISC noise ceiling of r ([`isc_ceilings`]; for "all", the mean over the ROIs with one).
-    pub ceiling_r: f64,
-}
+pub use crate::report::SummaryRow;
 
 pub fn summary_rows(
     ctx: &Ctx,
@@ -219,7 +155,8 @@ pub fn summary_rows(
     };
     let mut rows = Vec::new();
     let (mut n_boot, mut level) = (0, f64::NAN);
-    for ((story, layer, set), id) in &snap.summaries {
+    for (k, id) in &snap.summaries {
+        let (story, layer, set) = (&k.story, &k.layer, &k.feature_set);
         let s: SummaryRecord = ctx.store.load_json("summary", id)?;
         n_boot = s.n_boot;
         level = s.ci_level;
@@ -241,10 +178,6 @@ pub fn summary_rows(
     Ok((rows, n_boot, level))
 }
 
-pub(crate) fn finite(v: f64) -> Option<f64> {
-    v.is_finite().then_some(v)
-}
-
 pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<RecordBatch> {
     let n = rows.len();
     batch(vec![
@@ -261,7 +194,7 @@ pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<R
         ),
         (
             "feature_set",
-            utf8(rows.iter().map(|r| r.feature_set.clone()).collect()),
+            utf8(rows.iter().map(|r| r.feature_set.to_string()).collect()),
             false,
         ),
         ("roi", utf8(rows.iter().map(|r| r.roi.clone()).collect()), false),
@@ -339,91 +272,4 @@ pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
         ("dead_fraction", f64s(&|r| r.dead_fraction), false),
         ("dense_fraction", f64s(&|r| r.dense_fraction), false),
     ])
-}
-
-/// Writes fits, summary and sae_quality tables, the plot and the report into `out`. All tables
-/// are built (and checked against their schemas) in memory before the first file is written;
-/// each file is written atomically.
-pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
-    // every story artifact read once for the language of each story-keyed row
-    let story_langs = story_languages(ctx, snap)?;
-    let fits = fits_batch(ctx, snap, &story_langs)?;
-    let (rows, n_boot, level) = summary_rows(ctx, snap, &story_langs)?;
-    let summary = summary_batch(&rows, n_boot, level)?;
-    let quality = sae_quality_batch(ctx, snap)?;
-    let taxonomy = match ctx.plan.file.taxonomy {
-        Some(_) => Some(super::taxonomy_tables::build(ctx, snap, &story_langs)?),
-        None => None,
-    };
-    let langs = super::language_tables::language_rows(ctx, snap)?;
-    let lang_layers = super::language_tables::language_layer_rows(&rows);
-    let props = taxonomy
-        .as_ref()
-        .map(|tx| super::language_tables::proportion_rows(&tx.labels))
-        .unwrap_or_default();
-    let mut tables = vec![
-        ("fits", fits),
-        ("summary", summary),
-        ("sae_quality", quality),
-        ("languages", super::language_tables::languages_batch(&langs)?),
-        (
-            "language_layers",
-            super::language_tables::language_layers_batch(&lang_layers)?,
-        ),
-    ];
-    if let Some(tx) = &taxonomy {
-        tables.push((
-            "category_proportions",
-            super::language_tables::proportions_batch(&props)?,
-        ));
-        tables.extend(tx.tables.iter().cloned());
-    }
-    let mut files = write_tables(ctx, &tables, out)?;
-    if let Some(tx) = &taxonomy {
-        files.extend(super::taxonomy_tables::write_files(tx, out)?);
-    }
-    let plot = out.join("r_by_layer.png");
-    crate::report::plot_r_by_layer(&rows, &plot)?;
-    files.push(plot);
-    let report = out.join("report.md");
-    let mut md = crate::report::markdown(ctx, snap, &rows)?;
-    md.push_str(&super::language_tables::markdown(&langs, &lang_layers, &props));
-    if let Some(tx) = &taxonomy {
-        md.push_str(&super::taxonomy_tables::markdown(tx));
-    }
-    crate::paths::write_atomic(&report, md.as_bytes())?;
-    files.push(report);
-    Ok(files)
-}
-
-/// Checks every table against its built-in schema (data-schemas/{name}.json) before writing any,
-/// then writes `{out}/{name}.parquet` atomically, with the pipeline's name and file hash as
-/// metadata. Returns the files written.
-pub(crate) fn write_tables(ctx: &Ctx, tables: &[(&str, RecordBatch)], out: &Path) -> Result<Vec<PathBuf>> {
-    let sizes = HashMap::new();
-    let schemas = tables
-        .iter()
-        .map(|(n, _)| TableSchema::builtin(n))
-        .collect::<Result<Vec<_>>>()?;
-    for ((name, b), schema) in tables.iter().zip(&schemas) {
-        schema
-            .check(&b.schema(), &sizes)
-            .map_err(|e| Error::Invalid(format!("table {name}: {e}")))?;
-    }
-    let pipeline_text = std::fs::read(&ctx.plan.source).unwrap_or_default();
-    let meta = vec![
-        ("cortexflow.pipeline".to_string(), ctx.plan.file.name.clone()),
-        (
-            "cortexflow.pipeline_sha256".to_string(),
-            format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&pipeline_text)),
-        ),
-    ];
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let mut files = Vec::new();
-    for ((name, b), schema) in tables.iter().zip(&schemas) {
-        let p = out.join(format!("{name}.parquet"));
-        write_table_parquet(&p, schema, &sizes, std::slice::from_ref(b), &meta)?;
-        files.push(p);
-    }
-    Ok(files)
 }

@@ -5,20 +5,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Array, UInt16Array, UInt32Array};
+use arrow::array::{ArrayRef, UInt16Array, UInt32Array};
 use arrow::record_batch::RecordBatch;
 
-use super::stages::{Ctx, FitRecord};
-use super::tables::{batch, finite as fin, utf8};
-use super::taxonomy::LayerLabels;
+use super::columns::{batch, f64s, finite as fin, language_of, u16s, utf8, with_language};
+pub use super::rows::BaselineRow;
 use crate::dataflow::Snapshot;
+use crate::features::FeatureSet;
+use crate::stages::taxonomy::LayerLabels;
+use crate::stages::{Ctx, FitRecord};
 use crate::stats::paired::{paired_comparison, PairedComparison};
 use crate::taxonomy::{Category, Subcategory};
 use crate::Result;
-
-pub(crate) fn f64s(v: Vec<Option<f64>>) -> ArrayRef {
-    Arc::new(Float64Array::from(v))
-}
 
 /// The plan's `[taxonomy]` (these tables are built only when it is present).
 fn section(ctx: &Ctx) -> &crate::config::TaxonomySection {
@@ -170,7 +168,7 @@ pub fn subject_scores(ctx: &Ctx, snap: &Snapshot) -> Result<SubjectScores> {
                 v.iter().sum::<f64>() / v.len() as f64
             }
         };
-        let key = (k.story.clone(), k.layer, k.feature_set.clone());
+        let key = (k.story.clone(), k.layer, k.feature_set.to_string());
         n_columns.insert(key.clone(), f.n_features);
         by_set
             .entry(key.clone())
@@ -188,28 +186,6 @@ pub fn subject_scores(ctx: &Ctx, snap: &Snapshot) -> Result<SubjectScores> {
         by_roi,
         n_columns,
     })
-}
-
-/// One row of the baseline comparison.
-pub struct BaselineRow {
-    pub story: String,
-    pub layer: usize,
-    /// A feature set, or a random-baseline family ("random:count", "random:variance",
-    /// "ablate:random") averaged over its seeds within each subject.
-    pub feature_set: String,
-    pub kind: String,
-    pub n_features: f64,
-    pub variance_share: Option<f64>,
-    pub n_seeds: usize,
-    /// SD over seeds of the seed's mean r over subjects (families only).
-    pub seed_sd: Option<f64>,
-    pub mean_r: f64,
-    pub mean_r2: f64,
-    /// mean_r / mean r of all SAE features × 100.
-    pub pct_of_all: f64,
-    /// Against the semantic set (for ablations: R² against the unablated reconstruction).
-    pub vs: String,
-    pub test: Option<PairedComparison>,
 }
 
 fn family_of(set: &str) -> Option<&'static str> {
@@ -243,16 +219,24 @@ pub fn baseline_rows(
         v
     };
     for story in &stories {
-        let language = super::tables::language_of(langs, story);
+        let language = language_of(langs, story);
         for ll in all.iter().filter(|ll| ll.language == language) {
             let layer = ll.layer;
             let get = |set: &str| scores.by_set.get(&(story.clone(), layer, set.to_string()));
-            let Some(all_r) = get("sae") else { continue };
+            let Some(all_r) = get(FeatureSet::Sae.as_str()) else {
+                continue;
+            };
             let all_mean = mean(all_r.values().map(|v| v.0));
             // sets → per-subject values (families averaged over seeds within subject)
             let mut groups: BTreeMap<String, (String, Vec<&BTreeMap<String, (f64, f64)>>, f64, Option<f64>)> =
                 BTreeMap::new();
-            for set in ["raw", "sae", "sae-recon", "raw+pred-error"] {
+            for set in [
+                FeatureSet::Raw,
+                FeatureSet::Sae,
+                FeatureSet::SaeRecon,
+                FeatureSet::RawPredError,
+            ] {
+                let set = set.as_str();
                 if let Some(m) = get(set) {
                     let cols = scores
                         .n_columns
@@ -293,8 +277,8 @@ pub fn baseline_rows(
                     .collect()
             };
             let semantic = groups.get("sae:semantic").map(|g| per_subject(&g.1));
-            let recon = groups.get("sae-recon").map(|g| per_subject(&g.1));
-            let raw = groups.get("raw").map(|g| per_subject(&g.1));
+            let recon = groups.get(FeatureSet::SaeRecon.as_str()).map(|g| per_subject(&g.1));
+            let raw = groups.get(FeatureSet::Raw.as_str()).map(|g| per_subject(&g.1));
             for (name, (kind, ms, n_feat, vshare)) in &groups {
                 let subj = per_subject(ms);
                 let k = ms.len();
@@ -306,10 +290,13 @@ pub fn baseline_rows(
                 let ablation = kind == "recon-ablated";
                 let (vs, reference) = if ablation {
                     ("sae-recon (R²)".to_string(), recon.as_ref())
-                } else if name == "raw+pred-error" {
-                    ("raw".to_string(), raw.as_ref())
+                } else if name == FeatureSet::RawPredError.as_str() {
+                    (FeatureSet::Raw.to_string(), raw.as_ref())
                 } else if name == "sae:semantic" {
-                    ("sae (all features)".to_string(), groups.get("sae").map(|_| all_r))
+                    (
+                        "sae (all features)".to_string(),
+                        groups.get(FeatureSet::Sae.as_str()).map(|_| all_r),
+                    )
                 } else {
                     ("sae:semantic".to_string(), semantic.as_ref())
                 };
@@ -482,11 +469,11 @@ pub struct ObservedMatrix {
 }
 
 /// The a-priori prediction: the `[taxonomy] prediction` TSV, else the paper's Table 16.
-pub fn prediction_matrix(ctx: &Ctx) -> Result<crate::cli::topography::LabelledMatrix> {
+pub fn prediction_matrix(ctx: &Ctx) -> Result<crate::topography::matrix::LabelledMatrix> {
     let t = section(ctx);
     match &t.prediction {
-        Some(p) => crate::cli::topography::read_labelled_matrix(p),
-        None => crate::cli::topography::parse_labelled_matrix(
+        Some(p) => crate::topography::matrix::read_labelled_matrix(p),
+        None => crate::topography::matrix::parse_labelled_matrix(
             include_str!("../../pipelines/topography/paper-table16.tsv"),
             std::path::Path::new("pipelines/topography/paper-table16.tsv (built in)"),
         ),
@@ -656,13 +643,13 @@ pub fn observed_batch(ctx: &Ctx, ms: &[ObservedMatrix]) -> Result<RecordBatch> {
 }
 
 /// The topography tests of every observed matrix (the helper-built statistics of
-/// [`crate::stats::topography`]), one row per statistic, keyed by story and layer.
+/// [`crate::topography`]), one row per statistic, keyed by story and layer.
 pub fn topography_reports(
     ctx: &Ctx,
     ms: &[ObservedMatrix],
-) -> Result<Vec<(String, usize, crate::stats::topography::TopographyReport)>> {
+) -> Result<Vec<(String, usize, crate::topography::TopographyReport)>> {
     let t = section(ctx);
-    let settings = crate::stats::topography::TopographySettings {
+    let settings = crate::topography::TopographySettings {
         n_perm: t.permutations,
         n_boot: ctx.plan.file.summary.n_boot,
         ci_level: ctx.plan.file.summary.ci_level,
@@ -672,7 +659,7 @@ pub fn topography_reports(
     };
     ms.iter()
         .map(|m| {
-            let r = crate::stats::topography::topography_report(
+            let r = crate::topography::topography_report(
                 m.mean.view(),
                 m.predicted.view(),
                 Some(m.p_cell.view()),
@@ -686,7 +673,7 @@ pub fn topography_reports(
 
 /// The `topography_stats` table: every report's `topography_tests` rows, keyed by story and layer
 /// (the language column is added with the other story-keyed tables).
-pub fn stats_batch(reports: &[(String, usize, crate::stats::topography::TopographyReport)]) -> Result<RecordBatch> {
+pub fn stats_batch(reports: &[(String, usize, crate::topography::TopographyReport)]) -> Result<RecordBatch> {
     let (mut stories, mut layers, mut stats) = (vec![], vec![], vec![]);
     for (story, layer, r) in reports {
         for row in r.rows() {
@@ -698,12 +685,12 @@ pub fn stats_batch(reports: &[(String, usize, crate::stats::topography::Topograp
     let schema = crate::store::TableSchema::builtin("topography_tests")?;
     let mut cols: Vec<(&str, ArrayRef, bool)> = vec![
         ("story", utf8(stories), false),
-        ("layer", super::tables::u16s(layers.into_iter()), false),
+        ("layer", u16s(layers.into_iter()), false),
     ];
     for (c, a) in schema
         .columns
         .iter()
-        .zip(crate::cli::topography::statistics_columns(&stats))
+        .zip(crate::topography::matrix::statistics_columns(&stats))
     {
         cols.push((c.name.as_str(), a, c.nullable));
     }
@@ -716,7 +703,7 @@ pub struct TaxonomyOutputs {
     pub labels: Vec<LayerLabels>,
     pub baselines: Vec<BaselineRow>,
     pub observed: Vec<ObservedMatrix>,
-    pub reports: Vec<(String, usize, crate::stats::topography::TopographyReport)>,
+    pub reports: Vec<(String, usize, crate::topography::TopographyReport)>,
     /// The variance-partition and prediction-error sections of the report.
     pub partition_markdown: String,
 }
@@ -755,7 +742,7 @@ pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Re
     let tables = tables
         .into_iter()
         .map(|(name, b)| match b.schema().index_of("story") {
-            Ok(_) => Ok((name, super::tables::with_language(&b, langs)?)),
+            Ok(_) => Ok((name, with_language(&b, langs)?)),
             Err(_) => Ok((name, b)), // keyed by (language, layer) already
         })
         .collect::<Result<Vec<_>>>()?;

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, StringArray, UInt16Array, UInt64Array};
 use serde::{Deserialize, Serialize};
 
-use super::tables::{batch, utf8};
 use super::{Inputs, Plan};
-use crate::dataflow::{Record, Snapshot};
+use crate::dataflow::{DesignKey, FitKey, PartitionKey, Record, ResponseKey, SaeKey, Snapshot, StoryLayerKey};
+use crate::features::FeatureSet;
+use crate::outputs::columns::{batch, utf8};
 use crate::store::artifacts::ArtifactId;
 use crate::store::{write_table_arrow_stream, write_table_parquet, TableSchema};
 use crate::{Error, Result};
@@ -160,22 +161,38 @@ type RecordCells<'a> = (
 fn cells(r: &Record) -> RecordCells<'_> {
     match r {
         Record::Story(s, a) => ("story", Some(s), None, None, None, a, None),
-        Record::Response(s, sub, a) => ("response", Some(s), Some(sub), None, None, a, None),
+        Record::Response(k, a) => ("response", Some(&k.story), Some(&k.subject), None, None, a, None),
         Record::Words(s, a) => ("words", Some(s), None, None, None, a, None),
-        Record::Sae((g, l), a) => ("sae", None, None, Some(*l), None, a, Some(g)),
+        Record::Sae(k, a) => ("sae", None, None, Some(k.layer), None, a, Some(&k.group)),
         Record::Fit(k, a) => (
             "fit",
             Some(&k.story),
             Some(&k.subject),
             Some(k.layer),
-            Some(&k.feature_set),
+            Some(k.feature_set.as_str()),
             a,
             None,
         ),
-        Record::Summary((s, l, f), a) => ("summary", Some(s), None, Some(*l), Some(f), a, None),
-        Record::Labels((g, l), a) => ("labels", None, None, Some(*l), None, a, Some(g)),
-        Record::Partition((sub, s, l), a) => ("partition", Some(s), Some(sub), Some(*l), None, a, None),
-        Record::PredError((s, l), a) => ("pred_error", Some(s), None, Some(*l), None, a, None),
+        Record::Summary(k, a) => (
+            "summary",
+            Some(&k.story),
+            None,
+            Some(k.layer),
+            Some(k.feature_set.as_str()),
+            a,
+            None,
+        ),
+        Record::Labels(k, a) => ("labels", None, None, Some(k.layer), None, a, Some(&k.group)),
+        Record::Partition(k, a) => (
+            "partition",
+            Some(&k.story),
+            Some(&k.subject),
+            Some(k.layer),
+            None,
+            a,
+            None,
+        ),
+        Record::PredError(k, a) => ("pred_error", Some(&k.story), None, Some(k.layer), None, a, None),
     }
 }
 
@@ -273,16 +290,33 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                     .then(|| layer.value(i) as usize)
                     .ok_or_else(|| bad("no layer"))
             };
-            let f = || set[i].clone().ok_or_else(|| bad("no feature set"));
+            let f = || {
+                set[i]
+                    .clone()
+                    .map(FeatureSet::from)
+                    .ok_or_else(|| bad("no feature set"))
+            };
             let g = || language[i].clone().ok_or_else(|| bad("no language"));
             let a = art[i].clone().unwrap_or_default();
             let record = match kind[i].as_deref().unwrap_or("") {
                 "story" => Record::Story(s()?, a),
-                "response" => Record::Response(s()?, sub()?, a),
+                "response" => Record::Response(
+                    ResponseKey {
+                        story: s()?,
+                        subject: sub()?,
+                    },
+                    a,
+                ),
                 "words" => Record::Words(s()?, a),
-                "sae" => Record::Sae((g()?, l()?), a),
+                "sae" => Record::Sae(
+                    SaeKey {
+                        group: g()?,
+                        layer: l()?,
+                    },
+                    a,
+                ),
                 "fit" => Record::Fit(
-                    crate::dataflow::FitKey {
+                    FitKey {
                         subject: sub()?,
                         story: s()?,
                         layer: l()?,
@@ -290,10 +324,36 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                     },
                     a,
                 ),
-                "summary" => Record::Summary((s()?, l()?, f()?), a),
-                "labels" => Record::Labels((g()?, l()?), a),
-                "partition" => Record::Partition((sub()?, s()?, l()?), a),
-                "pred_error" => Record::PredError((s()?, l()?), a),
+                "summary" => Record::Summary(
+                    DesignKey {
+                        story: s()?,
+                        layer: l()?,
+                        feature_set: f()?,
+                    },
+                    a,
+                ),
+                "labels" => Record::Labels(
+                    SaeKey {
+                        group: g()?,
+                        layer: l()?,
+                    },
+                    a,
+                ),
+                "partition" => Record::Partition(
+                    PartitionKey {
+                        subject: sub()?,
+                        story: s()?,
+                        layer: l()?,
+                    },
+                    a,
+                ),
+                "pred_error" => Record::PredError(
+                    StoryLayerKey {
+                        story: s()?,
+                        layer: l()?,
+                    },
+                    a,
+                ),
                 other => return Err(bad(&format!("unknown kind `{other}`"))),
             };
             rows.push(ChangeRow {

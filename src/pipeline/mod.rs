@@ -1,15 +1,13 @@
 //! `cortexflow run PIPELINE`: the validated plan's inputs go into the artifact store, flow through
 //! the dataflow (src/dataflow), and the final state is written as Parquet tables (schemas in
 //! data-schemas/), a PNG plot and a Markdown report under the plan's output folder.
+//!
+//! May import: `outputs`, `report`, `dataflow`, `stages`, `config` and everything below them;
+//! never `cli`.
 
 pub mod incremental;
-pub mod language_tables;
-pub mod partition_tables;
+pub mod reading;
 pub mod simulated;
-pub mod stages;
-pub mod tables;
-pub mod taxonomy;
-pub mod taxonomy_tables;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,11 +17,11 @@ use std::time::Instant;
 
 use crate::config::Plan;
 use crate::dataflow::{self, Epoch, EpochResult, ResponseRec, StoryRec, Topology};
+use crate::stages::{self, Ctx, StoredStory};
 use crate::stimulus::{self, ReadOptions, StimulusFormat, Story};
 use crate::store::artifacts::ArtifactStore;
 use crate::Result;
 use incremental::Manifest;
-use stages::{Ctx, StoredStory};
 
 /// Words per corpus record: the corpus is cut into chunks so that workers share the LM work
 /// (each chunk is run with its own windows; the first window of a chunk starts without context).
@@ -223,7 +221,7 @@ pub fn publish(ctx: &Ctx, inputs: &Inputs, result: &EpochResult) -> Result<(Vec<
             None
         }
     };
-    let mut files = tables::write_outputs(ctx, &result.snapshot, out)?;
+    let mut files = crate::outputs::write::write_outputs(ctx, &result.snapshot, out)?;
     let (epoch, before) = match &previous {
         Some(m) => (m.epoch + 1, m.snapshot()),
         None => (0, dataflow::Snapshot::default()),

@@ -23,216 +23,18 @@ use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
 use ndarray::Array2;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Plan;
 use crate::dataflow;
-use crate::pipeline::stages::{self, Ctx};
-use crate::pipeline::tables::{batch, utf8};
+use crate::outputs::columns::{batch, utf8, write_tables};
+use crate::outputs::tables;
 use crate::pipeline::{self, RunOptions, RunReport};
-use crate::reading::analysis::{self, BaseDesign, Comparison, FeatureEvidence, Selection, SelectionRule};
-use crate::reading::inputs::{self, InputSpec, ReadingData};
+use crate::reading::analysis::{self, BaseDesign, Comparison, FeatureEvidence, SelectionRule};
+use crate::reading::section::ReadingInputs;
+use crate::stages::{self, Ctx};
+
 use crate::reading::lmm::{LmmFit, TermData};
 use crate::{Error, Result};
-
-/// `[reading]` of a pipeline file. Paths are relative to the data root.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ReadingSection {
-    #[serde(default = "default_language")]
-    pub language: String,
-    /// The stories' words: one row per word with story, position and word columns.
-    pub words: PathBuf,
-    #[serde(default = "default_story_column")]
-    pub story_column: String,
-    #[serde(default = "default_position_column")]
-    pub position_column: String,
-    #[serde(default = "default_word_column")]
-    pub word_column: String,
-    /// Reading times: per-subject rows or per-word means, with the same story and position columns.
-    pub rts: PathBuf,
-    #[serde(default = "default_rt_column")]
-    pub rt_column: String,
-    /// Subject column of per-subject rows; absent for per-word means.
-    #[serde(default)]
-    pub subject_column: Option<String>,
-    /// By-subject random slopes (per-subject rows only): control names, e.g. ["lm_surprisal"].
-    #[serde(default)]
-    pub subject_slopes: Vec<String>,
-    /// Word column of the RT file, checked against the story's word at that position ("" = none).
-    #[serde(default = "default_word_column")]
-    pub rt_word_column: String,
-    /// Trimming: RTs outside [min-rt, max-rt] ms are left out (and counted).
-    #[serde(default = "default_min_rt")]
-    pub min_rt: f64,
-    #[serde(default = "default_max_rt")]
-    pub max_rt: f64,
-    #[serde(default = "yes")]
-    pub exclude_sentence_initial: bool,
-    #[serde(default = "yes")]
-    pub exclude_sentence_final: bool,
-    /// CoNLL-X parses with `TokenId=story.position[.part]` (sentences and POS). Needed by the
-    /// `semantic` feature selection.
-    #[serde(default)]
-    pub parses: Option<PathBuf>,
-    /// Word-frequency table and its columns; `frequency-log10` for raw counts.
-    pub frequency: PathBuf,
-    #[serde(default = "default_word_column")]
-    pub frequency_word_column: String,
-    #[serde(default = "default_frequency_column")]
-    pub frequency_column: String,
-    #[serde(default)]
-    pub frequency_log10: bool,
-    /// Natural Stories n-gram table (freqs-N.tsv) for the n-gram surprisal control.
-    #[serde(default)]
-    pub ngram: Option<PathBuf>,
-    /// Previous words whose length and frequency enter as spillover controls.
-    #[serde(default = "default_spillover")]
-    pub spillover: usize,
-    /// Principal components of the selected SAE features added to the baseline.
-    #[serde(default = "default_n_pcs")]
-    pub n_pcs: usize,
-    /// "semantic" (provisional rule, see src/reading/analysis.rs) or "all".
-    #[serde(default = "default_features")]
-    pub features: String,
-    /// A feature counts as alive when active on at least this many story words.
-    #[serde(default = "default_min_active")]
-    pub min_active: usize,
-    /// Random feature subsets (one per seed 1..=n) of the selected set's size.
-    #[serde(default = "default_random_seeds")]
-    pub random_seeds: usize,
-    /// Word norm table (e.g. Brysbaert concreteness) compared with the baseline as a control.
-    #[serde(default)]
-    pub norms: Option<PathBuf>,
-    #[serde(default = "default_norms_word_column")]
-    pub norms_word_column: String,
-    #[serde(default = "default_norms_column")]
-    pub norms_column: String,
-}
-
-fn default_language() -> String {
-    "en".into()
-}
-fn default_story_column() -> String {
-    "item".into()
-}
-fn default_position_column() -> String {
-    "zone".into()
-}
-fn default_word_column() -> String {
-    "word".into()
-}
-fn default_rt_column() -> String {
-    "meanItemRT".into()
-}
-fn default_min_rt() -> f64 {
-    100.0
-}
-fn default_max_rt() -> f64 {
-    3000.0
-}
-fn yes() -> bool {
-    true
-}
-fn default_frequency_column() -> String {
-    "zipf".into()
-}
-fn default_spillover() -> usize {
-    1
-}
-fn default_n_pcs() -> usize {
-    50
-}
-fn default_features() -> String {
-    "semantic".into()
-}
-fn default_min_active() -> usize {
-    SelectionRule::default().min_active
-}
-fn default_random_seeds() -> usize {
-    10
-}
-fn default_norms_word_column() -> String {
-    "Word".into()
-}
-fn default_norms_column() -> String {
-    "Conc.M".into()
-}
-
-/// The validated `[reading]` section and its joined data.
-#[derive(Debug, Clone)]
-pub struct ReadingInputs {
-    pub section: ReadingSection,
-    pub selection: Selection,
-    pub data: ReadingData,
-    pub stories: Vec<crate::stimulus::Story>,
-}
-
-fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
-    Error::parse(path, format!("`reading.{key}`"), msg.to_string())
-}
-
-/// Checks the section's parameters, reads the inputs and joins the reading times.
-pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<ReadingInputs> {
-    let selection: Selection = s.features.parse().map_err(|e| invalid(pipeline, "features", e))?;
-    if selection == Selection::Semantic && s.parses.is_none() {
-        return Err(invalid(
-            pipeline,
-            "features",
-            "the `semantic` selection needs `parses` (part-of-speech tags); set `parses` or use `all`",
-        ));
-    }
-    if !s.subject_slopes.is_empty() && s.subject_column.is_none() {
-        return Err(invalid(
-            pipeline,
-            "subject-slopes",
-            "by-subject slopes need per-subject rows (`subject-column`)",
-        ));
-    }
-    if s.n_pcs == 0 {
-        return Err(invalid(pipeline, "n-pcs", "must be at least 1"));
-    }
-    if !(s.min_rt < s.max_rt) {
-        return Err(invalid(pipeline, "min-rt", "must be below max-rt"));
-    }
-    let file = |p: &PathBuf, key: &str| -> Result<PathBuf> {
-        let full = root.join(p);
-        if full.is_file() {
-            Ok(full)
-        } else {
-            Err(invalid(pipeline, key, format!("{} does not exist", full.display())))
-        }
-    };
-    let spec = InputSpec {
-        language: s.language.clone(),
-        words: file(&s.words, "words")?,
-        story_column: s.story_column.clone(),
-        position_column: s.position_column.clone(),
-        word_column: s.word_column.clone(),
-        rts: file(&s.rts, "rts")?,
-        rt_column: s.rt_column.clone(),
-        subject_column: s.subject_column.clone(),
-        rt_word_column: (!s.rt_word_column.is_empty()).then(|| s.rt_word_column.clone()),
-        min_rt: s.min_rt,
-        max_rt: s.max_rt,
-        parses: s.parses.as_ref().map(|p| file(p, "parses")).transpose()?,
-        frequency: file(&s.frequency, "frequency")?,
-        frequency_word_column: s.frequency_word_column.clone(),
-        frequency_column: s.frequency_column.clone(),
-        frequency_log10: s.frequency_log10,
-        ngram: s.ngram.as_ref().map(|p| file(p, "ngram")).transpose()?,
-        norms: s.norms.as_ref().map(|p| file(p, "norms")).transpose()?,
-        norms_word_column: s.norms_word_column.clone(),
-        norms_column: s.norms_column.clone(),
-    };
-    let data = inputs::load(&spec)?;
-    Ok(ReadingInputs {
-        section: s.clone(),
-        selection,
-        stories: data.stories.clone(),
-        data,
-    })
-}
 
 /// Per word: LM surprisal and next-token entropy (bits), from the extract stage.
 fn lm_word_info(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs) -> Result<(Vec<Option<f64>>, Vec<f64>)> {
@@ -434,7 +236,12 @@ pub struct ReadingResult {
 pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
     let started = Instant::now();
     let ctx = pipeline::context(plan, opts.workers)?;
-    let r = ctx.plan.reading.clone().expect("a reading plan");
+    let r = ctx.plan.reading.clone().ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: a reading-time run needs a [reading] section",
+            ctx.plan.source.display()
+        ))
+    })?;
     let inputs = pipeline::prepare_inputs(&ctx)?;
     let mut results = dataflow::run(ctx.clone(), vec![pipeline::single_epoch(&inputs)], opts.workers)?;
     let result = results.pop().expect("one epoch");
@@ -501,7 +308,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
     let mut evidence = Vec::new();
     let mut examples = Vec::new();
     let word_texts: Vec<String> = r.data.words.iter().map(|w| w.text.clone()).collect();
-    let pb = progress(
+    let pb = crate::progress::progress(
         (snap.saes.len() * (1 + r.section.random_seeds)) as u64,
         "reading models (layer × feature set)",
     );
@@ -511,7 +318,8 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
         .iter()
         .map(|s| stages::lm_stage(&ctx, &mut None, s))
         .collect::<Result<Vec<_>>>()?;
-    for ((_, layer), sae_id) in &snap.saes {
+    for (k, sae_id) in &snap.saes {
+        let layer = &k.layer;
         let layer_started = Instant::now();
         let mut mats = Vec::new();
         for lm in &lm_outputs {
@@ -606,21 +414,6 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
         seconds: started.elapsed().as_secs_f64(),
         stage_seconds: ctx.store.seconds(),
     })
-}
-
-/// A progress bar on stderr when it is a terminal (hidden otherwise).
-pub(crate) fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    pb.set_message(what.to_string());
-    pb
 }
 
 fn comparison_batch(res: &ReadingResult) -> Result<RecordBatch> {
@@ -882,9 +675,9 @@ fn write_outputs(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &
         ("reading_words", words_batch(r, res)?),
         ("reading_features", features_batch(res)?),
         ("feature_examples", examples_batch(r, res)?),
-        ("sae_quality", pipeline::tables::sae_quality_batch(ctx, snap)?),
+        ("sae_quality", tables::sae_quality_batch(ctx, snap)?),
     ];
-    let mut files = pipeline::tables::write_tables(ctx, &tables, out)?;
+    let mut files = write_tables(ctx, &tables, out)?;
     let plot = out.join("reading_by_layer.png");
     plot_by_layer(&res.comparisons, &plot)?;
     files.push(plot);
@@ -1028,7 +821,8 @@ fn markdown(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &Readi
         m,
         "| layer | features | selected | R² (held out) | mean L0 | dead |\n|---:|---:|---:|---:|---:|---:|"
     );
-    for ((_, layer), id) in &snap.saes {
+    for (k, id) in &snap.saes {
+        let layer = &k.layer;
         let q = stages::sae_record(ctx, id)?;
         let sel = res
             .evidence

@@ -17,7 +17,7 @@ use crate::config::{Plan, SimulateSection, StorySection};
 use crate::encoding::simulate::{simulate_subjects, SimulationOptions};
 use crate::features::align::{words_to_trs, TrGrid};
 use crate::features::roi::RoiTable;
-use crate::pipeline::stages::HRF_DT_S;
+use crate::stages::HRF_DT_S;
 use crate::stimulus::Story;
 use crate::Result;
 

@@ -7,16 +7,20 @@
 //!   left out and why), sentences and part of speech from parses, lexical controls.
 //! * [`analysis`]: SAE feature evidence and selection, principal components, random-subset and
 //!   norm controls, likelihood-ratio comparisons with the baseline.
-//! * [`pipeline`]: `[reading]` pipelines (`cortexflow run pipelines/natural-stories.toml`).
+//! * [`section`]: the `[reading]` section of a pipeline file and its inputs, checked and joined
+//!   (run by `cortexflow run pipelines/natural-stories.toml`, see `pipeline::reading`).
 //! * [`model_from_frame`]: formula + table → the matrices [`lmm::fit_lmm`] takes, with rows that
 //!   have a missing value counted and reported, never silently dropped.
+//!
+//! May import: `sae`, `encoding`, `store`, `stimulus`, `stats`, `error` (the reading-time
+//! pipeline that runs these on a plan is `pipeline::reading`).
 
 pub mod analysis;
 pub mod formula;
 pub mod frame;
 pub mod inputs;
 pub mod lmm;
-pub mod pipeline;
+pub mod section;
 
 use ndarray::Array2;
 

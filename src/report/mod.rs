@@ -3,6 +3,9 @@
 //! Text in plots uses DejaVu Sans from the system (Debian's fonts-dejavu-core); set
 //! `CORTEXFLOW_FONT` to another TTF. Without a font the plot is drawn without labels and a
 //! warning says so.
+//!
+//! May import: `dataflow` (the snapshot), `stages` (artifact readers) and everything below;
+//! never `outputs`, `pipeline` or `cli`.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -11,9 +14,26 @@ use std::sync::OnceLock;
 use plotters::prelude::*;
 
 use crate::dataflow::Snapshot;
-use crate::pipeline::stages::{self, Ctx};
-use crate::pipeline::tables::SummaryRow;
+use crate::features::FeatureSet;
+use crate::sae::metrics::POOR_SAE_R2;
+use crate::stages::{self, Ctx};
 use crate::{Error, Result};
+
+/// One summary row, for the plot and the report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    pub story: String,
+    pub language: String,
+    pub layer: usize,
+    pub feature_set: FeatureSet,
+    pub roi: String,
+    pub mean_r: f64,
+    pub ci_lower: f64,
+    pub ci_upper: f64,
+    pub n_subjects: usize,
+    /// ISC noise ceiling of r ([`crate::outputs::tables::isc_ceilings`]; for "all", the mean over the ROIs with one).
+    pub ceiling_r: f64,
+}
 
 const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
@@ -53,7 +73,9 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
     let rows: Vec<&SummaryRow> = rows
         .iter()
         .filter(|r| {
-            r.roi == "all" && r.mean_r.is_finite() && matches!(r.feature_set.as_str(), "raw" | "sae" | "sae-recon")
+            r.roi == "all"
+                && r.mean_r.is_finite()
+                && matches!(r.feature_set, FeatureSet::Raw | FeatureSet::Sae | FeatureSet::SaeRecon)
         })
         .collect();
     let with_text = ensure_font();
@@ -94,7 +116,7 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
                 .draw()
                 .map_err(|x| e(x.to_string()))?;
         }
-        let mut sets: Vec<&str> = rows.iter().map(|r| r.feature_set.as_str()).collect();
+        let mut sets: Vec<&FeatureSet> = rows.iter().map(|r| &r.feature_set).collect();
         sets.sort();
         sets.dedup();
         for (i, set) in sets.iter().enumerate() {
@@ -102,7 +124,7 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
             let offset = (i as f64 - (sets.len() as f64 - 1.0) / 2.0) * 0.15;
             let mut pts: Vec<(f64, f64, f64, f64)> = rows
                 .iter()
-                .filter(|r| r.feature_set == *set)
+                .filter(|r| r.feature_set == **set)
                 .map(|r| (r.layer as f64 + offset, r.mean_r, r.ci_lower, r.ci_upper))
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -110,9 +132,9 @@ pub fn plot_r_by_layer(rows: &[SummaryRow], path: &Path) -> Result<()> {
                 .draw_series(LineSeries::new(pts.iter().map(|p| (p.0, p.1)), color.stroke_width(2)))
                 .map_err(|x| e(x.to_string()))?;
             if with_text {
-                let label = match *set {
-                    "sae" => "SAE codes",
-                    "sae-recon" => "SAE reconstructions",
+                let label = match set {
+                    FeatureSet::Sae => "SAE codes",
+                    FeatureSet::SaeRecon => "SAE reconstructions",
                     _ => "raw activations",
                 };
                 series
@@ -162,7 +184,7 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         plan.source.display(),
         snap.responses
             .iter()
-            .map(|((_, subject), _)| subject)
+            .map(|(k, _)| &k.subject)
             .collect::<std::collections::BTreeSet<_>>()
             .len(),
         plan.layers,
@@ -185,8 +207,9 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         );
     }
     let mut excluded: Vec<String> = Vec::new();
-    for ((_, subject), id) in &snap.responses {
-        let t = crate::pipeline::stages::load_roi(&ctx.store, id)?;
+    for (k, id) in &snap.responses {
+        let subject = &k.subject;
+        let t = crate::stages::load_roi(&ctx.store, id)?;
         excluded.extend(t.constant.iter().map(|r| format!("{subject}/{r}")));
     }
     excluded.sort();
@@ -251,7 +274,7 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     }
     let recon: Vec<&SummaryRow> = rows
         .iter()
-        .filter(|r| r.roi == "all" && r.feature_set == "sae-recon")
+        .filter(|r| r.roi == "all" && r.feature_set == FeatureSet::SaeRecon)
         .collect();
     if !recon.is_empty() {
         let _ = writeln!(
@@ -262,7 +285,7 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         for rc in recon {
             if let Some(raw) = rows
                 .iter()
-                .find(|r| r.roi == "all" && r.feature_set == "raw" && r.layer == rc.layer)
+                .find(|r| r.roi == "all" && r.feature_set == FeatureSet::Raw && r.layer == rc.layer)
             {
                 let _ = writeln!(
                     s,
@@ -294,9 +317,6 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     }
     Ok(s)
 }
-
-/// Held-out R² under which the report warns that an SAE explains too little.
-pub const POOR_SAE_R2: f64 = 0.1;
 
 /// The report's warning about SAEs (language, layer, held-out R²) under [`POOR_SAE_R2`], if any.
 pub fn poor_sae_warning(saes: &[(String, usize, f64)]) -> Option<String> {

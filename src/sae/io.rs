@@ -26,9 +26,9 @@ use ndarray::{Array1, Array2};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
+use super::config::SaeTrainConfig;
 use super::model::{Sae, SaeKind};
 use super::relu::ReluSae;
-use super::train::SaeTrainConfig;
 use crate::{Error, Result};
 
 /// File name of the folder's configuration.

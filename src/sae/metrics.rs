@@ -114,6 +114,9 @@ where
     }
 }
 
+/// Held-out R² under which the report warns that an SAE explains too little.
+pub const POOR_SAE_R2: f64 = 0.1;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,7 +50,10 @@
 //! assert!(!report.logs.is_empty());
 //! # Ok::<(), cortexflow::Error>(())
 //! ```
+//!
+//! May import: `store`, `lm`, `stats`, `paths`, `error`.
 
+pub mod config;
 pub mod directions;
 pub mod evidence;
 pub mod io;

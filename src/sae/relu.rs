@@ -681,7 +681,7 @@ pub(crate) fn forward_backward(
         }
     };
     {
-        let dn = dnorm.as_slice().expect("contiguous");
+        let dn = &*contiguous(&dnorm);
         let stats: Vec<(u32, f64)> =
             ws.f.axis_iter(Axis(0))
                 .into_par_iter()
@@ -729,7 +729,7 @@ pub(crate) fn forward_backward(
     // grad b_dec = Σ_rows dL/dx̂ − W_enc · grad b_enc   (b_dec enters x̂ and, with a minus, xc;
     // the auxiliary reconstruction has no b_dec, its target is held constant)
     let g_sum = col_sums_f64(ws.e.view()); // ws.e holds dL/dx̂ now
-    let gb = grad.b_enc.as_slice().expect("contiguous");
+    let gb = &*contiguous(&grad.b_enc);
     let wb: Vec<f64> = sae
         .w_enc
         .axis_iter(Axis(0))
@@ -890,7 +890,8 @@ fn dense_backward(
         ws.p = zeros(n, d_sae);
     }
     gemm(ws.p.view_mut(), ws.e.view(), sae.w_dec.t(), false);
-    let (f, dn) = (&ws.f, dnorm.as_slice().expect("contiguous"));
+    let dn = contiguous(&dnorm);
+    let (f, dn) = (&ws.f, &*dn);
     par_rows_mut(ws.p.view_mut(), |i, p| {
         let f = f.row(i);
         let f = f.as_slice().expect("standard layout");
@@ -979,7 +980,7 @@ fn sparse_backward(
     // e = Σ_active f_j W_dec_j − xc, then G = g_scale e; P at active pairs
     let w_dec = &sae.w_dec;
     let (indptr, indices, fvals) = (&ws.indptr, &ws.indices, &ws.fvals);
-    let dn = dnorm.as_slice().expect("contiguous");
+    let dn = &*contiguous(&dnorm);
     let mut pv_rest: &mut [f32] = &mut ws.pvals;
     let mut pjobs = Vec::with_capacity(n);
     for i in 0..n {
@@ -1085,9 +1086,28 @@ fn sparse_backward(
     transpose_into(grad.w_enc.view_mut(), ws.gt.view());
 }
 
+/// The elements of a vector as one slice: borrowed when it is laid out contiguously in order (as
+/// every vector this module allocates is), else copied, so public fields set by a caller to any
+/// layout (a reversed or strided view made owned) are read correctly instead of panicking.
+fn contiguous(a: &Array1<f32>) -> std::borrow::Cow<'_, [f32]> {
+    match a.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reversed_vector_is_read_in_order_not_a_panic() {
+        let reversed = Array1::from(vec![1.0f32, 2.0, 3.0]).slice_move(s![..;-1]);
+        assert!(reversed.as_slice().is_none());
+        assert_eq!(&*contiguous(&reversed), &[3.0, 2.0, 1.0]);
+        let plain = Array1::from(vec![1.0f32, 2.0]);
+        assert!(matches!(contiguous(&plain), std::borrow::Cow::Borrowed(_)));
+    }
 
     fn data(n: usize, d: usize, seed: u64) -> Array2<f32> {
         let mut rng = SplitMix64::new(seed);

@@ -12,6 +12,15 @@
 //! - `roi`: one subject's response table (f64 TR × ROI) with its constant-column list;
 //! - `fit`: per (subject, story, layer, feature set) held-out r and chosen α per ROI (JSON);
 //! - `summary`: per (layer, feature set) mean r over subjects with a bootstrap CI (JSON).
+//!
+//! [`taxonomy`] holds the taxonomy's stages (labels, derived designs, prediction-error features,
+//! variance partitions).
+//!
+//! May import: `config` and everything below it (the analyses, `store`, `sae`, `lm`, `stimulus`,
+//! `stats`); no timely or differential types, never `dataflow`, `report`, `outputs`, `pipeline`
+//! or `cli`.
+
+pub mod taxonomy;
 
 use std::sync::Arc;
 
@@ -21,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Plan;
 use crate::encoding::{contiguous_block_folds, nested_cv_ridge};
 use crate::features::align::{words_to_trs, TrGrid};
+use crate::features::FeatureSet;
 use crate::lm::{self, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
 use crate::sae::{self, SaeTrainConfig};
 use crate::stats::bootstrap_mean_ci;
@@ -264,7 +274,7 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             }
         };
         let q = model.quality(held.view());
-        if !(q.r2 >= crate::report::POOR_SAE_R2) {
+        if !(q.r2 >= crate::sae::metrics::POOR_SAE_R2) {
             tracing::warn!(
                 "the SAE of `{group}` layer {layer} reconstructs R² = {:.3} of the held-out activations \
                  (mean L0 {:.1}, {:.0}% dead features): lower [sae] l1",
@@ -424,6 +434,21 @@ pub(crate) fn sae_map_stage(
         Ok(Arrays::default().with_f32("x", f(&loaded.sae, x)))
     })?;
     Ok(id)
+}
+
+/// The store kind of the word-level features a built-in feature set's design is made from:
+/// "lm" (raw activations), "codes" (SAE codes), "recon" (SAE reconstructions) or "controls".
+/// Sets made by other stages (derived sets, `raw+pred-error`) have none.
+pub fn feature_source(set: &FeatureSet) -> Result<&'static str> {
+    match set {
+        FeatureSet::Raw => Ok("lm"),
+        FeatureSet::Sae => Ok("codes"),
+        FeatureSet::SaeRecon => Ok("recon"),
+        FeatureSet::Controls => Ok("controls"),
+        other => Err(Error::Invalid(format!(
+            "feature set `{other}` is not designed from word-level features"
+        ))),
+    }
 }
 
 /// Word-level features → design (n_trs, n_design_columns) by the pipeline's alignment:

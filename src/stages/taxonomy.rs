@@ -9,9 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::stages::{self, Ctx, StoredStory};
 use crate::config::TaxonomySection;
 use crate::lm::lens::Lens;
+use crate::stages::{self, Ctx, StoredStory};
 use crate::store::artifacts::{Arrays, ArtifactId, KeyBuilder};
 use crate::taxonomy::baselines::{self, FeatureSetDef, SetSpec};
 use crate::taxonomy::labeller::{label_features, LabelInputs, WordVectors};
@@ -33,8 +33,8 @@ fn builtin_seeds(language: &str) -> Option<&'static str> {
     }
 }
 
-/// One story's artifacts at one layer.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+/// One story's artifacts at one layer (a value in the dataflow: fields in the order it sorts by).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct StoryLayer {
     pub story: String,
     pub story_art: ArtifactId,

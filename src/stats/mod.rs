@@ -3,12 +3,19 @@
 //!
 //! * [`agreement`]: inter-rater agreement of feature labels (confusion matrix, Cohen's and
 //!   Fleiss' κ with bootstrap CIs, soft → hard labels).
-//! * [`topography`]: subcategory × region matrices (Spearman / Mantel convergence with a
-//!   prediction, repeated-measures interaction, FDR-significant cells and their overlap).
+//! * [`fdr`]: Benjamini–Hochberg q-values.
+//! * [`special`]: log-gamma, incomplete gamma, χ² tail.
+//! * [`paired`]: paired comparisons over subjects.
+//!
+//! May import: `error`, `paths` (nothing above them: `stats` is below every analysis).
 
 pub mod agreement;
+pub mod fdr;
 pub mod paired;
-pub mod topography;
+pub mod special;
+
+pub use fdr::{fdr_bh, fdr_reject};
+pub use special::{chi2_sf, ln_gamma};
 
 use ndarray::{ArrayViewMut2, Axis};
 

@@ -41,7 +41,7 @@ pub fn paired_comparison(
     let t = mean / (sd / (n as f64).sqrt());
     let df = n as f64 - 1.0;
     let p_t = if t.is_finite() {
-        super::topography::f_sf(t * t, 1.0, df)
+        super::special::f_sf(t * t, 1.0, df)
     } else {
         f64::NAN
     };

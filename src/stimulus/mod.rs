@@ -23,6 +23,8 @@
 //! expected versus what was found. A well-formed file without usable words (zero words after
 //! skipping silence labels, no word tier) is [`Error::Invalid`] naming the
 //! file.
+//!
+//! May import: `stats`, `paths`, `error`.
 
 mod decode;
 mod plain;

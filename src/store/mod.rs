@@ -20,6 +20,8 @@
 //! write_table_parquet("out/activations.parquet".as_ref(), &table, &sizes, batches, &[])?;
 //! # Ok(()) }
 //! ```
+//!
+//! May import: `lm` and `stimulus` (extraction tables), `paths`, `error`.
 
 pub mod artifacts;
 pub mod extraction;

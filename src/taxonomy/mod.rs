@@ -6,6 +6,8 @@
 //! ([`tasks`]), or an imported table. [`baselines`] builds the feature subsets that the paper's
 //! claims are tested on (categories, subcategories, count- and variance-matched random sets,
 //! PCA and random projections).
+//!
+//! May import: `encoding`, `sae`, `stats`, `paths`, `error`.
 
 pub mod baselines;
 pub mod labeller;

@@ -18,17 +18,21 @@
 //! * [`rm_interaction`]: repeated-measures subcategory × region interaction F, parametric
 //!   ([`f_sf`]) and permutation p.
 //! * [`cell_significance`] + [`overlap_test`]: BH-FDR significant cells
-//!   ([`crate::encoding::stats::fdr_bh`]) and their overlap with the predicted cells:
+//!   ([`crate::stats::fdr_bh`]) and their overlap with the predicted cells:
 //!   hypergeometric upper tail ([`hypergeom_upper_tail`]) and Fisher's exact test
 //!   ([`fisher_exact`]).
 //!
 //! Determinism: every random draw comes from [`SplitMix64`] streams derived from one seed, in a
 //! fixed order; identical inputs and seed give identical output.
+//!
+//! May import: `error`, `stats`, `store` ([`matrix`]: TSV matrices and the statistics table).
+
+pub mod matrix;
 
 use ndarray::{Array2, ArrayView2, ArrayView3, Axis};
 
-use crate::encoding::stats::fdr_bh;
-use crate::reading::lmm::ln_gamma;
+use crate::stats::fdr_bh;
+use crate::stats::ln_gamma;
 use crate::stats::{pearson, percentile_interval, shuffle, BootstrapCi, SplitMix64};
 use crate::{Error, Result};
 
@@ -417,95 +421,7 @@ fn correlation_ci(
 
 // ------------------------------------------------------------------------- special functions
 
-/// Regularised incomplete beta I_x(a, b) for a, b > 0, 0 ≤ x ≤ 1: the continued fraction of
-/// Numerical Recipes (3rd ed., §6.4, `betacf`) evaluated by the modified Lentz method, on x or on
-/// 1 − x (whichever converges fast, x < (a+1)/(a+b+2)); relative accuracy ~1e-14 away from
-/// underflow. NaN outside the domain.
-pub fn beta_inc_reg(a: f64, b: f64, x: f64) -> f64 {
-    beta_inc_reg_xy(a, b, x, 1.0 - x)
-}
-
-/// [`beta_inc_reg`] with y = 1 − x given separately (so a small 1 − x keeps its precision).
-fn beta_inc_reg_xy(a: f64, b: f64, x: f64, y: f64) -> f64 {
-    if !(a > 0.0 && b > 0.0) || !(0.0..=1.0).contains(&x) || !(0.0..=1.0).contains(&y) {
-        return f64::NAN;
-    }
-    if x == 0.0 {
-        return 0.0;
-    }
-    if y == 0.0 {
-        return 1.0;
-    }
-    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * y.ln();
-    if x < (a + 1.0) / (a + b + 2.0) {
-        ln_front.exp() * beta_cf(a, b, x) / a
-    } else {
-        1.0 - ln_front.exp() * beta_cf(b, a, y) / b
-    }
-}
-
-/// Continued fraction for I_x(a, b) (Numerical Recipes `betacf`, modified Lentz).
-fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
-    const FPMIN: f64 = 1e-300;
-    const EPS: f64 = 1e-16;
-    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
-    let mut c = 1.0;
-    let mut d = 1.0 - qab * x / qap;
-    if d.abs() < FPMIN {
-        d = FPMIN;
-    }
-    d = 1.0 / d;
-    let mut h = d;
-    for m in 1..100_000 {
-        let m = m as f64;
-        let m2 = 2.0 * m;
-        // even step
-        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < FPMIN {
-            d = FPMIN;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < FPMIN {
-            c = FPMIN;
-        }
-        d = 1.0 / d;
-        h *= d * c;
-        // odd step
-        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
-        d = 1.0 + aa * d;
-        if d.abs() < FPMIN {
-            d = FPMIN;
-        }
-        c = 1.0 + aa / c;
-        if c.abs() < FPMIN {
-            c = FPMIN;
-        }
-        d = 1.0 / d;
-        let del = d * c;
-        h *= del;
-        if (del - 1.0).abs() <= EPS {
-            break;
-        }
-    }
-    h
-}
-
-/// Upper tail of the F distribution, P(F_{df1, df2} ≥ f) = I_{df2/(df2 + df1 f)}(df2/2, df1/2)
-/// (as `scipy.stats.f.sf(f, df1, df2)`). 1 for f ≤ 0; NaN for a NaN f or a non-positive df.
-pub fn f_sf(f: f64, df1: f64, df2: f64) -> f64 {
-    if f.is_nan() || !(df1 > 0.0 && df2 > 0.0) {
-        return f64::NAN;
-    }
-    if f <= 0.0 {
-        return 1.0;
-    }
-    if f.is_infinite() {
-        return 0.0;
-    }
-    let den = df2 + df1 * f;
-    beta_inc_reg_xy(df2 / 2.0, df1 / 2.0, df2 / den, df1 * f / den)
-}
+pub use crate::stats::special::{beta_inc_reg, f_sf};
 
 /// ln C(n, k) via ln Γ.
 fn ln_choose(n: u64, k: u64) -> f64 {
@@ -679,7 +595,7 @@ pub struct CellSignificance {
 }
 
 /// Per-cell significance: Benjamini–Hochberg over all cells of `p_values` (n_rows, n_cols) with
-/// [`crate::encoding::stats::fdr_bh`] (as `scipy.stats.false_discovery_control`); a cell is
+/// [`crate::stats::fdr_bh`] (as `scipy.stats.false_discovery_control`); a cell is
 /// significant when its q ≤ `fdr_q`. Errors: a p-value outside [0, 1] or NaN (names the cell), or
 /// `fdr_q` outside (0, 1).
 pub fn cell_significance(p_values: ArrayView2<f64>, fdr_q: f64) -> Result<CellSignificance> {

@@ -5,7 +5,7 @@
 //! Tolerance: 1e-12 absolute (κ is a ratio of sums of counts; both sides are exact up to
 //! rounding).
 
-mod support;
+use crate::support;
 
 use ndarray::Array2;
 use serde_json::{json, Value};

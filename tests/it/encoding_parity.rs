@@ -7,8 +7,7 @@
 //! that the chosen penalties cover the grid; one tall design (SVD path) and one wide design
 //! (n_features > n_samples, where cortexflow's auto method takes the kernel path).
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::Path;
 

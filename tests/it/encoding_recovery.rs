@@ -6,8 +6,7 @@
 //! Criteria (issue "Encoding models at the scale of real fMRI datasets"): mean held-out r within
 //! 0.02 of the mean noise-free ceiling; unique R² per group within 0.02 of the planted share.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use cortexflow::encoding::partition::{nested_cv_r2, shapley_exact, variance_partition, ValueCache};
 use cortexflow::encoding::simulate::{simulate_responses, SimulationOptions};

@@ -3,8 +3,7 @@
 //! re-typed in numpy, leave-one-out ISC in numpy), thread-count determinism of the block
 //! permutation test, and its calibration on simulated data with a known answer.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

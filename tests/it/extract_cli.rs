@@ -2,7 +2,7 @@
 //! the real model into Parquet read back by pyarrow and polars, and bad input that must fail with a
 //! clear message and write nothing.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

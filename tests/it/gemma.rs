@@ -5,7 +5,7 @@
 //! English, French and Chinese; the tokenizer round trip; Le Petit Prince run 1 in all three
 //! languages through the word ↔ token mapping, every word keeping its tokens.
 
-mod support;
+use crate::support;
 
 use cortexflow::lm::{self, extract, LanguageModel, RuntimeOptions};
 

@@ -407,8 +407,7 @@ fn missing_file_is_an_io_error_with_the_path() {
     }
 }
 
-#[path = "support/peer.rs"]
-mod peer;
+use crate::support::peer;
 
 /// A corrupt tensor offset or dimension must be an error naming the file, never a panic (in debug
 /// builds the unchecked `data_start + rel` and `dims.iter().product()` in `Gguf::open` overflow and

@@ -193,5 +193,4 @@ fn imported_smollm2_matches_the_numpy_llama_reference() {
     );
 }
 
-#[path = "support/peer.rs"]
-mod peer;
+use crate::support::peer;

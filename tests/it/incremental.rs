@@ -10,7 +10,7 @@
 //! - `cortexflow watch` takes a new subject file and a removed one into the running graph, and
 //!   `status` and `prune` follow.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use cortexflow::config::Plan;
 use cortexflow::dataflow::{self, Epoch, EpochResult, ResponseRec, StoryRec, Topology};
 use cortexflow::features::roi::RoiTable;
-use cortexflow::pipeline::stages::{self, Ctx, StoredStory};
-use cortexflow::pipeline::{self, tables};
+use cortexflow::outputs::write;
+use cortexflow::pipeline;
+use cortexflow::stages::{self, Ctx, StoredStory};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-incremental.toml")
@@ -299,7 +300,12 @@ fn random_additions_replacements_and_removals_match_from_scratch_runs_on_1_2_4_w
     let children: Vec<Child> = (0..2)
         .map(|p| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "oracle_process_child", "--ignored", "--nocapture"])
+                .args([
+                    "--exact",
+                    "incremental::oracle_process_child",
+                    "--ignored",
+                    "--nocapture",
+                ])
                 .env(
                     "CORTEXFLOW_ORACLE_CHILD",
                     format!(
@@ -340,8 +346,8 @@ fn random_additions_replacements_and_removals_match_from_scratch_runs_on_1_2_4_w
     let last = states.last().unwrap();
     let scratch = from_scratch(&ctx2, last, &v2);
     assert_eq!(scratch.snapshot, one.last().unwrap().snapshot);
-    let a = tables::write_outputs(&ctx, &one.last().unwrap().snapshot, &tmp.path().join("out")).unwrap();
-    let b = tables::write_outputs(&ctx2, &scratch.snapshot, &tmp.path().join("out2")).unwrap();
+    let a = write::write_outputs(&ctx, &one.last().unwrap().snapshot, &tmp.path().join("out")).unwrap();
+    let b = write::write_outputs(&ctx2, &scratch.snapshot, &tmp.path().join("out2")).unwrap();
     let mut compared = 0;
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x.file_name(), y.file_name());

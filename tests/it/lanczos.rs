@@ -5,8 +5,7 @@
 //! Arrays travel to and from Python as `.npy` files (float64, C order) written and read by the tiny
 //! helpers below.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

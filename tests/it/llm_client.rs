@@ -5,7 +5,7 @@
 //! an interrupted run resumes without asking answered tasks again; a 401 stops the run with the
 //! server's message.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};

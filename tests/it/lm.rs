@@ -2,7 +2,7 @@
 //! the real Alice stimulus: generation, tokenizer, hidden states, windowing, padding, the in-graph
 //! next-token statistics against a second implementation, the Parquet exports, and bad input.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -12,8 +12,7 @@
 //! slope variance 2.2e-4 (relative) away from the optimum that tight bobyqa, tight nloptwrap and
 //! cortexflow agree on to < 1e-5 — checked by hand with CORTEXFLOW_KEEP_LMM_DATA=path.
 
-#[path = "support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

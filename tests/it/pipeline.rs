@@ -2,13 +2,14 @@
 //! a short SAE run): the incremental property of the dataflow, worker-count invariance, the
 //! Parquet outputs against their schemas in pyarrow and polars, and bad input.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 
 use cortexflow::config::Plan;
 use cortexflow::dataflow::{self, Epoch};
-use cortexflow::pipeline::{self, tables};
+use cortexflow::outputs::write;
+use cortexflow::pipeline;
 
 fn small_plan(store: &Path, output: &Path) -> Plan {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
@@ -70,7 +71,7 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
     let new_fits: Vec<_> = e1.snapshot.fits.difference(&e0.snapshot.fits).collect();
     assert_eq!(new_fits.len(), n_layers * n_sets);
     assert!(new_fits.iter().all(|(k, _)| &k.subject == new_subject));
-    let inc_files = tables::write_outputs(&ctx, &e1.snapshot, &ctx.plan.output).unwrap();
+    let inc_files = write::write_outputs(&ctx, &e1.snapshot, &ctx.plan.output).unwrap();
 
     // from scratch, 1 worker, separate store
     let plan = small_plan(&tmp.path().join("store_scratch"), &tmp.path().join("out_scratch"));
@@ -152,7 +153,7 @@ fn the_lanczos_fir_alignment_runs_end_to_end_and_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let mut plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out"));
     plan.file.encoding.alignment = "lanczos-fir".into();
-    plan.file.encoding.feature_sets = vec!["raw".into()];
+    plan.file.encoding.feature_sets = vec![cortexflow::features::FeatureSet::Raw];
     let d_model = plan.d_model;
     let report = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
     let fits = &report.result.snapshot.fits;
@@ -342,7 +343,7 @@ fn an_english_only_run_and_a_three_language_run_give_the_same_english_results() 
             .snapshot
             .saes
             .iter()
-            .find(|((g, _), _)| g == "en")
+            .find(|(k, _)| k.group == "en")
             .map(|(_, a)| a),
         reports[0].result.snapshot.saes.iter().next().map(|(_, a)| a),
         "the English SAE is the same artifact"
@@ -352,7 +353,7 @@ fn an_english_only_run_and_a_three_language_run_give_the_same_english_results() 
         .snapshot
         .saes
         .iter()
-        .map(|((g, _), _)| g.clone())
+        .map(|(k, _)| k.group.clone())
         .collect();
     assert_eq!(saes, ["en", "fr", "zh"]);
     let check = support::run_python(

@@ -6,7 +6,7 @@
 //!
 //! To keep the LM work small the runs use the first three stories (~3,100 words) and one layer.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

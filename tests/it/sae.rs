@@ -2,7 +2,7 @@
 //! loss, recovery of known sparse directions, determinism across thread counts, dead-feature
 //! resampling, folder round trips and config validation.
 
-mod support;
+use crate::support;
 
 use approx::assert_abs_diff_eq;
 use cortexflow::sae::{

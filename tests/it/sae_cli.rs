@@ -2,7 +2,7 @@
 //! SAELens folders of each architecture: the same non-zero codes (support identical, values to
 //! f32 rounding) and the same reconstruction; a width mismatch is a clear error.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

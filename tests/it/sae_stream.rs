@@ -2,7 +2,7 @@
 //! bit-identical results, atom recovery when streaming, and `cortexflow sae train` end to end on
 //! the real model and a real corpus file.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

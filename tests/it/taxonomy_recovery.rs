@@ -3,13 +3,13 @@
 //! matrix whose convergence test recovers the planted matrix, and a variance-matched random
 //! baseline predicts less than the planted semantic set (METHOD.md §6, §7).
 
-mod support;
+use crate::support;
 
 use cortexflow::encoding::{contiguous_block_folds, nested_cv_ridge};
-use cortexflow::pipeline::taxonomy_tables::specificity_tests;
-use cortexflow::stats::topography::{topography_report, TopographySettings};
+use cortexflow::outputs::taxonomy_tables::specificity_tests;
 use cortexflow::stats::SplitMix64;
 use cortexflow::taxonomy::baselines::variance_matched;
+use cortexflow::topography::{topography_report, TopographySettings};
 use ndarray::{Array2, Array3, Axis};
 
 #[test]

@@ -1,18 +1,18 @@
-//! Tests of `cortexflow::stats::topography` against scipy/numpy (scripts/topography_reference.py)
+//! Tests of `cortexflow::topography` against scipy/numpy (scripts/topography_reference.py)
 //! on the same inputs, a worked example, and recovery of a planted topography.
 //!
 //! Tolerance against scipy: 1e-10 relative, or 1e-12 absolute for values below 1e-2 whose
 //! relative error is dominated by the last bits of a small sum (see `close`).
 
-mod support;
+use crate::support;
 
 use approx::assert_abs_diff_eq;
 use ndarray::{Array2, Array3};
 use serde_json::{json, Value};
 
 use cortexflow::encoding::stats::fdr_bh;
-use cortexflow::stats::topography::*;
 use cortexflow::stats::SplitMix64;
+use cortexflow::topography::*;
 
 /// Runs scripts/topography_reference.py on `req`; panics with its stderr on failure.
 fn reference(req: &Value) -> Value {

@@ -3,15 +3,15 @@
 //! equal the library's report on the same inputs; bad cells are errors naming file, line and
 //! column.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 
 use ndarray::{Array2, Array3};
 use serde_json::Value;
 
-use cortexflow::stats::topography::{topography_report, StatisticRow, TopographySettings};
 use cortexflow::stats::SplitMix64;
+use cortexflow::topography::{topography_report, StatisticRow, TopographySettings};
 
 const ROWS: [&str; 5] = ["Concrete", "Event", "Affect", "Social", "Spatial"];
 const COLS: [&str; 5] = ["PT", "AT", "IF", "AG", "dmPFC"];

@@ -2,6 +2,8 @@
 //! machine into the cache and reused).
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,4 +1,4 @@
-//! Helpers for the Python peers shared by tests/gguf_reader.rs and tests/import_reference.rs:
+//! Helpers for the Python peers shared by tests/it/gguf_reader.rs and tests/it/import_reference.rs:
 //! finding the test venv's python, running `scripts/`, reading `.npy` files, running an imported
 //! model's graph with every output, measuring differences.
 #![allow(dead_code)]

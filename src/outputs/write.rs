@@ -1,0 +1,63 @@
+//! [`write_outputs`]: every table of an fMRI run (fits, summary, SAE quality, languages, and the
+//! taxonomy's when the plan has `[taxonomy]`), then the plot and the report.
+//!
+//! May import: the other files of `outputs`, `report`, and what they may import.
+
+use std::path::{Path, PathBuf};
+
+use super::columns::write_tables;
+use super::language_tables;
+use super::tables::{fits_batch, sae_quality_batch, story_languages, summary_batch, summary_rows};
+use super::taxonomy_tables;
+use crate::dataflow::Snapshot;
+use crate::stages::Ctx;
+use crate::Result;
+
+/// Writes fits, summary and sae_quality tables, the plot and the report into `out`. All tables
+/// are built (and checked against their schemas) in memory before the first file is written;
+/// each file is written atomically.
+pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+    // every story artifact read once for the language of each story-keyed row
+    let story_langs = story_languages(ctx, snap)?;
+    let fits = fits_batch(ctx, snap, &story_langs)?;
+    let (rows, n_boot, level) = summary_rows(ctx, snap, &story_langs)?;
+    let summary = summary_batch(&rows, n_boot, level)?;
+    let quality = sae_quality_batch(ctx, snap)?;
+    let taxonomy = match ctx.plan.file.taxonomy {
+        Some(_) => Some(taxonomy_tables::build(ctx, snap, &story_langs)?),
+        None => None,
+    };
+    let langs = language_tables::language_rows(ctx, snap)?;
+    let lang_layers = language_tables::language_layer_rows(&rows);
+    let props = taxonomy
+        .as_ref()
+        .map(|tx| language_tables::proportion_rows(&tx.labels))
+        .unwrap_or_default();
+    let mut tables = vec![
+        ("fits", fits),
+        ("summary", summary),
+        ("sae_quality", quality),
+        ("languages", language_tables::languages_batch(&langs)?),
+        ("language_layers", language_tables::language_layers_batch(&lang_layers)?),
+    ];
+    if let Some(tx) = &taxonomy {
+        tables.push(("category_proportions", language_tables::proportions_batch(&props)?));
+        tables.extend(tx.tables.iter().cloned());
+    }
+    let mut files = write_tables(ctx, &tables, out)?;
+    if let Some(tx) = &taxonomy {
+        files.extend(taxonomy_tables::write_files(tx, out)?);
+    }
+    let plot = out.join("r_by_layer.png");
+    crate::report::plot_r_by_layer(&rows, &plot)?;
+    files.push(plot);
+    let report = out.join("report.md");
+    let mut md = crate::report::markdown(ctx, snap, &rows)?;
+    md.push_str(&language_tables::markdown(&langs, &lang_layers, &props));
+    if let Some(tx) = &taxonomy {
+        md.push_str(&taxonomy_tables::markdown(tx));
+    }
+    crate::paths::write_atomic(&report, md.as_bytes())?;
+    files.push(report);
+    Ok(files)
+}
