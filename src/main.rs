@@ -504,19 +504,11 @@ fn run(cli: Cli) -> Result<()> {
                 },
             };
             topology.validate()?;
-            let report = if plan.reading.is_some() {
-                if processes > 1 {
-                    anyhow::bail!("reading pipelines run on one process (use -w for more workers)");
-                }
-                let opts = cortexflow::pipeline::RunOptions { workers };
-                cortexflow::pipeline::reading::run(plan, &opts)?
-            } else {
-                match cortexflow::pipeline::run_on(plan, &topology)? {
-                    Some(r) => r,
-                    None => {
-                        println!("process {process} of {processes}: done; process 0 wrote the outputs");
-                        return Ok(());
-                    }
+            let report = match cortexflow::pipeline::run_on(plan, &topology)? {
+                Some(r) => r,
+                None => {
+                    println!("process {process} of {processes}: done; process 0 wrote the outputs");
+                    return Ok(());
                 }
             };
             print!(

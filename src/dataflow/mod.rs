@@ -54,8 +54,8 @@ use crate::{Error, Result};
 
 pub mod records;
 pub use records::{
-    DesignKey, FitKey, Out, PartitionKey, Record, ResponseKey, ResponseRec, SaeKey, Snapshot, StoryLayerKey, StoryRec,
-    SummaryKey, SHARED_SAE_GROUP,
+    DesignKey, FitKey, Out, PartitionKey, ReadingRec, Record, ResponseKey, ResponseRec, SaeKey, Snapshot,
+    StoryLayerKey, StoryRec, SummaryKey, SHARED_SAE_GROUP,
 };
 
 /// Input changes applied at one timestamp.
@@ -64,11 +64,13 @@ pub struct Epoch {
     pub stories: Vec<(StoryRec, isize)>,
     pub corpus: Vec<(StoryRec, isize)>,
     pub responses: Vec<(ResponseRec, isize)>,
+    /// The reading data of a `[reading]` pipeline: (language, reading-data id).
+    pub reading: Vec<(ReadingRec, isize)>,
 }
 
 impl Epoch {
     pub fn is_empty(&self) -> bool {
-        self.stories.is_empty() && self.corpus.is_empty() && self.responses.is_empty()
+        self.stories.is_empty() && self.corpus.is_empty() && self.responses.is_empty() && self.reading.is_empty()
     }
 }
 
@@ -342,6 +344,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let partition_on = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.variance_partition);
     let encode_sets = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.encode_sets);
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
+    let reading_on = ctx.plan.reading.is_some();
 
     let guards = timely::execute(topology.config(), move |worker| {
         let index = worker.index();
@@ -358,376 +361,426 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             .map(Arc::new);
         let feature_sets = feature_sets.clone();
         let probe = ProbeHandle::new();
-        let (mut stories_in, mut corpus_in, mut resp_in, mut aux_in) = worker.dataflow::<u64, _, _>(|scope| {
-            let env = StageEnv {
-                ctx: ctx.clone(),
-                errors: errors.clone(),
-            };
-            let (stories_in, stories) = scope.new_collection::<StoryRec, isize>();
-            let (corpus_in, corpus) = scope.new_collection::<StoryRec, isize>();
-            let (resp_in, responses) = scope.new_collection::<ResponseRec, isize>();
-            let (aux_in, aux) = scope.new_collection::<Out, isize>();
-            let rec_inputs = stories.clone().map(|(s, a)| Record::Story(s, a)).concat(
-                responses
+        let (mut stories_in, mut corpus_in, mut resp_in, mut reading_in, mut aux_in) =
+            worker.dataflow::<u64, _, _>(|scope| {
+                let env = StageEnv {
+                    ctx: ctx.clone(),
+                    errors: errors.clone(),
+                };
+                let (stories_in, stories) = scope.new_collection::<StoryRec, isize>();
+                let (corpus_in, corpus) = scope.new_collection::<StoryRec, isize>();
+                let (resp_in, responses) = scope.new_collection::<ResponseRec, isize>();
+                let (reading_in, reading) = scope.new_collection::<ReadingRec, isize>();
+                let (aux_in, aux) = scope.new_collection::<Out, isize>();
+                let rec_inputs = stories.clone().map(|(s, a)| Record::Story(s, a)).concat(
+                    responses
+                        .clone()
+                        .map(|(story, (subject, a))| Record::Response(ResponseKey { story, subject }, a)),
+                );
+
+                // ---- LM over every text (stories and corpus documents): its words and one activation
+                // artifact per layer. Not a generic stage: the worker's ONNX session is its state.
+                let texts = stories
                     .clone()
-                    .map(|(story, (subject, a))| Record::Response(ResponseKey { story, subject }, a)),
-            );
-
-            // ---- LM over every text (stories and corpus documents): its words and one activation
-            // artifact per layer. Not a generic stage: the worker's ONNX session is its state.
-            let texts = stories
-                .clone()
-                .map(|(s, a)| ((true, s), a))
-                .concat(corpus.map(|(c, a)| ((false, c), a)));
-            let lm_env = env.clone();
-            let mut model: Option<LanguageModel> = None;
-            let acts = texts.reduce_named("LM", move |(_, text), input, output| {
-                for (art, diff) in input {
-                    if *diff <= 0 {
-                        continue;
-                    }
-                    let ctx = &lm_env.ctx;
-                    let mut run = || -> Result<(String, stages::LmOutputs)> {
-                        let st: StoredStory = ctx.store.load_json("story", art)?;
-                        let group = match per_language {
-                            true => st.story.language.clone(),
-                            false => SHARED_SAE_GROUP.to_string(),
-                        };
-                        Ok((group, stages::lm_stage(ctx, &mut model, &st.story)?))
-                    };
-                    match run() {
-                        Ok((group, out)) => {
-                            output.push(((group.clone(), None, out.words), 1));
-                            for (l, id) in out.layers {
-                                output.push(((group.clone(), Some(l), id), 1));
-                            }
+                    .map(|(s, a)| ((true, s), a))
+                    .concat(corpus.map(|(c, a)| ((false, c), a)));
+                let lm_env = env.clone();
+                let mut model: Option<LanguageModel> = None;
+                let acts = texts.reduce_named("LM", move |(_, text), input, output| {
+                    for (art, diff) in input {
+                        if *diff <= 0 {
+                            continue;
                         }
-                        Err(e) => record_error(&lm_env.errors, format!("LM on `{text}`"), e),
+                        let ctx = &lm_env.ctx;
+                        let mut run = || -> Result<(String, stages::LmOutputs)> {
+                            let st: StoredStory = ctx.store.load_json("story", art)?;
+                            let group = match per_language {
+                                true => st.story.language.clone(),
+                                false => SHARED_SAE_GROUP.to_string(),
+                            };
+                            Ok((group, stages::lm_stage(ctx, &mut model, &st.story)?))
+                        };
+                        match run() {
+                            Ok((group, out)) => {
+                                output.push(((group.clone(), None, out.words), 1));
+                                for (l, id) in out.layers {
+                                    output.push(((group.clone(), Some(l), id), 1));
+                                }
+                            }
+                            Err(e) => record_error(&lm_env.errors, format!("LM on `{text}`"), e),
+                        }
                     }
-                }
-            });
-            let story_words = acts
-                .clone()
-                .flat_map(|((is_story, text), (_, layer, id))| (is_story && layer.is_none()).then_some((text, id)));
-            let rec_words = story_words.clone().map(|(s, a)| Record::Words(s, a));
-
-            // ---- one SAE per (language, layer)
-            let sae_inputs = acts.clone().flat_map(move |((is_story, _), (group, layer, id))| {
-                layer
-                    .filter(|_| !is_story || include_stimulus)
-                    .map(|layer| (SaeKey { group, layer }, id))
-            });
-            let saes = env.per_key(
-                sae_inputs,
-                "SAE",
-                |k| format!("SAE of `{}` layer {}", k.group, k.layer),
-                |ctx, k, ids| {
-                    let ids: Vec<ArtifactId> = ids.iter().map(|a| (*a).clone()).collect();
-                    Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?])
-                },
-            );
-            let rec_saes = saes.clone().map(|(k, a)| Record::Sae(k, a));
-
-            // ---- per (story, layer): SAE codes, and reconstructions for the `sae-recon` set
-            let story_acts = acts.flat_map(|((is_story, story), (group, layer, id))| {
-                layer
-                    .filter(|_| is_story)
-                    .map(|layer| (SaeKey { group, layer }, (story, id)))
-            });
-            let with_sae = story_acts
-                .clone()
-                .join(saes.clone())
-                .map(|(k, ((story, act), sae))| (StoryLayerKey { story, layer: k.layer }, (act, sae)));
-            let codes = env.per_value(
-                with_sae.clone(),
-                "Encode",
-                |k| format!("codes of `{}` layer {}", k.story, k.layer),
-                |ctx, _, (act, sae)| stages::codes_stage(ctx, act, sae),
-            );
-            let want_recon = feature_sets.contains(&FeatureSet::SaeRecon);
-            let recons = env
-                .per_value(
-                    with_sae.filter(move |_| want_recon),
-                    "Reconstruct",
-                    |k| format!("reconstruction of `{}` layer {}", k.story, k.layer),
-                    |ctx, _, (act, sae)| stages::recon_stage(ctx, act, sae),
-                )
-                .map(|(k, id)| (k.story, (k.layer, FeatureSet::SaeRecon, id)));
-
-            // ---- per story: lexical controls (feature set `controls`), the same design at every
-            // layer (its fits are computed once: same design and responses, same fit artifact)
-            let want_controls = feature_sets.contains(&FeatureSet::Controls);
-            let layers = ctx.plan.layers.clone();
-            let controls = env
-                .per_value(
-                    stories.clone().filter(move |_| want_controls),
-                    "Controls",
-                    |story| format!("controls of `{story}`"),
-                    |ctx, _, art| stages::controls_stage(ctx, art),
-                )
-                .flat_map(move |(story, id)| {
-                    layers
-                        .iter()
-                        .map(|l| (story.clone(), (*l, FeatureSet::Controls, id.clone())))
-                        .collect::<Vec<_>>()
                 });
+                let story_words = acts
+                    .clone()
+                    .flat_map(|((is_story, text), (_, layer, id))| (is_story && layer.is_none()).then_some((text, id)));
+                let rec_words = story_words.clone().map(|(s, a)| Record::Words(s, a));
+                let reading_words = story_words.clone();
 
-            // ---- designs per (story, layer, feature set)
-            let want_raw = feature_sets.contains(&FeatureSet::Raw);
-            let want_sae = feature_sets.contains(&FeatureSet::Sae);
-            let raw = story_acts
-                .clone()
-                .filter(move |_| want_raw)
-                .map(|(k, (story, id))| (story, (k.layer, FeatureSet::Raw, id)));
-            let sae_feats = codes
-                .clone()
-                .filter(move |_| want_sae)
-                .map(|(k, id)| (k.story, (k.layer, FeatureSet::Sae, id)));
-            let design_in = raw
-                .concat(sae_feats)
-                .concat(recons)
-                .concat(controls)
-                .join(stories.clone())
-                .map(|(story, ((layer, feature_set, id), story_art))| {
-                    (
-                        DesignKey {
+                // ---- one SAE per (language, layer)
+                let sae_inputs = acts.clone().flat_map(move |((is_story, _), (group, layer, id))| {
+                    layer
+                        .filter(|_| !is_story || include_stimulus)
+                        .map(|layer| (SaeKey { group, layer }, id))
+                });
+                let saes = env.per_key(
+                    sae_inputs,
+                    "SAE",
+                    |k| format!("SAE of `{}` layer {}", k.group, k.layer),
+                    |ctx, k, ids| {
+                        let ids: Vec<ArtifactId> = ids.iter().map(|a| (*a).clone()).collect();
+                        Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?])
+                    },
+                );
+                let rec_saes = saes.clone().map(|(k, a)| Record::Sae(k, a));
+
+                // ---- per (story, layer): SAE codes, and reconstructions for the `sae-recon` set
+                let story_acts = acts.flat_map(|((is_story, story), (group, layer, id))| {
+                    layer
+                        .filter(|_| is_story)
+                        .map(|layer| (SaeKey { group, layer }, (story, id)))
+                });
+                let with_sae = story_acts
+                    .clone()
+                    .join(saes.clone())
+                    .map(|(k, ((story, act), sae))| (StoryLayerKey { story, layer: k.layer }, (act, sae)));
+                let codes = env.per_value(
+                    with_sae.clone(),
+                    "Encode",
+                    |k| format!("codes of `{}` layer {}", k.story, k.layer),
+                    |ctx, _, (act, sae)| stages::codes_stage(ctx, act, sae),
+                );
+                let want_recon = feature_sets.contains(&FeatureSet::SaeRecon);
+                let recons = env
+                    .per_value(
+                        with_sae.filter(move |_| want_recon),
+                        "Reconstruct",
+                        |k| format!("reconstruction of `{}` layer {}", k.story, k.layer),
+                        |ctx, _, (act, sae)| stages::recon_stage(ctx, act, sae),
+                    )
+                    .map(|(k, id)| (k.story, (k.layer, FeatureSet::SaeRecon, id)));
+
+                // ---- per story: lexical controls (feature set `controls`), the same design at every
+                // layer (its fits are computed once: same design and responses, same fit artifact)
+                let want_controls = feature_sets.contains(&FeatureSet::Controls);
+                let layers = ctx.plan.layers.clone();
+                let controls = env
+                    .per_value(
+                        stories.clone().filter(move |_| want_controls),
+                        "Controls",
+                        |story| format!("controls of `{story}`"),
+                        |ctx, _, art| stages::controls_stage(ctx, art),
+                    )
+                    .flat_map(move |(story, id)| {
+                        layers
+                            .iter()
+                            .map(|l| (story.clone(), (*l, FeatureSet::Controls, id.clone())))
+                            .collect::<Vec<_>>()
+                    });
+
+                // ---- designs per (story, layer, feature set)
+                let want_raw = feature_sets.contains(&FeatureSet::Raw);
+                let want_sae = feature_sets.contains(&FeatureSet::Sae);
+                let reading_codes = codes.clone();
+                let raw = story_acts
+                    .clone()
+                    .filter(move |_| want_raw)
+                    .map(|(k, (story, id))| (story, (k.layer, FeatureSet::Raw, id)));
+                let sae_feats = codes
+                    .clone()
+                    .filter(move |_| want_sae)
+                    .map(|(k, id)| (k.story, (k.layer, FeatureSet::Sae, id)));
+                let design_in = raw
+                    .concat(sae_feats)
+                    .concat(recons)
+                    .concat(controls)
+                    .join(stories.clone())
+                    .map(|(story, ((layer, feature_set, id), story_art))| {
+                        (
+                            DesignKey {
+                                story,
+                                layer,
+                                feature_set,
+                            },
+                            (story_art, id),
+                        )
+                    });
+                let designs = env.per_value(
+                    design_in,
+                    "Design",
+                    |k| format!("design `{}` layer {} {}", k.story, k.layer, k.feature_set),
+                    |ctx, k, (story_art, id)| {
+                        stages::design_stage(ctx, story_art, stages::feature_source(&k.feature_set)?, id)
+                    },
+                );
+
+                // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
+                // per (story, layer, set): categories, subcategories and their baselines
+                let story_layers = story_acts
+                    .filter(move |_| taxonomy_on)
+                    .map(|(k, (story, act))| (StoryLayerKey { story, layer: k.layer }, (k.group, act)))
+                    .join(codes.clone())
+                    .map(|(k, ((group, act), codes))| (k.story, (group, k.layer, act, codes)))
+                    .join(story_words)
+                    .join(stories.clone())
+                    .map(|(story, (((group, layer, act, codes), words), story_art))| {
+                        let key = StoryLayerKey {
+                            story: story.clone(),
+                            layer,
+                        };
+                        let sl = StoryLayer {
+                            story,
+                            story_art,
+                            act,
+                            codes,
+                            words,
+                        };
+                        (key, (group, sl))
+                    });
+                let label_in = story_layers
+                    .clone()
+                    .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, sl))
+                    .join(saes.clone());
+                let labels = env.per_key(
+                    label_in,
+                    "Label",
+                    |k| format!("labels of `{}` layer {}", k.group, k.layer),
+                    |ctx, k, items| {
+                        let Some((_, sae)) = items.last() else {
+                            return Ok(Vec::new());
+                        };
+                        let layers: Vec<StoryLayer> = items.iter().map(|(sl, _)| sl.clone()).collect();
+                        let (id, sets) = stages::taxonomy::label_stage(ctx, &k.group, k.layer, sae, &layers)?;
+                        Ok(sets.into_iter().map(|s| (FeatureSet::named(&s), id.clone())).collect())
+                    },
+                );
+                let labels_by_key = labels.clone().map(|(key, (_, id))| (key, id)).distinct();
+                let rec_labels = labels_by_key.clone().map(|(k, a)| Record::Labels(k, a));
+                // (story, layer) → its SAE key, for the joins below
+                let story_key = story_layers
+                    .clone()
+                    .map(|(k, (group, _))| (k.clone(), SaeKey { group, layer: k.layer }));
+                let derived_in = designs
+                    .clone()
+                    .filter(move |(k, _)| encode_sets && k.feature_set == FeatureSet::Sae)
+                    .map(|(k, d)| {
+                        (
+                            StoryLayerKey {
+                                story: k.story,
+                                layer: k.layer,
+                            },
+                            d,
+                        )
+                    })
+                    .join(story_layers.clone())
+                    .map(|(k, (d, (group, sl)))| (SaeKey { group, layer: k.layer }, (k.story, d, sl)))
+                    .join(saes.clone())
+                    .join(labels)
+                    .map(|(k, (((story, d, sl), sae), (feature_set, lid)))| {
+                        (
+                            DesignKey {
+                                story,
+                                layer: k.layer,
+                                feature_set,
+                            },
+                            (d, sl, sae, lid),
+                        )
+                    });
+                let derived = env.per_value(
+                    derived_in,
+                    "DerivedDesign",
+                    |k| format!("design `{}` layer {} {}", k.story, k.layer, k.feature_set),
+                    |ctx, k, (d, sl, sae, lid)| {
+                        stages::taxonomy::derived_design_stage(ctx, sl, d, sae, lid, k.feature_set.as_str())
+                    },
+                );
+                let designs = designs.concat(derived);
+
+                // ---- prediction-error features (METHOD.md §9): (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ the raw
+                // design of (story, ℓ) ──per (story, ℓ)──▶ the `raw+pred-error` design
+                let delta = pe_delta.unwrap_or(0);
+                let pe_base = story_layers
+                    .filter(move |_| pe_delta.is_some())
+                    .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, (k.story, sl)))
+                    .join(saes.clone())
+                    .map(|(k, ((story, sl), sae))| {
+                        (StoryLayerKey { story, layer: k.layer }, (sl.story_art, sl.codes, sae))
+                    });
+                let pe_from = pe_base.clone().map(move |(k, (_, codes, sae))| {
+                    let key = StoryLayerKey {
+                        story: k.story,
+                        layer: k.layer + delta,
+                    };
+                    (key, (codes, sae))
+                });
+                let raw_designs = designs
+                    .clone()
+                    .filter(|(k, _)| k.feature_set == FeatureSet::Raw)
+                    .map(|(k, d)| {
+                        (
+                            StoryLayerKey {
+                                story: k.story,
+                                layer: k.layer,
+                            },
+                            d,
+                        )
+                    });
+                let pred_errors = env.per_value(
+                    pe_base.join(pe_from).join(raw_designs),
+                    "PredError",
+                    |k| format!("prediction error `{}` layer {}", k.story, k.layer),
+                    move |ctx, k, (((story_art, codes, sae), (codes_from, sae_from)), raw)| {
+                        stages::taxonomy::pred_error_stage(
+                            ctx,
+                            &k.story,
+                            story_art,
+                            k.layer,
+                            (codes, sae),
+                            k.layer - delta,
+                            (codes_from, sae_from),
+                            raw,
+                        )
+                    },
+                );
+                let rec_pe = pred_errors.clone().map(|(k, a)| Record::PredError(k, a));
+                let designs = designs.concat(pred_errors.map(|(k, id)| {
+                    let key = DesignKey {
+                        story: k.story,
+                        layer: k.layer,
+                        feature_set: FeatureSet::RawPredError,
+                    };
+                    (key, id)
+                }));
+
+                // ---- variance partition by category per (subject, story, layer)
+                let partition_in = designs
+                    .clone()
+                    .filter(move |(k, _)| partition_on && k.feature_set == FeatureSet::Sae)
+                    .map(|(k, d)| {
+                        (
+                            StoryLayerKey {
+                                story: k.story,
+                                layer: k.layer,
+                            },
+                            d,
+                        )
+                    })
+                    .join(story_key)
+                    .map(|(k, (d, key))| (key, (k.story, d)))
+                    .join(labels_by_key)
+                    .map(|(key, ((story, d), lid))| (story, (key.layer, d, lid)))
+                    .join(responses.clone())
+                    .map(|(story, ((layer, d, lid), (subject, roi)))| {
+                        (PartitionKey { subject, story, layer }, (d, lid, roi))
+                    });
+                let partitions = env.per_value(
+                    partition_in,
+                    "Partition",
+                    |k| format!("variance partition {k:?}"),
+                    |ctx, _, (d, lid, roi)| stages::taxonomy::partition_stage(ctx, d, lid, roi),
+                );
+                let rec_parts = partitions.map(|(k, a)| Record::Partition(k, a));
+
+                // ---- fits per (subject, story, layer, feature set)
+                let fit_in = designs
+                    .map(|(k, design)| (k.story, (k.layer, k.feature_set, design)))
+                    .join(responses)
+                    .map(|(story, ((layer, feature_set, design), (subject, roi)))| {
+                        let key = FitKey {
+                            subject,
                             story,
                             layer,
                             feature_set,
-                        },
-                        (story_art, id),
-                    )
-                });
-            let designs = env.per_value(
-                design_in,
-                "Design",
-                |k| format!("design `{}` layer {} {}", k.story, k.layer, k.feature_set),
-                |ctx, k, (story_art, id)| {
-                    stages::design_stage(ctx, story_art, stages::feature_source(&k.feature_set)?, id)
-                },
-            );
+                        };
+                        (key, (design, roi))
+                    });
+                let fits = env.per_value(
+                    fit_in,
+                    "Fit",
+                    |k| format!("fit {k:?}"),
+                    |ctx, _, (design, roi)| stages::fit_stage(ctx, design, roi),
+                );
+                let rec_fits = fits.clone().map(|(k, a)| Record::Fit(k, a));
 
-            // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
-            // per (story, layer, set): categories, subcategories and their baselines
-            let story_layers = story_acts
-                .filter(move |_| taxonomy_on)
-                .map(|(k, (story, act))| (StoryLayerKey { story, layer: k.layer }, (k.group, act)))
-                .join(codes.clone())
-                .map(|(k, ((group, act), codes))| (k.story, (group, k.layer, act, codes)))
-                .join(story_words)
-                .join(stories.clone())
-                .map(|(story, (((group, layer, act, codes), words), story_art))| {
-                    let key = StoryLayerKey {
-                        story: story.clone(),
-                        layer,
-                    };
-                    let sl = StoryLayer {
-                        story,
-                        story_art,
-                        act,
-                        codes,
-                        words,
-                    };
-                    (key, (group, sl))
-                });
-            let label_in = story_layers
-                .clone()
-                .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, sl))
-                .join(saes.clone());
-            let labels = env.per_key(
-                label_in,
-                "Label",
-                |k| format!("labels of `{}` layer {}", k.group, k.layer),
-                |ctx, k, items| {
-                    let Some((_, sae)) = items.last() else {
-                        return Ok(Vec::new());
-                    };
-                    let layers: Vec<StoryLayer> = items.iter().map(|(sl, _)| sl.clone()).collect();
-                    let (id, sets) = stages::taxonomy::label_stage(ctx, &k.group, k.layer, sae, &layers)?;
-                    Ok(sets.into_iter().map(|s| (FeatureSet::named(&s), id.clone())).collect())
-                },
-            );
-            let labels_by_key = labels.clone().map(|(key, (_, id))| (key, id)).distinct();
-            let rec_labels = labels_by_key.clone().map(|(k, a)| Record::Labels(k, a));
-            // (story, layer) → its SAE key, for the joins below
-            let story_key = story_layers
-                .clone()
-                .map(|(k, (group, _))| (k.clone(), SaeKey { group, layer: k.layer }));
-            let derived_in = designs
-                .clone()
-                .filter(move |(k, _)| encode_sets && k.feature_set == FeatureSet::Sae)
-                .map(|(k, d)| {
-                    (
-                        StoryLayerKey {
-                            story: k.story,
-                            layer: k.layer,
-                        },
-                        d,
-                    )
-                })
-                .join(story_layers.clone())
-                .map(|(k, (d, (group, sl)))| (SaeKey { group, layer: k.layer }, (k.story, d, sl)))
-                .join(saes.clone())
-                .join(labels)
-                .map(|(k, (((story, d, sl), sae), (feature_set, lid)))| {
-                    (
-                        DesignKey {
-                            story,
-                            layer: k.layer,
-                            feature_set,
-                        },
-                        (d, sl, sae, lid),
-                    )
-                });
-            let derived = env.per_value(
-                derived_in,
-                "DerivedDesign",
-                |k| format!("design `{}` layer {} {}", k.story, k.layer, k.feature_set),
-                |ctx, k, (d, sl, sae, lid)| {
-                    stages::taxonomy::derived_design_stage(ctx, sl, d, sae, lid, k.feature_set.as_str())
-                },
-            );
-            let designs = designs.concat(derived);
+                // ---- summaries over subjects
+                let summaries = env.per_key(
+                    fits.map(|(k, fit)| (k.summary_key(), (k.subject, fit))),
+                    "Summary",
+                    |k| format!("summary {k:?}"),
+                    |ctx, _, fits| {
+                        let ids: Vec<ArtifactId> = fits.iter().map(|(_, f)| f.clone()).collect();
+                        Ok(vec![stages::summary_stage(ctx, &ids)?])
+                    },
+                );
+                let rec_sums = summaries.map(|(k, a)| Record::Summary(k, a));
 
-            // ---- prediction-error features (METHOD.md §9): (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ the raw
-            // design of (story, ℓ) ──per (story, ℓ)──▶ the `raw+pred-error` design
-            let delta = pe_delta.unwrap_or(0);
-            let pe_base = story_layers
-                .filter(move |_| pe_delta.is_some())
-                .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, (k.story, sl)))
-                .join(saes.clone())
-                .map(|(k, ((story, sl), sae))| {
-                    (StoryLayerKey { story, layer: k.layer }, (sl.story_art, sl.codes, sae))
-                });
-            let pe_from = pe_base.clone().map(move |(k, (_, codes, sae))| {
-                let key = StoryLayerKey {
-                    story: k.story,
-                    layer: k.layer + delta,
-                };
-                (key, (codes, sae))
+                // ---- reading times (with [reading]): the baseline mixed model per reading data set
+                // (language) from the stories' words, then per (language, layer) the SAE features'
+                // models against it. Every story of a reading pipeline is a reading story.
+                let base_in = reading_words
+                    .filter(move |_| reading_on)
+                    .map(|(story, words)| ((), (story, words)))
+                    .join(reading.clone().map(|(language, data)| ((), (language, data))))
+                    .map(|((), ((story, words), (language, data)))| (language, (data, story, words)));
+                let reading_base = env.per_key(
+                    base_in,
+                    "ReadingBase",
+                    |language| format!("reading baseline of `{language}`"),
+                    |ctx, _, values| {
+                        let Some((data, _, _)) = values.first() else {
+                            return Ok(Vec::new());
+                        };
+                        let words: Vec<(String, ArtifactId)> =
+                            values.iter().map(|(_, s, w)| (s.clone(), w.clone())).collect();
+                        Ok(vec![stages::reading::base_stage(ctx, data, &words)?])
+                    },
+                );
+                let rec_reading_base = reading_base.clone().map(|(l, a)| Record::ReadingBase(l, a));
+                let layer_in = reading_codes
+                    .filter(move |_| reading_on)
+                    .map(|(k, codes)| ((), (k.story, k.layer, codes)))
+                    .join(reading_base.map(|(language, base)| ((), (language, base))))
+                    .map(|((), ((story, layer, codes), (group, base)))| {
+                        (SaeKey { group, layer }, (base, story, codes))
+                    });
+                let reading_layers = env.per_key(
+                    layer_in,
+                    "ReadingLayer",
+                    |k| format!("reading models of `{}` layer {}", k.group, k.layer),
+                    |ctx, k, values| {
+                        let Some((base, _, _)) = values.first() else {
+                            return Ok(Vec::new());
+                        };
+                        let codes: Vec<(String, ArtifactId)> =
+                            values.iter().map(|(_, s, c)| (s.clone(), c.clone())).collect();
+                        Ok(vec![stages::reading::layer_stage(ctx, k.layer, base, &codes)?])
+                    },
+                );
+                let rec_reading = reading_layers.map(|(k, a)| Record::Reading(k, a));
+                let buffer = buffer.clone();
+                rec_inputs
+                    .concat(rec_words)
+                    .concat(rec_saes)
+                    .concat(rec_labels)
+                    .concat(rec_pe)
+                    .concat(rec_parts)
+                    .concat(rec_fits)
+                    .concat(rec_sums)
+                    .concat(rec_reading_base)
+                    .concat(rec_reading)
+                    .map(Out::Rec)
+                    .concat(aux)
+                    .inner
+                    .exchange(|_| 0)
+                    .inspect(move |(d, t, r)| {
+                        buffer
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((d.clone(), *t, *r))
+                    })
+                    .probe_with(&probe);
+                (stories_in, corpus_in, resp_in, reading_in, aux_in)
             });
-            let raw_designs = designs
-                .clone()
-                .filter(|(k, _)| k.feature_set == FeatureSet::Raw)
-                .map(|(k, d)| {
-                    (
-                        StoryLayerKey {
-                            story: k.story,
-                            layer: k.layer,
-                        },
-                        d,
-                    )
-                });
-            let pred_errors = env.per_value(
-                pe_base.join(pe_from).join(raw_designs),
-                "PredError",
-                |k| format!("prediction error `{}` layer {}", k.story, k.layer),
-                move |ctx, k, (((story_art, codes, sae), (codes_from, sae_from)), raw)| {
-                    stages::taxonomy::pred_error_stage(
-                        ctx,
-                        &k.story,
-                        story_art,
-                        k.layer,
-                        (codes, sae),
-                        k.layer - delta,
-                        (codes_from, sae_from),
-                        raw,
-                    )
-                },
-            );
-            let rec_pe = pred_errors.clone().map(|(k, a)| Record::PredError(k, a));
-            let designs = designs.concat(pred_errors.map(|(k, id)| {
-                let key = DesignKey {
-                    story: k.story,
-                    layer: k.layer,
-                    feature_set: FeatureSet::RawPredError,
-                };
-                (key, id)
-            }));
-
-            // ---- variance partition by category per (subject, story, layer)
-            let partition_in = designs
-                .clone()
-                .filter(move |(k, _)| partition_on && k.feature_set == FeatureSet::Sae)
-                .map(|(k, d)| {
-                    (
-                        StoryLayerKey {
-                            story: k.story,
-                            layer: k.layer,
-                        },
-                        d,
-                    )
-                })
-                .join(story_key)
-                .map(|(k, (d, key))| (key, (k.story, d)))
-                .join(labels_by_key)
-                .map(|(key, ((story, d), lid))| (story, (key.layer, d, lid)))
-                .join(responses.clone())
-                .map(|(story, ((layer, d, lid), (subject, roi)))| {
-                    (PartitionKey { subject, story, layer }, (d, lid, roi))
-                });
-            let partitions = env.per_value(
-                partition_in,
-                "Partition",
-                |k| format!("variance partition {k:?}"),
-                |ctx, _, (d, lid, roi)| stages::taxonomy::partition_stage(ctx, d, lid, roi),
-            );
-            let rec_parts = partitions.map(|(k, a)| Record::Partition(k, a));
-
-            // ---- fits per (subject, story, layer, feature set)
-            let fit_in = designs
-                .map(|(k, design)| (k.story, (k.layer, k.feature_set, design)))
-                .join(responses)
-                .map(|(story, ((layer, feature_set, design), (subject, roi)))| {
-                    let key = FitKey {
-                        subject,
-                        story,
-                        layer,
-                        feature_set,
-                    };
-                    (key, (design, roi))
-                });
-            let fits = env.per_value(
-                fit_in,
-                "Fit",
-                |k| format!("fit {k:?}"),
-                |ctx, _, (design, roi)| stages::fit_stage(ctx, design, roi),
-            );
-            let rec_fits = fits.clone().map(|(k, a)| Record::Fit(k, a));
-
-            // ---- summaries over subjects
-            let summaries = env.per_key(
-                fits.map(|(k, fit)| (k.summary_key(), (k.subject, fit))),
-                "Summary",
-                |k| format!("summary {k:?}"),
-                |ctx, _, fits| {
-                    let ids: Vec<ArtifactId> = fits.iter().map(|(_, f)| f.clone()).collect();
-                    Ok(vec![stages::summary_stage(ctx, &ids)?])
-                },
-            );
-            let rec_sums = summaries.map(|(k, a)| Record::Summary(k, a));
-            let buffer = buffer.clone();
-            rec_inputs
-                .concat(rec_words)
-                .concat(rec_saes)
-                .concat(rec_labels)
-                .concat(rec_pe)
-                .concat(rec_parts)
-                .concat(rec_fits)
-                .concat(rec_sums)
-                .map(Out::Rec)
-                .concat(aux)
-                .inner
-                .exchange(|_| 0)
-                .inspect(move |(d, t, r)| {
-                    buffer
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((d.clone(), *t, *r))
-                })
-                .probe_with(&probe);
-            (stories_in, corpus_in, resp_in, aux_in)
-        });
 
         let mut sink = if index == 0 {
             sink.lock().unwrap_or_else(|p| p.into_inner()).take()
@@ -749,6 +802,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 for (r, d) in &epoch.responses {
                     resp_in.update(r.clone(), *d);
                 }
+                for (r, d) in &epoch.reading {
+                    reading_in.update(r.clone(), *d);
+                }
             }
             for next in [aux_time, aux_time + 1] {
                 if next == aux_time + 1 && index % threads == 0 {
@@ -764,10 +820,12 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 stories_in.advance_to(next);
                 corpus_in.advance_to(next);
                 resp_in.advance_to(next);
+                reading_in.advance_to(next);
                 aux_in.advance_to(next);
                 stories_in.flush();
                 corpus_in.flush();
                 resp_in.flush();
+                reading_in.flush();
                 aux_in.flush();
                 worker.step_while(|| probe.less_than(&next));
             }

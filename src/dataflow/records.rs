@@ -14,6 +14,8 @@ use crate::store::artifacts::ArtifactId;
 pub type StoryRec = (String, ArtifactId);
 /// (story id, (subject, response artifact))
 pub type ResponseRec = (String, (String, ArtifactId));
+/// (language, reading-data id) of a `[reading]` pipeline
+pub type ReadingRec = (String, ArtifactId);
 
 /// The SAE group of every text when one SAE is shared by all languages.
 pub const SHARED_SAE_GROUP: &str = "all";
@@ -97,6 +99,10 @@ pub enum Record {
     Partition(PartitionKey, ArtifactId),
     /// The `raw+pred-error` design of a (story, layer)
     PredError(StoryLayerKey, ArtifactId),
+    /// The reading-time baseline of a language's reading data (`[reading]`)
+    ReadingBase(String, ArtifactId),
+    /// The reading-time models of one SAE's features (`[reading]`)
+    Reading(SaeKey, ArtifactId),
 }
 
 /// What flows to worker 0: state records, and at each epoch's second timestamp what the
@@ -126,6 +132,10 @@ pub struct Snapshot {
     /// `raw+pred-error` designs (id = its `pred-error-record` id), with `[taxonomy]
     /// prediction-error-delta`
     pub pred_errors: BTreeSet<(StoryLayerKey, ArtifactId)>,
+    /// (language, reading-base artifact), with `[reading]`
+    pub reading_bases: BTreeSet<(String, ArtifactId)>,
+    /// Reading-time models per SAE, with `[reading]`
+    pub readings: BTreeSet<(SaeKey, ArtifactId)>,
 }
 
 impl Snapshot {
@@ -149,6 +159,8 @@ impl Snapshot {
             Record::Labels(k, a) => _ = self.labels.insert((k, a)),
             Record::Partition(k, a) => _ = self.partitions.insert((k, a)),
             Record::PredError(k, a) => _ = self.pred_errors.insert((k, a)),
+            Record::ReadingBase(k, a) => _ = self.reading_bases.insert((k, a)),
+            Record::Reading(k, a) => _ = self.readings.insert((k, a)),
         }
     }
 
@@ -170,6 +182,8 @@ impl Snapshot {
         v.extend(all(&self.labels, Record::Labels));
         v.extend(all(&self.partitions, Record::Partition));
         v.extend(all(&self.pred_errors, Record::PredError));
+        v.extend(all(&self.reading_bases, Record::ReadingBase));
+        v.extend(all(&self.readings, Record::Reading));
         v.sort();
         v
     }

@@ -8,6 +8,7 @@
 //! * [`taxonomy_tables`]: feature labels and sets, baselines, topography, label agreement.
 //! * [`partition_tables`]: variance partitions by category, prediction-error comparisons.
 //! * [`language_tables`]: per-language counts, peak layers, category proportions.
+//! * [`reading_tables`]: the tables of a reading-time run (`[reading]`).
 //!
 //! May import: everything below `dataflow` and `report` (`stages`, `dataflow::Snapshot`,
 //! `report`, the analyses, `store`, `stats`); never `pipeline` or `cli`.
@@ -15,6 +16,7 @@
 pub mod columns;
 pub mod language_tables;
 pub mod partition_tables;
+pub mod reading_tables;
 pub mod rows;
 pub mod tables;
 pub mod taxonomy_tables;

@@ -1,5 +1,6 @@
-//! [`write_outputs`]: every table of an fMRI run (fits, summary, SAE quality, languages, and the
-//! taxonomy's when the plan has `[taxonomy]`), then the plot and the report.
+//! [`write_outputs`]: every table of a run, then the plot and the report: an encoding run's (fits,
+//! summary, SAE quality, languages, and the taxonomy's when the plan has `[taxonomy]`), or a
+//! reading-time run's ([`super::reading_tables`]).
 //!
 //! May import: the other files of `outputs`, `report`, and what they may import.
 
@@ -13,10 +14,21 @@ use crate::dataflow::Snapshot;
 use crate::stages::Ctx;
 use crate::Result;
 
+/// Writes every table of a run into `out` (a reading-time run's when the plan has `[reading]`,
+/// else the encoding run's), then the plot and the report. All tables are built (and checked
+/// against their schemas) in memory before the first file is written; each file is written
+/// atomically.
+pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+    match ctx.plan.reading {
+        Some(_) => super::reading_tables::write_outputs(ctx, snap, out),
+        None => write_encoding_outputs(ctx, snap, out),
+    }
+}
+
 /// Writes fits, summary and sae_quality tables, the plot and the report into `out`. All tables
 /// are built (and checked against their schemas) in memory before the first file is written;
 /// each file is written atomically.
-pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
     // every story artifact read once for the language of each story-keyed row
     let story_langs = story_languages(ctx, snap)?;
     let fits = fits_batch(ctx, snap, &story_langs)?;

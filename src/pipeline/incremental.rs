@@ -23,7 +23,8 @@ use crate::{Error, Result};
 
 /// File name of the manifest inside the output folder.
 pub const MANIFEST: &str = "manifest.json";
-const FORMAT: u32 = 1;
+/// 2: records with named keys (`dataflow::records`), the reading data of `[reading]` pipelines.
+const FORMAT: u32 = 2;
 
 /// What an output folder holds: written after every successful update.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +44,9 @@ pub struct Manifest {
     pub responses: Vec<(String, String, ArtifactId, PathBuf)>,
     /// (corpus chunk, artifact)
     pub corpus: Vec<(String, ArtifactId)>,
+    /// (language, reading-data id) of a `[reading]` pipeline
+    #[serde(default)]
+    pub reading: Vec<(String, ArtifactId)>,
     /// The state: every record.
     pub records: Vec<Record>,
     /// Store-relative paths of every artifact the state was computed from or reads.
@@ -133,6 +137,7 @@ pub fn manifest(plan: &Plan, inputs: &Inputs, snapshot: &Snapshot, touched: &BTr
             })
             .collect(),
         corpus: inputs.corpus.clone(),
+        reading: inputs.reading.clone(),
         records: snapshot.records(),
         touched: touched.iter().cloned().collect(),
     }
@@ -183,6 +188,8 @@ fn cells(r: &Record) -> RecordCells<'_> {
             None,
         ),
         Record::Labels(k, a) => ("labels", None, None, Some(k.layer), None, a, Some(&k.group)),
+        Record::ReadingBase(l, a) => ("reading_base", None, None, None, None, a, Some(l)),
+        Record::Reading(k, a) => ("reading", None, None, Some(k.layer), None, a, Some(&k.group)),
         Record::Partition(k, a) => (
             "partition",
             Some(&k.story),
@@ -350,6 +357,14 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                 "pred_error" => Record::PredError(
                     StoryLayerKey {
                         story: s()?,
+                        layer: l()?,
+                    },
+                    a,
+                ),
+                "reading_base" => Record::ReadingBase(g()?, a),
+                "reading" => Record::Reading(
+                    SaeKey {
+                        group: g()?,
                         layer: l()?,
                     },
                     a,
@@ -575,6 +590,12 @@ pub fn status(plan: &Plan) -> Result<Status> {
     if inputs.corpus != m.corpus {
         st.stale
             .push("the SAE corpus changed: SAEs and everything after them".to_string());
+    }
+    if inputs.reading != m.reading {
+        st.stale.push(
+            "the reading data changed ([reading] settings or files): the reading baseline and every layer's reading models"
+                .to_string(),
+        );
     }
     let used: BTreeSet<&str> = m.touched.iter().map(String::as_str).collect();
     for rel in &m.touched {

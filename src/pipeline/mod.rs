@@ -6,7 +6,6 @@
 //! never `cli`.
 
 pub mod incremental;
-pub mod reading;
 pub mod simulated;
 pub mod watch;
 
@@ -16,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Plan;
-use crate::dataflow::{self, Epoch, EpochResult, ResponseRec, StoryRec, Topology};
+use crate::dataflow::{self, Epoch, EpochResult, ReadingRec, ResponseRec, StoryRec, Topology};
 use crate::stages::{self, Ctx, StoredStory};
 use crate::stimulus::{self, ReadOptions, StimulusFormat, Story};
 use crate::store::artifacts::ArtifactStore;
@@ -72,6 +71,8 @@ pub struct Inputs {
     pub stories: Vec<StoryRec>,
     pub corpus: Vec<StoryRec>,
     pub responses: Vec<ResponseRec>,
+    /// The reading data of a `[reading]` pipeline: (language, reading-data id).
+    pub reading: Vec<ReadingRec>,
     /// Source file of each story (by story id) and response table (by (story, subject); none
     /// for simulated responses).
     pub story_files: BTreeMap<String, PathBuf>,
@@ -146,6 +147,9 @@ pub fn input_records(plan: &Plan, store: Option<&ArtifactStore>) -> Result<Input
             .subject_files
             .insert((s.story.clone(), s.id.clone()), s.path.clone());
     }
+    if let (Some(r), Some(id)) = (&plan.reading, stages::reading::reading_data_id(plan)?) {
+        inputs.reading.push((r.section.language.clone(), id));
+    }
     for (story, table) in simulated::responses(plan)? {
         let id = match store {
             Some(st) => stages::put_roi(st, &table)?,
@@ -169,6 +173,7 @@ pub fn input_changes(from: &Inputs, to: &Inputs) -> Epoch {
         stories: diff(&from.stories, &to.stories),
         corpus: diff(&from.corpus, &to.corpus),
         responses: diff(&from.responses, &to.responses),
+        reading: diff(&from.reading, &to.reading),
     }
 }
 
@@ -178,6 +183,7 @@ pub fn single_epoch(inputs: &Inputs) -> Epoch {
         stories: inputs.stories.iter().map(|r| (r.clone(), 1)).collect(),
         corpus: inputs.corpus.iter().map(|r| (r.clone(), 1)).collect(),
         responses: inputs.responses.iter().map(|r| (r.clone(), 1)).collect(),
+        reading: inputs.reading.iter().map(|r| (r.clone(), 1)).collect(),
     }
 }
 

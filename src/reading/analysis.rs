@@ -23,7 +23,7 @@
 
 use ndarray::{Array2, ArrayView2, Axis};
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::reading::inputs::WordInfo;
 use crate::reading::lmm::{fit_lmm, likelihood_ratio_test, LmmFit, LmmOptions, TermData};
@@ -106,15 +106,18 @@ impl Selection {
 }
 
 /// Evidence for one feature over the story words.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureEvidence {
     pub feature: u32,
     pub n_active: usize,
+    #[serde(with = "crate::store::json_float")]
     pub mean_activation: f64,
     /// Among the top-20 words (fewer when fewer are active).
+    #[serde(with = "crate::store::json_float")]
     pub open_class_fraction: f64,
     pub distinct_forms: usize,
     /// Pearson r of the activation with next-token entropy over all words (0 when constant).
+    #[serde(with = "crate::store::json_float")]
     pub entropy_r: f64,
     pub top_words: Vec<String>,
     pub selected: bool,
@@ -303,7 +306,7 @@ pub struct BaseDesign {
 }
 
 /// One likelihood-ratio comparison against the baseline.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub layer: Option<usize>,
     /// "sae-semantic" / "sae-all", "random", "norm".
@@ -314,13 +317,20 @@ pub struct Comparison {
     /// Fraction of the selected features' z-scored variance the components explain.
     pub variance_explained: Option<f64>,
     pub n_obs: usize,
+    #[serde(with = "crate::store::json_float")]
     pub loglik_base: f64,
+    #[serde(with = "crate::store::json_float")]
     pub loglik_full: f64,
+    #[serde(with = "crate::store::json_float")]
     pub delta_loglik: f64,
+    #[serde(with = "crate::store::json_float")]
     pub chi2: f64,
     pub df: usize,
+    #[serde(with = "crate::store::json_float")]
     pub p_value: f64,
+    #[serde(with = "crate::store::json_float")]
     pub aic_base: f64,
+    #[serde(with = "crate::store::json_float")]
     pub aic_full: f64,
     pub converged: bool,
 }

@@ -26,6 +26,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par, Side};
 use ndarray::{Array2, ArrayView2};
 
+use serde::{Deserialize, Serialize};
+
 use crate::{Error, Result};
 
 /// One random-effect term's data: level of every row and the d values of its effects per row
@@ -71,29 +73,39 @@ impl Default for LmmOptions {
 }
 
 /// A fitted model.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LmmFit {
     pub fixed_names: Vec<String>,
+    #[serde(with = "crate::store::json_float::vec")]
     pub beta: Vec<f64>,
+    #[serde(with = "crate::store::json_float::vec")]
     pub se: Vec<f64>,
     /// β̂ / SE (lme4 reports t values without degrees of freedom).
+    #[serde(with = "crate::store::json_float::vec")]
     pub t: Vec<f64>,
     /// Relative covariance parameters (lme4 order), diagonal entries ≥ 0.
+    #[serde(with = "crate::store::json_float::vec")]
     pub theta: Vec<f64>,
     /// Residual variance σ̂².
+    #[serde(with = "crate::store::json_float")]
     pub sigma2: f64,
     /// Per term: (name, effect names, covariance matrix σ̂² T Tᵀ).
+    #[serde(with = "crate::store::json_float::matrices")]
     pub covariances: Vec<(String, Vec<String>, Array2<f64>)>,
     /// log-likelihood (ML) or REML criterion / −2 (REML).
+    #[serde(with = "crate::store::json_float")]
     pub log_likelihood: f64,
     /// −2 log-likelihood (ML deviance, or the REML criterion).
+    #[serde(with = "crate::store::json_float")]
     pub deviance: f64,
     pub reml: bool,
     pub n_obs: usize,
     pub n_levels: Vec<(String, usize)>,
     /// Parameters counted by AIC/BIC: fixed effects + θ + σ.
     pub n_params: usize,
+    #[serde(with = "crate::store::json_float")]
     pub aic: f64,
+    #[serde(with = "crate::store::json_float")]
     pub bic: f64,
     pub n_evals: usize,
     pub converged: bool,

@@ -8,12 +8,13 @@
 //! * [`analysis`]: SAE feature evidence and selection, principal components, random-subset and
 //!   norm controls, likelihood-ratio comparisons with the baseline.
 //! * [`section`]: the `[reading]` section of a pipeline file and its inputs, checked and joined
-//!   (run by `cortexflow run pipelines/natural-stories.toml`, see `pipeline::reading`).
+//!   (run by `cortexflow run pipelines/natural-stories.toml`: the stages are `stages::reading`,
+//!   the tables `outputs::reading_tables`).
 //! * [`model_from_frame`]: formula + table → the matrices [`lmm::fit_lmm`] takes, with rows that
 //!   have a missing value counted and reported, never silently dropped.
 //!
 //! May import: `sae`, `encoding`, `store`, `stimulus`, `stats`, `error` (the reading-time
-//! pipeline that runs these on a plan is `pipeline::reading`).
+//! stages that run these in the dataflow are `stages::reading`).
 
 pub mod analysis;
 pub mod formula;

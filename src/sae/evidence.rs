@@ -10,6 +10,7 @@
 
 use ndarray::ArrayView2;
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 /// Top examples kept per feature by default (the paper labels features from 20).
 pub const DEFAULT_TOP: usize = 20;
@@ -17,7 +18,7 @@ pub const DEFAULT_TOP: usize = 20;
 pub const DEFAULT_CONTEXT: usize = 5;
 
 /// One top-activating occurrence.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Example {
     /// Rank among the feature's examples (1 = highest activation).
     pub rank: u32,
@@ -31,14 +32,16 @@ pub struct Example {
 }
 
 /// Activation statistics of one feature over all rows.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeatureSummary {
     pub feature: u32,
     /// Rows on which the feature is active (> 0).
     pub n_active: usize,
     /// `n_active / n_rows`.
+    #[serde(with = "crate::store::json_float")]
     pub density: f64,
     /// Mean activation over all rows (zeros included).
+    #[serde(with = "crate::store::json_float")]
     pub mean_activation: f64,
     pub max_activation: f32,
     pub examples: Vec<Example>,

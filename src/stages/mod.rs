@@ -20,6 +20,7 @@
 //! `stats`); no timely or differential types, never `dataflow`, `report`, `outputs`, `pipeline`
 //! or `cli`.
 
+pub mod reading;
 pub mod taxonomy;
 
 use std::sync::Arc;

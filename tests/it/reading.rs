@@ -19,17 +19,22 @@ fn root() -> PathBuf {
 
 /// The first stories of the Natural Stories word table, written to `dir`.
 fn story_subset(dir: &Path) -> (PathBuf, usize) {
+    stories_subset(dir, &STORIES, "words.tok")
+}
+
+/// The stories `stories` of the Natural Stories word table, written to `dir/name`.
+fn stories_subset(dir: &Path, stories: &[&str], name: &str) -> (PathBuf, usize) {
     let src = support::data_root().join("naturalstories/naturalstories_RTS_all_stories.tok");
     let text = std::fs::read_to_string(src).unwrap();
     let mut lines = text.lines();
     let mut out = vec![lines.next().unwrap().to_string()];
     out.extend(
         lines
-            .filter(|l| STORIES.contains(&l.split('\t').nth(2).unwrap()))
+            .filter(|l| stories.contains(&l.split('\t').nth(2).unwrap()))
             .map(str::to_string),
     );
     let n = out.len() - 1;
-    let p = dir.join("words.tok");
+    let p = dir.join(name);
     std::fs::write(&p, out.join("\n") + "\n").unwrap();
     (p, n)
 }
@@ -368,4 +373,96 @@ fn a_pretrained_saelens_folder_replaces_training() {
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("sae.pretrained") && e.contains("d_in"), "{e}");
+}
+
+/// The reading models are stages of the dataflow: a story added to a reading pipeline's output
+/// folder computes that story's LM outputs only (the SAE, trained on a corpus here, and the other
+/// stories' activations and codes are reused), recomputes the baseline and the layer's models
+/// (fitted on all rows), and the update is logged like an fMRI pipeline's: a `changes` table
+/// (story and words added; reading baseline and layer models retracted and added; no SAE change)
+/// and a manifest at update 1.
+#[test]
+fn a_new_story_computes_only_its_lm_outputs_and_the_reading_models_and_is_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let rts = "naturalstories/naturalstories_RTS_processed_wordinfo.tsv";
+    let sae = "corpus = [\"corpora_text/ELTeC-eng_ENG18400_Trollope.txt\"]\ncorpus-max-words = 1500\n";
+    let (two, _) = stories_subset(tmp.path(), &["1", "2"], "two.tok");
+    let (three, n_three) = stories_subset(tmp.path(), &["1", "2", "3"], "three.tok");
+    let write = |words: &Path, name: &str| {
+        let p = pipeline_with_sae(tmp.path(), &store, "out", words, rts, "random-seeds = 1", sae);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("include-stimulus = true", "include-stimulus = false")
+            .replace("steps = 150", "steps = 60");
+        let q = tmp.path().join(name);
+        std::fs::write(&q, text).unwrap();
+        q
+    };
+    let computed = |pipeline: &Path| -> String {
+        let o = support::bin()
+            .args(["run", pipeline.to_str().unwrap(), "-w", "2"])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "cortexflow run failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let at = stdout
+            .find("artifacts computed")
+            .expect("the run prints what it computed");
+        let line = stdout[at..].lines().next().unwrap();
+        // the computed part only (the reused part follows)
+        line.split(", reused").next().unwrap().to_string()
+    };
+    let first = computed(&write(&two, "two.toml"));
+    assert!(
+        first.contains("\"reading-base\": 1") && first.contains("\"reading-layer\": 1"),
+        "{first}"
+    );
+    let second = computed(&write(&three, "three.toml"));
+    // story 3 only: its words and layer-6 vectors from the LM, one layer's codes; the SAE is reused
+    assert!(
+        second.contains("\"lm\": 2,") && second.contains("\"codes\": 1,"),
+        "{second}"
+    );
+    assert!(!second.contains("\"sae\":"), "the SAE is not retrained: {second}");
+    assert!(
+        second.contains("\"reading-base\": 1") && second.contains("\"reading-layer\": 1"),
+        "{second}"
+    );
+
+    let out = tmp.path().join("out");
+    check_schema(&out, "reading_words", Some(n_three));
+    check_schema(&out, "changes", None);
+    let log = support::run_python(
+        "import sys, json, polars as pl\n\
+         c = pl.read_parquet(sys.argv[1]).filter(pl.col('epoch') == 1)\n\
+         rows = sorted((r['change'], r['kind'], r['story'] or '') for r in c.iter_rows(named=True))\n\
+         print(json.dumps(rows))\n\
+         m = json.load(open(sys.argv[2]))\n\
+         print(m['epoch'], len(m['reading']), len(m['stories']))",
+        &[
+            out.join("changes.parquet").to_str().unwrap(),
+            out.join("manifest.json").to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = log.trim().lines().collect();
+    let rows: Vec<(String, String, String)> = serde_json::from_str(lines[0]).unwrap();
+    let has = |change: &str, kind: &str, story: &str| rows.iter().any(|r| r.0 == change && r.1 == kind && r.2 == story);
+    assert!(has("added", "story", "3") && has("added", "words", "3"), "{rows:?}");
+    for kind in ["reading_base", "reading"] {
+        assert!(has("added", kind, "") && has("retracted", kind, ""), "{kind}: {rows:?}");
+    }
+    assert!(!rows.iter().any(|r| r.1 == "sae"), "no SAE change: {rows:?}");
+    assert!(
+        !rows.iter().any(|r| r.2 == "1" || r.2 == "2"),
+        "nothing of stories 1 and 2 changes: {rows:?}"
+    );
+    assert_eq!(
+        lines[1], "1 1 3",
+        "manifest: update 1, one reading data set, three stories"
+    );
 }

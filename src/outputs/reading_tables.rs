@@ -1,224 +1,31 @@
-//! `cortexflow run` on a reading-time pipeline (a pipeline file with `[reading]`, e.g.
-//! `pipelines/natural-stories.toml`): the stories' words go through the same dataflow as the fMRI
-//! pipeline (LM → one SAE per layer → codes, cached in the artifact store), then per layer the
-//! comparison of [`crate::reading::analysis`] runs on the joined reading times, and the tables
-//! `reading_comparison`, `reading_fixed`, `reading_random`, `reading_words`, `reading_features`,
-//! `feature_examples`, `sae_quality` (schemas in data-schemas/), a plot and `report.md` are written to the output
-//! folder, each file atomically, after every table was built.
+//! The tables of a reading-time run (a pipeline with `[reading]`, e.g.
+//! `pipelines/natural-stories.toml`), from the reading stages' artifacts in the final snapshot
+//! ([`crate::stages::reading`]): `reading_comparison`, `reading_fixed`, `reading_random`,
+//! `reading_words`, `reading_features`, `feature_examples`, `sae_quality` (schemas in
+//! data-schemas/), a plot and `report.md`, each file atomically, after every table was built.
 //!
-//! Models. Per-word means (no `subject-column`): `rt ~ controls + (1 | story)`, a by-story random
-//! intercept (the words of a story share its reader pool and its topic). Per-subject rows:
-//! `rt ~ controls + (1 | subject) + (1 | word)`, crossed random intercepts for subjects and items
-//! (the item is the word token, story and position). Controls, each z-scored over the model rows:
-//! length, log frequency, position in sentence, LM surprisal (bits, from the extract stage),
-//! n-gram surprisal (when configured), and the previous `spillover` words' length and log
-//! frequency. All fits are ML; all models of a run use the same rows.
+//! May import: [`super::columns`], [`super::tables`], `stages`, `dataflow` (the snapshot) and
+//! everything below them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt16Array, UInt32Array, UInt64Array,
 };
-use ndarray::Array2;
 
-use crate::config::Plan;
-use crate::dataflow;
-use crate::outputs::columns::{batch, utf8, write_tables};
-use crate::outputs::tables;
-use crate::pipeline::{self, RunOptions, RunReport};
-use crate::reading::analysis::{self, BaseDesign, Comparison, FeatureEvidence, SelectionRule};
+use super::columns::{batch, utf8, write_tables};
+use super::tables;
+use crate::dataflow::Snapshot;
+use crate::reading::analysis::{Comparison, FeatureEvidence};
 use crate::reading::section::ReadingInputs;
-use crate::stages::{self, Ctx};
-
-use crate::reading::lmm::{LmmFit, TermData};
+use crate::stages::reading::{reading_inputs, FittedModel, ReadingBase, ReadingLayer};
+use crate::stages::Ctx;
 use crate::{Error, Result};
 
-/// Per word: LM surprisal and next-token entropy (bits), from the extract stage.
-fn lm_word_info(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs) -> Result<(Vec<Option<f64>>, Vec<f64>)> {
-    let mut surprisal = Vec::new();
-    let mut entropy = Vec::new();
-    for s in &r.stories {
-        let (_, id) = snap
-            .words
-            .iter()
-            .find(|(story, _)| story == &s.id)
-            .ok_or_else(|| Error::Invalid(format!("the LM stage produced nothing for story `{}`", s.id)))?;
-        let a = ctx.store.load_arrays("lm", id)?;
-        let info = a.f64("words")?;
-        for row in info.rows() {
-            surprisal.push(row[1].is_finite().then_some(row[1]));
-            entropy.push(row[2]);
-        }
-    }
-    Ok((surprisal, entropy))
-}
-
-/// Builds the shared rows and baseline design; returns it with the per-row exclusion reason of
-/// every observation (None = in the model) and the control names.
-fn base_design(r: &ReadingInputs, lm_surprisal: &[Option<f64>]) -> Result<(BaseDesign, Vec<Option<String>>)> {
-    let d = &r.data;
-    let s = &r.section;
-    let words = &d.words;
-    let story_of: Vec<usize> = (0..d.story_offsets.len() - 1)
-        .flat_map(|k| std::iter::repeat_n(k, d.story_offsets[k + 1] - d.story_offsets[k]))
-        .collect();
-    let mut controls: Vec<(String, Box<dyn Fn(usize) -> Option<f64>>)> = vec![
-        ("length".into(), Box::new(|w| Some(words[w].length as f64))),
-        ("log_freq".into(), Box::new(|w| words[w].log_freq)),
-        (
-            "sentence_position".into(),
-            Box::new(|w| words[w].sentence_position.map(|p| p as f64)),
-        ),
-        ("lm_surprisal".into(), Box::new(|w| lm_surprisal[w])),
-    ];
-    if s.ngram.is_some() {
-        controls.push(("ngram_surprisal".into(), Box::new(|w| words[w].ngram_surprisal)));
-    }
-    for k in 1..=s.spillover {
-        let story_of = story_of.clone();
-        let prev = move |w: usize| (w >= k && story_of[w - k] == story_of[w]).then(|| w - k);
-        let p2 = prev.clone();
-        controls.push((
-            format!("prev{k}_length"),
-            Box::new(move |w| prev(w).map(|v| words[v].length as f64)),
-        ));
-        controls.push((
-            format!("prev{k}_log_freq"),
-            Box::new(move |w| p2(w).and_then(|v| words[v].log_freq)),
-        ));
-    }
-    let mut reasons = Vec::with_capacity(d.obs.len());
-    let mut rows = Vec::new();
-    for (i, o) in d.obs.iter().enumerate() {
-        let w = &words[o.word];
-        let reason = if s.exclude_sentence_initial && w.sentence_position == Some(1) {
-            Some("sentence-initial".to_string())
-        } else if s.exclude_sentence_final && w.sentence_final {
-            Some("sentence-final".to_string())
-        } else {
-            controls
-                .iter()
-                .find(|(_, f)| f(o.word).is_none_or(|v| !v.is_finite()))
-                .map(|(n, _)| format!("no {n}"))
-        };
-        if reason.is_none() {
-            rows.push(i);
-        }
-        reasons.push(reason);
-    }
-    if rows.len() < controls.len() + 10 {
-        return Err(Error::Invalid(format!(
-            "reading: only {} reading times remain after exclusions; see the exclusion counts in the report",
-            rows.len()
-        )));
-    }
-    let p0 = 1 + controls.len();
-    let mut x = Array2::<f64>::zeros((rows.len(), p0));
-    x.column_mut(0).fill(1.0);
-    for (r, &i) in rows.iter().enumerate() {
-        for (c, (_, f)) in controls.iter().enumerate() {
-            x[[r, 1 + c]] = f(d.obs[i].word).expect("complete rows only");
-        }
-    }
-    crate::stats::zscore_columns(x.slice_mut(ndarray::s![.., 1..]));
-    let mut names = vec!["(Intercept)".to_string()];
-    names.extend(controls.iter().map(|(n, _)| n.clone()));
-    let word_of_row: Vec<usize> = rows.iter().map(|&i| d.obs[i].word).collect();
-    let y: Vec<f64> = rows.iter().map(|&i| d.obs[i].rt).collect();
-    let factor = |name: &str, keys: Vec<String>| -> TermData {
-        let mut levels: Vec<String> = keys.clone();
-        levels.sort();
-        levels.dedup();
-        let level = keys.iter().map(|k| levels.binary_search(k).expect("present")).collect();
-        TermData {
-            name: name.into(),
-            effect_names: vec!["(Intercept)".into()],
-            level,
-            n_levels: levels.len(),
-            z: Array2::ones((keys.len(), 1)),
-        }
-    };
-    let terms = if d.per_subject {
-        let mut subject = factor(
-            "subject",
-            rows.iter()
-                .map(|&i| d.obs[i].subject.clone().unwrap_or_default())
-                .collect(),
-        );
-        // by-subject random slopes of chosen controls (correlated with the intercept, as lme4's
-        // `(1 + x | subject)`), on the z-scored control columns
-        for slope in &s.subject_slopes {
-            let Some(c) = names.iter().position(|n| n == slope).filter(|&c| c > 0) else {
-                return Err(Error::Invalid(format!(
-                    "reading.subject-slopes: `{slope}` is not a control of this model ({})",
-                    names[1..].join(", ")
-                )));
-            };
-            let mut z = Array2::<f64>::zeros((rows.len(), subject.z.ncols() + 1));
-            z.slice_mut(ndarray::s![.., ..subject.z.ncols()]).assign(&subject.z);
-            z.column_mut(subject.z.ncols()).assign(&x.column(c));
-            subject.z = z;
-            subject.effect_names.push(slope.clone());
-        }
-        vec![
-            subject,
-            factor(
-                "word",
-                rows.iter()
-                    .map(|&i| {
-                        let w = &words[d.obs[i].word];
-                        format!("{}.{:06}", w.story, w.position)
-                    })
-                    .collect(),
-            ),
-        ]
-    } else {
-        vec![factor(
-            "story",
-            rows.iter().map(|&i| words[d.obs[i].word].story.clone()).collect(),
-        )]
-    };
-    Ok((
-        BaseDesign {
-            word_of_row,
-            y,
-            x,
-            names,
-            terms,
-        },
-        reasons,
-    ))
-}
-
-/// The formula of the baseline in lme4 notation (for the tables and the report).
-fn base_formula(b: &BaseDesign) -> String {
-    let groups: Vec<String> = b
-        .terms
-        .iter()
-        .map(|t| {
-            let effects: Vec<&str> = t
-                .effect_names
-                .iter()
-                .map(|e| if e == "(Intercept)" { "1" } else { e.as_str() })
-                .collect();
-            format!("({} | {})", effects.join(" + "), t.name)
-        })
-        .collect();
-    format!("rt ~ {} + {}", b.names[1..].join(" + "), groups.join(" + "))
-}
-
-/// One fitted model, for the coefficient and variance tables.
-struct FittedModel {
-    layer: Option<usize>,
-    model: String,
-    seed: Option<u64>,
-    fit: LmmFit,
-}
-
-/// Everything the reading stage computed.
+/// Everything the reading stages computed, in table order: the baseline (and norm) first, then
+/// the layers in order.
 pub struct ReadingResult {
     pub comparisons: Vec<Comparison>,
     pub evidence: Vec<(usize, Vec<FeatureEvidence>)>,
@@ -232,188 +39,34 @@ pub struct ReadingResult {
     lm_surprisal: Vec<Option<f64>>,
 }
 
-/// Runs a reading-time plan end to end and writes its outputs.
-pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
-    let started = Instant::now();
-    let ctx = pipeline::context(plan, opts.workers)?;
-    let r = ctx.plan.reading.clone().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{}: a reading-time run needs a [reading] section",
-            ctx.plan.source.display()
-        ))
-    })?;
-    let inputs = pipeline::prepare_inputs(&ctx)?;
-    let mut results = dataflow::run(ctx.clone(), vec![pipeline::single_epoch(&inputs)], opts.workers)?;
-    let result = results.pop().expect("one epoch");
-    let snap = &result.snapshot;
-    let (lm_surprisal, entropy) = lm_word_info(&ctx, snap, &r)?;
-    let (base, reasons) = base_design(&r, &lm_surprisal)?;
-    let mut exclusions = BTreeMap::new();
-    for reason in reasons.iter().flatten() {
-        *exclusions.entry(reason.clone()).or_insert(0usize) += 1;
-    }
-    let base_fit = analysis::fit_base(&base)?;
-    let formula = base_formula(&base);
-    let mut comparisons = Vec::new();
-    let mut fitted = vec![FittedModel {
-        layer: None,
-        model: "baseline".into(),
-        seed: None,
-        fit: base_fit.clone(),
-    }];
-    let n_obs = base.y.len();
-    let mut push = |layer,
-                    model: &str,
-                    seed,
-                    n_features,
-                    var_expl,
-                    full: LmmFit,
-                    lrt: (f64, f64, usize, f64),
-                    fitted: &mut Vec<FittedModel>| {
-        comparisons.push(Comparison {
-            layer,
-            model: model.to_string(),
-            seed,
-            n_features,
-            variance_explained: var_expl,
-            n_obs,
-            loglik_base: base_fit.log_likelihood,
-            loglik_full: full.log_likelihood,
-            delta_loglik: lrt.0,
-            chi2: lrt.1,
-            df: lrt.2,
-            p_value: lrt.3,
-            aic_base: base_fit.aic,
-            aic_full: full.aic,
-            converged: base_fit.converged && full.converged,
-        });
-        fitted.push(FittedModel {
-            layer,
-            model: model.to_string(),
-            seed,
-            fit: full,
-        });
+/// The reading stages' artifacts of `snap`, assembled.
+pub fn reading_result(ctx: &Ctx, snap: &Snapshot) -> Result<ReadingResult> {
+    let [(_, base_id)] = snap.reading_bases.iter().collect::<Vec<_>>()[..] else {
+        return Err(Error::Invalid(format!(
+            "expected one reading baseline in the run's state, found {}",
+            snap.reading_bases.len()
+        )));
     };
-    // norms: layer-independent
-    if r.section.norms.is_some() {
-        let (cols, names) = analysis::norm_columns(&r.data.words);
-        let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, cols.view(), &names)?;
-        push(None, "norm", None, None, None, full, (dll, chi2, df, p), &mut fitted);
-    }
-    let rule = SelectionRule {
-        min_active: r.section.min_active,
-        ..Default::default()
+    let base: ReadingBase = ctx.store.load_json("reading-base", base_id)?;
+    let mut res = ReadingResult {
+        comparisons: base.comparisons,
+        evidence: Vec::new(),
+        examples: Vec::new(),
+        formula: base.formula,
+        exclusions: base.exclusions,
+        n_rows: base.n_rows,
+        fitted: base.fitted,
+        reasons: base.reasons,
+        lm_surprisal: base.lm_surprisal,
     };
-    let sae_model = format!("sae-{}", r.selection.as_str());
-    let mut evidence = Vec::new();
-    let mut examples = Vec::new();
-    let word_texts: Vec<String> = r.data.words.iter().map(|w| w.text.clone()).collect();
-    let pb = crate::progress::progress(
-        (snap.saes.len() * (1 + r.section.random_seeds)) as u64,
-        "reading models (layer × feature set)",
-    );
-    // the stories' activation ids (all in the store after the dataflow: no model is loaded)
-    let lm_outputs = r
-        .stories
-        .iter()
-        .map(|s| stages::lm_stage(&ctx, &mut None, s))
-        .collect::<Result<Vec<_>>>()?;
-    for (k, sae_id) in &snap.saes {
-        let layer = &k.layer;
-        let layer_started = Instant::now();
-        let mut mats = Vec::new();
-        for lm in &lm_outputs {
-            let act = lm
-                .layers
-                .iter()
-                .find(|(l, _)| l == layer)
-                .map(|(_, id)| id.clone())
-                .expect("plan layer");
-            let codes = stages::codes_stage(&ctx, &act, sae_id)?;
-            mats.push(ctx.store.load_arrays("codes", &codes)?.f32("x")?.to_owned());
-        }
-        let codes = analysis::stack(&mats)?;
-        let summaries = crate::sae::evidence::feature_evidence(
-            codes.view(),
-            &word_texts,
-            &r.data.story_offsets,
-            crate::sae::evidence::DEFAULT_TOP,
-            crate::sae::evidence::DEFAULT_CONTEXT,
-        );
-        let ev = analysis::feature_evidence(
-            codes.view(),
-            &summaries,
-            &r.data.story_offsets,
-            &r.data.words,
-            &entropy,
-            r.selection,
-            &rule,
-        );
-        let selected: Vec<usize> = ev.iter().filter(|e| e.selected).map(|e| e.feature as usize).collect();
-        let alive: Vec<usize> = ev
-            .iter()
-            .filter(|e| e.n_active >= rule.min_active)
-            .map(|e| e.feature as usize)
-            .collect();
-        let z = analysis::zcodes(codes.view(), &alive);
-        let mut run_set =
-            |cols: &[usize], model: &str, seed: Option<u64>, fitted: &mut Vec<FittedModel>| -> Result<()> {
-                if cols.is_empty() {
-                    return Ok(());
-                }
-                let (pcs, expl) = analysis::pca_scores(&z, cols, r.section.n_pcs)?;
-                let names: Vec<String> = (1..=pcs.ncols()).map(|k| format!("pc{k}")).collect();
-                let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, pcs.view(), &names)?;
-                push(
-                    Some(*layer),
-                    model,
-                    seed,
-                    Some(cols.len()),
-                    Some(expl),
-                    full,
-                    (dll, chi2, df, p),
-                    fitted,
-                );
-                Ok(())
-            };
-        run_set(&selected, &sae_model, None, &mut fitted)?;
-        pb.inc(1);
-        for seed in 1..=r.section.random_seeds as u64 {
-            let subset = analysis::random_subset(&alive, selected.len(), seed);
-            run_set(&subset, "random", Some(seed), &mut fitted)?;
-            pb.inc(1);
-        }
-        tracing::info!(
-            layer = *layer,
-            selected = selected.len(),
-            alive = alive.len(),
-            seconds = layer_started.elapsed().as_secs_f64(),
-            "reading models of the layer done"
-        );
-        evidence.push((*layer, ev));
-        examples.push((*layer, summaries));
+    for (_, id) in &snap.readings {
+        let l: ReadingLayer = ctx.store.load_json("reading-layer", id)?;
+        res.comparisons.extend(l.comparisons);
+        res.fitted.extend(l.fitted);
+        res.evidence.push((l.layer, l.evidence));
+        res.examples.push((l.layer, l.examples));
     }
-    pb.finish_and_clear();
-    let res = ReadingResult {
-        comparisons,
-        evidence,
-        examples,
-        formula,
-        exclusions,
-        n_rows: n_obs,
-        fitted,
-        reasons,
-        lm_surprisal,
-    };
-    let files = write_outputs(&ctx, snap, &r, &res)?;
-    Ok(RunReport {
-        output: ctx.plan.output.clone(),
-        files,
-        epoch: 0,
-        result,
-        seconds: started.elapsed().as_secs_f64(),
-        stage_seconds: ctx.store.seconds(),
-    })
+    Ok(res)
 }
 
 fn comparison_batch(res: &ReadingResult) -> Result<RecordBatch> {
@@ -665,9 +318,10 @@ fn examples_batch(r: &ReadingInputs, res: &ReadingResult) -> Result<RecordBatch>
     ])
 }
 
-/// Builds every table, checks it against its schema, then writes tables, plot and report.
-fn write_outputs(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &ReadingResult) -> Result<Vec<PathBuf>> {
-    let out = &ctx.plan.output;
+/// Writes every table of a reading-time run into `out`, then the plot and the report.
+pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+    let r = reading_inputs(ctx)?;
+    let res = &reading_result(ctx, snap)?;
     let tables = [
         ("reading_comparison", comparison_batch(res)?),
         ("reading_fixed", fixed_batch(res)?),
@@ -704,7 +358,7 @@ fn plot_by_layer(c: &[Comparison], path: &Path) -> Result<()> {
     crate::report::plot_delta_loglik_by_layer(&sae, &rand, norm, path)
 }
 
-fn markdown(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &ReadingResult) -> Result<String> {
+fn markdown(ctx: &Ctx, snap: &Snapshot, r: &ReadingInputs, res: &ReadingResult) -> Result<String> {
     use std::fmt::Write;
     let d = &r.data;
     let j = &d.report;
@@ -823,7 +477,7 @@ fn markdown(ctx: &Ctx, snap: &dataflow::Snapshot, r: &ReadingInputs, res: &Readi
     );
     for (k, id) in &snap.saes {
         let layer = &k.layer;
-        let q = stages::sae_record(ctx, id)?;
+        let q = crate::stages::sae_record(ctx, id)?;
         let sel = res
             .evidence
             .iter()
