@@ -106,18 +106,6 @@ impl Ord for FeatureSet {
     }
 }
 
-impl PartialEq<str> for FeatureSet {
-    fn eq(&self, other: &str) -> bool {
-        self.as_str() == other
-    }
-}
-
-impl PartialEq<&str> for FeatureSet {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
