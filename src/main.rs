@@ -290,7 +290,7 @@ fn run(cli: Cli) -> Result<()> {
             let s = cortexflow::cli::run_lmm(&args)?;
             let f = &s.fit;
             println!(
-                "lmm ({}): {} rows, {}; log-likelihood {:.6}, deviance {:.6}, AIC {:.3}, BIC {:.3}; {} evaluations, {:.2} s{}",
+                "lmm ({}): {} rows, {}; log-likelihood {:.6}, deviance {:.6}, AIC {:.3}, BIC {:.3}; {} {} evaluations (+ {} for the convergence checks), {:.2} s; {}",
                 if f.reml { "REML" } else { "ML" },
                 f.n_obs,
                 f.n_levels.iter().map(|(g, n)| format!("{n} {g}")).collect::<Vec<_>>().join(", "),
@@ -298,10 +298,19 @@ fn run(cli: Cli) -> Result<()> {
                 f.deviance,
                 f.aic,
                 f.bic,
+                f.optimizer,
                 f.n_evals,
+                f.n_evals_checks,
                 s.seconds,
-                if f.converged { "" } else { " (NOT CONVERGED)" }
+                if f.converged {
+                    format!("converged (max|grad| {:.2e})", f.convergence.max_grad)
+                } else {
+                    "NOT CONVERGED".to_string()
+                }
             );
+            for m in &f.convergence.messages {
+                println!("  note: {m}");
+            }
             for (col, n) in &s.excluded {
                 println!("excluded {n} rows with a missing {col}");
             }

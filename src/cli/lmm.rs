@@ -5,7 +5,8 @@
 //! Output folder: fixed.parquet (term, estimate, se, t), random.parquet (group, effect_1,
 //! effect_2, covariance: the lower triangle of each term's covariance matrix, and the residual
 //! variance as group "Residual"), fit.json (log-likelihood, deviance, AIC, BIC, θ, rows used and
-//! rows excluded per column, convergence; the likelihood-ratio test when --compare is given).
+//! rows excluded per column, the optimizer, its evaluations and lme4's convergence checks: gradient,
+//! singular fit, boundary θ, messages; the likelihood-ratio test when --compare is given).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -161,7 +162,10 @@ pub fn run_lmm(a: &LmmArgs) -> Result<LmmSummary> {
         "rows_excluded_for_missing_values": md.excluded,
         "n_params": fit.n_params,
         "deviance_evaluations": fit.n_evals,
+        "deviance_evaluations_checks": fit.n_evals_checks,
+        "optimizer": fit.optimizer,
         "converged": fit.converged,
+        "convergence": fit.convergence,
         "seconds": seconds,
         "likelihood_ratio_test": lrt.as_ref().map(|(f0, (dll, chi2, df, p))| json!({
             "smaller": a.compare, "log_likelihood_smaller": f0.log_likelihood,

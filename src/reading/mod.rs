@@ -27,7 +27,7 @@ use ndarray::Array2;
 
 pub use formula::{parse_formula, Formula, RandomTerm};
 pub use frame::Frame;
-pub use lmm::{fit_lmm, likelihood_ratio_test, LmmFit, LmmOptions, TermData};
+pub use lmm::{fit_lmm, likelihood_ratio_test, Convergence, LmmFit, LmmOptions, Optimizer, TermData};
 
 use crate::Result;
 

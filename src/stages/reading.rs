@@ -34,8 +34,9 @@ use crate::sae::evidence::FeatureSummary;
 use crate::store::artifacts::{file_digest, ArtifactId, KeyBuilder};
 use crate::{Error, Result};
 
-const REV_READING_BASE: u32 = 1;
-const REV_READING_LAYER: u32 = 1;
+/// Revisions: 2 — the mixed models are fitted by BOBYQA with lme4's convergence checks.
+const REV_READING_BASE: u32 = 2;
+const REV_READING_LAYER: u32 = 2;
 
 /// One fitted model, for the coefficient and variance tables.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -314,3 +314,182 @@ fn bad_input_is_named_and_missing_values_are_counted_not_dropped_silently() {
     assert_eq!(excluded[0][1].as_u64().unwrap() as usize, n_na);
     assert_eq!(fit["n_obs"].as_u64().unwrap() as usize, 300 - n_na);
 }
+
+/// Log reading times of the kind the optimizer used to crawl on: an uncentred predictor with an SD
+/// of several units (`surp` ~ N(8, 3²)) and a by-subject random slope of it whose SD (`slope_sd`)
+/// is small in the predictor's units but large in effect (0.029 · 3 against a residual SD of
+/// 0.25), correlated −0.2 with the intercept (SD 0.18); items SD 0.05; `len`, `freq` item-level.
+/// 60 subjects × 500 items, each pair observed with probability ½. `item_slope_sd` > 0 adds a
+/// by-item slope of `surp`.
+fn simulate_log_rt(path: &Path, slope_sd: f64, item_slope_sd: f64, seed: u64) -> usize {
+    let mut rng = SplitMix64::new(seed);
+    let (n_subj, n_item) = (60, 500);
+    let subj: Vec<(f64, f64)> = (0..n_subj)
+        .map(|_| {
+            let (z1, z2) = (rng.normal(), rng.normal());
+            (0.18 * z1, slope_sd * (-0.2 * z1 + (1.0f64 - 0.04).sqrt() * z2))
+        })
+        .collect();
+    let item: Vec<(f64, f64, f64, f64)> = (0..n_item)
+        .map(|_| {
+            let len = (5.0 + 2.0 * rng.normal()).round().max(1.0);
+            let freq = 10.0 + 2.0 * rng.normal();
+            (0.05 * rng.normal(), item_slope_sd * rng.normal(), len, freq)
+        })
+        .collect();
+    let mut csv = String::from("subject,item,len,freq,surp,y\n");
+    let mut n = 0;
+    for (s, &(b0, b1)) in subj.iter().enumerate() {
+        for (i, &(c0, c1, len, freq)) in item.iter().enumerate() {
+            if rng.next_f64() >= 0.5 {
+                continue;
+            }
+            let surp = 8.0 + 3.0 * rng.normal();
+            let y =
+                5.8 + 0.01 * len - 0.02 * freq + 0.02 * surp + b0 + b1 * surp + c0 + c1 * surp + 0.25 * rng.normal();
+            writeln!(csv, "s{s},i{i},{len},{freq:.6},{surp:.6},{y:.6}").unwrap();
+            n += 1;
+        }
+    }
+    std::fs::write(path, csv).unwrap();
+    n
+}
+
+/// lme4 with its optimizer converged tightly; per model: logLik, fixed effects, variance
+/// components, σ², the evaluations and lme4's own singularity verdict.
+const R_FIT_CASES: &str = r#"
+suppressMessages(library(lme4))
+args <- commandArgs(TRUE)
+ctl <- lmerControl(optimizer = "bobyqa", optCtrl = list(rhoend = 1e-11, maxfun = 1e5))
+for (k in seq(1, length(args), by = 3)) {
+  tag <- args[k]; d <- read.csv(args[k + 1]); d$subject <- factor(d$subject); d$item <- factor(d$item)
+  m <- suppressMessages(suppressWarnings(lmer(as.formula(args[k + 2]), data = d, REML = FALSE, control = ctl)))
+  cat(tag, "loglik", sprintf("%.10f", as.numeric(logLik(m))), "\n")
+  fe <- fixef(m); for (n in names(fe)) cat(tag, "fixef", n, sprintf("%.12g", fe[[n]]), "\n")
+  vc <- VarCorr(m)
+  for (g in names(vc)) { v <- vc[[g]]; for (i in seq_len(nrow(v))) for (j in seq_len(i))
+    cat(tag, "vc", g, rownames(v)[i], colnames(v)[j], sprintf("%.12g", v[i, j]), "\n") }
+  cat(tag, "sigma2", sprintf("%.12g", sigma(m)^2), "\n")
+  cat(tag, "feval", m@optinfo$feval, "\n")
+  cat(tag, "singular", isSingular(m), "\n")
+}
+"#;
+
+#[test]
+fn a_large_slope_variance_a_vanishing_one_and_crossed_slopes_converge_to_lme4s_optimum() {
+    let dir = tempfile::tempdir().unwrap();
+    let large = dir.path().join("large.csv");
+    let singular = dir.path().join("singular.csv");
+    let boundary = dir.path().join("boundary.csv");
+    let crossed = dir.path().join("crossed.csv");
+    let n = simulate_log_rt(&large, 0.029, 0.0, 7);
+    // no slope variance: estimated small but positive from seed 8, exactly at 0 from seed 16
+    simulate_log_rt(&singular, 0.0, 0.0, 8);
+    simulate_log_rt(&boundary, 0.0, 0.0, 16);
+    simulate_log_rt(&crossed, 0.029, 0.01, 9);
+    assert!(n > 12_000, "{n} rows");
+    let slope = "y ~ len + freq + surp + (1 + surp | subject) + (1 | item)";
+    let cases = [
+        ("large", &large, slope),
+        ("singular", &singular, slope),
+        ("boundary", &boundary, slope),
+        (
+            "crossed",
+            &crossed,
+            "y ~ len + freq + surp + (1 + surp | subject) + (1 + surp | item)",
+        ),
+    ];
+    let mut r = rscript();
+    r.arg("-e").arg(R_FIT_CASES);
+    for (tag, data, formula) in &cases {
+        r.arg(tag).arg(data).arg(formula);
+    }
+    let r = r.output().expect("Rscript runs (run `make setup`)");
+    assert!(
+        r.status.success(),
+        "R/lme4 failed (run `make setup`):\n{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    let r_out = String::from_utf8_lossy(&r.stdout).to_string();
+    for (tag, data, formula) in &cases {
+        let out = dir.path().join(tag);
+        let fit = cortexflow_fit(data, formula, &out, None);
+        let conv = &fit["convergence"];
+        let evals = fit["deviance_evaluations"].as_u64().unwrap();
+        let (fixed, random) = read_tables(&out);
+        let lines: Vec<Vec<&str>> = r_out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{tag} ")))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let get = |what: &str| lines.iter().find(|p| p[1] == what).map(|p| p[2]).unwrap();
+        let ll_r: f64 = get("loglik").parse().unwrap();
+        let ll = fit["log_likelihood"].as_f64().unwrap();
+        println!(
+            "{tag}: logLik lme4 {ll_r:.8} cortexflow {ll:.8} (Δ {:+.2e}); evaluations cortexflow {evals} ({}) / lme4 {} \
+             (rhoend 1e-11); max|grad| {}; singular cortexflow {} / lme4 {}; {}",
+            ll - ll_r,
+            fit["optimizer"],
+            get("feval"),
+            conv["max_grad"],
+            conv["singular"],
+            get("singular"),
+            conv["messages"]
+        );
+        assert!((ll - ll_r).abs() <= 1e-6, "{tag}: logLik {ll} vs lme4 {ll_r}");
+        assert_eq!(fit["converged"], true, "{tag}: {conv}");
+        assert!(evals < 1_000, "{tag}: {evals} evaluations");
+        let r_singular = get("singular") == "TRUE";
+        assert_eq!(
+            r_singular,
+            *tag == "boundary",
+            "{tag}: the cases cover a singular fit and no other"
+        );
+        assert_eq!(conv["singular"].as_bool().unwrap(), r_singular, "{tag}: {conv}");
+        let sigma2_r: f64 = get("sigma2").parse().unwrap();
+        assert!(rel(random["Residual"], sigma2_r, sigma2_r) <= 1e-4, "{tag}: σ²");
+        for p in lines.iter().filter(|p| p[1] == "fixef") {
+            let v: f64 = p[3].parse().unwrap();
+            assert!(
+                rel(fixed[p[2]], v, v) <= 1e-4,
+                "{tag}: fixed effect {} {} vs lme4 {v}",
+                p[2],
+                fixed[p[2]]
+            );
+        }
+        // variance components: within 1e-4 of √(var_i var_j); a variance lme4 puts at 0 (a
+        // singular fit) has no scale of its own, so the floor is 1e-4 of the residual variance
+        let var = |g: &str, e: &str| -> f64 {
+            lines
+                .iter()
+                .find(|p| p[1] == "vc" && p[2] == g && p[3] == e && p[4] == e)
+                .map(|p| p[5].parse::<f64>().unwrap())
+                .unwrap()
+        };
+        let mut n_vc = 0;
+        for p in lines.iter().filter(|p| p[1] == "vc") {
+            let key = format!("{}/{}/{}", p[2], p[3], p[4]);
+            let v: f64 = p[5].parse().unwrap();
+            let ours = *random
+                .get(&key)
+                .unwrap_or_else(|| panic!("{tag}: no {key} in {random:?}"));
+            let mut scale = (var(p[2], p[3]) * var(p[2], p[4])).sqrt().max(1e-4 * sigma2_r);
+            if r_singular {
+                // on the boundary the likelihood is flat along the degenerate direction (a slope
+                // of variance ~1e-8 perfectly correlated with the intercept): both tools agree on
+                // the log-likelihood to 1e-8, and the components to 1e-4 of the group's largest
+                // variance
+                let group_max = lines
+                    .iter()
+                    .filter(|q| q[1] == "vc" && q[2] == p[2] && q[3] == q[4])
+                    .map(|q| q[5].parse::<f64>().unwrap())
+                    .fold(0.0, f64::max);
+                scale = scale.max(group_max);
+            }
+            println!("{tag}: {key}: lme4 {v:.8e} cortexflow {ours:.8e}");
+            assert!(rel(ours, v, scale) <= 1e-4, "{tag}: {key} {ours} vs lme4 {v}");
+            n_vc += 1;
+        }
+        assert!(n_vc >= 4, "{tag}: {n_vc} variance components");
+    }
+}
