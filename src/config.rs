@@ -562,124 +562,22 @@ impl Plan {
         Self::from_file(file, path)
     }
 
+    /// Validates a parsed pipeline file: each section by its own function below, in the order
+    /// the data flow (paths, model, SAE, then either the reading inputs or stories → responses →
+    /// languages → encoding → taxonomy → summary). Nothing is computed or written.
     pub fn from_file(mut file: PipelineFile, path: &Path) -> Result<Plan> {
-        let data_root = match &file.data_root {
-            Some(p) => p.clone(),
-            None => crate::paths::data_root().ok_or_else(|| {
-                invalid(
-                    path,
-                    "data-root",
-                    "no data root: set `data-root`, CORTEXFLOW_DATA, or place the data at ../shared/data",
-                )
-            })?,
-        };
-        if !data_root.is_dir() {
-            return Err(invalid(
-                path,
-                "data-root",
-                format!("{} is not a folder", data_root.display()),
-            ));
-        }
+        let data_root = resolve_data_root(&file, path)?;
         let output = file
             .output
             .clone()
             .unwrap_or_else(|| PathBuf::from("runs").join(&file.name));
         let store = file.store.clone().unwrap_or_else(|| output.join("store"));
+        let (model_dir, n_layers, d_model, layers) = resolve_model(&file, path)?;
+        check_model_settings(&file, path)?;
+        let corpus = corpus_files(&file, &data_root, path)?;
+        check_sae(&file, &data_root, d_model, &layers, path)?;
 
-        // ---- model: layer range from the manifest, or from the default GGUF's header
-        let (model_dir, n_layers, d_model) = if file.model.dir == crate::paths::GEMMA_MODEL {
-            // the multilingual model, imported into the cache on first use
-            let dir = crate::lm::ensure_gemma_model()?;
-            let m = crate::lm::Manifest::load(&dir)?;
-            (Some(dir), m.n_layers, m.d_model)
-        } else if file.model.dir == "default" {
-            let dir = crate::paths::default_model_dir();
-            match crate::lm::Manifest::load(&dir) {
-                Ok(m) => (None, m.n_layers, m.d_model),
-                Err(_) => {
-                    let g = crate::lm::gguf::Gguf::open(&crate::paths::default_gguf()?)?;
-                    let c = crate::lm::import::LlamaConfig::from_gguf(&g)?;
-                    (None, c.n_layers, c.d_model)
-                }
-            }
-        } else {
-            let dir = PathBuf::from(&file.model.dir);
-            let m = crate::lm::Manifest::load(&dir)?;
-            (Some(dir), m.n_layers, m.d_model)
-        };
-        let layers = match &file.model.layers {
-            Some(l) => l.clone(),
-            None => (0..=n_layers).step_by(3).collect(),
-        };
-        if layers.is_empty() {
-            return Err(invalid(path, "model.layers", "no layers chosen"));
-        }
-        for &l in &layers {
-            if l > n_layers {
-                return Err(invalid(
-                    path,
-                    "model.layers",
-                    crate::lm::runtime::layer_error(l, n_layers),
-                ));
-            }
-        }
-        file.model
-            .pooling
-            .parse::<crate::lm::Pooling>()
-            .map_err(|e| invalid(path, "model.pooling", e))?;
-        if file.model.min_context + 2 > file.model.window {
-            return Err(invalid(
-                path,
-                "model.min-context",
-                "must be at least 2 smaller than `window`",
-            ));
-        }
-        if file.model.batch_size == 0 {
-            return Err(invalid(path, "model.batch-size", "must be at least 1"));
-        }
-
-        let mut corpus = Vec::new();
-        for c in &file.sae.corpus {
-            let p = data_root.join(c);
-            if !p.is_file() {
-                return Err(invalid(path, "sae.corpus", format!("{} does not exist", p.display())));
-            }
-            corpus.push(p);
-        }
-
-        let sae = &file.sae;
-        match sae.architecture.as_str() {
-            "relu" => {}
-            "topk" => {
-                let k = sae.k.unwrap_or(crate::sae::TopKTrainConfig::default().k);
-                let d_sae = sae.expansion * d_model;
-                if k == 0 || k > d_sae {
-                    return Err(invalid(
-                        path,
-                        "sae.k",
-                        format!("k = {k} must be between 1 and the number of features ({d_sae})"),
-                    ));
-                }
-            }
-            other => {
-                return Err(invalid(
-                    path,
-                    "sae.architecture",
-                    format!("unknown SAE architecture `{other}` (relu, topk)"),
-                ))
-            }
-        }
-        if let Some(pattern) = &sae.pretrained {
-            for &l in &layers {
-                let dir = pretrained_dir(&data_root, pattern, l);
-                let loaded = crate::sae::load_sae(&dir).map_err(|e| invalid(path, "sae.pretrained", e))?;
-                loaded
-                    .check_input(d_model)
-                    .map_err(|e| invalid(path, "sae.pretrained", format!("layer {l}: {e}")))?;
-            }
-        }
-
-        // ---- a reading-time pipeline: stories and reading times from [reading]
+        // a reading-time pipeline: stories and reading times from [reading]
         if let Some(section) = file.reading.clone() {
             if file.fmri.is_some() || !file.stories.is_empty() {
                 return Err(invalid(
@@ -688,27 +586,21 @@ impl Plan {
                     "a reading-time pipeline takes its stories from [reading]; remove [fmri] and [[story]]",
                 ));
             }
-            let inputs = crate::reading::section::load_inputs(&data_root, &section, path)?;
-            let stories = inputs
-                .stories
-                .iter()
-                .map(|s| {
-                    let cfg = StorySection {
-                        id: s.id.clone(),
-                        language: s.language.clone(),
-                        stimulus: section.words.clone(),
-                        tier: None,
-                        run: None,
-                        run_column: None,
-                        word_column: None,
-                        skip_empty_words: false,
-                        n_trs: 0,
-                        tr_s: 0.0,
-                        t0_s: 0.0,
-                    };
-                    (cfg, s.clone())
-                })
-                .collect();
+            // the content id is taken before and after the files are read: a file replaced while
+            // it was read (e.g. under `watch`) is an error now and read again at the next poll, so
+            // the inputs are always the data their id names
+            let before = reading_data_id(&data_root, &section)?;
+            let mut inputs = crate::reading::section::load_inputs(&data_root, &section, path)?;
+            let after = reading_data_id(&data_root, &section)?;
+            if before != after {
+                return Err(invalid(
+                    path,
+                    "reading",
+                    "a reading-data file changed while it was being read; read it again once it is written",
+                ));
+            }
+            inputs.data_id = after;
+            let stories = reading_stories(&section, &inputs);
             // the shared dataflow runs LM → SAE → codes only: no designs or encoding fits
             file.encoding.feature_sets.clear();
             return Ok(Plan {
@@ -727,322 +619,15 @@ impl Plan {
                 file,
             });
         }
+        let stories = load_stories(&file, &data_root, path)?;
         // without [fmri] (no responses, e.g. Le Petit Prince here) the run stops at the designs
-        let fmri = file.fmri.clone();
-
-        // ---- stories
-        if file.stories.is_empty() {
-            return Err(invalid(path, "story", "at least one [[story]] is needed"));
-        }
-        let mut stories = Vec::new();
-        for s in &file.stories {
-            if stories.iter().any(|(o, _): &(StorySection, Story)| o.id == s.id) {
-                return Err(invalid(path, "story.id", format!("story `{}` is declared twice", s.id)));
-            }
-            if !(s.tr_s > 0.0) || s.n_trs == 0 {
-                return Err(invalid(
-                    path,
-                    "story.tr-s",
-                    format!("story `{}`: tr-s and n-trs must be positive", s.id),
-                ));
-            }
-            if s.run_column.is_some() && s.run.is_none() {
-                return Err(invalid(
-                    path,
-                    "story.run-column",
-                    format!("story `{}`: run-column needs run (which run to read)", s.id),
-                ));
-            }
-            let opts = ReadOptions {
-                tier: s.tier.clone(),
-                language: s.language.clone(),
-                story_id: Some(s.id.clone()),
-                word_column: s.word_column.clone(),
-                skip_empty_words: s.skip_empty_words,
-                run: s.run.map(|run| stimulus::RunSelect {
-                    run,
-                    column: s.run_column.clone(),
-                }),
-                ..Default::default()
-            };
-            let story = stimulus::read_story(data_root.join(&s.stimulus), None, &opts)?;
-            if story.words.iter().any(|w| w.onset_s.is_none()) {
-                return Err(invalid(
-                    path,
-                    "story.stimulus",
-                    format!("story `{}` has words without onsets: fMRI needs timing", s.id),
-                ));
-            }
-            stories.push((s.clone(), story));
-        }
-
-        // ---- responses
-        let mut subjects = Vec::new();
-        // TRs of the shortest fitted run (the folds must fit it)
-        let mut fit_trs = stories.iter().map(|(s, _)| s.n_trs).min().unwrap_or(0);
-        if let Some(fmri) = &fmri {
-            let per_story = fmri.subjects.contains("{story}");
-            let recorded: Vec<&(StorySection, Story)> =
-                match (&fmri.story, per_story) {
-                    (Some(_), true) => {
-                        return Err(invalid(
-                            path,
-                            "fmri.story",
-                            "leave it out when fmri.subjects has `{story}` (every story has its own files)",
-                        ))
-                    }
-                    (None, false) => return Err(invalid(
-                        path,
-                        "fmri.story",
-                        "missing: name the story the responses were recorded for, or put `{story}` in fmri.subjects",
-                    )),
-                    (None, true) => stories.iter().collect(),
-                    (Some(id), false) => match stories.iter().find(|(s, _)| &s.id == id) {
-                        Some(s) => vec![s],
-                        None => return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{id}`"))),
-                    },
-                };
-            let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
-            let mut trs = Vec::new();
-            for (story_cfg, _) in recorded {
-                let pattern = fmri.subjects.replace("{story}", &story_cfg.id);
-                let matched = match per_story {
-                    // a story without files has no responses (e.g. a run a subject missed)
-                    true => match_subjects(&data_root, &pattern).unwrap_or_default(),
-                    false => match_subjects(&data_root, &pattern)?,
-                };
-                for (id, p) in matched {
-                    if fmri.exclude_subjects.contains(&id)
-                        || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
-                    {
-                        continue;
-                    }
-                    let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
-                    table.subject = id.clone();
-                    trs.push(story_cfg.n_trs);
-                    subjects.push(SubjectInput {
-                        id,
-                        story: story_cfg.id.clone(),
-                        path: p,
-                        table,
-                    });
-                }
-            }
-            if subjects.is_empty() {
-                return Err(invalid(
-                    path,
-                    "fmri.subjects",
-                    format!("no file matches `{}` under {}", fmri.subjects, data_root.display()),
-                ));
-            }
-            fit_trs = trs.into_iter().min().unwrap_or(fit_trs);
-        }
-        if let Some(sim) = &file.simulate {
-            if fmri.is_some() {
-                return Err(invalid(
-                    path,
-                    "simulate",
-                    "a pipeline takes recorded ([fmri]) or simulated ([simulate]) responses, not both",
-                ));
-            }
-            if sim.subjects == 0 || sim.targets == 0 {
-                return Err(invalid(
-                    path,
-                    "simulate.subjects",
-                    "subjects and targets must be at least 1",
-                ));
-            }
-            if !(sim.snr > 0.0 && sim.snr.is_finite()) {
-                return Err(invalid(
-                    path,
-                    "simulate.snr",
-                    format!("must be positive and finite, found {}", sim.snr),
-                ));
-            }
-            if !(0.0..1.0).contains(&sim.noise_ar1) {
-                return Err(invalid(
-                    path,
-                    "simulate.noise-ar1",
-                    format!("must be in [0, 1), found {}", sim.noise_ar1),
-                ));
-            }
-        }
-        if fmri.is_none() && file.simulate.is_none() && file.taxonomy.is_some() {
-            return Err(invalid(
-                path,
-                "taxonomy",
-                "needs responses: add an [fmri] (or a [simulate]) section",
-            ));
-        }
-
-        // ---- languages: SAEs per language, or one shared by all
+        let (subjects, fit_trs) = load_responses(&file, &stories, &data_root, path)?;
+        check_simulate(&file, path)?;
         let languages: BTreeSet<&str> = stories.iter().map(|(s, _)| s.language.as_str()).collect();
-        if file.sae.per_language && !file.sae.include_stimulus && file.sae.pretrained.is_none() {
-            let corpus_language = stories.first().map(|(s, _)| s.language.as_str());
-            if let Some(l) = languages
-                .iter()
-                .find(|l| corpus.is_empty() || Some(**l) != corpus_language)
-            {
-                return Err(invalid(
-                    path,
-                    "sae.include-stimulus",
-                    format!(
-                        "the per-language SAE of `{l}` would have no training text: the corpus is in the first \
-                         story's language ({}); set include-stimulus = true or per-language = false",
-                        corpus_language.unwrap_or("none")
-                    ),
-                ));
-            }
-        }
-        if !file.sae.per_language && languages.len() > 1 && file.taxonomy.is_some() {
-            return Err(invalid(
-                path,
-                "sae.per-language",
-                format!(
-                    "the taxonomy labels features with one language's lexicon; with stories in {} \
-                     keep per-language = true",
-                    languages.iter().copied().collect::<Vec<_>>().join(", ")
-                ),
-            ));
-        }
-
-        // ---- encoding parameters
-        let e = &file.encoding;
-        if e.n_alphas == 0 || e.alpha_max_exp < e.alpha_min_exp {
-            return Err(invalid(path, "encoding.n-alphas", "the α grid is empty"));
-        }
-        if e.outer_folds < 2 || e.inner_folds < 2 {
-            return Err(invalid(
-                path,
-                "encoding.outer-folds",
-                "outer and inner folds must be at least 2",
-            ));
-        }
-        let fold = fit_trs / e.outer_folds;
-        if fold <= 2 * e.gap_trs {
-            return Err(invalid(
-                path,
-                "encoding.gap-trs",
-                format!("folds of ~{fold} TRs cannot keep a gap of {} TRs", e.gap_trs),
-            ));
-        }
-        for fs in &e.feature_sets {
-            if !fs.is_configurable() {
-                return Err(invalid(
-                    path,
-                    "encoding.feature-sets",
-                    format!("unknown feature set `{fs}` (raw, sae, sae-recon, controls)"),
-                ));
-            }
-        }
-        if e.feature_sets.contains(&FeatureSet::Controls) {
-            for lang in &languages {
-                let p = data_root.join(e.word_frequency.replace("{language}", lang));
-                if !p.is_file() {
-                    return Err(invalid(
-                        path,
-                        "encoding.word-frequency",
-                        format!(
-                            "the controls of the `{lang}` stories need a word-frequency list: {} does not exist",
-                            p.display()
-                        ),
-                    ));
-                }
-            }
-        }
-        match e.alignment.as_str() {
-            "hrf" => {}
-            "lanczos-fir" => {
-                if e.fir_delays.is_empty() || e.lanczos_window == 0 {
-                    return Err(invalid(
-                        path,
-                        "encoding.fir-delays",
-                        "lanczos-fir needs at least one FIR delay and a Lanczos window ≥ 1",
-                    ));
-                }
-            }
-            other => {
-                return Err(invalid(
-                    path,
-                    "encoding.alignment",
-                    format!("unknown alignment `{other}` (hrf, lanczos-fir)"),
-                ))
-            }
-        }
+        check_languages(&file, &stories, &languages, &corpus, path)?;
+        check_encoding(&file, &data_root, &languages, fit_trs, path)?;
         if let Some(t) = &file.taxonomy {
-            if !e.feature_sets.contains(&FeatureSet::Sae) {
-                return Err(invalid(
-                    path,
-                    "taxonomy",
-                    "needs the \"sae\" feature set in encoding.feature-sets",
-                ));
-            }
-            if t.random_seeds < 10 {
-                return Err(invalid(
-                    path,
-                    "taxonomy.random-seeds",
-                    "at least 10 seeds (METHOD.md §6)",
-                ));
-            }
-            if t.permutations < 100 || !(0.0..1.0).contains(&t.fdr) {
-                return Err(invalid(path, "taxonomy", "permutations ≥ 100 and fdr in (0, 1)"));
-            }
-            for p in [&t.closed_class, &t.concreteness, &t.binder] {
-                if !p.is_empty() && !data_root.join(p).is_file() {
-                    return Err(invalid(
-                        path,
-                        "taxonomy",
-                        format!("{} not found", data_root.join(p).display()),
-                    ));
-                }
-            }
-            for p in [&t.seed_lexicon, &t.prediction].into_iter().flatten() {
-                if !p.is_file() {
-                    return Err(invalid(path, "taxonomy", format!("{} not found", p.display())));
-                }
-            }
-            for l in &languages {
-                if let Some(p) = t.labels_for(l).filter(|p| !p.is_file()) {
-                    return Err(invalid(
-                        path,
-                        "taxonomy.labels",
-                        format!("{} not found (the labels of the `{l}` SAEs)", p.display()),
-                    ));
-                }
-            }
-            if let Some(delta) = t.prediction_error_delta {
-                if delta == 0 || !e.feature_sets.contains(&FeatureSet::Raw) {
-                    return Err(invalid(
-                        path,
-                        "taxonomy.prediction-error-delta",
-                        "needs Δ ≥ 1 and the \"raw\" feature set in encoding.feature-sets (raw + ε is compared with raw)",
-                    ));
-                }
-                if let Some(layers) = &file.model.layers {
-                    if !layers
-                        .iter()
-                        .any(|l| l.checked_sub(delta).is_some_and(|p| layers.contains(&p)))
-                    {
-                        return Err(invalid(
-                            path,
-                            "taxonomy.prediction-error-delta",
-                            format!(
-                                "no analysed layer ℓ has layer ℓ − {delta} analysed too (model.layers = {layers:?})"
-                            ),
-                        ));
-                    }
-                }
-            }
-            let rois = &file.fmri.as_ref().map(|f| f.rois.clone()).unwrap_or_default();
-            for roi in t.regions.keys() {
-                if !rois.contains(roi) {
-                    return Err(invalid(
-                        path,
-                        "taxonomy.regions",
-                        format!("`{roi}` is not one of fmri.rois {rois:?}"),
-                    ));
-                }
-            }
+            check_taxonomy(t, &file, &data_root, &languages, path)?;
         }
         if file.summary.n_boot == 0 || !(0.0..1.0).contains(&file.summary.ci_level) {
             return Err(invalid(
@@ -1114,6 +699,553 @@ impl Plan {
     pub fn story(&self, id: &str) -> Option<&(StorySection, Story)> {
         self.stories.iter().find(|(s, _)| s.id == id)
     }
+}
+
+/// The data root: `data-root`, else CORTEXFLOW_DATA or ../shared/data.
+fn resolve_data_root(file: &PipelineFile, path: &Path) -> Result<PathBuf> {
+    let data_root = match &file.data_root {
+        Some(p) => p.clone(),
+        None => crate::paths::data_root().ok_or_else(|| {
+            invalid(
+                path,
+                "data-root",
+                "no data root: set `data-root`, CORTEXFLOW_DATA, or place the data at ../shared/data",
+            )
+        })?,
+    };
+    if !data_root.is_dir() {
+        return Err(invalid(
+            path,
+            "data-root",
+            format!("{} is not a folder", data_root.display()),
+        ));
+    }
+    Ok(data_root)
+}
+
+/// The model folder (None: the default model), its depth and width, and the analysed layers
+/// (default: every 3rd), from the manifest or the default GGUF's header.
+fn resolve_model(file: &PipelineFile, path: &Path) -> Result<(Option<PathBuf>, usize, usize, Vec<usize>)> {
+    let (model_dir, n_layers, d_model) = if file.model.dir == crate::paths::GEMMA_MODEL {
+        // the multilingual model, imported into the cache on first use
+        let dir = crate::lm::ensure_gemma_model()?;
+        let m = crate::lm::Manifest::load(&dir)?;
+        (Some(dir), m.n_layers, m.d_model)
+    } else if file.model.dir == "default" {
+        let dir = crate::paths::default_model_dir();
+        match crate::lm::Manifest::load(&dir) {
+            Ok(m) => (None, m.n_layers, m.d_model),
+            Err(_) => {
+                let g = crate::lm::gguf::Gguf::open(&crate::paths::default_gguf()?)?;
+                let c = crate::lm::import::LlamaConfig::from_gguf(&g)?;
+                (None, c.n_layers, c.d_model)
+            }
+        }
+    } else {
+        let dir = PathBuf::from(&file.model.dir);
+        let m = crate::lm::Manifest::load(&dir)?;
+        (Some(dir), m.n_layers, m.d_model)
+    };
+    let layers = match &file.model.layers {
+        Some(l) => l.clone(),
+        None => (0..=n_layers).step_by(3).collect(),
+    };
+    if layers.is_empty() {
+        return Err(invalid(path, "model.layers", "no layers chosen"));
+    }
+    for &l in &layers {
+        if l > n_layers {
+            return Err(invalid(
+                path,
+                "model.layers",
+                crate::lm::runtime::layer_error(l, n_layers),
+            ));
+        }
+    }
+    Ok((model_dir, n_layers, d_model, layers))
+}
+
+/// Pooling, window and batch settings of `[model]`.
+fn check_model_settings(file: &PipelineFile, path: &Path) -> Result<()> {
+    file.model
+        .pooling
+        .parse::<crate::lm::Pooling>()
+        .map_err(|e| invalid(path, "model.pooling", e))?;
+    if file.model.min_context + 2 > file.model.window {
+        return Err(invalid(
+            path,
+            "model.min-context",
+            "must be at least 2 smaller than `window`",
+        ));
+    }
+    if file.model.batch_size == 0 {
+        return Err(invalid(path, "model.batch-size", "must be at least 1"));
+    }
+
+    Ok(())
+}
+
+/// The `[sae] corpus` files, each checked to exist under the data root.
+fn corpus_files(file: &PipelineFile, data_root: &Path, path: &Path) -> Result<Vec<PathBuf>> {
+    let mut corpus = Vec::new();
+    for c in &file.sae.corpus {
+        let p = data_root.join(c);
+        if !p.is_file() {
+            return Err(invalid(path, "sae.corpus", format!("{} does not exist", p.display())));
+        }
+        corpus.push(p);
+    }
+
+    Ok(corpus)
+}
+
+/// The `[sae]` architecture settings, and every pretrained SAE folder against the model's width.
+fn check_sae(file: &PipelineFile, data_root: &Path, d_model: usize, layers: &[usize], path: &Path) -> Result<()> {
+    let sae = &file.sae;
+    match sae.architecture.as_str() {
+        "relu" => {}
+        "topk" => {
+            let k = sae.k.unwrap_or(crate::sae::TopKTrainConfig::default().k);
+            let d_sae = sae.expansion * d_model;
+            if k == 0 || k > d_sae {
+                return Err(invalid(
+                    path,
+                    "sae.k",
+                    format!("k = {k} must be between 1 and the number of features ({d_sae})"),
+                ));
+            }
+        }
+        other => {
+            return Err(invalid(
+                path,
+                "sae.architecture",
+                format!("unknown SAE architecture `{other}` (relu, topk)"),
+            ))
+        }
+    }
+    if let Some(pattern) = &sae.pretrained {
+        for &l in layers {
+            let dir = pretrained_dir(data_root, pattern, l);
+            let loaded = crate::sae::load_sae(&dir).map_err(|e| invalid(path, "sae.pretrained", e))?;
+            loaded
+                .check_input(d_model)
+                .map_err(|e| invalid(path, "sae.pretrained", format!("layer {l}: {e}")))?;
+        }
+    }
+
+    Ok(())
+}
+
+/// The content id of a `[reading]` data set: the section and the bytes of every file it names.
+/// The dataflow's reading input record carries it; the reading stages' artifacts are keyed by it.
+pub fn reading_data_id(data_root: &Path, s: &crate::reading::section::ReadingSection) -> Result<String> {
+    let mut key = crate::store::artifacts::KeyBuilder::new("reading-data", 1).config("section", s);
+    let files = [
+        Some(&s.words),
+        Some(&s.rts),
+        s.parses.as_ref(),
+        Some(&s.frequency),
+        s.ngram.as_ref(),
+        s.norms.as_ref(),
+    ];
+    for f in files.into_iter().flatten() {
+        key = key.part("file", crate::store::artifacts::file_digest(&data_root.join(f))?);
+    }
+    Ok(key.finish())
+}
+
+/// The stories of a reading-time pipeline, as story sections without timing (no fMRI grid).
+fn reading_stories(
+    section: &crate::reading::section::ReadingSection,
+    inputs: &crate::reading::section::ReadingInputs,
+) -> Vec<(StorySection, Story)> {
+    inputs
+        .stories
+        .iter()
+        .map(|s| {
+            let cfg = StorySection {
+                id: s.id.clone(),
+                language: s.language.clone(),
+                stimulus: section.words.clone(),
+                tier: None,
+                run: None,
+                run_column: None,
+                word_column: None,
+                skip_empty_words: false,
+                n_trs: 0,
+                tr_s: 0.0,
+                t0_s: 0.0,
+            };
+            (cfg, s.clone())
+        })
+        .collect()
+}
+
+/// Every `[[story]]`, read and checked (unique ids, a TR grid, onsets for every word).
+fn load_stories(file: &PipelineFile, data_root: &Path, path: &Path) -> Result<Vec<(StorySection, Story)>> {
+    if file.stories.is_empty() {
+        return Err(invalid(path, "story", "at least one [[story]] is needed"));
+    }
+    let mut stories = Vec::new();
+    for s in &file.stories {
+        if stories.iter().any(|(o, _): &(StorySection, Story)| o.id == s.id) {
+            return Err(invalid(path, "story.id", format!("story `{}` is declared twice", s.id)));
+        }
+        if !(s.tr_s > 0.0) || s.n_trs == 0 {
+            return Err(invalid(
+                path,
+                "story.tr-s",
+                format!("story `{}`: tr-s and n-trs must be positive", s.id),
+            ));
+        }
+        if s.run_column.is_some() && s.run.is_none() {
+            return Err(invalid(
+                path,
+                "story.run-column",
+                format!("story `{}`: run-column needs run (which run to read)", s.id),
+            ));
+        }
+        let opts = ReadOptions {
+            tier: s.tier.clone(),
+            language: s.language.clone(),
+            story_id: Some(s.id.clone()),
+            word_column: s.word_column.clone(),
+            skip_empty_words: s.skip_empty_words,
+            run: s.run.map(|run| stimulus::RunSelect {
+                run,
+                column: s.run_column.clone(),
+            }),
+            ..Default::default()
+        };
+        let story = stimulus::read_story(data_root.join(&s.stimulus), None, &opts)?;
+        if story.words.iter().any(|w| w.onset_s.is_none()) {
+            return Err(invalid(
+                path,
+                "story.stimulus",
+                format!("story `{}` has words without onsets: fMRI needs timing", s.id),
+            ));
+        }
+        stories.push((s.clone(), story));
+    }
+
+    Ok(stories)
+}
+
+/// The `[fmri]` responses of every subject and story, read and checked, and the TRs of the
+/// shortest fitted run (the folds must fit it). Without `[fmri]`: none, and the shortest story.
+fn load_responses(
+    file: &PipelineFile,
+    stories: &[(StorySection, Story)],
+    data_root: &Path,
+    path: &Path,
+) -> Result<(Vec<SubjectInput>, usize)> {
+    let fmri = file.fmri.clone();
+    let mut subjects = Vec::new();
+    // TRs of the shortest fitted run (the folds must fit it)
+    let mut fit_trs = stories.iter().map(|(s, _)| s.n_trs).min().unwrap_or(0);
+    if let Some(fmri) = &fmri {
+        let per_story = fmri.subjects.contains("{story}");
+        let recorded: Vec<&(StorySection, Story)> =
+            match (&fmri.story, per_story) {
+                (Some(_), true) => {
+                    return Err(invalid(
+                        path,
+                        "fmri.story",
+                        "leave it out when fmri.subjects has `{story}` (every story has its own files)",
+                    ))
+                }
+                (None, false) => return Err(invalid(
+                    path,
+                    "fmri.story",
+                    "missing: name the story the responses were recorded for, or put `{story}` in fmri.subjects",
+                )),
+                (None, true) => stories.iter().collect(),
+                (Some(id), false) => match stories.iter().find(|(s, _)| &s.id == id) {
+                    Some(s) => vec![s],
+                    None => return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{id}`"))),
+                },
+            };
+        let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
+        let mut trs = Vec::new();
+        for (story_cfg, _) in recorded {
+            let pattern = fmri.subjects.replace("{story}", &story_cfg.id);
+            let matched = match per_story {
+                // a story without files has no responses (e.g. a run a subject missed)
+                true => match_subjects(data_root, &pattern).unwrap_or_default(),
+                false => match_subjects(data_root, &pattern)?,
+            };
+            for (id, p) in matched {
+                if fmri.exclude_subjects.contains(&id)
+                    || (!fmri.only_subjects.is_empty() && !fmri.only_subjects.contains(&id))
+                {
+                    continue;
+                }
+                let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
+                table.subject = id.clone();
+                trs.push(story_cfg.n_trs);
+                subjects.push(SubjectInput {
+                    id,
+                    story: story_cfg.id.clone(),
+                    path: p,
+                    table,
+                });
+            }
+        }
+        if subjects.is_empty() {
+            return Err(invalid(
+                path,
+                "fmri.subjects",
+                format!("no file matches `{}` under {}", fmri.subjects, data_root.display()),
+            ));
+        }
+        fit_trs = trs.into_iter().min().unwrap_or(fit_trs);
+    }
+    Ok((subjects, fit_trs))
+}
+
+/// `[simulate]` settings, and that a taxonomy has responses to work on.
+fn check_simulate(file: &PipelineFile, path: &Path) -> Result<()> {
+    let fmri = &file.fmri;
+    if let Some(sim) = &file.simulate {
+        if fmri.is_some() {
+            return Err(invalid(
+                path,
+                "simulate",
+                "a pipeline takes recorded ([fmri]) or simulated ([simulate]) responses, not both",
+            ));
+        }
+        if sim.subjects == 0 || sim.targets == 0 {
+            return Err(invalid(
+                path,
+                "simulate.subjects",
+                "subjects and targets must be at least 1",
+            ));
+        }
+        if !(sim.snr > 0.0 && sim.snr.is_finite()) {
+            return Err(invalid(
+                path,
+                "simulate.snr",
+                format!("must be positive and finite, found {}", sim.snr),
+            ));
+        }
+        if !(0.0..1.0).contains(&sim.noise_ar1) {
+            return Err(invalid(
+                path,
+                "simulate.noise-ar1",
+                format!("must be in [0, 1), found {}", sim.noise_ar1),
+            ));
+        }
+    }
+    if fmri.is_none() && file.simulate.is_none() && file.taxonomy.is_some() {
+        return Err(invalid(
+            path,
+            "taxonomy",
+            "needs responses: add an [fmri] (or a [simulate]) section",
+        ));
+    }
+
+    Ok(())
+}
+
+/// SAEs per language, or one shared by all: each language's SAE must have training text, and a
+/// taxonomy needs per-language SAEs when the stories have several languages.
+fn check_languages(
+    file: &PipelineFile,
+    stories: &[(StorySection, Story)],
+    languages: &BTreeSet<&str>,
+    corpus: &[PathBuf],
+    path: &Path,
+) -> Result<()> {
+    if file.sae.per_language && !file.sae.include_stimulus && file.sae.pretrained.is_none() {
+        let corpus_language = stories.first().map(|(s, _)| s.language.as_str());
+        if let Some(l) = languages
+            .iter()
+            .find(|l| corpus.is_empty() || Some(**l) != corpus_language)
+        {
+            return Err(invalid(
+                path,
+                "sae.include-stimulus",
+                format!(
+                    "the per-language SAE of `{l}` would have no training text: the corpus is in the first \
+                     story's language ({}); set include-stimulus = true or per-language = false",
+                    corpus_language.unwrap_or("none")
+                ),
+            ));
+        }
+    }
+    if !file.sae.per_language && languages.len() > 1 && file.taxonomy.is_some() {
+        return Err(invalid(
+            path,
+            "sae.per-language",
+            format!(
+                "the taxonomy labels features with one language's lexicon; with stories in {} \
+                 keep per-language = true",
+                languages.iter().copied().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+
+    Ok(())
+}
+
+/// `[encoding]`: the α grid, folds that fit the shortest run with their gaps, feature sets, the
+/// controls' frequency lists, the alignment.
+fn check_encoding(
+    file: &PipelineFile,
+    data_root: &Path,
+    languages: &BTreeSet<&str>,
+    fit_trs: usize,
+    path: &Path,
+) -> Result<()> {
+    let e = &file.encoding;
+    if e.n_alphas == 0 || e.alpha_max_exp < e.alpha_min_exp {
+        return Err(invalid(path, "encoding.n-alphas", "the α grid is empty"));
+    }
+    if e.outer_folds < 2 || e.inner_folds < 2 {
+        return Err(invalid(
+            path,
+            "encoding.outer-folds",
+            "outer and inner folds must be at least 2",
+        ));
+    }
+    let fold = fit_trs / e.outer_folds;
+    if fold <= 2 * e.gap_trs {
+        return Err(invalid(
+            path,
+            "encoding.gap-trs",
+            format!("folds of ~{fold} TRs cannot keep a gap of {} TRs", e.gap_trs),
+        ));
+    }
+    for fs in &e.feature_sets {
+        if !fs.is_configurable() {
+            return Err(invalid(
+                path,
+                "encoding.feature-sets",
+                format!("unknown feature set `{fs}` (raw, sae, sae-recon, controls)"),
+            ));
+        }
+    }
+    if e.feature_sets.contains(&FeatureSet::Controls) {
+        for lang in languages {
+            let p = data_root.join(e.word_frequency.replace("{language}", lang));
+            if !p.is_file() {
+                return Err(invalid(
+                    path,
+                    "encoding.word-frequency",
+                    format!(
+                        "the controls of the `{lang}` stories need a word-frequency list: {} does not exist",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+    }
+    match e.alignment.as_str() {
+        "hrf" => {}
+        "lanczos-fir" => {
+            if e.fir_delays.is_empty() || e.lanczos_window == 0 {
+                return Err(invalid(
+                    path,
+                    "encoding.fir-delays",
+                    "lanczos-fir needs at least one FIR delay and a Lanczos window ≥ 1",
+                ));
+            }
+        }
+        other => {
+            return Err(invalid(
+                path,
+                "encoding.alignment",
+                format!("unknown alignment `{other}` (hrf, lanczos-fir)"),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// `[taxonomy]`: it needs SAE designs, ≥ 10 random seeds, its files, labels for every language,
+/// a prediction-error Δ that pairs analysed layers, regions that are ROIs.
+fn check_taxonomy(
+    t: &TaxonomySection,
+    file: &PipelineFile,
+    data_root: &Path,
+    languages: &BTreeSet<&str>,
+    path: &Path,
+) -> Result<()> {
+    let e = &file.encoding;
+    if !e.feature_sets.contains(&FeatureSet::Sae) {
+        return Err(invalid(
+            path,
+            "taxonomy",
+            "needs the \"sae\" feature set in encoding.feature-sets",
+        ));
+    }
+    if t.random_seeds < 10 {
+        return Err(invalid(
+            path,
+            "taxonomy.random-seeds",
+            "at least 10 seeds (METHOD.md §6)",
+        ));
+    }
+    if t.permutations < 100 || !(0.0..1.0).contains(&t.fdr) {
+        return Err(invalid(path, "taxonomy", "permutations ≥ 100 and fdr in (0, 1)"));
+    }
+    for p in [&t.closed_class, &t.concreteness, &t.binder] {
+        if !p.is_empty() && !data_root.join(p).is_file() {
+            return Err(invalid(
+                path,
+                "taxonomy",
+                format!("{} not found", data_root.join(p).display()),
+            ));
+        }
+    }
+    for p in [&t.seed_lexicon, &t.prediction].into_iter().flatten() {
+        if !p.is_file() {
+            return Err(invalid(path, "taxonomy", format!("{} not found", p.display())));
+        }
+    }
+    for l in languages {
+        if let Some(p) = t.labels_for(l).filter(|p| !p.is_file()) {
+            return Err(invalid(
+                path,
+                "taxonomy.labels",
+                format!("{} not found (the labels of the `{l}` SAEs)", p.display()),
+            ));
+        }
+    }
+    if let Some(delta) = t.prediction_error_delta {
+        if delta == 0 || !e.feature_sets.contains(&FeatureSet::Raw) {
+            return Err(invalid(
+                path,
+                "taxonomy.prediction-error-delta",
+                "needs Δ ≥ 1 and the \"raw\" feature set in encoding.feature-sets (raw + ε is compared with raw)",
+            ));
+        }
+        if let Some(layers) = &file.model.layers {
+            if !layers
+                .iter()
+                .any(|l| l.checked_sub(delta).is_some_and(|p| layers.contains(&p)))
+            {
+                return Err(invalid(
+                    path,
+                    "taxonomy.prediction-error-delta",
+                    format!(
+                        "no analysed layer ℓ has layer ℓ − {delta} analysed too (model.layers = {layers:?})"
+                    ),
+                ));
+            }
+        }
+    }
+    let rois = &file.fmri.as_ref().map(|f| f.rois.clone()).unwrap_or_default();
+    for roi in t.regions.keys() {
+        if !rois.contains(roi) {
+            return Err(invalid(
+                path,
+                "taxonomy.regions",
+                format!("`{roi}` is not one of fmri.rois {rois:?}"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The folder of a pretrained SAE for `layer`: `pattern` with `{layer}` substituted, relative to

@@ -20,7 +20,7 @@ use super::tables;
 use crate::dataflow::Snapshot;
 use crate::reading::analysis::{Comparison, FeatureEvidence};
 use crate::reading::section::ReadingInputs;
-use crate::stages::reading::{reading_inputs, FittedModel, ReadingBase, ReadingLayer};
+use crate::stages::reading::{base_inputs, FittedModel, ReadingLayer};
 use crate::stages::Ctx;
 use crate::{Error, Result};
 
@@ -40,14 +40,14 @@ pub struct ReadingResult {
 }
 
 /// The reading stages' artifacts of `snap`, assembled.
-pub fn reading_result(ctx: &Ctx, snap: &Snapshot) -> Result<ReadingResult> {
+pub fn reading_result(ctx: &Ctx, snap: &Snapshot) -> Result<(ReadingResult, Arc<ReadingInputs>)> {
     let [(_, base_id)] = snap.reading_bases.iter().collect::<Vec<_>>()[..] else {
         return Err(Error::Invalid(format!(
             "expected one reading baseline in the run's state, found {}",
             snap.reading_bases.len()
         )));
     };
-    let base: ReadingBase = ctx.store.load_json("reading-base", base_id)?;
+    let (base, inputs) = base_inputs(ctx, base_id)?;
     let mut res = ReadingResult {
         comparisons: base.comparisons,
         evidence: Vec::new(),
@@ -66,7 +66,7 @@ pub fn reading_result(ctx: &Ctx, snap: &Snapshot) -> Result<ReadingResult> {
         res.evidence.push((l.layer, l.evidence));
         res.examples.push((l.layer, l.examples));
     }
-    Ok(res)
+    Ok((res, inputs))
 }
 
 fn comparison_batch(res: &ReadingResult) -> Result<RecordBatch> {
@@ -320,8 +320,8 @@ fn examples_batch(r: &ReadingInputs, res: &ReadingResult) -> Result<RecordBatch>
 
 /// Writes every table of a reading-time run into `out`, then the plot and the report.
 pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
-    let r = reading_inputs(ctx)?;
-    let res = &reading_result(ctx, snap)?;
+    let (res, r) = &reading_result(ctx, snap)?;
+    let r = &**r;
     let tables = [
         ("reading_comparison", comparison_batch(res)?),
         ("reading_fixed", fixed_batch(res)?),

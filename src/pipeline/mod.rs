@@ -57,12 +57,15 @@ pub fn context(plan: Plan, workers: usize) -> Result<Ctx> {
     let store = ArtifactStore::open(&plan.store)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let lm_threads = plan.file.model.threads.unwrap_or((cores / workers.max(1)).max(1));
-    Ok(Ctx {
+    let ctx = Ctx {
         plan: Arc::new(plan),
         store,
         lm_threads,
         pool: None,
-    })
+        reading_data: Default::default(),
+    };
+    stages::reading::register_reading_data(&ctx, &ctx.plan)?;
+    Ok(ctx)
 }
 
 /// The plan's inputs as dataflow records, with the file each came from.

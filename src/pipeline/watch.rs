@@ -8,6 +8,12 @@
 //! After each epoch the outputs are republished ([`super::publish`]): tables, then the `changes`
 //! log, then the manifest, each file atomically. Settings changes (anything but the input lists)
 //! are not applied to a running graph: watch says so and keeps the old settings until restarted.
+//!
+//! Reading-time pipelines are watched the same way: a story added to the `[reading]` word table
+//! streams through the LM and the SAE, and any change to the reading data's files (words, reading
+//! times, parses, frequencies, norms) is a new reading-data record, registered in the context
+//! ([`crate::stages::Ctx::reading_data`]) before its epoch, so the baseline and every layer's
+//! models are refitted on the new data and the old ones retracted.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,11 +60,6 @@ fn summary_line(r: &EpochResult) -> String {
 /// told of each published update (the CLI prints it).
 pub fn watch(pipeline: &Path, opts: &WatchOptions, mut on_update: impl FnMut(&Update) + Send + 'static) -> Result<()> {
     let plan = Plan::load(pipeline)?;
-    if plan.reading.is_some() {
-        return Err(Error::Invalid(
-            "watch keeps fMRI pipelines current; run reading pipelines with `cortexflow run`".into(),
-        ));
-    }
     let ctx = context(plan, opts.workers)?;
     let _lock = incremental::lock_shared(&ctx.plan.store)?;
     let inputs = prepare_inputs(&ctx)?;
@@ -151,6 +152,12 @@ pub fn watch(pipeline: &Path, opts: &WatchOptions, mut on_update: impl FnMut(&Up
                     .into(),
             );
         }
+        // a changed [reading] data set (its files) is a new record; its stages find the new
+        // inputs in the context's registry
+        if let Err(e) = crate::stages::reading::register_reading_data(&ctx, &plan) {
+            say(format!("cannot read the reading data now ({e}); waiting for a fix"));
+            continue;
+        }
         let next = match input_records(&plan, Some(&ctx.store)) {
             Ok(i) => i,
             Err(e) => {
@@ -166,13 +173,15 @@ pub fn watch(pipeline: &Path, opts: &WatchOptions, mut on_update: impl FnMut(&Up
             v.iter().filter(|(_, d)| d.signum() == sign).count()
         }
         eprintln!(
-            "inputs changed: stories +{} −{}, responses +{} −{}, corpus +{} −{}",
+            "inputs changed: stories +{} −{}, responses +{} −{}, corpus +{} −{}, reading data +{} −{}",
             count(&epoch.stories, 1),
             count(&epoch.stories, -1),
             count(&epoch.responses, 1),
             count(&epoch.responses, -1),
             count(&epoch.corpus, 1),
-            count(&epoch.corpus, -1)
+            count(&epoch.corpus, -1),
+            count(&epoch.reading, 1),
+            count(&epoch.reading, -1)
         );
         pending
             .lock()

@@ -144,6 +144,10 @@ pub struct ReadingInputs {
     pub selection: Selection,
     pub data: ReadingData,
     pub stories: Vec<crate::stimulus::Story>,
+    /// Content id of the section and the bytes of every file it names, as they were when these
+    /// inputs were read (set by `config`, which checks that no file changed while it was read;
+    /// empty until then).
+    pub data_id: String,
 }
 
 fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
@@ -209,5 +213,6 @@ pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<R
         selection,
         stories: data.stories.clone(),
         data,
+        data_id: String::new(),
     })
 }

@@ -65,7 +65,15 @@ pub struct Ctx {
     /// The worker's own thread pool for the numerics (set by the dataflow: each of the process's
     /// workers gets its share of the cores); `None`: rayon's global pool.
     pub pool: Option<Arc<rayon::ThreadPool>>,
+    /// Reading-time inputs by reading-data id ([`reading::reading_data_id`]): the plan's, and
+    /// those `watch` registers when the `[reading]` files change, so a later epoch's stages see
+    /// the data its input record names. Shared by every clone of the context.
+    pub reading_data: ReadingRegistry,
 }
+
+/// See [`Ctx::reading_data`].
+pub type ReadingRegistry =
+    Arc<std::sync::RwLock<std::collections::BTreeMap<ArtifactId, Arc<crate::reading::section::ReadingInputs>>>>;
 
 impl Ctx {
     /// Runs `f` in the worker's thread pool (see [`Ctx::pool`]).

@@ -21,6 +21,7 @@
 //! May import: `config` (the plan's reading inputs) and everything below it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use ndarray::Array2;
@@ -31,11 +32,11 @@ use crate::reading::analysis::{self, BaseDesign, Comparison, FeatureEvidence, Se
 use crate::reading::lmm::{LmmFit, TermData};
 use crate::reading::section::ReadingInputs;
 use crate::sae::evidence::FeatureSummary;
-use crate::store::artifacts::{file_digest, ArtifactId, KeyBuilder};
+use crate::store::artifacts::{ArtifactId, KeyBuilder};
 use crate::{Error, Result};
 
 /// Revisions: 2 — the mixed models are fitted by BOBYQA with lme4's convergence checks.
-const REV_READING_BASE: u32 = 2;
+const REV_READING_BASE: u32 = 3;
 const REV_READING_LAYER: u32 = 2;
 
 /// One fitted model, for the coefficient and variance tables.
@@ -50,6 +51,9 @@ pub struct FittedModel {
 /// The baseline of a reading data set (artifact `reading-base`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReadingBase {
+    /// The reading data the baseline was fitted on ([`reading_data_id`]); the layer stages and the
+    /// tables find the inputs by it ([`Ctx::reading_data`]).
+    pub data_id: ArtifactId,
     /// The baseline in lme4 notation.
     pub formula: String,
     /// Observations left out of every model, by reason.
@@ -81,34 +85,49 @@ pub struct ReadingLayer {
     pub examples: Vec<FeatureSummary>,
 }
 
-/// The plan's reading inputs; an error naming the pipeline file when it has no `[reading]`.
-pub fn reading_inputs(ctx: &Ctx) -> Result<&ReadingInputs> {
-    ctx.plan.reading.as_ref().ok_or_else(|| {
-        Error::Invalid(format!(
-            "{}: a reading-time run needs a [reading] section",
-            ctx.plan.source.display()
-        ))
-    })
+/// The reading inputs of the reading data `data_id`, from the context's registry (the plan's own,
+/// and those `watch` registered as the files changed); an error naming the pipeline file when
+/// there are none.
+pub fn reading_inputs(ctx: &Ctx, data_id: &str) -> Result<Arc<ReadingInputs>> {
+    ctx.reading_data
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(data_id)
+        .cloned()
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: no reading data `{}` in this run (a reading-time run needs a [reading] section)",
+                ctx.plan.source.display(),
+                &data_id[..data_id.len().min(12)]
+            ))
+        })
 }
 
-/// The content id of a plan's reading data: the `[reading]` section and the bytes of every file
-/// it names. The dataflow's reading input record carries it; base and layer artifacts are keyed by it.
+/// Registers `plan`'s reading inputs in the context under their data id (so stages of a later
+/// epoch find inputs that changed after the context was made); returns the id.
+pub fn register_reading_data(ctx: &Ctx, plan: &crate::config::Plan) -> Result<Option<ArtifactId>> {
+    let (Some(r), Some(id)) = (&plan.reading, reading_data_id(plan)?) else {
+        return Ok(None);
+    };
+    ctx.reading_data
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), Arc::new(r.clone()));
+    Ok(Some(id))
+}
+
+/// The reading inputs a stored baseline was fitted on.
+pub fn base_inputs(ctx: &Ctx, base_id: &str) -> Result<(ReadingBase, Arc<ReadingInputs>)> {
+    let base: ReadingBase = ctx.store.load_json("reading-base", base_id)?;
+    let r = reading_inputs(ctx, &base.data_id)?;
+    Ok((base, r))
+}
+
+/// The content id of a plan's reading data ([`crate::config::reading_data_id`], taken when the
+/// plan was read). The dataflow's reading input record carries it; base and layer artifacts are
+/// keyed by it.
 pub fn reading_data_id(plan: &crate::config::Plan) -> Result<Option<ArtifactId>> {
-    let Some(r) = &plan.reading else { return Ok(None) };
-    let s = &r.section;
-    let mut key = KeyBuilder::new("reading-data", 1).config("section", s);
-    let files = [
-        Some(&s.words),
-        Some(&s.rts),
-        s.parses.as_ref(),
-        Some(&s.frequency),
-        s.ngram.as_ref(),
-        s.norms.as_ref(),
-    ];
-    for f in files.into_iter().flatten() {
-        key = key.part("file", file_digest(&plan.data_root.join(f))?);
-    }
-    Ok(Some(key.finish()))
+    Ok(plan.reading.as_ref().map(|r| r.data_id.clone()))
 }
 
 /// Per word: LM surprisal and next-token entropy (bits), from the LM stage's words artifacts
@@ -133,7 +152,7 @@ fn lm_word_info(ctx: &Ctx, r: &ReadingInputs, words: &BTreeMap<&str, &str>) -> R
 /// The baseline of the reading data `data_id`, from the stories' words artifacts ((story,
 /// words artifact) pairs). Returns the `reading-base` artifact id.
 pub fn base_stage(ctx: &Ctx, data_id: &str, words: &[(String, ArtifactId)]) -> Result<ArtifactId> {
-    let r = reading_inputs(ctx)?;
+    let r = &*reading_inputs(ctx, data_id)?;
     let mut key = KeyBuilder::new("reading-base", REV_READING_BASE).part("data", data_id);
     for (story, id) in words {
         key = key.part("story", story).part("words", id);
@@ -178,6 +197,7 @@ pub fn base_stage(ctx: &Ctx, data_id: &str, words: &[(String, ArtifactId)]) -> R
             });
         }
         Ok(ReadingBase {
+            data_id: data_id.to_string(),
             formula: base_formula(&base),
             exclusions,
             n_rows: base.y.len(),
@@ -227,7 +247,6 @@ fn comparison(
 /// ((story, codes artifact) pairs; stacked in the reading data's story order), `base_id` the
 /// baseline. Returns the `reading-layer` artifact id.
 pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, ArtifactId)]) -> Result<ArtifactId> {
-    let r = reading_inputs(ctx)?;
     let mut key = KeyBuilder::new("reading-layer", REV_READING_LAYER)
         .part("base", base_id)
         .config("layer", &layer);
@@ -237,7 +256,8 @@ pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, Art
     let id = key.finish();
     ctx.store.json("reading-layer", &id, || {
         let started = Instant::now();
-        let base_rec: ReadingBase = ctx.store.load_json("reading-base", base_id)?;
+        let (base_rec, r) = base_inputs(ctx, base_id)?;
+        let r = &*r;
         let (base, _) = base_design(r, &base_rec.lm_surprisal)?;
         let base_fit = &base_rec.fitted[0].fit;
         let by_story: BTreeMap<&str, &str> = codes.iter().map(|(s, a)| (s.as_str(), a.as_str())).collect();

@@ -466,3 +466,88 @@ fn a_new_story_computes_only_its_lm_outputs_and_the_reading_models_and_is_logged
         "manifest: update 1, one reading data set, three stories"
     );
 }
+
+#[test]
+fn watch_follows_the_reading_word_table_and_its_outputs_equal_a_fresh_run() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    // shared with the other tests of this file: the LM outputs of stories 1–3 are computed once
+    let store = store();
+    let rts = "naturalstories/naturalstories_RTS_processed_wordinfo.tsv";
+    let sae = "corpus = [\"corpora_text/ELTeC-eng_ENG18400_Trollope.txt\"]\ncorpus-max-words = 1500\n";
+    let (two, _) = stories_subset(tmp.path(), &["1", "2"], "two.tok");
+    let (three, n_three) = stories_subset(tmp.path(), &["1", "2", "3"], "three.tok");
+    let words = tmp.path().join("words.tok");
+    std::fs::copy(&two, &words).unwrap();
+    let write = |out: &str| {
+        let p = pipeline_with_sae(tmp.path(), &store, out, &words, rts, "random-seeds = 1", sae);
+        let text = std::fs::read_to_string(&p)
+            .unwrap()
+            .replace("include-stimulus = true", "include-stimulus = false")
+            .replace("steps = 150", "steps = 60");
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let watched = write("watched");
+    let out = tmp.path().join("watched");
+    let epoch = || -> Option<u64> {
+        let text = std::fs::read_to_string(out.join("manifest.json")).ok()?;
+        serde_json::from_str::<serde_json::Value>(&text).ok()?["epoch"].as_u64()
+    };
+    let mut child = support::bin()
+        .args(["watch", watched.to_str().unwrap(), "--poll", "0.2", "--updates", "1", "-w", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while epoch() != Some(0) {
+        if let Some(s) = child.try_wait().unwrap() {
+            let o = child.wait_with_output().unwrap();
+            panic!("watch exited ({s}) before its first update:\n{}", String::from_utf8_lossy(&o.stderr));
+        }
+        assert!(t0.elapsed() < Duration::from_secs(900), "no first update");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // story 3 is added to the word table (written beside it, then moved in: one change)
+    let staged = tmp.path().join("words.tok.new");
+    std::fs::copy(&three, &staged).unwrap();
+    std::fs::rename(&staged, &words).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{log}");
+    assert_eq!(epoch(), Some(1), "{log}");
+    assert!(log.contains("reading data +1 −1"), "the reading data is one new record: {log}");
+
+    // the update added story 3 and refitted the reading models on the new data
+    check_schema(&out, "reading_words", Some(n_three));
+    let changes = support::run_python(
+        "import sys, json, polars as pl\n\
+         c = pl.read_parquet(sys.argv[1]).filter(pl.col('epoch') == 1)\n\
+         print(json.dumps(sorted(set((r['change'], r['kind'], r['story'] or '') for r in c.iter_rows(named=True)))))",
+        &[out.join("changes.parquet").to_str().unwrap()],
+    );
+    let rows: Vec<(String, String, String)> = serde_json::from_str(changes.trim()).unwrap();
+    let has = |change: &str, kind: &str, story: &str| rows.iter().any(|r| r.0 == change && r.1 == kind && r.2 == story);
+    assert!(has("added", "story", "3"), "{rows:?}");
+    for kind in ["reading_base", "reading"] {
+        assert!(has("added", kind, "") && has("retracted", kind, ""), "{kind}: {rows:?}");
+    }
+
+    // the watched tables equal those of a fresh run on the final word table
+    let fresh = write("fresh");
+    run(&fresh, 2);
+    let same = support::run_python(
+        "import sys, polars as pl\n\
+         a, b = sys.argv[1], sys.argv[2]\n\
+         for t in ['reading_comparison', 'reading_fixed', 'reading_words', 'reading_features']:\n\
+         \x20   print(t, pl.read_parquet(f'{a}/{t}.parquet').equals(pl.read_parquet(f'{b}/{t}.parquet')))",
+        &[out.to_str().unwrap(), tmp.path().join("fresh").to_str().unwrap()],
+    );
+    assert_eq!(
+        same.trim(),
+        "reading_comparison True\nreading_fixed True\nreading_words True\nreading_features True",
+        "{same}"
+    );
+}
