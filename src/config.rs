@@ -124,6 +124,24 @@ pub struct TaxonomySection {
     /// layer ℓ whose layer ℓ − Δ is analysed too. Default: off.
     #[serde(default)]
     pub prediction_error_delta: Option<usize>,
+    /// Dimension of the random-projection baseline: `layer` (default: the participation ratio
+    /// (Σλ)²/Σλ² of the layer's activations over the evidence words, the paper's definition, 847
+    /// for its layer) or `semantic` (the participation ratio of the semantic set's codes).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub projection_dim: ProjectionDim,
+}
+
+/// Which participation ratio sets the random-projection baseline's dimension.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectionDim {
+    #[default]
+    Layer,
+    Semantic,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl TaxonomySection {

@@ -99,8 +99,9 @@ enum Command {
     /// BOLD-like responses from given (or random) features with planted weights, HRF and noise at
     /// a chosen SNR, with the noise-free ceiling written next to them.
     Simulate(cortexflow::cli::SimulateArgs),
-    /// Subcategory × region matrices against an a priori 0/1 prediction: Spearman ρ and Mantel r
-    /// with label-permutation p and bootstrap CIs, repeated-measures interaction, BH-FDR cells and
+    /// Subcategory × region matrices against an a priori 0/1 prediction: Spearman ρ and Pearson r
+    /// (the paper's "Mantel r"), on the raw and the double-centred matrix, with label-permutation
+    /// p and bootstrap CIs, repeated-measures interaction, BH-FDR cells and
     /// their overlap with the prediction (hypergeometric, Fisher).
     Topography(cortexflow::cli::TopographyArgs),
     /// Feature labels: agreement between label sources (built-in, human raters, LLM answers), and

@@ -10,7 +10,7 @@
 //! * [`labels`]: `cortexflow labels agree` — Cohen's / Fleiss' κ between label sources;
 //!   `cortexflow labels ask` — labelling tasks answered by an OpenAI-compatible endpoint.
 //! * [`topography`]: `cortexflow topography` — subcategory × region matrices against an a priori
-//!   0/1 prediction (ρ, Mantel, interaction F, FDR cells, hypergeometric / Fisher overlap).
+//!   0/1 prediction (ρ and Pearson r, raw and double-centred, interaction F, FDR cells, hypergeometric / Fisher overlap).
 //!
 //! May import: everything (`pipeline`, `outputs`, the analyses …): it is the top layer, with `main.rs`.
 

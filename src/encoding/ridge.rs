@@ -25,6 +25,7 @@ use faer::{Accum, Mat, MatRef, Par};
 use faer_ext::IntoFaer;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use super::folds::{block_folds_within, check_folds, Fold};
 use crate::stats::{pearson, zscore_columns};
@@ -645,6 +646,47 @@ pub fn ridge_cv_method(
     })
 }
 
+/// [`ridge_cv_with`] for several criteria at once (same folds, factorizations and predictions):
+/// the chosen penalty index per target for each criterion, in `criteria`'s order, and the refit
+/// path on all rows. With one criterion the choice equals [`ridge_cv_with`]'s.
+pub fn ridge_cv_criteria(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criteria: &[AlphaCriterion],
+) -> Result<(Vec<Vec<usize>>, RidgePath)> {
+    let (n, t) = (x.nrows(), y.ncols());
+    if y.nrows() != n {
+        return Err(Error::Invalid(format!("ridge_cv: X has {n} rows but Y has {}", y.nrows())));
+    }
+    if n == 0 || x.ncols() == 0 {
+        return Err(Error::Invalid(format!(
+            "ridge_cv: expected a non-empty design, found shape {:?}",
+            x.dim()
+        )));
+    }
+    check_alphas(alphas)?;
+    check_finite(x, "X")?;
+    check_finite(y, "Y")?;
+    check_folds(folds, n, false)?;
+    let method = RidgeMethod::Auto;
+    let xm = to_mat(x);
+    let ym = to_mat(y);
+    let (scores, full) = rayon::join(
+        || fold_scores_multi(xm.as_ref(), ym.as_ref(), alphas, folds, criteria, method),
+        || factorize(xm.as_ref(), method),
+    );
+    let best = scores?
+        .into_iter()
+        .map(|mut s| {
+            s.mapv_inplace(|v| v / folds.len() as f64);
+            (0..t).map(|j| best_alpha(alphas, s.column(j))).collect()
+        })
+        .collect();
+    Ok((best, full?.path(ym.as_ref(), alphas)))
+}
+
 /// Sum over `folds` of the held-out score per (penalty, target): (n_alphas, n_targets); undefined
 /// scores count as 0. Inputs already checked; `xm` (n, p), `ym` (n, t).
 pub(crate) fn fold_scores(
@@ -655,7 +697,21 @@ pub(crate) fn fold_scores(
     criterion: AlphaCriterion,
     method: RidgeMethod,
 ) -> Result<Array2<f64>> {
+    Ok(fold_scores_multi(xm, ym, alphas, folds, &[criterion], method)?.remove(0))
+}
+
+/// [`fold_scores`] for several criteria from the same factorizations and predictions: one
+/// (n_alphas, n_targets) sum per criterion, in `criteria`'s order.
+pub(crate) fn fold_scores_multi(
+    xm: MatRef<'_, f64>,
+    ym: MatRef<'_, f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criteria: &[AlphaCriterion],
+    method: RidgeMethod,
+) -> Result<Vec<Array2<f64>>> {
     let t = ym.ncols();
+    let n_crit = criteria.len();
     // per fold: factors of the training rows and the test rows projected on their basis
     let fold_fits: Vec<(Factors, Mat<f64>)> = folds
         .par_iter()
@@ -672,7 +728,8 @@ pub(crate) fn fold_scores(
     let tasks: Vec<(usize, usize, usize)> = (0..folds.len())
         .flat_map(|k| chunks.iter().map(move |&(c0, c1)| (k, c0, c1)))
         .collect();
-    // (n_alphas × chunk) scores per task, column-major by target within the chunk
+    // (criterion × n_alphas × chunk) scores per task, column-major by target within the chunk
+    let na = alphas.len();
     let parts: Vec<Vec<f64>> = tasks
         .par_iter()
         .map(|&(k, c0, c1)| {
@@ -680,22 +737,27 @@ pub(crate) fn fold_scores(
             let y_chunk = ym.subcols(c0, c1 - c0);
             let uty = mm(f.u.as_ref().transpose(), select_rows(y_chunk, &fold.train).as_ref()); // (r, c)
             let y_test = select_rows(y_chunk, &fold.test); // (n_test, c)
-            let mut out = vec![0.0; alphas.len() * (c1 - c0)];
+            let mut out = vec![0.0; n_crit * na * (c1 - c0)];
             for (i, &alpha) in alphas.iter().enumerate() {
                 let pred = mm(a.as_ref(), scale_rows(uty.as_ref(), &f.gains(alpha)).as_ref());
                 for j in 0..c1 - c0 {
-                    out[j * alphas.len() + i] = score(criterion, pred.col_as_slice(j), y_test.col_as_slice(j));
+                    for (c, &criterion) in criteria.iter().enumerate() {
+                        out[(c * (c1 - c0) + j) * na + i] =
+                            score(criterion, pred.col_as_slice(j), y_test.col_as_slice(j));
+                    }
                 }
             }
             out
         })
         .collect();
-    let mut cv_scores = Array2::<f64>::zeros((alphas.len(), t));
+    let mut cv_scores = vec![Array2::<f64>::zeros((na, t)); n_crit];
     for (&(_, c0, c1), part) in tasks.iter().zip(&parts) {
-        for j in 0..c1 - c0 {
-            for i in 0..alphas.len() {
-                let r = part[j * alphas.len() + i];
-                cv_scores[[i, c0 + j]] += if r.is_nan() { 0.0 } else { r };
+        for (c, sc) in cv_scores.iter_mut().enumerate() {
+            for j in 0..c1 - c0 {
+                for i in 0..na {
+                    let r = part[(c * (c1 - c0) + j) * na + i];
+                    sc[[i, c0 + j]] += if r.is_nan() { 0.0 } else { r };
+                }
             }
         }
     }
@@ -738,6 +800,45 @@ pub struct NestedCvResult {
     pub predictions: Array2<f64>,
     /// Rows that some outer fold tests (sorted): the rows behind `r_per_target`.
     pub tested_rows: Vec<usize>,
+    /// With [`NestedCvOptions::r2_predictions`]: held-out predictions (as `predictions`) from
+    /// penalties chosen per target by inner-CV R², for an R² reported next to r.
+    pub predictions_r2: Option<Array2<f64>>,
+    /// With [`NestedCvOptions::r2_predictions`]: (n_outer_folds, n_targets) penalties chosen by R².
+    pub alpha_r2_per_fold: Option<Array2<f64>>,
+    /// Design columns each outer fold's model saw (the design's width, or the principal components
+    /// kept by [`DesignTransform::Pca`]).
+    pub n_columns_per_fold: Vec<usize>,
+}
+
+/// A transform of the design fitted on each outer fold's training rows only and applied, with
+/// those training-fold parameters, to the fold's test rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DesignTransform {
+    /// Columns z-scored with the training rows' mean and sd.
+    #[default]
+    Zscore,
+    /// Principal components of the training rows: the columns are centred with the training mean,
+    /// the top `min(k, rank − 1)` components of the training rows are kept (always fewer than the
+    /// training rows' rank, so the set never becomes the full design), and test rows are projected
+    /// on the training loadings. Scores are *not* whitened: all of them are divided by one common
+    /// factor (the root mean variance of the kept training scores), so the components keep their
+    /// relative variances and ridge shrinks the small ones more, as it would the raw design.
+    Pca { k: usize },
+}
+
+/// Settings of [`nested_cv_ridge_opts`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NestedCvOptions {
+    /// Score that chooses each target's penalty in the inner CV (the held-out r reported is
+    /// Pearson whatever the criterion).
+    pub criterion: AlphaCriterion,
+    /// Also choose penalties by inner-CV R² (same inner folds, same factorizations) and keep the
+    /// held-out predictions they give: R² is then reported from fits whose penalty was chosen for
+    /// R², r from fits chosen by `criterion`.
+    pub r2_predictions: bool,
+    /// The fold-wise design transform.
+    pub transform: DesignTransform,
 }
 
 /// Nested cross-validated ridge: for each outer fold, z-score X and Y columns with the outer
@@ -773,6 +874,27 @@ pub fn nested_cv_ridge_with(
     gap: usize,
     criterion: AlphaCriterion,
 ) -> Result<NestedCvResult> {
+    let opts = NestedCvOptions {
+        criterion,
+        ..Default::default()
+    };
+    nested_cv_ridge_opts(x, y, alphas, outer, inner_n_folds, gap, &opts)
+}
+
+/// [`nested_cv_ridge`] with every setting: the penalty criterion, R²-chosen predictions beside
+/// the r-chosen ones, and a design transform fitted inside each outer fold ([`DesignTransform`];
+/// the default z-scores, as [`nested_cv_ridge`]). The inner CV of a fold sees the fold's
+/// transformed training rows (the transform is fitted on all of them, so the inner test blocks
+/// share the outer training rows' loadings; the outer test rows never enter any fit).
+pub fn nested_cv_ridge_opts(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    outer: &[Fold],
+    inner_n_folds: usize,
+    gap: usize,
+    opts: &NestedCvOptions,
+) -> Result<NestedCvResult> {
     let (n, t) = (x.nrows(), y.ncols());
     if y.nrows() != n {
         return Err(Error::Invalid(format!(
@@ -788,7 +910,7 @@ pub fn nested_cv_ridge_with(
         .par_iter()
         .enumerate()
         .map(|(k, fold)| {
-            fit_outer_fold(x, y, alphas, fold, inner_n_folds, gap, criterion)
+            fit_outer_fold(x, y, alphas, fold, inner_n_folds, gap, opts)
                 .map_err(|e| Error::Invalid(format!("outer fold {k}: {e}")))
         })
         .collect::<Result<_>>()?;
@@ -797,14 +919,23 @@ pub fn nested_cv_ridge_with(
     let mut r_per_fold = Array2::<f64>::zeros((outer.len(), t));
     let mut alpha_per_fold = Array2::<f64>::zeros((outer.len(), t));
     let mut tested_rows = Vec::new();
+    let mut predictions_r2 = opts.r2_predictions.then(|| Array2::<f64>::from_elem((n, t), f64::NAN));
+    let mut alpha_r2_per_fold = opts.r2_predictions.then(|| Array2::<f64>::zeros((outer.len(), t)));
     for (k, fit) in per_fold.iter().enumerate() {
         for (row, &i) in fit.test.iter().enumerate() {
             predictions.row_mut(i).assign(&fit.predictions.row(row));
+        }
+        if let (Some(p), Some(a), Some((fp, fa))) = (&mut predictions_r2, &mut alpha_r2_per_fold, &fit.r2_fit) {
+            for (row, &i) in fit.test.iter().enumerate() {
+                p.row_mut(i).assign(&fp.row(row));
+            }
+            a.row_mut(k).assign(&Array1::from(fa.clone()));
         }
         tested_rows.extend_from_slice(&fit.test);
         r_per_fold.row_mut(k).assign(&Array1::from(fit.r.clone()));
         alpha_per_fold.row_mut(k).assign(&Array1::from(fit.alphas.clone()));
     }
+    let n_columns_per_fold = per_fold.iter().map(|f| f.n_columns).collect();
     tested_rows.sort_unstable();
     let pred_tested = predictions.select(Axis(0), &tested_rows);
     let y_tested = y.select(Axis(0), &tested_rows);
@@ -817,6 +948,9 @@ pub fn nested_cv_ridge_with(
         alpha_per_fold,
         predictions,
         tested_rows,
+        predictions_r2,
+        alpha_r2_per_fold,
+        n_columns_per_fold,
     })
 }
 
@@ -825,6 +959,9 @@ struct OuterFit {
     predictions: Array2<f64>, // (n_test, t), Y units
     r: Vec<f64>,
     alphas: Vec<f64>,
+    /// Predictions (Y units) and penalties chosen by R², when asked for.
+    r2_fit: Option<(Array2<f64>, Vec<f64>)>,
+    n_columns: usize,
 }
 
 fn fit_outer_fold(
@@ -834,23 +971,40 @@ fn fit_outer_fold(
     fold: &Fold,
     inner_n_folds: usize,
     gap: usize,
-    criterion: AlphaCriterion,
+    opts: &NestedCvOptions,
 ) -> Result<OuterFit> {
     let mut train = fold.train.clone();
     train.sort_unstable();
     let mut test = fold.test.clone();
     test.sort_unstable();
     let (mut x_train, mut x_test) = (x.select(Axis(0), &train), x.select(Axis(0), &test));
+    match opts.transform {
+        DesignTransform::Zscore => {
+            let x_stats = zscore_columns(x_train.view_mut());
+            apply_zscore(x_test.view_mut(), &x_stats);
+        }
+        DesignTransform::Pca { k } => (x_train, x_test) = fold_pca(x_train.view(), x_test.view(), k)?,
+    }
     let mut y_train = y.select(Axis(0), &train);
-    let x_stats = zscore_columns(x_train.view_mut());
-    apply_zscore(x_test.view_mut(), &x_stats);
     let y_stats = zscore_columns(y_train.view_mut());
     let inner = block_folds_within(&train, inner_n_folds, gap)?;
-    let cv = ridge_cv_with(x_train.view(), y_train.view(), alphas, &inner, criterion)?;
-    let mut predictions = cv.predict(x_test.view())?; // (n_test, t), z units
-    for (mut col, &(mean, sd)) in predictions.axis_iter_mut(Axis(1)).zip(&y_stats) {
-        col.mapv_inplace(|v| v * sd + mean);
+    let to_y_units = |mut p: Array2<f64>| {
+        for (mut col, &(mean, sd)) in p.axis_iter_mut(Axis(1)).zip(&y_stats) {
+            col.mapv_inplace(|v| v * sd + mean);
+        }
+        p
+    };
+    let mut criteria = vec![opts.criterion];
+    if opts.r2_predictions {
+        criteria.push(AlphaCriterion::R2);
     }
+    let (best, path) = ridge_cv_criteria(x_train.view(), y_train.view(), alphas, &inner, &criteria)?;
+    let predictions = to_y_units(path.predict_per_target(&best[0], x_test.view())?); // (n_test, t)
+    let chosen = |b: &[usize]| b.iter().map(|&i| alphas[i]).collect::<Vec<f64>>();
+    let r2_fit = match best.get(1) {
+        Some(b) => Some((to_y_units(path.predict_per_target(b, x_test.view())?), chosen(b))),
+        None => None,
+    };
     let y_test = y.select(Axis(0), &test);
     let r = (0..y.ncols())
         .map(|j| pearson(&predictions.column(j).to_vec(), &y_test.column(j).to_vec()))
@@ -859,8 +1013,39 @@ fn fit_outer_fold(
         test,
         predictions,
         r,
-        alphas: cv.best_alphas(),
+        alphas: chosen(&best[0]),
+        r2_fit,
+        n_columns: x_train.ncols(),
     })
+}
+
+/// [`DesignTransform::Pca`] for one outer fold: (training scores, test scores), both from the
+/// training rows' mean and loadings.
+fn fold_pca(x_train: ArrayView2<f64>, x_test: ArrayView2<f64>, k: usize) -> Result<(Array2<f64>, Array2<f64>)> {
+    let (n, p) = x_train.dim();
+    let mean = x_train
+        .mean_axis(Axis(0))
+        .ok_or_else(|| Error::Invalid("PCA of a fold without training rows".into()))?;
+    let xc = &x_train - &mean;
+    let xm = to_mat(xc.view());
+    let (lam, u) = eigh_above_roundoff(mm(xm.as_ref(), xm.as_ref().transpose()).as_ref(), n, p, "PCA kernel")?;
+    let rank = lam.len();
+    let r = k.min(rank.saturating_sub(1));
+    if r == 0 {
+        return Err(Error::Invalid(format!(
+            "PCA baseline: the training rows have rank {rank}; at least 2 is needed to keep a component below the rank"
+        )));
+    }
+    // loadings V = Xcᵀ U Λ^{-1/2} (p, r); training scores U Λ^{1/2} = Xc V
+    let xtu = mm(xm.as_ref().transpose(), u.as_ref().subcols(0, r)); // (p, r)
+    let inv_sqrt: Vec<f64> = lam[..r].iter().map(|l| 1.0 / l.sqrt()).collect();
+    let v = scale_cols(xtu.as_ref(), &inv_sqrt);
+    let scale = (lam[..r].iter().sum::<f64>() / (r as f64 * n as f64)).sqrt(); // root mean score variance
+    let train_scores = Array2::from_shape_fn((n, r), |(i, c)| u[(i, c)] * lam[c].sqrt() / scale);
+    let xt = to_mat((&x_test - &mean).view());
+    let ts = mm(xt.as_ref(), v.as_ref());
+    let test_scores = Array2::from_shape_fn((x_test.nrows(), r), |(i, c)| ts[(i, c)] / scale);
+    Ok((train_scores, test_scores))
 }
 
 /// Applies training-set (mean, sd) column statistics to other rows; sd = 0 columns become 0,
@@ -930,6 +1115,91 @@ mod tests {
     use super::*;
     use approx::assert_abs_diff_eq;
     use ndarray::array;
+
+    #[test]
+    fn fold_pca_uses_training_loadings_only_and_keeps_relative_variances() {
+        let mut rng = crate::stats::SplitMix64::new(11);
+        let (n_train, n_test, p) = (40, 20, 8);
+        let mut x_train = Array2::from_shape_fn((n_train, p), |_| rng.normal());
+        x_train.column_mut(0).fill(0.5); // no variance in the training rows
+        for (i, mut row) in x_train.rows_mut().into_iter().enumerate() {
+            row[1] *= 3.0; // a dominant direction
+            row[2] += 0.01 * i as f64;
+        }
+        // test rows: the same distribution plus a direction the training rows never vary along
+        let mut x_test = Array2::from_shape_fn((n_test, p), |_| rng.normal());
+        x_test.column_mut(0).assign(&Array1::from_shape_fn(n_test, |_| 10.0 * rng.normal()));
+        let (tr, te) = fold_pca(x_train.view(), x_test.view(), 5).unwrap();
+        assert_eq!((tr.ncols(), te.ncols()), (5, 5));
+        // moving a test row along the test-only direction leaves its scores unchanged
+        let mut moved = x_test.clone();
+        moved.column_mut(0).mapv_inplace(|v| v + 1000.0);
+        let (_, te_moved) = fold_pca(x_train.view(), moved.view(), 5).unwrap();
+        for (a, b) in te.iter().zip(te_moved.iter()) {
+            assert_abs_diff_eq!(a, b, epsilon = 1e-9);
+        }
+        // a test row equal to a training row gets that row's training scores
+        let (_, te_same) = fold_pca(x_train.view(), x_train.slice(ndarray::s![3..4, ..]), 5).unwrap();
+        for c in 0..5 {
+            assert_abs_diff_eq!(te_same[[0, c]], tr[[3, c]], epsilon = 1e-9);
+        }
+        // not whitened: decreasing variances with mean 1 over the kept components
+        let var: Vec<f64> = tr.columns().into_iter().map(|c| c.iter().map(|v| v * v).sum::<f64>() / n_train as f64).collect();
+        assert!(var.windows(2).all(|w| w[0] >= w[1]), "{var:?}");
+        assert!(var[0] > 3.0 * var[4], "the components keep their variance ratios: {var:?}");
+        assert_abs_diff_eq!(var.iter().sum::<f64>() / 5.0, 1.0, epsilon = 1e-10);
+        // k is capped below the training rows' rank (7 here: the constant column adds none)
+        let (all, _) = fold_pca(x_train.view(), x_test.view(), 100).unwrap();
+        assert_eq!(all.ncols(), 6);
+    }
+
+    #[test]
+    fn nested_cv_with_fold_pca_and_r2_choice_reports_both_and_defaults_unchanged() {
+        let mut rng = crate::stats::SplitMix64::new(5);
+        let n = 120;
+        let x = Array2::from_shape_fn((n, 10), |_| rng.normal());
+        let w = Array1::from_shape_fn(10, |j| if j < 3 { 1.0 } else { 0.0 });
+        let y = Array2::from_shape_fn((n, 2), |(i, t)| {
+            if t == 0 {
+                x.row(i).dot(&w) + 0.5 * rng.normal()
+            } else {
+                rng.normal()
+            }
+        });
+        let outer = crate::encoding::contiguous_block_folds(n, 4, 3).unwrap();
+        let alphas = log_alphas(-2.0, 4.0, 7);
+        let plain = nested_cv_ridge(x.view(), y.view(), &alphas, &outer, 3, 3).unwrap();
+        let opts = NestedCvOptions {
+            r2_predictions: true,
+            ..Default::default()
+        };
+        let both = nested_cv_ridge_opts(x.view(), y.view(), &alphas, &outer, 3, 3, &opts).unwrap();
+        // the r-chosen fit is the one nested_cv_ridge gives, to the bit
+        assert_eq!(plain.r_per_fold, both.r_per_fold);
+        assert_eq!(plain.alpha_per_fold, both.alpha_per_fold);
+        assert!(plain.predictions_r2.is_none());
+        let p2 = both.predictions_r2.as_ref().unwrap();
+        let a2 = both.alpha_r2_per_fold.as_ref().unwrap();
+        // R² chooses large penalties for the noise target (shrinking towards 0 pays); on the signal
+        // target its predictions explain the held-out rows
+        assert!(a2.column(1).iter().all(|&a| a >= 100.0), "{a2:?}");
+        assert!(p2.column(0).iter().zip(both.predictions.column(0)).all(|(a, b)| a.is_finite() == b.is_finite()));
+        let rows = &both.tested_rows;
+        let r2 = crate::encoding::stats::r2_per_target(
+            p2.select(Axis(0), rows).view(),
+            y.select(Axis(0), rows).view(),
+        );
+        assert!(r2[0] > 0.5, "held-out R² of the signal target: {r2:?}");
+        // fold PCA with k = 3: three columns per fold, signal still found
+        let pca = NestedCvOptions {
+            transform: DesignTransform::Pca { k: 3 },
+            ..Default::default()
+        };
+        let res = nested_cv_ridge_opts(x.view(), y.view(), &alphas, &outer, 3, 3, &pca).unwrap();
+        assert_eq!(res.n_columns_per_fold, vec![3; 4]);
+        assert!(res.r_per_fold.column(0).mean().unwrap() > 0.3);
+        assert_eq!(plain.n_columns_per_fold, vec![10; 4]);
+    }
 
     #[test]
     fn one_feature_ridge_matches_the_closed_form() {

@@ -295,6 +295,164 @@ fn rows_from_block_order(order: &[usize], n_samples: usize, block_len: usize, ro
     debug_assert_eq!(i, n_samples);
 }
 
+/// A block-permutation test of the mean over segments of the within-segment Pearson r: the
+/// statistic the encoding fits report (mean over outer folds of the r within each fold's test
+/// rows), so the p-value belongs to the r in the table.
+///
+/// `segments` lists, per segment (outer fold), the rows of `pred`/`obs` it holds (disjoint; each
+/// at least 2 rows). Within each segment both columns are z-scored (ddof = 0), so the segment's r
+/// is (1/n_s) Σ_{i∈s} z_pred[i] z_obs[i], and the statistic is the mean of those over segments.
+/// Null: within each segment, its rows (in the order given) are cut into contiguous blocks of
+/// `block_len` rows (the last, partial block stays one block) and the blocks are shuffled; `obs`
+/// stays in place; predictions never move between segments (a fold's predictions come from its
+/// own model). Segments with fewer than 2 blocks keep their order. One permutation moves all
+/// targets together. p-values as [`block_permutation_test`] (Phipson & Smyth, ties counted with a
+/// relative tolerance of 100·ε). Permutation k of segment s draws its block order from its own
+/// SplitMix64 stream (seeded from `seed`, k and s); bit-identical for any number of threads. With
+/// one segment holding every row in order this is [`block_permutation_test`].
+///
+/// Errors: shapes differ; a non-finite value; an empty or out-of-range segment; a row in two
+/// segments; `block_len` = 0; no segment with 2 blocks or more; `n_perm` = 0.
+pub fn segment_mean_permutation_test(
+    pred: ArrayView2<f64>,
+    obs: ArrayView2<f64>,
+    segments: &[Vec<usize>],
+    block_len: usize,
+    n_perm: usize,
+    seed: u64,
+) -> Result<PermutationTest> {
+    let what = "fold-mean permutation test";
+    if pred.dim() != obs.dim() {
+        return Err(Error::Invalid(format!(
+            "{what}: expected pred and obs of the same shape (n_samples, n_targets), found {:?} and {:?}",
+            pred.dim(),
+            obs.dim()
+        )));
+    }
+    check_finite("fold-mean permutation test: pred", pred)?;
+    check_finite("fold-mean permutation test: obs", obs)?;
+    if block_len == 0 || n_perm == 0 {
+        return Err(Error::Invalid(format!(
+            "{what}: expected block_len ≥ 1 and n_perm ≥ 1, found {block_len} and {n_perm}"
+        )));
+    }
+    let (n_samples, n_targets) = pred.dim();
+    let mut seen = vec![false; n_samples];
+    for (s, rows) in segments.iter().enumerate() {
+        if rows.len() < 2 {
+            return Err(Error::Invalid(format!(
+                "{what}: segment {s} has {} rows; expected at least 2",
+                rows.len()
+            )));
+        }
+        for &i in rows {
+            if i >= n_samples || seen[i] {
+                return Err(Error::Invalid(format!(
+                    "{what}: row {i} of segment {s} is out of range (n_samples = {n_samples}) or in two segments"
+                )));
+            }
+            seen[i] = true;
+        }
+    }
+    let n_blocks: Vec<usize> = segments.iter().map(|r| r.len().div_ceil(block_len)).collect();
+    if !n_blocks.iter().any(|&b| b >= 2) {
+        return Err(Error::Invalid(format!(
+            "{what}: no segment has 2 blocks of {block_len} rows or more; use a shorter block_len"
+        )));
+    }
+    let n_seg = segments.len() as f64;
+
+    // per segment: z-scored (len, n_targets) row-major copies of its rows, and constant flags
+    struct Seg {
+        zp: Vec<f64>,
+        zo: Vec<f64>,
+        len: usize,
+    }
+    let mut constant = vec![false; n_targets];
+    let segs: Vec<Seg> = segments
+        .iter()
+        .map(|rows| {
+            let mut zp = pred.select(Axis(0), rows);
+            let mut zo = obs.select(Axis(0), rows);
+            let sp = zscore_columns(zp.view_mut());
+            let so = zscore_columns(zo.view_mut());
+            for j in 0..n_targets {
+                if sp[j].1 == 0.0 || so[j].1 == 0.0 {
+                    constant[j] = true;
+                }
+            }
+            Seg {
+                zp: zp.as_standard_layout().iter().copied().collect(),
+                zo: zo.as_standard_layout().iter().copied().collect(),
+                len: rows.len(),
+            }
+        })
+        .collect();
+
+    // statistic for one arrangement: Σ_s (1/(n_seg·n_s)) Σ_i zp_s[rows_s[i]] zo_s[i]
+    let statistic = |orders: &[Vec<usize>], acc: &mut [f64], tmp: &mut [f64]| {
+        acc.fill(0.0);
+        for (seg, rows) in segs.iter().zip(orders) {
+            sum_products(&seg.zp, &seg.zo, n_targets, rows, tmp);
+            let w = 1.0 / (n_seg * seg.len as f64);
+            acc.iter_mut().zip(tmp.iter()).for_each(|(a, t)| *a += w * t);
+        }
+    };
+    let identity: Vec<Vec<usize>> = segs.iter().map(|s| (0..s.len).collect()).collect();
+    let mut acc = vec![0.0; n_targets];
+    let mut tmp = vec![0.0; n_targets];
+    statistic(&identity, &mut acc, &mut tmp);
+    let r_observed: Vec<f64> = acc
+        .iter()
+        .zip(&constant)
+        .map(|(&s, &c)| if c { f64::NAN } else { s })
+        .collect();
+    let threshold: Vec<f64> = r_observed.iter().map(|r| r - TIE_RTOL * r.abs()).collect();
+
+    let n_chunks = n_perm.div_ceil(PERM_CHUNK);
+    let chunk_counts: Vec<Vec<u64>> = (0..n_chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut counts = vec![0u64; n_targets];
+            let mut acc = vec![0.0; n_targets];
+            let mut tmp = vec![0.0; n_targets];
+            let mut orders = identity.clone();
+            for k in c * PERM_CHUNK..((c + 1) * PERM_CHUNK).min(n_perm) {
+                for (s, rows) in orders.iter_mut().enumerate() {
+                    if n_blocks[s] >= 2 {
+                        let stream = seed ^ (s as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+                        let order = block_order(n_blocks[s], stream, k);
+                        rows_from_block_order(&order, segs[s].len, block_len, rows);
+                    }
+                }
+                statistic(&orders, &mut acc, &mut tmp);
+                for j in 0..n_targets {
+                    if acc[j] >= threshold[j] {
+                        counts[j] += 1;
+                    }
+                }
+            }
+            counts
+        })
+        .collect();
+    let mut counts = vec![0u64; n_targets];
+    for chunk in &chunk_counts {
+        counts.iter_mut().zip(chunk).for_each(|(a, b)| *a += b);
+    }
+    let p_values = counts
+        .iter()
+        .zip(&r_observed)
+        .map(|(&c, r)| if r.is_nan() { f64::NAN } else { (1 + c) as f64 / (1 + n_perm) as f64 })
+        .collect();
+    Ok(PermutationTest {
+        r_observed,
+        p_values,
+        n_perm,
+        block_len,
+        seed,
+    })
+}
+
 // ------------------------------------------------------------------------------------------- FDR
 
 pub use crate::stats::fdr::{fdr_bh, fdr_reject};
@@ -518,6 +676,50 @@ mod tests {
                 assert!((g - w).abs() <= eps, "index {i}: expected {w}, found {g}");
             }
         }
+    }
+
+    #[test]
+    fn the_fold_mean_test_tests_the_mean_of_within_fold_r_and_with_one_fold_is_the_plain_test() {
+        let mut rng = SplitMix64::new(4);
+        let n = 120;
+        let obs = Array2::from_shape_fn((n, 3), |_| rng.normal());
+        // target 0: prediction carries the signal; 1: pure noise; 2: signal in fold 0 only
+        let mut pred = Array2::from_shape_fn((n, 3), |_| rng.normal());
+        for i in 0..n {
+            pred[[i, 0]] += 0.8 * obs[[i, 0]];
+            if i < 60 {
+                pred[[i, 2]] += 0.8 * obs[[i, 2]];
+            }
+        }
+        let segments = vec![(0..60).collect::<Vec<_>>(), (60..n).collect::<Vec<_>>()];
+        let t = segment_mean_permutation_test(pred.view(), obs.view(), &segments, 10, 999, 3).unwrap();
+        for j in 0..3 {
+            let want: f64 = segments
+                .iter()
+                .map(|rows| {
+                    let p: Vec<f64> = rows.iter().map(|&i| pred[[i, j]]).collect();
+                    let o: Vec<f64> = rows.iter().map(|&i| obs[[i, j]]).collect();
+                    pearson(&p, &o)
+                })
+                .sum::<f64>()
+                / 2.0;
+            assert_abs_diff_eq!(t.r_observed[j], want, epsilon = 1e-12);
+        }
+        assert!(t.p_values[0] <= 0.002, "signal: p = {}", t.p_values[0]);
+        assert!(t.p_values[1] > 0.05, "noise: p = {}", t.p_values[1]);
+        // identical for a different chunking of the work (threads) and seeded
+        let again = segment_mean_permutation_test(pred.view(), obs.view(), &segments, 10, 999, 3).unwrap();
+        assert_eq!(t.p_values, again.p_values);
+        // one segment in order: the same null draws and p-values as the plain block test
+        let all = vec![(0..n).collect::<Vec<_>>()];
+        let one = segment_mean_permutation_test(pred.view(), obs.view(), &all, 10, 500, 9).unwrap();
+        let plain = block_permutation_test(pred.view(), obs.view(), 10, 500, 9).unwrap();
+        assert_slice_eq(&one.r_observed, &plain.r_observed, 1e-12);
+        assert_eq!(one.p_values, plain.p_values);
+        // bad segments are errors naming the row
+        let bad = vec![vec![0, 1, 2], vec![2, 3, 4]];
+        let e = segment_mean_permutation_test(pred.view(), obs.view(), &bad, 2, 10, 0).unwrap_err();
+        assert!(e.to_string().contains("row 2"), "{e}");
     }
 
     #[test]

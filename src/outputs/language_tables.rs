@@ -320,6 +320,8 @@ mod tests {
             roi: roi.into(),
             mean_r,
             ci_lower: f64::NAN,
+            t_ci_lower: f64::NAN,
+            t_ci_upper: f64::NAN,
             ci_upper: f64::NAN,
             n_subjects: 3,
             ceiling_r: f64::NAN,

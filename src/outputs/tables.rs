@@ -170,6 +170,8 @@ pub fn summary_rows(
                 mean_r: s.mean_r[j],
                 ci_lower: s.ci_lower[j],
                 ci_upper: s.ci_upper[j],
+                t_ci_lower: s.t_ci_lower[j],
+                t_ci_upper: s.t_ci_upper[j],
                 n_subjects: s.n_subjects[j],
                 ceiling_r: ceiling_of(story, &s.roi[j]),
             });
@@ -211,6 +213,16 @@ pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<R
         (
             "ci_upper",
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.ci_upper)))),
+            true,
+        ),
+        (
+            "t_ci_lower",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.t_ci_lower)))),
+            true,
+        ),
+        (
+            "t_ci_upper",
+            Arc::new(Float64Array::from_iter(rows.iter().map(|r| finite(r.t_ci_upper)))),
             true,
         ),
         (

@@ -30,6 +30,9 @@ pub struct SummaryRow {
     pub mean_r: f64,
     pub ci_lower: f64,
     pub ci_upper: f64,
+    /// Student-t CI of the mean over subjects.
+    pub t_ci_lower: f64,
+    pub t_ci_upper: f64,
     pub n_subjects: usize,
     /// ISC noise ceiling of r ([`crate::outputs::tables::isc_ceilings`]; for "all", the mean over the ROIs with one).
     pub ceiling_r: f64,
@@ -191,6 +194,11 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         plan.file.encoding.feature_sets,
         plan.file.model.pooling
     );
+    let _ = writeln!(
+        s,
+        "How each number relates to the paper's (the setting, the column, every known departure): \
+         FIDELITY.md in the cortexflow repository.\n"
+    );
     if plan.file.fmri.is_none() {
         let _ = writeln!(
             s,
@@ -231,8 +239,9 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     let _ = writeln!(
         s,
         "Encoding: ridge, α ∈ 10^[{}, {}] ({} values) chosen per ROI by {}-fold inner block CV; {} outer contiguous \
-         blocks with {} TRs excluded on each side of every test block; Pearson r on held-out TRs. CIs: percentile \
-         bootstrap over subjects ({} resamples).\n",
+         blocks with {} TRs excluded on each side of every test block; r = mean over outer folds of the Pearson r \
+         on each fold's held-out TRs, its p from block permutations within the folds; R² from fits whose α was \
+         chosen by inner-CV R². CIs over subjects: percentile bootstrap ({} resamples) and Student t.\n",
         e.alpha_min_exp, e.alpha_max_exp, e.n_alphas, e.inner_folds, e.outer_folds, e.gap_trs, plan.file.summary.n_boot
     );
     let _ = writeln!(
@@ -241,17 +250,19 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     );
     let _ = writeln!(
         s,
-        "| layer | feature set | mean r | CI lower | CI upper | subjects | r / ceiling |\n|---|---|---|---|---|---|---|"
+        "| layer | feature set | mean r | bootstrap CI | t CI | subjects | r / ceiling |\n|---|---|---|---|---|---|---|"
     );
     for r in rows.iter().filter(|r| r.roi == "all") {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.4} | {:.4} | {:.4} | {} | {:.3} |",
+            "| {} | {} | {:.4} | [{:.4}, {:.4}] | [{:.4}, {:.4}] | {} | {:.3} |",
             r.layer,
             r.feature_set,
             r.mean_r,
             r.ci_lower,
             r.ci_upper,
+            r.t_ci_lower,
+            r.t_ci_upper,
             r.n_subjects,
             r.mean_r / r.ceiling_r
         );

@@ -29,12 +29,12 @@ use ndarray::{concatenate, s, Array2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Plan;
-use crate::encoding::{contiguous_block_folds, nested_cv_ridge};
+use crate::encoding::{contiguous_block_folds, nested_cv_ridge_opts, DesignTransform, NestedCvOptions};
 use crate::features::align::{words_to_trs, TrGrid};
 use crate::features::FeatureSet;
 use crate::lm::{self, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
 use crate::sae::{self, SaeTrainConfig};
-use crate::stats::bootstrap_mean_ci;
+use crate::stats::{bootstrap_mean_ci, t_mean_ci};
 use crate::stimulus::Story;
 use crate::store::artifacts::{Arrays, ArtifactId, ArtifactStore, KeyBuilder};
 use crate::{Error, Result};
@@ -44,8 +44,8 @@ const REV_LM: u32 = 1;
 const REV_SAE: u32 = 1;
 const REV_CODES: u32 = 1;
 const REV_DESIGN: u32 = 2;
-const REV_FIT: u32 = 3;
-const REV_SUMMARY: u32 = 1;
+const REV_FIT: u32 = 4;
+const REV_SUMMARY: u32 = 2;
 const REV_CONTROLS: u32 = 1;
 
 /// Polynomial order of the drift removed from responses and designs before encoding (scanner
@@ -597,10 +597,12 @@ pub struct FitRecord {
     /// ROIs excluded as constant.
     pub r: Vec<Option<f64>>,
     pub alpha_median: Vec<Option<f64>>,
-    /// Held-out R² per ROI over all tested TRs (None when excluded).
+    /// Held-out R² per ROI over all tested TRs (None when excluded), from the fits whose α was
+    /// chosen by inner-CV R² (`r` comes from the fits whose α was chosen by inner-CV r).
     pub r2: Vec<Option<f64>>,
-    /// One-sided block-permutation p of the held-out r over all tested TRs (blocks of
-    /// [`PERM_BLOCK_TRS`] TRs of the predictions shuffled, [`N_PERM`] permutations).
+    /// One-sided block-permutation p of `r` itself (the mean over outer folds of the within-fold
+    /// r): within each fold's test TRs, blocks of [`PERM_BLOCK_TRS`] TRs of the predictions are
+    /// shuffled, [`N_PERM`] permutations.
     pub p_value: Vec<Option<f64>>,
     pub n_trs: usize,
     pub n_features: usize,
@@ -611,6 +613,23 @@ pub struct FitRecord {
 pub const PERM_BLOCK_TRS: usize = 10;
 /// Permutations per fit (p ≥ 1 / (N_PERM + 1)).
 pub const N_PERM: usize = 1000;
+
+/// Meta key of a design artifact naming a transform the fit applies inside each outer fold
+/// (`pca:<k>`: [`DesignTransform::Pca`]); absent: the columns are z-scored per fold.
+pub const FOLD_TRANSFORM_META: &str = "fold-transform";
+
+/// The fold-wise transform a design artifact asks for ([`FOLD_TRANSFORM_META`]).
+pub fn design_transform(design: &Arrays) -> Result<DesignTransform> {
+    match design.meta.get(FOLD_TRANSFORM_META).map(String::as_str) {
+        None => Ok(DesignTransform::Zscore),
+        Some(v) => match v.strip_prefix("pca:").and_then(|k| k.parse().ok()) {
+            Some(k) => Ok(DesignTransform::Pca { k }),
+            None => Err(Error::Invalid(format!(
+                "design artifact: unknown {FOLD_TRANSFORM_META} `{v}` (expected pca:<k>)"
+            ))),
+        },
+    }
+}
 
 pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId> {
     let e = &ctx.plan.file.encoding;
@@ -648,13 +667,42 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
         let mut yk = y.select(Axis(1), &keep);
         crate::stats::detrend_columns(yk.view_mut(), DETREND_ORDER);
         let outer = contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
-        let res = nested_cv_ridge(x, yk.view(), &alphas, &outer, e.inner_folds, e.gap_trs)?;
-        let pred = res.predictions.select(Axis(0), &res.tested_rows);
+        let opts = NestedCvOptions {
+            r2_predictions: true,
+            transform: design_transform(&design)?,
+            ..Default::default()
+        };
+        let res = nested_cv_ridge_opts(x, yk.view(), &alphas, &outer, e.inner_folds, e.gap_trs, &opts)?;
         let obs = yk.select(Axis(0), &res.tested_rows);
-        let r2_tested = crate::encoding::stats::r2_per_target(pred.view(), obs.view());
+        // R² from the fits whose α was chosen by inner-CV R²
+        let pred_r2 = res
+            .predictions_r2
+            .as_ref()
+            .expect("asked for R² predictions")
+            .select(Axis(0), &res.tested_rows);
+        let r2_tested = crate::encoding::stats::r2_per_target(pred_r2.view(), obs.view());
+        // the permutation test tests the r reported: the mean over outer folds of the r within
+        // each fold's test rows, blocks shuffled within each fold
+        let pred = res.predictions.select(Axis(0), &res.tested_rows);
+        let position: std::collections::HashMap<usize, usize> =
+            res.tested_rows.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+        let segments: Vec<Vec<usize>> = outer
+            .iter()
+            .map(|f| {
+                let mut t: Vec<usize> = f.test.iter().map(|i| position[i]).collect();
+                t.sort_unstable();
+                t
+            })
+            .collect();
         let seed = ctx.plan.file.summary.seed;
-        let perm =
-            crate::encoding::stats::block_permutation_test(pred.view(), obs.view(), PERM_BLOCK_TRS, N_PERM, seed)?;
+        let perm = crate::encoding::stats::segment_mean_permutation_test(
+            pred.view(),
+            obs.view(),
+            &segments,
+            PERM_BLOCK_TRS,
+            N_PERM,
+            seed,
+        )?;
         for (k, &j) in keep.iter().enumerate() {
             r2[j] = r2_tested[k].is_finite().then_some(r2_tested[k]);
             p_value[j] = perm.p_values[k].is_finite().then_some(perm.p_values[k]);
@@ -674,14 +722,14 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId>
             r2,
             p_value,
             n_trs: x.nrows(),
-            n_features: x.ncols(),
+            n_features: res.n_columns_per_fold.iter().copied().max().unwrap_or(0),
         })
     })?;
     Ok(id)
 }
 
 /// Mean held-out r over subjects (each subject's r averaged over its valid ROIs first), per ROI
-/// and overall, with percentile-bootstrap CIs over subjects.
+/// and overall, with percentile-bootstrap and Student-t CIs over subjects.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SummaryRecord {
     /// "all" (mean over ROIs per subject, then over subjects) or a ROI name.
@@ -689,6 +737,9 @@ pub struct SummaryRecord {
     pub mean_r: Vec<f64>,
     pub ci_lower: Vec<f64>,
     pub ci_upper: Vec<f64>,
+    /// Student-t CI of the same mean (the one to read with few subjects).
+    pub t_ci_lower: Vec<f64>,
+    pub t_ci_upper: Vec<f64>,
     pub n_subjects: Vec<usize>,
     pub n_boot: usize,
     pub ci_level: f64,
@@ -712,16 +763,21 @@ pub fn summary_stage(ctx: &Ctx, fits: &[ArtifactId]) -> Result<ArtifactId> {
             mean_r: vec![],
             ci_lower: vec![],
             ci_upper: vec![],
+            t_ci_lower: vec![],
+            t_ci_upper: vec![],
             n_subjects: vec![],
             n_boot: sm.n_boot,
             ci_level: sm.ci_level,
         };
         let mut push = |name: &str, vals: Vec<f64>| {
             let ci = bootstrap_mean_ci(&vals, sm.n_boot, sm.ci_level, sm.seed);
+            let (t_lo, t_hi) = t_mean_ci(&vals, sm.ci_level);
             out.roi.push(name.to_string());
             out.mean_r.push(ci.estimate);
             out.ci_lower.push(ci.lower);
             out.ci_upper.push(ci.upper);
+            out.t_ci_lower.push(t_lo);
+            out.t_ci_upper.push(t_hi);
             out.n_subjects.push(ci.n_units);
         };
         let per_subject: Vec<f64> = recs

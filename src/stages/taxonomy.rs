@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::TaxonomySection;
+use crate::config::{ProjectionDim, TaxonomySection};
 use crate::lm::lens::Lens;
 use crate::stages::{self, Ctx, StoredStory};
 use crate::store::artifacts::{Arrays, ArtifactId, KeyBuilder};
@@ -21,7 +21,7 @@ use crate::taxonomy::{Category, LabelSet, Subcategory};
 use crate::{Error, Result};
 
 const REV_LABELS: u32 = 1;
-const REV_DERIVED: u32 = 1;
+const REV_DERIVED: u32 = 2;
 
 /// Built-in seed lexicons (pipelines/lexicons/), used when `seed-lexicon` is not set.
 fn builtin_seeds(language: &str) -> Option<&'static str> {
@@ -224,17 +224,18 @@ fn compute_labels(
     };
     let used = imported.as_ref().unwrap_or(&builtin);
     let variances: Vec<f64> = builtin.labels.iter().map(|l| l.evidence.variance).collect();
+    // the activity rule every built-in label is decided under: random baselines draw from these
+    let eligible = builtin.eligible(t.labeller.min_active);
     let semantic = used.features_of(Category::Semantic);
     let semantic_pr = (semantic.len() >= 2)
         .then(|| crate::lm::summary::participation_ratio(&codes.select(ndarray::Axis(1), &semantic)))
         .filter(|p| p.is_finite());
-    let sets = feature_sets(
-        t,
-        used,
-        &variances,
-        semantic_pr.unwrap_or(1.0),
-        ctx.plan.file.summary.seed,
-    );
+    let layer_pr = Some(crate::lm::summary::participation_ratio(&acts)).filter(|p| p.is_finite());
+    let projection = match t.projection_dim {
+        ProjectionDim::Layer => ("the layer's activations", layer_pr.unwrap_or(1.0)),
+        ProjectionDim::Semantic => ("the semantic set's codes", semantic_pr.unwrap_or(1.0)),
+    };
+    let sets = feature_sets(t, used, &variances, &eligible, projection, ctx.plan.file.summary.seed);
     let mut lexicon_sources = lex.closed.sources.clone();
     lexicon_sources.extend(lex.norms.sources.clone());
     Ok(LayerLabels {
@@ -259,16 +260,18 @@ fn compute_labels(
 }
 
 /// The layer's feature sets: non-empty categories and subcategories, then (when the semantic set
-/// is non-empty) `seeds` count- and variance-matched random subsets, and with `baselines` PCA,
-/// random projection, reconstruction error and ablations.
+/// is non-empty) `seeds` count- and variance-matched random subsets drawn from the `eligible`
+/// features (those the labeller's activity rule admits, the rule the semantic set passed), and
+/// with `baselines` PCA, random projection (to `projection`'s participation ratio: what it was
+/// computed on, and its value), reconstruction error and ablations.
 pub fn feature_sets(
     t: &TaxonomySection,
     used: &LabelSet,
     variances: &[f64],
-    semantic_pr: f64,
+    eligible: &[usize],
+    projection: (&str, f64),
     seed: u64,
 ) -> Vec<FeatureSetDef> {
-    let n_total = used.labels.len();
     let mut out = Vec::new();
     let subset = |name: String, kind: &str, cols: Vec<usize>, seed: Option<u64>, note: String| FeatureSetDef {
         name,
@@ -308,14 +311,18 @@ pub fn feature_sets(
         return out;
     }
     let target: f64 = semantic.iter().map(|&j| variances[j]).sum();
+    let n_eligible = eligible.len();
     for k in 0..t.random_seeds as u64 {
         let s = seed.wrapping_add(1000 + k);
         out.push(subset(
             format!("random:count:{k:02}"),
             "count-matched",
-            baselines::count_matched(n_total, semantic.len(), s),
+            baselines::count_matched_from(eligible, semantic.len(), s),
             Some(s),
-            format!("{} random features (as many as semantic)", semantic.len()),
+            format!(
+                "{} random features (as many as semantic) of the {n_eligible} eligible",
+                semantic.len()
+            ),
         ));
     }
     for k in 0..t.random_seeds as u64 {
@@ -323,9 +330,11 @@ pub fn feature_sets(
         out.push(subset(
             format!("random:variance:{k:02}"),
             "variance-matched",
-            baselines::variance_matched(variances, target, s),
+            baselines::variance_matched_from(eligible, variances, target, s),
             Some(s),
-            "random features until their summed activation variance reaches the semantic set's".into(),
+            format!(
+                "random features of the {n_eligible} eligible until their summed activation variance reaches the semantic set's"
+            ),
         ));
     }
     if t.baselines {
@@ -336,10 +345,14 @@ pub fn feature_sets(
             n_features: semantic.len(),
             variance_share: None,
             seed: None,
-            note: "principal components of the full SAE design, as many as semantic features (capped at the rank)"
-                .into(),
+            note: format!(
+                "principal components of the full SAE design fitted on each outer fold's training TRs, \
+                 k = {} (the semantic set's size) capped at the training rank − 1, scores not whitened",
+                semantic.len()
+            ),
         });
-        let dim = semantic_pr.round().max(1.0) as usize;
+        let (pr_of, pr) = projection;
+        let dim = pr.round().max(1.0) as usize;
         out.push(FeatureSetDef {
             name: "random-projection".into(),
             kind: "random-projection".into(),
@@ -350,7 +363,9 @@ pub fn feature_sets(
             n_features: dim,
             variance_share: None,
             seed: Some(seed.wrapping_add(3000)),
-            note: format!("Gaussian projection of the full SAE design to the semantic set's participation ratio ({semantic_pr:.1})"),
+            note: format!(
+                "Gaussian projection of the full SAE design to {dim} dimensions, the participation ratio of {pr_of} ({pr:.1})"
+            ),
         });
         out.push(FeatureSetDef {
             name: "sae-error".into(),
@@ -372,7 +387,7 @@ pub fn feature_sets(
         });
         for k in 0..2u64 {
             let s = seed.wrapping_add(1000 + k);
-            let cols = baselines::count_matched(n_total, semantic.len(), s);
+            let cols = baselines::count_matched_from(eligible, semantic.len(), s);
             out.push(FeatureSetDef {
                 name: format!("ablate:random:{k:02}"),
                 kind: "recon-ablated".into(),
@@ -414,10 +429,12 @@ pub fn derived_design_stage(
                 let x = full.f64("x")?;
                 let d = match &def.spec {
                     SetSpec::Columns(cols) => x.select(ndarray::Axis(1), cols),
+                    // the full design: the fit takes the principal components inside each outer
+                    // fold, from the training TRs only (stages::FOLD_TRANSFORM_META)
                     SetSpec::Pca { k } => {
-                        let mut s = baselines::pca_scores(x, (*k).min(x.nrows().saturating_sub(1)))?.0;
-                        crate::stats::zscore_columns(s.view_mut());
-                        s
+                        return Ok(Arrays::default()
+                            .with_f64("x", x.to_owned())
+                            .with_meta(stages::FOLD_TRANSFORM_META, format!("pca:{k}")))
                     }
                     SetSpec::RandomProjection { dim, seed } => {
                         let mut p = baselines::random_projection(x, *dim, *seed);
@@ -719,4 +736,62 @@ pub fn pred_error_stage(
         })
     })?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::taxonomy::{Evidence, FeatureLabel};
+
+    #[test]
+    fn random_baselines_are_drawn_from_eligible_features_only() {
+        // 200 features: 0..40 semantic (active), 40..100 syntactic (active), 100..200 never active
+        let labels = (0..200u32)
+            .map(|j| FeatureLabel {
+                feature: j,
+                category: match j {
+                    0..40 => Category::Semantic,
+                    40..100 => Category::Syntactic,
+                    _ => Category::Other,
+                },
+                confidence: [0.2; 5],
+                subcategory: None,
+                subcategory_scores: [0.0; 5],
+                evidence: Evidence {
+                    n_active: if j < 100 { 10 } else { 0 },
+                    variance: if j < 100 { 1.0 } else { 0.0 },
+                    ..Default::default()
+                },
+            })
+            .collect();
+        let set = LabelSet {
+            source: "builtin".into(),
+            layer: 3,
+            entropy_kind: "logit-lens".into(),
+            labels,
+        };
+        let t: TaxonomySection = toml::from_str("").unwrap();
+        let eligible = set.eligible(t.labeller.min_active);
+        assert_eq!(eligible, (0..100).collect::<Vec<_>>());
+        let variances: Vec<f64> = set.labels.iter().map(|l| l.evidence.variance).collect();
+        let sets = feature_sets(&t, &set, &variances, &eligible, ("the layer's activations", 12.4), 0);
+        let mut n_random = 0;
+        for d in &sets {
+            if let SetSpec::Columns(cols) | SetSpec::Ablate(cols) = &d.spec {
+                if d.kind == "count-matched" || d.kind == "variance-matched" || d.name.starts_with("ablate:random") {
+                    n_random += 1;
+                    assert!(cols.iter().all(|&j| j < 100), "{} holds a never-active feature: {cols:?}", d.name);
+                }
+                if d.kind == "count-matched" {
+                    assert_eq!(cols.len(), 40);
+                }
+            }
+        }
+        assert_eq!(n_random, 2 * t.random_seeds + 2);
+        let rp = sets.iter().find(|d| d.kind == "random-projection").unwrap();
+        assert_eq!(rp.n_features, 12);
+        assert!(rp.note.contains("the layer's activations"), "{}", rp.note);
+        let pca = sets.iter().find(|d| d.kind == "pca").unwrap();
+        assert_eq!(pca.spec, SetSpec::Pca { k: 40 });
+    }
 }

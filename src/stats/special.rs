@@ -155,6 +155,55 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
     h
 }
 
+/// Upper tail of Student's t with `df` degrees of freedom, P(T ≥ t) (as `scipy.stats.t.sf`):
+/// ½ I_{df/(df + t²)}(df/2, ½) for t ≥ 0, 1 − that for t < 0. NaN for a NaN t or df ≤ 0.
+pub fn t_sf(t: f64, df: f64) -> f64 {
+    if t.is_nan() || !(df > 0.0) {
+        return f64::NAN;
+    }
+    if t.is_infinite() {
+        return if t > 0.0 { 0.0 } else { 1.0 };
+    }
+    let den = df + t * t;
+    let tail = 0.5 * beta_inc_reg_xy(df / 2.0, 0.5, df / den, t * t / den);
+    if t >= 0.0 {
+        tail
+    } else {
+        1.0 - tail
+    }
+}
+
+/// Quantile of Student's t: the t with P(T ≤ t) = `p` (as `scipy.stats.t.ppf`), by bisection on
+/// [`t_sf`] to the last bit of the bracket. NaN for p outside (0, 1) or df ≤ 0.
+pub fn t_quantile(p: f64, df: f64) -> f64 {
+    if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
+        return f64::NAN;
+    }
+    if p < 0.5 {
+        return -t_quantile(1.0 - p, df);
+    }
+    let upper = 1.0 - p; // wanted P(T ≥ t)
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    while t_sf(hi, df) > upper {
+        hi *= 2.0;
+        if hi > 1e300 {
+            return f64::INFINITY;
+        }
+    }
+    for _ in 0..2000 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if t_sf(mid, df) > upper {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
 /// Upper tail of the F distribution, P(F_{df1, df2} ≥ f) = I_{df2/(df2 + df1 f)}(df2/2, df1/2)
 /// (as `scipy.stats.f.sf(f, df1, df2)`). 1 for f ≤ 0; NaN for a NaN f or a non-positive df.
 pub fn f_sf(f: f64, df1: f64, df2: f64) -> f64 {
@@ -169,4 +218,29 @@ pub fn f_sf(f: f64, df1: f64, df2: f64) -> f64 {
     }
     let den = df2 + df1 * f;
     beta_inc_reg_xy(df2 / 2.0, df1 / 2.0, df2 / den, df1 * f / den)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn student_t_tail_and_quantile_match_scipy() {
+        // scipy 1.x: stats.t.sf(t, df), stats.t.ppf(p, df)
+        for (t, df, want) in [(2.0, 3.0, 0.06966298427942152), (-1.5, 10.0, 0.9177463367772799), (0.3, 1.0, 0.4072264209222577)] {
+            assert!((t_sf(t, df) - want).abs() < 1e-13 * want.max(1e-3), "sf({t}, {df}) = {}", t_sf(t, df));
+        }
+        for (p, df, want) in [
+            (0.975, 1.0, 12.706204736174694),
+            (0.975, 4.0, 2.7764451051977934),
+            (0.975, 18.0, 2.1009220402410382),
+            (0.995, 2.5, 7.163728138948783),
+            (0.6, 30.0, 0.2556053649519128),
+            (0.025, 7.0, -2.3646242515927844),
+        ] {
+            let got = t_quantile(p, df);
+            assert!((got - want).abs() < 1e-10 * want.abs(), "ppf({p}, {df}) = {got}, scipy {want}");
+        }
+        assert!(t_quantile(1.0, 3.0).is_nan() && t_quantile(0.5, 0.0).is_nan());
+    }
 }

@@ -6,8 +6,10 @@
 //! SAE design to the semantic set's participation-ratio dimension; the SAE's reconstruction error
 //! alone; and mean-ablation of a category in the reconstruction.
 //!
-//! Random subsets draw from all features of the layer, without replacement, one seeded draw per
-//! seed; identical for any worker count.
+//! Random subsets draw from the *eligible* features of the layer (those the labeller's activity
+//! rule admits, the rule the semantic set passed: never dead or never-active features), without
+//! replacement, one seeded draw per seed; identical for any worker count. PCA is fitted inside
+//! each outer fold of the encoding fit (`encoding::DesignTransform::Pca`), not here.
 
 use ndarray::{Array2, ArrayView2, Axis};
 use serde::{Deserialize, Serialize};
@@ -49,11 +51,19 @@ pub struct FeatureSetDef {
 
 /// `n` distinct features of `0..n_total`, drawn with a seeded partial Fisher–Yates, ascending.
 pub fn count_matched(n_total: usize, n: usize, seed: u64) -> Vec<usize> {
-    let n = n.min(n_total);
+    count_matched_from(&(0..n_total).collect::<Vec<_>>(), n, seed)
+}
+
+/// `n` distinct features of `pool` (the eligible features), drawn with a seeded partial
+/// Fisher–Yates, ascending; all of `pool` when it has no more than `n`. With `pool` = 0..n_total
+/// the draw is [`count_matched`]'s.
+pub fn count_matched_from(pool: &[usize], n: usize, seed: u64) -> Vec<usize> {
+    let n_pool = pool.len();
+    let n = n.min(n_pool);
     let mut rng = SplitMix64::new(seed);
-    let mut idx: Vec<usize> = (0..n_total).collect();
+    let mut idx = pool.to_vec();
     for k in 0..n {
-        let j = k + rng.below((n_total - k) as u64) as usize;
+        let j = k + rng.below((n_pool - k) as u64) as usize;
         idx.swap(k, j);
     }
     let mut out = idx[..n].to_vec();
@@ -64,10 +74,16 @@ pub fn count_matched(n_total: usize, n: usize, seed: u64) -> Vec<usize> {
 /// Features in a seeded random order, added until their summed variance reaches `target`
 /// (the last one added crosses it), ascending. Zero-variance features are skipped.
 pub fn variance_matched(variances: &[f64], target: f64, seed: u64) -> Vec<usize> {
-    let n = variances.len();
+    variance_matched_from(&(0..variances.len()).collect::<Vec<_>>(), variances, target, seed)
+}
+
+/// [`variance_matched`] drawing only from `pool` (the eligible features); `variances` is indexed
+/// by feature. With `pool` = all features the draw is [`variance_matched`]'s.
+pub fn variance_matched_from(pool: &[usize], variances: &[f64], target: f64, seed: u64) -> Vec<usize> {
+    let n = pool.len();
     let order = {
         let mut rng = SplitMix64::new(seed);
-        let mut idx: Vec<usize> = (0..n).collect();
+        let mut idx = pool.to_vec();
         for k in 0..n.saturating_sub(1) {
             let j = k + rng.below((n - k) as u64) as usize;
             idx.swap(k, j);
@@ -158,6 +174,27 @@ mod tests {
         // crosses the target with its last feature, not before
         assert!(sum >= target && sum - v.iter().map(|&j| var[j]).fold(0.0, f64::max) < target + 6.0);
         assert!(v.iter().all(|&j| var[j] > 0.0));
+    }
+
+    #[test]
+    fn random_subsets_from_a_pool_never_leave_it() {
+        // every third feature eligible: draws stay inside, for many seeds
+        let pool: Vec<usize> = (0..300).filter(|j| j % 3 == 0).collect();
+        let var: Vec<f64> = (0..300).map(|j| 1.0 + (j % 5) as f64).collect();
+        for seed in 0..50 {
+            let c = count_matched_from(&pool, 40, seed);
+            assert_eq!(c.len(), 40);
+            assert!(c.iter().all(|j| j % 3 == 0), "seed {seed}: {c:?}");
+            let v = variance_matched_from(&pool, &var, 100.0, seed);
+            assert!(v.iter().all(|j| j % 3 == 0), "seed {seed}: {v:?}");
+            assert!(v.iter().map(|&j| var[j]).sum::<f64>() >= 100.0);
+        }
+        // a pool smaller than the set: all of it
+        assert_eq!(count_matched_from(&[4, 9], 5, 1), vec![4, 9]);
+        // the full pool reproduces the unrestricted draws
+        let all: Vec<usize> = (0..300).collect();
+        assert_eq!(count_matched_from(&all, 40, 7), count_matched(300, 40, 7));
+        assert_eq!(variance_matched_from(&all, &var, 100.0, 7), variance_matched(&var, 100.0, 7));
     }
 
     #[test]

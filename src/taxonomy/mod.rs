@@ -183,6 +183,17 @@ impl LabelSet {
             .collect()
     }
 
+    /// Features the activity rule admits (active on at least `min_active` evidence words: the
+    /// rule every built-in label other than OTHER-for-inactivity is decided under), ascending. Random
+    /// baselines draw from these, never from dead or never-active features.
+    pub fn eligible(&self, min_active: usize) -> Vec<usize> {
+        self.labels
+            .iter()
+            .filter(|l| l.evidence.n_active >= min_active)
+            .map(|l| l.feature as usize)
+            .collect()
+    }
+
     /// SEMANTIC features of a subcategory, ascending.
     pub fn features_of_sub(&self, s: Subcategory) -> Vec<usize> {
         self.labels

@@ -130,7 +130,8 @@ impl PermutationScheme {
 /// A correlation between the flattened predicted and observed matrices with its permutation p.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PermutationCorrelation {
-    /// "spearman_rho" or "mantel_r".
+    /// "spearman_rho", "pearson_r", "mantel_r" (same labels on both axes),
+    /// "spearman_rho_double_centred" or "pearson_r_double_centred".
     pub statistic: &'static str,
     pub value: f64,
     /// Cells correlated (n_rows · n_cols).
@@ -253,11 +254,13 @@ pub fn rank_convergence_test(
     })
 }
 
-/// Mantel test: Pearson r between the flattened predicted and observed matrices, null by label
-/// permutation of the observed matrix as [`rank_convergence_test`]: rows and columns permuted
-/// independently, or — when `same_labels` is set and the matrix is square, i.e. rows and columns
-/// are the same objects — one permutation applied to both axes (the classic Mantel test, which
-/// keeps the diagonal on the diagonal). One-sided ("greater").
+/// Pearson r between the flattened predicted and observed matrices, null by label permutation of
+/// the observed matrix as [`rank_convergence_test`]: rows and columns permuted independently
+/// (statistic `pearson_r`: what the paper calls its "Mantel r"; a subcategory × region matrix is
+/// not a distance matrix, so this is not a Mantel test in the strict sense), or — when
+/// `same_labels` is set and the matrix is square, i.e. rows and columns are the same objects —
+/// one permutation applied to both axes (`mantel_r`: the classic Mantel test, which keeps the
+/// diagonal on the diagonal). One-sided ("greater").
 ///
 /// Errors: as [`rank_convergence_test`], and `same_labels` on a non-square matrix.
 pub fn mantel_test(
@@ -284,7 +287,7 @@ pub fn mantel_test(
     };
     let n_as_extreme = count_exceedances(observed, r, n_perm, seed, scheme, |y| pearson(&x, y));
     Ok(PermutationCorrelation {
-        statistic: "mantel_r",
+        statistic: if same_labels { "mantel_r" } else { "pearson_r" },
         value: r,
         n_cells: x.len(),
         p_value: (1 + n_as_extreme) as f64 / (1 + n_perm) as f64,
@@ -295,6 +298,50 @@ pub fn mantel_test(
         tie_rule: "none (Pearson r of the values)",
         seed,
     })
+}
+
+/// The matrix with its row and column effects removed: m_ij − m̄_i· − m̄_·j + m̄_·· (every row and
+/// column of the result sums to 0). What is left is the subcategory × region *interaction*: a
+/// subcategory that is high in every region, or a region high for every subcategory, no longer
+/// counts as agreement with a prediction that marks some of its cells.
+pub fn double_centred(m: ArrayView2<f64>) -> Array2<f64> {
+    let mut out = m.to_owned();
+    double_centre(&mut out.view_mut());
+    out
+}
+
+/// Spearman ρ and Pearson r of the *double-centred* observed matrix ([`double_centred`]) against
+/// the prediction (for Pearson r the prediction is double-centred too; a Spearman ρ of a 0/1
+/// prediction does not change), each with the row-and-column label-permutation null of
+/// [`rank_convergence_test`]: a row or column permutation commutes with double centring, so the
+/// permuted centred matrix is the centred permuted matrix. One-sided ("greater").
+pub fn interaction_convergence_tests(
+    predicted: ArrayView2<f64>,
+    observed: ArrayView2<f64>,
+    n_perm: usize,
+    seeds: (u64, u64),
+) -> Result<(PermutationCorrelation, PermutationCorrelation)> {
+    check_pair("double-centred convergence test", predicted, observed)?;
+    let oc = double_centred(observed);
+    let mut rho = rank_convergence_test(predicted, oc.view(), n_perm, seeds.0)?;
+    rho.statistic = "spearman_rho_double_centred";
+    let x = flat(double_centred(predicted).view());
+    let r = pearson(&x, &flat(oc.view()));
+    let scheme = PermutationScheme::RowsAndColumns;
+    let n_as_extreme = count_exceedances(oc.view(), r, n_perm, seeds.1, scheme, |y| pearson(&x, y));
+    let pr = PermutationCorrelation {
+        statistic: "pearson_r_double_centred",
+        value: r,
+        n_cells: x.len(),
+        p_value: (1 + n_as_extreme) as f64 / (1 + n_perm) as f64,
+        n_perm,
+        n_as_extreme,
+        scheme,
+        alternative: GREATER,
+        tie_rule: "none (Pearson r of the values)",
+        seed: seeds.1,
+    };
+    Ok((rho, pr))
 }
 
 /// A bootstrap CI of Spearman ρ with its unit of resampling.
@@ -846,7 +893,12 @@ pub struct TopographyReport {
     pub spearman_ci_cells: CorrelationCi,
     /// Bootstrap CI of ρ over subjects (per-subject matrices given).
     pub spearman_ci_subjects: Option<CorrelationCi>,
+    /// Pearson r of the cells (`pearson_r`; `mantel_r` with `same_labels`).
     pub mantel: PermutationCorrelation,
+    /// Spearman ρ of the double-centred observed matrix against the prediction.
+    pub spearman_centred: PermutationCorrelation,
+    /// Pearson r of the double-centred observed and predicted matrices.
+    pub pearson_centred: PermutationCorrelation,
     /// Per-subject matrices given.
     pub interaction: Option<RmInteraction>,
     /// Per-cell p-values given.
@@ -900,8 +952,9 @@ impl StatisticRow {
 /// FDR cells and the overlap tests; `subjects`: (n_subjects, n_rows, n_cols), enables the subject
 /// bootstrap and the repeated-measures interaction. Seeds: the k-th output of
 /// `SplitMix64::new(settings.seed)` seeds, in this order, 1 the ρ permutations, 2 the cell
-/// bootstrap, 3 the subject bootstrap, 4 the Mantel permutations, 5 the interaction permutations
-/// (each drawn whether used or not, so adding subjects does not change the other streams).
+/// bootstrap, 3 the subject bootstrap, 4 the Pearson-r (Mantel) permutations, 5 the interaction
+/// permutations, 6 and 7 the double-centred ρ and r permutations (each drawn whether used or not,
+/// so adding subjects does not change the other streams).
 ///
 /// Errors: as the individual tests, and shapes that disagree.
 pub fn topography_report(
@@ -931,13 +984,15 @@ pub fn topography_report(
         }
     }
     let mut seeds = SplitMix64::new(settings.seed);
-    let seed: Vec<u64> = (0..5).map(|_| seeds.next_u64()).collect();
+    let seed: Vec<u64> = (0..7).map(|_| seeds.next_u64()).collect();
     let spearman = rank_convergence_test(predicted, observed, settings.n_perm, seed[0])?;
     let spearman_ci_cells = cell_bootstrap_ci(predicted, observed, settings.n_boot, settings.ci_level, seed[1])?;
     let spearman_ci_subjects = subjects
         .map(|s| subject_bootstrap_ci(predicted, s, settings.n_boot, settings.ci_level, seed[2]))
         .transpose()?;
     let mantel = mantel_test(predicted, observed, settings.n_perm, seed[3], settings.same_labels)?;
+    let (spearman_centred, pearson_centred) =
+        interaction_convergence_tests(predicted, observed, settings.n_perm, (seed[5], seed[6]))?;
     let interaction = subjects
         .map(|s| rm_interaction(s, settings.n_perm, seed[4]))
         .transpose()?;
@@ -954,6 +1009,8 @@ pub fn topography_report(
         spearman_ci_cells,
         spearman_ci_subjects,
         mantel,
+        spearman_centred,
+        pearson_centred,
         interaction,
         cells,
         overlap,
@@ -969,7 +1026,8 @@ fn finite(v: f64) -> Option<f64> {
 }
 
 impl TopographyReport {
-    /// One row per statistic, in a fixed order: spearman_rho, spearman_rho_subjects, mantel_r,
+    /// One row per statistic, in a fixed order: spearman_rho, spearman_rho_subjects, pearson_r
+    /// (mantel_r with same labels), spearman_rho_double_centred, pearson_r_double_centred,
     /// interaction_f, fdr_significant_cells, hypergeometric_overlap, fisher_odds_ratio,
     /// fisher_exact_two_sided (rows whose input was not given are left out).
     pub fn rows(&self) -> Vec<StatisticRow> {
@@ -1011,7 +1069,7 @@ impl TopographyReport {
             rows.push(row);
         }
         let m = &self.mantel;
-        let mut row = StatisticRow::new("mantel_r", m.value);
+        let mut row = StatisticRow::new(m.statistic, m.value);
         row.p_value = Some(m.p_value);
         row.n = Some(m.n_cells as u64);
         row.n_perm = Some(m.n_perm as u64);
@@ -1019,12 +1077,36 @@ impl TopographyReport {
         row.alternative = Some(m.alternative.into());
         row.tie_rule = Some(format!("{}; {PERMUTATION_TIES}", m.tie_rule));
         row.note = Some(format!(
-            "Pearson r of flattened predicted vs observed; null: {} ({} of {} permutations ≥ r)",
+            "Pearson r of flattened predicted vs observed{}; null: {} ({} of {} permutations ≥ r)",
+            if m.statistic == "pearson_r" {
+                " (the paper's \"Mantel r\"; not a distance-matrix Mantel test)"
+            } else {
+                ""
+            },
             m.scheme.describe(),
             m.n_as_extreme,
             m.n_perm
         ));
         rows.push(row);
+        for c in [&self.spearman_centred, &self.pearson_centred] {
+            let mut row = StatisticRow::new(c.statistic, c.value);
+            row.p_value = Some(c.p_value);
+            row.n = Some(c.n_cells as u64);
+            row.n_perm = Some(c.n_perm as u64);
+            row.unit = Some(UNIT_CELLS.into());
+            row.alternative = Some(c.alternative.into());
+            row.tie_rule = Some(format!("{}; {PERMUTATION_TIES}", c.tie_rule));
+            row.note = Some(format!(
+                "{} with row and column effects removed (observed{} double-centred): agreement of the subcategory × region \
+                 interaction alone; null: {} ({} of {} permutations ≥)",
+                if c.statistic.starts_with("spearman") { "Spearman ρ" } else { "Pearson r" },
+                if c.statistic.starts_with("spearman") { "" } else { " and predicted" },
+                c.scheme.describe(),
+                c.n_as_extreme,
+                c.n_perm
+            ));
+            rows.push(row);
+        }
         if let Some(x) = &self.interaction {
             let mut row = StatisticRow::new("interaction_f", x.f);
             row.p_value = Some(x.p_permutation);
@@ -1111,6 +1193,37 @@ mod tests {
         assert_eq!(f.odds_ratio, 21.0);
         assert_eq!(f.p_greater, p);
         assert!(!f.haldane_corrected);
+    }
+
+    #[test]
+    fn double_centring_removes_row_and_column_effects_and_keeps_the_interaction() {
+        let pred = ndarray::array![[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]];
+        // row and column effects only: raw r with the prediction can be large, the centred one is 0
+        let additive = Array2::from_shape_fn((4, 3), |(i, j)| 0.1 * i as f64 + [0.3, 0.0, 0.05][j]);
+        let c = double_centred(additive.view());
+        assert!(c.iter().all(|v| v.abs() < 1e-15));
+        for i in 0..4 {
+            assert!(c.row(i).sum().abs() < 1e-15);
+        }
+        // an interaction planted on the predicted cells over additive effects: found by both
+        let planted = &additive + &(&pred * 0.2);
+        let (rho, r) = interaction_convergence_tests(pred.view(), planted.view(), 999, (1, 2)).unwrap();
+        assert_abs_diff_eq!(r.value, 1.0, epsilon = 1e-12);
+        assert!(rho.value > 0.8 && rho.p_value < 0.05, "{rho:?}");
+        assert_eq!((rho.statistic, r.statistic), ("spearman_rho_double_centred", "pearson_r_double_centred"));
+        // a raw-matrix correlation that comes only from a row effect (a subcategory strong in every
+        // region) whose row the prediction marks twice; the interaction left runs against the
+        // prediction (numpy: raw r 0.2732, double-centred r −0.5367)
+        let pred2 = ndarray::array![[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]];
+        let mut rowy = Array2::<f64>::zeros((4, 3));
+        rowy.row_mut(0).fill(1.0);
+        rowy[[0, 2]] += 0.05;
+        rowy[[1, 0]] += 0.05;
+        let raw = mantel_test(pred2.view(), rowy.view(), 99, 3, false).unwrap();
+        let (_, cen) = interaction_convergence_tests(pred2.view(), rowy.view(), 99, (1, 2)).unwrap();
+        assert_eq!(raw.statistic, "pearson_r");
+        assert_abs_diff_eq!(raw.value, 0.27323563308203436, epsilon = 1e-12);
+        assert_abs_diff_eq!(cen.value, -0.5367450401216932, epsilon = 1e-12);
     }
 
     #[test]

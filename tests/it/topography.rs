@@ -267,6 +267,10 @@ fn a_planted_topography_is_recovered_and_a_null_one_is_not() {
     assert!(rep.spearman.value >= 0.8, "ρ = {}", rep.spearman.value);
     assert!(rep.spearman.p_value < 0.01, "p = {}", rep.spearman.p_value);
     assert!(rep.mantel.p_value < 0.01, "Mantel p = {}", rep.mantel.p_value);
+    assert_eq!(rep.mantel.statistic, "pearson_r");
+    // the planted effect is an interaction (no row or column effects): found after double centring
+    assert!(rep.spearman_centred.p_value < 0.01, "{:?}", rep.spearman_centred);
+    assert!(rep.pearson_centred.p_value < 0.01, "{:?}", rep.pearson_centred);
     let x = rep.interaction.unwrap();
     assert!(x.p_permutation < 0.01 && x.p_parametric < 1e-6, "{x:?}");
     let ci = rep.spearman_ci_subjects.unwrap();
@@ -290,6 +294,8 @@ fn a_planted_topography_is_recovered_and_a_null_one_is_not() {
     .unwrap();
     assert!(null.spearman.p_value > 0.05, "null ρ p = {}", null.spearman.p_value);
     assert!(null.mantel.p_value > 0.05, "null Mantel p = {}", null.mantel.p_value);
+    assert!(null.spearman_centred.p_value > 0.05, "{:?}", null.spearman_centred);
+    assert!(null.pearson_centred.p_value > 0.05, "{:?}", null.pearson_centred);
     assert!(
         null.interaction.unwrap().p_permutation > 0.05,
         "null interaction {:?}",

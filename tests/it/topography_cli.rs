@@ -173,7 +173,9 @@ fn table16_run_writes_the_library_values_to_parquet() {
         [
             "spearman_rho",
             "spearman_rho_subjects",
-            "mantel_r",
+            "pearson_r",
+            "spearman_rho_double_centred",
+            "pearson_r_double_centred",
             "interaction_f",
             "fdr_significant_cells",
             "hypergeometric_overlap",
