@@ -963,26 +963,27 @@ fn load_responses(
     let mut fit_trs = stories.iter().map(|(s, _)| s.n_trs).min().unwrap_or(0);
     if let Some(fmri) = &fmri {
         let per_story = fmri.subjects.contains("{story}");
-        let recorded: Vec<&(StorySection, Story)> =
-            match (&fmri.story, per_story) {
-                (Some(_), true) => {
-                    return Err(invalid(
-                        path,
-                        "fmri.story",
-                        "leave it out when fmri.subjects has `{story}` (every story has its own files)",
-                    ))
-                }
-                (None, false) => return Err(invalid(
+        let recorded: Vec<&(StorySection, Story)> = match (&fmri.story, per_story) {
+            (Some(_), true) => {
+                return Err(invalid(
+                    path,
+                    "fmri.story",
+                    "leave it out when fmri.subjects has `{story}` (every story has its own files)",
+                ))
+            }
+            (None, false) => {
+                return Err(invalid(
                     path,
                     "fmri.story",
                     "missing: name the story the responses were recorded for, or put `{story}` in fmri.subjects",
-                )),
-                (None, true) => stories.iter().collect(),
-                (Some(id), false) => match stories.iter().find(|(s, _)| &s.id == id) {
-                    Some(s) => vec![s],
-                    None => return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{id}`"))),
-                },
-            };
+                ))
+            }
+            (None, true) => stories.iter().collect(),
+            (Some(id), false) => match stories.iter().find(|(s, _)| &s.id == id) {
+                Some(s) => vec![s],
+                None => return Err(invalid(path, "fmri.story", format!("no [[story]] with id `{id}`"))),
+            },
+        };
         let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
         let mut trs = Vec::new();
         for (story_cfg, _) in recorded {
@@ -1246,9 +1247,7 @@ fn check_taxonomy(
                 return Err(invalid(
                     path,
                     "taxonomy.prediction-error-delta",
-                    format!(
-                        "no analysed layer ℓ has layer ℓ − {delta} analysed too (model.layers = {layers:?})"
-                    ),
+                    format!("no analysed layer ℓ has layer ℓ − {delta} analysed too (model.layers = {layers:?})"),
                 ));
             }
         }

@@ -610,23 +610,8 @@ pub fn ridge_cv_method(
     criterion: AlphaCriterion,
     method: RidgeMethod,
 ) -> Result<RidgeCvResult> {
-    let (n, t) = (x.nrows(), y.ncols());
-    if y.nrows() != n {
-        return Err(Error::Invalid(format!(
-            "ridge_cv: X has {n} rows but Y has {}",
-            y.nrows()
-        )));
-    }
-    if n == 0 || x.ncols() == 0 {
-        return Err(Error::Invalid(format!(
-            "ridge_cv: expected a non-empty design, found shape {:?}",
-            x.dim()
-        )));
-    }
-    check_alphas(alphas)?;
-    check_finite(x, "X")?;
-    check_finite(y, "Y")?;
-    check_folds(folds, n, false)?;
+    let t = y.ncols();
+    check_cv_inputs(x, y, alphas, folds)?;
     let xm = to_mat(x); // (n, p)
     let ym = to_mat(y); // (n, t), column-major: a target chunk is contiguous
                         // the refit's decomposition runs beside the folds' (independent tasks: same result)
@@ -646,19 +631,15 @@ pub fn ridge_cv_method(
     })
 }
 
-/// [`ridge_cv_with`] for several criteria at once (same folds, factorizations and predictions):
-/// the chosen penalty index per target for each criterion, in `criteria`'s order, and the refit
-/// path on all rows. With one criterion the choice equals [`ridge_cv_with`]'s.
-pub fn ridge_cv_criteria(
-    x: ArrayView2<f64>,
-    y: ArrayView2<f64>,
-    alphas: &[f64],
-    folds: &[Fold],
-    criteria: &[AlphaCriterion],
-) -> Result<(Vec<Vec<usize>>, RidgePath)> {
-    let (n, t) = (x.nrows(), y.ncols());
+/// The input checks of [`ridge_cv_method`] and [`ridge_cv_criteria`]: shapes, a non-empty
+/// design, penalties, finite values, folds within the rows.
+fn check_cv_inputs(x: ArrayView2<f64>, y: ArrayView2<f64>, alphas: &[f64], folds: &[Fold]) -> Result<()> {
+    let n = x.nrows();
     if y.nrows() != n {
-        return Err(Error::Invalid(format!("ridge_cv: X has {n} rows but Y has {}", y.nrows())));
+        return Err(Error::Invalid(format!(
+            "ridge_cv: X has {n} rows but Y has {}",
+            y.nrows()
+        )));
     }
     if n == 0 || x.ncols() == 0 {
         return Err(Error::Invalid(format!(
@@ -669,7 +650,21 @@ pub fn ridge_cv_criteria(
     check_alphas(alphas)?;
     check_finite(x, "X")?;
     check_finite(y, "Y")?;
-    check_folds(folds, n, false)?;
+    check_folds(folds, n, false)
+}
+
+/// [`ridge_cv_with`] for several criteria at once (same folds, factorizations and predictions):
+/// the chosen penalty index per target for each criterion, in `criteria`'s order, and the refit
+/// path on all rows. With one criterion the choice equals [`ridge_cv_with`]'s.
+pub fn ridge_cv_criteria(
+    x: ArrayView2<f64>,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criteria: &[AlphaCriterion],
+) -> Result<(Vec<Vec<usize>>, RidgePath)> {
+    let t = y.ncols();
+    check_cv_inputs(x, y, alphas, folds)?;
     let method = RidgeMethod::Auto;
     let xm = to_mat(x);
     let ym = to_mat(y);
@@ -1128,7 +1123,9 @@ mod tests {
         }
         // test rows: the same distribution plus a direction the training rows never vary along
         let mut x_test = Array2::from_shape_fn((n_test, p), |_| rng.normal());
-        x_test.column_mut(0).assign(&Array1::from_shape_fn(n_test, |_| 10.0 * rng.normal()));
+        x_test
+            .column_mut(0)
+            .assign(&Array1::from_shape_fn(n_test, |_| 10.0 * rng.normal()));
         let (tr, te) = fold_pca(x_train.view(), x_test.view(), 5).unwrap();
         assert_eq!((tr.ncols(), te.ncols()), (5, 5));
         // moving a test row along the test-only direction leaves its scores unchanged
@@ -1144,9 +1141,16 @@ mod tests {
             assert_abs_diff_eq!(te_same[[0, c]], tr[[3, c]], epsilon = 1e-9);
         }
         // not whitened: decreasing variances with mean 1 over the kept components
-        let var: Vec<f64> = tr.columns().into_iter().map(|c| c.iter().map(|v| v * v).sum::<f64>() / n_train as f64).collect();
+        let var: Vec<f64> = tr
+            .columns()
+            .into_iter()
+            .map(|c| c.iter().map(|v| v * v).sum::<f64>() / n_train as f64)
+            .collect();
         assert!(var.windows(2).all(|w| w[0] >= w[1]), "{var:?}");
-        assert!(var[0] > 3.0 * var[4], "the components keep their variance ratios: {var:?}");
+        assert!(
+            var[0] > 3.0 * var[4],
+            "the components keep their variance ratios: {var:?}"
+        );
         assert_abs_diff_eq!(var.iter().sum::<f64>() / 5.0, 1.0, epsilon = 1e-10);
         // k is capped below the training rows' rank (7 here: the constant column adds none)
         let (all, _) = fold_pca(x_train.view(), x_test.view(), 100).unwrap();
@@ -1183,12 +1187,13 @@ mod tests {
         // R² chooses large penalties for the noise target (shrinking towards 0 pays); on the signal
         // target its predictions explain the held-out rows
         assert!(a2.column(1).iter().all(|&a| a >= 100.0), "{a2:?}");
-        assert!(p2.column(0).iter().zip(both.predictions.column(0)).all(|(a, b)| a.is_finite() == b.is_finite()));
+        assert!(p2
+            .column(0)
+            .iter()
+            .zip(both.predictions.column(0))
+            .all(|(a, b)| a.is_finite() == b.is_finite()));
         let rows = &both.tested_rows;
-        let r2 = crate::encoding::stats::r2_per_target(
-            p2.select(Axis(0), rows).view(),
-            y.select(Axis(0), rows).view(),
-        );
+        let r2 = crate::encoding::stats::r2_per_target(p2.select(Axis(0), rows).view(), y.select(Axis(0), rows).view());
         assert!(r2[0] > 0.5, "held-out R² of the signal target: {r2:?}");
         // fold PCA with k = 3: three columns per fold, signal still found
         let pca = NestedCvOptions {

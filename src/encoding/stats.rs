@@ -442,7 +442,13 @@ pub fn segment_mean_permutation_test(
     let p_values = counts
         .iter()
         .zip(&r_observed)
-        .map(|(&c, r)| if r.is_nan() { f64::NAN } else { (1 + c) as f64 / (1 + n_perm) as f64 })
+        .map(|(&c, r)| {
+            if r.is_nan() {
+                f64::NAN
+            } else {
+                (1 + c) as f64 / (1 + n_perm) as f64
+            }
+        })
         .collect();
     Ok(PermutationTest {
         r_observed,

@@ -780,7 +780,11 @@ mod tests {
             if let SetSpec::Columns(cols) | SetSpec::Ablate(cols) = &d.spec {
                 if d.kind == "count-matched" || d.kind == "variance-matched" || d.name.starts_with("ablate:random") {
                     n_random += 1;
-                    assert!(cols.iter().all(|&j| j < 100), "{} holds a never-active feature: {cols:?}", d.name);
+                    assert!(
+                        cols.iter().all(|&j| j < 100),
+                        "{} holds a never-active feature: {cols:?}",
+                        d.name
+                    );
                 }
                 if d.kind == "count-matched" {
                     assert_eq!(cols.len(), 40);

@@ -194,7 +194,10 @@ mod tests {
         // the full pool reproduces the unrestricted draws
         let all: Vec<usize> = (0..300).collect();
         assert_eq!(count_matched_from(&all, 40, 7), count_matched(300, 40, 7));
-        assert_eq!(variance_matched_from(&all, &var, 100.0, 7), variance_matched(&var, 100.0, 7));
+        assert_eq!(
+            variance_matched_from(&all, &var, 100.0, 7),
+            variance_matched(&var, 100.0, 7)
+        );
     }
 
     #[test]

@@ -1210,7 +1210,10 @@ mod tests {
         let (rho, r) = interaction_convergence_tests(pred.view(), planted.view(), 999, (1, 2)).unwrap();
         assert_abs_diff_eq!(r.value, 1.0, epsilon = 1e-12);
         assert!(rho.value > 0.8 && rho.p_value < 0.05, "{rho:?}");
-        assert_eq!((rho.statistic, r.statistic), ("spearman_rho_double_centred", "pearson_r_double_centred"));
+        assert_eq!(
+            (rho.statistic, r.statistic),
+            ("spearman_rho_double_centred", "pearson_r_double_centred")
+        );
         // a raw-matrix correlation that comes only from a row effect (a subcategory strong in every
         // region) whose row the prediction marks twice; the interaction left runs against the
         // prediction (numpy: raw r 0.2732, double-centred r −0.5367)

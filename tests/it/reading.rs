@@ -496,7 +496,16 @@ fn watch_follows_the_reading_word_table_and_its_outputs_equal_a_fresh_run() {
         serde_json::from_str::<serde_json::Value>(&text).ok()?["epoch"].as_u64()
     };
     let mut child = support::bin()
-        .args(["watch", watched.to_str().unwrap(), "--poll", "0.2", "--updates", "1", "-w", "2"])
+        .args([
+            "watch",
+            watched.to_str().unwrap(),
+            "--poll",
+            "0.2",
+            "--updates",
+            "1",
+            "-w",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -505,7 +514,10 @@ fn watch_follows_the_reading_word_table_and_its_outputs_equal_a_fresh_run() {
     while epoch() != Some(0) {
         if let Some(s) = child.try_wait().unwrap() {
             let o = child.wait_with_output().unwrap();
-            panic!("watch exited ({s}) before its first update:\n{}", String::from_utf8_lossy(&o.stderr));
+            panic!(
+                "watch exited ({s}) before its first update:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
         }
         assert!(t0.elapsed() < Duration::from_secs(900), "no first update");
         std::thread::sleep(Duration::from_millis(100));
@@ -518,7 +530,10 @@ fn watch_follows_the_reading_word_table_and_its_outputs_equal_a_fresh_run() {
     let log = String::from_utf8_lossy(&o.stderr).into_owned();
     assert!(o.status.success(), "{log}");
     assert_eq!(epoch(), Some(1), "{log}");
-    assert!(log.contains("reading data +1 −1"), "the reading data is one new record: {log}");
+    assert!(
+        log.contains("reading data +1 −1"),
+        "the reading data is one new record: {log}"
+    );
 
     // the update added story 3 and refitted the reading models on the new data
     check_schema(&out, "reading_words", Some(n_three));
