@@ -228,11 +228,12 @@ fn epochs(states: &[State], v: &Variants) -> Vec<Epoch> {
     out
 }
 
-fn setup(store: &Path, output: &Path) -> (Ctx, Variants) {
+fn setup(store: &Path, output: &Path) -> (Ctx, Variants, support::SharedLm) {
+    let lm = support::seed_lm(store);
     let ctx = pipeline::context(plan_in(store, output), 1).unwrap();
     let inputs = pipeline::prepare_inputs(&ctx).unwrap();
     let v = variants(&ctx, inputs.corpus);
-    (ctx, v)
+    (ctx, v, lm)
 }
 
 const SEED: u64 = 20261127;
@@ -261,7 +262,7 @@ fn check_against_oracle(ctx: &Ctx, states: &[State], v: &Variants, results: &[Ep
 #[test]
 fn random_additions_replacements_and_removals_match_from_scratch_runs_on_1_2_4_workers_and_2_processes() {
     let tmp = tempfile::tempdir().unwrap();
-    let (ctx, v) = setup(&tmp.path().join("store"), &tmp.path().join("out"));
+    let (ctx, v, _lm) = setup(&tmp.path().join("store"), &tmp.path().join("out"));
     let (seed, states) = covering_script();
     let eps = epochs(&states, &v);
     eprintln!("oracle script (seed {seed}): {states:#?}");
@@ -342,7 +343,7 @@ fn random_additions_replacements_and_removals_match_from_scratch_runs_on_1_2_4_w
     }
 
     // the final state from scratch in a store of its own: byte-identical tables
-    let (ctx2, v2) = setup(&tmp.path().join("store2"), &tmp.path().join("out2"));
+    let (ctx2, v2, _lm2) = setup(&tmp.path().join("store2"), &tmp.path().join("out2"));
     let last = states.last().unwrap();
     let scratch = from_scratch(&ctx2, last, &v2);
     assert_eq!(scratch.snapshot, one.last().unwrap().snapshot);
@@ -384,7 +385,7 @@ fn oracle_process_child() {
     let process: usize = parts[0].parse().unwrap();
     let hosts: Vec<String> = parts[1].split(',').map(String::from).collect();
     let dir = Path::new(parts[2]);
-    let (ctx, v) = setup(&dir.join("store"), &dir.join("out-processes"));
+    let (ctx, v, _lm) = setup(&dir.join("store"), &dir.join("out-processes"));
     let (_, states) = covering_script();
     let topology = Topology {
         threads: 1,
@@ -509,6 +510,9 @@ fn a_run_killed_at_several_points_and_restarted_gives_the_uninterrupted_outputs(
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     write_pipeline(&a, &root);
     write_pipeline(&b, &root);
+    // `a` (the uninterrupted run) starts with the suite's shared LM outputs; `b` computes its own,
+    // since it is killed once the LM stage has written its first artifact
+    let _lm = support::seed_lm(&a.join("store"));
     run_ok(&a, &["run", "pipeline.toml", "-w", "2"]);
     let want = table_digest(&a.join("out"));
     assert_eq!(want.lines().count(), 5, "{want}");
@@ -635,6 +639,9 @@ for e in (1, 2):
     // the watched outputs equal a from-scratch run on the final files (its own folder and store)
     let scratch = tmp.path().join("scratch");
     write_pipeline(&scratch, &root);
+    // (the watched store computes its own LM outputs: its status and prune counts are checked
+    // below; this one starts with the suite's shared ones)
+    let _lm = support::seed_lm(&scratch.join("store"));
     run_ok(&scratch, &["run", "pipeline.toml"]);
     assert_eq!(table_digest(&out), table_digest(&scratch.join("out")));
 

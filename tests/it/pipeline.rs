@@ -26,7 +26,9 @@ fn small_plan(store: &Path, output: &Path) -> Plan {
 fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_any_worker_count() {
     let tmp = tempfile::tempdir().unwrap();
 
-    // incremental, 2 workers
+    // incremental, 2 workers, LM outputs from earlier tests (the from-scratch store below computes
+    // its own: the byte comparison of the tables also checks the LM stage's determinism)
+    let _lm = support::seed_lm(&tmp.path().join("store_inc"));
     let plan = small_plan(&tmp.path().join("store_inc"), &tmp.path().join("out_inc"));
     let n_layers = plan.layers.len();
     let n_sets = plan.file.encoding.feature_sets.len();
@@ -96,6 +98,7 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
 #[test]
 fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() {
     let tmp = tempfile::tempdir().unwrap();
+    let _lm = support::seed_lm(&tmp.path().join("store"));
     let plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out"));
     let n_subjects = plan.subjects.len();
     let n_rois = plan.fmri().rois.len();
@@ -151,6 +154,7 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
 #[test]
 fn the_lanczos_fir_alignment_runs_end_to_end_and_is_reported() {
     let tmp = tempfile::tempdir().unwrap();
+    let _lm = support::seed_lm(&tmp.path().join("store"));
     let mut plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out"));
     plan.file.encoding.alignment = "lanczos-fir".into();
     plan.file.encoding.feature_sets = vec![cortexflow::features::FeatureSet::Raw];
@@ -422,6 +426,7 @@ fn prediction_error_settings_are_checked_against_the_layers() {
 #[test]
 fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers() {
     let tmp = tempfile::tempdir().unwrap();
+    let _lm = support::seed_lm(&tmp.path().join("store"));
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
     let text = std::fs::read_to_string(src).unwrap().replace(
         "output = \"runs/alice-small\"",
