@@ -538,6 +538,13 @@ fn run(cli: Cli) -> Result<()> {
             for f in &report.files {
                 println!("wrote {}", f.display());
             }
+            for (language, layer, r2) in &report.poor_saes {
+                eprintln!(
+                    "warning: the SAE of `{language}` layer {layer} reconstructs R² = {r2:.3} of the held-out \
+                     activations, under the floor [sae] min-r2 = {} (see report.md)",
+                    report.sae_min_r2
+                );
+            }
         }
         Command::Watch {
             pipeline,

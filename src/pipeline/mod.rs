@@ -50,6 +50,11 @@ pub struct RunReport {
     pub seconds: f64,
     /// Compute seconds per stage, summed over workers.
     pub stage_seconds: std::collections::BTreeMap<String, f64>,
+    /// The SAEs (language, layer, held-out R²) under the floor `[sae] min-r2`: the run's closing
+    /// message repeats the report's warning about them.
+    pub poor_saes: Vec<(String, usize, f64)>,
+    /// That floor.
+    pub sae_min_r2: f64,
 }
 
 /// The context of a plan: store opened, LM threads split between workers.
@@ -208,6 +213,7 @@ pub fn run_on(plan: Plan, topology: &Topology) -> Result<Option<RunReport>> {
         return Ok(None);
     };
     let (files, epoch) = publish(&ctx, &inputs, &result)?;
+    let poor_saes = crate::report::saes_under_floor(&ctx, &result.snapshot)?;
     Ok(Some(RunReport {
         output: ctx.plan.output.clone(),
         files,
@@ -215,6 +221,8 @@ pub fn run_on(plan: Plan, topology: &Topology) -> Result<Option<RunReport>> {
         result,
         seconds: started.elapsed().as_secs_f64(),
         stage_seconds: ctx.store.seconds(),
+        poor_saes,
+        sae_min_r2: ctx.plan.file.sae.min_r2,
     }))
 }
 

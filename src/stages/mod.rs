@@ -248,7 +248,7 @@ pub fn sae_train_config(plan: &Plan) -> SaeTrainConfig {
 pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) -> Result<ArtifactId> {
     let cfg = sae_train_config(&ctx.plan);
     let mut k = KeyBuilder::new("sae", REV_SAE)
-        .config("cfg", &ctx.plan.file.sae)
+        .config("cfg", &ctx.plan.file.sae.training_settings())
         .config("group", &group)
         .config("layer", &layer);
     for id in inputs {
@@ -283,13 +283,14 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             }
         };
         let q = model.quality(held.view());
-        if !(q.r2 >= crate::sae::metrics::POOR_SAE_R2) {
+        if !(q.r2 >= ctx.plan.file.sae.min_r2) {
             tracing::warn!(
                 "the SAE of `{group}` layer {layer} reconstructs R² = {:.3} of the held-out activations \
-                 (mean L0 {:.1}, {:.0}% dead features): lower [sae] l1",
+                 (mean L0 {:.1}, {:.0}% dead features), under the floor [sae] min-r2 = {}",
                 q.r2,
                 q.mean_l0,
-                100.0 * q.dead_fraction
+                100.0 * q.dead_fraction,
+                ctx.plan.file.sae.min_r2
             );
         }
         let rec = SaeRecord {

@@ -146,6 +146,35 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
     assert_eq!(check.trim(), "True True True\nTrue True True\nTrue True");
     let png = std::fs::read(report.output.join("r_by_layer.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+
+    // 40 training steps leave both SAEs under the default held-out R² floor (0.8): the run
+    // flags them (report and closing message); a floor of 0 flags neither and retrains nothing.
+    let r2: Vec<f64> = support::run_python(
+        "import sys, polars as pl\nprint(*pl.read_parquet(sys.argv[1]).sort('layer')['r2'].to_list())",
+        &[report.output.join("sae_quality.parquet").to_str().unwrap()],
+    )
+    .split_whitespace()
+    .map(|v| v.parse().unwrap())
+    .collect();
+    assert!(r2.iter().all(|&v| v < 0.8), "{r2:?}");
+    let flagged: Vec<(usize, f64)> = report.poor_saes.iter().map(|(_, l, v)| (*l, *v)).collect();
+    assert_eq!(flagged, [(3, r2[0]), (9, r2[1])]);
+    let md = std::fs::read_to_string(report.output.join("report.md")).unwrap();
+    assert!(
+        md.contains("**Warning:** the SAEs of en layer 3 (R² ") && md.contains("reconstruct less than 0.8"),
+        "{md}"
+    );
+    let mut plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out"));
+    plan.file.sae.min_r2 = 0.0;
+    let again = pipeline::run(plan, &pipeline::RunOptions { workers: 1 }).unwrap();
+    assert!(again.poor_saes.is_empty());
+    assert_eq!(
+        again.result.stats.computed.get("sae"),
+        None,
+        "a new floor retrains nothing"
+    );
+    let md = std::fs::read_to_string(again.output.join("report.md")).unwrap();
+    assert!(!md.contains("**Warning:** the SAE"), "{md}");
 }
 
 /// The Huth-lab alignment end to end: Lanczos to TR midpoints + FIR delays 1–4 gives designs with
@@ -261,6 +290,12 @@ fn unknown_keys_and_out_of_range_layers_are_rejected_before_any_work() {
     std::fs::write(&p, text.replace("layers = [3, 9]", "layers = [3, 31]")).unwrap();
     let e = Plan::load(&p).unwrap_err().to_string();
     assert!(e.contains("layer 31"), "{e}");
+    std::fs::write(&p, text.replace("steps = 40", "steps = 40\nmin-r2 = 1.5")).unwrap();
+    let e = Plan::load(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("sae.min-r2") && e.contains("1.5 is not a held-out R² floor"),
+        "{e}"
+    );
 }
 
 /// The shipped Le Petit Prince pipelines validate: nine runs per language, every word of the
