@@ -333,7 +333,7 @@ pub fn saes_under_floor(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<(String, usize
     let mut poor = Vec::new();
     for (_, id) in &snap.saes {
         let q = stages::sae_record(ctx, id)?;
-        if !(q.r2 >= ctx.plan.file.sae.min_r2) {
+        if crate::sae::metrics::under_floor(q.r2, ctx.plan.file.sae.min_r2) {
             poor.push((q.language, q.layer, q.r2));
         }
     }
@@ -345,7 +345,7 @@ pub fn saes_under_floor(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<(String, usize
 pub fn poor_sae_warning(saes: &[(String, usize, f64)], floor: f64) -> Option<String> {
     let poor: Vec<String> = saes
         .iter()
-        .filter(|(_, _, r2)| !(*r2 >= floor))
+        .filter(|(_, _, r2)| crate::sae::metrics::under_floor(*r2, floor))
         .map(|(language, layer, r2)| format!("{language} layer {layer} (R² {r2:.3})"))
         .collect();
     let one = poor.len() == 1;

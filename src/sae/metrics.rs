@@ -118,6 +118,11 @@ where
 /// 0.94–0.95; under 0.8 the codes miss over a fifth of the layer's variance.
 pub const DEFAULT_MIN_SAE_R2: f64 = 0.8;
 
+/// Whether a held-out R² is under the floor; a NaN R² (constant held-out rows) counts as under.
+pub fn under_floor(r2: f64, floor: f64) -> bool {
+    !(r2 >= floor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

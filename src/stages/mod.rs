@@ -283,7 +283,7 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             }
         };
         let q = model.quality(held.view());
-        if !(q.r2 >= ctx.plan.file.sae.min_r2) {
+        if crate::sae::metrics::under_floor(q.r2, ctx.plan.file.sae.min_r2) {
             tracing::warn!(
                 "the SAE of `{group}` layer {layer} reconstructs R² = {:.3} of the held-out activations \
                  (mean L0 {:.1}, {:.0}% dead features), under the floor [sae] min-r2 = {}",
