@@ -87,6 +87,12 @@ enum Command {
     /// Ridge with a penalty per target chosen by K-fold CV on .npy/Parquet matrices (compare with
     /// himalaya's solve_ridge_cv_svd or your own tools).
     Ridge(cortexflow::cli::RidgeArgs),
+    /// Voxelwise encoding over many stories (ds003020 layout): leave-stories-out nested ridge CV per
+    /// voxel, region summaries; or a simulated data set in that layout.
+    Voxelwise {
+        #[command(subcommand)]
+        command: cortexflow::cli::VoxelwiseCommand,
+    },
     /// Linear mixed model (ML or REML, as lme4) on a CSV/TSV/Parquet table with an lme4-style
     /// formula; --compare runs a likelihood-ratio test against a nested formula.
     Lmm(cortexflow::cli::LmmArgs),
@@ -441,6 +447,47 @@ fn run(cli: Cli) -> Result<()> {
             for f in &s.files {
                 println!("wrote {}", f.display());
             }
+        }
+        Command::Voxelwise {
+            command: cortexflow::cli::VoxelwiseCommand::Fit(args),
+        } => {
+            let s = cortexflow::cli::run_voxelwise_fit(&args)?;
+            for w in &s.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!(
+                "voxelwise fit: {} subjects × {} stories ({} TRs) × {} features → {} voxels; {} decompositions \
+                 (largest fold {:.1} MiB); {:.1} s",
+                s.n_subjects,
+                s.n_stories,
+                s.n_rows,
+                s.n_features,
+                s.n_voxels,
+                s.decompositions,
+                s.max_factor_bytes as f64 / (1024.0 * 1024.0),
+                s.seconds
+            );
+            for (region, r) in &s.regions {
+                println!("  {region:>8}: mean voxel r over subjects {r:.4}");
+            }
+            for f in &s.files {
+                println!("wrote {}", f.display());
+            }
+        }
+        Command::Voxelwise {
+            command: cortexflow::cli::VoxelwiseCommand::Simulate(args),
+        } => {
+            let s = cortexflow::cli::run_voxelwise_simulate(&args)?;
+            println!(
+                "voxelwise simulate: {} subjects × {} stories ({} TRs) × {} voxels; mean noise-free ceiling r of \
+                 region voxels {:.4}; wrote {}",
+                args.subjects,
+                args.stories,
+                s.n_rows,
+                args.voxels,
+                s.mean_ceiling_r,
+                s.out.display()
+            );
         }
         Command::Ridge(args) => {
             let s = cortexflow::cli::run_ridge(&args)?;

@@ -7,6 +7,9 @@
 //! * [`sae_train`]: `cortexflow sae train JOB.toml` — corpus → LM → activation spool → SAE, with
 //!   checkpoints and held-out quality.
 //! * [`simulate`]: `cortexflow simulate` — BOLD-like responses with planted weights and known ceiling.
+//! * [`voxelwise`]: `cortexflow voxelwise fit` — leave-stories-out nested ridge per voxel over many
+//!   stories (ds003020 layout), region summaries; `cortexflow voxelwise simulate` — such data
+//!   with a planted region × feature-group truth.
 //! * [`labels`]: `cortexflow labels agree` — Cohen's / Fleiss' κ between label sources;
 //!   `cortexflow labels ask` — labelling tasks answered by an OpenAI-compatible endpoint.
 //! * [`topography`]: `cortexflow topography` — subcategory × region matrices against an a priori
@@ -21,6 +24,7 @@ pub mod sae;
 pub mod sae_train;
 pub mod simulate;
 pub mod topography;
+pub mod voxelwise;
 
 pub use labels::{run_labels_agree, run_labels_ask, AgreementSummary, LabelsAgreeArgs, LabelsAskArgs};
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
@@ -29,3 +33,7 @@ pub use sae::{run_sae_encode, SaeEncodeArgs, SaeEncodeSummary};
 pub use sae_train::{run_sae_train, SaeJob, SaeTrainRunOptions, SaeTrainSummary};
 pub use simulate::{run_simulate, SimulateArgs, SimulateSummary};
 pub use topography::{run_topography, TopographyArgs, TopographySummary};
+pub use voxelwise::{
+    run_voxelwise_fit, run_voxelwise_simulate, VoxelwiseCommand, VoxelwiseFitArgs, VoxelwiseFitSummary,
+    VoxelwiseSimulateArgs, VoxelwiseSimulateSummary,
+};

@@ -23,6 +23,7 @@ pub mod partition;
 pub mod ridge;
 pub mod simulate;
 pub mod stats;
+pub mod stories;
 
 pub use folds::{block_folds_within, check_folds, contiguous_block_folds, leave_groups_out_folds, Fold};
 pub use ridge::{
@@ -30,3 +31,4 @@ pub use ridge::{
     ridge_cv_criteria, ridge_cv_method, ridge_cv_with, solve_ridge_svd, solve_ridge_with_method, AlphaCriterion,
     DesignTransform, NestedCvOptions, NestedCvResult, RidgeCvResult, RidgeMethod, RidgePath, ALPHA_TIE_SLOPE,
 };
+pub use stories::{story_cv, zscore_per_story, StoryCvOptions, StoryFit, StoryPlan, VoxelSource};

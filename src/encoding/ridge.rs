@@ -164,13 +164,13 @@ pub fn solve_ridge_with_method(
 /// The spectral factors of one design: everything a ridge path needs except the targets.
 #[derive(Debug, Clone)]
 pub(crate) struct Factors {
-    method: RidgeMethod,
+    pub(crate) method: RidgeMethod,
     /// (n_features, rank)
-    basis: Mat<f64>,
+    pub(crate) basis: Mat<f64>,
     /// (rank): singular values (SVD) or kernel eigenvalues (kernel), decreasing.
-    spectrum: Vec<f64>,
+    pub(crate) spectrum: Vec<f64>,
     /// (n_samples, rank)
-    u: Mat<f64>,
+    pub(crate) u: Mat<f64>,
 }
 
 /// Decomposes X (n, p) by `method` (`Auto` resolved by shape).
@@ -226,7 +226,7 @@ impl Factors {
 }
 
 /// Per-direction gains for penalty α: s / (s² + α) (SVD form) or 1 / (λ + α) (kernel form).
-fn gains(method: RidgeMethod, spectrum: &[f64], alpha: f64) -> Vec<f64> {
+pub(crate) fn gains(method: RidgeMethod, spectrum: &[f64], alpha: f64) -> Vec<f64> {
     match method {
         RidgeMethod::Svd | RidgeMethod::Gram => spectrum.iter().map(|s| s / (s * s + alpha)).collect(),
         _ => spectrum.iter().map(|l| 1.0 / (l + alpha)).collect(),
@@ -511,7 +511,7 @@ pub fn score_per_target(criterion: AlphaCriterion, pred: ArrayView2<f64>, obs: A
 }
 
 /// Held-out score of one target (sequential sums in row order).
-fn score(criterion: AlphaCriterion, pred: &[f64], obs: &[f64]) -> f64 {
+pub(crate) fn score(criterion: AlphaCriterion, pred: &[f64], obs: &[f64]) -> f64 {
     match criterion {
         AlphaCriterion::Pearson => pearson(pred, obs),
         AlphaCriterion::R2 => r2(pred, obs),
@@ -760,7 +760,7 @@ pub(crate) fn fold_scores_multi(
 }
 
 /// Rows `rows` of `a`, as a new column-major matrix.
-fn select_rows(a: MatRef<'_, f64>, rows: &[usize]) -> Mat<f64> {
+pub(crate) fn select_rows(a: MatRef<'_, f64>, rows: &[usize]) -> Mat<f64> {
     Mat::from_fn(rows.len(), a.ncols(), |i, j| a[(rows[i], j)])
 }
 
@@ -1089,14 +1089,14 @@ fn to_array(m: Mat<f64>) -> Array2<f64> {
 }
 
 /// Sequential dense product a · b.
-fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
+pub(crate) fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Mat<f64> {
     let mut out = Mat::<f64>::zeros(a.nrows(), b.ncols());
     matmul(out.as_mut(), Accum::Replace, a, b, 1.0, Par::Seq);
     out
 }
 
 /// diag(g) · a.
-fn scale_rows(a: MatRef<'_, f64>, g: &[f64]) -> Mat<f64> {
+pub(crate) fn scale_rows(a: MatRef<'_, f64>, g: &[f64]) -> Mat<f64> {
     Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * g[i])
 }
 

@@ -13,12 +13,15 @@
 //! * [`alice`]: paths and constants of the Alice data (TR 2 s, 362 TRs, TR 0 at stimulus time
 //!   20 s) and [`alice_alignment`], which establishes that alignment from the data.
 //! * [`set`]: [`FeatureSet`], the kind of a design's columns.
+//! * [`voxels`]: voxelwise responses per (subject, story) in the ds003020 layout (respdict.json
+//!   TR checks, per-story z-scoring, exclusion of non-finite or constant voxels) and voxel →
+//!   region tables.
 //!
 //! Numerics take ndarray views or slices and do not fail on valid input (they panic, naming the
 //! mismatch, on inconsistent shapes); file readers return [`crate::Error`]s naming the file, row
 //! and column.
 //!
-//! May import: `error`, `paths`, `stats`, `stimulus`.
+//! May import: `error`, `paths`, `stats`, `stimulus`, `store` (matrix and table readers).
 
 pub mod alice;
 pub mod align;
@@ -27,6 +30,7 @@ pub mod lag;
 pub mod lanczos;
 pub mod roi;
 pub mod set;
+pub mod voxels;
 
 pub use alice::{
     alice_alignment, alice_data_dir, alice_grid, alice_rate_path, alice_textgrid_path, alice_timecourses_path,

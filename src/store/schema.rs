@@ -55,6 +55,26 @@ const BUILTINS: &[(&str, &str)] = &[
     ("sae_quality", include_str!("../../data-schemas/sae_quality.json")),
     ("ridge_cv", include_str!("../../data-schemas/ridge_cv.json")),
     (
+        "voxelwise_voxels",
+        include_str!("../../data-schemas/voxelwise_voxels.json"),
+    ),
+    (
+        "voxelwise_voxel_folds",
+        include_str!("../../data-schemas/voxelwise_voxel_folds.json"),
+    ),
+    (
+        "voxelwise_story_folds",
+        include_str!("../../data-schemas/voxelwise_story_folds.json"),
+    ),
+    (
+        "voxelwise_regions",
+        include_str!("../../data-schemas/voxelwise_regions.json"),
+    ),
+    (
+        "voxelwise_region_summary",
+        include_str!("../../data-schemas/voxelwise_region_summary.json"),
+    ),
+    (
         "reading_comparison",
         include_str!("../../data-schemas/reading_comparison.json"),
     ),
@@ -115,6 +135,11 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "summary",
     "sae_quality",
     "ridge_cv",
+    "voxelwise_voxels",
+    "voxelwise_voxel_folds",
+    "voxelwise_story_folds",
+    "voxelwise_regions",
+    "voxelwise_region_summary",
     "reading_comparison",
     "reading_fixed",
     "reading_random",

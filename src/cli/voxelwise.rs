@@ -1,0 +1,773 @@
+//! `cortexflow voxelwise`: the paper's encoding analysis on voxelwise data from many stories
+//! ([`crate::encoding::stories`]), and a simulator that writes such data with a planted truth.
+//!
+//! * `voxelwise fit`: responses in the ds003020 layout ([`crate::features::voxels`]), one design
+//!   per story (`<designs>/<story>.npy|.parquet`, rows on the story's TR grid or already trimmed to
+//!   the response TRs), an optional voxel → region table per subject → the tables
+//!   `voxelwise_voxels`, `voxelwise_voxel_folds`, `voxelwise_story_folds`, `voxelwise_regions`,
+//!   `voxelwise_region_summary` (data-schemas/). The design's decompositions are computed once per
+//!   outer fold and shared by every subject and voxel chunk.
+//! * `voxelwise simulate`: subjects × stories × voxels with region labels and a planted region ×
+//!   feature-group structure, written in the ds003020 layout with the designs, region tables and
+//!   each voxel's noise-free ceiling r, so the whole chain can be run at any size.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
+use ndarray::{s, Array2, Axis};
+
+use crate::encoding::simulate::{simulate_responses, SimulationOptions};
+use crate::encoding::stories::{story_cv, zscore_per_story, FoldFactors, StoryCvOptions, StoryPlan, VoxelSource};
+use crate::encoding::{default_alphas, AlphaCriterion, RidgeMethod};
+use crate::features::voxels::{read_regions, trim_design, ResponseLayout, SubjectResponses};
+use crate::stats::{bootstrap_mean_ci, fdr_bh, t_mean_ci, SplitMix64};
+use crate::store::{read_matrix, write_npy, write_table_parquet, TableSchema};
+use crate::{Error, Result};
+
+/// `cortexflow voxelwise …`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum VoxelwiseCommand {
+    /// Leave-stories-out nested ridge CV per voxel for every subject of a ds003020-style folder.
+    Fit(VoxelwiseFitArgs),
+    /// Writes a simulated data set in the ds003020 layout (responses, designs, regions, truth).
+    Simulate(VoxelwiseSimulateArgs),
+}
+
+/// Arguments of `cortexflow voxelwise fit`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VoxelwiseFitArgs {
+    /// Data folder in the ds003020 layout: respdict.json and preprocessed_data/<subject>/<story>.<format>.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Response file format: npy or parquet (HDF5 files: convert with h5py, see README).
+    #[arg(long, default_value = "npy")]
+    pub format: String,
+    /// Folder with one design per story: <story>.npy or <story>.parquet.
+    #[arg(long)]
+    pub designs: PathBuf,
+    /// Subjects, comma-separated (default: every folder of preprocessed_data).
+    #[arg(long, value_delimiter = ',')]
+    pub subjects: Vec<String>,
+    /// Stories in row order, comma-separated (default: every story of respdict.json, sorted).
+    #[arg(long, value_delimiter = ',')]
+    pub stories: Vec<String>,
+    /// TRs of the story's grid before the first response TR (ds003020: 10).
+    #[arg(long, default_value_t = crate::features::voxels::DS003020_TRIM_START)]
+    pub trim_start: usize,
+    /// TRs of the story's grid after the last response TR (ds003020: 5).
+    #[arg(long, default_value_t = crate::features::voxels::DS003020_TRIM_END)]
+    pub trim_end: usize,
+    /// Voxel → region table per subject (TSV `voxel<TAB>region` or Parquet); `{subject}` is
+    /// replaced by the subject id.
+    #[arg(long)]
+    pub regions: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    pub outer_folds: usize,
+    #[arg(long, default_value_t = 4)]
+    pub inner_folds: usize,
+    /// Penalties, comma-separated (default: 13 values 10^0 … 10^6 in half decades).
+    #[arg(long, value_delimiter = ',')]
+    pub alphas: Vec<f64>,
+    /// Criterion that chooses each voxel's penalty: pearson (default), r2 or neg-mse.
+    #[arg(long, default_value = "pearson")]
+    pub criterion: String,
+    /// Null samples (circular shifts of each held-out story) per voxel; 0 skips p-values.
+    #[arg(long, default_value_t = 200)]
+    pub n_shifts: usize,
+    /// FDR level for the share of significant voxels.
+    #[arg(long, default_value_t = 0.05)]
+    pub fdr: f64,
+    /// Voxels per chunk (memory: chunk × TRs per subject at a time).
+    #[arg(long, default_value_t = 1024)]
+    pub chunk: usize,
+    #[arg(long, default_value_t = 2000)]
+    pub n_boot: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub ci_level: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder for the tables.
+    #[arg(long, default_value = "out/voxelwise")]
+    pub out: PathBuf,
+    /// Worker threads (results do not depend on it; default: all cores).
+    #[arg(short = 'w', long)]
+    pub threads: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What `voxelwise fit` did.
+#[derive(Debug, Clone)]
+pub struct VoxelwiseFitSummary {
+    pub n_subjects: usize,
+    pub n_stories: usize,
+    pub n_rows: usize,
+    pub n_features: usize,
+    pub n_voxels: usize,
+    pub decompositions: usize,
+    pub max_factor_bytes: usize,
+    pub warnings: Vec<String>,
+    /// (region, mean r over subjects) per region, "all" first.
+    pub regions: Vec<(String, f64)>,
+    pub seconds: f64,
+    pub files: Vec<PathBuf>,
+}
+
+struct Source<'a>(&'a SubjectResponses);
+
+impl VoxelSource for Source<'_> {
+    fn n_voxels(&self) -> usize {
+        self.0.kept.len()
+    }
+    fn read(&self, c0: usize, c1: usize) -> Result<Array2<f64>> {
+        self.0.read_kept(c0, c1)
+    }
+}
+
+/// Runs `cortexflow voxelwise fit`: every input is read and checked before any fit, and the
+/// tables are written (each atomically) only after every subject was fitted.
+pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
+    let started = Instant::now();
+    let criterion = AlphaCriterion::parse(&a.criterion)?;
+    if !(a.fdr > 0.0 && a.fdr < 1.0) || !(a.ci_level > 0.0 && a.ci_level < 1.0) {
+        return Err(Error::Invalid(format!(
+            "--fdr {} and --ci-level {} must be in (0, 1)",
+            a.fdr, a.ci_level
+        )));
+    }
+    let layout = ResponseLayout::open(&a.data, &a.format)?;
+    let stories: Vec<String> = if a.stories.is_empty() {
+        layout.respdict.keys().cloned().collect()
+    } else {
+        a.stories.clone()
+    };
+    let subjects = if a.subjects.is_empty() {
+        layout.subjects()?
+    } else {
+        a.subjects.clone()
+    };
+    if subjects.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no subject folders",
+            a.data.join("preprocessed_data").display()
+        )));
+    }
+    // designs, trimmed to the response TRs
+    let mut lengths = Vec::new();
+    let mut parts = Vec::new();
+    for story in &stories {
+        let n_trs = layout.n_trs(story)?;
+        let path = ["npy", "parquet"]
+            .iter()
+            .map(|e| a.designs.join(format!("{story}.{e}")))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "no design for story {story:?} in {} (expected {story}.npy or {story}.parquet)",
+                    a.designs.display()
+                ))
+            })?;
+        let d = read_matrix(&path)?.values;
+        parts.push(trim_design(
+            d.view(),
+            n_trs,
+            a.trim_start,
+            a.trim_end,
+            &path.display().to_string(),
+        )?);
+        lengths.push((story.clone(), n_trs));
+    }
+    let p = parts[0].ncols();
+    if let Some((i, d)) = parts.iter().enumerate().find(|(_, d)| d.ncols() != p) {
+        return Err(Error::Invalid(format!(
+            "the design of story {:?} has {} columns but {:?}'s has {p}",
+            stories[i],
+            d.ncols(),
+            stories[0]
+        )));
+    }
+    let views: Vec<_> = parts.iter().map(|d| d.view()).collect();
+    let mut x = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(format!("designs: {e}")))?;
+    if let Some(((i, j), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "designs: non-finite value {v} at concatenated row {i}, column {j}"
+        )));
+    }
+    let plan = StoryPlan::new(&lengths, a.outer_folds, a.inner_folds)?;
+    zscore_per_story(x.view_mut(), &plan)?;
+    // responses and regions, all checked before fitting
+    let mut responses = Vec::new();
+    let mut regions = Vec::new();
+    for subject in &subjects {
+        responses.push(SubjectResponses::open(&layout, subject, &stories)?);
+        regions.push(match &a.regions {
+            Some(pattern) => {
+                let path = PathBuf::from(pattern.replace("{subject}", subject));
+                let r = read_regions(&path)?;
+                let n = responses.last().unwrap().n_voxels_in_file;
+                if let Some((&v, _)) = r.iter().find(|(&v, _)| v >= n) {
+                    return Err(Error::Invalid(format!(
+                        "{}: voxel {v} is out of range (the subject's files have {n} voxels)",
+                        path.display()
+                    )));
+                }
+                r
+            }
+            None => BTreeMap::new(),
+        });
+    }
+    let opts = StoryCvOptions {
+        alphas: if a.alphas.is_empty() {
+            default_alphas()
+        } else {
+            a.alphas.clone()
+        },
+        criterion,
+        method: RidgeMethod::Auto,
+        chunk: a.chunk,
+        n_shifts: a.n_shifts,
+        seed: a.seed,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.unwrap_or(0))
+        .build()
+        .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?;
+    let sources: Vec<Source> = responses.iter().map(Source).collect();
+    let dyn_sources: Vec<&dyn VoxelSource> = sources.iter().map(|s| s as &dyn VoxelSource).collect();
+    let total_steps: u64 = (plan.n_outer()
+        * sources
+            .iter()
+            .map(|s| s.n_voxels().div_ceil(a.chunk.max(1)))
+            .sum::<usize>()) as u64;
+    let bar = (!a.quiet).then(|| crate::progress::progress(total_steps, "voxelwise fit (fold × subject × chunk)"));
+    let no_cache = |_: usize| -> Option<FoldFactors> { None };
+    let (fits, work) = pool.install(|| {
+        story_cv(
+            x.view(),
+            &plan,
+            &dyn_sources,
+            &opts,
+            &no_cache,
+            &mut |_, _| Ok(()),
+            &|done, _| {
+                if let Some(b) = &bar {
+                    b.set_position(done as u64);
+                }
+            },
+        )
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+
+    // tables
+    let mut vox = VoxelRows::default();
+    let mut folds = FoldRows::default();
+    let mut region_rows = RegionRows::default();
+    let mut per_region: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for ((resp, fit), reg) in responses.iter().zip(&fits).zip(&regions) {
+        let q = fdr_bh(
+            &fit.p
+                .iter()
+                .map(|p| if p.is_finite() { *p } else { 1.0 })
+                .collect::<Vec<_>>(),
+        );
+        let mut kept_pos = vec![None; resp.n_voxels_in_file];
+        for (i, &v) in resp.kept.iter().enumerate() {
+            kept_pos[v] = Some(i);
+        }
+        let mut by_region: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
+        for (v, pos) in kept_pos.iter().enumerate() {
+            let region = reg.get(&v).cloned();
+            vox.subject.push(resp.subject.clone());
+            vox.voxel.push(v as u32);
+            vox.region.push(region.clone());
+            vox.excluded.push(pos.is_none());
+            match *pos {
+                None => {
+                    for c in [
+                        &mut vox.r,
+                        &mut vox.r2,
+                        &mut vox.p,
+                        &mut vox.p_perm,
+                        &mut vox.q,
+                        &mut vox.alpha,
+                    ] {
+                        c.push(None);
+                    }
+                }
+                Some(i) => {
+                    let fin = |x: f64| x.is_finite().then_some(x);
+                    vox.r.push(fin(fit.r[i]));
+                    vox.r2.push(fin(fit.r2[i]));
+                    vox.p.push(fin(fit.p[i]));
+                    vox.p_perm.push(fin(fit.p_perm[i]));
+                    vox.q.push(fit.p[i].is_finite().then_some(q[i]));
+                    let mut al: Vec<f64> = fit.alpha_per_fold.column(i).to_vec();
+                    al.sort_by(f64::total_cmp);
+                    vox.alpha.push(Some(median_sorted(&al)));
+                    for k in 0..plan.n_outer() {
+                        folds.subject.push(resp.subject.clone());
+                        folds.voxel.push(v as u32);
+                        folds.fold.push(k as u32);
+                        folds.r.push(fin(fit.r_per_fold[[k, i]]));
+                        folds.alpha.push(fit.alpha_per_fold[[k, i]]);
+                        folds.alpha_r2.push(fit.alpha_r2_per_fold[[k, i]]);
+                    }
+                    if fit.r[i].is_finite() {
+                        let sig = fit.p[i].is_finite() && q[i] < a.fdr;
+                        by_region.entry("all".into()).or_default().push((fit.r[i], sig));
+                        if let Some(rg) = region {
+                            by_region.entry(rg).or_default().push((fit.r[i], sig));
+                        }
+                    }
+                }
+            }
+        }
+        for (rg, vals) in by_region {
+            let mean = vals.iter().map(|v| v.0).sum::<f64>() / vals.len() as f64;
+            region_rows.subject.push(resp.subject.clone());
+            region_rows.region.push(rg.clone());
+            region_rows.n.push(vals.len() as u32);
+            region_rows.mean_r.push(Some(mean));
+            region_rows
+                .frac
+                .push((a.n_shifts > 0).then(|| vals.iter().filter(|v| v.1).count() as f64 / vals.len() as f64));
+            per_region.entry(rg).or_default().push(mean);
+        }
+    }
+    let mut summary_rows = Vec::new();
+    let mut region_means = Vec::new();
+    let mut names: Vec<String> = per_region.keys().filter(|k| *k != "all").cloned().collect();
+    names.insert(0, "all".into());
+    for (i, rg) in names.iter().enumerate() {
+        let Some(vals) = per_region.get(rg) else { continue };
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let (tl, tu) = t_mean_ci(vals, a.ci_level);
+        let b = bootstrap_mean_ci(vals, a.n_boot, a.ci_level, a.seed.wrapping_add(i as u64));
+        summary_rows.push((rg.clone(), vals.len() as u32, mean, tl, tu, b.lower, b.upper));
+        region_means.push((rg.clone(), mean));
+    }
+
+    let fin = |x: f64| x.is_finite().then_some(x);
+    let meta = vec![
+        ("cortexflow.criterion".to_string(), a.criterion.clone()),
+        ("cortexflow.alphas".to_string(), format!("{:?}", opts.alphas)),
+        (
+            "cortexflow.folds".to_string(),
+            format!(
+                "{} outer folds leaving stories out, {} inner folds over each outer fold's training stories",
+                plan.n_outer(),
+                plan.n_inner
+            ),
+        ),
+        ("cortexflow.n_shifts".to_string(), a.n_shifts.to_string()),
+        ("cortexflow.fdr".to_string(), a.fdr.to_string()),
+        ("cortexflow.seed".to_string(), a.seed.to_string()),
+    ];
+    let tables: Vec<(&str, Vec<ArrayRef>)> = vec![
+        (
+            "voxelwise_voxels",
+            vec![
+                Arc::new(StringArray::from(vox.subject)),
+                Arc::new(UInt32Array::from(vox.voxel)),
+                Arc::new(StringArray::from(vox.region)),
+                Arc::new(BooleanArray::from(vox.excluded)),
+                Arc::new(Float64Array::from(vox.r)),
+                Arc::new(Float64Array::from(vox.r2)),
+                Arc::new(Float64Array::from(vox.p)),
+                Arc::new(Float64Array::from(vox.p_perm)),
+                Arc::new(Float64Array::from(vox.q)),
+                Arc::new(Float64Array::from(vox.alpha)),
+            ],
+        ),
+        (
+            "voxelwise_voxel_folds",
+            vec![
+                Arc::new(StringArray::from(folds.subject)),
+                Arc::new(UInt32Array::from(folds.voxel)),
+                Arc::new(UInt32Array::from(folds.fold)),
+                Arc::new(Float64Array::from(folds.r)),
+                Arc::new(Float64Array::from(folds.alpha)),
+                Arc::new(Float64Array::from(folds.alpha_r2)),
+            ],
+        ),
+        (
+            "voxelwise_story_folds",
+            vec![
+                Arc::new(StringArray::from(plan.stories.clone())),
+                Arc::new(UInt32Array::from((0..plan.stories.len() as u32).collect::<Vec<_>>())),
+                Arc::new(UInt32Array::from(
+                    (0..plan.stories.len())
+                        .map(|s| plan.rows(s).len() as u32)
+                        .collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(
+                    plan.fold_of_story.iter().map(|&f| f as u32).collect::<Vec<_>>(),
+                )),
+            ],
+        ),
+        (
+            "voxelwise_regions",
+            vec![
+                Arc::new(StringArray::from(region_rows.subject)),
+                Arc::new(StringArray::from(region_rows.region)),
+                Arc::new(UInt32Array::from(region_rows.n)),
+                Arc::new(Float64Array::from(region_rows.mean_r)),
+                Arc::new(Float64Array::from(region_rows.frac)),
+            ],
+        ),
+        (
+            "voxelwise_region_summary",
+            vec![
+                Arc::new(StringArray::from(
+                    summary_rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt32Array::from(summary_rows.iter().map(|r| r.1).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(
+                    summary_rows.iter().map(|r| fin(r.2)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    summary_rows.iter().map(|r| fin(r.3)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    summary_rows.iter().map(|r| fin(r.4)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    summary_rows.iter().map(|r| fin(r.5)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    summary_rows.iter().map(|r| fin(r.6)).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(vec![a.ci_level; summary_rows.len()])),
+            ],
+        ),
+    ];
+    // every batch is built before anything is written
+    let mut batches = Vec::new();
+    for (name, cols) in tables {
+        let schema = TableSchema::builtin(name)?;
+        let arrow_schema = Arc::new(schema.to_arrow(&Default::default())?);
+        let batch =
+            RecordBatch::try_new(arrow_schema, cols).map_err(|e| Error::Invalid(format!("{name} table: {e}")))?;
+        batches.push((name, schema, batch));
+    }
+    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    let mut files = Vec::new();
+    for (name, schema, batch) in batches {
+        let path = a.out.join(format!("{name}.parquet"));
+        write_table_parquet(&path, &schema, &Default::default(), &[batch], &meta)?;
+        files.push(path);
+    }
+    Ok(VoxelwiseFitSummary {
+        n_subjects: subjects.len(),
+        n_stories: stories.len(),
+        n_rows: plan.n_rows(),
+        n_features: p,
+        n_voxels: responses.iter().map(|r| r.kept.len()).sum(),
+        decompositions: work.decompositions,
+        max_factor_bytes: work.max_factor_bytes,
+        warnings: responses.iter().flat_map(|r| r.warnings.clone()).collect(),
+        regions: region_means,
+        seconds: started.elapsed().as_secs_f64(),
+        files,
+    })
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+#[derive(Default)]
+struct VoxelRows {
+    subject: Vec<String>,
+    voxel: Vec<u32>,
+    region: Vec<Option<String>>,
+    excluded: Vec<bool>,
+    r: Vec<Option<f64>>,
+    r2: Vec<Option<f64>>,
+    p: Vec<Option<f64>>,
+    p_perm: Vec<Option<f64>>,
+    q: Vec<Option<f64>>,
+    alpha: Vec<Option<f64>>,
+}
+
+#[derive(Default)]
+struct FoldRows {
+    subject: Vec<String>,
+    voxel: Vec<u32>,
+    fold: Vec<u32>,
+    r: Vec<Option<f64>>,
+    alpha: Vec<f64>,
+    alpha_r2: Vec<f64>,
+}
+
+#[derive(Default)]
+struct RegionRows {
+    subject: Vec<String>,
+    region: Vec<String>,
+    n: Vec<u32>,
+    mean_r: Vec<Option<f64>>,
+    frac: Vec<Option<f64>>,
+}
+
+/// The paper's five language regions (METHOD.md), the simulator's default region names.
+pub const PAPER_REGIONS: [&str; 5] = ["PT", "AT", "IF", "AG", "dmPFC"];
+
+/// Arguments of `cortexflow voxelwise simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VoxelwiseSimulateArgs {
+    #[arg(long, default_value_t = 3)]
+    pub subjects: usize,
+    #[arg(long, default_value_t = 8)]
+    pub stories: usize,
+    /// Response TRs per story (each story gets this ± up to 10%).
+    #[arg(long, default_value_t = 200)]
+    pub trs_per_story: usize,
+    /// Voxels per subject (region voxels share them equally; the null share has no region).
+    #[arg(long, default_value_t = 500)]
+    pub voxels: usize,
+    /// Share of voxels with no signal and no region.
+    #[arg(long, default_value_t = 0.2)]
+    pub null_fraction: f64,
+    /// Design columns, split into --groups equal feature groups.
+    #[arg(long, default_value_t = 40)]
+    pub features: usize,
+    #[arg(long, default_value_t = 2)]
+    pub groups: usize,
+    /// Region names, comma-separated: region i carries mostly feature group i mod groups.
+    #[arg(long, value_delimiter = ',', default_values_t = PAPER_REGIONS.map(String::from))]
+    pub regions: Vec<String>,
+    /// Share of a region voxel's signal variance from its region's main group (the rest is spread
+    /// over the other groups).
+    #[arg(long, default_value_t = 0.8)]
+    pub main_share: f64,
+    /// var(signal) / var(noise) of region voxels.
+    #[arg(long, default_value_t = 0.3)]
+    pub snr: f64,
+    #[arg(long, default_value_t = 0.4)]
+    pub noise_ar1: f64,
+    /// TRs of each story's grid before the first response TR (ds003020: 10).
+    #[arg(long, default_value_t = crate::features::voxels::DS003020_TRIM_START)]
+    pub trim_start: usize,
+    #[arg(long, default_value_t = crate::features::voxels::DS003020_TRIM_END)]
+    pub trim_end: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder (ds003020 layout plus designs/, regions/ and truth/).
+    #[arg(long, default_value = "out/voxelwise-sim")]
+    pub out: PathBuf,
+}
+
+/// What `voxelwise simulate` wrote.
+#[derive(Debug, Clone)]
+pub struct VoxelwiseSimulateSummary {
+    pub n_rows: usize,
+    pub mean_ceiling_r: f64,
+    pub out: PathBuf,
+}
+
+/// Runs `cortexflow voxelwise simulate`. The design of each story is smooth random features on
+/// the story's whole TR grid (response TRs + trims); every subject has the same planted weights
+/// per voxel and independent AR(1) noise. Files: `respdict.json`,
+/// `preprocessed_data/<subject>/<story>.npy` (TRs × voxels), `designs/<story>.npy`,
+/// `regions/<subject>.tsv`, `truth/<subject>.npy` (voxels × 1: noise-free ceiling r over all
+/// response TRs, 0 for null voxels), `truth/groups.json` (the planted region × group shares).
+pub fn run_voxelwise_simulate(a: &VoxelwiseSimulateArgs) -> Result<VoxelwiseSimulateSummary> {
+    if a.subjects == 0 || a.stories < 2 || a.trs_per_story < 20 || a.voxels == 0 || a.features == 0 {
+        return Err(Error::Invalid(
+            "voxelwise simulate: expected ≥ 1 subject, ≥ 2 stories, ≥ 20 TRs per story, ≥ 1 voxel and ≥ 1 feature"
+                .into(),
+        ));
+    }
+    if a.groups == 0 || a.groups > a.features || a.regions.is_empty() || !(0.0..1.0).contains(&a.null_fraction) {
+        return Err(Error::Invalid(format!(
+            "voxelwise simulate: --groups {} must be in 1..={}, --regions non-empty, --null-fraction in [0, 1)",
+            a.groups, a.features
+        )));
+    }
+    if !(a.main_share > 0.0 && a.main_share <= 1.0) {
+        return Err(Error::Invalid(format!(
+            "--main-share {} must be in (0, 1]",
+            a.main_share
+        )));
+    }
+    let mut rng = SplitMix64::new(a.seed);
+    let lengths: Vec<(String, usize)> = (0..a.stories)
+        .map(|s| {
+            let jitter = (a.trs_per_story / 10).max(1);
+            let n = a.trs_per_story - jitter + rng.below(2 * jitter as u64 + 1) as usize;
+            (format!("story{s:02}"), n)
+        })
+        .collect();
+    let n_rows: usize = lengths.iter().map(|l| l.1).sum();
+    // designs on the full grid: moving average of white noise, then mixed
+    let mut designs = Vec::new();
+    for (_, n) in &lengths {
+        let full = n + a.trim_start + a.trim_end;
+        let raw = Array2::from_shape_fn((full + 4, a.features), |_| rng.normal());
+        let d = Array2::from_shape_fn((full, a.features), |(i, j)| {
+            [0.2, 0.5, 1.0, 0.5, 0.2]
+                .iter()
+                .enumerate()
+                .map(|(k, w)| w * raw[[i + k, j]])
+                .sum::<f64>()
+        });
+        designs.push(d);
+    }
+    let trimmed: Vec<Array2<f64>> = designs
+        .iter()
+        .map(|d| d.slice(s![a.trim_start..d.nrows() - a.trim_end, ..]).to_owned())
+        .collect();
+    let views: Vec<_> = trimmed.iter().map(|d| d.view()).collect();
+    let mut x = ndarray::concatenate(Axis(0), &views).expect("same columns");
+    let plan_rows: Vec<(String, usize)> = lengths.clone();
+    let plan = StoryPlan::new(&plan_rows, 2, 2).map_err(|e| Error::Invalid(format!("voxelwise simulate: {e}")))?;
+    zscore_per_story(x.view_mut(), &plan)?;
+    let group_of: Vec<usize> = (0..a.features).map(|j| j * a.groups / a.features).collect();
+    let n_null = (a.voxels as f64 * a.null_fraction).round() as usize;
+    let n_region_vox = a.voxels - n_null;
+    let region_of: Vec<Option<usize>> = (0..a.voxels)
+        .map(|v| (v < n_region_vox).then(|| v * a.regions.len() / n_region_vox.max(1)))
+        .collect();
+    // signal per region (same for every subject)
+    let mut signal = Array2::<f64>::zeros((n_rows, a.voxels));
+    let mut shares_out = BTreeMap::new();
+    for (ri, name) in a.regions.iter().enumerate() {
+        let cols: Vec<usize> = (0..a.voxels).filter(|&v| region_of[v] == Some(ri)).collect();
+        if cols.is_empty() {
+            continue;
+        }
+        let main = ri % a.groups;
+        let shares: Vec<f64> = (0..a.groups)
+            .map(|g| {
+                if a.groups == 1 {
+                    1.0
+                } else if g == main {
+                    a.main_share
+                } else {
+                    (1.0 - a.main_share) / (a.groups - 1) as f64
+                }
+            })
+            .collect();
+        shares_out.insert(name.clone(), shares.clone());
+        let opts = SimulationOptions {
+            n_targets: cols.len(),
+            snr: a.snr,
+            density: 0.5,
+            noise_ar1: a.noise_ar1,
+            groups: group_of.clone(),
+            group_shares: shares.iter().map(|s| s.max(1e-12)).collect(),
+            seed: a.seed.wrapping_add(1000 + ri as u64),
+        };
+        let sim = simulate_responses(x.view(), &opts)?;
+        for (q, &v) in cols.iter().enumerate() {
+            signal.column_mut(v).assign(&sim.signal.column(q));
+        }
+    }
+    // write: into a temp folder, renamed at the end
+    let tmp = crate::paths::temp_sibling(&a.out);
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| -> Result<f64> {
+        let mk = |p: &Path| std::fs::create_dir_all(p).map_err(|e| Error::io(p, e));
+        mk(&tmp.join("designs"))?;
+        mk(&tmp.join("regions"))?;
+        mk(&tmp.join("truth"))?;
+        let respdict: serde_json::Map<String, serde_json::Value> =
+            lengths.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
+        crate::paths::write_atomic(
+            &tmp.join("respdict.json"),
+            serde_json::to_string_pretty(&respdict).expect("json").as_bytes(),
+        )?;
+        for ((s, _), d) in lengths.iter().zip(&designs) {
+            write_npy(&tmp.join("designs").join(format!("{s}.npy")), d.view())?;
+        }
+        crate::paths::write_atomic(
+            &tmp.join("truth").join("groups.json"),
+            serde_json::to_string_pretty(&serde_json::json!({
+                "features_per_group": group_of,
+                "region_group_shares": shares_out,
+                "snr": a.snr,
+            }))
+            .expect("json")
+            .as_bytes(),
+        )?;
+        let mut ceilings = Vec::new();
+        for subj in 0..a.subjects {
+            let id = format!("sub{:02}", subj + 1);
+            let dir = tmp.join("preprocessed_data").join(&id);
+            mk(&dir)?;
+            let mut nrng = SplitMix64::new(a.seed.wrapping_add(77_000 + subj as u64));
+            let scale = (1.0 - a.noise_ar1 * a.noise_ar1).sqrt();
+            let mut y = signal.clone();
+            for v in 0..a.voxels {
+                let mut e = 0.0;
+                for i in 0..n_rows {
+                    e = a.noise_ar1 * e + nrng.normal();
+                    y[[i, v]] += e * scale;
+                }
+            }
+            let ceiling: Vec<f64> = (0..a.voxels)
+                .map(|v| {
+                    if region_of[v].is_some() {
+                        crate::stats::pearson(&signal.column(v).to_vec(), &y.column(v).to_vec())
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            ceilings.extend(
+                ceiling
+                    .iter()
+                    .zip(&region_of)
+                    .filter(|(_, r)| r.is_some())
+                    .map(|(c, _)| *c),
+            );
+            write_npy(
+                &tmp.join("truth").join(format!("{id}.npy")),
+                Array2::from_shape_vec((a.voxels, 1), ceiling).expect("shape").view(),
+            )?;
+            for s in 0..plan.stories.len() {
+                let part = y.slice(s![plan.rows(s), ..]);
+                write_npy(&dir.join(format!("{}.npy", plan.stories[s])), part)?;
+            }
+            let mut tsv = String::from("voxel\tregion\n");
+            for (v, r) in region_of.iter().enumerate() {
+                if let Some(r) = r {
+                    tsv.push_str(&format!("{v}\t{}\n", a.regions[*r]));
+                }
+            }
+            crate::paths::write_atomic(&tmp.join("regions").join(format!("{id}.tsv")), tsv.as_bytes())?;
+        }
+        Ok(if ceilings.is_empty() {
+            f64::NAN
+        } else {
+            ceilings.iter().sum::<f64>() / ceilings.len() as f64
+        })
+    })();
+    let mean_ceiling_r = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    if a.out.exists() {
+        std::fs::remove_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
+    }
+    std::fs::rename(&tmp, &a.out).map_err(|e| Error::io(&a.out, e))?;
+    Ok(VoxelwiseSimulateSummary {
+        n_rows,
+        mean_ceiling_r,
+        out: a.out.clone(),
+    })
+}

@@ -1,0 +1,276 @@
+//! `cortexflow voxelwise simulate` → `cortexflow voxelwise fit`, end to end on files: the tables
+//! read back by pyarrow, each outer fold equal to `cortexflow ridge --groups` on that fold's
+//! rows, the planted region structure recovered, and bad inputs refused with nothing written.
+
+use crate::support;
+
+use std::path::Path;
+
+fn run(args: &[&str]) -> std::process::Output {
+    support::bin().args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(
+        o.status.success(),
+        "cortexflow {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn simulate(dir: &Path, extra: &[&str]) -> String {
+    let out = dir.join("data");
+    let mut args = vec!["voxelwise", "simulate", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    ok(&args);
+    out.to_str().unwrap().to_string()
+}
+
+/// Python: per subject, region means of r from the tables, and the truth's ceiling.
+const CHECK: &str = r#"
+import sys, json, numpy as np, pyarrow.parquet as pq
+out, data = sys.argv[1], sys.argv[2]
+v = pq.read_table(f"{out}/voxelwise_voxels.parquet").to_pandas() if False else pq.read_table(f"{out}/voxelwise_voxels.parquet").to_pydict()
+folds = pq.read_table(f"{out}/voxelwise_story_folds.parquet").to_pydict()
+summ = pq.read_table(f"{out}/voxelwise_region_summary.parquet").to_pydict()
+res = {"n_rows": len(v["voxel"]), "stories": folds["story"], "folds": folds["fold"], "summary": dict(zip(summ["region"], summ["mean_r"])),
+       "gap": {}, "null_mean_r": {}, "null_fdr": {}, "sig_region": {}}
+for s in sorted(set(v["subject"])):
+    ceil = np.load(f"{data}/truth/{s}.npy")[:, 0]
+    idx = [i for i, x in enumerate(v["subject"]) if x == s]
+    r = np.array([v["r"][i] for i in idx]); q = np.array([v["q"][i] for i in idx]); reg = [v["region"][i] for i in idx]
+    has = np.array([x is not None for x in reg])
+    res["gap"][s] = float(np.mean(ceil[has] - r[has]))
+    res["null_mean_r"][s] = float(np.mean(r[~has]))
+    res["null_fdr"][s] = float(np.mean(q[~has] < 0.05))
+    res["sig_region"][s] = float(np.mean(q[has] < 0.05))
+print(json.dumps(res))
+"#;
+
+#[test]
+fn simulate_then_fit_recovers_the_planted_regions_and_equals_ridge_groups_per_fold() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "2",
+            "--stories",
+            "8",
+            "--trs-per-story",
+            "400",
+            "--voxels",
+            "150",
+            "--features",
+            "16",
+        ],
+    );
+    let out = d.join("fit");
+    let stdout = ok(&[
+        "voxelwise",
+        "fit",
+        "--data",
+        &data,
+        "--designs",
+        &format!("{data}/designs"),
+        "--regions",
+        &format!("{data}/regions/{{subject}}.tsv"),
+        "--inner-folds",
+        "3",
+        "--chunk",
+        "64",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    println!("{stdout}");
+    assert!(
+        stdout.contains("16 decompositions"),
+        "one set of decompositions for both subjects: {stdout}"
+    );
+    let res: serde_json::Value =
+        serde_json::from_str(&support::run_python(CHECK, &[out.to_str().unwrap(), &data])).unwrap();
+    println!("{res}");
+    assert_eq!(res["n_rows"], 300); // 2 subjects × 150 voxels
+    assert_eq!(res["folds"], serde_json::json!([0, 1, 2, 3, 0, 1, 2, 3]));
+    for s in ["sub01", "sub02"] {
+        let gap = res["gap"][s].as_f64().unwrap();
+        assert!(gap.abs() < 0.03, "{s}: mean ceiling − r of region voxels {gap}");
+        assert!(res["null_mean_r"][s].as_f64().unwrap().abs() < 0.02);
+        assert!(
+            res["null_fdr"][s].as_f64().unwrap() <= 0.1,
+            "{s}: null voxels passing FDR: {res}"
+        );
+        assert!(res["sig_region"][s].as_f64().unwrap() > 0.9);
+    }
+    for region in ["all", "PT", "AT", "IF", "AG", "dmPFC"] {
+        assert!(res["summary"][region].as_f64().unwrap() > 0.2, "{region}: {res}");
+    }
+
+    // outer fold 1 of sub01 by `cortexflow ridge --groups` on the fold's rows
+    let prep = support::run_python(
+        r#"
+import sys, json, numpy as np
+data, out, trim_s, trim_e = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+resp = json.load(open(f"{data}/respdict.json")); stories = sorted(resp)
+def z(a):
+    sd = a.std(0); return np.where(sd > 0, (a - a.mean(0)) / np.where(sd > 0, sd, 1), 0.0)
+X = [z(np.load(f"{data}/designs/{s}.npy")[trim_s:trim_s + resp[s]]) for s in stories]
+Y = [z(np.load(f"{data}/preprocessed_data/sub01/{s}.npy")) for s in stories]
+tr = [i for i in range(len(stories)) if i % 4 != 1]; te = [i for i in range(len(stories)) if i % 4 == 1]
+np.save(f"{out}/x.npy", np.vstack([X[i] for i in tr])); np.save(f"{out}/y.npy", np.vstack([Y[i] for i in tr]))
+np.save(f"{out}/xt.npy", np.vstack([X[i] for i in te])); np.save(f"{out}/yt.npy", np.vstack([Y[i] for i in te]))
+np.save(f"{out}/g.npy", np.concatenate([np.full(resp[stories[i]], i) for i in tr]).astype(np.int64))
+"#,
+        &[&data, d.to_str().unwrap(), "10", "5"],
+    );
+    let _ = prep;
+    let ridge_out = d.join("ridge.parquet");
+    let p = |n: &str| d.join(n).to_str().unwrap().to_string();
+    ok(&[
+        "ridge",
+        "--x",
+        &p("x.npy"),
+        "--y",
+        &p("y.npy"),
+        "--x-test",
+        &p("xt.npy"),
+        "--y-test",
+        &p("yt.npy"),
+        "--groups",
+        &p("g.npy"),
+        "--cv",
+        "3",
+        "--criterion",
+        "pearson",
+        "--out",
+        ridge_out.to_str().unwrap(),
+    ]);
+    let cmp = support::run_python(
+        r#"
+import sys, numpy as np, pyarrow.parquet as pq
+r = pq.read_table(sys.argv[1]).to_pydict(); f = pq.read_table(sys.argv[2]).to_pydict()
+rows = [i for i in range(len(f["voxel"])) if f["subject"][i] == "sub01" and f["fold"][i] == 1]
+a = np.array([f["alpha"][i] for i in rows]); rr = np.array([f["r"][i] for i in rows])
+print(int(np.sum(a == np.array(r["best_alpha"]))), len(rows), float(np.max(np.abs(rr - np.array(r["test_r"])))))
+"#,
+        &[
+            ridge_out.to_str().unwrap(),
+            out.join("voxelwise_voxel_folds.parquet").to_str().unwrap(),
+        ],
+    );
+    let f: Vec<f64> = cmp.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    println!(
+        "fold 1 vs cortexflow ridge --groups: {} / {} α identical, max |Δr| {:.1e}",
+        f[0], f[1], f[2]
+    );
+    assert_eq!(f[0], f[1]);
+    assert!(f[2] < 1e-10);
+}
+
+#[test]
+fn bad_inputs_are_refused_with_the_file_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "2",
+            "--stories",
+            "4",
+            "--trs-per-story",
+            "40",
+            "--voxels",
+            "20",
+            "--features",
+            "4",
+        ],
+    );
+    let out = d.join("fit");
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "voxelwise",
+            "fit",
+            "--data",
+            &data,
+            "--outer-folds",
+            "2",
+            "--inner-folds",
+            "2",
+            "--n-shifts",
+            "20",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        let designs = format!("{data}/designs");
+        args.extend_from_slice(&["--designs", &designs]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let fails = |o: std::process::Output, needles: &[&str]| {
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in: {err}");
+        }
+        assert!(!out.exists(), "nothing may be written on failure");
+    };
+    // a story that is not in respdict.json
+    fails(fit(&["--stories", "story00,story01,nope"]), &["nope", "respdict.json"]);
+    // TR count ≠ respdict: rewrite one response file with a row less
+    let f = format!("{data}/preprocessed_data/sub02/story01.npy");
+    support::run_python(
+        "import sys, numpy as np; a = np.load(sys.argv[1]); np.save(sys.argv[1], a[:-1])",
+        &[&f],
+    );
+    fails(fit(&[]), &["story01.npy", "TRs", "respdict.json"]);
+    support::run_python(
+        "import sys, numpy as np; a = np.load(sys.argv[1]); np.save(sys.argv[1], np.vstack([a, a[-1:]]))",
+        &[&f],
+    );
+    // a missing response file names the expected path
+    let g = format!("{data}/preprocessed_data/sub02/story03.npy");
+    std::fs::rename(&g, format!("{g}.bak")).unwrap();
+    fails(fit(&[]), &["sub02", "story03", "story03.npy"]);
+    std::fs::rename(format!("{g}.bak"), &g).unwrap();
+    // a design with the wrong number of rows
+    let h = format!("{data}/designs/story02.npy");
+    support::run_python(
+        "import sys, numpy as np; a = np.load(sys.argv[1]); np.save(sys.argv[1], a[:-3])",
+        &[&h],
+    );
+    fails(fit(&[]), &["story02.npy", "rows"]);
+    support::run_python(
+        "import sys, numpy as np; a = np.load(sys.argv[1]); np.save(sys.argv[1], np.vstack([a, a[-3:]]))",
+        &[&h],
+    );
+    // a region table with a bad line
+    let bad = d.join("bad.tsv");
+    std::fs::write(&bad, "voxel\tregion\n0\tPT\nx\tAT\n").unwrap();
+    fails(
+        fit(&["--regions", bad.to_str().unwrap()]),
+        &["bad.tsv", "line 3", "voxel"],
+    );
+
+    // NaN and constant voxels: excluded with a warning naming subject and story, rows kept
+    support::run_python(
+        "import sys, numpy as np; a = np.load(sys.argv[1]); a[3, 5] = np.nan; a[:, 7] = 1.0; np.save(sys.argv[1], a)",
+        &[&f],
+    );
+    let o = fit(&[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("subject sub02, story story01: 2 voxel(s)"), "{err}");
+    let excl = support::run_python(
+        "import sys, pyarrow.parquet as pq; t = pq.read_table(sys.argv[1]).to_pydict(); \
+         print(sorted((s, v) for s, v, e in zip(t['subject'], t['voxel'], t['excluded']) if e), \
+         [t['r'][i] for i in range(len(t['r'])) if t['excluded'][i]])",
+        &[out.join("voxelwise_voxels.parquet").to_str().unwrap()],
+    );
+    assert_eq!(excl.trim(), "[('sub02', 5), ('sub02', 7)] [None, None]");
+}
