@@ -456,7 +456,7 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("warning: {w}");
             }
             println!(
-                "voxelwise fit: {} subjects × {} stories ({} TRs) × {} features → {} voxels; {} decompositions \
+                "voxelwise fit: {} subjects × {} stories ({} TRs) × {} features → {} voxels; {} decompositions computed, {} from the cache \
                  (largest fold {:.1} MiB); {:.1} s",
                 s.n_subjects,
                 s.n_stories,
@@ -464,6 +464,7 @@ fn run(cli: Cli) -> Result<()> {
                 s.n_features,
                 s.n_voxels,
                 s.decompositions,
+                s.loaded,
                 s.max_factor_bytes as f64 / (1024.0 * 1024.0),
                 s.seconds
             );

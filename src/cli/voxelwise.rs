@@ -92,6 +92,10 @@ pub struct VoxelwiseFitArgs {
     /// Output folder for the tables.
     #[arg(long, default_value = "out/voxelwise")]
     pub out: PathBuf,
+    /// Folder that keeps each outer fold's decompositions, keyed by the design and the fold plan:
+    /// a later run with the same stories and design (e.g. with a subject added) computes none.
+    #[arg(long)]
+    pub cache: Option<PathBuf>,
     /// Worker threads (results do not depend on it; default: all cores).
     #[arg(short = 'w', long)]
     pub threads: Option<usize>,
@@ -109,6 +113,8 @@ pub struct VoxelwiseFitSummary {
     pub n_features: usize,
     pub n_voxels: usize,
     pub decompositions: usize,
+    /// Decompositions read from --cache.
+    pub loaded: usize,
     pub max_factor_bytes: usize,
     pub warnings: Vec<String>,
     /// (region, mean r over subjects) per region, "all" first.
@@ -244,21 +250,25 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
             .map(|s| s.n_voxels().div_ceil(a.chunk.max(1)))
             .sum::<usize>()) as u64;
     let bar = (!a.quiet).then(|| crate::progress::progress(total_steps, "voxelwise fit (fold × subject × chunk)"));
-    let no_cache = |_: usize| -> Option<FoldFactors> { None };
+    let cache_dir = a.cache.as_ref().map(|c| c.join(design_key(&x, &plan)));
+    let load = |k: usize| -> Result<Option<FoldFactors>> {
+        match &cache_dir {
+            Some(d) => load_factors(&d.join(format!("fold{k}")), &plan, k),
+            None => Ok(None),
+        }
+    };
+    let mut save = |k: usize, f: &FoldFactors| -> Result<()> {
+        match &cache_dir {
+            Some(d) => save_factors(&d.join(format!("fold{k}")), f),
+            None => Ok(()),
+        }
+    };
     let (fits, work) = pool.install(|| {
-        story_cv(
-            x.view(),
-            &plan,
-            &dyn_sources,
-            &opts,
-            &no_cache,
-            &mut |_, _| Ok(()),
-            &|done, _| {
-                if let Some(b) = &bar {
-                    b.set_position(done as u64);
-                }
-            },
-        )
+        story_cv(x.view(), &plan, &dyn_sources, &opts, &load, &mut save, &|done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+        })
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
@@ -470,12 +480,91 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         n_features: p,
         n_voxels: responses.iter().map(|r| r.kept.len()).sum(),
         decompositions: work.decompositions,
+        loaded: work.loaded,
         max_factor_bytes: work.max_factor_bytes,
         warnings: responses.iter().flat_map(|r| r.warnings.clone()).collect(),
         regions: region_means,
         seconds: started.elapsed().as_secs_f64(),
         files,
     })
+}
+
+/// The cache key of a design under a fold plan: sha256 of the plan's identity, the design's
+/// shape and every value (z-scored, little-endian f64), first 16 hex digits.
+fn design_key(x: &Array2<f64>, plan: &StoryPlan) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(plan.identity().as_bytes());
+    h.update(format!("{:?}", x.dim()).as_bytes());
+    for v in x.iter() {
+        h.update(v.to_le_bytes());
+    }
+    let d = h.finalize();
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes one fold's decompositions (`d<i>_spectrum.npy`, `d<i>_u.npy`, `d<i>_a.npy`,
+/// `meta.json`) into a temporary folder renamed to `dir`: a killed run leaves no partial entry.
+fn save_factors(dir: &Path, f: &FoldFactors) -> Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let parent = dir.parent().expect("a cache entry has a parent");
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = crate::paths::temp_sibling(dir);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let parts = f.to_parts();
+    for (i, p) in parts.iter().enumerate() {
+        let spectrum = Array2::from_shape_vec((p.spectrum.len(), 1), p.spectrum.clone()).expect("column");
+        write_npy(&tmp.join(format!("d{i}_spectrum.npy")), spectrum.view())?;
+        write_npy(&tmp.join(format!("d{i}_u.npy")), p.u.view())?;
+        write_npy(&tmp.join(format!("d{i}_a.npy")), p.a.view())?;
+    }
+    let meta = serde_json::json!({
+        "fold": f.fold,
+        "decompositions": parts.len(),
+        "kernel": parts.iter().map(|p| p.kernel).collect::<Vec<_>>(),
+    });
+    crate::paths::write_atomic(&tmp.join("meta.json"), meta.to_string().as_bytes())?;
+    match std::fs::rename(&tmp, dir) {
+        Ok(()) => Ok(()),
+        Err(_) if dir.exists() => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Ok(())
+        }
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+/// Reads a fold's decompositions written by [`save_factors`]; `None` when there is no entry.
+fn load_factors(dir: &Path, plan: &StoryPlan, k: usize) -> Result<Option<FoldFactors>> {
+    let meta_path = dir.join("meta.json");
+    if !meta_path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::parse(&meta_path, "JSON", e.to_string()))?;
+    let kernel: Vec<bool> = meta["kernel"]
+        .as_array()
+        .ok_or_else(|| Error::parse(&meta_path, "kernel", "expected a list of booleans"))?
+        .iter()
+        .map(|v| v.as_bool().unwrap_or(false))
+        .collect();
+    let mut parts = Vec::new();
+    for (i, &kernel) in kernel.iter().enumerate() {
+        let spectrum = crate::store::read_npy(&dir.join(format!("d{i}_spectrum.npy")))?;
+        parts.push(crate::encoding::stories::FactorParts {
+            kernel,
+            spectrum: spectrum.column(0).to_vec(),
+            u: crate::store::read_npy(&dir.join(format!("d{i}_u.npy")))?,
+            a: crate::store::read_npy(&dir.join(format!("d{i}_a.npy")))?,
+        });
+    }
+    FoldFactors::from_parts(plan, k, parts)
+        .map(Some)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))
 }
 
 fn median_sorted(v: &[f64]) -> f64 {

@@ -225,6 +225,87 @@ impl FoldFactors {
     pub fn n_decompositions(&self) -> usize {
         self.inner.len() + 1
     }
+
+    /// The arrays that make it up, inner folds first and the whole training set last, for a
+    /// cache on disk: (method, spectrum (rank,), U (n_train, rank), A (n_test, rank)).
+    pub fn to_parts(&self) -> Vec<FactorParts> {
+        self.inner
+            .iter()
+            .chain([&self.full])
+            .map(|h| FactorParts {
+                kernel: h.method == RidgeMethod::Kernel,
+                spectrum: h.spectrum.clone(),
+                u: mat_to_array(&h.u),
+                a: mat_to_array(&h.a),
+            })
+            .collect()
+    }
+
+    /// Rebuilds outer fold `fold` of `plan` from [`FoldFactors::to_parts`], checking every shape
+    /// against the plan (a cache made for another plan is refused).
+    pub fn from_parts(plan: &StoryPlan, fold: usize, parts: Vec<FactorParts>) -> Result<FoldFactors> {
+        let n_inner = plan.inner.get(fold).map(Vec::len).ok_or_else(|| {
+            Error::Invalid(format!(
+                "cached factors: fold {fold} is not in a plan of {} folds",
+                plan.n_outer()
+            ))
+        })?;
+        if parts.len() != n_inner + 1 {
+            return Err(Error::Invalid(format!(
+                "cached factors of fold {fold}: {} decompositions, the plan needs {}",
+                parts.len(),
+                n_inner + 1
+            )));
+        }
+        let mut held = Vec::with_capacity(parts.len());
+        for (i, p) in parts.into_iter().enumerate() {
+            let (n_train, n_test) = if i < n_inner {
+                let f = &plan.inner[fold][i];
+                (f.train.len(), f.test.len())
+            } else {
+                (plan.outer[fold].train.len(), plan.outer[fold].test.len())
+            };
+            let r = p.spectrum.len();
+            if p.u.dim() != (n_train, r) || p.a.dim() != (n_test, r) {
+                return Err(Error::Invalid(format!(
+                    "cached factors of fold {fold}, decomposition {i}: U {:?} and A {:?}, expected ({n_train}, {r}) and \
+                     ({n_test}, {r})",
+                    p.u.dim(),
+                    p.a.dim()
+                )));
+            }
+            held.push(Held {
+                method: if p.kernel {
+                    RidgeMethod::Kernel
+                } else {
+                    RidgeMethod::Gram
+                },
+                spectrum: p.spectrum,
+                u: to_mat(p.u.view()),
+                a: to_mat(p.a.view()),
+            });
+        }
+        let full = held.pop().expect("n_inner + 1 parts");
+        Ok(FoldFactors {
+            fold,
+            inner: held,
+            full,
+        })
+    }
+}
+
+/// One decomposition of [`FoldFactors`] as plain arrays (see [`FoldFactors::to_parts`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactorParts {
+    /// Kernel form (spectrum = eigenvalues of X Xᵀ) rather than SVD form (singular values).
+    pub kernel: bool,
+    pub spectrum: Vec<f64>,
+    pub u: Array2<f64>,
+    pub a: Array2<f64>,
+}
+
+fn mat_to_array(m: &Mat<f64>) -> Array2<f64> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)])
 }
 
 /// Decomposes outer fold `k` of the design `x` (n_rows, n_features; z-scored per story) under
@@ -666,6 +747,8 @@ impl VoxelSource for Array2<f64> {
 pub struct StoryCvWork {
     /// Decompositions computed (each outer fold: inner folds + 1).
     pub decompositions: usize,
+    /// Decompositions taken from the cache instead.
+    pub loaded: usize,
     /// Largest memory held by one fold's factors (bytes).
     pub max_factor_bytes: usize,
 }
@@ -679,7 +762,7 @@ pub fn story_cv(
     plan: &StoryPlan,
     subjects: &[&dyn VoxelSource],
     opts: &StoryCvOptions,
-    cached: &dyn Fn(usize) -> Option<FoldFactors>,
+    cached: &dyn Fn(usize) -> Result<Option<FoldFactors>>,
     on_fold: &mut dyn FnMut(usize, &FoldFactors) -> Result<()>,
     progress: &dyn Fn(usize, usize),
 ) -> Result<(Vec<StoryFit>, StoryCvWork)> {
@@ -697,8 +780,11 @@ pub fn story_cv(
     let mut done = 0;
     let mut work = StoryCvWork::default();
     for k in 0..plan.n_outer() {
-        let factors = match cached(k) {
-            Some(f) if f.fold == k => f,
+        let factors = match cached(k)? {
+            Some(f) if f.fold == k => {
+                work.loaded += f.n_decompositions();
+                f
+            }
             _ => {
                 let f = factorize_fold(x, plan, k, opts.method)?;
                 work.decompositions += f.n_decompositions();

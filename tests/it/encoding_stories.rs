@@ -69,8 +69,8 @@ fn data(
     (plan, x, y, signal)
 }
 
-fn no_cache(_: usize) -> Option<FoldFactors> {
-    None
+fn no_cache(_: usize) -> cortexflow::Result<Option<FoldFactors>> {
+    Ok(None)
 }
 
 #[test]

@@ -88,7 +88,7 @@ fn simulate_then_fit_recovers_the_planted_regions_and_equals_ridge_groups_per_fo
     ]);
     println!("{stdout}");
     assert!(
-        stdout.contains("16 decompositions"),
+        stdout.contains("16 decompositions computed, 0 from the cache"),
         "one set of decompositions for both subjects: {stdout}"
     );
     let res: serde_json::Value =
@@ -273,4 +273,93 @@ fn bad_inputs_are_refused_with_the_file_and_nothing_is_written() {
         &[out.join("voxelwise_voxels.parquet").to_str().unwrap()],
     );
     assert_eq!(excl.trim(), "[('sub02', 5), ('sub02', 7)] [None, None]");
+}
+
+#[test]
+fn adding_a_subject_with_a_cache_computes_no_decomposition_and_keeps_the_others_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "3",
+            "--stories",
+            "6",
+            "--trs-per-story",
+            "60",
+            "--voxels",
+            "30",
+            "--features",
+            "8",
+        ],
+    );
+    let cache = d.join("cache");
+    let fit = |subjects: &str, out: &str| {
+        ok(&[
+            "voxelwise",
+            "fit",
+            "--data",
+            &data,
+            "--designs",
+            &format!("{data}/designs"),
+            "--subjects",
+            subjects,
+            "--inner-folds",
+            "2",
+            "--n-shifts",
+            "30",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--out",
+            d.join(out).to_str().unwrap(),
+            "--quiet",
+        ])
+    };
+    let first = fit("sub01,sub02", "two");
+    assert!(
+        first.contains("12 decompositions computed, 0 from the cache"),
+        "{first}"
+    );
+    let second = fit("sub01,sub02,sub03", "three");
+    assert!(
+        second.contains("0 decompositions computed, 12 from the cache"),
+        "{second}"
+    );
+    // the first two subjects' voxel results are identical, bit for bit
+    let same = support::run_python(
+        r#"
+import sys, pyarrow.parquet as pq
+a = pq.read_table(sys.argv[1]).to_pydict(); b = pq.read_table(sys.argv[2]).to_pydict()
+key = lambda t: {(t["subject"][i], t["voxel"][i]): (t["r"][i], t["r2"][i], t["p"][i], t["alpha_median"][i]) for i in range(len(t["voxel"]))}
+ka, kb = key(a), key(b)
+print(all(kb[k] == v for k, v in ka.items()), len(ka), len(kb))
+"#,
+        &[
+            d.join("two/voxelwise_voxels.parquet").to_str().unwrap(),
+            d.join("three/voxelwise_voxels.parquet").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(same.trim(), "True 60 90");
+    // a cache entry made for another plan is not used: other folds, other key
+    let third = ok(&[
+        "voxelwise",
+        "fit",
+        "--data",
+        &data,
+        "--designs",
+        &format!("{data}/designs"),
+        "--outer-folds",
+        "3",
+        "--inner-folds",
+        "2",
+        "--n-shifts",
+        "0",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--out",
+        d.join("other").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(third.contains("9 decompositions computed, 0 from the cache"), "{third}");
 }
