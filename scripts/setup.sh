@@ -9,6 +9,7 @@
 #     tests (read-back of Parquet exports) and benchmarks (the Python peer), and R with lme4 (Debian
 #     packages r-base-core r-cran-lme4, apt-get; sudo when not root) for the mixed-model parity
 #     tests. Skip both with --no-venv.
+#   - the HDF5 C library (Debian libhdf5-103-1, apt-get), which reads ds003020's .hf5 responses.
 # Idempotent: a second run with everything cached takes well under a second.
 #
 # Cache folder: $CORTEXFLOW_CACHE, default ${XDG_CACHE_HOME:-$HOME/.cache}/cortexflow.
@@ -126,6 +127,27 @@ if [ "$WANT_VENV" = 1 ]; then
            $SUDO apt-get install -y -qq --no-install-recommends r-base-core r-cran-lme4 >/dev/null 2>&1; } \
       || die "could not install r-base-core r-cran-lme4 with apt-get (needed by the tests; skip with --no-venv)"
   fi
+fi
+
+# The HDF5 C library reads ds003020's .hf5 response files (`voxelwise fit`, src/store/hdf5.rs loads
+# it at run time). Debian bookworm names it libhdf5-103-1, trixie libhdf5-310.
+if ! ldconfig -p 2>/dev/null | grep -q 'libhdf5\(_serial\)\?\.so\.\(103\|310\)'; then
+  echo "setup: installing the HDF5 C library (Debian libhdf5-103-1) for .hf5 response files" >&2
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  hdf5_install() {
+    for pkg in libhdf5-103-1 libhdf5-310; do
+      $SUDO apt-get install -y -qq --no-install-recommends "$pkg" >/dev/null 2>&1 && return 0
+    done
+    return 1
+  }
+  hdf5_install || { $SUDO apt-get update -qq >/dev/null 2>&1 && hdf5_install; } || {
+    if [ "$WANT_VENV" = 1 ]; then
+      die "could not install the HDF5 C library (libhdf5-103-1) with apt-get (the tests read h5py-written files)"
+    fi
+    echo "setup: warning: no HDF5 C library; .hf5 responses will not be readable (set CORTEXFLOW_HDF5_LIB)" >&2
+  }
 fi
 
 echo "ORT_DYLIB_PATH=$CACHE/lib/libonnxruntime.so.$ORT_VERSION"

@@ -42,9 +42,13 @@ pub struct VoxelwiseFitArgs {
     /// Data folder in the ds003020 layout: respdict.json and preprocessed_data/<subject>/<story>.<format>.
     #[arg(long)]
     pub data: PathBuf,
-    /// Response file format: npy or parquet (HDF5 files: convert with h5py, see README).
-    #[arg(long, default_value = "npy")]
+    /// Response file format: hf5 (ds003020's HDF5 files), h5, hdf5, npy or parquet; auto: the
+    /// extension of the response files found under preprocessed_data.
+    #[arg(long, default_value = "auto")]
     pub format: String,
+    /// Dataset holding the TRs × voxels matrix inside each HDF5 response file.
+    #[arg(long, default_value = "data")]
+    pub dataset: String,
     /// Folder with one design per story: <story>.npy or <story>.parquet.
     #[arg(long)]
     pub designs: PathBuf,
@@ -145,7 +149,11 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
             a.fdr, a.ci_level
         )));
     }
-    let layout = ResponseLayout::open(&a.data, &a.format)?;
+    let format = match a.format.as_str() {
+        "auto" => ResponseLayout::detect_format(&a.data)?,
+        f => f.to_string(),
+    };
+    let layout = ResponseLayout::open(&a.data, &format)?.with_dataset(&a.dataset);
     let stories: Vec<String> = if a.stories.is_empty() {
         layout.respdict.keys().cloned().collect()
     } else {
@@ -617,6 +625,9 @@ pub const PAPER_REGIONS: [&str; 5] = ["PT", "AT", "IF", "AG", "dmPFC"];
 pub struct VoxelwiseSimulateArgs {
     #[arg(long, default_value_t = 3)]
     pub subjects: usize,
+    /// Response file format: npy, or hf5 (ds003020's: HDF5 with the matrix in dataset `data`).
+    #[arg(long, default_value = "npy")]
+    pub format: String,
     #[arg(long, default_value_t = 8)]
     pub stories: usize,
     /// Response TRs per story (each story gets this ± up to 10%).
@@ -682,6 +693,12 @@ pub fn run_voxelwise_simulate(a: &VoxelwiseSimulateArgs) -> Result<VoxelwiseSimu
         return Err(Error::Invalid(format!(
             "voxelwise simulate: --groups {} must be in 1..={}, --regions non-empty, --null-fraction in [0, 1)",
             a.groups, a.features
+        )));
+    }
+    if !matches!(a.format.as_str(), "npy" | "hf5") {
+        return Err(Error::Invalid(format!(
+            "voxelwise simulate: --format {:?}: expected npy or hf5",
+            a.format
         )));
     }
     if !(a.main_share > 0.0 && a.main_share <= 1.0) {
@@ -827,7 +844,12 @@ pub fn run_voxelwise_simulate(a: &VoxelwiseSimulateArgs) -> Result<VoxelwiseSimu
             )?;
             for s in 0..plan.stories.len() {
                 let part = y.slice(s![plan.rows(s), ..]);
-                write_npy(&dir.join(format!("{}.npy", plan.stories[s])), part)?;
+                let file = dir.join(format!("{}.{}", plan.stories[s], a.format));
+                if a.format == "hf5" {
+                    crate::store::hdf5::write_matrix(&file, "data", part)?;
+                } else {
+                    write_npy(&file, part)?;
+                }
             }
             let mut tsv = String::from("voxel\tregion\n");
             for (v, r) in region_of.iter().enumerate() {

@@ -7,9 +7,10 @@
 //! root/preprocessed_data/<subject>/<story>.<ext>   (n_trs, n_voxels) per story
 //! root/TextGrids/<story>.TextGrid                  the stimulus (not read here)
 //! ```
-//! `<ext>` is the response format: `npy` or `parquet` (any numeric matrix; [`crate::store::read_matrix`]).
-//! HDF5 (`hf5`, the data set's own format) is not read yet: convert with
-//! `h5py` (`np.save(f"{story}.npy", h5py.File(f"{story}.hf5")["data"][:])`), as README says.
+//! `<ext>` is the response format: `hf5` (the data set's own: an HDF5 file holding one 2-D numeric
+//! dataset, named `data` unless [`ResponseLayout::dataset`] says otherwise, read through the system's
+//! HDF5 library, [`crate::store::hdf5`]), `npy` or `parquet` (any numeric matrix;
+//! [`crate::store::read_matrix`]). HDF5 files are read a block of voxels at a time.
 //!
 //! Timing (ds003020's convention, configurable): responses start `trim_start` TRs after the
 //! stimulus TR grid's first TR and stop `trim_end` TRs before its end, so a design computed on the
@@ -40,19 +41,21 @@ pub const DS003020_TR_S: f64 = 2.0;
 #[derive(Debug, Clone)]
 pub struct ResponseLayout {
     pub root: PathBuf,
-    /// File extension of the response matrices (`npy` or `parquet`).
+    /// File extension of the response matrices (`hf5`, `npy` or `parquet`).
     pub ext: String,
+    /// Name of the dataset inside each HDF5 file (ds003020: `data`).
+    pub dataset: String,
     /// Story → number of response TRs (from `respdict.json`).
     pub respdict: BTreeMap<String, usize>,
 }
 
 impl ResponseLayout {
-    /// Opens `root`: reads `respdict.json` (story → positive integer TR count).
+    /// Opens `root`: reads `respdict.json` (story → positive integer TR count). HDF5 files' dataset
+    /// is `data` ([`Self::with_dataset`] names another).
     pub fn open(root: &Path, ext: &str) -> Result<ResponseLayout> {
-        if !matches!(ext, "npy" | "parquet") {
+        if !matches!(ext, "hf5" | "h5" | "hdf5" | "npy" | "parquet") {
             return Err(Error::Invalid(format!(
-                "responses: format {ext:?} is not readable (expected npy or parquet; convert .hf5 files with h5py, \
-                 see README)"
+                "responses: format {ext:?} is not readable (expected hf5, h5, hdf5, npy or parquet)"
             )));
         }
         let path = root.join("respdict.json");
@@ -76,7 +79,72 @@ impl ResponseLayout {
         Ok(ResponseLayout {
             root: root.to_path_buf(),
             ext: ext.to_string(),
+            dataset: "data".to_string(),
             respdict,
+        })
+    }
+
+    /// The response format of the files under `root/preprocessed_data/*/`: the one extension among
+    /// `hf5`, `h5`, `hdf5`, `npy`, `parquet` that they use; an error when none or several.
+    pub fn detect_format(root: &Path) -> Result<String> {
+        let dir = root.join("preprocessed_data");
+        let mut found = std::collections::BTreeSet::new();
+        for sub in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let sub = sub.map_err(|e| Error::io(&dir, e))?.path();
+            if !sub.is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(&sub).map_err(|e| Error::io(&sub, e))? {
+                let f = f.map_err(|e| Error::io(&sub, e))?.path();
+                if let Some(ext) = f.extension().and_then(|e| e.to_str()) {
+                    if matches!(ext, "hf5" | "h5" | "hdf5" | "npy" | "parquet") {
+                        found.insert(ext.to_string());
+                    }
+                }
+            }
+        }
+        match found.len() {
+            1 => Ok(found.into_iter().next().expect("one")),
+            0 => Err(Error::Invalid(format!(
+                "{}: no response files (.hf5, .h5, .hdf5, .npy or .parquet) in any subject folder",
+                dir.display()
+            ))),
+            _ => Err(Error::Invalid(format!(
+                "{}: response files of several formats ({}); choose one with --format",
+                dir.display(),
+                found.into_iter().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// The same layout reading HDF5 dataset `name`.
+    pub fn with_dataset(mut self, name: &str) -> ResponseLayout {
+        self.dataset = name.to_string();
+        self
+    }
+
+    fn is_hdf5(&self) -> bool {
+        matches!(self.ext.as_str(), "hf5" | "h5" | "hdf5")
+    }
+
+    /// Columns `cols` (all when `None`) of a response file of this layout.
+    pub fn read(&self, path: &Path, cols: Option<std::ops::Range<usize>>) -> Result<Array2<f64>> {
+        if self.is_hdf5() {
+            return crate::store::hdf5::read_columns(path, &self.dataset, cols);
+        }
+        let y = read_matrix(path)?.values;
+        Ok(match cols {
+            None => y,
+            Some(c) if c.end <= y.ncols() => y.slice(s![.., c]).to_owned(),
+            Some(c) => {
+                return Err(Error::Invalid(format!(
+                    "{}: {} columns; asked for {}..{}",
+                    path.display(),
+                    y.ncols(),
+                    c.start,
+                    c.end
+                )))
+            }
         })
     }
 
@@ -147,6 +215,8 @@ pub struct SubjectResponses {
     pub n_voxels_in_file: usize,
     /// Voxels kept (finite, non-constant in every story), ascending.
     pub kept: Vec<usize>,
+    /// The layout the files belong to (how to read them).
+    pub layout: ResponseLayout,
     /// One line per story that excluded voxels.
     pub warnings: Vec<String>,
 }
@@ -167,7 +237,7 @@ impl SubjectResponses {
                     path.display()
                 )));
             }
-            let y = read_matrix(&path)?.values;
+            let y = layout.read(&path, None)?;
             let expected = layout.n_trs(story)?;
             if y.nrows() != expected {
                 return Err(Error::Invalid(format!(
@@ -223,6 +293,7 @@ impl SubjectResponses {
             files,
             n_voxels_in_file,
             kept,
+            layout: layout.clone(),
             warnings,
         })
     }
@@ -232,9 +303,15 @@ impl SubjectResponses {
     pub fn read_kept(&self, c0: usize, c1: usize) -> Result<Array2<f64>> {
         let cols = &self.kept[c0..c1];
         let mut parts = Vec::with_capacity(self.files.len());
+        // the smallest block of file columns holding the chunk's kept voxels
+        let (lo, hi) = match (cols.first(), cols.last()) {
+            (Some(&a), Some(&b)) => (a, b + 1),
+            _ => (0, 0),
+        };
+        let local: Vec<usize> = cols.iter().map(|&j| j - lo).collect();
         for f in &self.files {
-            let y = read_matrix(f)?.values;
-            let mut part = y.select(Axis(1), cols);
+            let y = self.layout.read(f, Some(lo..hi))?;
+            let mut part = y.select(Axis(1), &local);
             crate::stats::zscore_columns(part.view_mut());
             parts.push(part);
         }

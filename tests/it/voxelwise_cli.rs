@@ -363,3 +363,182 @@ print(all(kb[k] == v for k, v in ka.items()), len(ka), len(kb))
     ]);
     assert!(third.contains("9 decompositions computed, 0 from the cache"), "{third}");
 }
+
+/// ds003020's own format: the same simulated responses converted to `.hf5` by h5py (float64
+/// `data`, one subject chunked and gzip-compressed) give bit-identical tables; every HDF5 error
+/// names the file, the dataset and what was expected, and writes nothing.
+#[test]
+fn hdf5_responses_written_by_h5py_equal_the_npy_fit_and_bad_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "2",
+            "--stories",
+            "4",
+            "--trs-per-story",
+            "50",
+            "--voxels",
+            "24",
+            "--features",
+            "5",
+        ],
+    );
+    let fit = |data: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "voxelwise",
+            "fit",
+            "--data",
+            data,
+            "--outer-folds",
+            "2",
+            "--inner-folds",
+            "2",
+            "--n-shifts",
+            "20",
+            "--out",
+            out,
+            "--quiet",
+        ];
+        let designs = format!("{data}/designs");
+        args.extend_from_slice(&["--designs", &designs]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let npy_out = d.join("npy");
+    assert!(fit(&data, npy_out.to_str().unwrap(), &[]).status.success());
+    // the same data set with .hf5 responses written by h5py
+    let h5 = d.join("h5");
+    support::run_python(
+        r#"
+import sys, os, glob, shutil, numpy as np, h5py
+src, dst = sys.argv[1], sys.argv[2]
+shutil.copytree(src, dst)
+for f in glob.glob(f"{dst}/preprocessed_data/*/*.npy"):
+    a = np.load(f)
+    opts = dict(chunks=(10, 8), compression="gzip") if "/sub02/" in f else {}
+    with h5py.File(f[:-4] + ".hf5", "w") as h:
+        h.create_dataset("data", data=a.astype(np.float64), **opts)
+    os.remove(f)
+"#,
+        &[&data, h5.to_str().unwrap()],
+    );
+    let h5s = h5.to_str().unwrap();
+    // cortexflow's own HDF5 writer (`simulate --format hf5`): h5py reads the same matrices
+    let own = d.join("own");
+    ok(&[
+        "voxelwise",
+        "simulate",
+        "--format",
+        "hf5",
+        "--out",
+        own.to_str().unwrap(),
+        "--subjects",
+        "2",
+        "--stories",
+        "4",
+        "--trs-per-story",
+        "50",
+        "--voxels",
+        "24",
+        "--features",
+        "5",
+    ]);
+    let equal = support::run_python(
+        r#"
+import sys, glob, numpy as np, h5py
+a, b = sys.argv[1], sys.argv[2]
+fs = sorted(glob.glob(f"{a}/preprocessed_data/*/*.npy"))
+print(len(fs), all(np.array_equal(np.load(f), h5py.File(f.replace(a, b)[:-4] + ".hf5")["data"][:]) for f in fs),
+      h5py.File(f"{b}/preprocessed_data/sub01/story00.hf5")["data"].dtype)
+"#,
+        &[&data, own.to_str().unwrap()],
+    );
+    assert_eq!(equal.trim(), "8 True float64");
+    let h5_out = d.join("h5out");
+    let o = fit(h5s, h5_out.to_str().unwrap(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let same = support::run_python(
+        r#"
+import sys, pyarrow.parquet as pq
+a = pq.read_table(sys.argv[1]).to_pydict(); b = pq.read_table(sys.argv[2]).to_pydict()
+cols = ["subject", "voxel", "r", "r2", "p", "alpha_median"]
+print(all(a[c] == b[c] for c in cols), len(a["voxel"]))
+"#,
+        &[
+            npy_out.join("voxelwise_voxels.parquet").to_str().unwrap(),
+            h5_out.join("voxelwise_voxels.parquet").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(same.trim(), "True 48", "hf5 and npy fits differ");
+
+    let out = d.join("never");
+    let fails = |o: std::process::Output, needles: &[&str]| {
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in: {err}");
+        }
+        assert!(!out.exists(), "nothing may be written on failure");
+    };
+    let outs = out.to_str().unwrap();
+    let edit = |code: &str, file: &str| {
+        support::run_python(
+            &format!("import sys, numpy as np, h5py\nf = sys.argv[1]\n{code}\n"),
+            &[&format!("{h5s}/preprocessed_data/{file}")],
+        );
+    };
+    // another dataset name: refused by default, read with --dataset
+    edit(
+        "a = h5py.File(f)['data'][:]\nwith h5py.File(f, 'w') as h: h['resp'] = a",
+        "sub01/story02.hf5",
+    );
+    fails(
+        fit(h5s, outs, &[]),
+        &["sub01/story02.hf5", "no dataset \"data\"", "--dataset"],
+    );
+    edit(
+        "a = h5py.File(f)['resp'][:]\nwith h5py.File(f, 'w') as h: h['data'] = a",
+        "sub01/story02.hf5",
+    );
+    // TR count ≠ respdict
+    edit(
+        "a = h5py.File(f)['data'][:]\nwith h5py.File(f, 'w') as h: h['data'] = a[:-2]",
+        "sub02/story01.hf5",
+    );
+    fails(
+        fit(h5s, outs, &[]),
+        &["sub02/story01.hf5", "TRs, but respdict.json says"],
+    );
+    // not a matrix
+    edit(
+        "with h5py.File(f, 'w') as h: h['data'] = np.zeros((50, 24, 2))",
+        "sub02/story01.hf5",
+    );
+    fails(
+        fit(h5s, outs, &[]),
+        &["sub02/story01.hf5", "3 dimension(s)", "expected 2"],
+    );
+    // not numeric
+    edit(
+        "with h5py.File(f, 'w') as h: h['data'] = np.array([['a'] * 24] * 50, dtype='S1')",
+        "sub02/story01.hf5",
+    );
+    fails(fit(h5s, outs, &[]), &["sub02/story01.hf5", "not numeric"]);
+    // not HDF5 at all
+    std::fs::write(format!("{h5s}/preprocessed_data/sub02/story01.hf5"), "TRs\n").unwrap();
+    fails(fit(h5s, outs, &[]), &["sub02/story01.hf5", "not an HDF5 file"]);
+    // NaN and constant voxels in an HDF5 file: excluded with a warning
+    let orig = format!("{data}/preprocessed_data/sub02/story01.npy");
+    support::run_python(
+        "import sys, numpy as np, h5py\na = np.load(sys.argv[1]); a[7, 3] = np.nan; a[:, 11] = 2.0\n\
+         with h5py.File(sys.argv[2], 'w') as h: h['data'] = a",
+        &[&orig, &format!("{h5s}/preprocessed_data/sub02/story01.hf5")],
+    );
+    let o = fit(h5s, d.join("nan").to_str().unwrap(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("subject sub02, story story01: 2 voxel(s)"), "{err}");
+}
