@@ -40,6 +40,7 @@ bench: setup
 	$(CARGO) bench --bench lmm_vs_lme4
 	$(CARGO) bench --bench sae_vs_numpy
 	$(CARGO) bench --bench incremental
+	$(CARGO) bench --bench voxelwise
 
 fmt:
 	$(CARGO) fmt

@@ -457,16 +457,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!(
                 "voxelwise fit: {} subjects × {} stories ({} TRs) × {} features → {} voxels; {} decompositions computed, {} from the cache \
-                 (largest fold {:.1} MiB); {:.1} s",
+                 (largest fold {:.1} MiB); {:.2} s (decompositions {:.2} s, reading {:.2} s, fits {:.2} s)",
                 s.n_subjects,
                 s.n_stories,
                 s.n_rows,
                 s.n_features,
                 s.n_voxels,
-                s.decompositions,
-                s.loaded,
-                s.max_factor_bytes as f64 / (1024.0 * 1024.0),
-                s.seconds
+                s.work.decompositions,
+                s.work.loaded,
+                s.work.max_factor_bytes as f64 / (1024.0 * 1024.0),
+                s.seconds,
+                s.work.decompose_s,
+                s.work.read_s,
+                s.work.fit_s
             );
             for (region, r) in &s.regions {
                 println!("  {region:>8}: mean voxel r over subjects {r:.4}");

@@ -81,6 +81,10 @@ pub struct VoxelwiseFitArgs {
     pub atlas_map: Option<PathBuf>,
     #[arg(long, default_value_t = 4)]
     pub outer_folds: usize,
+    /// Decompose every training set on its own instead of cutting them from the design's kernel
+    /// X Xᵀ (wide designs; the same results to rounding, several times slower): the reference path.
+    #[arg(long)]
+    pub per_fold_decompositions: bool,
     #[arg(long, default_value_t = 4)]
     pub inner_folds: usize,
     /// Penalties, comma-separated (default: 13 values 10^0 … 10^6 in half decades).
@@ -127,10 +131,8 @@ pub struct VoxelwiseFitSummary {
     pub n_rows: usize,
     pub n_features: usize,
     pub n_voxels: usize,
-    pub decompositions: usize,
-    /// Decompositions read from --cache.
-    pub loaded: usize,
-    pub max_factor_bytes: usize,
+    /// Decompositions computed and read from --cache, time per stage.
+    pub work: crate::encoding::stories::StoryCvWork,
     pub warnings: Vec<String>,
     /// (region, mean r over subjects) per region, "all" first.
     pub regions: Vec<(String, f64)>,
@@ -277,6 +279,7 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         chunk: a.chunk,
         n_shifts: a.n_shifts,
         seed: a.seed,
+        shared_kernel: !a.per_fold_decompositions,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.unwrap_or(0))
@@ -519,9 +522,7 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         n_rows: plan.n_rows(),
         n_features: p,
         n_voxels: responses.iter().map(|r| r.kept.len()).sum(),
-        decompositions: work.decompositions,
-        loaded: work.loaded,
-        max_factor_bytes: work.max_factor_bytes,
+        work,
         warnings: responses.iter().flat_map(|r| r.warnings.clone()).collect(),
         regions: region_means,
         seconds: started.elapsed().as_secs_f64(),

@@ -135,6 +135,8 @@ pub fn simulate_responses(design: ArrayView2<f64>, opts: &SimulationOptions) -> 
     let mut weights = Array2::<f64>::zeros((p, t));
     let mut signal = Array2::<f64>::zeros((n, t));
     let mut group_signal: Vec<Array2<f64>> = vec![Array2::zeros((n, t)); n_groups];
+    // each group's design columns, copied once (not once per target)
+    let x_groups: Vec<Array2<f64>> = members.iter().map(|cols| design.select(Axis(1), cols)).collect();
     for j in 0..t {
         for (g, cols) in members.iter().enumerate() {
             let mut w = Array1::<f64>::zeros(cols.len());
@@ -146,8 +148,7 @@ pub fn simulate_responses(design: ArrayView2<f64>, opts: &SimulationOptions) -> 
             if w.iter().all(|&v| v == 0.0) {
                 w[rng.below(cols.len() as u64) as usize] = rng.normal();
             }
-            let xg = design.select(Axis(1), cols);
-            let sg = xg.dot(&w);
+            let sg = x_groups[g].dot(&w);
             let sd = sample_sd(sg.as_slice().expect("contiguous"));
             let scale = if sd > 0.0 {
                 (opts.snr * shares[g]).sqrt() / sd

@@ -6,7 +6,9 @@
 
 use crate::support;
 
-use cortexflow::encoding::stories::{factorize_fold, fit_fold_chunk, FoldFactors};
+use cortexflow::encoding::stories::{
+    factorize_fold, factorize_fold_from_kernel, fit_fold_chunk, null_shifts, DesignKernel, FoldFactors,
+};
 use cortexflow::encoding::{
     leave_groups_out_folds, ridge_cv_with, simulate, story_cv, zscore_per_story, AlphaCriterion, RidgeMethod,
     StoryCvOptions, StoryPlan, VoxelSource,
@@ -309,4 +311,66 @@ fn fold_factors_are_shared_across_subjects_and_voxel_chunks() {
         err.to_string().contains("100 rows") && err.to_string().contains(&plan.n_rows().to_string()),
         "{err}"
     );
+}
+
+/// Wide designs (features > training rows): every fold's decompositions cut from the one kernel
+/// X Xᵀ of the design give the same α per voxel and the same predictions and null sums as the
+/// per-decomposition path, fold by fold, to 1e-10; and `story_cv` takes that path.
+#[test]
+fn decompositions_cut_from_the_design_kernel_equal_the_per_fold_ones() {
+    let lengths = [40, 46, 38, 52, 44, 41, 49, 43, 39];
+    let (plan, x, y, _) = data(&lengths, 600, 30, 10, 0.4, 21);
+    assert!(DesignKernel::applies(x.ncols(), &plan, RidgeMethod::Auto));
+    let alphas: Vec<f64> = (0..13).map(|i| 10f64.powf(0.5 * i as f64)).collect();
+    let shifts = null_shifts(&plan, 15, 4);
+    let g = DesignKernel::new(x.view()).unwrap();
+    let (mut same, mut total, mut max_pred, mut max_null) = (0, 0, 0f64, 0f64);
+    for k in 0..plan.n_outer() {
+        let exact = factorize_fold(x.view(), &plan, k, RidgeMethod::Auto).unwrap();
+        let cut = factorize_fold_from_kernel(&g, &plan, k).unwrap();
+        let a = fit_fold_chunk(&exact, &plan, y.view(), &alphas, AlphaCriterion::Pearson, &shifts).unwrap();
+        let b = fit_fold_chunk(&cut, &plan, y.view(), &alphas, AlphaCriterion::Pearson, &shifts).unwrap();
+        same += a.alpha_index.iter().zip(&b.alpha_index).filter(|(p, q)| p == q).count();
+        same += a
+            .alpha_index_r2
+            .iter()
+            .zip(&b.alpha_index_r2)
+            .filter(|(p, q)| p == q)
+            .count();
+        total += 2 * a.alpha_index.len();
+        let d = |p: &Array2<f64>, q: &Array2<f64>| p.iter().zip(q).map(|(u, v)| (u - v).abs()).fold(0.0, f64::max);
+        max_pred = max_pred
+            .max(d(&a.predictions, &b.predictions))
+            .max(d(&a.predictions_r2, &b.predictions_r2));
+        for (p, q) in a.null_sums.iter().zip(&b.null_sums) {
+            let scale = p.iter().map(|v| v.abs()).fold(1.0, f64::max);
+            max_null = max_null.max(d(p, q) / scale);
+        }
+    }
+    println!(
+        "kernel cut vs per-fold decompositions: α {same}/{total} identical, max |Δŷ| {max_pred:.1e}, \
+         max relative |Δ null sums| {max_null:.1e}"
+    );
+    assert_eq!(same, total);
+    assert!(max_pred < 1e-10, "{max_pred}");
+    assert!(max_null < 1e-10, "{max_null}");
+    // story_cv on a wide design uses the kernel (its results equal the cut path's, checked above)
+    let opts = StoryCvOptions {
+        alphas,
+        n_shifts: 0,
+        ..Default::default()
+    };
+    let (fits, work) = story_cv(
+        x.view(),
+        &plan,
+        &[&y as &dyn VoxelSource],
+        &opts,
+        &no_cache,
+        &mut |_, _| Ok(()),
+        &|_, _| {},
+    )
+    .unwrap();
+    assert_eq!(work.decompositions, 4 * 4);
+    assert_eq!(work.kernel_bytes, 8 * x.nrows() * x.nrows(), "the kernel path");
+    assert!(fits[0].r.iter().all(|r| r.is_finite()));
 }
