@@ -42,13 +42,17 @@ pub struct VoxelwiseFitArgs {
     /// Data folder in the ds003020 layout: respdict.json and preprocessed_data/<subject>/<story>.<format>.
     #[arg(long)]
     pub data: PathBuf,
-    /// Response file format: hf5 (ds003020's HDF5 files), h5, hdf5, npy or parquet; auto: the
-    /// extension of the response files found under preprocessed_data.
+    /// Response file format: hf5 (ds003020's HDF5 files), h5, hdf5, npy, parquet, nii.gz or nii
+    /// (4-D NIfTI runs, with --mask); auto: the one the files under preprocessed_data use.
     #[arg(long, default_value = "auto")]
     pub format: String,
     /// Dataset holding the TRs × voxels matrix inside each HDF5 response file.
     #[arg(long, default_value = "data")]
     pub dataset: String,
+    /// NIfTI runs (nii.gz, nii): each subject's 3-D brain or ROI mask; `{subject}` is replaced by
+    /// the subject id. Voxels are the mask's, in nibabel's `data[mask > 0]` order.
+    #[arg(long)]
+    pub mask: Option<String>,
     /// Folder with one design per story: <story>.npy or <story>.parquet.
     #[arg(long)]
     pub designs: PathBuf,
@@ -166,7 +170,9 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         "auto" => ResponseLayout::detect_format(&a.data)?,
         f => f.to_string(),
     };
-    let layout = ResponseLayout::open(&a.data, &format)?.with_dataset(&a.dataset);
+    let layout = ResponseLayout::open(&a.data, &format)?
+        .with_dataset(&a.dataset)
+        .with_mask(a.mask.as_deref());
     let stories: Vec<String> = if a.stories.is_empty() {
         layout.respdict.keys().cloned().collect()
     } else {

@@ -10,7 +10,10 @@
 //! `<ext>` is the response format: `hf5` (the data set's own: an HDF5 file holding one 2-D numeric
 //! dataset, named `data` unless [`ResponseLayout::dataset`] says otherwise, read through the system's
 //! HDF5 library, [`crate::store::hdf5`]), `npy` or `parquet` (any numeric matrix;
-//! [`crate::store::read_matrix`]). HDF5 files are read a block of voxels at a time.
+//! [`crate::store::read_matrix`]), or `nii.gz` / `nii` (a BIDS-style 4-D NIfTI run per story,
+//! restricted to the voxels of a 3-D mask per subject, [`ResponseLayout::mask`]; the voxel order
+//! is nibabel's `data[mask > 0]`, [`crate::store::nifti`]). HDF5 files are read a block of voxels
+//! at a time.
 //!
 //! Timing (ds003020's convention, configurable): responses start `trim_start` TRs after the
 //! stimulus TR grid's first TR and stop `trim_end` TRs before its end, so a design computed on the
@@ -45,6 +48,9 @@ pub struct ResponseLayout {
     pub ext: String,
     /// Name of the dataset inside each HDF5 file (ds003020: `data`).
     pub dataset: String,
+    /// NIfTI runs: the 3-D mask of each subject, a path in which `{subject}` stands for the
+    /// subject (e.g. `masks/{subject}_language.nii.gz`).
+    pub mask: Option<String>,
     /// Story → number of response TRs (from `respdict.json`).
     pub respdict: BTreeMap<String, usize>,
 }
@@ -53,9 +59,10 @@ impl ResponseLayout {
     /// Opens `root`: reads `respdict.json` (story → positive integer TR count). HDF5 files' dataset
     /// is `data` ([`Self::with_dataset`] names another).
     pub fn open(root: &Path, ext: &str) -> Result<ResponseLayout> {
-        if !matches!(ext, "hf5" | "h5" | "hdf5" | "npy" | "parquet") {
+        if !FORMATS.contains(&ext) {
             return Err(Error::Invalid(format!(
-                "responses: format {ext:?} is not readable (expected hf5, h5, hdf5, npy or parquet)"
+                "responses: format {ext:?} is not readable (expected one of {})",
+                FORMATS.join(", ")
             )));
         }
         let path = root.join("respdict.json");
@@ -80,6 +87,7 @@ impl ResponseLayout {
             root: root.to_path_buf(),
             ext: ext.to_string(),
             dataset: "data".to_string(),
+            mask: None,
             respdict,
         })
     }
@@ -95,19 +103,23 @@ impl ResponseLayout {
                 continue;
             }
             for f in std::fs::read_dir(&sub).map_err(|e| Error::io(&sub, e))? {
-                let f = f.map_err(|e| Error::io(&sub, e))?.path();
-                if let Some(ext) = f.extension().and_then(|e| e.to_str()) {
-                    if matches!(ext, "hf5" | "h5" | "hdf5" | "npy" | "parquet") {
-                        found.insert(ext.to_string());
-                    }
+                let name = f
+                    .map_err(|e| Error::io(&sub, e))?
+                    .file_name()
+                    .to_string_lossy()
+                    .to_string();
+                // the longest matching suffix: `nii.gz` before `gz`-less ones
+                if let Some(ext) = FORMATS.iter().find(|e| name.ends_with(&format!(".{e}"))) {
+                    found.insert(ext.to_string());
                 }
             }
         }
         match found.len() {
             1 => Ok(found.into_iter().next().expect("one")),
             0 => Err(Error::Invalid(format!(
-                "{}: no response files (.hf5, .h5, .hdf5, .npy or .parquet) in any subject folder",
-                dir.display()
+                "{}: no response files (.{}) in any subject folder",
+                dir.display(),
+                FORMATS.join(", .")
             ))),
             _ => Err(Error::Invalid(format!(
                 "{}: response files of several formats ({}); choose one with --format",
@@ -127,10 +139,35 @@ impl ResponseLayout {
         matches!(self.ext.as_str(), "hf5" | "h5" | "hdf5")
     }
 
+    /// The same layout with NIfTI masks at `pattern` (`{subject}` replaced by the subject).
+    pub fn with_mask(mut self, pattern: Option<&str>) -> ResponseLayout {
+        self.mask = pattern.map(str::to_string);
+        self
+    }
+
+    /// The mask of the subject whose response file is `path` (`…/<subject>/<story>.nii.gz`).
+    fn mask_for(&self, path: &Path) -> Result<PathBuf> {
+        let subject = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        match &self.mask {
+            Some(p) => Ok(PathBuf::from(p.replace("{subject}", &subject))),
+            None => Err(Error::Invalid(format!(
+                "{}: NIfTI runs need a brain or ROI mask per subject (--mask 'masks/{{subject}}.nii.gz')",
+                path.display()
+            ))),
+        }
+    }
+
     /// Columns `cols` (all when `None`) of a response file of this layout.
     pub fn read(&self, path: &Path, cols: Option<std::ops::Range<usize>>) -> Result<Array2<f64>> {
         if self.is_hdf5() {
             return crate::store::hdf5::read_columns(path, &self.dataset, cols);
+        }
+        if matches!(self.ext.as_str(), "nii.gz" | "nii") {
+            return crate::store::nifti::masked_series(path, &self.mask_for(path)?, cols);
         }
         let y = read_matrix(path)?.values;
         Ok(match cols {
@@ -204,6 +241,9 @@ pub fn trim_design(
         )))
     }
 }
+
+/// Response formats, longest suffix first where one ends another.
+pub const FORMATS: &[&str] = &["nii.gz", "nii", "hf5", "h5", "hdf5", "npy", "parquet"];
 
 /// One subject's responses to a list of stories, checked and ready to be read in voxel chunks.
 #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@ pub mod extraction;
 pub mod hdf5;
 pub mod json_float;
 pub mod matrix;
+pub mod nifti;
 pub mod parquet_io;
 pub mod schema;
 

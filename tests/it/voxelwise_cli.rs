@@ -656,3 +656,134 @@ print(dict(sorted(count.items())) == dict(sorted(got.items())), sorted(got.items
     assert!(err.contains("91282 voxels but the responses have 30"), "{err}");
     assert!(!d.join("never").exists());
 }
+
+/// BIDS-style NIfTI runs: the simulated responses written by nibabel as 4-D runs (float64, and
+/// int16 with scl_slope / scl_inter) inside a 3-D volume, with a mask per subject; the fit equals
+/// the one on the same matrices taken out by nibabel (`get_fdata()[mask > 0]`) and saved as .npy;
+/// a mask of another shape, a 3-D run and a missing mask are refused, naming the files.
+#[test]
+fn nifti_runs_with_a_mask_written_by_nibabel_equal_the_masked_matrices() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "2",
+            "--stories",
+            "4",
+            "--trs-per-story",
+            "40",
+            "--voxels",
+            "30",
+            "--features",
+            "4",
+        ],
+    );
+    let nii = d.join("nii");
+    let npy = d.join("npy");
+    // each subject's 30 voxels placed at scattered positions of a 5 × 4 × 3 volume (60 voxels,
+    // the others zero), the mask marking them; sub02's runs stored as int16 with a slope
+    support::run_python(
+        r#"
+import sys, os, glob, shutil, numpy as np, nibabel as nib
+src, nii, npy = sys.argv[1:4]
+shutil.copytree(src, nii); shutil.copytree(src, npy)
+rng = np.random.default_rng(0)
+os.makedirs(f"{nii}/masks")
+for sub in ("sub01", "sub02"):
+    idx = np.sort(rng.choice(60, 30, replace=False))
+    mask = np.zeros(60, dtype=np.uint8); mask[idx] = 1; mask = mask.reshape(5, 4, 3)
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), f"{nii}/masks/{sub}.nii.gz")
+    for f in sorted(glob.glob(f"{src}/preprocessed_data/{sub}/*.npy")):
+        y = np.load(f)
+        vol = np.zeros((5, 4, 3, y.shape[0]))
+        vol[mask > 0] = y.T  # C order of (i, j, k), as get_fdata()[mask > 0] reads them back
+        base = os.path.basename(f)[:-4]
+        if sub == "sub02":
+            img = nib.Nifti1Image(vol, np.eye(4)); img.set_data_dtype(np.int16)
+            img.header.set_slope_inter(0.001, 0.5)
+        else:
+            img = nib.Nifti1Image(vol, np.eye(4)); img.set_data_dtype(np.float64)
+        nib.save(img, f"{nii}/preprocessed_data/{sub}/{base}.nii.gz")
+        os.remove(f"{nii}/preprocessed_data/{sub}/{base}.npy")
+        back = nib.load(f"{nii}/preprocessed_data/{sub}/{base}.nii.gz").get_fdata()[mask > 0].T
+        np.save(f"{npy}/preprocessed_data/{sub}/{base}.npy", back)
+"#,
+        &[&data, nii.to_str().unwrap(), npy.to_str().unwrap()],
+    );
+    let fit = |data: &Path, out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "voxelwise",
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--outer-folds",
+            "2",
+            "--inner-folds",
+            "2",
+            "--n-shifts",
+            "10",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        let designs = format!("{}/designs", data.display());
+        args.extend_from_slice(&["--designs", &designs]);
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let mask = format!("{}/masks/{{subject}}.nii.gz", nii.display());
+    let o = fit(&nii, &d.join("out_nii"), &["--mask", &mask]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fit(&npy, &d.join("out_npy"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = support::run_python(
+        r#"
+import sys, numpy as np, pyarrow.parquet as pq
+a = pq.read_table(sys.argv[1]).to_pydict(); b = pq.read_table(sys.argv[2]).to_pydict()
+same = a["subject"] == b["subject"] and a["voxel"] == b["voxel"] and a["alpha_median"] == b["alpha_median"]
+print(same, len(a["r"]), float(np.max(np.abs(np.array(a["r"]) - np.array(b["r"])))))
+"#,
+        &[
+            d.join("out_nii/voxelwise_voxels.parquet").to_str().unwrap(),
+            d.join("out_npy/voxelwise_voxels.parquet").to_str().unwrap(),
+        ],
+    );
+    println!("NIfTI vs nibabel's masked matrices: {}", cmp.trim());
+    let f: Vec<&str> = cmp.split_whitespace().collect();
+    assert_eq!(f[0..2], ["True", "60"]);
+    assert!(f[2].parse::<f64>().unwrap() < 1e-12, "{cmp}");
+
+    let never = d.join("never");
+    let fails = |o: std::process::Output, needles: &[&str]| {
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        for n in needles {
+            assert!(err.contains(n), "expected {n:?} in: {err}");
+        }
+        assert!(!never.exists(), "nothing may be written on failure");
+    };
+    // no mask
+    fails(fit(&nii, &never, &[]), &["story00.nii.gz", "--mask"]);
+    // a mask of another shape
+    support::run_python(
+        "import sys, numpy as np, nibabel as nib\n\
+         nib.save(nib.Nifti1Image(np.ones((5, 4, 2), dtype=np.uint8), np.eye(4)), sys.argv[1])",
+        &[&format!("{}/masks/sub02.nii.gz", nii.display())],
+    );
+    fails(
+        fit(&nii, &never, &["--mask", &mask]),
+        &["masks/sub02.nii.gz", "[5, 4, 2]", "[5, 4, 3]"],
+    );
+    // a 3-D run
+    support::run_python(
+        "import sys, numpy as np, nibabel as nib\n\
+         nib.save(nib.Nifti1Image(np.ones((5, 4, 3)), np.eye(4)), sys.argv[1])",
+        &[&format!("{}/preprocessed_data/sub01/story01.nii.gz", nii.display())],
+    );
+    fails(
+        fit(&nii, &never, &["--mask", &mask, "--subjects", "sub01"]),
+        &["sub01/story01.nii.gz", "3-D volume", "expected a 4-D run"],
+    );
+}
