@@ -43,7 +43,8 @@ pub struct VoxelwiseFitArgs {
     #[arg(long)]
     pub data: PathBuf,
     /// Response file format: hf5 (ds003020's HDF5 files), h5, hdf5, npy, parquet, nii.gz or nii
-    /// (4-D NIfTI runs, with --mask); auto: the one the files under preprocessed_data use.
+    /// (4-D NIfTI runs, with --mask), func.gii or gii (GIfTI surface time series); auto: the one
+    /// the files under preprocessed_data use.
     #[arg(long, default_value = "auto")]
     pub format: String,
     /// Dataset holding the TRs × voxels matrix inside each HDF5 response file.

@@ -12,7 +12,9 @@
 //! HDF5 library, [`crate::store::hdf5`]), `npy` or `parquet` (any numeric matrix;
 //! [`crate::store::read_matrix`]), or `nii.gz` / `nii` (a BIDS-style 4-D NIfTI run per story,
 //! restricted to the voxels of a 3-D mask per subject, [`ResponseLayout::mask`]; the voxel order
-//! is nibabel's `data[mask > 0]`, [`crate::store::nifti`]). HDF5 files are read a block of voxels
+//! is nibabel's `data[mask > 0]`, [`crate::store::nifti`]), or `func.gii` / `gii` (a GIfTI
+//! surface time series, one array per TR; voxels are vertices, [`crate::store::gifti`]). HDF5
+//! files are read a block of voxels
 //! at a time.
 //!
 //! Timing (ds003020's convention, configurable): responses start `trim_start` TRs after the
@@ -166,6 +168,9 @@ impl ResponseLayout {
         if self.is_hdf5() {
             return crate::store::hdf5::read_columns(path, &self.dataset, cols);
         }
+        if matches!(self.ext.as_str(), "func.gii" | "gii") {
+            return crate::store::gifti::read_series(path, cols);
+        }
         if matches!(self.ext.as_str(), "nii.gz" | "nii") {
             return crate::store::nifti::masked_series(path, &self.mask_for(path)?, cols);
         }
@@ -243,7 +248,9 @@ pub fn trim_design(
 }
 
 /// Response formats, longest suffix first where one ends another.
-pub const FORMATS: &[&str] = &["nii.gz", "nii", "hf5", "h5", "hdf5", "npy", "parquet"];
+pub const FORMATS: &[&str] = &[
+    "nii.gz", "nii", "func.gii", "gii", "hf5", "h5", "hdf5", "npy", "parquet",
+];
 
 /// One subject's responses to a list of stories, checked and ready to be read in voxel chunks.
 #[derive(Debug, Clone)]

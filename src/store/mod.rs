@@ -25,6 +25,7 @@
 
 pub mod artifacts;
 pub mod extraction;
+pub mod gifti;
 pub mod hdf5;
 pub mod json_float;
 pub mod matrix;

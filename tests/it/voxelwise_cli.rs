@@ -787,3 +787,100 @@ print(same, len(a["r"]), float(np.max(np.abs(np.array(a["r"]) - np.array(b["r"])
         &["sub01/story01.nii.gz", "3-D volume", "expected a 4-D run"],
     );
 }
+
+/// GIfTI surface time series written by nibabel (one float32 array per TR, gzip-base64 for one
+/// subject, base64 for the other) give the same fit as the same matrices read back by nibabel
+/// and saved as .npy; an array of another length is refused naming the file and the array.
+#[test]
+fn gifti_series_written_by_nibabel_equal_the_same_matrices() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "2",
+            "--stories",
+            "4",
+            "--trs-per-story",
+            "40",
+            "--voxels",
+            "25",
+            "--features",
+            "4",
+        ],
+    );
+    let gii = d.join("gii");
+    let npy = d.join("npy");
+    support::run_python(
+        r#"
+import sys, os, glob, shutil, numpy as np, nibabel as nib
+src, gii, npy = sys.argv[1:4]
+shutil.copytree(src, gii); shutil.copytree(src, npy)
+for f in sorted(glob.glob(f"{src}/preprocessed_data/*/*.npy")):
+    y = np.load(f).astype(np.float32)
+    enc = "GIFTI_ENCODING_B64GZ" if "/sub01/" in f else "GIFTI_ENCODING_B64BIN"
+    img = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(row, intent="NIFTI_INTENT_TIME_SERIES",
+                                                                 datatype="NIFTI_TYPE_FLOAT32", encoding=enc) for row in y])
+    out = f.replace(src, gii)[:-4] + ".func.gii"
+    nib.save(img, out); os.remove(f.replace(src, gii))
+    back = np.vstack([a.data for a in nib.load(out).darrays]).astype(np.float64)
+    np.save(f.replace(src, npy), back)
+"#,
+        &[&data, gii.to_str().unwrap(), npy.to_str().unwrap()],
+    );
+    let fit = |data: &Path, out: &Path| {
+        let designs = format!("{}/designs", data.display());
+        run(&[
+            "voxelwise",
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--designs",
+            &designs,
+            "--outer-folds",
+            "2",
+            "--inner-folds",
+            "2",
+            "--n-shifts",
+            "10",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ])
+    };
+    let o = fit(&gii, &d.join("out_gii"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = fit(&npy, &d.join("out_npy"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cmp = support::run_python(
+        r#"
+import sys, pyarrow.parquet as pq
+a = pq.read_table(sys.argv[1]).to_pydict(); b = pq.read_table(sys.argv[2]).to_pydict()
+print(all(a[c] == b[c] for c in ("subject", "voxel", "r", "alpha_median", "p")), len(a["r"]))
+"#,
+        &[
+            d.join("out_gii/voxelwise_voxels.parquet").to_str().unwrap(),
+            d.join("out_npy/voxelwise_voxels.parquet").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(cmp.trim(), "True 50");
+    // one TR with a vertex too many
+    support::run_python(
+        r#"
+import sys, numpy as np, nibabel as nib
+img = nib.load(sys.argv[1]); rows = [a.data for a in img.darrays]; rows[3] = np.append(rows[3], np.float32(0))
+nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(r, datatype="NIFTI_TYPE_FLOAT32") for r in rows]), sys.argv[1])
+"#,
+        &[&format!("{}/preprocessed_data/sub02/story01.func.gii", gii.display())],
+    );
+    let never = d.join("never");
+    let o = fit(&gii, &never);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("sub02/story01.func.gii: DataArray 3 has 26 vertices, DataArray 0 has 25"),
+        "{err}"
+    );
+    assert!(!never.exists());
+}
