@@ -457,7 +457,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             println!(
                 "voxelwise fit: {} subjects × {} stories ({} TRs) × {} features → {} voxels; {} decompositions computed, {} from the cache \
-                 (largest fold {:.1} MiB); {:.2} s (decompositions {:.2} s, reading {:.2} s, fits {:.2} s)",
+                 (largest fold {:.1} MiB); {} subject(s) fitted, {} from the cache; {:.2} s (decompositions {:.2} s, \
+                 reading {:.2} s, fits {:.2} s)",
                 s.n_subjects,
                 s.n_stories,
                 s.n_rows,
@@ -466,6 +467,8 @@ fn run(cli: Cli) -> Result<()> {
                 s.work.decompositions,
                 s.work.loaded,
                 s.work.max_factor_bytes as f64 / (1024.0 * 1024.0),
+                s.fitted,
+                s.n_subjects - s.fitted,
                 s.seconds,
                 s.work.decompose_s,
                 s.work.read_s,

@@ -20,7 +20,9 @@ use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArra
 use ndarray::{s, Array2, Axis};
 
 use crate::encoding::simulate::{simulate_responses, SimulationOptions};
-use crate::encoding::stories::{story_cv, zscore_per_story, FoldFactors, StoryCvOptions, StoryPlan, VoxelSource};
+use crate::encoding::stories::{
+    story_cv, zscore_per_story, FoldFactors, StoryCvOptions, StoryFit, StoryPlan, VoxelSource,
+};
 use crate::encoding::{default_alphas, AlphaCriterion, RidgeMethod};
 use crate::features::voxels::{read_regions, trim_design, ResponseLayout, SubjectResponses};
 use crate::stats::{bootstrap_mean_ci, fdr_bh, t_mean_ci, SplitMix64};
@@ -138,6 +140,8 @@ pub struct VoxelwiseFitSummary {
     pub n_voxels: usize,
     /// Decompositions computed and read from --cache, time per stage.
     pub work: crate::encoding::stories::StoryCvWork,
+    /// Subjects fitted in this run (the others' fits came from --cache).
+    pub fitted: usize,
     pub warnings: Vec<String>,
     /// (region, mean r over subjects) per region, "all" first.
     pub regions: Vec<(String, f64)>,
@@ -292,7 +296,21 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         .num_threads(a.threads.unwrap_or(0))
         .build()
         .map_err(|e| Error::Invalid(format!("thread pool: {e}")))?;
-    let sources: Vec<Source> = responses.iter().map(Source).collect();
+    let cache_dir = a.cache.as_ref().map(|c| c.join(design_key(&x, &plan)));
+    // subjects whose fit under these settings is already in the cache are not fitted again
+    let fit_files: Vec<Option<PathBuf>> = responses
+        .iter()
+        .map(|r| cache_dir.as_ref().map(|d| d.join("fits").join(fit_file_name(r, &opts))))
+        .collect::<Vec<_>>();
+    let mut cached_fits: Vec<Option<StoryFit>> = Vec::new();
+    for f in &fit_files {
+        cached_fits.push(match f {
+            Some(f) if f.is_file() => Some(StoryFit::from_matrix(&crate::store::read_npy(f)?, plan.n_outer())?),
+            _ => None,
+        });
+    }
+    let to_fit: Vec<usize> = (0..responses.len()).filter(|&i| cached_fits[i].is_none()).collect();
+    let sources: Vec<Source> = to_fit.iter().map(|&i| Source(&responses[i])).collect();
     let dyn_sources: Vec<&dyn VoxelSource> = sources.iter().map(|s| s as &dyn VoxelSource).collect();
     let total_steps: u64 = (plan.n_outer()
         * sources
@@ -300,7 +318,6 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
             .map(|s| s.n_voxels().div_ceil(a.chunk.max(1)))
             .sum::<usize>()) as u64;
     let bar = (!a.quiet).then(|| crate::progress::progress(total_steps, "voxelwise fit (fold × subject × chunk)"));
-    let cache_dir = a.cache.as_ref().map(|c| c.join(design_key(&x, &plan)));
     let load = |k: usize| -> Result<Option<FoldFactors>> {
         match &cache_dir {
             Some(d) => load_factors(&d.join(format!("fold{k}")), &plan, k),
@@ -313,15 +330,35 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
             None => Ok(()),
         }
     };
-    let (fits, work) = pool.install(|| {
-        story_cv(x.view(), &plan, &dyn_sources, &opts, &load, &mut save, &|done, _| {
-            if let Some(b) = &bar {
-                b.set_position(done as u64);
-            }
-        })
-    })?;
+    let (new_fits, work) = if dyn_sources.is_empty() {
+        (Vec::new(), Default::default())
+    } else {
+        pool.install(|| {
+            story_cv(x.view(), &plan, &dyn_sources, &opts, &load, &mut save, &|done, _| {
+                if let Some(b) = &bar {
+                    b.set_position(done as u64);
+                }
+            })
+        })?
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
+    }
+    let fitted = new_fits.len();
+    let mut new_fits = new_fits.into_iter();
+    let mut fits = Vec::with_capacity(responses.len());
+    for (i, cached) in cached_fits.into_iter().enumerate() {
+        fits.push(match cached {
+            Some(f) => f,
+            None => {
+                let f = new_fits.next().expect("one fit per subject fitted");
+                if let Some(path) = &fit_files[i] {
+                    std::fs::create_dir_all(path.parent().expect("fits folder")).map_err(|e| Error::io(path, e))?;
+                    crate::store::write_npy(path, f.to_matrix().view())?;
+                }
+                f
+            }
+        });
     }
 
     // tables
@@ -530,11 +567,36 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         n_features: p,
         n_voxels: responses.iter().map(|r| r.kept.len()).sum(),
         work,
+        fitted,
         warnings: responses.iter().flat_map(|r| r.warnings.clone()).collect(),
         regions: region_means,
         seconds: started.elapsed().as_secs_f64(),
         files,
     })
+}
+
+/// The cached fit of one subject: `<subject>-<key>.npy`, the key a sha256 of the fit settings and
+/// of each response file's path, size and modification time (an edited file is fitted again).
+fn fit_file_name(r: &SubjectResponses, opts: &StoryCvOptions) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{opts:?}").as_bytes());
+    h.update(format!("{:?}", r.kept).as_bytes());
+    for f in &r.files {
+        h.update(f.to_string_lossy().as_bytes());
+        if let Ok(m) = std::fs::metadata(f) {
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m.modified().and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            }) {
+                h.update(t.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    let d = h.finalize();
+    let key: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{}-{key}.npy", r.subject)
 }
 
 /// The cache key of a design under a fold plan: sha256 of the plan's identity, the design's

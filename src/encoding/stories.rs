@@ -838,6 +838,44 @@ pub struct StoryFit {
     pub alpha_r2_per_fold: Array2<f64>,
 }
 
+impl StoryFit {
+    /// All of it as one matrix (5 + 3 n_outer, voxels): r, r2, p, p_perm, null_sd, then r, α and
+    /// α_r2 per fold (for a cache on disk).
+    pub fn to_matrix(&self) -> Array2<f64> {
+        let rows: Vec<ndarray::ArrayView1<f64>> = [&self.r, &self.r2, &self.p, &self.p_perm, &self.null_sd]
+            .iter()
+            .map(|v| ndarray::ArrayView1::from(v.as_slice()))
+            .chain(self.r_per_fold.rows())
+            .chain(self.alpha_per_fold.rows())
+            .chain(self.alpha_r2_per_fold.rows())
+            .collect();
+        ndarray::stack(Axis(0), &rows).expect("rows of one length")
+    }
+
+    /// The inverse of [`Self::to_matrix`] for a plan with `n_outer` folds.
+    pub fn from_matrix(m: &Array2<f64>, n_outer: usize) -> Result<StoryFit> {
+        if m.nrows() != 5 + 3 * n_outer {
+            return Err(Error::Invalid(format!(
+                "a stored voxelwise fit has {} rows; expected {} for {n_outer} folds",
+                m.nrows(),
+                5 + 3 * n_outer
+            )));
+        }
+        let row = |i: usize| m.row(i).to_vec();
+        let block = |i: usize| m.slice(ndarray::s![i..i + n_outer, ..]).to_owned();
+        Ok(StoryFit {
+            r: row(0),
+            r2: row(1),
+            p: row(2),
+            p_perm: row(3),
+            null_sd: row(4),
+            r_per_fold: block(5),
+            alpha_per_fold: block(5 + n_outer),
+            alpha_r2_per_fold: block(5 + 2 * n_outer),
+        })
+    }
+}
+
 /// Responses of one subject, read a chunk of voxel columns at a time.
 pub trait VoxelSource: Sync {
     fn n_voxels(&self) -> usize;

@@ -321,12 +321,38 @@ fn adding_a_subject_with_a_cache_computes_no_decomposition_and_keeps_the_others_
         first.contains("12 decompositions computed, 0 from the cache"),
         "{first}"
     );
+    assert!(first.contains("2 subject(s) fitted, 0 from the cache"), "{first}");
     let second = fit("sub01,sub02,sub03", "three");
     assert!(
         second.contains("0 decompositions computed, 12 from the cache"),
         "{second}"
     );
-    // the first two subjects' voxel results are identical, bit for bit
+    // only the new subject is fitted; the others' fits come from the cache
+    assert!(second.contains("1 subject(s) fitted, 2 from the cache"), "{second}");
+    let again = fit("sub01,sub02,sub03", "again");
+    assert!(
+        again.contains("0 decompositions computed, 0 from the cache")
+            && again.contains("0 subject(s) fitted, 3 from the cache"),
+        "{again}"
+    );
+    // the incremental result (two subjects from the cache, one fitted) equals, bit for bit, a
+    // fresh run of the three subjects without a cache
+    let fresh = d.join("fresh");
+    ok(&[
+        "voxelwise",
+        "fit",
+        "--data",
+        &data,
+        "--designs",
+        &format!("{data}/designs"),
+        "--inner-folds",
+        "2",
+        "--n-shifts",
+        "30",
+        "--out",
+        fresh.to_str().unwrap(),
+        "--quiet",
+    ]);
     let same = support::run_python(
         r#"
 import sys, pyarrow.parquet as pq
@@ -336,11 +362,11 @@ ka, kb = key(a), key(b)
 print(all(kb[k] == v for k, v in ka.items()), len(ka), len(kb))
 "#,
         &[
-            d.join("two/voxelwise_voxels.parquet").to_str().unwrap(),
+            fresh.join("voxelwise_voxels.parquet").to_str().unwrap(),
             d.join("three/voxelwise_voxels.parquet").to_str().unwrap(),
         ],
     );
-    assert_eq!(same.trim(), "True 60 90");
+    assert_eq!(same.trim(), "True 90 90");
     // a cache entry made for another plan is not used: other folds, other key
     let third = ok(&[
         "voxelwise",
