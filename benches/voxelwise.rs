@@ -213,8 +213,8 @@ fn main() -> anyhow::Result<()> {
     let (_, folds, _) = read_parquet(&cf_out.join("voxelwise_voxel_folds.parquet"))?;
     let (_, voxels, _) = read_parquet(&cf_out.join("voxelwise_voxels.parquet"))?;
     let cf_alpha = f64_column(&folds, "alpha")?;
-    let cf_fold = f64_column_u32(&folds, "fold")?;
-    let cf_voxel = f64_column_u32(&folds, "voxel")?;
+    let cf_fold = f64_column(&folds, "fold")?;
+    let cf_voxel = f64_column(&folds, "voxel")?;
     let cf_r = f64_column(&voxels, "r")?;
     let h_alpha = read_npy(&him_out.join("alphas.npy"))?; // (folds, voxels)
     let h_r = read_npy(&him_out.join("r.npy"))?;
@@ -375,19 +375,4 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(root.join("summary.json"), summary.to_string())?;
     println!("{summary}");
     Ok(())
-}
-
-/// A u32 column as f64 (the folds table's `fold` and `voxel`).
-fn f64_column_u32(batches: &[arrow::array::RecordBatch], name: &str) -> anyhow::Result<Vec<f64>> {
-    use arrow::array::UInt32Array;
-    let mut out = Vec::new();
-    for b in batches {
-        let col = b.column_by_name(name).with_context(|| format!("no column {name}"))?;
-        let a = col
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .with_context(|| format!("{name} is not u32"))?;
-        out.extend(a.values().iter().map(|&v| v as f64));
-    }
-    Ok(out)
 }

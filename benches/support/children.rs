@@ -200,10 +200,13 @@ pub fn others_share(a: Option<(f64, f64, usize)>, b: Option<(f64, f64, usize)>, 
     }
 }
 
+/// A numeric column as f64 (integers cast; nulls as NaN).
 pub fn f64_column(batches: &[arrow::array::RecordBatch], name: &str) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::new();
     for b in batches {
         let col = b.column_by_name(name).with_context(|| format!("no column {name}"))?;
+        let col = arrow::compute::cast(col, &arrow::datatypes::DataType::Float64)
+            .with_context(|| format!("{name} is not numeric"))?;
         let a = col
             .as_any()
             .downcast_ref::<Float64Array>()

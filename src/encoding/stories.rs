@@ -328,39 +328,29 @@ pub struct FactorParts {
     pub a: Array2<f64>,
 }
 
-fn mat_to_array(m: &Mat<f64>) -> Array2<f64> {
-    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)])
-}
-
-/// Decomposes outer fold `k` of the design `x` (n_rows, n_features; z-scored per story) under
-/// `plan`: one decomposition per inner fold and one of the whole training set, in parallel.
-pub fn factorize_fold(x: ArrayView2<f64>, plan: &StoryPlan, k: usize, method: RidgeMethod) -> Result<FoldFactors> {
-    if x.nrows() != plan.n_rows() {
+/// Errs unless `what` (the design or its kernel) has the plan's rows.
+fn check_plan_rows(n: usize, plan: &StoryPlan, what: &str) -> Result<()> {
+    if n != plan.n_rows() {
         return Err(Error::Invalid(format!(
-            "story CV: the design has {} rows but the plan's {} stories have {}",
-            x.nrows(),
+            "story CV: {what} has {n} rows but the plan's {} stories have {}",
             plan.stories.len(),
             plan.n_rows()
         )));
     }
-    check_finite(x, "X")?;
-    let outer = &plan.outer[k];
-    let xm = to_mat(x);
-    let x_train = select_rows(xm.as_ref(), &outer.train);
+    Ok(())
+}
+
+/// Outer fold `k`'s decompositions, one per inner fold (`decompose(Some(i))`) and one of the
+/// whole training set (`decompose(None)`), in parallel.
+fn fold_factors(
+    plan: &StoryPlan,
+    k: usize,
+    decompose: impl Fn(Option<usize>) -> Result<Held> + Sync,
+) -> Result<FoldFactors> {
     let jobs: Vec<Option<usize>> = (0..plan.inner[k].len()).map(Some).chain([None]).collect();
     let mut held: Vec<Held> = jobs
         .par_iter()
-        .map(|job| match job {
-            Some(i) => {
-                let f = &plan.inner[k][*i];
-                Held::new(
-                    &select_rows(x_train.as_ref(), &f.train),
-                    &select_rows(x_train.as_ref(), &f.test),
-                    method,
-                )
-            }
-            None => Held::new(&x_train, &select_rows(xm.as_ref(), &outer.test), method),
-        })
+        .map(|&job| decompose(job))
         .collect::<Result<_>>()
         .map_err(|e| Error::Invalid(format!("story CV, outer fold {k}: {e}")))?;
     let full = held.pop().expect("the full training set's decomposition");
@@ -368,6 +358,31 @@ pub fn factorize_fold(x: ArrayView2<f64>, plan: &StoryPlan, k: usize, method: Ri
         fold: k,
         inner: held,
         full,
+    })
+}
+
+fn mat_to_array(m: &Mat<f64>) -> Array2<f64> {
+    Array2::from_shape_fn((m.nrows(), m.ncols()), |(i, j)| m[(i, j)])
+}
+
+/// Decomposes outer fold `k` of the design `x` (n_rows, n_features; z-scored per story) under
+/// `plan`: one decomposition per inner fold and one of the whole training set, in parallel.
+pub fn factorize_fold(x: ArrayView2<f64>, plan: &StoryPlan, k: usize, method: RidgeMethod) -> Result<FoldFactors> {
+    check_plan_rows(x.nrows(), plan, "the design")?;
+    check_finite(x, "X")?;
+    let outer = &plan.outer[k];
+    let xm = to_mat(x);
+    let x_train = select_rows(xm.as_ref(), &outer.train);
+    fold_factors(plan, k, |job| match job {
+        Some(i) => {
+            let f = &plan.inner[k][i];
+            Held::new(
+                &select_rows(x_train.as_ref(), &f.train),
+                &select_rows(x_train.as_ref(), &f.test),
+                method,
+            )
+        }
+        None => Held::new(&x_train, &select_rows(xm.as_ref(), &outer.test), method),
     })
 }
 
@@ -425,34 +440,16 @@ impl DesignKernel {
 
 /// [`factorize_fold`] in kernel form, every decomposition cut from the design's kernel `g`.
 pub fn factorize_fold_from_kernel(g: &DesignKernel, plan: &StoryPlan, k: usize) -> Result<FoldFactors> {
-    if g.g.nrows() != plan.n_rows() {
-        return Err(Error::Invalid(format!(
-            "story CV: the design's kernel has {} rows but the plan's {} stories have {}",
-            g.g.nrows(),
-            plan.stories.len(),
-            plan.n_rows()
-        )));
-    }
+    check_plan_rows(g.g.nrows(), plan, "the design's kernel")?;
     let outer = &plan.outer[k];
-    let jobs: Vec<Option<usize>> = (0..plan.inner[k].len()).map(Some).chain([None]).collect();
-    let mut held: Vec<Held> = jobs
-        .par_iter()
-        .map(|job| match job {
-            Some(i) => {
-                let f = &plan.inner[k][*i];
-                let train: Vec<usize> = f.train.iter().map(|&r| outer.train[r]).collect();
-                let test: Vec<usize> = f.test.iter().map(|&r| outer.train[r]).collect();
-                Held::from_kernel(g, &train, &test)
-            }
-            None => Held::from_kernel(g, &outer.train, &outer.test),
-        })
-        .collect::<Result<_>>()
-        .map_err(|e| Error::Invalid(format!("story CV, outer fold {k}: {e}")))?;
-    let full = held.pop().expect("the full training set's decomposition");
-    Ok(FoldFactors {
-        fold: k,
-        inner: held,
-        full,
+    fold_factors(plan, k, |job| match job {
+        Some(i) => {
+            let f = &plan.inner[k][i];
+            let train: Vec<usize> = f.train.iter().map(|&r| outer.train[r]).collect();
+            let test: Vec<usize> = f.test.iter().map(|&r| outer.train[r]).collect();
+            Held::from_kernel(g, &train, &test)
+        }
+        None => Held::from_kernel(g, &outer.train, &outer.test),
     })
 }
 
@@ -949,14 +946,7 @@ pub fn story_cv(
             _ => {
                 let f = if kernel_form {
                     if kernel.is_none() {
-                        if x.nrows() != plan.n_rows() {
-                            return Err(Error::Invalid(format!(
-                                "story CV: the design has {} rows but the plan's {} stories have {}",
-                                x.nrows(),
-                                plan.stories.len(),
-                                plan.n_rows()
-                            )));
-                        }
+                        check_plan_rows(x.nrows(), plan, "the design")?;
                         let g = DesignKernel::new(x)?;
                         work.kernel_bytes = g.bytes();
                         kernel = Some(g);
