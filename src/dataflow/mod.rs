@@ -625,8 +625,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                             d,
                         )
                     });
+                let pe_pairs = pe_base.join(pe_from);
                 let pred_errors = env.per_value(
-                    pe_base.join(pe_from).join(raw_designs),
+                    pe_pairs.clone().join(raw_designs),
                     "PredError",
                     |k| format!("prediction error `{}` layer {}", k.story, k.layer),
                     move |ctx, k, (((story_art, codes, sae), (codes_from, sae_from)), raw)| {
@@ -651,6 +652,46 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     };
                     (key, id)
                 }));
+                // the paper's sets (the semantic set's codes + its ε) and their two controls, per
+                // (story, ℓ) with the layer's labels
+                let pe_sets = env.per_key(
+                    pe_pairs
+                        .join(story_key.clone())
+                        .map(|(k, (pair, sae_key))| (sae_key, (k.story, pair)))
+                        .join(labels_by_key.clone())
+                        .map(|(sae_key, ((story, pair), lid))| {
+                            (
+                                StoryLayerKey {
+                                    story,
+                                    layer: sae_key.layer,
+                                },
+                                (pair, lid),
+                            )
+                        }),
+                    "PredErrorSets",
+                    |k| format!("prediction-error sets `{}` layer {}", k.story, k.layer),
+                    |ctx, _, present| {
+                        let mut out = Vec::new();
+                        for (((story_art, codes, sae), (codes_from, sae_from)), lid) in present {
+                            out.extend(stages::taxonomy::pred_error_sets_stage(
+                                ctx,
+                                story_art,
+                                (codes, sae),
+                                (codes_from, sae_from),
+                                lid,
+                            )?);
+                        }
+                        Ok(out)
+                    },
+                );
+                let designs = designs.concat(pe_sets.map(|(k, (name, id))| {
+                    let key = DesignKey {
+                        story: k.story,
+                        layer: k.layer,
+                        feature_set: FeatureSet::named(&name),
+                    };
+                    (key, id)
+                }));
 
                 // ---- variance partition by category per (subject, story, layer)
                 let partition_in = designs
@@ -671,35 +712,66 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .map(|(key, ((story, d), lid))| (story, (key.layer, d, lid)))
                     .join(responses.clone())
                     .map(|(story, ((layer, d, lid), (subject, roi)))| {
-                        (PartitionKey { subject, story, layer }, (d, lid, roi))
+                        (StoryLayerKey { story, layer }, (d, lid, subject, roi))
                     });
-                let partitions = env.per_value(
-                    partition_in,
-                    "Partition",
-                    |k| format!("variance partition {k:?}"),
-                    |ctx, _, (d, lid, roi)| stages::taxonomy::partition_stage(ctx, d, lid, roi),
-                );
+                // computed per (story, layer) over subjects: each column subset's decompositions
+                // serve every subject
+                let partitions = env
+                    .per_key(
+                        partition_in,
+                        "Partition",
+                        |k| format!("variance partitions {k:?}"),
+                        |ctx, _, present: &[&(ArtifactId, ArtifactId, String, ArtifactId)]| {
+                            let mut out = Vec::with_capacity(present.len());
+                            for group in present.chunk_by(|a, b| (&a.0, &a.1) == (&b.0, &b.1)) {
+                                let rois: Vec<&str> = group.iter().map(|v| v.3.as_str()).collect();
+                                let ids = stages::taxonomy::partition_stage(ctx, &group[0].0, &group[0].1, &rois)?;
+                                out.extend(group.iter().zip(ids).map(|(v, id)| (v.2.clone(), id)));
+                            }
+                            Ok(out)
+                        },
+                    )
+                    .map(|(k, (subject, id))| {
+                        let key = PartitionKey {
+                            subject,
+                            story: k.story,
+                            layer: k.layer,
+                        };
+                        (key, id)
+                    });
                 let rec_parts = partitions.map(|(k, a)| Record::Partition(k, a));
 
-                // ---- fits per (subject, story, layer, feature set)
+                // ---- fits per (subject, story, layer, feature set), computed per design: the
+                // design's decompositions serve all its subjects
                 let fit_in = designs
-                    .map(|(k, design)| (k.story, (k.layer, k.feature_set, design)))
+                    .map(|(k, design)| (k.story.clone(), (k, design)))
                     .join(responses)
-                    .map(|(story, ((layer, feature_set, design), (subject, roi)))| {
+                    .map(|(_, ((key, design), (subject, roi)))| (key, (design, subject, roi)));
+                let fits = env
+                    .per_key(
+                        fit_in,
+                        "Fit",
+                        |k| format!("fits {k:?}"),
+                        |ctx, _, present: &[&(ArtifactId, String, ArtifactId)]| {
+                            // one design per key; grouped anyway, so a key never mixes two
+                            let mut out = Vec::with_capacity(present.len());
+                            for group in present.chunk_by(|a, b| a.0 == b.0) {
+                                let rois: Vec<&str> = group.iter().map(|(_, _, roi)| roi.as_str()).collect();
+                                let ids = stages::fit_stage(ctx, &group[0].0, &rois)?;
+                                out.extend(group.iter().zip(ids).map(|((_, subject, _), id)| (subject.clone(), id)));
+                            }
+                            Ok(out)
+                        },
+                    )
+                    .map(|(k, (subject, fit))| {
                         let key = FitKey {
                             subject,
-                            story,
-                            layer,
-                            feature_set,
+                            story: k.story,
+                            layer: k.layer,
+                            feature_set: k.feature_set,
                         };
-                        (key, (design, roi))
+                        (key, fit)
                     });
-                let fits = env.per_value(
-                    fit_in,
-                    "Fit",
-                    |k| format!("fit {k:?}"),
-                    |ctx, _, (design, roi)| stages::fit_stage(ctx, design, roi),
-                );
                 let rec_fits = fits.clone().map(|(k, a)| Record::Fit(k, a));
 
                 // ---- summaries over subjects

@@ -197,6 +197,29 @@ pub(crate) fn factorize(x: MatRef<'_, f64>, method: RidgeMethod) -> Result<Facto
 impl Factors {
     /// The path for targets `y` (n, t): stores Uᵀ Y.
     pub(crate) fn path(self, y: MatRef<'_, f64>, alphas: &[f64]) -> RidgePath {
+        let uty = self.uty(y);
+        RidgePath {
+            method: self.method,
+            alphas: alphas.to_vec(),
+            basis: self.basis,
+            spectrum: self.spectrum,
+            uty,
+        }
+    }
+
+    /// [`Factors::path`] keeping the factors for other targets (the basis and spectrum are copied).
+    pub(crate) fn path_cloned(&self, y: MatRef<'_, f64>, alphas: &[f64]) -> RidgePath {
+        RidgePath {
+            method: self.method,
+            alphas: alphas.to_vec(),
+            basis: self.basis.clone(),
+            spectrum: self.spectrum.clone(),
+            uty: self.uty(y),
+        }
+    }
+
+    /// Uᵀ Y (rank, t).
+    fn uty(&self, y: MatRef<'_, f64>) -> Mat<f64> {
         // Uᵀ Y, target chunks in parallel (each chunk one sequential product: deterministic)
         let t = y.ncols();
         let chunks: Vec<(usize, usize)> = (0..t)
@@ -211,13 +234,7 @@ impl Factors {
         for (&(c0, c1), part) in chunks.iter().zip(&parts) {
             uty.as_mut().subcols_mut(c0, c1 - c0).copy_from(part.as_ref());
         }
-        RidgePath {
-            method: self.method,
-            alphas: alphas.to_vec(),
-            basis: self.basis,
-            spectrum: self.spectrum,
-            uty,
-        }
+        uty
     }
 
     fn gains(&self, alpha: f64) -> Vec<f64> {
@@ -705,17 +722,38 @@ pub(crate) fn fold_scores_multi(
     criteria: &[AlphaCriterion],
     method: RidgeMethod,
 ) -> Result<Vec<Array2<f64>>> {
-    let t = ym.ncols();
-    let n_crit = criteria.len();
-    // per fold: factors of the training rows and the test rows projected on their basis
-    let fold_fits: Vec<(Factors, Mat<f64>)> = folds
+    let fold_fits = inner_fold_fits(xm, folds, method)?;
+    fold_scores_fitted(&fold_fits, ym, alphas, folds, criteria)
+}
+
+/// Per fold: the factors of the training rows of `xm` and the fold's test rows projected on
+/// their basis (n_test, rank): the design-only half of [`fold_scores_multi`].
+pub(crate) fn inner_fold_fits(
+    xm: MatRef<'_, f64>,
+    folds: &[Fold],
+    method: RidgeMethod,
+) -> Result<Vec<(Factors, Mat<f64>)>> {
+    folds
         .par_iter()
         .map(|fold| {
             let f = factorize(select_rows(xm, &fold.train).as_ref(), method)?;
             let a = mm(select_rows(xm, &fold.test).as_ref(), f.basis.as_ref()); // (n_test, r)
             Ok((f, a))
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
+
+/// The targets' half of [`fold_scores_multi`], from `fold_fits` ([`inner_fold_fits`] of the
+/// same `folds`).
+pub(crate) fn fold_scores_fitted(
+    fold_fits: &[(Factors, Mat<f64>)],
+    ym: MatRef<'_, f64>,
+    alphas: &[f64],
+    folds: &[Fold],
+    criteria: &[AlphaCriterion],
+) -> Result<Vec<Array2<f64>>> {
+    let t = ym.ncols();
+    let n_crit = criteria.len();
     let chunks: Vec<(usize, usize)> = (0..t)
         .step_by(TARGET_CHUNK)
         .map(|c| (c, (c + TARGET_CHUNK).min(t)))
@@ -890,7 +928,7 @@ pub fn nested_cv_ridge_opts(
     gap: usize,
     opts: &NestedCvOptions,
 ) -> Result<NestedCvResult> {
-    let (n, t) = (x.nrows(), y.ncols());
+    let n = x.nrows();
     if y.nrows() != n {
         return Err(Error::Invalid(format!(
             "nested_cv_ridge: X has {n} rows but Y has {}",
@@ -900,22 +938,153 @@ pub fn nested_cv_ridge_opts(
     check_alphas(alphas)?;
     check_finite(x, "X")?;
     check_finite(y, "Y")?;
-    check_folds(outer, n, true)?;
-    let per_fold: Vec<OuterFit> = outer
+    let factors = nested_cv_factors(x, outer, inner_n_folds, gap, opts.transform)?;
+    nested_cv_ridge_factored(&factors, y, alphas, opts)
+}
+
+/// Everything of a nested CV that depends on the design alone: per outer fold, the transformed
+/// training and test rows, the inner folds' factorizations and the refit's. One design's factors
+/// serve every set of targets fitted on it (every subject of a story), which then costs only the
+/// targets' products: [`nested_cv_ridge_factored`] with these factors equals
+/// [`nested_cv_ridge_opts`] bit for bit.
+pub struct NestedCvFactors {
+    n_rows: usize,
+    transform: DesignTransform,
+    folds: Vec<OuterFactors>,
+}
+
+struct OuterFactors {
+    /// sorted outer training and test rows
+    train: Vec<usize>,
+    test: Vec<usize>,
+    /// the test rows, transformed with the training rows' parameters
+    x_test: Array2<f64>,
+    n_columns: usize,
+    /// inner folds (positions within `train`) and their factors
+    inner: Vec<Fold>,
+    inner_fits: Vec<(Factors, Mat<f64>)>,
+    /// the refit on all training rows
+    full: Factors,
+}
+
+impl NestedCvFactors {
+    /// Rows of the design.
+    pub fn n_rows(&self) -> usize {
+        self.n_rows
+    }
+    /// The design transform the factors were computed under.
+    pub fn transform(&self) -> DesignTransform {
+        self.transform
+    }
+}
+
+/// The design-only half of [`nested_cv_ridge_opts`] (see [`NestedCvFactors`]): checks X and the
+/// folds, transforms each outer fold's rows and factorizes its inner and refit designs. Outer
+/// folds run in parallel.
+pub fn nested_cv_factors(
+    x: ArrayView2<f64>,
+    outer: &[Fold],
+    inner_n_folds: usize,
+    gap: usize,
+    transform: DesignTransform,
+) -> Result<NestedCvFactors> {
+    check_finite(x, "X")?;
+    check_folds(outer, x.nrows(), true)?;
+    let folds = outer
         .par_iter()
         .enumerate()
         .map(|(k, fold)| {
-            fit_outer_fold(x, y, alphas, fold, inner_n_folds, gap, opts)
+            outer_factors(x, fold, inner_n_folds, gap, transform)
                 .map_err(|e| Error::Invalid(format!("outer fold {k}: {e}")))
         })
         .collect::<Result<_>>()?;
+    Ok(NestedCvFactors {
+        n_rows: x.nrows(),
+        transform,
+        folds,
+    })
+}
+
+fn outer_factors(
+    x: ArrayView2<f64>,
+    fold: &Fold,
+    inner_n_folds: usize,
+    gap: usize,
+    transform: DesignTransform,
+) -> Result<OuterFactors> {
+    let mut train = fold.train.clone();
+    train.sort_unstable();
+    let mut test = fold.test.clone();
+    test.sort_unstable();
+    let (mut x_train, mut x_test) = (x.select(Axis(0), &train), x.select(Axis(0), &test));
+    match transform {
+        DesignTransform::Zscore => {
+            let x_stats = zscore_columns(x_train.view_mut());
+            apply_zscore(x_test.view_mut(), &x_stats);
+        }
+        DesignTransform::Pca { k } => (x_train, x_test) = fold_pca(x_train.view(), x_test.view(), k)?,
+    }
+    let inner = block_folds_within(&train, inner_n_folds, gap)?;
+    if x_train.nrows() == 0 || x_train.ncols() == 0 {
+        return Err(Error::Invalid(format!(
+            "ridge_cv: expected a non-empty design, found shape {:?}",
+            x_train.dim()
+        )));
+    }
+    check_folds(&inner, x_train.nrows(), false)?;
+    let xm = to_mat(x_train.view());
+    let method = RidgeMethod::Auto;
+    let (inner_fits, full) = rayon::join(
+        || inner_fold_fits(xm.as_ref(), &inner, method),
+        || factorize(xm.as_ref(), method),
+    );
+    Ok(OuterFactors {
+        train,
+        test,
+        x_test,
+        n_columns: x_train.ncols(),
+        inner,
+        inner_fits: inner_fits?,
+        full: full?,
+    })
+}
+
+/// The targets' half of [`nested_cv_ridge_opts`]: `y` (n_rows, t) fitted with the design's
+/// `factors`; `opts.transform` must be the one the factors were computed under.
+pub fn nested_cv_ridge_factored(
+    factors: &NestedCvFactors,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    opts: &NestedCvOptions,
+) -> Result<NestedCvResult> {
+    let (n, t) = (factors.n_rows, y.ncols());
+    if y.nrows() != n {
+        return Err(Error::Invalid(format!(
+            "nested_cv_ridge: the design has {n} rows but Y has {}",
+            y.nrows()
+        )));
+    }
+    if opts.transform != factors.transform {
+        return Err(Error::Invalid(format!(
+            "nested_cv_ridge: factors computed under {:?}, asked for {:?}",
+            factors.transform, opts.transform
+        )));
+    }
+    check_alphas(alphas)?;
+    check_finite(y, "Y")?;
+    let per_fold: Vec<OuterFit> = factors
+        .folds
+        .par_iter()
+        .enumerate()
+        .map(|(k, f)| fit_outer_fold(f, y, alphas, opts).map_err(|e| Error::Invalid(format!("outer fold {k}: {e}"))))
+        .collect::<Result<_>>()?;
 
     let mut predictions = Array2::<f64>::from_elem((n, t), f64::NAN);
-    let mut r_per_fold = Array2::<f64>::zeros((outer.len(), t));
-    let mut alpha_per_fold = Array2::<f64>::zeros((outer.len(), t));
+    let mut r_per_fold = Array2::<f64>::zeros((per_fold.len(), t));
+    let mut alpha_per_fold = Array2::<f64>::zeros((per_fold.len(), t));
     let mut tested_rows = Vec::new();
     let mut predictions_r2 = opts.r2_predictions.then(|| Array2::<f64>::from_elem((n, t), f64::NAN));
-    let mut alpha_r2_per_fold = opts.r2_predictions.then(|| Array2::<f64>::zeros((outer.len(), t)));
+    let mut alpha_r2_per_fold = opts.r2_predictions.then(|| Array2::<f64>::zeros((per_fold.len(), t)));
     for (k, fit) in per_fold.iter().enumerate() {
         for (row, &i) in fit.test.iter().enumerate() {
             predictions.row_mut(i).assign(&fit.predictions.row(row));
@@ -959,30 +1128,9 @@ struct OuterFit {
     n_columns: usize,
 }
 
-fn fit_outer_fold(
-    x: ArrayView2<f64>,
-    y: ArrayView2<f64>,
-    alphas: &[f64],
-    fold: &Fold,
-    inner_n_folds: usize,
-    gap: usize,
-    opts: &NestedCvOptions,
-) -> Result<OuterFit> {
-    let mut train = fold.train.clone();
-    train.sort_unstable();
-    let mut test = fold.test.clone();
-    test.sort_unstable();
-    let (mut x_train, mut x_test) = (x.select(Axis(0), &train), x.select(Axis(0), &test));
-    match opts.transform {
-        DesignTransform::Zscore => {
-            let x_stats = zscore_columns(x_train.view_mut());
-            apply_zscore(x_test.view_mut(), &x_stats);
-        }
-        DesignTransform::Pca { k } => (x_train, x_test) = fold_pca(x_train.view(), x_test.view(), k)?,
-    }
-    let mut y_train = y.select(Axis(0), &train);
+fn fit_outer_fold(f: &OuterFactors, y: ArrayView2<f64>, alphas: &[f64], opts: &NestedCvOptions) -> Result<OuterFit> {
+    let mut y_train = y.select(Axis(0), &f.train);
     let y_stats = zscore_columns(y_train.view_mut());
-    let inner = block_folds_within(&train, inner_n_folds, gap)?;
     let to_y_units = |mut p: Array2<f64>| {
         for (mut col, &(mean, sd)) in p.axis_iter_mut(Axis(1)).zip(&y_stats) {
             col.mapv_inplace(|v| v * sd + mean);
@@ -993,24 +1141,35 @@ fn fit_outer_fold(
     if opts.r2_predictions {
         criteria.push(AlphaCriterion::R2);
     }
-    let (best, path) = ridge_cv_criteria(x_train.view(), y_train.view(), alphas, &inner, &criteria)?;
-    let predictions = to_y_units(path.predict_per_target(&best[0], x_test.view())?); // (n_test, t)
+    // ridge_cv_criteria on the fold's training rows, from the stored factors
+    let t = y.ncols();
+    let ym = to_mat(y_train.view());
+    let scores = fold_scores_fitted(&f.inner_fits, ym.as_ref(), alphas, &f.inner, &criteria)?;
+    let best: Vec<Vec<usize>> = scores
+        .into_iter()
+        .map(|mut s| {
+            s.mapv_inplace(|v| v / f.inner.len() as f64);
+            (0..t).map(|j| best_alpha(alphas, s.column(j))).collect()
+        })
+        .collect();
+    let path = f.full.path_cloned(ym.as_ref(), alphas);
+    let predictions = to_y_units(path.predict_per_target(&best[0], f.x_test.view())?); // (n_test, t)
     let chosen = |b: &[usize]| b.iter().map(|&i| alphas[i]).collect::<Vec<f64>>();
     let r2_fit = match best.get(1) {
-        Some(b) => Some((to_y_units(path.predict_per_target(b, x_test.view())?), chosen(b))),
+        Some(b) => Some((to_y_units(path.predict_per_target(b, f.x_test.view())?), chosen(b))),
         None => None,
     };
-    let y_test = y.select(Axis(0), &test);
+    let y_test = y.select(Axis(0), &f.test);
     let r = (0..y.ncols())
         .map(|j| pearson(&predictions.column(j).to_vec(), &y_test.column(j).to_vec()))
         .collect();
     Ok(OuterFit {
-        test,
+        test: f.test.clone(),
         predictions,
         r,
         alphas: chosen(&best[0]),
         r2_fit,
-        n_columns: x_train.ncols(),
+        n_columns: f.n_columns,
     })
 }
 

@@ -19,8 +19,9 @@ use super::columns::{batch, f64s, finite as fin, utf8};
 use super::rows::BaselineRow;
 use crate::dataflow::Snapshot;
 use crate::features::FeatureSet;
-use crate::stages::taxonomy::{PartitionRecord, PredErrorRecord};
+use crate::stages::taxonomy::{PartitionRecord, PredErrorRecord, PRED_ERROR_SETS};
 use crate::stages::Ctx;
+use crate::stats::paired::{paired_comparison, PairedComparison};
 use crate::Result;
 
 fn u32s(v: Vec<u32>) -> ArrayRef {
@@ -183,14 +184,30 @@ pub fn partition_summary_batch(rows: &[PartitionSummaryRow]) -> Result<RecordBat
     ])
 }
 
-/// One (story, layer) of the prediction-error analysis with its test.
+/// One (story, layer) of the prediction-error analysis with its tests.
 pub struct PredErrorRow<'a> {
     pub record: PredErrorRecord,
     pub combined: Option<&'a BaselineRow>,
     pub raw_mean_r: Option<f64>,
+    /// The paper's comparison and its controls (METHOD.md §9), each against `sae:semantic`:
+    /// `pe:semantic+error`, `pe:semantic+shuffled-error`, `pe:semantic+earlier`.
+    pub semantic_mean_r: Option<f64>,
+    pub pe_sets: [Option<&'a BaselineRow>; 3],
+    /// `pe:semantic+error` against each control, paired over subjects: the Δr that more columns
+    /// alone cannot give.
+    pub error_vs_shuffled: Option<PairedComparison>,
+    pub error_vs_earlier: Option<PairedComparison>,
 }
 
-pub fn pred_error_rows<'a>(ctx: &Ctx, snap: &Snapshot, baselines: &'a [BaselineRow]) -> Result<Vec<PredErrorRow<'a>>> {
+/// `by_set`: (story, layer, set) → subject → (r, R²) of every fit.
+pub fn pred_error_rows<'a>(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    baselines: &'a [BaselineRow],
+    by_set: &BTreeMap<(String, usize, String), BTreeMap<String, (f64, f64)>>,
+) -> Result<Vec<PredErrorRow<'a>>> {
+    let sm = &ctx.plan.file.summary;
+    let n_perm = ctx.plan.file.taxonomy.as_ref().map_or(1000, |t| t.permutations);
     snap.pred_errors
         .iter()
         .map(|(k, id)| {
@@ -201,10 +218,29 @@ pub fn pred_error_rows<'a>(ctx: &Ctx, snap: &Snapshot, baselines: &'a [BaselineR
                     .iter()
                     .find(|b| b.story == *story && b.layer == *layer && b.feature_set == set)
             };
+            let subjects = |set: &str| by_set.get(&(story.clone(), *layer, set.to_string()));
+            // paired over the subjects with a finite r on both sides; none under 3
+            let compare = |a: &str, b: &str| -> Option<PairedComparison> {
+                let (a, b) = (subjects(a)?, subjects(b)?);
+                let common: Vec<(f64, f64)> = a
+                    .iter()
+                    .filter_map(|(s, (ra, _))| b.get(s).map(|(rb, _)| (*ra, *rb)))
+                    .filter(|(x, y)| x.is_finite() && y.is_finite())
+                    .collect();
+                (common.len() >= 3).then(|| {
+                    let (x, y): (Vec<f64>, Vec<f64>) = common.into_iter().unzip();
+                    paired_comparison(&x, &y, n_perm, sm.n_boot, sm.ci_level, sm.seed)
+                })
+            };
+            let [error, shuffled, earlier] = PRED_ERROR_SETS;
             Ok(PredErrorRow {
                 record,
                 combined: find(FeatureSet::RawPredError.as_str()),
                 raw_mean_r: find(FeatureSet::Raw.as_str()).map(|b| b.mean_r),
+                semantic_mean_r: find("sae:semantic").map(|b| b.mean_r),
+                pe_sets: PRED_ERROR_SETS.map(find),
+                error_vs_shuffled: compare(error, shuffled),
+                error_vs_earlier: compare(error, earlier),
             })
         })
         .collect()
@@ -213,7 +249,30 @@ pub fn pred_error_rows<'a>(ctx: &Ctx, snap: &Snapshot, baselines: &'a [BaselineR
 pub fn pred_error_batch(rows: &[PredErrorRow<'_>]) -> Result<RecordBatch> {
     let rec = |f: &dyn Fn(&PredErrorRecord) -> f64| f64s(rows.iter().map(|r| fin(f(&r.record))).collect());
     let cnt = |f: &dyn Fn(&PredErrorRecord) -> usize| u32s(rows.iter().map(|r| f(&r.record) as u32).collect());
-    let test = |f: &dyn Fn(&crate::stats::paired::PairedComparison) -> f64| {
+    let pe_mean = |i: usize| f64s(rows.iter().map(|r| r.pe_sets[i].and_then(|b| fin(b.mean_r))).collect());
+    let pe_test = |i: usize, f: &dyn Fn(&PairedComparison) -> f64| {
+        f64s(
+            rows.iter()
+                .map(|r| r.pe_sets[i].and_then(|b| b.test.as_ref()).and_then(|t| fin(f(t))))
+                .collect(),
+        )
+    };
+    // ε against a control: 0 the shuffled alignment, 1 the earlier codes
+    let direct = |control: usize, f: &dyn Fn(&PairedComparison) -> f64| {
+        f64s(
+            rows.iter()
+                .map(|r| {
+                    let c = if control == 0 {
+                        &r.error_vs_shuffled
+                    } else {
+                        &r.error_vs_earlier
+                    };
+                    c.as_ref().and_then(|t| fin(f(t)))
+                })
+                .collect(),
+        )
+    };
+    let test = |f: &dyn Fn(&PairedComparison) -> f64| {
         f64s(
             rows.iter()
                 .map(|r| r.combined.and_then(|b| b.test.as_ref()).and_then(|t| fin(f(t))))
@@ -274,6 +333,25 @@ pub fn pred_error_batch(rows: &[PredErrorRow<'_>]) -> Result<RecordBatch> {
             ),
             false,
         ),
+        (
+            "mean_r_semantic",
+            f64s(rows.iter().map(|r| r.semantic_mean_r.and_then(fin)).collect()),
+            true,
+        ),
+        ("mean_r_semantic_error", pe_mean(0), true),
+        ("mean_r_semantic_shuffled_error", pe_mean(1), true),
+        ("mean_r_semantic_earlier", pe_mean(2), true),
+        ("delta_r_semantic_error", pe_test(0, &|t| t.mean_diff), true),
+        ("delta_r_semantic_error_p_t", pe_test(0, &|t| t.p_t), true),
+        ("delta_r_shuffled_control", pe_test(1, &|t| t.mean_diff), true),
+        ("delta_r_earlier_control", pe_test(2, &|t| t.mean_diff), true),
+        ("delta_r_error_vs_shuffled", direct(0, &|t| t.mean_diff), true),
+        ("error_vs_shuffled_ci_lower", direct(0, &|t| t.ci_lower), true),
+        ("error_vs_shuffled_ci_upper", direct(0, &|t| t.ci_upper), true),
+        ("error_vs_shuffled_p_t", direct(0, &|t| t.p_t), true),
+        ("error_vs_shuffled_p_signflip", direct(0, &|t| t.p_signflip), true),
+        ("delta_r_error_vs_earlier", direct(1, &|t| t.mean_diff), true),
+        ("error_vs_earlier_p_t", direct(1, &|t| t.p_t), true),
     ])
 }
 
@@ -331,6 +409,33 @@ pub fn markdown(summary: &[PartitionSummaryRow], pe: &[PredErrorRow<'_>]) -> Str
                 t.map_or("–".into(), |t| format!("{:.2e}", t.p_t)),
                 t.map_or("–".into(), |t| format!("{:.4}", t.p_signflip)),
                 t.map_or("–".into(), |t| format!("{:.2}", t.cohens_dz)),
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "The paper's definition: the semantic set's codes plus their ε, against the semantic codes alone, beside two controls of the same width: ε against a shuffled alignment (the matches sent through a seeded permutation of all earlier features), and the matched earlier codes unresidualised. A Δr that the controls also show is the gain of more columns; the last columns test ε against each control directly (paired over subjects).\n\n| layer | r semantic | Δr +ε | Δr +shuffled ε | Δr +earlier codes | ε − shuffled [95% CI] | p_t | p_flip | ε − earlier | p_t |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:+.4}"));
+        for r in pe {
+            let d = |i: usize| r.pe_sets[i].and_then(|b| b.test.as_ref()).map(|t| t.mean_diff);
+            let (vs, ve) = (r.error_vs_shuffled.as_ref(), r.error_vs_earlier.as_ref());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.record.layer,
+                r.semantic_mean_r.map_or("–".into(), |v| format!("{v:.4}")),
+                f(d(0)),
+                f(d(1)),
+                f(d(2)),
+                vs.map_or("–".into(), |t| format!(
+                    "{:+.4} [{:+.4}, {:+.4}]",
+                    t.mean_diff, t.ci_lower, t.ci_upper
+                )),
+                vs.map_or("–".into(), |t| format!("{:.2e}", t.p_t)),
+                vs.map_or("–".into(), |t| format!("{:.4}", t.p_signflip)),
+                f(ve.map(|t| t.mean_diff)),
+                ve.map_or("–".into(), |t| format!("{:.2e}", t.p_t)),
             );
         }
         let _ = writeln!(s);

@@ -230,12 +230,14 @@ pub fn baseline_rows(
             // sets → per-subject values (families averaged over seeds within subject)
             let mut groups: BTreeMap<String, (String, Vec<&BTreeMap<String, (f64, f64)>>, f64, Option<f64>)> =
                 BTreeMap::new();
-            for set in [
+            let builtin = [
                 FeatureSet::Raw,
                 FeatureSet::Sae,
                 FeatureSet::SaeRecon,
                 FeatureSet::RawPredError,
-            ] {
+            ];
+            let pe = crate::stages::taxonomy::PRED_ERROR_SETS.map(FeatureSet::named);
+            for set in builtin.iter().chain(&pe) {
                 let set = set.as_str();
                 if let Some(m) = get(set) {
                     let cols = scores
@@ -732,7 +734,7 @@ pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Re
             super::partition_tables::partition_summary_batch(&part_summary)?,
         ));
     }
-    let pe = super::partition_tables::pred_error_rows(ctx, snap, &baselines)?;
+    let pe = super::partition_tables::pred_error_rows(ctx, snap, &baselines, &scores.by_set)?;
     if t.prediction_error_delta.is_some() {
         tables.push(("prediction_error", super::partition_tables::pred_error_batch(&pe)?));
     }

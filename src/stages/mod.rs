@@ -29,7 +29,10 @@ use ndarray::{concatenate, s, Array2, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Plan;
-use crate::encoding::{contiguous_block_folds, nested_cv_ridge_opts, DesignTransform, NestedCvOptions};
+use crate::encoding::{
+    contiguous_block_folds, nested_cv_factors, nested_cv_ridge_factored, DesignTransform, Fold, NestedCvFactors,
+    NestedCvOptions,
+};
 use crate::features::align::{words_to_trs, TrGrid};
 use crate::features::FeatureSet;
 use crate::lm::{self, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
@@ -543,15 +546,6 @@ pub fn controls_stage(ctx: &Ctx, story_id: &str) -> Result<ArtifactId> {
     Ok(id)
 }
 
-/// A design and one subject's responses, checked to have the same TRs.
-pub(crate) struct FitInputs {
-    pub design: Arrays,
-    pub responses: Arrays,
-    pub rois: Vec<String>,
-    /// Indices of the ROIs that are not constant (the others are left out of every model).
-    pub keep: Vec<usize>,
-}
-
 /// A stored response table (see [`put_roi`]) read back.
 pub fn load_roi(store: &ArtifactStore, id: &str) -> Result<crate::features::roi::RoiTable> {
     let a = store.load_arrays("roi", id)?;
@@ -569,8 +563,9 @@ pub fn load_roi(store: &ArtifactStore, id: &str) -> Result<crate::features::roi:
     })
 }
 
-pub(crate) fn fit_inputs(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<FitInputs> {
-    let design = ctx.store.load_arrays("design", design_id)?;
+/// One subject's stored responses for `design`, checked to have its TRs: (responses, ROI names,
+/// indices of the ROIs that are not constant).
+pub(crate) fn fit_responses(ctx: &Ctx, design: &Arrays, roi_id: &str) -> Result<(Arrays, Vec<String>, Vec<usize>)> {
     let responses = ctx.store.load_arrays("roi", roi_id)?;
     let rois: Vec<String> = serde_json::from_str(&responses.meta["rois"]).unwrap_or_default();
     let constant: Vec<String> = serde_json::from_str(&responses.meta["constant"]).unwrap_or_default();
@@ -581,12 +576,7 @@ pub(crate) fn fit_inputs(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<Fit
         )));
     }
     let keep = (0..rois.len()).filter(|&j| !constant.contains(&rois[j])).collect();
-    Ok(FitInputs {
-        design,
-        responses,
-        rois,
-        keep,
-    })
+    Ok((responses, rois, keep))
 }
 
 /// One encoding fit: per ROI held-out r and the median α chosen across outer folds.
@@ -632,101 +622,150 @@ pub fn design_transform(design: &Arrays) -> Result<DesignTransform> {
     }
 }
 
-pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_id: &str) -> Result<ArtifactId> {
-    let e = &ctx.plan.file.encoding;
-    let id = KeyBuilder::new("fit", REV_FIT)
+/// The artifact id of one subject's fit of one design.
+fn fit_id(ctx: &Ctx, design_id: &str, roi_id: &str) -> ArtifactId {
+    KeyBuilder::new("fit", REV_FIT)
         .part("design", design_id)
         .part("roi", roi_id)
-        .config("encoding", e)
-        .finish();
+        .config("encoding", &ctx.plan.file.encoding)
+        .finish()
+}
+
+/// The fits of every subject (`roi_ids`, one response table each) of one design: one artifact
+/// per subject, in `roi_ids`' order. The design's nested-CV factorizations (the inner and refit
+/// decompositions of every outer fold) are computed once, and only if some subject's fit is not
+/// in the store yet; each fit equals the one computed alone, bit for bit.
+pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_ids: &[&str]) -> Result<Vec<ArtifactId>> {
+    let e = &ctx.plan.file.encoding;
     let alphas = ctx.plan.alphas();
-    ctx.store.json("fit", &id, || {
-        let FitInputs {
-            design,
-            responses: roi,
-            rois,
-            keep,
-        } = fit_inputs(ctx, design_id, roi_id)?;
-        let x = design.f64("x")?;
-        let y = roi.f64("y")?;
-        let mut r = vec![None; rois.len()];
-        let mut a = vec![None; rois.len()];
-        let mut r2 = vec![None; rois.len()];
-        let mut p_value = vec![None; rois.len()];
-        if keep.is_empty() {
-            return Ok(FitRecord {
-                subject: roi.meta.get("subject").cloned().unwrap_or_default(),
-                rois,
-                r,
-                alpha_median: a,
-                r2,
-                p_value,
-                n_trs: x.nrows(),
-                n_features: x.ncols(),
-            });
-        }
-        let mut yk = y.select(Axis(1), &keep);
-        crate::stats::detrend_columns(yk.view_mut(), DETREND_ORDER);
-        let outer = contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
-        let opts = NestedCvOptions {
-            r2_predictions: true,
-            transform: design_transform(&design)?,
-            ..Default::default()
-        };
-        let res = nested_cv_ridge_opts(x, yk.view(), &alphas, &outer, e.inner_folds, e.gap_trs, &opts)?;
-        let obs = yk.select(Axis(0), &res.tested_rows);
-        // R² from the fits whose α was chosen by inner-CV R²
-        let pred_r2 = res
-            .predictions_r2
-            .as_ref()
-            .expect("asked for R² predictions")
-            .select(Axis(0), &res.tested_rows);
-        let r2_tested = crate::encoding::stats::r2_per_target(pred_r2.view(), obs.view());
-        // the permutation test tests the r reported: the mean over outer folds of the r within
-        // each fold's test rows, blocks shuffled within each fold
-        let pred = res.predictions.select(Axis(0), &res.tested_rows);
-        let position: std::collections::HashMap<usize, usize> =
-            res.tested_rows.iter().enumerate().map(|(k, &i)| (i, k)).collect();
-        let segments: Vec<Vec<usize>> = outer
-            .iter()
-            .map(|f| {
-                let mut t: Vec<usize> = f.test.iter().map(|i| position[i]).collect();
-                t.sort_unstable();
-                t
-            })
-            .collect();
-        let seed = ctx.plan.file.summary.seed;
-        let perm = crate::encoding::stats::segment_mean_permutation_test(
-            pred.view(),
-            obs.view(),
-            &segments,
-            PERM_BLOCK_TRS,
-            N_PERM,
-            seed,
-        )?;
-        for (k, &j) in keep.iter().enumerate() {
-            r2[j] = r2_tested[k].is_finite().then_some(r2_tested[k]);
-            p_value[j] = perm.p_values[k].is_finite().then_some(perm.p_values[k]);
-            // mean over outer folds of the within-fold r: free of the offsets between folds that
-            // bias an r computed over all concatenated held-out TRs
-            let fold_r = res.r_per_fold.slice(s![.., k]);
-            r[j] = Some(fold_r.sum() / fold_r.len() as f64);
-            let mut col: Vec<f64> = res.alpha_per_fold.slice(s![.., k]).to_vec();
-            col.sort_by(f64::total_cmp);
-            a[j] = Some(col[col.len() / 2]);
-        }
-        Ok(FitRecord {
-            subject: roi.meta.get("subject").cloned().unwrap_or_default(),
+    let mut loaded: Option<(Arrays, Vec<Fold>, NestedCvOptions)> = None;
+    let mut factors: Option<NestedCvFactors> = None;
+    let mut ids = Vec::with_capacity(roi_ids.len());
+    for roi_id in roi_ids {
+        let id = fit_id(ctx, design_id, roi_id);
+        ctx.store.json("fit", &id, || {
+            if loaded.is_none() {
+                let design = ctx.store.load_arrays("design", design_id)?;
+                let outer = contiguous_block_folds(design.f64("x")?.nrows(), e.outer_folds, e.gap_trs)?;
+                let opts = NestedCvOptions {
+                    r2_predictions: true,
+                    transform: design_transform(&design)?,
+                    ..Default::default()
+                };
+                loaded = Some((design, outer, opts));
+            }
+            let (design, outer, opts) = loaded.as_ref().expect("loaded above");
+            let (roi, rois, keep) = fit_responses(ctx, design, roi_id)?;
+            let x = design.f64("x")?;
+            let y = roi.f64("y")?;
+            fit_one(
+                ctx,
+                x,
+                y,
+                &rois,
+                &keep,
+                roi.meta.get("subject"),
+                outer,
+                opts,
+                &alphas,
+                &mut factors,
+            )
+        })?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// One subject's fit (see [`fit_stage`]); `factors` are the design's, computed here if `None`.
+#[allow(clippy::too_many_arguments)]
+fn fit_one(
+    ctx: &Ctx,
+    x: ndarray::ArrayView2<f64>,
+    y: ndarray::ArrayView2<f64>,
+    rois: &[String],
+    keep: &[usize],
+    subject: Option<&String>,
+    outer: &[Fold],
+    opts: &NestedCvOptions,
+    alphas: &[f64],
+    factors: &mut Option<NestedCvFactors>,
+) -> Result<FitRecord> {
+    let e = &ctx.plan.file.encoding;
+    let rois = rois.to_vec();
+    let mut r = vec![None; rois.len()];
+    let mut a = vec![None; rois.len()];
+    let mut r2 = vec![None; rois.len()];
+    let mut p_value = vec![None; rois.len()];
+    if keep.is_empty() {
+        return Ok(FitRecord {
+            subject: subject.cloned().unwrap_or_default(),
             rois,
             r,
             alpha_median: a,
             r2,
             p_value,
             n_trs: x.nrows(),
-            n_features: res.n_columns_per_fold.iter().copied().max().unwrap_or(0),
+            n_features: x.ncols(),
+        });
+    }
+    let mut yk = y.select(Axis(1), keep);
+    crate::stats::detrend_columns(yk.view_mut(), DETREND_ORDER);
+    if factors.is_none() {
+        *factors = Some(nested_cv_factors(x, outer, e.inner_folds, e.gap_trs, opts.transform)?);
+    }
+    let f = factors.as_ref().expect("computed above");
+    let res = nested_cv_ridge_factored(f, yk.view(), alphas, opts)?;
+    let obs = yk.select(Axis(0), &res.tested_rows);
+    // R² from the fits whose α was chosen by inner-CV R²
+    let pred_r2 = res
+        .predictions_r2
+        .as_ref()
+        .expect("asked for R² predictions")
+        .select(Axis(0), &res.tested_rows);
+    let r2_tested = crate::encoding::stats::r2_per_target(pred_r2.view(), obs.view());
+    // the permutation test tests the r reported: the mean over outer folds of the r within
+    // each fold's test rows, blocks shuffled within each fold
+    let pred = res.predictions.select(Axis(0), &res.tested_rows);
+    let position: std::collections::HashMap<usize, usize> =
+        res.tested_rows.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    let segments: Vec<Vec<usize>> = outer
+        .iter()
+        .map(|f| {
+            let mut t: Vec<usize> = f.test.iter().map(|i| position[i]).collect();
+            t.sort_unstable();
+            t
         })
-    })?;
-    Ok(id)
+        .collect();
+    let seed = ctx.plan.file.summary.seed;
+    let perm = crate::encoding::stats::segment_mean_permutation_test(
+        pred.view(),
+        obs.view(),
+        &segments,
+        PERM_BLOCK_TRS,
+        N_PERM,
+        seed,
+    )?;
+    for (k, &j) in keep.iter().enumerate() {
+        r2[j] = r2_tested[k].is_finite().then_some(r2_tested[k]);
+        p_value[j] = perm.p_values[k].is_finite().then_some(perm.p_values[k]);
+        // mean over outer folds of the within-fold r: free of the offsets between folds that
+        // bias an r computed over all concatenated held-out TRs
+        let fold_r = res.r_per_fold.slice(s![.., k]);
+        r[j] = Some(fold_r.sum() / fold_r.len() as f64);
+        let mut col: Vec<f64> = res.alpha_per_fold.slice(s![.., k]).to_vec();
+        col.sort_by(f64::total_cmp);
+        a[j] = Some(col[col.len() / 2]);
+    }
+    Ok(FitRecord {
+        subject: subject.cloned().unwrap_or_default(),
+        rois,
+        r,
+        alpha_median: a,
+        r2,
+        p_value,
+        n_trs: x.nrows(),
+        n_features: res.n_columns_per_fold.iter().copied().max().unwrap_or(0),
+    })
 }
 
 /// Mean held-out r over subjects (each subject's r averaged over its valid ROIs first), per ROI

@@ -533,8 +533,11 @@ fn category_groups(sets: &[FeatureSetDef], n_cols: usize) -> Result<(Vec<usize>,
 }
 
 /// The variance partition (and Shapley values) of one subject's SAE design at one layer.
-pub fn partition_stage(ctx: &Ctx, design_id: &str, labels_id: &str, roi_id: &str) -> Result<ArtifactId> {
-    use crate::encoding::partition::{nested_cv_r2, shapley_exact, variance_partition, ValueCache};
+pub fn partition_stage(ctx: &Ctx, design_id: &str, labels_id: &str, roi_ids: &[&str]) -> Result<Vec<ArtifactId>> {
+    use crate::encoding::partition::{shapley_exact, variance_partition, ValueCache};
+    use crate::encoding::{
+        nested_cv_factors, nested_cv_ridge_factored, AlphaCriterion, DesignTransform, NestedCvOptions,
+    };
     let t = ctx
         .plan
         .file
@@ -542,70 +545,130 @@ pub fn partition_stage(ctx: &Ctx, design_id: &str, labels_id: &str, roi_id: &str
         .clone()
         .ok_or_else(|| Error::Invalid("partition stage without [taxonomy]".into()))?;
     let e = &ctx.plan.file.encoding;
-    let id = KeyBuilder::new("partition", REV_PARTITION)
-        .part("design", design_id)
-        .part("roi", roi_id)
-        .part("labels", labels_id)
-        .config("encoding", e)
-        .config("shapley", &t.shapley)
-        .finish();
+    let ids: Vec<ArtifactId> = roi_ids
+        .iter()
+        .map(|roi_id| {
+            KeyBuilder::new("partition", REV_PARTITION)
+                .part("design", design_id)
+                .part("roi", roi_id)
+                .part("labels", labels_id)
+                .config("encoding", e)
+                .config("shapley", &t.shapley)
+                .finish()
+        })
+        .collect();
+    // stored and readable: reused; the others are computed together
+    let stored = |i: usize| ctx.store.load_json::<PartitionRecord>("partition", &ids[i]).is_ok();
+    let missing: Vec<usize> = (0..ids.len()).filter(|&i| !stored(i)).collect();
+    let reuse = |id: &ArtifactId| {
+        ctx.store.json("partition", id, || -> Result<PartitionRecord> {
+            Err(Error::Invalid(format!(
+                "partition artifact {id} disappeared during the run"
+            )))
+        })
+    };
+    if missing.is_empty() {
+        for id in &ids {
+            reuse(id)?;
+        }
+        return Ok(ids);
+    }
     let alphas = ctx.plan.alphas();
-    ctx.store.json("partition", &id, || {
-        let sets: Vec<FeatureSetDef> = ctx.store.load_json("feature-sets", labels_id)?;
-        let stages::FitInputs {
-            design,
-            responses: roi,
-            rois,
-            keep,
-        } = stages::fit_inputs(ctx, design_id, roi_id)?;
-        let x = design.f64("x")?;
-        let y = roi.f64("y")?;
-        let (groups, names) = category_groups(&sets, x.ncols())?;
-        let n_columns: Vec<usize> = (0..names.len())
-            .map(|g| groups.iter().filter(|&&c| c == g).count())
-            .collect();
-        let none = |k: usize| vec![vec![None; rois.len()]; k];
-        let mut rec = PartitionRecord {
+    let sets: Vec<FeatureSetDef> = ctx.store.load_json("feature-sets", labels_id)?;
+    let design = ctx.store.load_arrays("design", design_id)?;
+    let x = design.f64("x")?;
+    let (groups, names) = category_groups(&sets, x.ncols())?;
+    let n_columns: Vec<usize> = (0..names.len())
+        .map(|g| groups.iter().filter(|&&c| c == g).count())
+        .collect();
+    let none = |k: usize, n: usize| vec![vec![None; n]; k];
+    // the missing subjects' records, and the detrended kept responses of those with any
+    let mut recs = Vec::with_capacity(missing.len());
+    let mut targets: Vec<(usize, Vec<usize>, ndarray::Array2<f64>)> = Vec::new(); // (record, keep, y)
+    for &i in &missing {
+        let (roi, rois, keep) = stages::fit_responses(ctx, &design, roi_ids[i])?;
+        recs.push(PartitionRecord {
             subject: roi.meta.get("subject").cloned().unwrap_or_default(),
             rois: rois.clone(),
             groups: names.clone(),
-            n_columns,
+            n_columns: n_columns.clone(),
             r2_full: vec![None; rois.len()],
-            unique: none(names.len()),
+            unique: none(names.len(), rois.len()),
             shared: vec![None; rois.len()],
-            shapley: t.shapley.then(|| none(names.len())),
+            shapley: t.shapley.then(|| none(names.len(), rois.len())),
             n_fits: 0,
             n_trs: x.nrows(),
-        };
-        if keep.is_empty() {
-            return Ok(rec);
+        });
+        if !keep.is_empty() {
+            let mut yk = roi.f64("y")?.select(ndarray::Axis(1), &keep);
+            crate::stats::detrend_columns(yk.view_mut(), stages::DETREND_ORDER);
+            targets.push((recs.len() - 1, keep, yk));
         }
-        let mut yk = y.select(ndarray::Axis(1), &keep);
-        crate::stats::detrend_columns(yk.view_mut(), stages::DETREND_ORDER);
-        let outer = crate::encoding::contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
-        let value = nested_cv_r2(x, yk.view(), &groups, &alphas, &outer, e.inner_folds, e.gap_trs);
-        let mut cache = ValueCache::new(names.len(), value)?;
-        let vp = variance_partition(&mut cache)?;
-        let phi = if t.shapley {
-            Some(shapley_exact(&mut cache)?)
-        } else {
-            None
-        };
-        let fin = |v: f64| v.is_finite().then_some(v);
-        for (k, &j) in keep.iter().enumerate() {
-            rec.r2_full[j] = fin(vp.r2_full[k]);
-            rec.shared[j] = fin(vp.shared[k]);
-            for g in 0..names.len() {
-                rec.unique[g][j] = fin(vp.unique[[g, k]]);
-                if let (Some(s), Some(p)) = (rec.shapley.as_mut(), phi.as_ref()) {
-                    s[g][j] = fin(p[[g, k]]);
+    }
+    if !targets.is_empty() {
+        let joint = ctx.store.timed("partition", &ids[missing[0]], || {
+            let outer = crate::encoding::contiguous_block_folds(x.nrows(), e.outer_folds, e.gap_trs)?;
+            let opts = NestedCvOptions {
+                criterion: AlphaCriterion::R2,
+                ..Default::default()
+            };
+            // v(S): each subject's held-out R² per kept ROI, subjects one after another; the
+            // subset's decompositions are computed once for all of them
+            let value = |s: crate::encoding::partition::GroupMask| -> Result<Vec<f64>> {
+                let cols: Vec<usize> = (0..x.ncols()).filter(|&c| s & (1 << groups[c]) != 0).collect();
+                if cols.is_empty() {
+                    return Err(Error::Invalid(format!(
+                        "variance partition: subset {s:#b} has no columns"
+                    )));
                 }
+                let xs = x.select(ndarray::Axis(1), &cols);
+                let f = nested_cv_factors(xs.view(), &outer, e.inner_folds, e.gap_trs, DesignTransform::Zscore)?;
+                let mut v = Vec::new();
+                for (_, _, y) in &targets {
+                    let fit = nested_cv_ridge_factored(&f, y.view(), &alphas, &opts)?;
+                    let pred = fit.predictions.select(ndarray::Axis(0), &fit.tested_rows);
+                    let obs = y.select(ndarray::Axis(0), &fit.tested_rows);
+                    v.extend(crate::encoding::stats::r2_per_target(pred.view(), obs.view()));
+                }
+                Ok(v)
+            };
+            let mut cache = ValueCache::new(names.len(), value)?;
+            let vp = variance_partition(&mut cache)?;
+            let phi = if t.shapley {
+                Some(shapley_exact(&mut cache)?)
+            } else {
+                None
+            };
+            Ok((vp, phi, cache.n_fitted()))
+        })?;
+        let (vp, phi, n_fits) = joint;
+        let fin = |v: f64| v.is_finite().then_some(v);
+        let mut col = 0;
+        for (r, keep, _) in &targets {
+            let rec = &mut recs[*r];
+            for &j in keep {
+                rec.r2_full[j] = fin(vp.r2_full[col]);
+                rec.shared[j] = fin(vp.shared[col]);
+                for g in 0..names.len() {
+                    rec.unique[g][j] = fin(vp.unique[[g, col]]);
+                    if let (Some(s), Some(p)) = (rec.shapley.as_mut(), phi.as_ref()) {
+                        s[g][j] = fin(p[[g, col]]);
+                    }
+                }
+                col += 1;
             }
+            rec.n_fits = n_fits;
         }
-        rec.n_fits = cache.n_fitted();
-        Ok(rec)
-    })?;
-    Ok(id)
+    }
+    for (&i, rec) in missing.iter().zip(recs) {
+        ctx.store.json("partition", &ids[i], || Ok(rec))?;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if !missing.contains(&i) {
+            reuse(id)?;
+        }
+    }
+    Ok(ids)
 }
 
 /// What the prediction-error stage computed for one story at one layer (stored beside the
@@ -650,19 +713,8 @@ pub fn pred_error_stage(
     (codes_prev, sae_prev): (&str, &str),
     raw_design: &str,
 ) -> Result<ArtifactId> {
-    use crate::taxonomy::prederror::{decoder_alignment, median, prediction_residuals, Alignment};
-    let load_sae = |id: &str| {
-        let dir = ctx.store.root().join("sae").join(&id[..2]).join(id);
-        crate::sae::load_sae(&dir)
-    };
-    let aid = KeyBuilder::new("alignment", REV_PRED_ERROR)
-        .part("sae", sae)
-        .part("sae-from", sae_prev)
-        .finish();
-    let alignment: Alignment = ctx.store.json("alignment", &aid, || {
-        let (a, b) = (load_sae(sae)?, load_sae(sae_prev)?);
-        decoder_alignment(a.sae.weights.w_dec.view(), b.sae.weights.w_dec.view())
-    })?;
+    use crate::taxonomy::prederror::{median, prediction_residuals};
+    let (aid, alignment) = alignment_stage(ctx, sae, sae_prev)?;
     let eid = KeyBuilder::new("pred-error", REV_PRED_ERROR)
         .part("codes", codes)
         .part("codes-from", codes_prev)
@@ -736,6 +788,91 @@ pub fn pred_error_stage(
         })
     })?;
     Ok(id)
+}
+
+/// The decoder alignment of layer ℓ's SAE `sae` with layer ℓ − Δ's `sae_prev` (id, alignment).
+fn alignment_stage(
+    ctx: &Ctx,
+    sae: &str,
+    sae_prev: &str,
+) -> Result<(ArtifactId, crate::taxonomy::prederror::Alignment)> {
+    let load_sae = |id: &str| {
+        let dir = ctx.store.root().join("sae").join(&id[..2]).join(id);
+        crate::sae::load_sae(&dir)
+    };
+    let aid = KeyBuilder::new("alignment", REV_PRED_ERROR)
+        .part("sae", sae)
+        .part("sae-from", sae_prev)
+        .finish();
+    let alignment = ctx.store.json("alignment", &aid, || {
+        let (a, b) = (load_sae(sae)?, load_sae(sae_prev)?);
+        crate::taxonomy::prederror::decoder_alignment(a.sae.weights.w_dec.view(), b.sae.weights.w_dec.view())
+    })?;
+    Ok((aid, alignment))
+}
+
+/// The feature sets of the paper's prediction-error comparison and its two controls (METHOD.md
+/// §9), each encoded against `sae:semantic` (the semantic set's own codes):
+pub const PRED_ERROR_SETS: [&str; 3] = [
+    // the semantic codes and their ε against the aligned earlier features: the paper's set
+    "pe:semantic+error",
+    // the same columns with ε against a shuffled alignment: "more columns" built the same way
+    "pe:semantic+shuffled-error",
+    // the semantic codes and the aligned earlier features, unresidualised
+    "pe:semantic+earlier",
+];
+
+/// The designs of [`PRED_ERROR_SETS`] for one story at `layer` (from the codes and SAE of layer
+/// ℓ and of ℓ − Δ, and the layer's labels), by name; none when the layer has no semantic
+/// features.
+pub fn pred_error_sets_stage(
+    ctx: &Ctx,
+    story_art: &str,
+    (codes, sae): (&str, &str),
+    (codes_prev, sae_prev): (&str, &str),
+    labels_id: &str,
+) -> Result<Vec<(String, ArtifactId)>> {
+    let sets: Vec<FeatureSetDef> = ctx.store.load_json("feature-sets", labels_id)?;
+    let semantic = match sets.iter().find(|d| d.name == "sae:semantic").map(|d| &d.spec) {
+        Some(SetSpec::Columns(c)) if !c.is_empty() => c.clone(),
+        _ => {
+            tracing::warn!("prediction error: no semantic features at this layer; its sets are skipped");
+            return Ok(Vec::new());
+        }
+    };
+    let (aid, alignment) = alignment_stage(ctx, sae, sae_prev)?;
+    let seed = ctx.plan.file.summary.seed;
+    let mut out = Vec::with_capacity(PRED_ERROR_SETS.len());
+    for (v, name) in PRED_ERROR_SETS.iter().enumerate() {
+        let wid = KeyBuilder::new("pred-error-sets", REV_PRED_ERROR)
+            .part("codes", codes)
+            .part("codes-from", codes_prev)
+            .part("alignment", &aid)
+            .part("labels", labels_id)
+            .part("set", name)
+            .config("seed", &seed)
+            .finish();
+        ctx.store.arrays("pred-error-sets", &wid, || {
+            let c = ctx.store.load_arrays("codes", codes)?;
+            let p = ctx.store.load_arrays("codes", codes_prev)?;
+            let (c, p) = (c.f32("x")?, p.f32("x")?);
+            let pe = crate::taxonomy::prederror::pred_error_sets(c, p, &alignment, &semantic, seed)?;
+            let extra = match v {
+                0 => pe.error,
+                1 => pe.shuffled_error,
+                _ => pe.earlier,
+            };
+            let own = c.select(ndarray::Axis(1), &semantic);
+            let x = ndarray::concatenate(ndarray::Axis(1), &[own.view(), extra.view()])
+                .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+            Ok(Arrays::default().with_f32("x", x))
+        })?;
+        out.push((
+            name.to_string(),
+            stages::design_stage(ctx, story_art, "pred-error-sets", &wid)?,
+        ));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

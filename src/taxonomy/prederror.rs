@@ -174,6 +174,75 @@ pub fn prediction_residuals(
     Ok(Residuals { eps, alpha, beta, r2 })
 }
 
+/// The word-level arrays of the paper's prediction-error sets for a feature subset (the
+/// semantic set; METHOD.md §9), each to be encoded beside the subset's own codes:
+/// - `error`: ε of the subset's features against their aligned earlier features;
+/// - `shuffled_error`: the same residualisation against a shuffled alignment (π composed with a
+///   seeded permutation σ of all earlier features): as many columns, built the same way, but
+///   residualised on earlier features the decoders did not align;
+/// - `earlier`: the aligned earlier features themselves, unresidualised.
+///
+/// A Δr of `codes + error` over `codes` alone that the two controls also show is the gain of more
+/// columns, not of prediction error. Note that when every α_i ≠ 0, `codes + error` and
+/// `codes + earlier` span the same column space (ε_i = f_i − α_i f_π(i) − β_i): a linear encoding
+/// model can tell them apart only through its penalty, so Δr of `codes + error` is, to first
+/// order, the aligned earlier features' contribution; `shuffled_error` is the control that spans
+/// a different space.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredErrorSets {
+    pub error: Array2<f32>,
+    pub shuffled_error: Array2<f32>,
+    pub earlier: Array2<f32>,
+    /// The shuffled alignment's matches, per subset feature.
+    pub shuffled_matches: Vec<u32>,
+}
+
+/// [`PredErrorSets`] of the features `subset` (indices into `codes`' columns).
+pub fn pred_error_sets(
+    codes: ArrayView2<'_, f32>,
+    codes_prev: ArrayView2<'_, f32>,
+    alignment: &Alignment,
+    subset: &[usize],
+    seed: u64,
+) -> Result<PredErrorSets> {
+    if subset.is_empty() {
+        return Err(Error::Invalid(
+            "prediction error: the feature set is empty (no semantic features at this layer)".into(),
+        ));
+    }
+    if let Some(&i) = subset.iter().find(|&&i| i >= codes.ncols()) {
+        return Err(Error::Invalid(format!(
+            "prediction error: feature {i} is out of range (the codes have {} features)",
+            codes.ncols()
+        )));
+    }
+    let sub_codes = codes.select(Axis(1), subset);
+    let sub = |matched: Vec<u32>| Alignment {
+        cosine: vec![f32::NAN; matched.len()],
+        matched,
+    };
+    let matched: Vec<u32> = subset.iter().map(|&i| alignment.matched[i]).collect();
+    // σ: a seeded permutation of all earlier features (Fisher–Yates); the shuffled match of
+    // feature i is σ(π(i)), so features that share a match still share one
+    let mut sigma: Vec<u32> = (0..codes_prev.ncols() as u32).collect();
+    let mut rng = crate::stats::SplitMix64::new(seed);
+    for k in (1..sigma.len()).rev() {
+        let j = rng.below(k as u64 + 1) as usize;
+        sigma.swap(k, j);
+    }
+    let shuffled: Vec<u32> = matched.iter().map(|&j| sigma[j as usize]).collect();
+    let error = prediction_residuals(sub_codes.view(), codes_prev, &sub(matched.clone()))?.eps;
+    let shuffled_error = prediction_residuals(sub_codes.view(), codes_prev, &sub(shuffled.clone()))?.eps;
+    let cols: Vec<usize> = matched.iter().map(|&j| j as usize).collect();
+    let earlier = codes_prev.select(Axis(1), &cols);
+    Ok(PredErrorSets {
+        error,
+        shuffled_error,
+        earlier,
+        shuffled_matches: shuffled,
+    })
+}
+
 /// Median of finite values (NaN when none).
 pub fn median(v: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = v.filter(|x| x.is_finite()).collect();

@@ -22,6 +22,7 @@ mod llm_client;
 mod lm;
 mod lmm_parity;
 mod pipeline;
+mod pred_error;
 mod reading;
 mod sae;
 mod sae_cli;
