@@ -16,8 +16,9 @@
 //!    submatrix (the set's correlation matrix) give k scores per word (each z-scored; the sign of
 //!    each component is fixed so that its largest loading is positive).
 //! 4. Models, all fitted by ML on the same rows: baseline = controls + random intercepts;
-//!    + PCs of the selected features; + PCs of random feature subsets of the same size (sampled
-//!    from all features active on ≥ `min_active` words, one subset per seed); + a word norm (value
+//!    + PCs of the selected features; + PCs of random feature subsets of the same size (one subset
+//!    per seed, drawn from the live features the selection did not pick, as the paper's random
+//!    non-semantic features, or with `random-pool = "live"` from every live feature); + a word norm (value
 //!    z-scored, missing values set to 0 with a missing indicator). Each is compared with the
 //!    baseline by a likelihood-ratio test: χ² = 2 ΔlogLik on df = number of added columns.
 
@@ -101,6 +102,48 @@ impl Selection {
         match self {
             Selection::Semantic => "semantic",
             Selection::All => "all",
+        }
+    }
+}
+
+/// Where the random control subsets are drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RandomPool {
+    /// The live features the selection did not pick (the paper's random non-semantic features).
+    NonSemantic,
+    /// Every live feature, the selected ones included.
+    Live,
+}
+
+impl std::str::FromStr for RandomPool {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "non-semantic" => Ok(RandomPool::NonSemantic),
+            "live" => Ok(RandomPool::Live),
+            other => Err(Error::Invalid(format!(
+                "unknown random pool `{other}` (non-semantic, live)"
+            ))),
+        }
+    }
+}
+
+impl RandomPool {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RandomPool::NonSemantic => "non-semantic",
+            RandomPool::Live => "live",
+        }
+    }
+
+    /// The pool, in `alive`'s order: `alive` minus `selected`, or `alive` itself.
+    pub fn draw_from(self, alive: &[usize], selected: &[usize]) -> Vec<usize> {
+        match self {
+            RandomPool::Live => alive.to_vec(),
+            RandomPool::NonSemantic => {
+                let picked: std::collections::BTreeSet<usize> = selected.iter().copied().collect();
+                alive.iter().copied().filter(|f| !picked.contains(f)).collect()
+            }
         }
     }
 }
@@ -435,6 +478,22 @@ mod tests {
         }
         // a feature outside the live set is an error
         assert!(pca_scores(&z, &[25], 2).is_err());
+    }
+
+    #[test]
+    fn the_non_semantic_pool_never_holds_a_selected_feature() {
+        let alive = vec![0, 2, 3, 5, 8, 9, 11];
+        let selected = vec![9, 3, 5];
+        let pool = RandomPool::NonSemantic.draw_from(&alive, &selected);
+        assert_eq!(pool, vec![0, 2, 8, 11]);
+        for seed in 1..50 {
+            let s = random_subset(&pool, selected.len(), seed);
+            assert_eq!(s.len(), 3);
+            assert!(s.iter().all(|f| !selected.contains(f) && alive.contains(f)), "{s:?}");
+        }
+        assert_eq!(RandomPool::Live.draw_from(&alive, &selected), alive);
+        assert_eq!("non-semantic".parse::<RandomPool>().unwrap(), RandomPool::NonSemantic);
+        assert!("semantic".parse::<RandomPool>().is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reading::analysis::{Selection, SelectionRule};
+use crate::reading::analysis::{RandomPool, Selection, SelectionRule};
 use crate::reading::inputs::{self, InputSpec, ReadingData};
 use crate::{Error, Result};
 
@@ -79,6 +79,12 @@ pub struct ReadingSection {
     /// Random feature subsets (one per seed 1..=n) of the selected set's size.
     #[serde(default = "default_random_seeds")]
     pub random_seeds: usize,
+    /// Where the random subsets are drawn from: "non-semantic" (the live features the selection
+    /// did not pick, as the paper's random non-semantic features) or "live" (every live feature,
+    /// the selected ones included). Default: "non-semantic" with `features = "semantic"`, "live"
+    /// with `features = "all"` (which leaves no unselected live feature).
+    #[serde(default)]
+    pub random_pool: Option<String>,
     /// Word norm table (e.g. Brysbaert concreteness) compared with the baseline as a control.
     #[serde(default)]
     pub norms: Option<PathBuf>,
@@ -142,6 +148,7 @@ fn default_norms_column() -> String {
 pub struct ReadingInputs {
     pub section: ReadingSection,
     pub selection: Selection,
+    pub random_pool: RandomPool,
     pub data: ReadingData,
     pub stories: Vec<crate::stimulus::Story>,
     /// Content id of the section and the bytes of every file it names, as they were when these
@@ -162,6 +169,18 @@ pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<R
             pipeline,
             "features",
             "the `semantic` selection needs `parses` (part-of-speech tags); set `parses` or use `all`",
+        ));
+    }
+    let random_pool = match (&s.random_pool, selection) {
+        (Some(p), _) => p.parse().map_err(|e| invalid(pipeline, "random-pool", e))?,
+        (None, Selection::Semantic) => RandomPool::NonSemantic,
+        (None, Selection::All) => RandomPool::Live,
+    };
+    if random_pool == RandomPool::NonSemantic && selection == Selection::All {
+        return Err(invalid(
+            pipeline,
+            "random-pool",
+            "`non-semantic` needs `features = \"semantic\"` (with `all` every live feature is selected); use `live`",
         ));
     }
     if !s.subject_slopes.is_empty() && s.subject_column.is_none() {
@@ -211,6 +230,7 @@ pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<R
     Ok(ReadingInputs {
         section: s.clone(),
         selection,
+        random_pool,
         stories: data.stories.clone(),
         data,
         data_id: String::new(),

@@ -37,7 +37,7 @@ use crate::{Error, Result};
 
 /// Revisions: 2 — the mixed models are fitted by BOBYQA with lme4's convergence checks.
 const REV_READING_BASE: u32 = 3;
-const REV_READING_LAYER: u32 = 2;
+const REV_READING_LAYER: u32 = 3;
 
 /// One fitted model, for the coefficient and variance tables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,8 +326,18 @@ pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, Art
             Ok(())
         };
         run_set(&selected, &format!("sae-{}", r.selection.as_str()), None)?;
+        let pool = r.random_pool.draw_from(&alive, &selected);
+        if r.section.random_seeds > 0 && pool.len() < selected.len() {
+            tracing::warn!(
+                layer,
+                pool = pool.len(),
+                selected = selected.len(),
+                "fewer {} features than selected ones: each random subset is the whole pool",
+                r.random_pool.as_str()
+            );
+        }
         for seed in 1..=r.section.random_seeds as u64 {
-            let subset = analysis::random_subset(&alive, selected.len(), seed);
+            let subset = analysis::random_subset(&pool, selected.len(), seed);
             run_set(&subset, "random", Some(seed))?;
         }
         tracing::info!(
