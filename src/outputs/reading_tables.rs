@@ -345,7 +345,7 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
 fn plot_by_layer(c: &[Comparison], path: &Path) -> Result<()> {
     let sae: Vec<(usize, f64)> = c
         .iter()
-        .filter(|x| x.model.starts_with("sae-"))
+        .filter(|x| x.model.starts_with("sae-") && !x.model.ends_with("-beyond-norms"))
         .filter_map(|x| x.layer.map(|l| (l, x.delta_loglik)))
         .collect();
     let mut rand: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
@@ -410,13 +410,43 @@ fn markdown(ctx: &Ctx, snap: &Snapshot, r: &ReadingInputs, res: &ReadingResult) 
     let _ = writeln!(
         m,
         "Added: the top {} principal components of the layer's `{}` SAE features (or fewer when the \
-         features span fewer directions), of random subsets of the same number of live features (seeds \
+         features span fewer directions), of random subsets of the same number of {} features (seeds \
          1–{}), or the word norm `{}`. df = number of added columns.\n",
         r.section.n_pcs,
         r.selection.as_str(),
+        match r.random_pool {
+            crate::reading::analysis::RandomPool::NonSemantic => "non-selected live",
+            crate::reading::analysis::RandomPool::Live => "live",
+        },
         r.section.random_seeds,
         r.section.norms_column
     );
+    if !d.norm_block.is_empty() {
+        let tables: Vec<String> = d
+            .norm_block
+            .iter()
+            .map(|(name, cols)| format!("`{name}` ({} columns)", cols.len()))
+            .collect();
+        let missing: Vec<String> = j
+            .words_without_norm_table
+            .iter()
+            .map(|(name, n)| format!("{name}: {n}"))
+            .collect();
+        let _ = writeln!(
+            m,
+            "Norm block (model `norms`): the baseline plus every norm ({}{}), each z-scored, 0 where a \
+             word has no value, with one missing indicator per table; story words without a value: {}. \
+             The `…-beyond-norms` rows add the same SAE components to the `norms` model and test them \
+             against it (ΔlogLik over the norms, not over the baseline).\n",
+            if r.section.norms.is_some() { "`norm`, " } else { "" },
+            tables.join(", "),
+            if missing.is_empty() {
+                "none".to_string()
+            } else {
+                missing.join(", ")
+            }
+        );
+    }
     let _ = writeln!(
         m,
         "| layer | model | features | var. expl. | ΔlogLik | χ² | df | p | random: mean ΔlogLik [min, max] | random p < 0.05 |"

@@ -396,16 +396,8 @@ pub fn compare(
     extra: ArrayView2<'_, f64>,
     extra_names: &[String],
 ) -> Result<(LmmFit, f64, f64, usize, f64)> {
-    let (n, p0) = b.x.dim();
-    let q = extra.ncols();
-    let mut x = Array2::<f64>::zeros((n, p0 + q));
-    x.slice_mut(ndarray::s![.., ..p0]).assign(&b.x);
-    for (r, &w) in b.word_of_row.iter().enumerate() {
-        x.slice_mut(ndarray::s![r, p0..]).assign(&extra.row(w));
-    }
-    let mut names = b.names.clone();
-    names.extend(extra_names.iter().cloned());
-    let full = fit_lmm(&b.y, x.view(), &names, &b.terms, &ml_options())?;
+    let full = with_columns(b, extra, extra_names);
+    let full = fit_lmm(&full.y, full.x.view(), &full.names, &full.terms, &ml_options())?;
     let (dll, chi2, df, p) = likelihood_ratio_test(base, &full)?;
     Ok((full, dll, chi2, df, p))
 }
@@ -434,6 +426,75 @@ pub fn norm_columns(words: &[WordInfo]) -> (Array2<f64>, Vec<String>) {
     (out, names)
 }
 
+/// The norm block per word (METHOD.md §8): `norm` when the run has one (as [`norm_columns`]),
+/// then every column of the norm-block `tables` ((name, columns) in [`WordInfo::norm_block`]
+/// order), each z-scored over the words that have a value and 0 where missing, plus one missing
+/// indicator per table with any missing word. Constant columns are left out (named in the log).
+pub fn norm_block_columns(
+    words: &[WordInfo],
+    with_norm: bool,
+    tables: &[(String, Vec<String>)],
+) -> (Array2<f64>, Vec<String>) {
+    let mut cols: Vec<Vec<f64>> = Vec::new();
+    let mut names = Vec::new();
+    if with_norm {
+        let (c, n) = norm_columns(words);
+        cols.extend(c.columns().into_iter().map(|c| c.to_vec()));
+        names.extend(n);
+    }
+    let mut offset = 0;
+    for (table, table_cols) in tables {
+        let mut any_missing = vec![false; words.len()];
+        for (k, col) in table_cols.iter().enumerate() {
+            let v: Vec<Option<f64>> = words
+                .iter()
+                .map(|w| w.norm_block.get(offset + k).copied().flatten())
+                .collect();
+            for (m, x) in any_missing.iter_mut().zip(&v) {
+                *m |= x.is_none();
+            }
+            let present: Vec<f64> = v.iter().flatten().copied().collect();
+            let n = present.len().max(1) as f64;
+            let mean = present.iter().sum::<f64>() / n;
+            let sd = (present.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+            if !(sd > 0.0) {
+                tracing::warn!("norm block: `{table}.{col}` is constant over the story words; left out");
+                continue;
+            }
+            cols.push(v.iter().map(|x| x.map_or(0.0, |x| (x - mean) / sd)).collect());
+            names.push(format!("{table}.{col}"));
+        }
+        if any_missing.iter().any(|&m| m) && any_missing.iter().any(|&m| !m) {
+            cols.push(any_missing.iter().map(|&m| f64::from(u8::from(m))).collect());
+            names.push(format!("{table}_missing"));
+        }
+        offset += table_cols.len();
+    }
+    let out = Array2::from_shape_fn((words.len(), cols.len()), |(i, j)| cols[j][i]);
+    (out, names)
+}
+
+/// The baseline design with `extra` (n_words, q) columns appended at each row's word: the
+/// reference model of a comparison "beyond" those columns.
+pub fn with_columns(b: &BaseDesign, extra: ArrayView2<'_, f64>, extra_names: &[String]) -> BaseDesign {
+    let (n, p0) = b.x.dim();
+    let q = extra.ncols();
+    let mut x = Array2::<f64>::zeros((n, p0 + q));
+    x.slice_mut(ndarray::s![.., ..p0]).assign(&b.x);
+    for (i, &w) in b.word_of_row.iter().enumerate() {
+        x.slice_mut(ndarray::s![i, p0..]).assign(&extra.row(w));
+    }
+    let mut names = b.names.clone();
+    names.extend(extra_names.iter().cloned());
+    BaseDesign {
+        word_of_row: b.word_of_row.clone(),
+        y: b.y.clone(),
+        x,
+        names,
+        terms: b.terms.clone(),
+    }
+}
+
 /// Stacks per-story code matrices into (n_words, d_sae) in story order.
 pub fn stack(mats: &[Array2<f32>]) -> Result<Array2<f32>> {
     let views: Vec<_> = mats.iter().map(|m| m.view()).collect();
@@ -443,6 +504,57 @@ pub fn stack(mats: &[Array2<f32>]) -> Result<Array2<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn word(norm: Option<f64>, block: Vec<Option<f64>>) -> WordInfo {
+        WordInfo {
+            story: "s".into(),
+            position: 0,
+            text: "w".into(),
+            pos: None,
+            sentence: None,
+            sentence_position: None,
+            sentence_final: false,
+            length: 1,
+            log_freq: None,
+            ngram_surprisal: None,
+            norm,
+            norm_block: block,
+        }
+    }
+
+    #[test]
+    fn the_norm_block_z_scores_each_column_over_the_words_that_have_it() {
+        // table a: 2 columns (the second constant, left out), one word missing; table b: complete
+        let words = vec![
+            word(Some(1.0), vec![Some(1.0), Some(5.0), Some(2.0)]),
+            word(Some(3.0), vec![Some(3.0), Some(5.0), Some(4.0)]),
+            word(None, vec![None, None, Some(6.0)]),
+            word(Some(5.0), vec![Some(5.0), Some(5.0), Some(8.0)]),
+        ];
+        let tables = vec![
+            ("a".to_string(), vec!["x".to_string(), "flat".to_string()]),
+            ("b".to_string(), vec!["y".to_string()]),
+        ];
+        let (m, names) = norm_block_columns(&words, true, &tables);
+        assert_eq!(names, ["norm", "norm_missing", "a.x", "a_missing", "b.y"]);
+        let sd3 = (8.0f64 / 3.0).sqrt(); // population sd of 1, 3, 5
+        let col = |j: usize| m.column(j).to_vec();
+        assert_eq!(col(1), [0.0, 0.0, 1.0, 0.0]);
+        for (a, b) in col(2).iter().zip([-2.0 / sd3, 0.0, 0.0, 2.0 / sd3]) {
+            assert!((a - b).abs() < 1e-12, "{:?}", col(2));
+        }
+        assert_eq!(col(3), [0.0, 0.0, 1.0, 0.0]);
+        let sd4 = 5.0f64.sqrt(); // population sd of 2, 4, 6, 8
+        for (a, b) in col(4).iter().zip([-3.0 / sd4, -1.0 / sd4, 1.0 / sd4, 3.0 / sd4]) {
+            assert!((a - b).abs() < 1e-12, "{:?}", col(4));
+        }
+        // without the `norms` column and without tables
+        assert_eq!(
+            norm_block_columns(&words, false, &tables).1,
+            ["a.x", "a_missing", "b.y"]
+        );
+        assert_eq!(norm_block_columns(&words, false, &[]).0.ncols(), 0);
+    }
 
     #[test]
     fn principal_components_match_a_direct_svd_and_are_uncorrelated() {

@@ -46,6 +46,8 @@ pub struct WordInfo {
     pub log_freq: Option<f64>,
     pub ngram_surprisal: Option<f64>,
     pub norm: Option<f64>,
+    /// The word's values in the norm block's tables ([`ReadingData::norm_block`] order).
+    pub norm_block: Vec<Option<f64>>,
 }
 
 /// One reading-time observation joined to a word.
@@ -81,6 +83,8 @@ pub struct JoinReport {
     pub words_without_frequency: usize,
     pub words_without_ngram: usize,
     pub words_without_norm: usize,
+    /// Per norm-block table: story words without a value.
+    pub words_without_norm_table: Vec<(String, usize)>,
 }
 
 /// The validated inputs of a reading-time pipeline.
@@ -94,6 +98,20 @@ pub struct ReadingData {
     pub obs: Vec<RtObs>,
     pub per_subject: bool,
     pub report: JoinReport,
+    /// The norm block's columns beyond `norm` (table name, column names), in
+    /// [`WordInfo::norm_block`] order.
+    pub norm_block: Vec<(String, Vec<String>)>,
+}
+
+/// One table of the norm block: `columns` of `path` by word (`"First..Last"` takes every column
+/// from First to Last in the file's order), log10 of the values when `log10`.
+#[derive(Debug, Clone)]
+pub struct NormTableSpec {
+    pub name: String,
+    pub path: PathBuf,
+    pub word_column: String,
+    pub columns: Vec<String>,
+    pub log10: bool,
 }
 
 /// Column names and files of the inputs (see `ReadingSection` for the pipeline keys).
@@ -121,6 +139,7 @@ pub struct InputSpec {
     pub norms: Option<PathBuf>,
     pub norms_word_column: String,
     pub norms_column: String,
+    pub norm_tables: Vec<NormTableSpec>,
 }
 
 const EXAMPLES: usize = 5;
@@ -310,6 +329,64 @@ pub fn read_lexicon(path: &Path, word_column: &str, value_column: &str, log10: b
     Ok(out)
 }
 
+/// A norm-block table: its column names (ranges expanded) and word → values (first occurrence
+/// of a normalised word wins; an empty, `NA`, `na` or `n/a` cell is a missing value, any other
+/// non-numeric one an error naming file, row and column).
+pub fn read_norm_table(t: &NormTableSpec) -> Result<(Vec<String>, HashMap<String, Vec<Option<f64>>>)> {
+    let frame = Frame::read(&t.path)?;
+    let wc = frame.column(&t.word_column)?;
+    let mut cols = Vec::new();
+    for c in &t.columns {
+        match c.split_once("..") {
+            Some((a, b)) => {
+                let (i, j) = (frame.column(a.trim())?, frame.column(b.trim())?);
+                if i > j {
+                    return Err(Error::parse(
+                        &t.path,
+                        "header",
+                        format!("norm columns `{c}`: `{a}` comes after `{b}` in the file"),
+                    ));
+                }
+                cols.extend(i..=j);
+            }
+            None => cols.push(frame.column(c)?),
+        }
+    }
+    if cols.is_empty() {
+        return Err(Error::parse(&t.path, "header", "no norm columns given"));
+    }
+    let names: Vec<String> = cols.iter().map(|&c| frame.columns[c].clone()).collect();
+    let mut out = HashMap::new();
+    for i in 0..frame.n_rows() {
+        if frame.is_missing(wc, i) {
+            continue;
+        }
+        let key = normalize_word(&frame.cells[wc][i]);
+        if out.contains_key(&key) {
+            continue;
+        }
+        let mut v = Vec::with_capacity(cols.len());
+        for &c in &cols {
+            // besides the frame's missing cells, `na` / `n/a` (Binder et al.'s ratings use `na`)
+            let cell = frame.cells[c][i].trim();
+            let missing = frame.is_missing(c, i) || cell.eq_ignore_ascii_case("na") || cell.eq_ignore_ascii_case("n/a");
+            v.push(match missing {
+                true => None,
+                false => {
+                    let x = frame.number(c, i)?;
+                    match t.log10 {
+                        true if x > 0.0 => Some(x.log10()),
+                        true => None,
+                        false => Some(x),
+                    }
+                }
+            });
+        }
+        out.insert(key, v);
+    }
+    Ok((names, out))
+}
+
 /// Natural Stories n-gram tables: `code  order  token  count  context_count` without a header;
 /// the `story.position.word` rows give −log₂(count / context_count) per word.
 pub fn read_ngram_surprisal(path: &Path) -> Result<HashMap<(String, i64), f64>> {
@@ -372,6 +449,7 @@ pub fn load(spec: &InputSpec) -> Result<ReadingData> {
                 log_freq: None,
                 ngram_surprisal: None,
                 norm: None,
+                norm_block: Vec::new(),
             });
         }
         story_offsets.push(words.len());
@@ -417,8 +495,27 @@ pub fn load(spec: &InputSpec) -> Result<ReadingData> {
         .as_deref()
         .map(|p| read_lexicon(p, &spec.norms_word_column, &spec.norms_column, false))
         .transpose()?;
+    let mut norm_block = Vec::with_capacity(spec.norm_tables.len());
+    let mut block_values = Vec::with_capacity(spec.norm_tables.len());
+    for t in &spec.norm_tables {
+        let (names, values) = read_norm_table(t)?;
+        norm_block.push((t.name.clone(), names));
+        block_values.push(values);
+    }
     for w in &mut words {
         let key = normalize_word(&w.text);
+        for ((name, names), values) in norm_block.iter().zip(&block_values) {
+            match values.get(&key) {
+                Some(v) => w.norm_block.extend(v.iter().copied()),
+                None => {
+                    w.norm_block.extend(std::iter::repeat_n(None, names.len()));
+                    match report.words_without_norm_table.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, c)) => *c += 1,
+                        None => report.words_without_norm_table.push((name.clone(), 1)),
+                    }
+                }
+            }
+        }
         // a possessive not listed takes its stem's frequency (wordfreq splits "boar's")
         w.log_freq = freq.get(&key).copied().or_else(|| {
             key.strip_suffix("'s")
@@ -543,6 +640,7 @@ pub fn load(spec: &InputSpec) -> Result<ReadingData> {
         obs,
         per_subject: spec.subject_column.is_some(),
         report,
+        norm_block,
     })
 }
 
@@ -586,6 +684,7 @@ mod tests {
             norms: None,
             norms_word_column: "Word".into(),
             norms_column: "Conc.M".into(),
+            norm_tables: Vec::new(),
         }
     }
 

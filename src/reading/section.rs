@@ -92,6 +92,29 @@ pub struct ReadingSection {
     pub norms_word_column: String,
     #[serde(default = "default_norms_column")]
     pub norms_column: String,
+    /// The norm block (METHOD.md §8) beyond `norms`: more word-norm tables, e.g. Binder et al.'s
+    /// 65 attributes or a frequency list. With any, the run adds the model "norms" (baseline +
+    /// every norm) and, per layer, the SAE features' PCs over that model ("…-beyond-norms").
+    /// (Not serialised when empty: the content ids of pipelines without it stay as they were.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub norm_tables: Vec<NormTableSection>,
+}
+
+/// One `[[reading.norm-tables]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NormTableSection {
+    pub file: PathBuf,
+    #[serde(default = "default_norms_word_column")]
+    pub word_column: String,
+    /// Column names; `"First..Last"` takes every column from First to Last in the file's order.
+    pub columns: Vec<String>,
+    /// log10 of the values (raw counts); non-positive values count as missing.
+    #[serde(default)]
+    pub log10: bool,
+    /// The table's name in tables and reports (default: the file's stem).
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 fn default_language() -> String {
@@ -225,6 +248,26 @@ pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<R
         norms: s.norms.as_ref().map(|p| file(p, "norms")).transpose()?,
         norms_word_column: s.norms_word_column.clone(),
         norms_column: s.norms_column.clone(),
+        norm_tables: s
+            .norm_tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let path = file(&t.file, &format!("norm-tables[{i}].file"))?;
+                let name = t.name.clone().unwrap_or_else(|| {
+                    t.file
+                        .file_stem()
+                        .map_or(format!("norms{i}"), |s| s.to_string_lossy().into_owned())
+                });
+                Ok(inputs::NormTableSpec {
+                    name,
+                    path,
+                    word_column: t.word_column.clone(),
+                    columns: t.columns.clone(),
+                    log10: t.log10,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
     };
     let data = inputs::load(&spec)?;
     Ok(ReadingInputs {

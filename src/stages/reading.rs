@@ -39,6 +39,10 @@ use crate::{Error, Result};
 const REV_READING_BASE: u32 = 3;
 const REV_READING_LAYER: u32 = 3;
 
+/// The model of the norm block (baseline + every norm), and the reference of the SAE-beyond-norms
+/// comparisons.
+pub const NORMS_MODEL: &str = "norms";
+
 /// One fitted model, for the coefficient and variance tables.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FittedModel {
@@ -196,6 +200,29 @@ pub fn base_stage(ctx: &Ctx, data_id: &str, words: &[(String, ArtifactId)]) -> R
                 fit: full,
             });
         }
+        // the norm block (every norm table, and `norms`): layer-independent
+        if !r.data.norm_block.is_empty() {
+            let (cols, names) =
+                analysis::norm_block_columns(&r.data.words, r.section.norms.is_some(), &r.data.norm_block);
+            let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, cols.view(), &names)?;
+            comparisons.push(comparison(
+                &base,
+                &base_fit,
+                None,
+                NORMS_MODEL,
+                None,
+                None,
+                None,
+                &full,
+                (dll, chi2, df, p),
+            ));
+            fitted.push(FittedModel {
+                layer: None,
+                model: NORMS_MODEL.into(),
+                seed: None,
+                fit: full,
+            });
+        }
         Ok(ReadingBase {
             data_id: data_id.to_string(),
             formula: base_formula(&base),
@@ -339,6 +366,35 @@ pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, Art
         for seed in 1..=r.section.random_seeds as u64 {
             let subset = analysis::random_subset(&pool, selected.len(), seed);
             run_set(&subset, "random", Some(seed))?;
+        }
+        // the selected features' PCs over the norm block (the SAE beyond the norms)
+        if let Some(norms_fit) = base_rec.fitted.iter().find(|f| f.model == NORMS_MODEL) {
+            if !selected.is_empty() {
+                let (cols, names) =
+                    analysis::norm_block_columns(&r.data.words, r.section.norms.is_some(), &r.data.norm_block);
+                let with_norms = analysis::with_columns(&base, cols.view(), &names);
+                let (pcs, expl) = analysis::pca_scores(&z, &selected, r.section.n_pcs)?;
+                let pc_names: Vec<String> = (1..=pcs.ncols()).map(|k| format!("pc{k}")).collect();
+                let (full, dll, chi2, df, p) = analysis::compare(&with_norms, &norms_fit.fit, pcs.view(), &pc_names)?;
+                let model = format!("sae-{}-beyond-norms", r.selection.as_str());
+                comparisons.push(comparison(
+                    &with_norms,
+                    &norms_fit.fit,
+                    Some(layer),
+                    &model,
+                    None,
+                    Some(selected.len()),
+                    Some(expl),
+                    &full,
+                    (dll, chi2, df, p),
+                ));
+                fitted.push(FittedModel {
+                    layer: Some(layer),
+                    model,
+                    seed: None,
+                    fit: full,
+                });
+            }
         }
         tracing::info!(
             layer,

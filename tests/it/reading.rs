@@ -218,6 +218,74 @@ cat(sprintf("%.10f %.10f %d\n", as.numeric(logLik(m0)), as.numeric(logLik(m1)), 
     assert_eq!(same.trim(), "True");
 }
 
+/// The norm block (METHOD.md §8): Binder's attributes and SUBTLEX counts beside concreteness give
+/// the model `norms` (every norm column, one missing indicator per table, df counted), and the
+/// SAE components are tested over it, nested: the `…-beyond-norms` model's reference is the
+/// `norms` model, its df the number of components, its p the χ² tail (scipy).
+#[test]
+fn the_norm_block_holds_every_norm_and_the_sae_is_tested_beyond_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (words, _) = story_subset(tmp.path());
+    let rts = "naturalstories/naturalstories_RTS_processed_wordinfo.tsv";
+    let extra = r#"random-seeds = 0
+
+[[reading.norm-tables]]
+name = "binder"
+file = "binder2016/WordSet1_Ratings.csv"
+columns = ["Vision..Arousal"]
+
+[[reading.norm-tables]]
+name = "subtlex"
+file = "subtlex_us/subtlex_us_counts.tsv"
+word-column = "word"
+columns = ["count"]
+log10 = true
+"#;
+    let p = pipeline(tmp.path(), &store(), "norms", &words, rts, extra);
+    run(&p, 1);
+    let out = tmp.path().join("norms");
+    check_schema(&out, "reading_comparison", Some(4)); // norm, norms, sae-semantic, sae-semantic-beyond-norms
+    let check = support::run_python(
+        "import sys, pyarrow.parquet as pq\n\
+         from scipy.stats import chi2\n\
+         rows = {r['model']: r for r in pq.read_table(sys.argv[1]).to_pylist()}\n\
+         n, b, s = rows['norms'], rows['sae-semantic-beyond-norms'], rows['sae-semantic']\n\
+         print(n['df'], b['df'], s['df'])\n\
+         print(abs(b['loglik_base'] - n['loglik_full']) < 1e-9, b['loglik_full'] >= n['loglik_full'] - 1e-9)\n\
+         print(abs(b['p_value'] - chi2.sf(b['chi2'], b['df'])) <= 1e-8 * max(chi2.sf(b['chi2'], b['df']), 1e-300))\n\
+         print(abs(n['loglik_base'] - s['loglik_base']) < 1e-9, n['loglik_full'] > rows['norm']['loglik_full'])",
+        &[out.join("reading_comparison.parquet").to_str().unwrap()],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    let dfs: Vec<usize> = lines[0].split_whitespace().map(|v| v.parse().unwrap()).collect();
+    // norm + its indicator, the 65 Binder attributes and their indicator, SUBTLEX and its indicator
+    assert_eq!(dfs[0], 2 + 65 + 1 + 1 + 1, "norm-block columns: {check}");
+    assert_eq!(
+        dfs[1], dfs[2],
+        "the SAE adds as many components over the norms as over the baseline"
+    );
+    assert_eq!(lines[1], "True True", "nested in the norms model: {check}");
+    assert_eq!(lines[2], "True", "p is the χ² tail: {check}");
+    assert_eq!(lines[3], "True True", "both start from the same baseline: {check}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Norm block (model `norms`)") && report.contains("`binder` (65 columns)"),
+        "{report}"
+    );
+
+    // a column range backwards, or a column that is not there, is refused naming the file
+    for (cols, what) in [("[\"Arousal..Vision\"]", "comes after"), ("[\"Visoin\"]", "Visoin")] {
+        let bad = extra.replace("[\"Vision..Arousal\"]", cols);
+        let p = pipeline(tmp.path(), &store(), "bad", &words, rts, &bad);
+        let o = support::bin().arg("run").arg(&p).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("WordSet1_Ratings.csv") && err.contains(what),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn per_subject_rows_get_crossed_random_intercepts_and_counted_exclusions() {
     let tmp = tempfile::tempdir().unwrap();
