@@ -178,50 +178,36 @@ pub fn base_stage(ctx: &Ctx, data_id: &str, words: &[(String, ArtifactId)]) -> R
             fit: base_fit.clone(),
         }];
         let mut comparisons = Vec::new();
-        // norms: layer-independent
+        // the norm, and the norm block (every norm table and the norm): layer-independent
+        let mut add_norm_model = |model: &str, (cols, names): (Array2<f64>, Vec<String>)| -> Result<()> {
+            let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, cols.view(), &names)?;
+            comparisons.push(comparison(
+                &base,
+                &base_fit,
+                None,
+                model,
+                None,
+                None,
+                None,
+                &full,
+                (dll, chi2, df, p),
+            ));
+            fitted.push(FittedModel {
+                layer: None,
+                model: model.into(),
+                seed: None,
+                fit: full,
+            });
+            Ok(())
+        };
         if r.section.norms.is_some() {
-            let (cols, names) = analysis::norm_columns(&r.data.words);
-            let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, cols.view(), &names)?;
-            comparisons.push(comparison(
-                &base,
-                &base_fit,
-                None,
-                "norm",
-                None,
-                None,
-                None,
-                &full,
-                (dll, chi2, df, p),
-            ));
-            fitted.push(FittedModel {
-                layer: None,
-                model: "norm".into(),
-                seed: None,
-                fit: full,
-            });
+            add_norm_model("norm", analysis::norm_columns(&r.data.words))?;
         }
-        // the norm block (every norm table, and `norms`): layer-independent
         if !r.data.norm_block.is_empty() {
-            let (cols, names) =
-                analysis::norm_block_columns(&r.data.words, r.section.norms.is_some(), &r.data.norm_block);
-            let (full, dll, chi2, df, p) = analysis::compare(&base, &base_fit, cols.view(), &names)?;
-            comparisons.push(comparison(
-                &base,
-                &base_fit,
-                None,
+            add_norm_model(
                 NORMS_MODEL,
-                None,
-                None,
-                None,
-                &full,
-                (dll, chi2, df, p),
-            ));
-            fitted.push(FittedModel {
-                layer: None,
-                model: NORMS_MODEL.into(),
-                seed: None,
-                fit: full,
-            });
+                analysis::norm_block_columns(&r.data.words, r.section.norms.is_some(), &r.data.norm_block),
+            )?;
         }
         Ok(ReadingBase {
             data_id: data_id.to_string(),

@@ -842,6 +842,8 @@ pub fn pred_error_sets_stage(
     };
     let (aid, alignment) = alignment_stage(ctx, sae, sae_prev)?;
     let seed = ctx.plan.file.summary.seed;
+    // the three sets come from one computation, done only if one of them is not stored
+    let mut sets_words: Option<[ndarray::Array2<f32>; 3]> = None;
     let mut out = Vec::with_capacity(PRED_ERROR_SETS.len());
     for (v, name) in PRED_ERROR_SETS.iter().enumerate() {
         let wid = KeyBuilder::new("pred-error-sets", REV_PRED_ERROR)
@@ -853,18 +855,19 @@ pub fn pred_error_sets_stage(
             .config("seed", &seed)
             .finish();
         ctx.store.arrays("pred-error-sets", &wid, || {
-            let c = ctx.store.load_arrays("codes", codes)?;
-            let p = ctx.store.load_arrays("codes", codes_prev)?;
-            let (c, p) = (c.f32("x")?, p.f32("x")?);
-            let pe = crate::taxonomy::prederror::pred_error_sets(c, p, &alignment, &semantic, seed)?;
-            let extra = match v {
-                0 => pe.error,
-                1 => pe.shuffled_error,
-                _ => pe.earlier,
-            };
-            let own = c.select(ndarray::Axis(1), &semantic);
-            let x = ndarray::concatenate(ndarray::Axis(1), &[own.view(), extra.view()])
-                .map_err(|e| Error::Invalid(format!("{name}: {e}")))?;
+            if sets_words.is_none() {
+                let c = ctx.store.load_arrays("codes", codes)?;
+                let p = ctx.store.load_arrays("codes", codes_prev)?;
+                let (c, p) = (c.f32("x")?, p.f32("x")?);
+                let pe = crate::taxonomy::prederror::pred_error_sets(c, p, &alignment, &semantic, seed)?;
+                let own = c.select(ndarray::Axis(1), &semantic);
+                let with = |extra: ndarray::Array2<f32>| {
+                    ndarray::concatenate(ndarray::Axis(1), &[own.view(), extra.view()])
+                        .map_err(|e| Error::Invalid(format!("prediction-error sets: {e}")))
+                };
+                sets_words = Some([with(pe.error)?, with(pe.shuffled_error)?, with(pe.earlier)?]);
+            }
+            let x = sets_words.as_ref().expect("computed above")[v].clone();
             Ok(Arrays::default().with_f32("x", x))
         })?;
         out.push((
