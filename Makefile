@@ -23,8 +23,10 @@ extract-demo: setup
 	$(CARGO) build --release --bin cortexflow
 	./target/release/cortexflow extract "$(ALICE)" --out out/alice --language en
 
-test: setup
-	$(CARGO) build --bin cortexflow
+# The set-up runs beside the build (scripts/setup_and_build.sh): one waits on the network, the
+# other on the CPU.
+test:
+	CARGO="$(CARGO)" bash scripts/setup_and_build.sh
 	./target/debug/cortexflow model default
 	bash scripts/test.sh
 

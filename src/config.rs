@@ -188,6 +188,13 @@ pub struct ModelSection {
     pub window: usize,
     #[serde(default = "default_min_context")]
     pub min_context: usize,
+    /// How each token gets its left context: "windows" (overlapping windows of `window`
+    /// positions, every token's context recomputed in its window), "sliding" (each token computed
+    /// once, streamed through the key/value cache that keeps BOS and the latest tokens: the same
+    /// `min-context` ..< `window` tokens of context) or "full" (every earlier token, up to the
+    /// model's context length).
+    #[serde(default = "default_context")]
+    pub context: String,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// ONNX Runtime intra-op threads per worker (default: all cores / workers).
@@ -474,6 +481,9 @@ fn default_window() -> usize {
 }
 fn default_min_context() -> usize {
     256
+}
+fn default_context() -> String {
+    "sliding".into()
 }
 fn default_batch() -> usize {
     4
@@ -812,6 +822,10 @@ fn check_model_settings(file: &PipelineFile, path: &Path) -> Result<()> {
         .pooling
         .parse::<crate::lm::Pooling>()
         .map_err(|e| invalid(path, "model.pooling", e))?;
+    file.model
+        .context
+        .parse::<crate::lm::ContextPolicy>()
+        .map_err(|e| invalid(path, "model.context", e))?;
     if file.model.min_context + 2 > file.model.window {
         return Err(invalid(
             path,

@@ -207,6 +207,11 @@ struct ExtractArgs {
     /// Left context guaranteed to every token outside the first window.
     #[arg(long, default_value_t = 256)]
     min_context: usize,
+    /// Left context: windows (overlapping windows, each token's context recomputed), sliding (each
+    /// token computed once through the key/value cache, the same context bounds) or full (every
+    /// earlier token up to the model's context length).
+    #[arg(long, default_value = "sliding")]
+    context: String,
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
     /// ONNX Runtime intra-op threads (default: all cores).
@@ -671,6 +676,7 @@ fn extract(a: ExtractArgs) -> Result<()> {
     // Validate everything before the model runs; nothing is written on failure.
     let format = a.format.as_deref().map(str::parse::<StimulusFormat>).transpose()?;
     let pooling: Pooling = a.pooling.parse()?;
+    let context: lm::ContextPolicy = a.context.parse()?;
     let read_opts = stimulus::ReadOptions {
         tier: a.tier.clone(),
         language: a.language.clone(),
@@ -687,6 +693,7 @@ fn extract(a: ExtractArgs) -> Result<()> {
         batch_size: a.batch_size,
         separator: lm::extract::word_separator(&story.language).into(),
         progress: !a.quiet,
+        context,
     };
     lm::extract::resolve_layers(&opts.layers, lm.n_layers())?;
     let started = std::time::Instant::now();
@@ -695,11 +702,16 @@ fn extract(a: ExtractArgs) -> Result<()> {
     let written = cortexflow::store::extraction::write_extraction(&a.out, &story, &ex, &lm.manifest)?;
     let n_tok = ex.tokens.ids.len();
     eprintln!(
-        "{}: {} words, {} tokens, {} windows in {secs:.1} s ({:.0} words/s, {:.0} tokens/s)",
+        "{}: {} words, {} tokens, {} {} in {secs:.1} s ({:.0} words/s, {:.0} tokens/s)",
         story.id,
         story.words.len(),
         n_tok,
         ex.n_windows,
+        if context == lm::ContextPolicy::Windows {
+            "windows"
+        } else {
+            "cached calls"
+        },
         story.words.len() as f64 / secs,
         n_tok as f64 / secs
     );

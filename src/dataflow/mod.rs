@@ -417,18 +417,19 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 let rec_words = story_words.clone().map(|(s, a)| Record::Words(s, a));
                 let reading_words = story_words.clone();
 
-                // ---- one SAE per (language, layer)
-                let sae_inputs = acts.clone().flat_map(move |((is_story, _), (group, layer, id))| {
+                // ---- one SAE per (language, layer), its training rows in the order of the texts'
+                // names (not of their artifact ids, which change with the model's manifest)
+                let sae_inputs = acts.clone().flat_map(move |((is_story, text), (group, layer, id))| {
                     layer
                         .filter(|_| !is_story || include_stimulus)
-                        .map(|layer| (SaeKey { group, layer }, id))
+                        .map(|layer| (SaeKey { group, layer }, (text, id)))
                 });
                 let saes = env.per_key(
                     sae_inputs,
                     "SAE",
                     |k| format!("SAE of `{}` layer {}", k.group, k.layer),
-                    |ctx, k, ids| {
-                        let ids: Vec<ArtifactId> = ids.iter().map(|a| (*a).clone()).collect();
+                    |ctx, k, inputs| {
+                        let ids: Vec<ArtifactId> = inputs.iter().map(|(_, a)| a.clone()).collect();
                         Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?])
                     },
                 );

@@ -1,15 +1,26 @@
-//! Words → tokens → sliding windows → per-word residual-stream vectors, surprisal and entropy.
+//! Words → tokens → the model (windows or the key/value cache) → per-word residual-stream vectors,
+//! surprisal and entropy.
 //!
 //! Input: a [`Story`] (words in order, optional onsets) and a loaded [`LanguageModel`].
 //! Output: [`Extraction`]: per word its token span, surprisal (bits, −log2 p summed over the
 //! word's sub-tokens) and next-token entropy (bits, at its last sub-token); per requested layer a
 //! (n_words, d_model) matrix pooled over the word's sub-tokens (last by default, mean or first).
 //!
-//! Stories longer than a window are cut into overlapping windows of `window` positions (BOS
-//! included). Window k starts `stride = window − 1 − min_context` tokens after window k−1, and each
-//! token takes its vector and probability from the earliest window that holds it, where it has the
-//! most left context: every token of the first window sees its whole left context, every later one
-//! at least `min_context` tokens. The BOS position is never part of any output.
+//! [`ContextPolicy`] says how a token gets its left context:
+//! - `Sliding` (default) and `Full` stream the story once through the key/value cache
+//!   ([`LanguageModel::run_cached`]) in calls of at most [`MAX_CHUNK`] tokens ([`plan_chunks`]);
+//!   before a call the cache is cut to the attention sink (BOS) and the latest tokens so that cache
+//!   and call fit `window` positions (`Full`: the model's context length). Each token is computed
+//!   once; a context token keeps the vectors it got with its own left context. The last position's
+//!   log-probabilities of one call score the next call's first token.
+//! - `Windows` cuts a story longer than a window into overlapping windows of `window` positions
+//!   (BOS included). Window k starts `stride = window − 1 − min_context` tokens after window k−1,
+//!   and each token takes its vector and probability from the earliest window that holds it, where
+//!   it has the most left context: every token of the first window sees its whole left context,
+//!   every later one at least `min_context` tokens; each window recomputes its context.
+//!
+//! With `Sliding` and `Windows` alike every token sees at least `min_context` and fewer than
+//! `window` tokens. The BOS position is never part of any output.
 
 use std::ops::Range;
 
@@ -18,6 +29,33 @@ use ndarray::Array2;
 use super::runtime::{layer_error, LanguageModel};
 use crate::stimulus::Story;
 use crate::{Error, Result};
+
+/// `as_str` and `FromStr` (an error listing the choices) for an enum of named settings.
+macro_rules! named_setting {
+    ($ty:ident, $what:literal, { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$v => $s,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                match s {
+                    $($s => Ok($ty::$v),)+
+                    other => Err(Error::Invalid(format!(
+                        "{} `{other}` is not one of {}",
+                        $what,
+                        [$($s),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
 
 /// How a word's vector is made from its sub-tokens' vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,29 +66,7 @@ pub enum Pooling {
     First,
 }
 
-impl Pooling {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pooling::Last => "last",
-            Pooling::Mean => "mean",
-            Pooling::First => "first",
-        }
-    }
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "last" => Ok(Pooling::Last),
-            "mean" => Ok(Pooling::Mean),
-            "first" => Ok(Pooling::First),
-            other => Err(Error::Invalid(format!(
-                "pooling `{other}` is not one of last, mean, first"
-            ))),
-        }
-    }
-}
+named_setting!(Pooling, "pooling", { Last => "last", Mean => "mean", First => "first" });
 
 /// Extraction settings.
 #[derive(Debug, Clone)]
@@ -68,7 +84,27 @@ pub struct ExtractOptions {
     pub separator: String,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// How a token gets its left context: overlapping windows (each recomputing its context), or
+    /// streamed once through the key/value cache.
+    pub context: ContextPolicy,
 }
+
+/// How each token gets its left context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum ContextPolicy {
+    /// Overlapping windows of `window` positions; every token sees at least `min_context` tokens
+    /// (its context recomputed inside its window).
+    Windows,
+    /// Streamed once through the key/value cache, which keeps BOS and the most recent tokens:
+    /// every token sees at least `min_context` and fewer than `window` tokens, each computed once.
+    #[default]
+    Sliding,
+    /// Streamed once, every token seeing all earlier ones up to the model's context length (then
+    /// sliding, with the context length as the window).
+    Full,
+}
+
+named_setting!(ContextPolicy, "context", { Windows => "windows", Sliding => "sliding", Full => "full" });
 
 impl Default for ExtractOptions {
     fn default() -> Self {
@@ -80,6 +116,7 @@ impl Default for ExtractOptions {
             batch_size: 4,
             separator: " ".into(),
             progress: false,
+            context: ContextPolicy::Sliding,
         }
     }
 }
@@ -270,29 +307,123 @@ pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOption
     } else {
         None
     };
+    let tokens = tokenize_story(&lm.tokenizer, story, &opts.separator)?;
+    let mut acc = TokenSink::new(&tokens, layers.len(), lm.manifest.d_model, opts.pooling);
+    let n_windows = match opts.context {
+        ContextPolicy::Windows => run_windows(lm, story, &tokens, bos, &layers, opts, &mut acc)?,
+        ContextPolicy::Sliding | ContextPolicy::Full => run_streamed(lm, story, &tokens, bos, &layers, opts, &mut acc)?,
+    };
+    let (surprisal_bits, entropy_bits, activations) = acc.finish();
+    Ok(Extraction {
+        tokens,
+        surprisal_bits,
+        entropy_bits,
+        layers,
+        activations,
+        pooling: opts.pooling,
+        n_windows,
+    })
+}
+
+/// Per-token results gathered into per-word ones.
+struct TokenSink<'a> {
+    tokens: &'a TokenizedStory,
+    pooling: Pooling,
+    /// ln p(token | left context)
+    logprob: Vec<f32>,
+    /// entropy after the token, nats
+    entropy: Vec<f32>,
+    acts: Vec<Array2<f32>>,
+}
+
+impl<'a> TokenSink<'a> {
+    fn new(tokens: &'a TokenizedStory, n_layers: usize, d: usize, pooling: Pooling) -> Self {
+        let (n_tok, n_words) = (tokens.ids.len(), tokens.word_tokens.len());
+        TokenSink {
+            tokens,
+            pooling,
+            logprob: vec![f32::NAN; n_tok],
+            entropy: vec![f32::NAN; n_tok],
+            acts: (0..n_layers).map(|_| Array2::zeros((n_words, d))).collect(),
+        }
+    }
+
+    /// Token `t`'s outputs: its next-token entropy, its own log-probability (None when nothing
+    /// precedes it), and its vector in each kept layer.
+    fn take<'h>(
+        &mut self,
+        t: usize,
+        entropy: f32,
+        logprob: Option<f32>,
+        hidden: impl Fn(usize) -> ndarray::ArrayView1<'h, f32>,
+    ) {
+        let tokens = self.tokens;
+        self.entropy[t] = entropy;
+        if let Some(lp) = logprob {
+            self.logprob[t] = lp;
+        }
+        // the words this token overlaps: its anchor word and any later word it runs into
+        let n_words = tokens.word_tokens.len();
+        let w0 = tokens.token_word[t];
+        for w in (w0..n_words).take_while(|&w| tokens.word_tokens[w].start <= t) {
+            let r = &tokens.word_tokens[w];
+            let wanted = match self.pooling {
+                Pooling::Last => t + 1 == r.end,
+                Pooling::First => t == r.start,
+                Pooling::Mean => true,
+            };
+            if !r.contains(&t) || !wanted {
+                continue;
+            }
+            for (li, a) in self.acts.iter_mut().enumerate() {
+                let mut dst = a.row_mut(w);
+                dst += &hidden(li);
+            }
+        }
+    }
+
+    /// Surprisal (bits) per word, entropy (bits) after each word's last token, pooled vectors.
+    fn finish(mut self) -> (Vec<Option<f32>>, Vec<f32>, Vec<Array2<f32>>) {
+        let tokens = self.tokens;
+        if self.pooling == Pooling::Mean {
+            for a in self.acts.iter_mut() {
+                for (w, mut row) in a.rows_mut().into_iter().enumerate() {
+                    row /= tokens.word_tokens[w].len() as f32;
+                }
+            }
+        }
+        let ln2 = std::f32::consts::LN_2;
+        let mut surprisal = vec![None; tokens.word_tokens.len()];
+        for (t, &w) in tokens.token_word.iter().enumerate() {
+            let lp = self.logprob[t];
+            if lp.is_finite() {
+                *surprisal[w].get_or_insert(0.0) += -lp / ln2;
+            }
+        }
+        let entropy = tokens
+            .word_tokens
+            .iter()
+            .map(|r| self.entropy[r.end - 1] / ln2)
+            .collect();
+        (surprisal, entropy, self.acts)
+    }
+}
+
+/// Overlapping windows, batched: each window recomputes its left context. Returns the number of
+/// windows.
+fn run_windows(
+    lm: &mut LanguageModel,
+    story: &Story,
+    tokens: &TokenizedStory,
+    bos: Option<u32>,
+    layers: &[usize],
+    opts: &ExtractOptions,
+    acc: &mut TokenSink<'_>,
+) -> Result<usize> {
     let window = opts.window.min(lm.manifest.context_length);
     let span = window - bos.is_some() as usize;
-    let tokens = tokenize_story(&lm.tokenizer, story, &opts.separator)?;
-    let n_tok = tokens.ids.len();
-    let plans = plan_windows(n_tok, span, opts.min_context)?;
-    let d = lm.manifest.d_model;
-    let n_words = story.words.len();
-
-    // Per-token results, filled window by window.
-    let mut tok_logprob = vec![f32::NAN; n_tok]; // ln p(token | left context)
-    let mut tok_entropy = vec![f32::NAN; n_tok]; // entropy after the token, nats
-    let mut acts: Vec<Array2<f32>> = layers.iter().map(|_| Array2::zeros((n_words, d))).collect();
-    // which token each word takes its vector from (last/first), or all (mean)
-    let want = |w: usize, t: usize, pooling: Pooling, wt: &[Range<usize>]| -> bool {
-        let r = &wt[w];
-        match pooling {
-            Pooling::Last => t + 1 == r.end,
-            Pooling::First => t == r.start,
-            Pooling::Mean => true,
-        }
-    };
-
-    let bar = progress_bar(opts.progress, plans.len() as u64, &story.id);
+    let plans = plan_windows(tokens.ids.len(), span, opts.min_context)?;
+    let bar = progress_bar(opts.progress, plans.len() as u64, &story.id, "windows");
     let off = bos.is_some() as usize;
     for batch in plans.chunks(opts.batch_size.max(1)) {
         let windows: Vec<Vec<u32>> = batch
@@ -303,73 +434,124 @@ pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOption
                     .collect()
             })
             .collect();
-        lm.run_with(&windows, &layers, |out| {
+        lm.run_with(&windows, layers, |out| {
             for (bi, p) in batch.iter().enumerate() {
                 for t in p.own.clone() {
                     let pos = off + t - p.start;
-                    tok_entropy[t] = out.next_entropy[[bi, pos]];
-                    if pos >= 1 {
-                        tok_logprob[t] = out.next_logprob[[bi, pos - 1]];
-                    }
-                    // the words this token overlaps: its anchor word and any later word it runs into
-                    let w0 = tokens.token_word[t];
-                    for w in (w0..n_words).take_while(|&w| tokens.word_tokens[w].start <= t) {
-                        if !tokens.word_tokens[w].contains(&t) || !want(w, t, opts.pooling, &tokens.word_tokens) {
-                            continue;
-                        }
-                        for (li, h) in out.hidden.iter().enumerate() {
-                            let src = h.slice(ndarray::s![bi, pos, ..]);
-                            let mut dst = acts[li].row_mut(w);
-                            dst += &src;
-                        }
-                    }
+                    let lp = (pos >= 1).then(|| out.next_logprob[[bi, pos - 1]]);
+                    acc.take(t, out.next_entropy[[bi, pos]], lp, |li| {
+                        out.hidden[li].slice(ndarray::s![bi, pos, ..])
+                    });
                 }
             }
         })?;
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
-    if opts.pooling == Pooling::Mean {
-        for a in acts.iter_mut() {
-            for (w, mut row) in a.rows_mut().into_iter().enumerate() {
-                row /= tokens.word_tokens[w].len() as f32;
-            }
-        }
-    }
-
-    let ln2 = std::f32::consts::LN_2;
-    let mut surprisal = vec![None; n_words];
-    for (t, &w) in tokens.token_word.iter().enumerate() {
-        let lp = tok_logprob[t];
-        if lp.is_finite() {
-            *surprisal[w].get_or_insert(0.0) += -lp / ln2;
-        }
-    }
-    let entropy_bits = tokens
-        .word_tokens
-        .iter()
-        .map(|r| tok_entropy[r.end - 1] / ln2)
-        .collect();
-    Ok(Extraction {
-        tokens,
-        surprisal_bits: surprisal,
-        entropy_bits,
-        layers,
-        activations: acts,
-        pooling: opts.pooling,
-        n_windows: plans.len(),
-    })
+    Ok(plans.len())
 }
 
-fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+/// The chunks a story is streamed in: `chunk` tokens per call (the first call also holds BOS),
+/// and before each call the cache is cut to the attention sink (BOS) and the most recent tokens
+/// so that cache + call fit in `window` positions. Returns (start, end, keep) per call: the
+/// story tokens of the call and how many recent tokens the cache keeps before it (None: all).
+pub fn plan_chunks(
+    n_tokens: usize,
+    window: usize,
+    chunk: usize,
+    sink: usize,
+) -> Result<Vec<(usize, usize, Option<usize>)>> {
+    if chunk == 0 || sink + chunk > window {
+        return Err(Error::Invalid(format!(
+            "a chunk of {chunk} tokens after {sink} sink token(s) does not fit a window of {window}"
+        )));
+    }
+    let mut out = Vec::new();
+    let (mut start, mut cached) = (0, 0); // story tokens in the cache
+    while start < n_tokens {
+        let end = (start + chunk).min(n_tokens);
+        let len = end - start;
+        let keep = (sink + cached + len > window).then(|| window - sink - len);
+        out.push((start, end, keep));
+        cached = keep.unwrap_or(cached) + len;
+        start = end;
+    }
+    Ok(out)
+}
+
+/// Each token computed once: the story streamed through the key/value cache in chunks. Sliding:
+/// the cache holds BOS and at most `window` − 1 positions in all, and a chunk is `window` − 1 −
+/// `min_context` tokens (at most 256), so every token sees at least `min_context` tokens of left
+/// context, as with windows, but the context tokens are not recomputed (they keep the context
+/// they had). Full: the same with the model's context length as the window. Returns the number
+/// of calls.
+fn run_streamed(
+    lm: &mut LanguageModel,
+    story: &Story,
+    tokens: &TokenizedStory,
+    bos: Option<u32>,
+    layers: &[usize],
+    opts: &ExtractOptions,
+    acc: &mut TokenSink<'_>,
+) -> Result<usize> {
+    let ctx = lm.manifest.context_length;
+    let window = match opts.context {
+        ContextPolicy::Full => ctx,
+        _ => opts.window.min(ctx),
+    };
+    let sink = bos.is_some() as usize;
+    if opts.min_context + 1 + sink >= window {
+        return Err(Error::Invalid(format!(
+            "min_context ({}) must be smaller than the tokens a window holds ({})",
+            opts.min_context,
+            window - sink
+        )));
+    }
+    let chunk = (window - sink - opts.min_context).min(MAX_CHUNK);
+    let calls = plan_chunks(tokens.ids.len(), window, chunk, sink)?;
+    let mut cache = lm.empty_cache()?;
+    let bar = progress_bar(opts.progress, calls.len() as u64, &story.id, "chunks");
+    let mut carry: Option<Vec<f32>> = None; // log-probabilities after the previous call
+    for (i, &(start, end, keep)) in calls.iter().enumerate() {
+        if let Some(k) = keep {
+            cache.retain(sink, k);
+        }
+        let lead = if i == 0 { sink } else { 0 };
+        let ids: Vec<u32> = (if i == 0 { bos } else { None })
+            .into_iter()
+            .chain(tokens.ids[start..end].iter().copied())
+            .collect();
+        let out = lm.run_cached(&ids, &mut cache, layers)?;
+        for t in start..end {
+            let pos = lead + t - start;
+            let lp = if pos >= 1 {
+                Some(out.next_logprob[pos - 1])
+            } else {
+                carry.as_ref().map(|row| row[tokens.ids[t] as usize])
+            };
+            acc.take(t, out.next_entropy[pos], lp, |li| out.hidden[li].row(pos));
+        }
+        carry = out.last_logprobs;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(calls.len())
+}
+
+/// Most tokens per cached call: bounds the [heads, chunk, cache] attention scores alive at once.
+pub const MAX_CHUNK: usize = 256;
+
+fn progress_bar(show: bool, len: u64, what: &str, unit: &str) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} windows, {elapsed} (eta {eta})")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {{pos}}/{{len}} {unit}, {{elapsed}} (eta {{eta}})"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
     );
     bar.set_message(format!("extract {what}"));
     bar
@@ -400,6 +582,34 @@ mod tests {
             assert_eq!(next, n);
             assert_eq!(plans[0].start, 0);
         }
+    }
+
+    #[test]
+    fn chunks_cover_every_token_once_and_cache_plus_call_fit_the_window() {
+        for n in [1usize, 5, 95, 96, 300, 1000] {
+            for sink in [0, 1] {
+                let (window, min_context) = (128, 32);
+                let chunk = window - sink - min_context;
+                let calls = plan_chunks(n, window, chunk, sink).unwrap();
+                let (mut next, mut cached) = (0, 0);
+                for &(start, end, keep) in &calls {
+                    assert_eq!(start, next);
+                    assert!(end > start && end - start <= chunk);
+                    if let Some(k) = keep {
+                        assert!(k < cached && k >= min_context, "n {n}: keep {k} of {cached}");
+                        cached = k;
+                    }
+                    // every token of the call sees the cached tokens (≥ min_context once the
+                    // cache is cut) and the call's earlier ones; cache + call fit the window
+                    assert!(sink + cached + (end - start) <= window);
+                    assert!(cached == start || cached >= min_context);
+                    cached += end - start;
+                    next = end;
+                }
+                assert_eq!(next, n);
+            }
+        }
+        assert!(plan_chunks(10, 8, 8, 1).is_err());
     }
 
     #[test]

@@ -8,7 +8,16 @@
 //! - `logits` (f32 [batch, seq, vocab]);
 //! - `next_token_logprob` (f32 [batch, seq]): ln p(input_ids[t+1] | ≤ t), nats; 0 where t+1 is
 //!   not a real token (the last position, and positions followed by padding);
-//! - `next_token_entropy` (f32 [batch, seq]): entropy of the next-token distribution, nats.
+//! - `next_token_entropy` (f32 [batch, seq]): entropy of the next-token distribution, nats;
+//! - `last_token_logprobs` (f32 [batch, vocab]): log-probabilities after the last position.
+//!
+//! Key/value cache: optional inputs `past_key_ℓ` / `past_value_ℓ` (f32 [batch, kv_heads, past,
+//! head_dim]; keys before RoPE), each defaulting to an empty cache through an initializer of the
+//! same name, and outputs `present_key_ℓ` / `present_value_ℓ` (the same with this call's tokens
+//! appended). A cached token's position is its index in the cache and a new token's the cache
+//! length plus its mask position, so a caller may drop cached tokens (keeping BOS as the
+//! attention sink) and the rest move down: positions stay inside the RoPE table however long the
+//! story. Without a cache the graph computes exactly what it did before the cache existed.
 //!
 //! The block is the Llama one: RMSNorm → grouped-query attention with RoPE and a causal ∧ padding
 //! mask → residual add → RMSNorm → SwiGLU MLP → residual add. Positions come from the mask
@@ -186,6 +195,15 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
         next_token_logprob: head.then(|| "next_token_logprob".into()),
         next_token_entropy: head.then(|| "next_token_entropy".into()),
         truncated_from: (!head).then_some(cfg.n_layers),
+        kv_cache: Some(crate::lm::manifest::KvCache {
+            past_key: (0..n_blocks).map(past_key_name).collect(),
+            past_value: (0..n_blocks).map(past_value_name).collect(),
+            present_key: (0..n_blocks).map(present_key_name).collect(),
+            present_value: (0..n_blocks).map(present_value_name).collect(),
+            kv_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            last_logprobs: head.then(|| LAST_LOGPROBS.into()),
+        }),
         weights: Some(match opts.precision {
             WeightPrecision::F32 => "f32".into(),
             WeightPrecision::F16 => "f16".into(),
@@ -205,7 +223,7 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
 }
 
 /// Bumped whenever the emitted graph changes, so cached imports are redone.
-pub const IMPORTER_REVISION: u32 = 2;
+pub const IMPORTER_REVISION: u32 = 3;
 
 /// The `written_by` stamp of manifests from this importer.
 pub fn importer_stamp() -> String {
@@ -217,6 +235,21 @@ pub fn importer_stamp() -> String {
 
 pub fn hidden_name(i: usize) -> String {
     format!("hidden_state_{i}")
+}
+
+/// The KV-cache inputs and outputs of an imported graph (see the module doc).
+pub const LAST_LOGPROBS: &str = "last_token_logprobs";
+pub fn past_key_name(l: usize) -> String {
+    format!("past_key_{l}")
+}
+pub fn past_value_name(l: usize) -> String {
+    format!("past_value_{l}")
+}
+pub fn present_key_name(l: usize) -> String {
+    format!("present_key_{l}")
+}
+pub fn present_value_name(l: usize) -> String {
+    format!("present_value_{l}")
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
@@ -389,6 +422,21 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             dims: vec![sym("batch"), sym("seq")],
         },
     ];
+    // KV cache: optional inputs `past_key_ℓ` / `past_value_ℓ` (f32 [batch, kv_heads, past,
+    // head_dim]), each with a default initializer of the same name (past = 0), so a caller that runs
+    // whole windows passes only the ids and the mask.
+    let n_blocks = opts.blocks.unwrap_or(cfg.n_layers).min(cfg.n_layers);
+    for l in 0..n_blocks {
+        for name in [past_key_name(l), past_value_name(l)] {
+            b.m.inputs.push(ValueInfo {
+                name: name.clone(),
+                dtype: DType::F32,
+                dims: vec![sym("batch"), Dim::Fixed(kv as i64), sym("past"), Dim::Fixed(hd as i64)],
+            });
+            b.m.initializers
+                .push(Tensor::f32(&name, &[1, kv as i64, 0, hd as i64], &[]));
+        }
+    }
 
     // ---- constants
     let eps = b.const_f32_scalar("rms_eps", cfg.rms_eps);
@@ -400,6 +448,7 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let cbig = b.const_i64("c_big", &[i64::MAX]);
     b.m.initializers.push(Tensor::i64("c_0s", &[], &[0]));
     b.m.initializers.push(Tensor::i64("c_1s", &[], &[1]));
+    b.m.initializers.push(Tensor::i64("c_2s", &[], &[2]));
     let neg_big = b.const_f32_scalar("mask_neg", -1e9);
     let f_zero = b.const_f32_scalar("f_zero", 0.0);
     let axes12 = b.const_i64("axes_12", &[1, 2]);
@@ -407,7 +456,8 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let hd_i = b.const_i64("c_hd", &[hd as i64]);
     let shape_q = b.const_i64("shape_q", &[0, 0, h as i64, hd as i64]);
     let shape_kv = b.const_i64("shape_kv", &[0, 0, kv as i64, hd as i64]);
-    let shape_kv_exp = b.const_i64("shape_kv_expand", &[1, 1, 1, (h / kv) as i64, 1]);
+    let shape_kv_exp = b.const_i64("shape_kv_expand", &[1, 1, (h / kv) as i64, 1, 1]);
+    let shape_heads = b.const_i64("shape_heads", &[0, h as i64, -1, hd as i64]);
     let shape_attn = b.const_i64("shape_attn", &[0, 0, (h * hd) as i64]);
     let split_qkv = b.const_i64("split_qkv", &[(h * hd) as i64, (kv * hd) as i64, (kv * hd) as i64]);
     let split_ff = b.const_i64("split_ff", &[ff as i64, ff as i64]);
@@ -452,30 +502,59 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         b.op_named("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))], &x);
     }
 
-    // ---- positions from the mask, and the additive attention bias [B, 1, S, S]
+    // ---- positions, and the additive attention bias [B, 1, S, past + S]. A cached key's position
+    // is its index in the cache, a query's the past length plus its position in the mask
+    // (cumulative sum − 1, so left padding gives the same activations as none): query i sees every
+    // cached key and this call's keys up to itself, padding excluded. The cache holds keys before
+    // RoPE, so a caller may drop cached tokens (keeping an attention sink) and the positions of the
+    // rest simply move down.
+    let shape_ids = b.op("Shape", &["input_ids"], vec![]);
+    let seq = b.op("Gather", &[&shape_ids, "c_1s"], vec![("axis", Attr::Int(0))]);
+    let batch1 = b.op("Slice", &[&shape_ids, &c0, &c1, &c0], vec![]); // [1]: B
+    let past_len = if n_blocks > 0 {
+        let sp = b.op("Shape", &[&past_key_name(0)], vec![]);
+        b.op("Gather", &[&sp, "c_2s"], vec![("axis", Attr::Int(0))])
+    } else {
+        "c_0s".to_string()
+    };
     let cum = b.op("CumSum", &["attention_mask", &c1], vec![]);
     let pos = b.op("Sub", &[&cum, &c1], vec![]);
     let pos = b.op("Max", &[&pos, "c_0s"], vec![]);
-    // per-position cos and sin, [B, S, 1, D]
-    let gather_rope = |b: &mut Builder, (c, s): &(String, String)| {
-        let cg = b.op("Gather", &[c, &pos], vec![("axis", Attr::Int(0))]);
-        let sg = b.op("Gather", &[s, &pos], vec![("axis", Attr::Int(0))]);
+    let pos = b.op("Add", &[&pos, &past_len], vec![]); // [B, S]
+    let ar_past = b.op("Range", &["c_0s", &past_len, "c_1s"], vec![]);
+    let ar_past = b.op("Unsqueeze", &[&ar_past, &c0], vec![]);
+    let past_1 = b.op("Unsqueeze", &[&past_len, &c0], vec![]);
+    let shape_bp = b.op("Concat", &[&batch1, &past_1], vec![("axis", Attr::Int(0))]);
+    let ar_past = b.op("Expand", &[&ar_past, &shape_bp], vec![]); // [B, P]
+    let kpos = b.op("Concat", &[&ar_past, &pos], vec![("axis", Attr::Int(1))]); // [B, P + S]
+                                                                                // per-position cos and sin: queries [B, S, 1, D], keys [B, 1, P + S, D]
+    let gather_rope = |b: &mut Builder, (c, s): &(String, String), at: &str, axis: &str| {
+        let cg = b.op("Gather", &[c, at], vec![("axis", Attr::Int(0))]);
+        let sg = b.op("Gather", &[s, at], vec![("axis", Attr::Int(0))]);
         (
-            b.op("Unsqueeze", &[&cg, &c2], vec![]),
-            b.op("Unsqueeze", &[&sg, &c2], vec![]),
+            b.op("Unsqueeze", &[&cg, axis], vec![]),
+            b.op("Unsqueeze", &[&sg, axis], vec![]),
         )
     };
-    let rope_global = gather_rope(&mut b, &global_tables);
-    let rope_local = local_tables.as_ref().map(|t| gather_rope(&mut b, t));
-    let shape_ids = b.op("Shape", &["input_ids"], vec![]);
-    let seq = b.op("Gather", &[&shape_ids, "c_1s"], vec![("axis", Attr::Int(0))]);
+    let rope_global = gather_rope(&mut b, &global_tables, &pos, &c2);
+    let rope_local = local_tables.as_ref().map(|t| gather_rope(&mut b, t, &pos, &c2));
+    let rope_global_k = gather_rope(&mut b, &global_tables, &kpos, &c1);
+    let rope_local_k = local_tables.as_ref().map(|t| gather_rope(&mut b, t, &kpos, &c1));
+    let total = b.op("Add", &[&past_len, &seq], vec![]);
     let ar = b.op("Range", &["c_0s", &seq, "c_1s"], vec![]);
-    let rows = b.op("Unsqueeze", &[&ar, &c1], vec![]); // [S, 1]
-    let cols = b.op("Unsqueeze", &[&ar, &c0], vec![]); // [1, S]
-    let causal = b.op("LessOrEqual", &[&cols, &rows], vec![]); // [S, S]
-    let mask_b = b.op("Cast", &["attention_mask"], vec![("to", Attr::Int(DType::Bool as i64))]);
-    let key_ok = b.op("Unsqueeze", &[&mask_b, &axes12], vec![]); // [B, 1, 1, S]
-    let allowed = b.op("And", &[&causal, &key_ok], vec![]); // [B, 1, S, S]
+    let ar = b.op("Add", &[&ar, &past_len], vec![]);
+    let ar_all = b.op("Range", &["c_0s", &total, "c_1s"], vec![]);
+    let rows = b.op("Unsqueeze", &[&ar, &c1], vec![]); // [S, 1]: cache index of each query
+    let cols = b.op("Unsqueeze", &[&ar_all, &c0], vec![]); // [1, P + S]
+    let causal = b.op("LessOrEqual", &[&cols, &rows], vec![]); // [S, P + S]
+    let mask_pads = b.op("Concat", &[&c0, &past_1, &c0, &c0], vec![("axis", Attr::Int(0))]);
+    let mask_all = b.op("Pad", &["attention_mask", &mask_pads, "c_1s"], vec![]); // [B, P + S]
+    let mask_b = b.op("Cast", &[&mask_all], vec![("to", Attr::Int(DType::Bool as i64))]);
+    let key_ok = b.op("Unsqueeze", &[&mask_b, &axes12], vec![]); // [B, 1, 1, P + S]
+    let allowed = b.op("And", &[&causal, &key_ok], vec![]); // [B, 1, S, P + S]
+                                                            // the default (empty) cache broadcast to the batch: [B, 1, 1, 1]
+    let ones3 = b.const_i64("c_ones3", &[1, 1, 1]);
+    let past_expand = b.op("Concat", &[&batch1, &ones3], vec![("axis", Attr::Int(0))]);
     let bias = b.op("Where", &[&allowed, &f_zero, &neg_big], vec![]);
     // sliding-window layers: also key position > query position − window
     let bias_local = match cfg.sliding_window {
@@ -499,7 +578,6 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     });
 
     let scale = 1.0 / (hd as f32).sqrt();
-    let n_blocks = opts.blocks.unwrap_or(cfg.n_layers).min(cfg.n_layers);
     for l in 0..n_blocks {
         let p = |s: &str| format!("blk.{l}.{s}.weight");
         // weights
@@ -562,9 +640,9 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             None
         };
         let global = (l + 1) % cfg.global_every == 0;
-        let (cos_g, sin_g) = match (&rope_local, global) {
-            (Some(local), false) => local.clone(),
-            _ => rope_global.clone(),
+        let ((cos_g, sin_g), (cos_k, sin_k)) = match (&rope_local, &rope_local_k, global) {
+            (Some(local), Some(local_k), false) => (local.clone(), local_k.clone()),
+            _ => (rope_global.clone(), rope_global_k.clone()),
         };
         let layer_bias = if global { bias.clone() } else { bias_local.clone() };
 
@@ -579,32 +657,44 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             Some((qn, kn, _, _)) => (b.rms_norm(&q, qn, &eps), b.rms_norm(&k, kn, &eps)),
             None => (q, k),
         };
-        let rope = |b: &mut Builder, t: &str| {
+        let rope = |b: &mut Builder, t: &str, cos: &str, sin: &str| {
             let t1 = b.op("Slice", &[t, &c0, &half_i, &c3], vec![]);
             let t2 = b.op("Slice", &[t, &half_i, &hd_i, &c3], vec![]);
             let n2 = b.op("Neg", &[&t2], vec![]);
             let rot = b.op("Concat", &[&n2, &t1], vec![("axis", Attr::Int(3))]);
-            let a = b.op("Mul", &[t, &cos_g], vec![]);
-            let c = b.op("Mul", &[&rot, &sin_g], vec![]);
+            let a = b.op("Mul", &[t, cos], vec![]);
+            let c = b.op("Mul", &[&rot, sin], vec![]);
             b.op("Add", &[&a, &c], vec![])
         };
-        let q = rope(&mut b, &q);
-        let k = rope(&mut b, &k);
-        let (k, vv) = if kv != h {
-            let k5 = b.op("Unsqueeze", &[&k, &c3], vec![]);
+        let q = rope(&mut b, &q, &cos_g, &sin_g);
+        // this call's keys (before RoPE) and values after the cached ones: [B, KV, P + S, D], also
+        // outputs
+        let perm_kv = vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))];
+        let k_new = b.op("Transpose", &[&k], perm_kv.clone());
+        let v_new = b.op("Transpose", &[&vv], perm_kv);
+        let pk = b.op("Expand", &[&past_key_name(l), &past_expand], vec![]);
+        let pv = b.op("Expand", &[&past_value_name(l), &past_expand], vec![]);
+        let k_all = present_key_name(l);
+        let v_all = present_value_name(l);
+        b.op_named("Concat", &[&pk, &k_new], vec![("axis", Attr::Int(2))], &k_all);
+        b.op_named("Concat", &[&pv, &v_new], vec![("axis", Attr::Int(2))], &v_all);
+        let k_rot = rope(&mut b, &k_all, &cos_k, &sin_k);
+        let (kh, vh) = if kv != h {
+            // [B, KV, 1, T, D] → [B, KV, H/KV, T, D] → [B, H, T, D]
+            let k5 = b.op("Unsqueeze", &[&k_rot, &c2], vec![]);
             let k5 = b.op("Expand", &[&k5, &shape_kv_exp], vec![]);
-            let v5 = b.op("Unsqueeze", &[&vv, &c3], vec![]);
+            let v5 = b.op("Unsqueeze", &[&v_all, &c2], vec![]);
             let v5 = b.op("Expand", &[&v5, &shape_kv_exp], vec![]);
             (
-                b.op("Reshape", &[&k5, &shape_q], vec![]),
-                b.op("Reshape", &[&v5, &shape_q], vec![]),
+                b.op("Reshape", &[&k5, &shape_heads], vec![]),
+                b.op("Reshape", &[&v5, &shape_heads], vec![]),
             )
         } else {
-            (k, vv)
+            (k_rot, v_all.clone())
         };
         let qt = b.op("Transpose", &[&q], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]); // [B, H, S, D]
-        let kt = b.op("Transpose", &[&k], vec![("perm", Attr::Ints(vec![0, 2, 3, 1]))]); // [B, H, D, S]
-        let vt = b.op("Transpose", &[&vv], vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))]); // [B, H, S, D]
+        let kt = b.op("Transpose", &[&kh], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]); // [B, H, D, T]
+        let vt = vh; // [B, H, T, D]
         let scores = b.op("MatMul", &[&qt, &kt], vec![]);
         let scores = b.op("Add", &[&scores, &layer_bias], vec![]);
         let probs = b.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
@@ -649,6 +739,15 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     }
 
     let f = DType::F32;
+    for l in 0..n_blocks {
+        for name in [present_key_name(l), present_value_name(l)] {
+            b.m.outputs.push(ValueInfo {
+                name,
+                dtype: f,
+                dims: vec![sym("batch"), Dim::Fixed(kv as i64), sym("total"), Dim::Fixed(hd as i64)],
+            });
+        }
+    }
     if opts.blocks.is_some() {
         for i in 0..=n_blocks {
             b.m.outputs.push(ValueInfo {
@@ -693,6 +792,10 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
     let has_next = b.op("Pad", &[&has_next, &pads], vec![]);
     let has_next = b.op("Cast", &[&has_next], vec![("to", Attr::Int(DType::F32 as i64))]);
     b.op_named("Mul", &[&lp, &has_next], vec![], "next_token_logprob");
+    // the last position's log-probabilities [B, vocab]: a caller streaming a story in chunks
+    // scores the next chunk's first token with them
+    let last = b.op("Sub", &[&seq, "c_1s"], vec![]);
+    b.op_named("Gather", &[&lsm, &last], vec![("axis", Attr::Int(1))], LAST_LOGPROBS);
 
     b.m.outputs.push(ValueInfo {
         name: "logits".into(),
@@ -713,6 +816,11 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             dims: vec![sym("batch"), sym("seq")],
         });
     }
+    b.m.outputs.push(ValueInfo {
+        name: LAST_LOGPROBS.into(),
+        dtype: f,
+        dims: vec![sym("batch"), Dim::Fixed(v as i64)],
+    });
     b.m.metadata.push((
         "source".into(),
         g.path()

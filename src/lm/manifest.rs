@@ -70,6 +70,29 @@ pub struct Manifest {
     /// (hidden states only; no logits or next-token statistics).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_from: Option<usize>,
+    /// Set when the graph can stream a story through a key/value cache (graphs from `model
+    /// import`, importer r3 on): the cache's inputs and outputs, see [`KvCache`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache: Option<KvCache>,
+}
+
+/// The key/value-cache interface of a graph. Every input has a default (an empty cache, offset
+/// 0), so callers that run whole windows need not pass them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvCache {
+    /// Per block: f32 [batch, kv_heads, past, head_dim] inputs (keys before RoPE, values; a cached
+    /// token's position is its index in the cache, a new token's the cache length plus its
+    /// index) …
+    pub past_key: Vec<String>,
+    pub past_value: Vec<String>,
+    /// … and the same with this call's tokens appended, [batch, kv_heads, past + seq, head_dim].
+    pub present_key: Vec<String>,
+    pub present_value: Vec<String>,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// f32 [batch, vocab] log-probabilities after the call's last position (None without a head).
+    pub last_logprobs: Option<String>,
 }
 
 fn yes() -> bool {

@@ -14,7 +14,7 @@ pub mod runtime;
 pub mod summary;
 pub mod tokenizer_json;
 
-pub use extract::{extract_story, ExtractOptions, Extraction, Pooling};
+pub use extract::{extract_story, ContextPolicy, ExtractOptions, Extraction, Pooling};
 pub use import::{import_gguf, ImportOptions, WeightPrecision};
 pub use manifest::Manifest;
 pub use runtime::{BatchView, LanguageModel, RuntimeOptions};

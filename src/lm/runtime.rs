@@ -2,8 +2,9 @@
 //!
 //! Input: a model folder (`model.onnx` + `tokenizer.json` + `manifest.json`). Output: for a batch
 //! of token windows (BOS first, right-padded), the residual stream of the requested layers
-//! ([batch, seq, d_model] each) and the next-token log-probability and entropy ([batch, seq], nats).
-//! Models whose graph lacks the in-graph log-probability outputs get them computed here from
+//! ([batch, seq, d_model] each) and the next-token log-probability and entropy ([batch, seq], nats);
+//! or, for graphs with a key/value cache, one sequence's next tokens after a [`KvState`]
+//! ([`LanguageModel::run_cached`]). Models whose graph lacks the in-graph log-probability outputs get them computed here from
 //! `logits` (a second implementation, also used to cross-check the imported graph in tests).
 
 use std::path::{Path, PathBuf};
@@ -245,6 +246,181 @@ impl LanguageModel {
             next_entropy,
         }))
     }
+}
+
+/// The key/value cache of one sequence: per block, keys (before RoPE) and values, each
+/// [kv_heads, len, head_dim] row-major. A token's position is its index here.
+#[derive(Debug, Clone)]
+pub struct KvState {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl KvState {
+    /// Cached tokens.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps the first `sink` tokens and the last `recent` ones (their positions move down).
+    pub fn retain(&mut self, sink: usize, recent: usize) {
+        if sink + recent >= self.len {
+            return;
+        }
+        let (len, hd) = (self.len, self.head_dim);
+        let new_len = sink + recent;
+        for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            let mut out = Vec::with_capacity(self.kv_heads * new_len * hd);
+            for h in 0..self.kv_heads {
+                let head = &buf[h * len * hd..(h + 1) * len * hd];
+                out.extend_from_slice(&head[..sink * hd]);
+                out.extend_from_slice(&head[(len - recent) * hd..]);
+            }
+            *buf = out;
+        }
+        self.len = new_len;
+    }
+}
+
+/// The outputs of one [`LanguageModel::run_cached`] call (one sequence).
+pub struct CachedOutput {
+    /// One (seq, d_model) matrix per requested layer, in request order.
+    pub hidden: Vec<Array2<f32>>,
+    /// ln p(token at t+1 | tokens ≤ t) within the call (0 at the last position), nats.
+    pub next_logprob: Vec<f32>,
+    /// Entropy of the next-token distribution at t, nats.
+    pub next_entropy: Vec<f32>,
+    /// ln p(· | every token so far) after the last position (vocab), when the graph has a head.
+    pub last_logprobs: Option<Vec<f32>>,
+}
+
+impl LanguageModel {
+    /// Whether the graph can stream through a key/value cache ([`LanguageModel::run_cached`]).
+    pub fn has_kv_cache(&self) -> bool {
+        self.manifest.kv_cache.is_some()
+    }
+
+    /// An empty cache for this model.
+    pub fn empty_cache(&self) -> Result<KvState> {
+        let kv = self.manifest.kv_cache.as_ref().ok_or_else(|| no_cache(&self.dir))?;
+        Ok(KvState {
+            keys: vec![Vec::new(); kv.past_key.len()],
+            values: vec![Vec::new(); kv.past_value.len()],
+            len: 0,
+            kv_heads: kv.kv_heads,
+            head_dim: kv.head_dim,
+        })
+    }
+
+    /// Runs `ids` (one sequence; BOS included when it starts the sequence) after the tokens in
+    /// `cache`, and appends them to it. Every new token sees every cached one.
+    pub fn run_cached(&mut self, ids: &[u32], cache: &mut KvState, layers: &[usize]) -> Result<CachedOutput> {
+        let (_, s, ids, mask) = self.pack(&[ids.to_vec()], layers)?;
+        let m = &self.manifest;
+        let kv = m.kv_cache.as_ref().ok_or_else(|| no_cache(&self.dir))?;
+        if cache.len + s > m.context_length {
+            return Err(Error::Invalid(format!(
+                "{} cached + {s} new tokens exceed the model's context length {}",
+                cache.len, m.context_length
+            )));
+        }
+        let in_graph = m.next_token_logprob.is_some() && m.next_token_entropy.is_some();
+        let mut sel = OutputSelector::no_default();
+        for &l in layers {
+            sel = sel.with(m.hidden_states[l].clone());
+        }
+        for n in kv.present_key.iter().chain(&kv.present_value) {
+            sel = sel.with(n.clone());
+        }
+        if in_graph {
+            sel = sel
+                .with(m.next_token_logprob.clone().unwrap())
+                .with(m.next_token_entropy.clone().unwrap());
+            if let Some(n) = &kv.last_logprobs {
+                sel = sel.with(n.clone());
+            }
+        } else if let Some(n) = &m.logits {
+            sel = sel.with(n.clone());
+        }
+        let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
+        let mut inputs = model_inputs(m, [1, s], ids.clone(), mask.clone())?;
+        let shape = [1, cache.kv_heads, cache.len, cache.head_dim];
+        for (names, bufs) in [(&kv.past_key, &mut cache.keys), (&kv.past_value, &mut cache.values)] {
+            for (n, buf) in names.iter().zip(bufs.iter_mut()) {
+                let t = Tensor::from_array((shape, std::mem::take(buf))).map_err(rt(n))?;
+                inputs.push((n.clone().into(), t.into()));
+            }
+        }
+        let outputs = self
+            .session
+            .run_with_options(inputs, &options)
+            .map_err(rt("inference"))?;
+        let names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
+        let hidden = hidden_views(&outputs, &names, [1, s, m.d_model])?
+            .into_iter()
+            .map(|v| v.index_axis(Axis(0), 0).to_owned())
+            .collect();
+        let total = cache.len + s;
+        for (names, bufs) in [
+            (&kv.present_key, &mut cache.keys),
+            (&kv.present_value, &mut cache.values),
+        ] {
+            for (n, buf) in names.iter().zip(bufs.iter_mut()) {
+                let v = outputs[n.as_str()].try_extract_array::<f32>().map_err(rt(n))?;
+                if v.shape() != [1, cache.kv_heads, total, cache.head_dim] {
+                    return Err(Error::Model(format!("output `{n}` has shape {:?}", v.shape())));
+                }
+                *buf = v.iter().copied().collect();
+            }
+        }
+        cache.len = total;
+        let row = |n: &str| -> Result<Vec<f32>> {
+            let v = outputs[n].try_extract_array::<f32>().map_err(rt(n))?;
+            Ok(v.iter().copied().collect())
+        };
+        if !in_graph {
+            // from the logits, as `run_with` does (a head-less graph gives hidden states only)
+            let Some(name) = m.logits.as_deref() else {
+                return Ok(CachedOutput {
+                    hidden,
+                    next_logprob: vec![0.0; s],
+                    next_entropy: vec![f32::NAN; s],
+                    last_logprobs: None,
+                });
+            };
+            let v = outputs[name].try_extract_array::<f32>().map_err(rt(name))?;
+            let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
+            let (lp, ent) = next_token_stats(v.view(), &ids, &mask, s);
+            let z = v.slice(ndarray::s![0, s - 1, ..]);
+            let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let log_z = max + z.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            return Ok(CachedOutput {
+                hidden,
+                next_logprob: lp.iter().copied().collect(),
+                next_entropy: ent.iter().copied().collect(),
+                last_logprobs: Some(z.iter().map(|&x| (x as f64 - log_z) as f32).collect()),
+            });
+        }
+        Ok(CachedOutput {
+            hidden,
+            next_logprob: row(m.next_token_logprob.as_deref().unwrap())?,
+            next_entropy: row(m.next_token_entropy.as_deref().unwrap())?,
+            last_logprobs: kv.last_logprobs.as_deref().map(row).transpose()?,
+        })
+    }
+}
+
+fn no_cache(dir: &Path) -> Error {
+    Error::Model(format!(
+        "{}: this graph has no key/value cache (re-import it with `cortexflow model import`, or use `context = \"windows\"`)",
+        dir.display()
+    ))
 }
 
 impl LanguageModel {

@@ -35,7 +35,7 @@ use crate::encoding::{
 };
 use crate::features::align::{words_to_trs, TrGrid};
 use crate::features::FeatureSet;
-use crate::lm::{self, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
+use crate::lm::{self, ContextPolicy, ExtractOptions, LanguageModel, Pooling, RuntimeOptions};
 use crate::sae::{self, SaeTrainConfig};
 use crate::stats::{bootstrap_mean_ci, t_mean_ci};
 use crate::stimulus::Story;
@@ -152,6 +152,7 @@ fn extract_options(plan: &Plan) -> Result<ExtractOptions> {
         batch_size: m.batch_size,
         separator: " ".into(),
         progress: false,
+        context: m.context.parse::<ContextPolicy>()?,
     })
 }
 
@@ -172,6 +173,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         .part("model", &identity)
         .part("pooling", opts.pooling.as_str())
         .config("window", &(opts.window, opts.min_context))
+        .part("context", opts.context.as_str())
         .config("story", story);
     let words = base.clone().part("words", "").finish();
     let layers: Vec<(usize, ArtifactId)> = opts

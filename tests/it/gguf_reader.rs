@@ -240,8 +240,8 @@ fn a_truncated_import_keeps_the_hidden_states_and_drops_the_head() {
     names.sort();
     assert_eq!(
         names,
-        vec!["hidden_state_0", "hidden_state_1"],
-        "the truncated graph's outputs"
+        vec!["hidden_state_0", "hidden_state_1", "present_key_0", "present_value_0"],
+        "the truncated graph's outputs: the kept layers and the kept block's key/value cache"
     );
     for n in names {
         assert_eq!(a[n], b[n], "{n} differs between the full and the truncated graph");

@@ -144,6 +144,7 @@ fn windowed_extraction_equals_a_full_context_pass_where_the_window_holds_the_who
         &story,
         &ExtractOptions {
             window: 512,
+            context: extract::ContextPolicy::Windows,
             ..Default::default()
         },
     )
@@ -153,6 +154,7 @@ fn windowed_extraction_equals_a_full_context_pass_where_the_window_holds_the_who
         window: 48,
         min_context: 16,
         batch_size: 3,
+        context: extract::ContextPolicy::Windows,
         ..Default::default()
     };
     let win = lm::extract_story(&mut m, &story, &opts).unwrap();
@@ -192,6 +194,114 @@ fn windowed_extraction_equals_a_full_context_pass_where_the_window_holds_the_who
     // Later words differ (less context) but stay finite and present.
     assert!(win.activations.iter().all(|a| a.iter().all(|v| v.is_finite())));
     assert!(win.surprisal_bits.iter().all(Option::is_some));
+}
+
+/// Largest |a − b| over the words, relative to the largest |b| of the layer.
+fn rel_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
+    let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn streaming_through_the_kv_cache_equals_one_full_pass_and_the_sliding_cache_departs_little_from_windows() {
+    let mut m = model();
+    assert!(m.has_kv_cache(), "the imported graph has a key/value cache");
+    // ~560 tokens: three cached calls of at most 256 tokens, so two chunk boundaries (each the
+    // previous call's last log-probabilities scoring the next call's first token)
+    let story = first_words(&alice(), 560);
+    let one_pass = lm::extract_story(
+        &mut m,
+        &story,
+        &ExtractOptions {
+            window: 1024,
+            context: extract::ContextPolicy::Windows,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(one_pass.n_windows, 1);
+    let n_tok = one_pass.tokens.ids.len();
+    assert!(n_tok > 2 * extract::MAX_CHUNK, "{n_tok} tokens");
+    let full = lm::extract_story(
+        &mut m,
+        &story,
+        &ExtractOptions {
+            context: extract::ContextPolicy::Full,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(full.n_windows, n_tok.div_ceil(extract::MAX_CHUNK));
+    for (li, l) in full.layers.iter().enumerate() {
+        let d = rel_diff(&full.activations[li], &one_pass.activations[li]);
+        assert!(d <= 1e-4, "layer {l}: cached vs one pass {d:.2e}");
+    }
+    for w in 0..story.words.len() {
+        let (a, b) = (full.surprisal_bits[w].unwrap(), one_pass.surprisal_bits[w].unwrap());
+        assert!(
+            (a - b).abs() <= 1e-4 * b.abs().max(1.0),
+            "word {w}: surprisal {a} vs {b}"
+        );
+        let (a, b) = (full.entropy_bits[w], one_pass.entropy_bits[w]);
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "word {w}: entropy {a} vs {b}");
+    }
+
+    // Sliding cache against windows with the same bounds (128 positions, ≥ 32 tokens of context):
+    // the words of the first window are computed alike; later ones see the same tokens, but those
+    // context tokens keep the context they had when they were computed, so they depart.
+    let bounds = |context| ExtractOptions {
+        window: 128,
+        min_context: 32,
+        context,
+        ..Default::default()
+    };
+    let win = lm::extract_story(&mut m, &story, &bounds(extract::ContextPolicy::Windows)).unwrap();
+    let sliding = lm::extract_story(&mut m, &story, &bounds(extract::ContextPolicy::Sliding)).unwrap();
+    assert!(
+        sliding.n_windows > win.n_windows,
+        "chunks of 95 tokens, windows own 95 after the first"
+    );
+    let first: Vec<usize> = (0..story.words.len())
+        .filter(|&w| win.tokens.word_tokens[w].end <= 95)
+        .collect();
+    assert!(first.len() >= 40);
+    let later: Vec<usize> = (first.len()..story.words.len()).collect();
+    for (li, l) in win.layers.iter().enumerate() {
+        let rows = |a: &ndarray::Array2<f32>, r: &[usize]| a.select(ndarray::Axis(0), r);
+        let d_first = rel_diff(
+            &rows(&sliding.activations[li], &first),
+            &rows(&win.activations[li], &first),
+        );
+        assert!(d_first <= 1e-4, "layer {l}: first window {d_first:.2e}");
+        let (a, b) = (
+            rows(&sliding.activations[li], &later),
+            rows(&win.activations[li], &later),
+        );
+        let r = cortexflow::stats::pearson(
+            &a.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+            &b.iter().map(|&v| v as f64).collect::<Vec<_>>(),
+        );
+        eprintln!(
+            "layer {l}: sliding vs windows on later words: max rel {:.3}, r {r:.4}",
+            rel_diff(&a, &b)
+        );
+        assert!(r > 0.9, "layer {l}: r {r}");
+    }
+    let sur = |e: &lm::Extraction| {
+        later
+            .iter()
+            .map(|&w| e.surprisal_bits[w].unwrap() as f64)
+            .collect::<Vec<_>>()
+    };
+    let r = cortexflow::stats::pearson(&sur(&sliding), &sur(&win));
+    let mean_abs = sur(&sliding)
+        .iter()
+        .zip(sur(&win))
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f64>()
+        / later.len() as f64;
+    eprintln!("surprisal, sliding vs windows on later words: r {r:.4}, mean |Δ| {mean_abs:.3} bits");
+    assert!(r > 0.9, "surprisal r {r}");
 }
 
 #[test]
