@@ -140,12 +140,24 @@ fn crossed_random_effects_and_a_random_slope_match_lme4() {
     if let Some(keep) = std::env::var_os("CORTEXFLOW_KEEP_LMM_DATA") {
         std::fs::copy(&data, keep).unwrap(); // to rerun lme4 by hand on the same rows
     }
+    // lme4 fits while cortexflow does (one core each)
     let r = rscript()
         .arg("-e")
         .arg(R_FIT)
         .arg(&data)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("Rscript runs (run `make setup`)");
+    let cases = [
+        ("a", "rt ~ x1 + x2 + (1 | subject) + (1 | item)"),
+        ("b", "rt ~ x1 + x2 + (1 + x1 | subject) + (1 | item)"),
+    ];
+    let fits: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(tag, formula)| cortexflow_fit(&data, formula, &dir.path().join(tag), None))
+        .collect();
+    let r = r.wait_with_output().expect("Rscript runs");
     assert!(
         r.status.success(),
         "R/lme4 failed (run `make setup`):\n{}",
@@ -153,12 +165,8 @@ fn crossed_random_effects_and_a_random_slope_match_lme4() {
     );
     let r_out = String::from_utf8_lossy(&r.stdout).to_string();
 
-    for (tag, formula) in [
-        ("a", "rt ~ x1 + x2 + (1 | subject) + (1 | item)"),
-        ("b", "rt ~ x1 + x2 + (1 + x1 | subject) + (1 | item)"),
-    ] {
+    for ((tag, _), fit) in cases.into_iter().zip(fits) {
         let out = dir.path().join(tag);
-        let fit = cortexflow_fit(&data, formula, &out, None);
         let (fixed, random) = read_tables(&out);
         let mut r_vc: HashMap<String, f64> = HashMap::new();
         let mut r_var: HashMap<String, f64> = HashMap::new();
@@ -404,16 +412,25 @@ fn a_large_slope_variance_a_vanishing_one_and_crossed_slopes_converge_to_lme4s_o
     for (tag, data, formula) in &cases {
         r.arg(tag).arg(data).arg(formula);
     }
-    let r = r.output().expect("Rscript runs (run `make setup`)");
+    // lme4 fits the four cases while cortexflow does (one core each)
+    let r = r
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Rscript runs (run `make setup`)");
+    let fits: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|(tag, data, formula)| cortexflow_fit(data, formula, &dir.path().join(tag), None))
+        .collect();
+    let r = r.wait_with_output().expect("Rscript runs");
     assert!(
         r.status.success(),
         "R/lme4 failed (run `make setup`):\n{}",
         String::from_utf8_lossy(&r.stderr)
     );
     let r_out = String::from_utf8_lossy(&r.stdout).to_string();
-    for (tag, data, formula) in &cases {
+    for ((tag, _, _), fit) in cases.iter().zip(fits) {
         let out = dir.path().join(tag);
-        let fit = cortexflow_fit(data, formula, &out, None);
         let conv = &fit["convergence"];
         let evals = fit["deviance_evaluations"].as_u64().unwrap();
         let (fixed, random) = read_tables(&out);
