@@ -2,8 +2,9 @@
 """Check that a cortexflow Parquet file reads back in Python as its schema JSON declares.
 
 Input:  FILE (a Parquet file) and SCHEMA_JSON (data-schemas/{table}.json), plus the run-time
-        sizes of symbolic list columns, e.g. --list-size d_model=768.
-Output: one line "OK ..." on stdout and exit 0; otherwise one line per problem on stderr
+        sizes of symbolic list columns, e.g. --list-size d_model=768; more pairs with
+        --also FILE SCHEMA_JSON (one Python start for many tables).
+Output: one line "OK ..." per file on stdout and exit 0; otherwise one line per problem on stderr
         (column, expected, found) and a non-zero exit:
           1  the file does not match the schema
           2  bad command line or unreadable schema JSON
@@ -105,29 +106,41 @@ def main():
         help="run-time size of a symbolic list size, e.g. d_model=768 (repeatable)",
     )
     parser.add_argument("--rows", type=int, default=None, help="expected number of rows")
+    parser.add_argument(
+        "--also",
+        action="append",
+        nargs=2,
+        default=[],
+        metavar=("FILE", "SCHEMA_JSON"),
+        help="another file and its schema, checked the same way (repeatable)",
+    )
     args = parser.parse_args()
     sizes = parse_sizes(args.list_size)
+    for file, schema_json in [(args.file, args.schema_json)] + args.also:
+        check(file, schema_json, sizes, args.rows)
 
+
+def check(file, schema_json, sizes, rows):
     try:
-        with open(args.schema_json, encoding="utf-8") as f:
+        with open(schema_json, encoding="utf-8") as f:
             schema = json.load(f)
         table = schema["table"]
         columns = schema["columns"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        fail(2, f"cannot read schema {args.schema_json}: {e!r}")
+        fail(2, f"cannot read schema {schema_json}: {e!r}")
 
     try:
-        arrow_table = pq.read_table(args.file)
-        metadata = pq.read_metadata(args.file).metadata or {}
+        arrow_table = pq.read_table(file)
+        metadata = pq.read_metadata(file).metadata or {}
     except Exception as e:  # pyarrow raises several types
-        fail(4, f"pyarrow cannot read {args.file}: {e}")
+        fail(4, f"pyarrow cannot read {file}: {e}")
     try:
-        frame = pl.read_parquet(args.file)
+        frame = pl.read_parquet(file)
     except Exception as e:
-        fail(4, f"polars cannot read {args.file}: {e}")
+        fail(4, f"polars cannot read {file}: {e}")
 
     problems = []
-    where = f"{args.file} (table `{table}`)"
+    where = f"{file} (table `{table}`)"
     expected_names = [c["name"] for c in columns]
     if arrow_table.column_names != expected_names:
         problems.append(f"pyarrow columns: expected {expected_names}, found {arrow_table.column_names}")
@@ -156,8 +169,8 @@ def main():
             if not column["nullable"] and nulls:
                 problems.append(f"column `{name}`: declared not null, polars found {nulls} nulls")
 
-    if args.rows is not None and arrow_table.num_rows != args.rows:
-        problems.append(f"row count: expected {args.rows}, found {arrow_table.num_rows}")
+    if rows is not None and arrow_table.num_rows != rows:
+        problems.append(f"row count: expected {rows}, found {arrow_table.num_rows}")
     if arrow_table.num_rows != frame.height:
         problems.append(f"row count: pyarrow read {arrow_table.num_rows}, polars read {frame.height}")
 
@@ -172,7 +185,7 @@ def main():
         fail(1, f"{where}: {len(problems)} problem(s)")
 
     print(
-        f"OK {args.file}: table `{table}`, {len(columns)} columns, {arrow_table.num_rows} rows "
+        f"OK {file}: table `{table}`, {len(columns)} columns, {arrow_table.num_rows} rows "
         f"(cortexflow {version}; pyarrow {pa.__version__}, polars {pl.__version__})"
     )
 

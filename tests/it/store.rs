@@ -323,6 +323,7 @@ fn check_names_column_expected_and_found() {
 #[test]
 fn builtin_tables_round_trip_through_parquet_and_python() {
     let dir = tempfile::tempdir().unwrap();
+    let mut checks = Vec::new();
     for name in BUILTIN_TABLES {
         let table = TableSchema::builtin(name).unwrap();
         let schema: SchemaRef = Arc::new(table.to_arrow(&sizes()).unwrap());
@@ -364,8 +365,26 @@ fn builtin_tables_round_trip_through_parquet_and_python() {
             assert_eq!(metadata.get(SIZES_KEY).map(String::as_str), Some(r#"{"d_model":4}"#));
         }
 
-        python_check(&path, &TableSchema::source_dir().join(format!("{name}.json")));
+        checks.push((path, TableSchema::source_dir().join(format!("{name}.json"))));
     }
+    // every table read back by pyarrow and polars, in one Python process
+    let (first, rest) = checks.split_first().unwrap();
+    let mut command = python_command(&first.0, &first.1);
+    for (p, s) in rest {
+        command.arg("--also").arg(p).arg(s);
+    }
+    let output = command.output().expect("run check_parquet.py");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "check_parquet.py failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("OK ")).count(),
+        BUILTIN_TABLES.len(),
+        "{stdout}"
+    );
     // Only the outputs remain: no temporary files.
     let mut expected: Vec<String> = BUILTIN_TABLES.iter().map(|n| format!("{n}.parquet")).collect();
     expected.sort();
