@@ -3,7 +3,8 @@
 //! layers with their RoPE bases, QK-norm, pre- and post-norms, GeGLU, √d embedding scale; the
 //! SentencePiece vocabulary as a byte-fallback BPE). Greedy continuations of simple facts in
 //! English, French and Chinese; the tokenizer round trip; Le Petit Prince run 1 in all three
-//! languages through the word ↔ token mapping, every word keeping its tokens.
+//! languages through the word ↔ token mapping, every word keeping its tokens; the key/value cache
+//! past the local layers' window equal to one pass.
 
 use crate::support;
 
@@ -70,5 +71,42 @@ fn gemma_tokenizer_round_trips_and_maps_le_petit_prince_words_in_three_languages
             t.ids.len()
         );
         assert!((0.8..2.5).contains(&per_word), "{lang}: {per_word}");
+    }
+}
+
+#[test]
+fn gemma_streamed_through_its_cache_equals_one_pass_past_its_sliding_window() {
+    // more tokens than the 512-position window of Gemma's local layers, so the cached calls after
+    // the first must mask the keys that have left a local layer's window
+    let mut m = gemma();
+    let lpp = support::lpp_run("en", 1);
+    let story = cortexflow::stimulus::Story {
+        words: lpp.words[..760].to_vec(),
+        ..lpp
+    };
+    let opts = |context, window| lm::ExtractOptions {
+        context,
+        window,
+        batch_size: 1,
+        ..Default::default()
+    };
+    let one_pass = lm::extract_story(&mut m, &story, &opts(extract::ContextPolicy::Windows, 1024)).unwrap();
+    assert_eq!(one_pass.n_windows, 1);
+    let n_tok = one_pass.tokens.ids.len();
+    assert!(n_tok > 512 + extract::MAX_CHUNK, "{n_tok} tokens");
+    let cached = lm::extract_story(&mut m, &story, &opts(extract::ContextPolicy::Full, 512)).unwrap();
+    assert!(cached.n_windows >= 3);
+    for (li, l) in cached.layers.iter().enumerate() {
+        let (a, b) = (&cached.activations[li], &one_pass.activations[li]);
+        let scale = b.iter().fold(1e-12f32, |m, v| m.max(v.abs()));
+        let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
+        assert!(d <= 1e-4, "layer {l}: cached vs one pass {d:.2e}");
+    }
+    for w in 0..story.words.len() {
+        let (a, b) = (cached.surprisal_bits[w].unwrap(), one_pass.surprisal_bits[w].unwrap());
+        assert!(
+            (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+            "word {w}: surprisal {a} vs {b}"
+        );
     }
 }
