@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a tiny, seeded, random llama-architecture GGUF for cortexflow's tests.
 
-Usage: make_tiny_gguf.py OUT.gguf [--arch llama|gpt2] [--bad-type] [--tied] [--seed N]
+Usage: make_tiny_gguf.py OUT.gguf [--arch llama|gpt2] [--bad-type] [--tied] [--seed N] [--ffn-pad N]
 
 The model: 1 block, d_model 64, d_ff 128, 4 heads (head_dim 16), 2 KV heads, context 64,
 rope base 10000, rms eps 1e-5, a 64-token byte-level BPE vocabulary with merges
@@ -22,6 +22,12 @@ gguf-py cannot quantize: they hold random blocks with sane scales): `cortexflow_
 --bad-type   stores blk.0.ffn_up.weight as IQ4_NL (random blocks of the right size), a type
              cortexflow does not dequantize.
 --arch gpt2  sets general.architecture = gpt2 (and the hyper-parameter keys to gpt2.*).
+--ffn-pad N  widens the MLP to N hidden units with zeros: blk.0.ffn_{gate,up,down}.weight become F32
+             [N, 64] / [64, N] holding the dequantized values of the tiny model's three tensors in
+             their first 128 units and zeros after, written as holes (a sparse file: N = 2,800,000
+             makes 2.15 GB of tensors that take under 1 MB of disk). SwiGLU of a zero unit is zero, so
+             the model computes what the unpadded one does: a model past protobuf's 2 GB limit
+             whose outputs are known.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ try:
     from gguf import GGMLQuantizationType as Q
     from gguf import GGUFWriter, TokenType
     from gguf.constants import GGML_QUANT_SIZES
-    from gguf.quants import quantize
+    from gguf.quants import dequantize, quantize
 except ImportError as e:  # pragma: no cover
     sys.stderr.write(f"make_tiny_gguf.py: cannot import numpy/gguf ({e}); run `make setup`\n")
     sys.exit(3)
@@ -75,6 +81,31 @@ def random_blocks(rng, qtype, n_rows, n_cols, scale_offsets):
     return raw.reshape(n_rows, n_cols // block * size)
 
 
+class SparseF32:
+    """An f32 [rows, cols] matrix that is zero outside its top-left block `head`: GGUFWriter calls
+    `tofile`, which writes the block's rows and leaves the zeros as holes (seek past them)."""
+
+    def __init__(self, head, rows, cols):
+        self.head = np.ascontiguousarray(head, dtype=np.float32)
+        self.shape = (rows, cols)
+        self.dtype = np.dtype(np.float32)
+        self.nbytes = rows * cols * 4
+
+    def tofile(self, f):
+        start = f.tell()
+        h_rows, h_cols = self.head.shape
+        cols = self.shape[1]
+        if h_cols == cols:  # whole rows: one contiguous block
+            self.head.tofile(f)
+        else:
+            for r in range(h_rows):
+                f.seek(start + r * cols * 4)
+                self.head[r].tofile(f)
+        # the last bytes are written so the file has its full length even if it ends in a hole
+        f.seek(start + self.nbytes - 4)
+        f.write(b"\0\0\0\0")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
@@ -82,6 +113,8 @@ def main() -> int:
     ap.add_argument("--bad-type", action="store_true", help="store blk.0.ffn_up.weight as IQ4_NL")
     ap.add_argument("--tied", action="store_true", help="no output.weight (LM head tied to the embeddings)")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--ffn-pad", type=int, default=0, metavar="N",
+                    help="widen the MLP to N zero-padded F32 units, written sparse")
     a = ap.parse_args()
     rng = np.random.default_rng(a.seed)
 
@@ -90,7 +123,11 @@ def main() -> int:
     w.add_block_count(1)
     w.add_context_length(CTX)
     w.add_embedding_length(D)
-    w.add_feed_forward_length(FF)
+    if a.ffn_pad and a.bad_type:
+        ap.error("--ffn-pad and --bad-type do not go together")
+    if a.ffn_pad and a.ffn_pad <= FF:
+        ap.error(f"--ffn-pad must exceed the model's {FF} hidden units")
+    w.add_feed_forward_length(a.ffn_pad or FF)
     w.add_head_count(HEADS)
     w.add_head_count_kv(KV_HEADS)
     w.add_rope_dimension_count(HEAD_DIM)
@@ -115,7 +152,13 @@ def main() -> int:
 
     def add(name, data, qtype):
         q = quantize(data, qtype)
-        if qtype in (Q.F32, Q.F16):
+        if a.ffn_pad and name.startswith("blk.0.ffn_") and name != "blk.0.ffn_norm.weight":
+            # the values the unpadded model computes with, then zeros
+            exact = dequantize(q, qtype).astype(np.float32).reshape(data.shape)
+            rows, cols = data.shape
+            shape = (a.ffn_pad, cols) if rows == FF else (rows, a.ffn_pad)
+            w.add_tensor(name, SparseF32(exact, *shape))
+        elif qtype in (Q.F32, Q.F16):
             w.add_tensor(name, q)
         else:
             w.add_tensor(name, q, raw_dtype=qtype)

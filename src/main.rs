@@ -169,6 +169,10 @@ enum ModelCommand {
         /// Store weights as f16 (half the size; cast to f32 when loaded).
         #[arg(long)]
         fp16: bool,
+        /// Write the weights to DIR/model.onnx.data (ONNX external data) even when they would fit
+        /// inside model.onnx; models past protobuf's 2 GiB limit always are.
+        #[arg(long)]
+        external_data: bool,
         /// Longest context the graph's RoPE table supports (default: the model's).
         #[arg(long)]
         max_context: Option<usize>,
@@ -255,6 +259,7 @@ fn run(cli: Cli) -> Result<()> {
                     gguf,
                     out,
                     fp16,
+                    external_data,
                     max_context,
                     blocks,
                 },
@@ -267,11 +272,20 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 max_context,
                 blocks,
+                weights_file: if external_data {
+                    lm::import::WeightsFile::External
+                } else {
+                    lm::import::WeightsFile::Auto
+                },
             };
             let started = std::time::Instant::now();
             let r = lm::import_gguf(&gguf, &out, &opts)?;
+            let data = match r.external_data_bytes {
+                Some(n) => format!(" + {:.0} MB of external data", n as f64 / 1e6),
+                None => String::new(),
+            };
             println!(
-                "imported {} → {} ({} layers, d_model {}, vocab {}, {:.0} MB, {:.1} s)",
+                "imported {} → {} ({} layers, d_model {}, vocab {}, {:.0} MB{data}, {:.1} s)",
                 gguf.display(),
                 out.display(),
                 r.manifest.n_layers,

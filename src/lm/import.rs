@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use super::gguf::Gguf;
 use super::manifest::Manifest;
-use super::onnx_proto::{Attr, DType, Dim, Model, Node, Tensor, ValueInfo};
+use super::onnx_proto::{Attr, DType, Dim, ExternalData, Model, Node, Tensor, ValueInfo};
 use super::tokenizer_json;
 use crate::{Error, Result};
 
@@ -44,10 +44,34 @@ pub enum WeightPrecision {
     F16,
 }
 
+/// Where the weights go: inside `model.onnx`, or in `model.onnx.data` beside it (ONNX external
+/// data), which a model must use past protobuf's 2 GiB limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightsFile {
+    /// External when the weights would make the graph larger than [`INLINE_LIMIT`].
+    #[default]
+    Auto,
+    Inline,
+    External,
+}
+
+/// The largest total of inline weights `Auto` keeps inside `model.onnx`: protobuf refuses a
+/// message of 2 GiB or more, and the graph's nodes and constants need some room beside the weights.
+pub const INLINE_LIMIT: u64 = (1 << 31) - (64 << 20);
+
+/// The external data file's name, beside `model.onnx`.
+pub const EXTERNAL_DATA_FILE: &str = "model.onnx.data";
+
+/// Tensors below this many bytes stay inline even with external data (constants, norm weights);
+/// the threshold of onnx's own `convert_model_to_external_data`.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+
 /// Options of an import.
 #[derive(Debug, Clone, Default)]
 pub struct ImportOptions {
     pub precision: WeightPrecision,
+    /// Inline weights, external data, or whichever the size requires (the default).
+    pub weights_file: WeightsFile,
     /// Cap on the RoPE table length (default: the model's context length).
     pub max_context: Option<usize>,
     /// Keep only the first `blocks` blocks and emit no LM head: outputs `hidden_state_0` …
@@ -153,6 +177,8 @@ pub struct ImportReport {
     pub tokenizer: PathBuf,
     pub manifest: Manifest,
     pub onnx_bytes: u64,
+    /// Size of `model.onnx.data` when the weights were written there.
+    pub external_data_bytes: Option<u64>,
 }
 
 /// Imports `gguf_path` into `out_dir` (created if needed). All checks (architecture, tensor types,
@@ -170,14 +196,67 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
             )));
         }
     }
-    let model = build_llama_graph(&g, &cfg, opts)?;
+    check_tensor_types(&g)?;
     let sha = sha256_file(gguf_path)?;
+    let created = !out_dir.exists();
+    let result = write_import(&g, &cfg, opts, out_dir, &tokenizer, &tok_info, sha);
+    if result.is_err() && created {
+        // a failed import leaves nothing behind (the folder is empty: each file is written
+        // under a temporary name and removed on failure)
+        let _ = std::fs::remove_dir(out_dir);
+    }
+    result
+}
+
+fn write_import(
+    g: &Gguf,
+    cfg: &LlamaConfig,
+    opts: &ImportOptions,
+    out_dir: &Path,
+    tokenizer: &str,
+    tok_info: &tokenizer_json::SpecialIds,
+    sha: String,
+) -> Result<ImportReport> {
+    let gguf_path = g.path();
     let n_blocks = opts.blocks.unwrap_or(cfg.n_layers);
     let head = opts.blocks.is_none();
-
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let estimate = weight_bytes(g, cfg, opts);
+    let external = match opts.weights_file {
+        WeightsFile::Inline => false,
+        WeightsFile::External => true,
+        WeightsFile::Auto => estimate > INLINE_LIMIT,
+    };
+    if !external && estimate > INLINE_LIMIT {
+        return Err(too_large_for_inline(gguf_path, estimate));
+    }
+    let data_path = out_dir.join(EXTERNAL_DATA_FILE);
+    let data = match external {
+        true => Some(
+            ExternalData::create(out_dir, EXTERNAL_DATA_FILE, EXTERNAL_MIN_BYTES)
+                .map_err(|e| Error::io(&data_path, e))?,
+        ),
+        false => None,
+    };
+    let (model, data) = build_graph(g, cfg, opts, data)?;
+    if data.is_none() && model.inline_bytes() as u64 > INLINE_LIMIT {
+        return Err(too_large_for_inline(gguf_path, model.inline_bytes() as u64));
+    }
+    // The data file first, then the graph that refers to it; an inline graph leaves no stale data
+    // file behind.
+    let data_bytes = match data {
+        Some(d) => {
+            let n = d.len();
+            d.finish().map_err(|e| Error::io(&data_path, e))?;
+            Some(n)
+        }
+        None => None,
+    };
     let onnx = out_dir.join("model.onnx");
     crate::paths::write_atomic_with(&onnx, |w| model.write_to(w))?;
+    if data_bytes.is_none() && data_path.exists() {
+        std::fs::remove_file(&data_path).map_err(|e| Error::io(&data_path, e))?;
+    }
     let tok_path = out_dir.join("tokenizer.json");
     crate::paths::write_atomic(&tok_path, tokenizer.as_bytes())?;
     let manifest = Manifest {
@@ -211,6 +290,7 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
         source: gguf_path.file_name().map(|s| s.to_string_lossy().into_owned()),
         source_sha256: Some(sha),
         written_by: Some(importer_stamp()),
+        external_data: data_bytes.map(|_| EXTERNAL_DATA_FILE.to_string()),
     };
     manifest.save(out_dir)?;
     let onnx_bytes = std::fs::metadata(&onnx).map_err(|e| Error::io(&onnx, e))?.len();
@@ -219,7 +299,34 @@ pub fn import_gguf(gguf_path: &Path, out_dir: &Path, opts: &ImportOptions) -> Re
         tokenizer: tok_path,
         manifest,
         onnx_bytes,
+        external_data_bytes: data_bytes,
     })
+}
+
+fn too_large_for_inline(gguf: &Path, bytes: u64) -> Error {
+    Error::Model(format!(
+        "{}: {:.2} GB of weights do not fit inside one ONNX protobuf (limit 2 GiB); import them as external data (the default, or `--external-data`)",
+        gguf.display(),
+        bytes as f64 / 1e9
+    ))
+}
+
+/// The bytes the weights will take in the graph: every GGUF tensor at the chosen precision, plus
+/// the RoPE tables. An estimate made before converting anything (a few norm weights too many when
+/// blocks are dropped), used only to choose between inline weights and external data.
+fn weight_bytes(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> u64 {
+    let per = match opts.precision {
+        WeightPrecision::F32 => 4,
+        WeightPrecision::F16 => 2,
+    };
+    let elements: u64 = g
+        .tensors
+        .iter()
+        .map(|t| t.shape().iter().product::<usize>() as u64)
+        .sum();
+    let ctx = opts.max_context.unwrap_or(cfg.context_length).min(cfg.context_length) as u64;
+    let tables = if cfg.arch == "gemma3" { 4 } else { 2 };
+    elements * per + tables * ctx * cfg.head_dim as u64 * 4
 }
 
 /// Bumped whenever the emitted graph changes, so cached imports are redone.
@@ -272,6 +379,10 @@ struct Builder {
     m: Model,
     n: usize,
     precision: WeightPrecision,
+    /// With external data, each weight goes to the file as soon as it is converted.
+    external: Option<ExternalData>,
+    /// The first write error of a spill, reported when the graph is finished.
+    spill_error: Option<std::io::Error>,
 }
 
 impl Builder {
@@ -312,20 +423,43 @@ impl Builder {
         self.m.initializers.push(Tensor::f32(name, &[], &[v]));
         name.to_string()
     }
-    /// A weight in the chosen precision; f16 weights get a Cast back to f32.
+    /// A weight in the chosen precision; f16 weights get a Cast back to f32. With external data,
+    /// the values are encoded straight into the file (no in-memory copy of the tensor's bytes).
     fn weight(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
-        match self.precision {
-            WeightPrecision::F32 => {
-                self.m.initializers.push(Tensor::f32(name, dims, data));
-                name.to_string()
-            }
+        let (stored, dtype) = match self.precision {
+            WeightPrecision::F32 => (name.to_string(), DType::F32),
             WeightPrecision::F16 => {
                 let stored = format!("{name}.f16");
-                self.m.initializers.push(Tensor::f16(&stored, dims, data));
                 self.op_named("Cast", &[&stored], vec![("to", Attr::Int(DType::F32 as i64))], name);
-                name.to_string()
+                (stored, DType::F16)
+            }
+        };
+        let tensor = match self.external.as_mut() {
+            Some(x) => x.append_f32(&stored, dtype, dims, data).unwrap_or_else(|e| {
+                self.spill_error.get_or_insert(e);
+                Tensor::f32(&stored, &[0], &[])
+            }),
+            None if dtype == DType::F16 => Tensor::f16(&stored, dims, data),
+            None => Tensor::f32(&stored, dims, data),
+        };
+        self.m.initializers.push(tensor);
+        name.to_string()
+    }
+    /// The finished graph: the remaining large initializers (RoPE tables) spilled too, and the
+    /// external data file still to be finished by the caller.
+    fn finish(mut self) -> Result<(Model, Option<ExternalData>)> {
+        if let Some(x) = self.external.as_mut() {
+            for t in &mut self.m.initializers {
+                if let Err(e) = x.spill(t) {
+                    self.spill_error.get_or_insert(e);
+                }
             }
         }
+        if let Some(e) = self.spill_error {
+            let x = self.external.as_ref().expect("spills need a file");
+            return Err(Error::io(x.path(), e));
+        }
+        Ok((self.m, self.external))
     }
     fn rms_norm(&mut self, x: &str, w: &str, eps: &str) -> String {
         let sq = self.op("Mul", &[x, x], vec![]);
@@ -379,9 +513,8 @@ fn load(g: &Gguf, name: &str, expect: &[usize]) -> Result<Vec<f32>> {
     Ok(data)
 }
 
-/// Builds the ONNX graph of a Llama-architecture GGUF.
-pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> Result<Model> {
-    // Refuse unsupported tensor types up front, naming the tensor.
+/// Refuses unsupported tensor types up front, naming the tensor.
+fn check_tensor_types(g: &Gguf) -> Result<()> {
     for t in &g.tensors {
         if matches!(t.ggml_type, super::gguf::GgmlType::Other(_)) {
             return Err(Error::Model(format!(
@@ -391,6 +524,24 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             )));
         }
     }
+    Ok(())
+}
+
+/// Builds the ONNX graph of a Llama-architecture GGUF, weights inline.
+pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> Result<Model> {
+    Ok(build_graph(g, cfg, opts, None)?.0)
+}
+
+/// Builds the graph; with `external`, every weight of at least its size threshold is written to
+/// that file as it is converted (so the importer never holds the whole model), and the file is
+/// handed back unfinished.
+fn build_graph(
+    g: &Gguf,
+    cfg: &LlamaConfig,
+    opts: &ImportOptions,
+    external: Option<ExternalData>,
+) -> Result<(Model, Option<ExternalData>)> {
+    check_tensor_types(g)?;
     let (d, h, kv, hd, ff, v) = (
         cfg.d_model,
         cfg.n_heads,
@@ -408,6 +559,8 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         },
         n: 0,
         precision: opts.precision,
+        external,
+        spill_error: None,
     };
     let sym = |s: &str| Dim::Param(s.into());
     b.m.inputs = vec![
@@ -616,12 +769,12 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
         let ffn_norm = load(g, &p("ffn_norm"), &[d])?;
         let ffn_norm = b.weight(&format!("l{l}.ffn_norm"), &[d as i64], &ffn_norm);
         let mut wgu = load(g, &p("ffn_gate"), &[ff, d])?;
+        wgu.reserve_exact(ff * d);
         wgu.extend_from_slice(&load(g, &p("ffn_up"), &[ff, d])?);
-        let wgu = b.weight(
-            &format!("l{l}.wgate_up"),
-            &[d as i64, (2 * ff) as i64],
-            &transpose(&wgu, 2 * ff, d),
-        );
+        let wgu_t = transpose(&wgu, 2 * ff, d);
+        drop(wgu);
+        let wgu = b.weight(&format!("l{l}.wgate_up"), &[d as i64, (2 * ff) as i64], &wgu_t);
+        drop(wgu_t);
         let wd = load(g, &p("ffn_down"), &[d, ff])?;
         let wd = b.weight(&format!("l{l}.wdown"), &[ff as i64, d as i64], &transpose(&wd, d, ff));
         // Gemma: QK-norm, and norms after attention and after the MLP
@@ -757,7 +910,7 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             });
         }
         b.m.doc = format!("The first {n_blocks} blocks of a Llama decoder, exported by cortexflow (no LM head)");
-        return Ok(b.m);
+        return b.finish();
     }
 
     // ---- final norm and LM head (tied to the embeddings unless `output.weight` exists)
@@ -829,7 +982,7 @@ pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> R
             .unwrap_or_default(),
     ));
     b.m.doc = "Llama decoder exported by cortexflow with every residual-stream layer as an output".into();
-    Ok(b.m)
+    b.finish()
 }
 
 #[cfg(test)]

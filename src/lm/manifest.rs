@@ -74,6 +74,10 @@ pub struct Manifest {
     /// import`, importer r3 on): the cache's inputs and outputs, see [`KvCache`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache: Option<KvCache>,
+    /// The ONNX external data file beside `model.onnx` holding the weights (a model past
+    /// protobuf's 2 GiB limit, or an import with `--external-data`); None when they are inline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_data: Option<String>,
 }
 
 /// The key/value-cache interface of a graph. Every input has a default (an empty cache, offset

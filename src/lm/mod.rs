@@ -57,10 +57,10 @@ pub fn ensure_gemma_model() -> crate::Result<PathBuf> {
 
 /// Whether `dir` holds a model written by this importer revision.
 fn is_current(dir: &std::path::Path) -> bool {
-    Manifest::load(dir)
-        .ok()
-        .is_some_and(|m| m.written_by.as_deref() == Some(import::importer_stamp().as_str()))
-        && dir.join("model.onnx").is_file()
+    Manifest::load(dir).ok().is_some_and(|m| {
+        m.written_by.as_deref() == Some(import::importer_stamp().as_str())
+            && m.external_data.as_ref().is_none_or(|f| dir.join(f).is_file())
+    }) && dir.join("model.onnx").is_file()
         && dir.join("tokenizer.json").is_file()
 }
 

@@ -3,8 +3,15 @@
 //!
 //! Field numbers follow `onnx/onnx.proto` (IR version 8). Messages are encoded bottom-up into byte
 //! vectors; the model is streamed to disk without building one more copy of the weights.
+//!
+//! A protobuf message cannot exceed 2 GiB, so a larger model keeps its weights in an *external
+//! data* file beside the graph (ONNX's own mechanism: a tensor names the file, an offset and a
+//! length instead of holding raw bytes). [`ExternalData`] writes that file; a tensor moved there
+//! by [`ExternalData::spill`] frees its bytes at once, so an importer that spills each weight as
+//! it converts it never holds the whole model in memory.
 
-use std::io::Write;
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
 
 /// ONNX tensor element types (TensorProto.DataType).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,13 +52,23 @@ fn put_f32(buf: &mut Vec<u8>, field: u32, v: f32) {
 }
 
 // ---------------------------------------------------------------- messages
-/// A tensor: shape and little-endian raw bytes.
+/// A tensor: shape and little-endian raw bytes, or where those bytes are in the external data file.
 #[derive(Debug, Clone)]
 pub struct Tensor {
     pub name: String,
     pub dtype: DType,
     pub dims: Vec<i64>,
     pub raw: Vec<u8>,
+    /// Set when the bytes were moved to the external data file (`raw` is then empty).
+    pub external: Option<ExternalRef>,
+}
+
+/// A tensor's bytes in the external data file: file name (relative to the graph), offset, length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRef {
+    pub location: String,
+    pub offset: u64,
+    pub length: u64,
 }
 
 impl Tensor {
@@ -63,6 +80,7 @@ impl Tensor {
             dtype: DType::F32,
             dims: dims.to_vec(),
             raw,
+            external: None,
         }
     }
     pub fn f16(name: &str, dims: &[i64], data: &[f32]) -> Self {
@@ -75,6 +93,7 @@ impl Tensor {
             dtype: DType::F16,
             dims: dims.to_vec(),
             raw,
+            external: None,
         }
     }
     pub fn i64(name: &str, dims: &[i64], data: &[i64]) -> Self {
@@ -84,6 +103,7 @@ impl Tensor {
             dtype: DType::I64,
             dims: dims.to_vec(),
             raw,
+            external: None,
         }
     }
     fn encode(&self) -> Vec<u8> {
@@ -93,7 +113,24 @@ impl Tensor {
         }
         put_int(&mut b, 2, self.dtype as i64);
         put_str(&mut b, 8, &self.name);
-        put_bytes(&mut b, 9, &self.raw);
+        match &self.external {
+            None => put_bytes(&mut b, 9, &self.raw),
+            Some(x) => {
+                // external_data (13): StringStringEntryProto {key = 1, value = 2}; data_location
+                // (14) = EXTERNAL (1)
+                for (k, v) in [
+                    ("location", x.location.clone()),
+                    ("offset", x.offset.to_string()),
+                    ("length", x.length.to_string()),
+                ] {
+                    let mut e = Vec::new();
+                    put_str(&mut e, 1, k);
+                    put_str(&mut e, 2, &v);
+                    put_bytes(&mut b, 13, &e);
+                }
+                put_int(&mut b, 14, 1);
+            }
+        }
         b
     }
 }
@@ -284,6 +321,9 @@ fn varint_len(mut v: u64) -> usize {
 }
 
 fn encoded_tensor_len(t: &Tensor) -> usize {
+    if t.external.is_some() {
+        return t.encode().len(); // no raw bytes: small
+    }
     // Cheap enough: the raw bytes dominate, the header is computed exactly by encoding it empty.
     let header = Tensor {
         raw: Vec::new(),
@@ -302,7 +342,159 @@ impl Tensor {
             dtype: self.dtype,
             dims: self.dims.clone(),
             raw: Vec::new(),
+            external: None,
         }
+    }
+}
+
+/// Alignment of each tensor in the external data file: a page, so a runtime may map weights in
+/// place rather than copy them.
+pub const EXTERNAL_ALIGN: u64 = 4096;
+
+/// The external data file being written: tensors are appended, each at an [`EXTERNAL_ALIGN`]ed
+/// offset. Written under a temporary name and renamed into place by [`ExternalData::finish`];
+/// dropped unfinished (an import that failed), the temporary file is removed.
+pub struct ExternalData {
+    /// The name tensors refer to (relative to the graph's folder), e.g. `model.onnx.data`.
+    location: String,
+    target: PathBuf,
+    tmp: PathBuf,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    offset: u64,
+    /// Tensors smaller than this stay inline (constants, norms, scalars).
+    min_bytes: usize,
+}
+
+impl ExternalData {
+    /// Starts `dir/location`; tensors of at least `min_bytes` bytes go there.
+    pub fn create(dir: &Path, location: &str, min_bytes: usize) -> std::io::Result<Self> {
+        let target = dir.join(location);
+        let tmp = crate::paths::temp_sibling(&target);
+        let file = std::fs::File::create(&tmp)?;
+        Ok(ExternalData {
+            location: location.to_string(),
+            target,
+            tmp,
+            file: Some(std::io::BufWriter::with_capacity(1 << 20, file)),
+            offset: 0,
+            min_bytes,
+        })
+    }
+
+    /// The file name tensors refer to.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Where the finished file will be.
+    pub fn path(&self) -> &Path {
+        &self.target
+    }
+
+    /// Bytes written so far (padding included).
+    pub fn len(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether nothing has been written yet.
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
+    /// Moves `t`'s bytes into the file (if it is large enough and still inline) and frees them.
+    pub fn spill(&mut self, t: &mut Tensor) -> std::io::Result<()> {
+        if t.external.is_some() || t.raw.len() < self.min_bytes {
+            return Ok(());
+        }
+        let w = self.file.as_mut().expect("spill after finish");
+        let start = self.offset.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
+        w.write_all(&vec![0u8; (start - self.offset) as usize])?;
+        w.write_all(&t.raw)?;
+        let length = t.raw.len() as u64;
+        self.offset = start + length;
+        t.raw = Vec::new();
+        t.external = Some(ExternalRef {
+            location: self.location.clone(),
+            offset: start,
+            length,
+        });
+        Ok(())
+    }
+
+    /// A tensor of `values` stored as `dtype` (F32 or F16): encoded straight into the file when it
+    /// is large enough, in 64 kB pieces (never the whole tensor's bytes in memory), else inline.
+    pub fn append_f32(&mut self, name: &str, dtype: DType, dims: &[i64], values: &[f32]) -> std::io::Result<Tensor> {
+        let width = match dtype {
+            DType::F32 => 4,
+            DType::F16 => 2,
+            _ => panic!("append_f32 stores f32 values as F32 or F16, not {dtype:?}"),
+        };
+        let inline = || match dtype {
+            DType::F16 => Tensor::f16(name, dims, values),
+            _ => Tensor::f32(name, dims, values),
+        };
+        let length = (values.len() * width) as u64;
+        if (length as usize) < self.min_bytes {
+            return Ok(inline());
+        }
+        let w = self.file.as_mut().expect("append after finish");
+        let start = self.offset.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
+        w.write_all(&vec![0u8; (start - self.offset) as usize])?;
+        let mut buf = Vec::with_capacity(1 << 16);
+        for piece in values.chunks((1 << 16) / width) {
+            buf.clear();
+            for v in piece {
+                match dtype {
+                    DType::F16 => buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                    _ => buf.extend_from_slice(&v.to_le_bytes()),
+                }
+            }
+            w.write_all(&buf)?;
+        }
+        self.offset = start + length;
+        Ok(Tensor {
+            name: name.into(),
+            dtype,
+            dims: dims.to_vec(),
+            raw: Vec::new(),
+            external: Some(ExternalRef {
+                location: self.location.clone(),
+                offset: start,
+                length,
+            }),
+        })
+    }
+
+    /// Flushes, syncs and renames the file into place (the temporary file is removed if any
+    /// step fails).
+    pub fn finish(mut self) -> std::io::Result<PathBuf> {
+        let w = self.file.take().expect("finish once");
+        let result = (|| {
+            let mut file = w.into_inner().map_err(|e| e.into_error())?;
+            debug_assert_eq!(file.stream_position()?, self.offset);
+            file.sync_all()?;
+            std::fs::rename(&self.tmp, &self.target)
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
+        Ok(self.target.clone())
+    }
+}
+
+impl Drop for ExternalData {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Model {
+    /// Bytes of the initializers still held inline.
+    pub fn inline_bytes(&self) -> usize {
+        self.initializers.iter().map(|t| t.raw.len()).sum()
     }
 }
 

@@ -104,6 +104,18 @@ impl LanguageModel {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no model.onnx"),
             ));
         }
+        if let Some(f) = &manifest.external_data {
+            let data = dir.join(f);
+            if !data.is_file() {
+                return Err(Error::io(
+                    &data,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "the manifest's `external_data` (the weights of model.onnx) is missing",
+                    ),
+                ));
+            }
+        }
         let env = environment()?;
         let session = Session::builder(env)
             .map_err(rt("session options"))?

@@ -15,6 +15,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use cortexflow::lm::gguf::{GgmlType, Gguf};
+use cortexflow::lm::import::{WeightsFile, EXTERNAL_DATA_FILE};
 use cortexflow::lm::{import_gguf, ImportOptions, LanguageModel, RuntimeOptions, WeightPrecision};
 use cortexflow::Error;
 use peer::{make_tiny_gguf, max_diff, read_npy, run_onnx_all_outputs, run_script};
@@ -444,4 +445,152 @@ fn corrupt_tensor_header_fields_are_errors_not_panics() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+/// Every output of two model folders, run on the same ids, must be bit-identical.
+fn assert_same_outputs(a_dir: &Path, b_dir: &Path, ids: &[u32]) -> usize {
+    let a = run_onnx_all_outputs(a_dir, ids);
+    let b = run_onnx_all_outputs(b_dir, ids);
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "the two graphs' outputs"
+    );
+    for (name, x) in &a {
+        assert_eq!(
+            x,
+            &b[name],
+            "{name} differs between {} and {}",
+            a_dir.display(),
+            b_dir.display()
+        );
+    }
+    a.len()
+}
+
+fn ext_opts() -> ImportOptions {
+    ImportOptions {
+        weights_file: WeightsFile::External,
+        ..Default::default()
+    }
+}
+
+/// Weights moved to ONNX external data change nothing the graph computes, on the tiny model and
+/// on SmolLM2 (`model import --external-data`).
+#[test]
+fn external_data_gives_bit_identical_outputs_to_inline_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let ids = vec![1u32, 45, 40, 41, 5, 63, 7, 22];
+    let inline = tmp.path().join("inline");
+    let r = import_gguf(&tiny, &inline, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((r.external_data_bytes, r.manifest.external_data), (None, None));
+    assert!(!inline.join(EXTERNAL_DATA_FILE).exists());
+    let ext = tmp.path().join("ext");
+    // every tensor of 1 kB or more moves (the weight matrices, the RoPE tables); norms stay
+    let r = import_gguf(&tiny, &ext, &ext_opts()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.manifest.external_data.as_deref(), Some(EXTERNAL_DATA_FILE));
+    let data_len = std::fs::metadata(ext.join(EXTERNAL_DATA_FILE)).unwrap().len();
+    assert_eq!(Some(data_len), r.external_data_bytes);
+    let n = assert_same_outputs(&inline, &ext, &ids);
+    println!("tiny model: {n} outputs bit-identical; {data_len} bytes external");
+
+    // SmolLM2-135M: 0.54 GB of weights move out of model.onnx
+    let gguf = cortexflow::paths::default_gguf().unwrap_or_else(|e| panic!("{e}"));
+    let (a, b) = (tmp.path().join("smol"), tmp.path().join("smol_ext"));
+    let ra = import_gguf(&gguf, &a, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let rb = import_gguf(&gguf, &b, &ext_opts()).unwrap_or_else(|e| panic!("{e}"));
+    let data = rb.external_data_bytes.expect("external data written");
+    println!(
+        "SmolLM2: inline model.onnx {:.0} MB; external: model.onnx {:.1} MB + {:.0} MB of data",
+        ra.onnx_bytes as f64 / 1e6,
+        rb.onnx_bytes as f64 / 1e6,
+        data as f64 / 1e6
+    );
+    assert!(rb.onnx_bytes * 20 < ra.onnx_bytes, "the weights left model.onnx");
+    assert!(data + rb.onnx_bytes >= ra.onnx_bytes, "all bytes are somewhere");
+    let lm = LanguageModel::load(&b, &RuntimeOptions { threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<u32> = lm
+        .tokenizer
+        .encode("Alice was beginning to get very tired of sitting by her sister", false)
+        .unwrap()
+        .get_ids()
+        .to_vec();
+    drop(lm);
+    let n = assert_same_outputs(&a, &b, &ids);
+    println!("SmolLM2: {n} outputs bit-identical over {} tokens", ids.len());
+
+    // the data file is part of the model: without it, loading says which file is missing
+    std::fs::remove_file(b.join(EXTERNAL_DATA_FILE)).unwrap();
+    let e = LanguageModel::load(&b, &RuntimeOptions { threads: 1 })
+        .err()
+        .expect("a model without its weights");
+    assert!(e.to_string().contains(EXTERNAL_DATA_FILE), "{e}");
+}
+
+/// A model whose weights exceed protobuf's 2 GiB limit: the tiny model with its MLP padded by
+/// zeros to 2,800,000 units (2.15 GB of f32 tensors in a sparse GGUF). The importer chooses
+/// external data by itself, refuses inline weights before converting anything, and the imported
+/// model computes what the unpadded one does.
+#[test]
+fn a_model_past_two_gigabytes_imports_as_external_data_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let big = make_tiny_gguf(tmp.path(), "big.gguf", &["--ffn-pad", "2800000"]);
+    let meta = std::fs::metadata(&big).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        println!(
+            "big.gguf: {:.2} GB, {:.1} MB on disk",
+            meta.len() as f64 / 1e9,
+            meta.blocks() as f64 * 512.0 / 1e6
+        );
+    }
+    assert!(meta.len() > 1 << 31, "the synthetic GGUF must exceed 2 GiB");
+
+    // inline is refused up front, and nothing is written
+    let refused = tmp.path().join("inline");
+    let opts = ImportOptions {
+        weights_file: WeightsFile::Inline,
+        ..Default::default()
+    };
+    let e = import_gguf(&big, &refused, &opts).err().expect("2.15 GB inline");
+    assert!(
+        e.to_string().contains("2 GiB") && e.to_string().contains("external"),
+        "{e}"
+    );
+    assert!(!refused.exists(), "a refused import wrote {}", refused.display());
+
+    let out = tmp.path().join("big");
+    let started = std::time::Instant::now();
+    let r = import_gguf(&big, &out, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let data = r
+        .external_data_bytes
+        .expect("external data chosen for a model past 2 GiB");
+    println!(
+        "import: model.onnx {:.2} MB + {:.2} GB of external data in {:.1} s",
+        r.onnx_bytes as f64 / 1e6,
+        data as f64 / 1e9,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(data > 1 << 31);
+    assert!(r.onnx_bytes < 1 << 20, "the graph itself stays small");
+
+    let small = tmp.path().join("small");
+    import_gguf(&tiny, &small, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let ids = vec![1u32, 45, 40, 41, 5, 63, 7, 22];
+    let a = run_onnx_all_outputs(&small, &ids);
+    let b = run_onnx_all_outputs(&out, &ids);
+    for name in ["hidden_state_1", "logits", "next_token_logprob"] {
+        let (d, mx) = max_diff(b[name].iter().map(|&v| v as f64), a[name].iter().map(|&v| v as f64));
+        println!("{name}: max |Δ| = {d:.3e} (max |value| {mx:.3})");
+        assert!(d <= 1e-5 * mx.max(1.0), "{name}: max |Δ| = {d:e} (max |value| {mx})");
+    }
+    let argmax = |x: &ndarray::ArrayD<f32>| -> Vec<usize> {
+        x.lanes(ndarray::Axis(2))
+            .into_iter()
+            .map(|l| (0..l.len()).max_by(|&i, &j| l[i].total_cmp(&l[j])).unwrap())
+            .collect()
+    };
+    assert_eq!(argmax(&a["logits"]), argmax(&b["logits"]), "next-token argmax");
 }
