@@ -37,7 +37,9 @@
 //! May import: `stages` and everything below it (`config`, the analyses, `store`, `lm` …); never
 //! `report`, `outputs`, `pipeline` or `cli`, and it knows nothing of tables or reports.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 
 use differential_dataflow::input::Input;
@@ -361,6 +363,13 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             .map(Arc::new);
         let feature_sets = feature_sets.clone();
         let probe = ProbeHandle::new();
+        // The worker's ONNX session: loaded by the LM stage when it has work, dropped once the LM
+        // output's frontier has passed the epoch (SAE training and the fits that follow run
+        // without the model's weights and Runtime arenas in memory; a later epoch with new texts
+        // loads it again).
+        let lm_session: Rc<RefCell<Option<LanguageModel>>> = Rc::new(RefCell::new(None));
+        let lm_probe = ProbeHandle::new();
+        let session_in_graph = lm_session.clone();
         let (mut stories_in, mut corpus_in, mut resp_in, mut reading_in, mut aux_in) =
             worker.dataflow::<u64, _, _>(|scope| {
                 let env = StageEnv {
@@ -385,20 +394,20 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .map(|(s, a)| ((true, s), a))
                     .concat(corpus.map(|(c, a)| ((false, c), a)));
                 let lm_env = env.clone();
-                let mut model: Option<LanguageModel> = None;
+                let model = session_in_graph;
                 let acts = texts.reduce_named("LM", move |(_, text), input, output| {
                     for (art, diff) in input {
                         if *diff <= 0 {
                             continue;
                         }
                         let ctx = &lm_env.ctx;
-                        let mut run = || -> Result<(String, stages::LmOutputs)> {
+                        let run = || -> Result<(String, stages::LmOutputs)> {
                             let st: StoredStory = ctx.store.load_json("story", art)?;
                             let group = match per_language {
                                 true => st.story.language.clone(),
                                 false => SHARED_SAE_GROUP.to_string(),
                             };
-                            Ok((group, stages::lm_stage(ctx, &mut model, &st.story)?))
+                            Ok((group, stages::lm_stage(ctx, &mut model.borrow_mut(), &st.story)?))
                         };
                         match run() {
                             Ok((group, out)) => {
@@ -411,6 +420,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         }
                     }
                 });
+                acts.clone().inner.probe_with(&lm_probe);
                 let story_words = acts
                     .clone()
                     .flat_map(|((is_story, text), (_, layer, id))| (is_story && layer.is_none()).then_some((text, id)));
@@ -900,7 +910,12 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 resp_in.flush();
                 reading_in.flush();
                 aux_in.flush();
-                worker.step_while(|| probe.less_than(&next));
+                worker.step_while(|| {
+                    if lm_session.borrow().is_some() && !lm_probe.less_than(&next) {
+                        *lm_session.borrow_mut() = None;
+                    }
+                    probe.less_than(&next)
+                });
             }
             if let Some(sink) = sink.as_mut() {
                 let batch = std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()));

@@ -5,10 +5,15 @@
 //! [batch, seq]; 1 = token, 0 = padding, left or right):
 //! - `hidden_state_0` … `hidden_state_L` (f32 [batch, seq, d_model]): the embeddings, then the
 //!   residual stream after each of the L blocks, before the final norm;
-//! - `logits` (f32 [batch, seq, vocab]);
+//! - `logits` (f32 [batch, seq, vocab]) when the optional bool input `want_logits` is true, else an
+//!   empty [0, 0, vocab] (an `If`: ONNX Runtime runs every node whatever outputs a caller asks
+//!   for, so the full logits are computed only on request);
 //! - `next_token_logprob` (f32 [batch, seq]): ln p(input_ids[t+1] | ≤ t), nats; 0 where t+1 is
 //!   not a real token (the last position, and positions followed by padding);
 //! - `next_token_entropy` (f32 [batch, seq]): entropy of the next-token distribution, nats;
+//!   both computed by a `Loop` over chunks of positions, so at most `logit_budget` logits (an
+//!   optional int64 input, default 2^24 = 64 MB) are alive at once whatever the batch, length and
+//!   vocabulary (Gemma's 262,144 tokens included);
 //! - `last_token_logprobs` (f32 [batch, vocab]): log-probabilities after the last position.
 //!
 //! Key/value cache: optional inputs `past_key_ℓ` / `past_value_ℓ` (f32 [batch, kv_heads, past,
@@ -31,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use super::gguf::Gguf;
 use super::manifest::Manifest;
-use super::onnx_proto::{Attr, DType, Dim, ExternalData, Model, Node, Tensor, ValueInfo};
+use super::onnx_proto::{Attr, DType, Dim, ExternalData, Graph, Model, Node, Tensor, ValueInfo};
 use super::tokenizer_json;
 use crate::{Error, Result};
 
@@ -270,6 +275,7 @@ fn write_import(
         input_ids: "input_ids".into(),
         attention_mask: Some("attention_mask".into()),
         logits: head.then(|| "logits".into()),
+        logits_switch: head.then(|| WANT_LOGITS.into()),
         hidden_states: (0..=n_blocks).map(hidden_name).collect(),
         next_token_logprob: head.then(|| "next_token_logprob".into()),
         next_token_entropy: head.then(|| "next_token_entropy".into()),
@@ -330,7 +336,7 @@ fn weight_bytes(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> u64 {
 }
 
 /// Bumped whenever the emitted graph changes, so cached imports are redone.
-pub const IMPORTER_REVISION: u32 = 3;
+pub const IMPORTER_REVISION: u32 = 4;
 
 /// The `written_by` stamp of manifests from this importer.
 pub fn importer_stamp() -> String {
@@ -346,6 +352,17 @@ pub fn hidden_name(i: usize) -> String {
 
 /// The KV-cache inputs and outputs of an imported graph (see the module doc).
 pub const LAST_LOGPROBS: &str = "last_token_logprobs";
+
+/// The bool input that turns the `logits` output on (default false: an empty [0, 0, vocab]).
+pub const WANT_LOGITS: &str = "want_logits";
+
+/// Most logits alive at once while the graph scores next tokens (2^24 f32 = 64 MB): the
+/// default of the optional int64 scalar input [`LOGIT_BUDGET_INPUT`].
+pub const LOGIT_BUDGET: i64 = 1 << 24;
+
+/// The optional input that bounds the logits alive at once (positions per chunk = max(1,
+/// ⌊budget / (batch · vocab)⌋)).
+pub const LOGIT_BUDGET_INPUT: &str = "logit_budget";
 pub fn past_key_name(l: usize) -> String {
     format!("past_key_{l}")
 }
@@ -418,6 +435,19 @@ impl Builder {
     fn const_i64(&mut self, name: &str, data: &[i64]) -> String {
         self.m.initializers.push(Tensor::i64(name, &[data.len() as i64], data));
         name.to_string()
+    }
+    fn const_i64_scalar(&mut self, name: &str, v: i64) -> String {
+        self.m.initializers.push(Tensor::i64(name, &[], &[v]));
+        name.to_string()
+    }
+    /// Starts collecting nodes for a subgraph (a `Loop` body, an `If` branch); returns the outer
+    /// graph's nodes, to be handed to [`Builder::end_subgraph`].
+    fn begin_subgraph(&mut self) -> Vec<Node> {
+        std::mem::take(&mut self.m.nodes)
+    }
+    /// The subgraph's nodes; the outer graph's are back in place.
+    fn end_subgraph(&mut self, outer: Vec<Node>) -> Vec<Node> {
+        std::mem::replace(&mut self.m.nodes, outer)
     }
     fn const_f32_scalar(&mut self, name: &str, v: f32) -> String {
         self.m.initializers.push(Tensor::f32(name, &[], &[v]));
@@ -917,29 +947,146 @@ fn build_graph(
     let out_norm = load(g, "output_norm.weight", &[d])?;
     let out_norm = b.weight("output_norm", &[d as i64], &out_norm);
     let hn = b.rms_norm(&x, &out_norm, &eps);
-    let flat = b.op("Reshape", &[&hn, &shape_2d], vec![]);
     let head = if g.tensor("output.weight").is_some() {
         let w = load(g, "output.weight", &[v, d])?;
         b.weight("lm_head", &[v as i64, d as i64], &w)
     } else {
         emb_name.clone()
     };
+    let vocab_s = b.const_i64_scalar("c_vocab_s", v as i64);
+    let c_true = "c_true".to_string();
+    b.m.initializers.push(Tensor::bool(&c_true, &[], &[true]));
+
+    // `logits` [B, S, V] only when the caller sets `want_logits` (an `If`: ONNX Runtime runs every
+    // node of a graph whatever outputs are asked for, so a plain output would be computed on
+    // every call); otherwise an empty [0, 0, V].
+    b.m.inputs.push(ValueInfo {
+        name: WANT_LOGITS.into(),
+        dtype: DType::Bool,
+        dims: vec![],
+    });
+    b.m.initializers.push(Tensor::bool(WANT_LOGITS, &[], &[false]));
+    b.m.initializers
+        .push(Tensor::f32("logits_none", &[0, 0, v as i64], &[]));
+    let any3 = |p: &str| vec![sym(&format!("{p}_b")), sym(&format!("{p}_s")), Dim::Fixed(v as i64)];
+    let saved = b.begin_subgraph();
+    let flat = b.op("Reshape", &[&hn, &shape_2d], vec![]);
     let logits2 = b.op("Gemm", &[&flat, &head], vec![("transB", Attr::Int(1))]);
     let bs = b.op("Slice", &[&shape_ids, &c0, &c2, &c0], vec![]);
     let shape3 = b.op("Concat", &[&bs, &vocab_i], vec![("axis", Attr::Int(0))]);
-    b.op_named("Reshape", &[&logits2, &shape3], vec![], "logits");
+    let full = b.op("Reshape", &[&logits2, &shape3], vec![]);
+    let then_nodes = b.end_subgraph(saved);
+    let saved = b.begin_subgraph();
+    let none = b.op("Identity", &["logits_none"], vec![]);
+    let else_nodes = b.end_subgraph(saved);
+    let branch = |name: &str, nodes: Vec<Node>, out: &str| {
+        Attr::Graph(Box::new(Graph {
+            name: name.into(),
+            nodes,
+            inputs: vec![],
+            outputs: vec![ValueInfo {
+                name: out.into(),
+                dtype: DType::F32,
+                dims: any3(name),
+            }],
+        }))
+    };
+    b.op_named(
+        "If",
+        &[WANT_LOGITS],
+        vec![
+            ("then_branch", branch("logits_full", then_nodes, &full)),
+            ("else_branch", branch("logits_none", else_nodes, &none)),
+        ],
+        "logits",
+    );
 
-    // ---- next-token log-probability and entropy (nats)
-    let lsm = b.op("LogSoftmax", &["logits"], vec![("axis", Attr::Int(-1))]);
+    // ---- next-token log-probability and entropy (nats), by a `Loop` over chunks of C positions,
+    // C = max(1, ⌊2^24 / (B·V)⌋): at most 2^24 logits (64 MB) are alive at once, whatever the
+    // batch, sequence length and vocabulary. The positions are zero-padded to n·C (n = ⌈S/C⌉)
+    // so every iteration has the same shape, and the padding is cut off afterwards.
+    let nxt = b.op("Slice", &["input_ids", &c1, &cbig, &c1], vec![]);
+    let nxt = b.op("Pad", &[&nxt, &pads], vec![]);
+    let batch_s = b.op("Gather", &[&shape_ids, "c_0s"], vec![("axis", Attr::Int(0))]);
+    let bv = b.op("Mul", &[&batch_s, &vocab_s], vec![]);
+    // the budget is an optional input (default 2^24) so a caller or a test can change it
+    b.m.inputs.push(ValueInfo {
+        name: LOGIT_BUDGET_INPUT.into(),
+        dtype: DType::I64,
+        dims: vec![],
+    });
+    let budget = b.const_i64_scalar(LOGIT_BUDGET_INPUT, LOGIT_BUDGET);
+    let cl = b.op("Div", &[&budget, &bv], vec![]);
+    let cl = b.op("Max", &[&cl, "c_1s"], vec![]);
+    let cl_m1 = b.op("Sub", &[&cl, "c_1s"], vec![]);
+    let n_iter = b.op("Add", &[&seq, &cl_m1], vec![]);
+    let n_iter = b.op("Div", &[&n_iter, &cl], vec![]);
+    let padded = b.op("Mul", &[&n_iter, &cl], vec![]);
+    let pad_len = b.op("Sub", &[&padded, &seq], vec![]);
+    let pad_len1 = b.op("Unsqueeze", &[&pad_len, &c0], vec![]);
+    let cl1 = b.op("Unsqueeze", &[&cl, &c0], vec![]);
+    let zeros3 = b.const_i64("c_zeros3", &[0, 0, 0]);
+    let zeros4 = b.const_i64("c_zeros4", &[0, 0, 0, 0]);
+    let pads_h = b.op("Concat", &[&zeros4, &pad_len1, &c0], vec![("axis", Attr::Int(0))]);
+    let hn_pad = b.op("Pad", &[&hn, &pads_h], vec![]);
+    let pads_n = b.op("Concat", &[&zeros3, &pad_len1], vec![("axis", Attr::Int(0))]);
+    let nxt_pad = b.op("Pad", &[&nxt, &pads_n], vec![]);
+    let col = b.const_i64("shape_col", &[-1, 1]);
+    let shape_bc = b.op("Concat", &[&cneg1, &cl1], vec![("axis", Attr::Int(0))]);
+    // the body: iteration i scores positions [i·C, (i+1)·C)
+    let saved = b.begin_subgraph();
+    let (it, cond) = ("lp_iter", "lp_cond");
+    let start = b.op("Mul", &[it, &cl], vec![]);
+    let start1 = b.op("Unsqueeze", &[&start, &c0], vec![]);
+    let end1 = b.op("Add", &[&start1, &cl1], vec![]);
+    let h_c = b.op("Slice", &[&hn_pad, &start1, &end1, &c1], vec![]);
+    let h2 = b.op("Reshape", &[&h_c, &shape_2d], vec![]);
+    let lg = b.op("Gemm", &[&h2, &head], vec![("transB", Attr::Int(1))]);
+    let lsm = b.op("LogSoftmax", &[&lg], vec![("axis", Attr::Int(-1))]);
     let p = b.op("Exp", &[&lsm], vec![]);
     let plogp = b.op("Mul", &[&p, &lsm], vec![]);
     let neg_h = b.op("ReduceSum", &[&plogp, &cneg1], vec![("keepdims", Attr::Int(0))]);
-    b.op_named("Neg", &[&neg_h], vec![], "next_token_entropy");
-    let nxt = b.op("Slice", &["input_ids", &c1, &cbig, &c1], vec![]);
-    let nxt = b.op("Pad", &[&nxt, &pads], vec![]);
-    let nxt = b.op("Unsqueeze", &[&nxt, &c2], vec![]);
-    let lp = b.op("GatherElements", &[&lsm, &nxt], vec![("axis", Attr::Int(2))]);
-    let lp = b.op("Squeeze", &[&lp, &c2], vec![]);
+    let ent = b.op("Neg", &[&neg_h], vec![]);
+    let n_c = b.op("Slice", &[&nxt_pad, &start1, &end1, &c1], vec![]);
+    let n2 = b.op("Reshape", &[&n_c, &col], vec![]);
+    let lp = b.op("GatherElements", &[&lsm, &n2], vec![("axis", Attr::Int(1))]);
+    let lp = b.op("Reshape", &[&lp, &shape_bc], vec![]);
+    let ent = b.op("Reshape", &[&ent, &shape_bc], vec![]);
+    let cond_out = b.op("Identity", &[cond], vec![]);
+    let body_nodes = b.end_subgraph(saved);
+    let chunk_vi = |name: &str| ValueInfo {
+        name: name.into(),
+        dtype: DType::F32,
+        dims: vec![sym("lp_b"), sym("lp_c")],
+    };
+    let scalar = |name: &str, dtype: DType| ValueInfo {
+        name: name.into(),
+        dtype,
+        dims: vec![],
+    };
+    let body = Graph {
+        name: "next_token_chunk".into(),
+        nodes: body_nodes,
+        inputs: vec![scalar(it, DType::I64), scalar(cond, DType::Bool)],
+        outputs: vec![scalar(&cond_out, DType::Bool), chunk_vi(&lp), chunk_vi(&ent)],
+    };
+    let scans = b.op_multi(
+        "Loop",
+        &[&n_iter, &c_true],
+        vec![("body", Attr::Graph(Box::new(body)))],
+        2,
+    );
+    // [n, B, C] → [B, n·C] → [B, S]
+    let seq1 = b.op("Unsqueeze", &[&seq, &c0], vec![]);
+    let keep_b = b.const_i64("shape_b_flat", &[0, -1]);
+    let unchunk = |b: &mut Builder, t: &str| {
+        let t = b.op("Transpose", &[t], vec![("perm", Attr::Ints(vec![1, 0, 2]))]);
+        let t = b.op("Reshape", &[&t, &keep_b], vec![]);
+        b.op("Slice", &[&t, &c0, &seq1, &c1], vec![])
+    };
+    let lp = unchunk(&mut b, &scans[0]);
+    let ent = unchunk(&mut b, &scans[1]);
+    b.op_named("Identity", &[&ent], vec![], "next_token_entropy");
     // zero where there is no real next token (the last position, and before right padding)
     let has_next = b.op("Slice", &["attention_mask", &c1, &cbig, &c1], vec![]);
     let has_next = b.op("Pad", &[&has_next, &pads], vec![]);
@@ -948,12 +1095,15 @@ fn build_graph(
     // the last position's log-probabilities [B, vocab]: a caller streaming a story in chunks
     // scores the next chunk's first token with them
     let last = b.op("Sub", &[&seq, "c_1s"], vec![]);
-    b.op_named("Gather", &[&lsm, &last], vec![("axis", Attr::Int(1))], LAST_LOGPROBS);
+    let h_last = b.op("Gather", &[&hn, &last], vec![("axis", Attr::Int(1))]);
+    let lg_last = b.op("Gemm", &[&h_last, &head], vec![("transB", Attr::Int(1))]);
+    b.op_named("LogSoftmax", &[&lg_last], vec![("axis", Attr::Int(-1))], LAST_LOGPROBS);
 
     b.m.outputs.push(ValueInfo {
         name: "logits".into(),
         dtype: f,
-        dims: vec![sym("batch"), sym("seq"), Dim::Fixed(v as i64)],
+        // [batch, seq, vocab] when `want_logits` is set, else [0, 0, vocab]
+        dims: vec![sym("logits_batch"), sym("logits_seq"), Dim::Fixed(v as i64)],
     });
     for i in 0..=cfg.n_layers {
         b.m.outputs.push(ValueInfo {

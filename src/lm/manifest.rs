@@ -47,6 +47,10 @@ pub struct Manifest {
     pub attention_mask: Option<String>,
     /// Name of the [batch, seq, vocab] logits output.
     pub logits: Option<String>,
+    /// A bool scalar input that must be true for `logits` to be computed (graphs from `model
+    /// import`, importer r4 on); None when the graph always computes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits_switch: Option<String>,
     /// Names of the [batch, seq, d_model] residual-stream outputs, embeddings first.
     pub hidden_states: Vec<String>,
     /// Optional [batch, seq] output: ln p(token t+1 | tokens ≤ t), in nats.

@@ -96,6 +96,15 @@ impl Tensor {
             external: None,
         }
     }
+    pub fn bool(name: &str, dims: &[i64], data: &[bool]) -> Self {
+        Tensor {
+            name: name.into(),
+            dtype: DType::Bool,
+            dims: dims.to_vec(),
+            raw: data.iter().map(|&v| v as u8).collect(),
+            external: None,
+        }
+    }
     pub fn i64(name: &str, dims: &[i64], data: &[i64]) -> Self {
         let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
         Tensor {
@@ -143,6 +152,34 @@ pub enum Attr {
     Ints(Vec<i64>),
     Str(String),
     Tensor(Tensor),
+    /// A subgraph, e.g. the body of a `Loop`.
+    Graph(Box<Graph>),
+}
+
+/// A subgraph (a `Loop` body): it may read any value of the enclosing graph by name.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub name: String,
+    pub nodes: Vec<Node>,
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+}
+
+impl Graph {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        for n in &self.nodes {
+            put_bytes(&mut b, 1, &n.encode());
+        }
+        put_str(&mut b, 2, &self.name);
+        for i in &self.inputs {
+            put_bytes(&mut b, 11, &i.encode());
+        }
+        for o in &self.outputs {
+            put_bytes(&mut b, 12, &o.encode());
+        }
+        b
+    }
 }
 
 /// One graph node.
@@ -185,6 +222,10 @@ impl Node {
                 Attr::Tensor(t) => {
                     put_bytes(&mut a, 5, &t.encode());
                     put_int(&mut a, 20, 4);
+                }
+                Attr::Graph(g) => {
+                    put_bytes(&mut a, 6, &g.encode());
+                    put_int(&mut a, 20, 5);
                 }
                 Attr::Ints(vs) => {
                     for v in vs {

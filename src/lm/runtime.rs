@@ -227,7 +227,7 @@ impl LanguageModel {
             sel = sel.with(m.logits.clone().expect("checked by Manifest::check"));
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
-        let inputs = model_inputs(m, [b, s], ids.clone(), mask.clone())?;
+        let inputs = model_inputs(m, [b, s], ids.clone(), mask.clone(), !in_graph)?;
         let hidden_names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
         let (lp_name, ent_name, logits_name) = (
             m.next_token_logprob.clone(),
@@ -361,7 +361,7 @@ impl LanguageModel {
             sel = sel.with(n.clone());
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
-        let mut inputs = model_inputs(m, [1, s], ids.clone(), mask.clone())?;
+        let mut inputs = model_inputs(m, [1, s], ids.clone(), mask.clone(), !in_graph)?;
         let shape = [1, cache.kv_heads, cache.len, cache.head_dim];
         for (names, bufs) in [(&kv.past_key, &mut cache.keys), (&kv.past_value, &mut cache.values)] {
             for (n, buf) in names.iter().zip(bufs.iter_mut()) {
@@ -458,7 +458,7 @@ impl LanguageModel {
             sel = sel.with(m.hidden_states[l].clone());
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
-        let inputs = model_inputs(m, [b, s], ids, mask)?;
+        let inputs = model_inputs(m, [b, s], ids, mask, false)?;
         let names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
         let d_model = m.d_model;
         let outputs = self
@@ -493,7 +493,7 @@ impl LanguageModel {
         let options = RunOptions::new()
             .map_err(rt("run options"))?
             .with_outputs(OutputSelector::no_default().with(logits_name.clone()));
-        let inputs = model_inputs(m, [1, s], seq, vec![1i64; s])?;
+        let inputs = model_inputs(m, [1, s], seq, vec![1i64; s], true)?;
         let outputs = self
             .session
             .run_with_options(inputs, &options)
@@ -540,17 +540,24 @@ impl LanguageModel {
 
 /// The session inputs: token ids and, when the graph takes one, the attention mask, both int64
 /// `shape` = [batch, seq].
+/// The ids and mask inputs, and the logits switch set when `want_logits` (graphs without a
+/// switch compute logits on every call).
 fn model_inputs(
     m: &Manifest,
     shape: [usize; 2],
     ids: Vec<i64>,
     mask: Vec<i64>,
+    want_logits: bool,
 ) -> Result<Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'static>)>> {
     let ids_t = Tensor::from_array((shape, ids)).map_err(rt("input_ids"))?;
     let mut inputs = ort::inputs![m.input_ids.clone() => ids_t];
     if let Some(mask_name) = &m.attention_mask {
         let mask_t = Tensor::from_array((shape, mask)).map_err(rt("attention_mask"))?;
         inputs.push((mask_name.clone().into(), mask_t.into()));
+    }
+    if let (true, Some(name)) = (want_logits, &m.logits_switch) {
+        let on = Tensor::from_array(((), vec![true])).map_err(rt(name))?;
+        inputs.push((name.clone().into(), on.into()));
     }
     Ok(inputs)
 }

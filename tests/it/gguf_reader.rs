@@ -18,7 +18,7 @@ use cortexflow::lm::gguf::{GgmlType, Gguf};
 use cortexflow::lm::import::{WeightsFile, EXTERNAL_DATA_FILE};
 use cortexflow::lm::{import_gguf, ImportOptions, LanguageModel, RuntimeOptions, WeightPrecision};
 use cortexflow::Error;
-use peer::{make_tiny_gguf, max_diff, read_npy, run_onnx_all_outputs, run_script};
+use peer::{make_tiny_gguf, max_diff, read_npy, run_onnx_all_outputs, run_onnx_all_outputs_budget, run_script};
 
 /// Dumps the named tensors (`NAME[:ROWS]`, or `all`) of `gguf` dequantized by gguf-py into `out`.
 fn dump_reference_tensors(gguf: &Path, specs: &str, out: &Path) {
@@ -593,4 +593,75 @@ fn a_model_past_two_gigabytes_imports_as_external_data_and_runs() {
             .collect()
     };
     assert_eq!(argmax(&a["logits"]), argmax(&b["logits"]), "next-token argmax");
+}
+
+/// The graph scores next tokens by a `Loop` over chunks of positions (at most `logit_budget`
+/// logits alive at once): every chunk size gives what a log-softmax of the full logits gives, and
+/// the full logits are computed only when `want_logits` asks for them.
+#[test]
+fn next_token_statistics_are_the_same_for_every_chunk_size_and_equal_the_full_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
+    let dir = tmp.path().join("model");
+    import_gguf(&tiny, &dir, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let ids = vec![1u32, 45, 40, 41, 5, 63, 7, 22, 9, 30, 31];
+    let s = ids.len();
+    let one_chunk = run_onnx_all_outputs(&dir, &ids);
+    let logits = &one_chunk["logits"];
+    assert_eq!(logits.shape(), &[1, s, 64]);
+    // the reference, in f64 from the full logits
+    let (mut lp_ref, mut ent_ref, mut last_ref) = (vec![0f64; s], vec![0f64; s], vec![0f64; 64]);
+    for t in 0..s {
+        let row: Vec<f64> = (0..64).map(|v| logits[[0, t, v]] as f64).collect();
+        let mx = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = mx + row.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+        ent_ref[t] = -row.iter().map(|x| (x - lse).exp() * (x - lse)).sum::<f64>();
+        if t + 1 < s {
+            lp_ref[t] = row[ids[t + 1] as usize] - lse;
+        } else {
+            last_ref = row.iter().map(|x| x - lse).collect();
+        }
+    }
+    // budget 64·4: 4 positions a chunk (3 iterations, one padded position); 1: one position a chunk
+    for budget in [None, Some(64 * 4), Some(1)] {
+        let out = match budget {
+            None => one_chunk.clone(),
+            Some(b) => run_onnx_all_outputs_budget(&dir, &ids, Some(b)),
+        };
+        for (name, want) in [
+            ("next_token_logprob", &lp_ref),
+            ("next_token_entropy", &ent_ref),
+            ("last_token_logprobs", &last_ref),
+        ] {
+            let got = &out[name];
+            assert_eq!(got.len(), want.len(), "{name} with budget {budget:?}");
+            let (d, mx) = max_diff(got.iter().map(|&v| v as f64), want.iter().copied());
+            println!("budget {budget:?}: {name} max |Δ| = {d:.2e} (max |value| {mx:.2})");
+            assert!(
+                d <= 1e-5 * mx.max(1.0),
+                "{name} with budget {budget:?}: max |Δ| = {d:e}"
+            );
+        }
+    }
+
+    // without `want_logits`, the `logits` output is empty: no [batch, seq, vocab] tensor is made
+    use ort::session::Session;
+    use ort::value::Tensor;
+    let env = cortexflow::lm::runtime::environment().unwrap_or_else(|e| panic!("{e}"));
+    let mut session = Session::builder(env)
+        .unwrap()
+        .commit_from_file(dir.join("model.onnx"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ids_t = Tensor::from_array(([1usize, s], ids.iter().map(|&t| t as i64).collect::<Vec<i64>>())).unwrap();
+    let mask_t = Tensor::from_array(([1usize, s], vec![1i64; s])).unwrap();
+    let outputs = session
+        .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let plain = outputs["logits"].try_extract_array::<f32>().unwrap();
+    assert_eq!(plain.shape(), &[0, 0, 64], "logits computed without being asked for");
+    let lp = outputs["next_token_logprob"].try_extract_array::<f32>().unwrap();
+    assert_eq!(
+        lp.as_slice().unwrap(),
+        one_chunk["next_token_logprob"].as_slice().unwrap()
+    );
 }

@@ -353,9 +353,12 @@ fn in_graph_surprisal_and_entropy_equal_a_log_softmax_of_the_logits_in_rust() {
     let tmp = tempfile::tempdir().unwrap();
     let mut plain = logits_only_model(tmp.path());
     let mut m = model();
-    let story = first_words(&alice(), 60);
+    // ~380 tokens in one window: the graph's Loop scores them in two chunks of ⌊2^24 / vocab⌋ = 341
+    // positions (the second zero-padded)
+    let story = first_words(&alice(), 300);
     let opts = ExtractOptions {
         layers: vec![3],
+        context: extract::ContextPolicy::Windows,
         ..Default::default()
     };
     let a = lm::extract_story(&mut m, &story, &opts).unwrap();

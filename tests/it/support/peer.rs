@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cortexflow::lm::import::LOGIT_BUDGET_INPUT;
 use ndarray::ArrayD;
 
 pub fn crate_dir() -> PathBuf {
@@ -146,6 +147,16 @@ pub fn read_npy(path: &Path) -> Npy {
 
 /// Runs `<dir>/model.onnx` on one sequence (batch 1, no padding); returns every graph output.
 pub fn run_onnx_all_outputs(model_dir: &Path, ids: &[u32]) -> BTreeMap<String, ArrayD<f32>> {
+    run_onnx_all_outputs_budget(model_dir, ids, None)
+}
+
+/// As [`run_onnx_all_outputs`], with the graph's `logit_budget` input set (logits alive at once
+/// while it scores next tokens).
+pub fn run_onnx_all_outputs_budget(
+    model_dir: &Path,
+    ids: &[u32],
+    logit_budget: Option<i64>,
+) -> BTreeMap<String, ArrayD<f32>> {
     use ort::session::Session;
     use ort::value::Tensor;
     let env = cortexflow::lm::runtime::environment().unwrap_or_else(|e| panic!("{e}"));
@@ -159,8 +170,21 @@ pub fn run_onnx_all_outputs(model_dir: &Path, ids: &[u32]) -> BTreeMap<String, A
     let s = ids.len();
     let ids_t = Tensor::from_array(([1usize, s], ids.iter().map(|&t| t as i64).collect::<Vec<i64>>())).unwrap();
     let mask_t = Tensor::from_array(([1usize, s], vec![1i64; s])).unwrap();
+    let mut inputs = ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t];
+    // every output, the logits included (a graph from `model import` computes them on request)
+    // (an input with a default is not among the session's listed inputs: the manifest says)
+    let manifest = cortexflow::lm::Manifest::load(model_dir).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(switch) = manifest.logits_switch {
+        inputs.push((switch.into(), Tensor::from_array(((), vec![true])).unwrap().into()));
+    }
+    if let Some(n) = logit_budget {
+        inputs.push((
+            LOGIT_BUDGET_INPUT.into(),
+            Tensor::from_array(((), vec![n])).unwrap().into(),
+        ));
+    }
     let outputs = session
-        .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+        .run(inputs)
         .unwrap_or_else(|e| panic!("running {}: {e}", onnx.display()));
     let mut all = BTreeMap::new();
     for (name, v) in outputs.iter() {
