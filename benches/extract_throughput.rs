@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
         Ok(m) if m == cortexflow::paths::GEMMA_MODEL => lm::ensure_gemma_model()?,
         _ => lm::ensure_default_model()?,
     };
-    let mut model = LanguageModel::load(&dir, &RuntimeOptions { threads })?;
+    let mut model = LanguageModel::load(&dir, &RuntimeOptions::with_threads(threads))?;
     let m = model.manifest.clone();
     let bos = m.bos_token_id.expect("default model has a BOS");
     let data = cortexflow::paths::data_root().expect("../shared/data or CORTEXFLOW_DATA");

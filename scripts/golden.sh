@@ -35,7 +35,13 @@ cp "$ROOT"/tests/fixtures/golden/*.toml "$WORK/"
 cd "$WORK"
 for p in alice alice-taxonomy natural-stories; do
   echo "golden: cortexflow run $p.toml -w 2" >&2
-  "$BIN" run "$p.toml" -w 2 >"$p.log" 2>&1 || { tail -20 "$p.log" >&2; echo "golden: $p failed" >&2; exit 1; }
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -o "$p.time" -f "%e s, peak RSS %M kB" "$BIN" run "$p.toml" -w 2 >"$p.log" 2>&1 ||
+      { tail -20 "$p.log" >&2; echo "golden: $p failed" >&2; exit 1; }
+    echo "golden: $p took $(cat "$p.time")" >&2
+  else
+    "$BIN" run "$p.toml" -w 2 >"$p.log" 2>&1 || { tail -20 "$p.log" >&2; echo "golden: $p failed" >&2; exit 1; }
+  fi
 done
 "$PY" - "$WORK/out" >"$WORK/SHA256SUMS" <<'PY'
 import hashlib, json, os, sys

@@ -1,6 +1,7 @@
 //! Command implementations behind `cortexflow`'s numeric subcommands, kept in the library so they
 //! are testable and the binary (`main.rs`) only parses and prints.
 //!
+//! * [`export`]: `cortexflow export` — a run's tables as CSV, TSV, Arrow IPC or Parquet files.
 //! * [`ridge`]: `cortexflow ridge` — per-target ridge CV on `.npy` / Parquet matrices.
 //! * [`lmm`]: `cortexflow lmm` — linear mixed models on any table with an lme4-style formula.
 //! * [`sae`]: `cortexflow sae encode` — any activation matrix through any supported SAE folder.
@@ -17,6 +18,7 @@
 //!
 //! May import: everything (`pipeline`, `outputs`, the analyses …): it is the top layer, with `main.rs`.
 
+pub mod export;
 pub mod labels;
 pub mod lmm;
 pub mod ridge;
@@ -26,6 +28,7 @@ pub mod simulate;
 pub mod topography;
 pub mod voxelwise;
 
+pub use export::{run_export, ExportArgs, ExportFormat, ExportedTable};
 pub use labels::{run_labels_agree, run_labels_ask, AgreementSummary, LabelsAgreeArgs, LabelsAskArgs};
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};

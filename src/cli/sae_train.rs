@@ -346,6 +346,7 @@ pub fn run_sae_train(job: &SaeJob, opts: &SaeTrainRunOptions) -> Result<SaeTrain
                         .model
                         .threads
                         .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)),
+                    ..Default::default()
                 },
             )?;
             let sopts = SpoolOptions {

@@ -192,6 +192,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
             &dir,
             &RuntimeOptions {
                 threads: ctx.lm_threads,
+                prepack: ctx.plan.file.model.prepack,
             },
         )?);
     }

@@ -12,7 +12,7 @@ use cortexflow::lm::{self, extract, LanguageModel, RuntimeOptions};
 
 fn gemma() -> LanguageModel {
     let dir = lm::ensure_gemma_model().expect("Gemma 3 270M imports (run `make setup` first)");
-    LanguageModel::load(&dir, &RuntimeOptions { threads: 2 }).expect("Gemma loads")
+    LanguageModel::load(&dir, &RuntimeOptions::with_threads(2)).expect("Gemma loads")
 }
 
 #[test]

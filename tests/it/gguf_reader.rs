@@ -150,7 +150,7 @@ fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
         assert!(model_dir.join(f).is_file(), "import did not write {f}");
     }
 
-    let mut lm = LanguageModel::load(&model_dir, &RuntimeOptions { threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+    let mut lm = LanguageModel::load(&model_dir, &RuntimeOptions::with_threads(1)).unwrap_or_else(|e| panic!("{e}"));
     // The 64-token BPE vocabulary and merges survive the conversion to tokenizer.json.
     let text = "the cat is on the mat";
     let enc = lm.tokenizer.encode(text, false).unwrap();
@@ -248,7 +248,7 @@ fn a_truncated_import_keeps_the_hidden_states_and_drops_the_head() {
         assert_eq!(a[n], b[n], "{n} differs between the full and the truncated graph");
     }
     // the runtime accepts it and returns the kept layers only
-    let mut lm = LanguageModel::load(&cut, &RuntimeOptions { threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+    let mut lm = LanguageModel::load(&cut, &RuntimeOptions::with_threads(1)).unwrap_or_else(|e| panic!("{e}"));
     let h = lm.run_hidden(&[ids.clone()], &[1]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(h[0].shape(), &[1, ids.len(), 64]);
     assert!(
@@ -509,7 +509,7 @@ fn external_data_gives_bit_identical_outputs_to_inline_weights() {
     );
     assert!(rb.onnx_bytes * 20 < ra.onnx_bytes, "the weights left model.onnx");
     assert!(data + rb.onnx_bytes >= ra.onnx_bytes, "all bytes are somewhere");
-    let lm = LanguageModel::load(&b, &RuntimeOptions { threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+    let lm = LanguageModel::load(&b, &RuntimeOptions::with_threads(1)).unwrap_or_else(|e| panic!("{e}"));
     let ids: Vec<u32> = lm
         .tokenizer
         .encode("Alice was beginning to get very tired of sitting by her sister", false)
@@ -522,7 +522,7 @@ fn external_data_gives_bit_identical_outputs_to_inline_weights() {
 
     // the data file is part of the model: without it, loading says which file is missing
     std::fs::remove_file(b.join(EXTERNAL_DATA_FILE)).unwrap();
-    let e = LanguageModel::load(&b, &RuntimeOptions { threads: 1 })
+    let e = LanguageModel::load(&b, &RuntimeOptions::with_threads(1))
         .err()
         .expect("a model without its weights");
     assert!(e.to_string().contains(EXTERNAL_DATA_FILE), "{e}");

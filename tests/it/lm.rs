@@ -11,7 +11,7 @@ use cortexflow::lm::{self, extract, ExtractOptions, LanguageModel, Manifest, Poo
 use cortexflow::stimulus::{self, ReadOptions, Story, Word};
 
 fn model() -> LanguageModel {
-    LanguageModel::load(&support::model_dir(), &RuntimeOptions { threads: 2 }).expect("model loads")
+    LanguageModel::load(&support::model_dir(), &RuntimeOptions::with_threads(2)).expect("model loads")
 }
 
 fn alice() -> Story {
@@ -345,7 +345,7 @@ fn logits_only_model(tmp: &Path) -> LanguageModel {
     man.next_token_logprob = None;
     man.next_token_entropy = None;
     man.save(tmp).unwrap();
-    LanguageModel::load(tmp, &RuntimeOptions { threads: 2 }).unwrap()
+    LanguageModel::load(tmp, &RuntimeOptions::with_threads(2)).unwrap()
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod encoding_parity;
 mod encoding_recovery;
 mod encoding_stats;
 mod encoding_stories;
+mod export;
 mod extract_cli;
 mod features;
 mod gemma;

@@ -331,7 +331,7 @@ fn sae_train_on_the_real_model_resumes_to_the_same_sae_and_its_spool_holds_the_m
     assert_eq!(m.n_rows(false) + m.n_rows(true), 12 * 126);
     // its first rows are the full (untruncated) model's layer-3 states after BOS + 1 token
     let mut lm =
-        cortexflow::lm::LanguageModel::load(&support::model_dir(), &cortexflow::lm::RuntimeOptions { threads: 2 })
+        cortexflow::lm::LanguageModel::load(&support::model_dir(), &cortexflow::lm::RuntimeOptions::with_threads(2))
             .unwrap();
     let text =
         std::fs::read_to_string(support::data_root().join("corpora_text/ELTeC-fra_FRA00101_Adam_MonVillage.txt"))
