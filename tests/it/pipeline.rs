@@ -129,6 +129,57 @@ fn the_run_tables_read_back_in_pyarrow_and_polars_with_the_documented_schemas() 
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // The examples a user starts from: the report's main figure in Python (polars + matplotlib,
+    // from the Parquet table) and in base R (from the CSV export).
+    let png_py = tmp.path().join("r_by_layer_py.png");
+    let o = std::process::Command::new(support::python())
+        .arg(root.join("examples/r_by_layer.py"))
+        .arg(&report.output)
+        .arg(&png_py)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "examples/r_by_layer.py: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("sae"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let o = support::bin()
+        .args([
+            "export",
+            report.output.to_str().unwrap(),
+            "--format",
+            "csv",
+            "--table",
+            "summary",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export: {}", String::from_utf8_lossy(&o.stderr));
+    let png_r = tmp.path().join("r_by_layer_R.png");
+    let o = std::process::Command::new(std::env::var("CORTEXFLOW_RSCRIPT").unwrap_or_else(|_| "Rscript".into()))
+        .arg(root.join("examples/r_by_layer.R"))
+        .arg(report.output.join("export-csv"))
+        .arg(&png_r)
+        .output()
+        .expect("Rscript runs (run `make setup`)");
+    assert!(
+        o.status.success(),
+        "examples/r_by_layer.R: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for png in [&png_py, &png_r] {
+        let head = std::fs::read(png).unwrap();
+        assert!(
+            head.len() > 5000 && head.starts_with(b"\x89PNG"),
+            "{} is not a drawn PNG",
+            png.display()
+        );
+    }
     // Held-out r is a correlation; the SAE reconstructs its inputs better than chance.
     let check = support::run_python(
         "import sys, polars as pl\n\

@@ -204,6 +204,27 @@ cat(sprintf("%.10f %.10f %d\n", as.numeric(logLik(m0)), as.numeric(logLik(m1)), 
     );
     assert_eq!(c[3], 2.0, "norm + missing indicator");
 
+    // the user's route: `cortexflow export --format csv`, then examples/reading_lrt.R (base R reads
+    // the CSV, lme4 refits both models; the script stops unless logLik and chi2 agree to 1e-6)
+    let o = support::bin()
+        .args(["export", out.to_str().unwrap(), "--format", "csv"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "export: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(std::env::var("CORTEXFLOW_RSCRIPT").unwrap_or_else(|_| "Rscript".into()))
+        .arg(root().join("examples/reading_lrt.R"))
+        .arg(out.join("export-csv"))
+        .output()
+        .expect("Rscript runs (run `make setup`)");
+    let text = String::from_utf8_lossy(&o.stdout);
+    println!("{text}");
+    assert!(
+        o.status.success(),
+        "examples/reading_lrt.R: {}{text}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(text.contains("(within 1e-6)"), "{text}");
+
     // same tables with 2 workers (the LM and SAE come from the store; the reading stage reruns)
     let p2 = pipeline(tmp.path(), &store(), "out2", &words, rts, "random-seeds = 2");
     run(&p2, 2);
