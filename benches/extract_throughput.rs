@@ -7,7 +7,9 @@
 //! overlapping windows, on Alice and on run 1 of Le Petit Prince in English, French and Chinese
 //! (words, tokens per word and throughput per language), under each context policy: `windows`
 //! (the very windows Python runs), `sliding` and `full` (each token computed once through the
-//! key/value cache). Peak RSS of both processes is reported.
+//! key/value cache). The Python peer runs as a server so that repetitions interleave (each
+//! repetition runs every case on both sides before the next); figures are medians over
+//! repetitions. Peak RSS (VmHWM) of both processes is reported.
 //!
 //! Run: `make bench` (or `cargo bench --bench extract_throughput`); `CORTEXFLOW_BENCH_THREADS`
 //! sets the threads (default 2), `CORTEXFLOW_BENCH_REPS` the repetitions (default 3), and
@@ -121,103 +123,139 @@ fn main() -> anyhow::Result<()> {
         cases.insert(name, batches);
     }
 
-    // ---- cortexflow
-    let mut ours = BTreeMap::new();
-    for (name, batches) in &cases {
-        model.run_with(&batches[0], &layers, |_| ())?; // warm-up
-        let n_tokens: usize = batches.iter().flatten().map(Vec::len).sum();
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            for b in batches {
-                // outputs stay in ONNX Runtime's buffers, as numpy arrays do on the Python side
-                model.run_with(b, &layers, |v| std::hint::black_box(v.hidden.len()))?;
-            }
-        }
-        ours.insert(*name, (n_tokens * reps) as f64 / t0.elapsed().as_secs_f64());
-    }
-    // whole stories under each context policy (seconds per story)
-    let policies = [ContextPolicy::Windows, ContextPolicy::Sliding, ContextPolicy::Full];
-    let mut extract_s = BTreeMap::new();
-    for (name, st) in &stories {
-        for context in policies {
-            let opts = ExtractOptions {
-                separator: extract::word_separator(&st.language).into(),
-                batch_size,
-                context,
-                ..Default::default()
-            };
-            let t0 = Instant::now();
-            for _ in 0..reps {
-                std::hint::black_box(lm::extract_story(&mut model, st, &opts)?);
-            }
-            extract_s.insert((*name, context), t0.elapsed().as_secs_f64() / reps as f64);
-        }
-    }
-    let our_rss = self_peak_mib();
-
-    // ---- Python onnxruntime, same model, threads, batches and outputs
+    // ---- the Python peer (onnxruntime: same model, threads, batches and outputs) as a server,
+    // so the repetitions interleave: each repetition runs every case on cortexflow's side and then
+    // the same case on Python's, and the figures are medians over repetitions
     let mut outputs: Vec<String> = m.hidden_states.clone();
     outputs.push(m.next_token_logprob.clone().unwrap());
     outputs.push(m.next_token_entropy.clone().unwrap());
     let spec: serde_json::Map<String, serde_json::Value> = cases
         .iter()
-        .map(|(k, b)| (k.to_string(), json!({"batches": b, "outputs": outputs, "reps": reps})))
+        .map(|(k, b)| (k.to_string(), json!({"batches": b, "outputs": outputs, "reps": 1})))
         .collect();
     let tmp = tempfile::tempdir()?;
     let spec_path = tmp.path().join("cases.json");
     std::fs::write(&spec_path, serde_json::to_string(&spec)?)?;
-    let out = std::process::Command::new(python())
+    let mut peer = std::process::Command::new(python())
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_ort.py"))
         .arg(dir.join("model.onnx"))
         .arg(&spec_path)
-        .args(["--threads", &threads.to_string(), "--pad-id", &bos.to_string()])
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "python peer failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let py: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        .args(["--threads", &threads.to_string(), "--pad-id", &bos.to_string(), "--serve"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut peer_in = peer.stdin.take().expect("piped");
+    let mut peer_out = std::io::BufReader::new(peer.stdout.take().expect("piped"));
+    let mut ask = |name: &str| -> anyhow::Result<f64> {
+        use std::io::{BufRead, Write};
+        writeln!(peer_in, "{name}")?;
+        peer_in.flush()?;
+        let mut line = String::new();
+        peer_out.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .map_err(|e| anyhow::anyhow!("python peer answered `{}` to {name}: {e}", line.trim()))?;
+        Ok(v["seconds"].as_f64().expect("seconds"))
+    };
+
+    let policies = [ContextPolicy::Windows, ContextPolicy::Sliding, ContextPolicy::Full];
+    let mut ours: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut py: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut extract_s: BTreeMap<(&str, ContextPolicy), Vec<f64>> = BTreeMap::new();
+    for batches in cases.values() {
+        model.run_with(&batches[0], &layers, |_| ())?; // warm-up, as on the Python side
+    }
+    for rep in 0..reps {
+        eprintln!("extract_throughput: repetition {} of {reps}", rep + 1);
+        for (name, batches) in &cases {
+            let t0 = Instant::now();
+            for b in batches {
+                // outputs stay in ONNX Runtime's buffers, as numpy arrays do on the Python side
+                model.run_with(b, &layers, |v| std::hint::black_box(v.hidden.len()))?;
+            }
+            ours.entry(name).or_default().push(t0.elapsed().as_secs_f64());
+            py.entry(name).or_default().push(ask(name)?);
+        }
+        // whole stories under each context policy
+        for (name, st) in &stories {
+            for context in policies {
+                let opts = ExtractOptions {
+                    separator: extract::word_separator(&st.language).into(),
+                    batch_size,
+                    context,
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                std::hint::black_box(lm::extract_story(&mut model, st, &opts)?);
+                extract_s
+                    .entry((*name, context))
+                    .or_default()
+                    .push(t0.elapsed().as_secs_f64());
+            }
+        }
+    }
+    drop(ask);
+    drop(peer_in);
+    let mut last = String::new();
+    std::io::BufRead::read_line(&mut peer_out, &mut last)?;
+    let peer_status = peer.wait()?;
+    anyhow::ensure!(peer_status.success(), "python peer failed ({peer_status})");
+    let py_rss = serde_json::from_str::<serde_json::Value>(&last)?["peak_rss_mib"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let our_rss = self_peak_mib();
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
 
     println!(
-        "LM stage throughput, {threads} threads, {reps} reps, model {}",
+        "LM stage throughput, {threads} threads, medians of {reps} interleaved repetitions, model {}",
         dir.display()
     );
     println!(
         "{:<16} {:>14} {:>14} {:>8}",
         "case", "cortexflow t/s", "python t/s", "ratio"
     );
-    for (name, ours_tps) in &ours {
-        let py_tps = py[name]["tokens_per_s"].as_f64().unwrap();
-        println!("{name:<16} {ours_tps:>14.1} {py_tps:>14.1} {:>8.3}", ours_tps / py_tps);
+    for (name, batches) in &cases {
+        let n_tokens: usize = batches.iter().flatten().map(Vec::len).sum();
+        let (o, p) = (median(&ours[name]), median(&py[name]));
+        println!(
+            "{name:<16} {:>14.1} {:>14.1} {:>8.3}",
+            n_tokens as f64 / o,
+            n_tokens as f64 / p,
+            p / o
+        );
     }
     println!(
-        "\nwhole extract_story per story: seconds, and ratio = python running the overlapping windows \
+        "\nwhole extract_story per story: median seconds, and ratio = python running the overlapping windows \
          (the same windows as `windows`) / cortexflow; sliding and full compute each token once"
     );
     println!(
-        "{:<14} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "story", "words", "tokens", "tok/wd", "python s", "windows", "sliding", "full", "r_win", "r_slide", "r_full"
+        "{:<14} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "story", "words", "tokens", "tok/wd", "python s", "windows", "sliding", "full", "r_win", "r_slide", "r_full", "slide t/s"
     );
     for (name, st) in &stories {
         let (n_words, n_tok) = (st.words.len(), n_tokens_of[name]);
-        let windows_tokens: usize = cases[name].iter().flatten().map(Vec::len).sum();
-        let py_s = windows_tokens as f64 / py[name]["tokens_per_s"].as_f64().unwrap();
-        let t = policies.map(|c| extract_s[&(*name, c)]);
+        let py_s = median(&py[name]);
+        let t = policies.map(|c| median(&extract_s[&(*name, c)]));
         println!(
-            "{name:<14} {n_words:>6} {n_tok:>7} {:>7.3} {py_s:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.3} {:>8.3} {:>8.3}",
+            "{name:<14} {n_words:>6} {n_tok:>7} {:>7.3} {py_s:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.3} {:>8.3} {:>8.3} {:>10.1}",
             n_tok as f64 / n_words as f64,
             t[0],
             t[1],
             t[2],
             py_s / t[0],
             py_s / t[1],
-            py_s / t[2]
+            py_s / t[2],
+            n_tok as f64 / t[1]
         );
     }
-    println!(
-        "peak RSS: cortexflow {our_rss:.0} MiB, python {:.0} MiB",
-        py["peak_rss_mib"].as_f64().unwrap()
-    );
+    println!("peak RSS (VmHWM): cortexflow {our_rss:.0} MiB, python {py_rss:.0} MiB");
     Ok(())
 }
