@@ -140,7 +140,13 @@ fn main() -> anyhow::Result<()> {
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_ort.py"))
         .arg(dir.join("model.onnx"))
         .arg(&spec_path)
-        .args(["--threads", &threads.to_string(), "--pad-id", &bos.to_string(), "--serve"])
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--pad-id",
+            &bos.to_string(),
+            "--serve",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
@@ -238,7 +244,18 @@ fn main() -> anyhow::Result<()> {
     );
     println!(
         "{:<14} {:>6} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10}",
-        "story", "words", "tokens", "tok/wd", "python s", "windows", "sliding", "full", "r_win", "r_slide", "r_full", "slide t/s"
+        "story",
+        "words",
+        "tokens",
+        "tok/wd",
+        "python s",
+        "windows",
+        "sliding",
+        "full",
+        "r_win",
+        "r_slide",
+        "r_full",
+        "slide t/s"
     );
     for (name, st) in &stories {
         let (n_words, n_tok) = (st.words.len(), n_tokens_of[name]);

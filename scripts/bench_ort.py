@@ -33,17 +33,7 @@ def main():
         return
     out = {}
     for name, case in cases.items():
-        feeds = []
-        n_tokens = 0
-        for batch in case["batches"]:
-            s = max(len(w) for w in batch)
-            ids = np.full((len(batch), s), a.pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), s), dtype=np.int64)
-            for i, w in enumerate(batch):
-                ids[i, : len(w)] = w
-                mask[i, : len(w)] = 1
-            feeds.append({"input_ids": ids, "attention_mask": mask})
-            n_tokens += sum(len(w) for w in batch)
+        feeds, n_tokens = feeds_of(case, a.pad_id)
         sess.run(case["outputs"], feeds[0])  # warm-up, as on the Rust side
         t0 = time.perf_counter()
         for _ in range(case["reps"]):

@@ -184,29 +184,35 @@ pub fn run_export(a: &ExportArgs) -> Result<Vec<ExportedTable>> {
     Ok(done)
 }
 
-/// Reads a Parquet file whole: its schema and record batches.
-fn read_parquet(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+fn parquet_error(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::parse(path, "Parquet", e.to_string())
+}
+
+/// Opens a Parquet file (its footer read and checked), ready to decode.
+fn open_parquet(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: &dyn std::fmt::Display| Error::parse(path, "Parquet", e.to_string());
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| bad(&e))?;
-    let schema = builder.schema().clone();
-    let reader = builder.build().map_err(|e| bad(&e))?;
-    let batches = reader
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    Ok((schema, batches))
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(path, e))
 }
 
 /// Writes one table; returns (rows, columns).
 fn export_table(src: &Path, dst: &Path, format: ExportFormat) -> Result<(usize, usize)> {
-    let (schema, batches) = read_parquet(src)?;
-    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let builder = open_parquet(src)?;
+    let schema = builder.schema().clone();
     let columns = schema.fields().len();
+    if format == ExportFormat::Parquet {
+        // a copy: the footer gives the row count, nothing is decoded
+        let rows = builder.metadata().file_metadata().num_rows() as usize;
+        let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
+        crate::paths::write_atomic(dst, &bytes)?;
+        return Ok((rows, columns));
+    }
+    let batches = builder
+        .build()
+        .map_err(|e| parquet_error(src, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| parquet_error(src, e))?;
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
     match format {
-        ExportFormat::Parquet => {
-            let bytes = std::fs::read(src).map_err(|e| Error::io(src, e))?;
-            crate::paths::write_atomic(dst, &bytes)?;
-        }
         ExportFormat::Arrow => crate::paths::write_atomic_with(dst, |w| {
             let mut writer = arrow::ipc::writer::FileWriter::try_new(w, &schema).map_err(std::io::Error::other)?;
             for b in &batches {
@@ -218,6 +224,7 @@ fn export_table(src: &Path, dst: &Path, format: ExportFormat) -> Result<(usize, 
             let sep = if format == ExportFormat::Csv { ',' } else { '\t' };
             crate::paths::write_atomic_with(dst, |w| write_delimited(w, &schema, &batches, sep))?
         }
+        ExportFormat::Parquet => unreachable!("copied above"),
     }
     Ok((rows, columns))
 }

@@ -318,8 +318,8 @@ fn too_large_for_inline(gguf: &Path, bytes: u64) -> Error {
 }
 
 /// The bytes the weights will take in the graph: every GGUF tensor at the chosen precision, plus
-/// the RoPE tables. An estimate made before converting anything (a few norm weights too many when
-/// blocks are dropped), used only to choose between inline weights and external data.
+/// the RoPE tables. An estimate made before converting anything (it counts the tensors of dropped
+/// blocks too, so it errs towards external data), used only to choose between inline weights and external data.
 fn weight_bytes(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> u64 {
     let per = match opts.precision {
         WeightPrecision::F32 => 4,
@@ -469,8 +469,7 @@ impl Builder {
                 self.spill_error.get_or_insert(e);
                 Tensor::f32(&stored, &[0], &[])
             }),
-            None if dtype == DType::F16 => Tensor::f16(&stored, dims, data),
-            None => Tensor::f32(&stored, dims, data),
+            None => Tensor::from_f32(&stored, dtype, dims, data),
         };
         self.m.initializers.push(tensor);
         name.to_string()
@@ -559,10 +558,11 @@ fn check_tensor_types(g: &Gguf) -> Result<()> {
 
 /// Builds the ONNX graph of a Llama-architecture GGUF, weights inline.
 pub fn build_llama_graph(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> Result<Model> {
+    check_tensor_types(g)?;
     Ok(build_graph(g, cfg, opts, None)?.0)
 }
 
-/// Builds the graph; with `external`, every weight of at least its size threshold is written to
+/// Builds the graph (tensor types checked by the caller); with `external`, every weight of at least its size threshold is written to
 /// that file as it is converted (so the importer never holds the whole model), and the file is
 /// handed back unfinished.
 fn build_graph(
@@ -571,7 +571,6 @@ fn build_graph(
     opts: &ImportOptions,
     external: Option<ExternalData>,
 ) -> Result<(Model, Option<ExternalData>)> {
-    check_tensor_types(g)?;
     let (d, h, kv, hd, ff, v) = (
         cfg.d_model,
         cfg.n_heads,

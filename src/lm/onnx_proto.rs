@@ -96,6 +96,14 @@ impl Tensor {
             external: None,
         }
     }
+    /// f32 values stored as `dtype`: F32, or F16 (rounded once).
+    pub fn from_f32(name: &str, dtype: DType, dims: &[i64], data: &[f32]) -> Self {
+        match dtype {
+            DType::F32 => Tensor::f32(name, dims, data),
+            DType::F16 => Tensor::f16(name, dims, data),
+            _ => panic!("f32 values are stored as F32 or F16, not {dtype:?}"),
+        }
+    }
     pub fn bool(name: &str, dims: &[i64], data: &[bool]) -> Self {
         Tensor {
             name: name.into(),
@@ -447,18 +455,8 @@ impl ExternalData {
         if t.external.is_some() || t.raw.len() < self.min_bytes {
             return Ok(());
         }
-        let w = self.file.as_mut().expect("spill after finish");
-        let start = self.offset.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
-        w.write_all(&vec![0u8; (start - self.offset) as usize])?;
-        w.write_all(&t.raw)?;
-        let length = t.raw.len() as u64;
-        self.offset = start + length;
-        t.raw = Vec::new();
-        t.external = Some(ExternalRef {
-            location: self.location.clone(),
-            offset: start,
-            length,
-        });
+        let raw = std::mem::take(&mut t.raw);
+        t.external = Some(self.write_aligned(raw.len() as u64, |w| w.write_all(&raw))?);
         Ok(())
     }
 
@@ -470,39 +468,49 @@ impl ExternalData {
             DType::F16 => 2,
             _ => panic!("append_f32 stores f32 values as F32 or F16, not {dtype:?}"),
         };
-        let inline = || match dtype {
-            DType::F16 => Tensor::f16(name, dims, values),
-            _ => Tensor::f32(name, dims, values),
-        };
-        let length = (values.len() * width) as u64;
-        if (length as usize) < self.min_bytes {
-            return Ok(inline());
+        let length = values.len() * width;
+        if length < self.min_bytes {
+            return Ok(Tensor::from_f32(name, dtype, dims, values));
         }
-        let w = self.file.as_mut().expect("append after finish");
-        let start = self.offset.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
-        w.write_all(&vec![0u8; (start - self.offset) as usize])?;
-        let mut buf = Vec::with_capacity(1 << 16);
-        for piece in values.chunks((1 << 16) / width) {
-            buf.clear();
-            for v in piece {
-                match dtype {
-                    DType::F16 => buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
-                    _ => buf.extend_from_slice(&v.to_le_bytes()),
+        let external = self.write_aligned(length as u64, |w| {
+            let mut buf = Vec::with_capacity(1 << 16);
+            for piece in values.chunks((1 << 16) / width) {
+                buf.clear();
+                for v in piece {
+                    match dtype {
+                        DType::F16 => buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes()),
+                        _ => buf.extend_from_slice(&v.to_le_bytes()),
+                    }
                 }
+                w.write_all(&buf)?;
             }
-            w.write_all(&buf)?;
-        }
-        self.offset = start + length;
+            Ok(())
+        })?;
         Ok(Tensor {
             name: name.into(),
             dtype,
             dims: dims.to_vec(),
             raw: Vec::new(),
-            external: Some(ExternalRef {
-                location: self.location.clone(),
-                offset: start,
-                length,
-            }),
+            external: Some(external),
+        })
+    }
+
+    /// Pads the file to the next [`EXTERNAL_ALIGN`] boundary, lets `write` append `length` bytes
+    /// there, and returns where they are.
+    fn write_aligned(
+        &mut self,
+        length: u64,
+        write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
+    ) -> std::io::Result<ExternalRef> {
+        let w = self.file.as_mut().expect("write after finish");
+        let start = self.offset.div_ceil(EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
+        w.write_all(&vec![0u8; (start - self.offset) as usize])?;
+        write(w)?;
+        self.offset = start + length;
+        Ok(ExternalRef {
+            location: self.location.clone(),
+            offset: start,
+            length,
         })
     }
 

@@ -175,6 +175,12 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         .config("window", &(opts.window, opts.min_context))
         .part("context", opts.context.as_str())
         .config("story", story);
+    // without pre-packing ONNX Runtime runs other kernels (values differ in the last bits), so
+    // those outputs are keyed apart; the default keeps the keys it always had
+    let base = match ctx.plan.file.model.prepack {
+        true => base,
+        false => base.part("prepack", "off"),
+    };
     let words = base.clone().part("words", "").finish();
     let layers: Vec<(usize, ArtifactId)> = opts
         .layers
