@@ -53,6 +53,18 @@
 //!   for NumPy unless `CORTEXFLOW_BENCH_PROJECT_NUMPY=0`. It assumes every step runs at the
 //!   target sparsity: the first steps of a real run, from a fresh initialisation with dense codes,
 //!   are slower for cortexflow (dense kernels), and dead-feature resampling is not counted.
+//! * repetitions: `CORTEXFLOW_BENCH_REPS` (default 3) interleaved timing runs per width, each a
+//!   cortexflow span then a NumPy child (the first child also runs the agreement steps and the
+//!   encoding); the table reports the median tokens/s of each side and the ratio of the medians.
+//! * fraction of the machine's FP32 GEMM peak: the peak is the best float32 GEMM rate measured on
+//!   this machine with the same threads — faer (cortexflow's kernels) and NumPy's BLAS, each on
+//!   2048³ and on the encoder's shape (batch × d_in × d_sae), best of 5 — and each side's training
+//!   rate in GFLOP/s counts the floating-point operations its step executes: NumPy's five dense
+//!   products, 10·B·d_in·d_sae; cortexflow's dense encoder product plus its four sparse passes
+//!   (reconstruction, dL/dpre at the active pairs, both weight gradients), 2·B·d_in·d_sae +
+//!   8·nnz·d_in with nnz = B·L0. Elementwise work (Adam, the projection) is not counted on either
+//!   side. "dense-equivalent" divides NumPy's count by cortexflow's time: the rate a dense step
+//!   would need to match it.
 //! * machine quietness: the CPU share used by other processes (/proc/stat) during each timed span,
 //!   minus this process's (or the NumPy child's) own CPU time. A warning is printed above 10%:
 //!   OpenBLAS threads spin-wait and slow down sharply when another process takes a core.
@@ -62,8 +74,8 @@
 //! `RAYON_NUM_THREADS` = the same number (its BLAS and thread count are read back with
 //! threadpoolctl and printed).
 //!
-//! Run: `cargo bench --bench sae_vs_numpy` (about 3 minutes on 2 quiet cores). Environment:
-//! `CORTEXFLOW_BENCH_STEPS` (default 10), `CORTEXFLOW_BENCH_AGREE_STEPS` (5; 0 = skip),
+//! Run: `cargo bench --bench sae_vs_numpy` (about 5 minutes on 2 quiet cores). Environment:
+//! `CORTEXFLOW_BENCH_STEPS` (default 10), `CORTEXFLOW_BENCH_REPS` (3), `CORTEXFLOW_BENCH_AGREE_STEPS` (5; 0 = skip),
 //! `CORTEXFLOW_BENCH_ROWS` (65536), `CORTEXFLOW_BENCH_ENCODE_ROWS` (16384; 0 = skip),
 //! `CORTEXFLOW_BENCH_WIDTHS` (`4608,16384`), `CORTEXFLOW_BENCH_PROJECT_STEPS` (3; 0 = skip),
 //! `CORTEXFLOW_BENCH_PROJECT_NUMPY` (1), `CORTEXFLOW_BENCH_AGREE_TOL` (1e-3),
@@ -302,6 +314,37 @@ fn time_encoding(sae: &Sae, x: ArrayView2<'_, f32>) -> (f64, f64, f64, usize, f6
     (x.nrows() as f64 / seconds, seconds, others, codes.nnz(), sum)
 }
 
+/// Best float32 GEMM rate (GFLOP/s) of faer on `threads` threads for `m × k × n`, 5 runs after a
+/// warm-up.
+fn faer_gemm_gflops(m: usize, k: usize, n: usize, threads: usize) -> f64 {
+    use faer::linalg::matmul::matmul;
+    let mut rng = SplitMix64::new(7);
+    let a = faer::Mat::<f32>::from_fn(m, k, |_, _| rng.normal() as f32);
+    let b = faer::Mat::<f32>::from_fn(k, n, |_, _| rng.normal() as f32);
+    let mut c = faer::Mat::<f32>::zeros(m, n);
+    let par = faer::Par::rayon(threads);
+    matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), 1.0f32, par);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), 1.0f32, par);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (m * k * n) as f64 / best / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
 }
@@ -335,6 +378,7 @@ fn numpy_run(
 fn main() -> anyhow::Result<()> {
     let threads: usize = env_or("CORTEXFLOW_BENCH_THREADS", 2);
     let steps: usize = env_or::<usize>("CORTEXFLOW_BENCH_STEPS", 10).max(1);
+    let reps: usize = env_or::<usize>("CORTEXFLOW_BENCH_REPS", 3).max(1);
     let agree_steps: usize = env_or("CORTEXFLOW_BENCH_AGREE_STEPS", 5);
     let n_rows: usize = env_or::<usize>("CORTEXFLOW_BENCH_ROWS", 65536).max(BATCH);
     let encode_rows: usize = env_or::<usize>("CORTEXFLOW_BENCH_ENCODE_ROWS", 16384).min(n_rows);
@@ -391,14 +435,42 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // the machine's FP32 GEMM peak on these threads: faer and NumPy's BLAS
+    eprintln!("FP32 GEMM peak: faer and NumPy …");
+    let faer_peak = json!({
+        "square_2048": faer_gemm_gflops(2048, 2048, 2048, threads),
+        "encoder": faer_gemm_gflops(BATCH, D_IN, widths.first().copied().unwrap_or(4608), threads),
+    });
+    let np_peak = {
+        let mut cmd = Command::new(&py);
+        with_threads(&mut cmd, threads)
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/bench_sae.py"))
+            .arg("--peak");
+        let r = run_child(cmd, &root, "numpy-peak")?;
+        let line = r.stdout.lines().last().context("no output from bench_sae.py --peak")?;
+        let v: Value = serde_json::from_str(line).with_context(|| format!("parsing {line}"))?;
+        v["gemm_gflops"].clone()
+    };
+    let peak_gflops = [
+        f(&faer_peak["square_2048"]),
+        f(&faer_peak["encoder"]),
+        f(&np_peak["square_2048"]),
+        f(&np_peak["encoder_4096x576x4608"]),
+    ]
+    .into_iter()
+    .filter(|v| v.is_finite())
+    .fold(0.0, f64::max);
+    eprintln!("FP32 GEMM peak {peak_gflops:.0} GFLOP/s (faer {faer_peak}, NumPy {np_peak})");
+
     let mut cases = Vec::new();
     let mut py_env = Value::Null;
     for &width in &widths {
         let wdir = data_dir.join(format!("w{width}"));
         let sae = warm_sae(x.view(), atoms.view(), width, &cfg)?;
         write_weights(&wdir, &sae, &cfg)?;
-        eprintln!("width {width}: cortexflow training …");
+        eprintln!("width {width}: cortexflow training (repetition 1/{reps}) …");
         let cf = time_training(x.view(), &cfg, &sae, steps)?;
+        let mut cf_tps = vec![cf.tokens_per_s];
 
         let (mut enc_cf, mut enc_sums) = (json!(null), Vec::new());
         if encode_rows > 0 {
@@ -424,9 +496,8 @@ fn main() -> anyhow::Result<()> {
             let mut tr = ReluSaeTrainer::from_sae(x.slice(s![..BATCH, ..]), &cfg, sae.clone())?;
             agree_cf = (0..agree_steps).map(|_| tr.step().expect("SAE step")).collect();
         }
-        drop(sae);
 
-        eprintln!("width {width}: NumPy …");
+        eprintln!("width {width}: NumPy (repetition 1/{reps}) …");
         let (np, np_run) = numpy_run(
             &py,
             threads,
@@ -441,6 +512,41 @@ fn main() -> anyhow::Result<()> {
             ],
         )?;
         py_env = json!({"numpy": np["numpy"], "pools": np["pools"]});
+        let mut np_tps = vec![f(&np["train"]["tokens_per_s"])];
+        for rep in 1..reps {
+            eprintln!(
+                "width {width}: cortexflow, then NumPy (repetition {}/{reps}) …",
+                rep + 1
+            );
+            cf_tps.push(time_training(x.view(), &cfg, &sae, steps)?.tokens_per_s);
+            let (np_r, _) = numpy_run(
+                &py,
+                threads,
+                &x_path,
+                &wdir,
+                &[
+                    ("--steps", steps.to_string()),
+                    ("--agree-steps", "0".into()),
+                    ("--encode-rows", "0".into()),
+                    ("--seed", seed.to_string()),
+                ],
+            )?;
+            np_tps.push(f(&np_r["train"]["tokens_per_s"]));
+        }
+        drop(sae);
+        let (cf_med, np_med) = (median(cf_tps.clone()), median(np_tps.clone()));
+        // executed floating-point operations per token (see the module docs)
+        let dense_flop = 10.0 * (D_IN * width) as f64;
+        let cf_flop = 2.0 * (D_IN * width) as f64 + 8.0 * cf.mean_l0 * D_IN as f64;
+        let gflops = |flop_per_token: f64, tps: f64| flop_per_token * tps / 1e9;
+        let flops = json!({
+            "peak_gflops": peak_gflops,
+            "cortexflow_gflops": gflops(cf_flop, cf_med),
+            "cortexflow_fraction_of_peak": gflops(cf_flop, cf_med) / peak_gflops,
+            "cortexflow_dense_equivalent_gflops": gflops(dense_flop, cf_med),
+            "numpy_gflops": gflops(dense_flop, np_med),
+            "numpy_fraction_of_peak": gflops(dense_flop, np_med) / peak_gflops,
+        });
 
         // agreement of the full-batch trajectories
         let mut agree = json!(null);
@@ -482,7 +588,6 @@ fn main() -> anyhow::Result<()> {
             });
         }
         let np_train = &np["train"];
-        let np_tps = f(&np_train["tokens_per_s"]);
         let ratio_enc = |k: &str| f(&enc_cf[k]["tokens_per_s"]) / f(&np["encode"][k]["tokens_per_s"]);
         let others_max = [
             cf.others,
@@ -505,10 +610,15 @@ fn main() -> anyhow::Result<()> {
             "d_in": D_IN, "d_sae": width, "batch_size": BATCH, "rows": n_rows, "threads": threads,
             "train": {
                 "steps": steps,
-                "cortexflow": {"tokens_per_s": cf.tokens_per_s, "seconds": cf.seconds, "cpu_s": cf.cpu_s,
-                               "others_cpu_share": cf.others, "mean_l0": cf.mean_l0, "losses": cf.losses},
+                "repetitions": reps,
+                "cortexflow": {"tokens_per_s": cf_med, "tokens_per_s_each": cf_tps, "seconds": cf.seconds,
+                               "cpu_s": cf.cpu_s, "others_cpu_share": cf.others, "mean_l0": cf.mean_l0,
+                               "losses": cf.losses},
                 "numpy": np_train,
-                "ratio_cf_over_numpy": cf.tokens_per_s / np_tps,
+                "numpy_tokens_per_s": np_med,
+                "numpy_tokens_per_s_each": np_tps,
+                "ratio_cf_over_numpy": cf_med / np_med,
+                "flops": flops,
             },
             "encode": {
                 "cortexflow": enc_cf, "numpy": np["encode"],
@@ -582,7 +692,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "{:>6} | {:>21} | {:>21} | {:>21} | {:>11} | {:>23} | {:>8}",
             c["d_sae"],
-            ratio_txt(f(&t["cortexflow"]["tokens_per_s"]), f(&t["numpy"]["tokens_per_s"])),
+            ratio_txt(f(&t["cortexflow"]["tokens_per_s"]), f(&t["numpy_tokens_per_s"])),
             ratio_txt(
                 f(&e["cortexflow"]["relu"]["tokens_per_s"]),
                 f(&e["numpy"]["relu"]["tokens_per_s"])
@@ -606,10 +716,24 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "tok/s = rows per second over the timed span (training: {steps} steps after one warm-up; encoding: \
-         {encode_rows} rows after one warm-up block); ratio = cortexflow / NumPy (target ≥ 2× for training); \
+         {encode_rows} rows after one warm-up block); ratio = cortexflow / NumPy (training: medians of {reps} interleaved repetitions, target ≥ 2×); \
          others% = largest CPU share of other processes during a timed span (before the runs: {:.1}%)",
         100.0 * busy_before
     );
+    for c in &cases {
+        let fl = &c["train"]["flops"];
+        println!(
+            "d_sae {}: training, median of {reps} interleaved repetitions: cortexflow {:.0} GFLOP/s executed = {:.0}% \
+             of the {:.0} GFLOP/s FP32 GEMM peak ({:.0} GFLOP/s dense-equivalent); NumPy {:.0} GFLOP/s = {:.0}% of peak",
+            c["d_sae"],
+            f(&fl["cortexflow_gflops"]),
+            100.0 * f(&fl["cortexflow_fraction_of_peak"]),
+            f(&fl["peak_gflops"]),
+            f(&fl["cortexflow_dense_equivalent_gflops"]),
+            f(&fl["numpy_gflops"]),
+            100.0 * f(&fl["numpy_fraction_of_peak"]),
+        );
+    }
     for c in &cases {
         let ea = &c["encode"]["agreement"];
         println!(
@@ -645,6 +769,7 @@ fn main() -> anyhow::Result<()> {
         "threads": threads,
         "python": py_env,
         "others_cpu_share_before": busy_before,
+        "gemm_peak": {"gflops": peak_gflops, "faer": faer_peak, "numpy": np_peak},
         "cases": cases,
         "projection": projection,
     });

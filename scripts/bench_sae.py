@@ -5,6 +5,7 @@ every matrix product a BLAS sgemm, on the data and initial weights that the benc
 
 usage: bench_sae.py X_NPY WEIGHTS_DIR [--steps 10] [--agree-steps 5] [--encode-rows 16384]
                     [--k 32] [--seed 0] [--out JSON]
+       bench_sae.py --peak [--out JSON]
 
 Inputs (written by the bench): X_NPY (n, d_in) float32 raw activations; WEIGHTS_DIR/{W_enc
 (d_in, d_sae), b_enc (d_sae), W_dec (d_sae, d_in), b_dec (d_in)}.npy float32 and
@@ -37,6 +38,9 @@ Runs, in order:
      row, computed with b_enc = 0 like the bench's TopK SAE), each turned into CSR (indptr,
      ascending feature indices, values); one warm-up block first.
      Checksums (nnz, sum of values in float64) let the bench compare with cortexflow's codes.
+With --peak, only the float32 GEMM rate of np.matmul (this NumPy's BLAS, its thread settings) on
+2048 x 2048 x 2048 and on the SAE encoder's shape 4096 x 576 x 4608, best of 5 each, in GFLOP/s:
+the bench takes the machine's FP32 GEMM peak from these and its own faer products.
 Prints one JSON line (also written to --out): tokens/s of training and of both encodings, the
 per-step losses, and the CPU share other processes took during each timed span (/proc/stat).
 """
@@ -205,8 +209,36 @@ def encode_csr(x, w, s, k, topk):
     return indptr, np.concatenate(ind_parts), np.concatenate(val_parts)
 
 
+def gemm_peak():
+    """Best float32 matmul rate (GFLOP/s) of 5 runs on each shape, after a warm-up run."""
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, (m, k, n) in (("square_2048", (2048, 2048, 2048)), ("encoder_4096x576x4608", (4096, 576, 4608))):
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        c = np.empty((m, n), np.float32)
+        np.matmul(a, b, out=c)
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            np.matmul(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 2.0 * m * k * n / best / 1e9
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--peak", action="store_true")
+    ap.add_argument("--out")
+    if "--peak" in os.sys.argv:
+        a = ap.parse_args()
+        line = json.dumps({"gemm_gflops": gemm_peak(), "numpy": np.__version__})
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(line + "\n")
+        print(line)
+        return
     ap.add_argument("x_npy")
     ap.add_argument("weights_dir")
     ap.add_argument("--steps", type=int, default=10)
@@ -214,7 +246,6 @@ def main():
     ap.add_argument("--encode-rows", type=int, default=16384)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out")
     a = ap.parse_args()
 
     x = np.load(a.x_npy, mmap_mode="r")

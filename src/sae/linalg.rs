@@ -38,6 +38,21 @@ fn split_mut(v: ArrayViewMut2<'_, f32>, axis: Axis, size: usize) -> Vec<(usize, 
 /// tiles that run as independent rayon tasks, each a sequential faer product, so the result does
 /// not depend on the number of threads.
 pub(crate) fn gemm(dst: ArrayViewMut2<'_, f32>, a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>, accumulate: bool) {
+    gemm_then(dst, a, b, accumulate, |_, _, _| {});
+}
+
+/// [`gemm`], then `epilogue(i0, j0, tile)` on each finished output tile (rows `i0..`, columns
+/// `j0..` of `dst`) while it is still in cache: for element-wise work that would otherwise be
+/// another pass over `dst`.
+pub(crate) fn gemm_then<E>(
+    dst: ArrayViewMut2<'_, f32>,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    accumulate: bool,
+    epilogue: E,
+) where
+    E: Fn(usize, usize, ArrayViewMut2<'_, f32>) + Sync,
+{
     let (m, n) = dst.dim();
     assert_eq!(a.nrows(), m, "gemm: a has {} rows, dst {}", a.nrows(), m);
     assert_eq!(b.ncols(), n, "gemm: b has {} columns, dst {}", b.ncols(), n);
@@ -66,16 +81,17 @@ pub(crate) fn gemm(dst: ArrayViewMut2<'_, f32>, a: ArrayView2<'_, f32>, b: Array
             if !accumulate {
                 tile.fill(0.0);
             }
-            return;
+        } else {
+            matmul(
+                tile.view_mut().into_faer(),
+                accum,
+                a_blk.into_faer(),
+                b_blk.into_faer(),
+                1.0f32,
+                Par::Seq,
+            );
         }
-        matmul(
-            tile.into_faer(),
-            accum,
-            a_blk.into_faer(),
-            b_blk.into_faer(),
-            1.0f32,
-            Par::Seq,
-        );
+        epilogue(i0, j0, tile);
     });
 }
 
@@ -122,24 +138,6 @@ where
         .map(|blk| blk.rows().into_iter().map(&f).sum::<f64>())
         .collect();
     partials.into_iter().sum()
-}
-
-/// `dst (k, n) = srcᵀ` for `src (n, k)`, by column blocks of `src` in parallel.
-pub(crate) fn transpose_into(mut dst: ArrayViewMut2<'_, f32>, src: ArrayView2<'_, f32>) {
-    assert_eq!(dst.dim(), (src.ncols(), src.nrows()), "transpose_into: shapes");
-    const BLK: usize = 64;
-    dst.axis_chunks_iter_mut(Axis(0), BLK)
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(bi, mut out)| {
-            let j0 = bi * BLK;
-            let cols = out.nrows();
-            for (i, row) in src.rows().into_iter().enumerate() {
-                for jj in 0..cols {
-                    out[[jj, i]] = row[j0 + jj];
-                }
-            }
-        });
 }
 
 /// Runs `f(i, row_i)` on every row of a standard-layout matrix, rows in parallel.
@@ -233,13 +231,10 @@ mod tests {
     }
 
     #[test]
-    fn column_sums_and_transpose_are_exact_on_small_integers() {
+    fn column_sums_are_exact_on_small_integers() {
         let a = Array2::from_shape_fn((1030, 3), |(i, j)| (i % 7) as f32 + j as f32);
         let sums = col_sums_f64(a.view());
         let expect: Vec<f64> = (0..3).map(|j| (0..1030).map(|i| ((i % 7) + j) as f64).sum()).collect();
         assert_eq!(sums, expect);
-        let mut t = zeros(3, 1030);
-        transpose_into(t.view_mut(), a.view());
-        assert_eq!(t, a.t());
     }
 }

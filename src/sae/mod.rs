@@ -61,6 +61,7 @@ mod linalg;
 pub mod metrics;
 pub mod model;
 pub mod relu;
+mod simd;
 pub mod spool;
 pub mod stream;
 pub mod train;

@@ -18,7 +18,7 @@
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use super::linalg::{col_sums_f64, for_each_in_row, gemm, par_rows_mut, par_rows_mut_map, transpose_into, zeros};
+use super::linalg::{col_sums_f64, for_each_in_row, gemm, gemm_then, par_rows_mut, par_rows_mut_map, zeros};
 use crate::stats::SplitMix64;
 use crate::{Error, Result};
 
@@ -166,36 +166,8 @@ impl ReluSaeGrad {
     }
 }
 
-/// Dot product with 16 independent accumulators (vectorises; fixed order, so deterministic).
-#[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..16 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    let mut s = 0.0f32;
-    for v in acc {
-        s += v;
-    }
-    s + tail
-}
-
-/// y += α x
-#[inline]
-pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    for (yi, xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
-}
+pub(crate) use super::simd::{axpy, dot};
+use super::simd::{axpy2, dot4};
 
 /// Which kernels a training step uses after the (always dense) encoder product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,8 +190,10 @@ pub(crate) struct Workspace {
     p: Array2<f32>,
     /// (n, d_in) x̂ − x, then dL/dx̂.
     e: Array2<f32>,
-    /// (d_sae, d_in) dL/dW_encᵀ (sparse kernels only).
-    gt: Array2<f32>,
+    /// G and xc packed by column blocks (sparse kernels only).
+    packed: Vec<f32>,
+    /// Per row: the active (feature, value) pairs of the codes.
+    row_active: Vec<Vec<(u32, f32)>>,
     row_nnz: Vec<u32>,
     row_sparsity: Vec<f64>,
     row_mse: Vec<f64>,
@@ -230,7 +204,7 @@ pub(crate) struct Workspace {
     pvals: Vec<f32>,
     // CSC view: for feature j, entries colptr[j]..colptr[j+1] of (row, csr position)
     colptr: Vec<usize>,
-    col_entries: Vec<(u32, u32)>,
+    col_entries: Vec<(u32, f32, f32)>,
     /// Per feature: number of rows of the last batch on which it fired.
     pub fired: Vec<u32>,
 }
@@ -242,7 +216,8 @@ impl Workspace {
             f: zeros(n, d_sae),
             p: zeros(0, 0),
             e: zeros(n, d_in),
-            gt: zeros(0, 0),
+            packed: Vec::new(),
+            row_active: Vec::new(),
             row_nnz: vec![0; n],
             row_sparsity: vec![0.0; n],
             row_mse: vec![0.0; n],
@@ -385,11 +360,13 @@ impl ReluSae {
 
     /// `codes = ReLU(xc W_enc + b_enc)` for centred normalised rows `xc (n, d_in)`.
     pub(crate) fn encode_centred_into(&self, mut codes: ArrayViewMut2<'_, f32>, xc: ArrayView2<'_, f32>) {
-        gemm(codes.view_mut(), xc, self.w_enc.view(), false);
         let b_enc = self.b_enc.as_slice().expect("b_enc contiguous");
-        par_rows_mut(codes, |_, row| {
-            for (v, &b) in row.iter_mut().zip(b_enc) {
-                *v = (*v + b).max(0.0);
+        gemm_then(codes.view_mut(), xc, self.w_enc.view(), false, |_, j0, mut tile| {
+            let b = &b_enc[j0..j0 + tile.ncols()];
+            for mut row in tile.rows_mut() {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v = (*v + b).max(0.0);
+                }
             }
         });
     }
@@ -681,20 +658,24 @@ pub(crate) fn forward_backward(
         }
     };
     {
+        // one pass over the codes: per row the active count, the sparsity term and the active
+        // (feature, value) pairs that the sparse kernels start from
         let dn = &*contiguous(&dnorm);
+        ws.row_active.resize_with(n, Vec::new);
         let stats: Vec<(u32, f64)> =
             ws.f.axis_iter(Axis(0))
                 .into_par_iter()
-                .map(|row| {
-                    let mut nnz = 0u32;
+                .zip(ws.row_active.par_iter_mut())
+                .map(|(row, active)| {
+                    active.clear();
                     let mut sp = 0.0f64;
-                    for (&v, &w) in row.as_slice().expect("standard layout").iter().zip(dn) {
+                    for (j, (&v, &w)) in row.as_slice().expect("standard layout").iter().zip(dn).enumerate() {
                         if v > 0.0 {
-                            nnz += 1;
+                            active.push((j as u32, v));
                             sp += (v * w) as f64;
                         }
                     }
-                    (nnz, sp)
+                    (active.len() as u32, sp)
                 })
                 .collect();
         for (i, (nnz, sp)) in stats.into_iter().enumerate() {
@@ -831,8 +812,14 @@ fn auxk_backward(
             let mut p_sum = 0.0f64;
             for &(b, q) in list {
                 let (b, q) = (b as usize, q as usize);
-                axpy(entries[q].1, g_aux.row(b).as_slice().expect("standard layout"), gd);
-                axpy(p_all[q], xc.row(b).as_slice().expect("standard layout"), &mut ge);
+                axpy2(
+                    entries[q].1,
+                    g_aux.row(b).to_slice().expect("standard layout"),
+                    gd,
+                    p_all[q],
+                    xc.row(b).to_slice().expect("standard layout"),
+                    &mut ge,
+                );
                 p_sum += p_all[q] as f64;
             }
             Some((ge, p_sum))
@@ -964,15 +951,11 @@ fn sparse_backward(
             idx_rest = b;
             val_rest = d;
         }
-        let f = &ws.f;
+        let active = &ws.row_active;
         jobs.into_par_iter().for_each(|(i, idx, val)| {
-            let mut k = 0;
-            for (j, &v) in f.row(i).iter().enumerate() {
-                if v > 0.0 {
-                    idx[k] = j as u32;
-                    val[k] = v;
-                    k += 1;
-                }
+            for ((d, v), &(j, f)) in idx.iter_mut().zip(val.iter_mut()).zip(&active[i]) {
+                *d = j;
+                *v = f;
             }
         });
     }
@@ -981,6 +964,24 @@ fn sparse_backward(
     let w_dec = &sae.w_dec;
     let (indptr, indices, fvals) = (&ws.indptr, &ws.indices, &ws.fvals);
     let dn = &*contiguous(&dnorm);
+    // G and xc are also written packed by blocks of GRAD_COLS columns (zero-padded): block c holds
+    // rows 0..n of columns c·GRAD_COLS.. contiguously, so that one block of both (n × 32 floats
+    // each, 1 MiB at n = 4096) stays in a core's cache while the gradient pass below gathers every
+    // feature's rows from it
+    let blocks = d_in.div_ceil(GRAD_COLS);
+    ws.packed.resize(2 * blocks * n * GRAD_COLS, 0.0);
+    let packed = Disjoint(ws.packed.as_mut_ptr());
+    let pack = |which: usize, i: usize, row: &[f32]| {
+        for c in 0..blocks {
+            let (c0, c1) = (c * GRAD_COLS, ((c + 1) * GRAD_COLS).min(d_in));
+            let off = ((which * blocks + c) * n + i) * GRAD_COLS;
+            // SAFETY: `off + GRAD_COLS ≤ 2·blocks·n·GRAD_COLS` (the buffer's length: which < 2,
+            // c < blocks, i < n), and only row i's task writes the range of row i.
+            let dst = unsafe { std::slice::from_raw_parts_mut(packed.ptr().add(off), GRAD_COLS) };
+            dst[..c1 - c0].copy_from_slice(&row[c0..c1]);
+            dst[c1 - c0..].fill(0.0);
+        }
+    };
     let mut pv_rest: &mut [f32] = &mut ws.pvals;
     let mut pjobs = Vec::with_capacity(n);
     for i in 0..n {
@@ -1013,9 +1014,22 @@ fn sparse_backward(
                     s += (*v as f64) * (*v as f64);
                     *v *= g_scale;
                 }
-                for (k, p) in (a..b).zip(pv.iter_mut()) {
-                    let j = indices[k] as usize;
-                    *p = dot(e, w_dec.row(j).as_slice().expect("standard layout")) + l1_n * dn[j];
+                pack(0, i, e);
+                pack(1, i, xc);
+                let row = |k: usize| w_dec.row(indices[k] as usize).to_slice().expect("standard layout");
+                let mut k = a;
+                for p4 in pv.chunks_mut(4) {
+                    if let [p0, p1, p2, p3] = p4 {
+                        let d = dot4(e, row(k), row(k + 1), row(k + 2), row(k + 3));
+                        for (p, (d, kk)) in [p0, p1, p2, p3].into_iter().zip(d.into_iter().zip(k..)) {
+                            *p = d + l1_n * dn[indices[kk] as usize];
+                        }
+                    } else {
+                        for (p, kk) in p4.iter_mut().zip(k..) {
+                            *p = dot(e, row(kk)) + l1_n * dn[indices[kk] as usize];
+                        }
+                    }
+                    k += 4;
                 }
                 s
             })
@@ -1031,13 +1045,13 @@ fn sparse_backward(
     for j in 0..d_sae {
         ws.colptr[j + 1] += ws.colptr[j];
     }
-    ws.col_entries.resize(nnz, (0, 0));
+    ws.col_entries.resize(nnz, (0, 0.0, 0.0));
     {
         let mut next: Vec<usize> = ws.colptr[..d_sae].to_vec();
         for i in 0..n {
             for k in ws.indptr[i]..ws.indptr[i + 1] {
                 let j = ws.indices[k] as usize;
-                ws.col_entries[next[j]] = (i as u32, k as u32);
+                ws.col_entries[next[j]] = (i as u32, ws.fvals[k], ws.pvals[k]);
                 next[j] += 1;
             }
         }
@@ -1047,43 +1061,92 @@ fn sparse_backward(
     }
 
     // grad W_dec_j = Σ_rows f_bj G_b + (λ/n) (Σ f_bj) Ŵ_j ; grad W_encᵀ_j = Σ_rows P_bj xc_b
-    if ws.gt.dim() != (d_sae, d_in) {
-        ws.gt = zeros(d_sae, d_in);
-    }
-    let (colptr, col_entries, fvals, pvals) = (&ws.colptr, &ws.col_entries, &ws.fvals, &ws.pvals);
-    let (e, xc) = (&ws.e, &ws.xc);
-    let b_enc: Vec<f32> = grad
-        .w_dec
-        .axis_iter_mut(Axis(0))
+    let (colptr, col_entries) = (&ws.colptr, &ws.col_entries);
+    // per feature, in row order: Σ f (for the L1 term) and Σ P (= grad b_enc)
+    let sums: Vec<(f64, f64)> = (0..d_sae)
         .into_par_iter()
-        .zip(ws.gt.axis_iter_mut(Axis(0)))
-        .enumerate()
-        .map(|(j, (mut gd, mut ge))| {
-            let gd = gd.as_slice_mut().expect("standard layout");
-            let ge = ge.as_slice_mut().expect("standard layout");
-            gd.fill(0.0);
-            ge.fill(0.0);
-            let mut f_sum = 0.0f64;
-            let mut p_sum = 0.0f64;
-            for &(b, k) in &col_entries[colptr[j]..colptr[j + 1]] {
-                let (b, k) = (b as usize, k as usize);
-                axpy(fvals[k], e.row(b).as_slice().expect("standard layout"), gd);
-                axpy(pvals[k], xc.row(b).as_slice().expect("standard layout"), ge);
-                f_sum += fvals[k] as f64;
-                p_sum += pvals[k] as f64;
+        .map(|j| {
+            let (mut f_sum, mut p_sum) = (0.0f64, 0.0f64);
+            for &(_, fv, pv) in &col_entries[colptr[j]..colptr[j + 1]] {
+                f_sum += fv as f64;
+                p_sum += pv as f64;
             }
-            if dn[j] > 0.0 && f_sum != 0.0 {
-                axpy(
-                    l1_n * f_sum as f32 / dn[j],
-                    w_dec.row(j).as_slice().expect("standard layout"),
-                    gd,
-                );
-            }
-            p_sum as f32
+            (f_sum, p_sum)
         })
         .collect();
+    let (e_pack, x_pack) = (
+        &ws.packed[..blocks * n * GRAD_COLS],
+        &ws.packed[blocks * n * GRAD_COLS..],
+    );
+    grad.w_dec
+        .axis_chunks_iter_mut(Axis(1), GRAD_COLS)
+        .into_par_iter()
+        .zip(grad.w_enc.axis_chunks_iter_mut(Axis(0), GRAD_COLS))
+        .enumerate()
+        .for_each(|(c, (mut gd, mut ge))| {
+            let blk = c * n * GRAD_COLS..(c + 1) * n * GRAD_COLS;
+            let (ep, xp) = (&e_pack[blk.clone()], &x_pack[blk]);
+            let w = gd.ncols();
+            for j in 0..d_sae {
+                let (sd, se) = gather_block(&col_entries[colptr[j]..colptr[j + 1]], ep, xp);
+                let f_sum = sums[j].0;
+                let mut gd_j = gd.row_mut(j);
+                if dn[j] > 0.0 && f_sum != 0.0 {
+                    let coef = l1_n * f_sum as f32 / dn[j];
+                    let wj = w_dec.row(j);
+                    let wj = &wj.to_slice().expect("standard layout")[c * GRAD_COLS..c * GRAD_COLS + w];
+                    for ((g, &s), &wv) in gd_j.iter_mut().zip(&sd).zip(wj) {
+                        *g = s + coef * wv;
+                    }
+                } else {
+                    for (g, &s) in gd_j.iter_mut().zip(&sd) {
+                        *g = s;
+                    }
+                }
+                for (t, &s) in se[..w].iter().enumerate() {
+                    ge[[t, j]] = s;
+                }
+            }
+        });
+    let b_enc: Vec<f32> = sums.iter().map(|&(_, p)| p as f32).collect();
     grad.b_enc.assign(&ArrayView1::from(&b_enc));
-    transpose_into(grad.w_enc.view_mut(), ws.gt.view());
+}
+
+/// Columns per block of the packed (row, column-block) layout of [`gather_block`] (measured at
+/// d_in 576, 4,608 features, batch 4,096, the gathers alone: 16 → 24 ms, 32 → 18 ms, 64 → 20 ms).
+const GRAD_COLS: usize = 32;
+
+super::simd::multiversion! {
+    /// For one feature and one block of columns: `(Σ f_b G_b, Σ P_b xc_b)` over the feature's
+    /// entries `(row b, f_b, P_b)` in row order, from rows packed `GRAD_COLS` wide.
+    fn gather_block(entries: &[(u32, f32, f32)], ep: &[f32], xp: &[f32]) -> ([f32; GRAD_COLS], [f32; GRAD_COLS]) {
+        let mut sd = [0.0f32; GRAD_COLS];
+        let mut se = [0.0f32; GRAD_COLS];
+        for &(b, fv, pv) in entries {
+            let b = b as usize * GRAD_COLS;
+            let er: &[f32; GRAD_COLS] = ep[b..b + GRAD_COLS].try_into().expect("packed block");
+            let xr: &[f32; GRAD_COLS] = xp[b..b + GRAD_COLS].try_into().expect("packed block");
+            for t in 0..GRAD_COLS {
+                sd[t] += fv * er[t];
+                se[t] += pv * xr[t];
+            }
+        }
+        (sd, se)
+    }
+}
+
+/// A buffer that parallel tasks write at disjoint positions (each task's range is stated where it
+/// writes).
+#[derive(Clone, Copy)]
+struct Disjoint(*mut f32);
+// SAFETY: only used for writes to disjoint ranges, one task per range (see each use).
+unsafe impl Send for Disjoint {}
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// The elements of a vector as one slice: borrowed when it is laid out contiguously in order (as

@@ -219,11 +219,7 @@ fn adam_update<D: Dimension>(
         .zip(m.par_chunks_mut(CHUNK))
         .zip(v.par_chunks_mut(CHUNK))
         .for_each(|(((p, g), m), v)| {
-            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                *m = ADAM_BETA1 * *m + (1.0 - ADAM_BETA1) * g;
-                *v = ADAM_BETA2 * *v + (1.0 - ADAM_BETA2) * g * g;
-                *p -= step * *m / ((*v * inv_bc2).sqrt() + ADAM_EPS);
-            }
+            super::simd::adam(p, g, m, v, ADAM_BETA1, ADAM_BETA2, step, inv_bc2, ADAM_EPS);
         });
 }
 
