@@ -33,6 +33,14 @@
 //!   sides (a constant prediction has no r: cortexflow writes null, himalaya NaN; such targets are
 //!   counted separately).
 //!
+//! * fraction of peak: the machine's float64 (and, for reference, float32) GEMM peak is the best
+//!   rate measured here on the same threads — faer (cortexflow's kernels) and NumPy's BLAS on
+//!   2048³, best of 5 — and cortexflow's solve is credited with the matrix-product flops its path
+//!   executes (per fold: the Gram or kernel matrix, the basis, the test rows' projection, Uᵀ Y and
+//!   one prediction product per penalty; the refit and the test predictions likewise). The
+//!   eigendecompositions are timed but not counted, so the figure is a lower bound of the GEMM
+//!   efficiency. The decomposition that `Auto` chose is read from cortexflow's summary line.
+//!
 //! Threads: `CORTEXFLOW_BENCH_THREADS` (default 2): cortexflow `-w T`; both children also get
 //! `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS` and `RAYON_NUM_THREADS` = T (the
 //! BLAS that numpy uses and its thread count are checked with threadpoolctl and printed).
@@ -42,8 +50,9 @@
 //! Environment:
 //! * `CORTEXFLOW_BENCH_SIZES`: comma-separated cases, `a`, `b` or `NxPxT` (e.g. `600x200x1000`
 //!   for a quick check); default `a,b`.
-//! * `CORTEXFLOW_BENCH_REPS` (default 1): runs per tool; the fastest wall time and the largest
-//!   peak are reported.
+//! * `CORTEXFLOW_BENCH_REPS` (default 3): runs per tool, interleaved (the order alternates); the
+//!   median wall and solve times and the largest peak are reported, and every run is kept in the
+//!   JSON summary.
 //! * `CORTEXFLOW_BENCH_SEED` (default 0), `CORTEXFLOW_BENCH_DIR` (default `target/bench_ridge`),
 //!   `CORTEXFLOW_PYTHON` (default `.venv/bin/python`, else `python3`).
 //!
@@ -75,6 +84,77 @@ fn warm_cache(files: &[PathBuf]) -> anyhow::Result<()> {
         while h.read(&mut buf)? > 0 {}
     }
     Ok(())
+}
+
+/// The decomposition in cortexflow's summary line: `ridge: … → T targets, K folds, Gram; …`.
+fn cortexflow_method(stdout: &str) -> Option<String> {
+    let line = stdout.lines().find(|l| l.starts_with("ridge:"))?;
+    let after = &line[line.find(" folds, ")? + " folds, ".len()..];
+    Some(after[..after.find(';')?].trim().to_string())
+}
+
+/// Matrix-product flops of cortexflow's ridge CV with `method` (see the module docs): `n` training
+/// rows in `folds` contiguous folds, `p` features, `t` targets, `n_alphas` penalties, `n_test`
+/// test rows; full rank assumed.
+fn cortexflow_gemm_flops(
+    method: &str,
+    n: usize,
+    p: usize,
+    t: usize,
+    n_alphas: usize,
+    folds: usize,
+    n_test: usize,
+) -> f64 {
+    let (n, p, t, na) = (n as f64, p as f64, t as f64, n_alphas as f64);
+    let decomposition = |rows: f64| -> (f64, f64) {
+        let r = rows.min(p);
+        let f = match method {
+            "Gram" => 2.0 * rows * p * p + 2.0 * rows * p * r,
+            "Kernel" => 2.0 * rows * rows * p + 2.0 * p * rows * r,
+            _ => 0.0, // SVD: not a matrix product
+        };
+        (f, r)
+    };
+    let mut total = 0.0;
+    for k in 0..folds {
+        let n_te = ((k + 1) as f64 * n / folds as f64).floor() - (k as f64 * n / folds as f64).floor();
+        let n_tr = n - n_te;
+        let (f, r) = decomposition(n_tr);
+        total += f + 2.0 * n_te * p * r + 2.0 * r * n_tr * t + 2.0 * na * n_te * r * t;
+    }
+    let (f, r) = decomposition(n);
+    let nt = n_test as f64;
+    total + f + 2.0 * r * n * t + 2.0 * nt * p * r + 2.0 * nt * r * t
+}
+
+/// Best GEMM rate (GFLOP/s) of faer for `m³` in `T`, 5 runs after a warm-up.
+fn faer_gemm_gflops<T: faer::traits::ComplexField + Copy + From<f32>>(m: usize, threads: usize) -> f64 {
+    use faer::linalg::matmul::matmul;
+    let a = faer::Mat::<T>::from_fn(m, m, |i, j| T::from(((i * 7 + j * 13) % 17) as f32 - 8.0));
+    let b = faer::Mat::<T>::from_fn(m, m, |i, j| T::from(((i * 5 + j * 3) % 11) as f32 - 5.0));
+    let mut c = faer::Mat::<T>::zeros(m, m);
+    let par = faer::Par::rayon(threads);
+    let one = T::from(1.0);
+    matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), one, par);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), one, par);
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (m as f64).powi(3) / best / 1e9
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
 }
 
 /// The solve time in cortexflow's summary line: `ridge: …; 12.34 s; wrote OUT`.
@@ -150,7 +230,7 @@ fn agreement(alphas: &[f64], a_cf: &[f64], a_him: &[f64], r_cf: &[f64], r_him: &
 
 fn main() -> anyhow::Result<()> {
     let threads: usize = env_or("CORTEXFLOW_BENCH_THREADS", 2);
-    let reps: usize = env_or::<usize>("CORTEXFLOW_BENCH_REPS", 1).max(1);
+    let reps: usize = env_or::<usize>("CORTEXFLOW_BENCH_REPS", 3).max(1);
     let seed: u64 = env_or("CORTEXFLOW_BENCH_SEED", 0);
     let sizes = std::env::var("CORTEXFLOW_BENCH_SIZES").unwrap_or_else(|_| "a,b".into());
     let cases: Vec<(String, [usize; 3])> = sizes
@@ -199,6 +279,41 @@ fn main() -> anyhow::Result<()> {
     println!(
         "wall = whole child process (start-up + reading the .npy inputs + solve + writing outputs); \
          (solve) = the tool's own timer: CV + refit + test prediction"
+    );
+
+    // the machine's GEMM peaks on these threads: faer (in this process) and NumPy's BLAS
+    let np_peak: serde_json::Value = {
+        let out = with_threads(&mut Command::new(&py), threads)
+            .args([
+                "-c",
+                "import json, time, numpy as np\n\
+                 out = {}\n\
+                 for dt in ('float64', 'float32'):\n\
+                 \x20   a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(dt)\n\
+                 \x20   c = a @ a; best = 1e9\n\
+                 \x20   for _ in range(5):\n\
+                 \x20       t0 = time.perf_counter(); np.matmul(a, a, out=c); best = min(best, time.perf_counter() - t0)\n\
+                 \x20   out[dt] = 2 * 2048**3 / best / 1e9\n\
+                 print(json.dumps(out))",
+            ])
+            .output()
+            .context("running the NumPy GEMM probe")?;
+        ensure!(
+            out.status.success(),
+            "NumPy GEMM probe: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout)?
+    };
+    let faer64 = faer_gemm_gflops::<f64>(2048, threads);
+    let faer32 = faer_gemm_gflops::<f32>(2048, threads);
+    let peak64 = faer64.max(np_peak["float64"].as_f64().unwrap_or(0.0));
+    let peak32 = faer32.max(np_peak["float32"].as_f64().unwrap_or(0.0));
+    println!(
+        "GEMM peak on {threads} threads (2048³, best of 5): float64 {peak64:.0} GFLOP/s (faer {faer64:.0}, NumPy {:.0}), \
+         float32 {peak32:.0} GFLOP/s (faer {faer32:.0}, NumPy {:.0})",
+        np_peak["float64"].as_f64().unwrap_or(f64::NAN),
+        np_peak["float32"].as_f64().unwrap_or(f64::NAN),
     );
 
     let mut rows = Vec::new();
@@ -291,12 +406,15 @@ fn main() -> anyhow::Result<()> {
         let ag = agreement(&alphas, &a_cf, &a_him, &r_cf, &r_him)?;
 
         let best = |runs: &[(Run, f64)]| {
-            let i = (0..runs.len())
-                .min_by(|&i, &k| runs[i].0.wall_s.total_cmp(&runs[k].0.wall_s))
-                .unwrap();
             let peak = runs.iter().map(|r| r.0.peak_mib).fold(0.0, f64::max);
-            (runs[i].0.wall_s, runs[i].1, runs[i].0.cpu_s, peak)
+            (
+                median(runs.iter().map(|r| r.0.wall_s).collect()),
+                median(runs.iter().map(|r| r.1).collect()),
+                median(runs.iter().map(|r| r.0.cpu_s).collect()),
+                peak,
+            )
         };
+        let method = cortexflow_method(&cf_runs[0].0.stdout).unwrap_or_else(|| "?".into());
         let others_max = cf_runs.iter().chain(&him_runs).map(|r| r.0.others).fold(0.0, f64::max);
         let (cf_wall, cf_solve, cf_cpu, cf_peak) = best(&cf_runs);
         let (him_wall, him_solve, him_cpu, him_peak) = best(&him_runs);
@@ -315,17 +433,27 @@ fn main() -> anyhow::Result<()> {
             100.0 * ag.identical,
             ag.max_abs_dr
         ));
+        let n_test = (0.2 * *n as f64).round() as usize;
+        let gflop = cortexflow_gemm_flops(&method, *n, *p, *t, alphas.len(), N_FOLDS, n_test) / 1e9;
         summaries.push(json!({
-            "case": name, "n_train": n, "n_test": (0.2 * *n as f64).round() as usize, "n_features": p,
+            "method": method,
+            "cortexflow_gemm_gflop": gflop,
+            "cortexflow_gemm_gflops": gflop / cf_solve,
+            "cortexflow_fraction_of_fp64_peak": gflop / cf_solve / peak64,
+            "gemm_peak_gflops": {"float64": peak64, "float32": peak32, "faer_float64": faer64,
+                                 "faer_float32": faer32, "numpy": np_peak.clone()},
+            "case": name, "n_train": n, "n_test": n_test, "n_features": p,
             "n_targets": t, "threads": threads, "reps": reps,
             "cortexflow": {
                 "wall_s": cf_wall, "solve_s": cf_solve, "cpu_s": cf_cpu, "peak_rss_mib": cf_peak,
                 "wall_s_all": cf_runs.iter().map(|r| r.0.wall_s).collect::<Vec<_>>(),
+                "solve_s_all": cf_runs.iter().map(|r| r.1).collect::<Vec<_>>(),
                 "others_cpu_share_all": cf_runs.iter().map(|r| r.0.others).collect::<Vec<_>>(),
             },
             "himalaya": {
                 "wall_s": him_wall, "solve_s": him_solve, "cpu_s": him_cpu, "peak_rss_mib": him_peak,
                 "wall_s_all": him_runs.iter().map(|r| r.0.wall_s).collect::<Vec<_>>(),
+                "solve_s_all": him_runs.iter().map(|r| r.1).collect::<Vec<_>>(),
                 "others_cpu_share_all": him_runs.iter().map(|r| r.0.others).collect::<Vec<_>>(),
             },
             "others_cpu_share_before": busy,
@@ -365,6 +493,15 @@ fn main() -> anyhow::Result<()> {
         "peak MiB = the child's ru_maxrss from wait4(2); floor from sharing this process until exec: {bench_floor:.0} MiB"
     );
     for s in &summaries {
+        println!(
+            "{}: cortexflow took the {} path (Auto); medians of {reps} interleaved runs; its solve executes {:.0} GFLOP \
+             of matrix products = {:.0} GFLOP/s, {:.0}% of the float64 GEMM peak (eigendecompositions timed, not counted)",
+            s["case"].as_str().unwrap_or(""),
+            s["method"].as_str().unwrap_or("?"),
+            s["cortexflow_gemm_gflop"].as_f64().unwrap_or(f64::NAN),
+            s["cortexflow_gemm_gflops"].as_f64().unwrap_or(f64::NAN),
+            100.0 * s["cortexflow_fraction_of_fp64_peak"].as_f64().unwrap_or(f64::NAN),
+        );
         println!(
             "{}: α within one grid step {:.2}%, mean test r cortexflow {:.4} / himalaya {:.4}, CPU s cortexflow {:.1} / \
              himalaya {:.1}; CPU share of other processes: {:.0}% before, up to {:.0}% during the runs",

@@ -536,12 +536,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ridge(args) => {
             let s = cortexflow::cli::run_ridge(&args)?;
             println!(
-                "ridge: {} samples × {} features → {} targets, {} folds, {}; median α {:.3e}{}; {:.2} s; wrote {}",
+                "ridge: {} samples × {} features → {} targets, {} folds, {}; {}; median α {:.3e}{}; {:.2} s; wrote {}",
                 s.n_samples,
                 s.n_features,
                 s.n_targets,
                 s.n_folds,
                 s.method,
+                s.scores,
                 s.median_alpha,
                 s.mean_test_r
                     .map(|r| format!(", mean test r {r:.4}"))

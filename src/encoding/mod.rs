@@ -28,8 +28,8 @@ pub mod stories;
 pub use folds::{block_folds_within, check_folds, contiguous_block_folds, leave_groups_out_folds, Fold};
 pub use ridge::{
     default_alphas, log_alphas, nested_cv_factors, nested_cv_ridge, nested_cv_ridge_factored, nested_cv_ridge_opts,
-    nested_cv_ridge_with, ridge_cv, ridge_cv_criteria, ridge_cv_method, ridge_cv_with, solve_ridge_svd,
-    solve_ridge_with_method, AlphaCriterion, DesignTransform, NestedCvFactors, NestedCvOptions, NestedCvResult,
-    RidgeCvResult, RidgeMethod, RidgePath, ALPHA_TIE_SLOPE,
+    nested_cv_ridge_with, ridge_cv, ridge_cv_criteria, ridge_cv_method, ridge_cv_precision, ridge_cv_with,
+    solve_ridge_svd, solve_ridge_with_method, AlphaCriterion, DesignTransform, NestedCvFactors, NestedCvOptions,
+    NestedCvResult, RidgeCvResult, RidgeMethod, RidgePath, ScorePrecision, ALPHA_TIE_SLOPE, FAST_SCORE_MARGIN,
 };
 pub use stories::{story_cv, zscore_per_story, StoryCvOptions, StoryFit, StoryPlan, VoxelSource};
