@@ -33,13 +33,15 @@
 //!   sides (a constant prediction has no r: cortexflow writes null, himalaya NaN; such targets are
 //!   counted separately).
 //!
-//! * fraction of peak: the machine's float64 (and, for reference, float32) GEMM peak is the best
-//!   rate measured here on the same threads — faer (cortexflow's kernels) and NumPy's BLAS on
-//!   2048³, best of 5 — and cortexflow's solve is credited with the matrix-product flops its path
-//!   executes (per fold: the Gram or kernel matrix, the basis, the test rows' projection, Uᵀ Y and
-//!   one prediction product per penalty; the refit and the test predictions likewise). The
-//!   eigendecompositions are timed but not counted, so the figure is a lower bound of the GEMM
-//!   efficiency. The decomposition that `Auto` chose is read from cortexflow's summary line.
+//! * fraction of peak: the machine's float64 and float32 GEMM peaks are the best rates measured
+//!   here on the same threads — faer (cortexflow's kernels) and NumPy's BLAS on 2048³, best of 5 —
+//!   and cortexflow's solve is credited with the matrix-product flops its path executes (per fold:
+//!   the Gram or kernel matrix, the basis, the test rows' projection, Uᵀ Y, all float64, and one
+//!   prediction product per penalty, float32 unless `--exact-scores`; the refit and the test
+//!   predictions in float64). The fraction is the time those products would take at the peak of
+//!   their precision over the solve time. The eigendecompositions are timed but not counted, so
+//!   it is a lower bound of the GEMM efficiency. The decomposition that `Auto` chose and the
+//!   scores' precision are read from cortexflow's summary line.
 //!
 //! Threads: `CORTEXFLOW_BENCH_THREADS` (default 2): cortexflow `-w T`; both children also get
 //! `OMP_NUM_THREADS`, `OPENBLAS_NUM_THREADS`, `MKL_NUM_THREADS` and `RAYON_NUM_THREADS` = T (the
@@ -95,7 +97,8 @@ fn cortexflow_method(stdout: &str) -> Option<String> {
 
 /// Matrix-product flops of cortexflow's ridge CV with `method` (see the module docs): `n` training
 /// rows in `folds` contiguous folds, `p` features, `t` targets, `n_alphas` penalties, `n_test`
-/// test rows; full rank assumed.
+/// test rows; full rank assumed. Returns (float64 flops, the penalties' prediction flops), the
+/// latter run in float32 unless `--exact-scores`.
 fn cortexflow_gemm_flops(
     method: &str,
     n: usize,
@@ -104,7 +107,7 @@ fn cortexflow_gemm_flops(
     n_alphas: usize,
     folds: usize,
     n_test: usize,
-) -> f64 {
+) -> (f64, f64) {
     let (n, p, t, na) = (n as f64, p as f64, t as f64, n_alphas as f64);
     let decomposition = |rows: f64| -> (f64, f64) {
         let r = rows.min(p);
@@ -115,16 +118,20 @@ fn cortexflow_gemm_flops(
         };
         (f, r)
     };
-    let mut total = 0.0;
+    let (mut total, mut scores) = (0.0, 0.0);
     for k in 0..folds {
         let n_te = ((k + 1) as f64 * n / folds as f64).floor() - (k as f64 * n / folds as f64).floor();
         let n_tr = n - n_te;
         let (f, r) = decomposition(n_tr);
-        total += f + 2.0 * n_te * p * r + 2.0 * r * n_tr * t + 2.0 * na * n_te * r * t;
+        total += f + 2.0 * n_te * p * r + 2.0 * r * n_tr * t;
+        scores += 2.0 * na * n_te * r * t;
     }
     let (f, r) = decomposition(n);
     let nt = n_test as f64;
-    total + f + 2.0 * r * n * t + 2.0 * nt * p * r + 2.0 * nt * r * t
+    (
+        total + f + 2.0 * r * n * t + 2.0 * nt * p * r + 2.0 * nt * r * t,
+        scores,
+    )
 }
 
 /// Best GEMM rate (GFLOP/s) of faer for `m³` in `T`, 5 runs after a warm-up.
@@ -434,12 +441,17 @@ fn main() -> anyhow::Result<()> {
             ag.max_abs_dr
         ));
         let n_test = (0.2 * *n as f64).round() as usize;
-        let gflop = cortexflow_gemm_flops(&method, *n, *p, *t, alphas.len(), N_FOLDS, n_test) / 1e9;
+        let (f64_flop, score_flop) = cortexflow_gemm_flops(&method, *n, *p, *t, alphas.len(), N_FOLDS, n_test);
+        let float32 = cf_runs[0].0.stdout.contains("float32 scores");
+        let gflop = (f64_flop + score_flop) / 1e9;
+        // seconds the same products would take at the peak of their precision, over the solve
+        let ideal_s = f64_flop / 1e9 / peak64 + score_flop / 1e9 / if float32 { peak32 } else { peak64 };
         summaries.push(json!({
             "method": method,
+            "scores_float32": float32,
             "cortexflow_gemm_gflop": gflop,
             "cortexflow_gemm_gflops": gflop / cf_solve,
-            "cortexflow_fraction_of_fp64_peak": gflop / cf_solve / peak64,
+            "cortexflow_fraction_of_peak": ideal_s / cf_solve,
             "gemm_peak_gflops": {"float64": peak64, "float32": peak32, "faer_float64": faer64,
                                  "faer_float32": faer32, "numpy": np_peak.clone()},
             "case": name, "n_train": n, "n_test": n_test, "n_features": p,
@@ -494,13 +506,19 @@ fn main() -> anyhow::Result<()> {
     );
     for s in &summaries {
         println!(
-            "{}: cortexflow took the {} path (Auto); medians of {reps} interleaved runs; its solve executes {:.0} GFLOP \
-             of matrix products = {:.0} GFLOP/s, {:.0}% of the float64 GEMM peak (eigendecompositions timed, not counted)",
+            "{}: cortexflow took the {} path (Auto), penalties scored in {}; medians of {reps} interleaved runs; its \
+             solve executes {:.0} GFLOP of matrix products ({:.0} GFLOP/s), {:.0}% of peak (the time those products \
+             take at the GEMM peak of their precision, over the solve time; eigendecompositions timed, not counted)",
             s["case"].as_str().unwrap_or(""),
             s["method"].as_str().unwrap_or("?"),
+            if s["scores_float32"].as_bool().unwrap_or(false) {
+                "float32 (checked)"
+            } else {
+                "float64"
+            },
             s["cortexflow_gemm_gflop"].as_f64().unwrap_or(f64::NAN),
             s["cortexflow_gemm_gflops"].as_f64().unwrap_or(f64::NAN),
-            100.0 * s["cortexflow_fraction_of_fp64_peak"].as_f64().unwrap_or(f64::NAN),
+            100.0 * s["cortexflow_fraction_of_peak"].as_f64().unwrap_or(f64::NAN),
         );
         println!(
             "{}: α within one grid step {:.2}%, mean test r cortexflow {:.4} / himalaya {:.4}, CPU s cortexflow {:.1} / \
