@@ -57,7 +57,8 @@ pub struct RidgeArgs {
     pub method: String,
     /// Score every penalty's held-out predictions from float64 products. Without it, they come
     /// from float32 products (about twice as fast) and every target whose best two penalties are
-    /// within 1e-4 of each other is scored again in float64, so the chosen α is the same.
+    /// within 1e-4 of each other (for neg-mse: 1e-4 × the target's mean square) is scored again
+    /// in float64, so the chosen α is the same.
     #[arg(long)]
     pub exact_scores: bool,
     /// Z-score X and Y columns with the training rows' statistics first (the test rows with the

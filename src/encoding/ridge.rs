@@ -624,7 +624,10 @@ pub enum ScorePrecision {
     /// machine's cores; they are most of a CV's work), scored in float64; then every target whose
     /// best and second-best penalty are within [`FAST_SCORE_MARGIN`] of each other (mean score,
     /// with the tie-break slope) is scored again in float64 for every penalty. The chosen penalty
-    /// is therefore `Exact`'s whenever float32 moves no mean score by more than half the margin —
+    /// is therefore `Exact`'s (up to float64 rounding: the rescoring's products have other shapes,
+    /// so its sums may differ from `Exact`'s in the last bits) whenever float32 moves no mean score
+    /// by more than half the margin; a target with a score float32 could not form (NaN) is always
+    /// rescored —
     /// measured on the ridge bench's case (b), 20,000 targets: at most 1.5e-7 (negative MSE of
     /// targets with mean square 2, a margin of 2e-4 there; 860 targets rescored; every α the same)
     /// and 3.7e-8 for Pearson r on a 4,000 × 2,000 × 10,000 case — and the refit is unchanged
@@ -898,10 +901,14 @@ pub(crate) fn fold_scores_fast(
         })
         .collect();
     let mut sums = Array2::<f64>::zeros((na, t));
+    // a score float32 could not form (NaN: a constant prediction or observation, or a product
+    // outside float32's range) sends its target to the float64 rescoring
+    let mut undefined = vec![false; t];
     for (&(_, c0, c1), part) in tasks.iter().zip(&parts) {
         for j in 0..c1 - c0 {
             for i in 0..na {
                 let r = part[j * na + i];
+                undefined[c0 + j] |= !r.is_finite();
                 sums[[i, c0 + j]] += if r.is_nan() { 0.0 } else { r };
             }
         }
@@ -929,7 +936,7 @@ pub(crate) fn fold_scores_fast(
                 .map(|i| sums[[i, j]] / k + ALPHA_TIE_SLOPE * alphas[i].ln())
                 .collect();
             adj.sort_by(|a, b| b.total_cmp(a));
-            adj.len() < 2 || !(adj[0] - adj[1] > margin(j))
+            undefined[j] || adj.len() < 2 || !(adj[0] - adj[1] > margin(j))
         })
         .collect();
     if !close.is_empty() {

@@ -202,7 +202,7 @@ pub(crate) struct Workspace {
     indices: Vec<u32>,
     fvals: Vec<f32>,
     pvals: Vec<f32>,
-    // CSC view: for feature j, entries colptr[j]..colptr[j+1] of (row, csr position)
+    // CSC view: for feature j, entries colptr[j]..colptr[j+1] of (row, f, dL/dpre) in row order
     colptr: Vec<usize>,
     col_entries: Vec<(u32, f32, f32)>,
     /// Per feature: number of rows of the last batch on which it fired.
@@ -659,8 +659,11 @@ pub(crate) fn forward_backward(
     };
     {
         // one pass over the codes: per row the active count, the sparsity term and the active
-        // (feature, value) pairs that the sparse kernels start from
+        // (feature, value) pairs that the sparse kernels start from — at most ACTIVE_CAP of them
+        // per row, so a dense batch (which takes the dense kernels) does not fill large lists; a
+        // row past the cap in a sparse batch is read again from the codes
         let dn = &*contiguous(&dnorm);
+        let cap = active_cap(d_sae);
         ws.row_active.resize_with(n, Vec::new);
         let stats: Vec<(u32, f64)> =
             ws.f.axis_iter(Axis(0))
@@ -668,14 +671,17 @@ pub(crate) fn forward_backward(
                 .zip(ws.row_active.par_iter_mut())
                 .map(|(row, active)| {
                     active.clear();
-                    let mut sp = 0.0f64;
+                    let (mut nnz, mut sp) = (0u32, 0.0f64);
                     for (j, (&v, &w)) in row.as_slice().expect("standard layout").iter().zip(dn).enumerate() {
                         if v > 0.0 {
-                            active.push((j as u32, v));
+                            if active.len() < cap {
+                                active.push((j as u32, v));
+                            }
+                            nnz += 1;
                             sp += (v * w) as f64;
                         }
                     }
-                    (active.len() as u32, sp)
+                    (nnz, sp)
                 })
                 .collect();
         for (i, (nnz, sp)) in stats.into_iter().enumerate() {
@@ -951,11 +957,23 @@ fn sparse_backward(
             idx_rest = b;
             val_rest = d;
         }
-        let active = &ws.row_active;
+        let (active, f) = (&ws.row_active, &ws.f);
         jobs.into_par_iter().for_each(|(i, idx, val)| {
-            for ((d, v), &(j, f)) in idx.iter_mut().zip(val.iter_mut()).zip(&active[i]) {
-                *d = j;
-                *v = f;
+            if active[i].len() == idx.len() {
+                for ((d, v), &(j, f)) in idx.iter_mut().zip(val.iter_mut()).zip(&active[i]) {
+                    *d = j;
+                    *v = f;
+                }
+            } else {
+                // past the cap: read the row again
+                let mut k = 0;
+                for (j, &v) in f.row(i).iter().enumerate() {
+                    if v > 0.0 {
+                        idx[k] = j as u32;
+                        val[k] = v;
+                        k += 1;
+                    }
+                }
             }
         });
     }
@@ -1112,6 +1130,12 @@ fn sparse_backward(
     grad.b_enc.assign(&ArrayView1::from(&b_enc));
 }
 
+/// Active (feature, value) pairs kept per row by the statistics pass: four times the mean a row
+/// can have in a batch that takes the sparse kernels, and at least 64.
+fn active_cap(d_sae: usize) -> usize {
+    ((4.0 * SPARSE_MAX_DENSITY * d_sae as f64) as usize).max(64)
+}
+
 /// Columns per block of the packed (row, column-block) layout of [`gather_block`] (measured at
 /// d_in 576, 4,608 features, batch 4,096, the gathers alone: 16 → 24 ms, 32 → 18 ms, 64 → 20 ms).
 const GRAD_COLS: usize = 32;
@@ -1184,19 +1208,24 @@ mod tests {
 
     #[test]
     fn dense_and_sparse_kernels_give_the_same_loss_and_gradient() {
-        let mut sae = ReluSae::random(24, 96, 5);
-        sae.b_enc.fill(-0.5); // sparse-ish codes
-        sae.b_dec = Array1::from_shape_fn(24, |k| 0.1 * k as f32);
-        let x = data(300, 24, 6);
-        let (ld, gd) = sae.loss_and_grad_with(x.view(), 0.3, StepKernels::Dense);
-        let (ls, gs) = sae.loss_and_grad_with(x.view(), 0.3, StepKernels::Sparse);
-        assert!((ld.loss - ls.loss).abs() < 1e-5 * ld.loss, "{ld:?} vs {ls:?}");
-        assert_eq!(ld.l0, ls.l0);
-        assert!(max_rel(&gd.w_enc, &gs.w_enc) < 1e-4);
-        assert!(max_rel(&gd.w_dec, &gs.w_dec) < 1e-4);
-        let b = |v: &Array1<f32>| v.clone().insert_axis(Axis(0));
-        assert!(max_rel(&b(&gd.b_enc), &b(&gs.b_enc)) < 1e-4);
-        assert!(max_rel(&b(&gd.b_dec), &b(&gs.b_dec)) < 1e-4);
+        // one column block, two with a narrower last one, three; codes sparse-ish, and dense
+        // enough (b_enc = 0) that rows pass the cap on kept active pairs and are read again
+        for (d_in, b_enc) in [(24, -0.5f32), (40, -0.5), (70, -0.3), (40, 0.0)] {
+            let mut sae = ReluSae::random(d_in, 96, 5);
+            sae.b_enc.fill(b_enc);
+            sae.b_dec = Array1::from_shape_fn(d_in, |k| 0.1 * k as f32);
+            let x = data(300, d_in, 6);
+            let (ld, gd) = sae.loss_and_grad_with(x.view(), 0.3, StepKernels::Dense);
+            let (ls, gs) = sae.loss_and_grad_with(x.view(), 0.3, StepKernels::Sparse);
+            let at = format!("d_in {d_in}, b_enc {b_enc}, L0 {}", ld.l0);
+            assert!((ld.loss - ls.loss).abs() < 1e-5 * ld.loss, "{at}: {ld:?} vs {ls:?}");
+            assert_eq!(ld.l0, ls.l0, "{at}");
+            assert!(max_rel(&gd.w_enc, &gs.w_enc) < 1e-4, "{at}");
+            assert!(max_rel(&gd.w_dec, &gs.w_dec) < 1e-4, "{at}");
+            let b = |v: &Array1<f32>| v.clone().insert_axis(Axis(0));
+            assert!(max_rel(&b(&gd.b_enc), &b(&gs.b_enc)) < 1e-4, "{at}");
+            assert!(max_rel(&b(&gd.b_dec), &b(&gs.b_dec)) < 1e-4, "{at}");
+        }
     }
 
     #[test]

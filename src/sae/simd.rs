@@ -64,9 +64,9 @@ macro_rules! multiversion {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512vl,avx2")]
                 fn wide($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
+                #[target_feature(enable = "avx2")]
                 fn mid($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
                 match $crate::sae::simd::level() {
                     // SAFETY: `level()` reported the features these variants are compiled for.
@@ -197,7 +197,8 @@ mod tests {
         (0..n).map(|_| rng.normal() as f32).collect()
     }
 
-    /// The kernels as they were written before this module (scalar Rust, any target).
+    /// The scalar path of the kernels (the code of the kernels before this module, unchanged),
+    /// compiled for the baseline target of this test binary.
     fn dot_reference(a: &[f32], b: &[f32]) -> f32 {
         let (acc, tail) = dot_parts(a, b);
         finish(acc, tail)
