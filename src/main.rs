@@ -239,6 +239,11 @@ struct ExtractArgs {
     /// Do not print the per-layer summary.
     #[arg(long)]
     quiet: bool,
+    /// Vectors only, no surprisal or entropy: a built-in model runs cut after the deepest
+    /// requested layer, without its LM head (imported once into the cache), so only the blocks
+    /// the layers need are computed; `surprisal_bits` and `entropy_bits` are written as missing.
+    #[arg(long)]
+    no_surprisal: bool,
 }
 
 fn main() -> ExitCode {
@@ -708,6 +713,38 @@ fn load_model(model: Option<&Path>, threads: Option<usize>, prepack: bool) -> Re
     Ok(LanguageModel::load(&dir, &opts)?)
 }
 
+/// For an extraction without surprisal: a built-in model cut after the deepest of `layers` (all
+/// when empty), with no LM head; any other model folder as it is (its head, if any, still runs).
+fn load_truncated_model(
+    model: Option<&Path>,
+    layers: &[usize],
+    threads: Option<usize>,
+    prepack: bool,
+) -> Result<LanguageModel> {
+    let gemma = match model {
+        None => false,
+        Some(d) if d == Path::new(cortexflow::paths::GEMMA_MODEL) => true,
+        Some(_) => {
+            tracing::warn!("--no-surprisal: a model folder is run as it is (only the built-in models are cut)");
+            return load_model(model, threads, prepack);
+        }
+    };
+    let full = lm::Manifest::load(&lm::ensure_model(gemma, None)?)?;
+    let deepest = lm::extract::resolve_layers(layers, full.n_layers)?
+        .into_iter()
+        .max()
+        .unwrap_or(full.n_layers);
+    let dir = lm::ensure_model(gemma, Some(deepest.max(1)))?;
+    let mut opts = RuntimeOptions {
+        prepack,
+        ..Default::default()
+    };
+    if let Some(t) = threads {
+        opts.threads = t;
+    }
+    Ok(LanguageModel::load(&dir, &opts)?)
+}
+
 fn extract(a: ExtractArgs) -> Result<()> {
     // Validate everything before the model runs; nothing is written on failure.
     let format = a.format.as_deref().map(str::parse::<StimulusFormat>).transpose()?;
@@ -720,7 +757,10 @@ fn extract(a: ExtractArgs) -> Result<()> {
         ..Default::default()
     };
     let story = stimulus::read_story(&a.story, format, &read_opts)?;
-    let mut lm = load_model(a.model.as_deref(), a.threads, !a.no_prepack)?;
+    let mut lm = match a.no_surprisal {
+        true => load_truncated_model(a.model.as_deref(), &a.layers, a.threads, !a.no_prepack)?,
+        false => load_model(a.model.as_deref(), a.threads, !a.no_prepack)?,
+    };
     let opts = ExtractOptions {
         layers: a.layers.clone(),
         pooling,
@@ -730,6 +770,7 @@ fn extract(a: ExtractArgs) -> Result<()> {
         separator: lm::extract::word_separator(&story.language).into(),
         progress: !a.quiet,
         context,
+        surprisal: !a.no_surprisal,
     };
     lm::extract::resolve_layers(&opts.layers, lm.n_layers())?;
     let started = std::time::Instant::now();

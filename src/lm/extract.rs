@@ -8,7 +8,7 @@
 //!
 //! [`ContextPolicy`] says how a token gets its left context:
 //! - `Sliding` (default) and `Full` stream the story once through the key/value cache
-//!   ([`LanguageModel::run_cached`]) in calls of at most [`MAX_CHUNK`] tokens ([`plan_chunks`]);
+//!   ([`LanguageModel::run_cached_with`]) in calls of at most [`MAX_CHUNK`] tokens ([`plan_chunks`]);
 //!   before a call the cache is cut to the attention sink (BOS) and the latest tokens so that cache
 //!   and call fit `window` positions (`Full`: the model's context length). Each token is computed
 //!   once; a context token keeps the vectors it got with its own left context. The last position's
@@ -87,6 +87,10 @@ pub struct ExtractOptions {
     /// How a token gets its left context: overlapping windows (each recomputing its context), or
     /// streamed once through the key/value cache.
     pub context: ContextPolicy,
+    /// Compute surprisal and entropy (default true). Without them a graph cut after the deepest
+    /// requested layer, with no LM head, does the same work for the vectors
+    /// ([`crate::lm::ensure_model`]); a head-less graph gives no surprisal whatever this says.
+    pub surprisal: bool,
 }
 
 /// How each token gets its left context.
@@ -117,6 +121,7 @@ impl Default for ExtractOptions {
             separator: " ".into(),
             progress: false,
             context: ContextPolicy::Sliding,
+            surprisal: true,
         }
     }
 }
@@ -425,6 +430,7 @@ fn run_windows(
     let plans = plan_windows(tokens.ids.len(), span, opts.min_context)?;
     let bar = progress_bar(opts.progress, plans.len() as u64, &story.id, "windows");
     let off = bos.is_some() as usize;
+    let scored = opts.surprisal && lm.has_head();
     for batch in plans.chunks(opts.batch_size.max(1)) {
         let windows: Vec<Vec<u32>> = batch
             .iter()
@@ -434,17 +440,28 @@ fn run_windows(
                     .collect()
             })
             .collect();
-        lm.run_with(&windows, layers, |out| {
-            for (bi, p) in batch.iter().enumerate() {
-                for t in p.own.clone() {
-                    let pos = off + t - p.start;
-                    let lp = (pos >= 1).then(|| out.next_logprob[[bi, pos - 1]]);
-                    acc.take(t, out.next_entropy[[bi, pos]], lp, |li| {
-                        out.hidden[li].slice(ndarray::s![bi, pos, ..])
-                    });
+        if scored {
+            lm.run_with(&windows, layers, |out| {
+                for (bi, p) in batch.iter().enumerate() {
+                    for t in p.own.clone() {
+                        let pos = off + t - p.start;
+                        let lp = (pos >= 1).then(|| out.next_logprob[[bi, pos - 1]]);
+                        acc.take(t, out.next_entropy[[bi, pos]], lp, |li| {
+                            out.hidden[li].slice(ndarray::s![bi, pos, ..])
+                        });
+                    }
                 }
-            }
-        })?;
+            })?;
+        } else {
+            lm.run_hidden_with(&windows, layers, |hidden| {
+                for (bi, p) in batch.iter().enumerate() {
+                    for t in p.own.clone() {
+                        let pos = off + t - p.start;
+                        acc.take(t, f32::NAN, None, |li| hidden[li].slice(ndarray::s![bi, pos, ..]));
+                    }
+                }
+            })?;
+        }
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
@@ -512,6 +529,7 @@ fn run_streamed(
     let mut cache = lm.empty_cache()?;
     let bar = progress_bar(opts.progress, calls.len() as u64, &story.id, "chunks");
     let mut carry: Option<Vec<f32>> = None; // log-probabilities after the previous call
+    let scored = opts.surprisal && lm.has_head();
     for (i, &(start, end, keep)) in calls.iter().enumerate() {
         if let Some(k) = keep {
             cache.retain(sink, k);
@@ -521,17 +539,21 @@ fn run_streamed(
             .into_iter()
             .chain(tokens.ids[start..end].iter().copied())
             .collect();
-        let out = lm.run_cached(&ids, &mut cache, layers)?;
-        for t in start..end {
-            let pos = lead + t - start;
-            let lp = if pos >= 1 {
-                Some(out.next_logprob[pos - 1])
-            } else {
-                carry.as_ref().map(|row| row[tokens.ids[t] as usize])
-            };
-            acc.take(t, out.next_entropy[pos], lp, |li| out.hidden[li].row(pos));
-        }
-        carry = out.last_logprobs;
+        carry = lm.run_cached_with(&ids, &mut cache, layers, |out| {
+            for t in start..end {
+                let pos = lead + t - start;
+                let lp = if !scored {
+                    None
+                } else if pos >= 1 {
+                    Some(out.next_logprob[pos - 1])
+                } else {
+                    carry.as_ref().map(|row| row[tokens.ids[t] as usize])
+                };
+                let entropy = if scored { out.next_entropy[pos] } else { f32::NAN };
+                acc.take(t, entropy, lp, |li| out.hidden[li].row(pos));
+            }
+            out.last_logprobs.clone()
+        })?;
         bar.inc(1);
     }
     bar.finish_and_clear();

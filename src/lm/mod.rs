@@ -42,17 +42,46 @@ pub const GEMMA_MAX_CONTEXT: usize = 4096;
 /// The multilingual model, Gemma 3 270M (`[model] dir = "gemma3-270m"`), imported from the
 /// cached GGUF on first use, like [`ensure_default_model`].
 pub fn ensure_gemma_model() -> crate::Result<PathBuf> {
+    ensure_gemma_import(None)
+}
+
+/// A built-in model (the default SmolLM2, or Gemma 3 270M with `gemma`), whole or, with
+/// `blocks`, cut after that many blocks without its LM head (see [`ImportOptions::blocks`]):
+/// what an extraction that needs no surprisal runs, at the cost of the blocks up to its deepest
+/// layer only. Each variant is imported into the cache once.
+pub fn ensure_model(gemma: bool, blocks: Option<usize>) -> crate::Result<PathBuf> {
+    match gemma {
+        true => ensure_gemma_import(blocks),
+        false => ensure_default_import(blocks),
+    }
+}
+
+fn ensure_gemma_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = crate::paths::gemma_model_dir();
+    let dir = with_blocks(crate::paths::gemma_model_dir(), blocks);
     if is_current(&dir) {
         return Ok(dir);
     }
     let opts = ImportOptions {
         max_context: Some(GEMMA_MAX_CONTEXT),
+        blocks,
         ..Default::default()
     };
     import_into(&crate::paths::gemma_gguf()?, &dir, &opts)
+}
+
+/// `dir` for the whole model, a `-blocks{b}` sibling for one cut after `b` blocks.
+fn with_blocks(dir: PathBuf, blocks: Option<usize>) -> PathBuf {
+    match blocks {
+        None => dir,
+        Some(b) => dir.with_file_name(format!(
+            "{}-blocks{b}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )),
+    }
 }
 
 /// Whether `dir` holds a model written by this importer revision.
@@ -79,16 +108,7 @@ fn import_into(gguf: &std::path::Path, dir: &std::path::Path, opts: &ImportOptio
 fn ensure_default_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let full = crate::paths::default_model_dir();
-    let dir = match blocks {
-        None => full,
-        Some(b) => full.with_file_name(format!(
-            "{}-blocks{b}",
-            full.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        )),
-    };
+    let dir = with_blocks(crate::paths::default_model_dir(), blocks);
     if is_current(&dir) {
         return Ok(dir);
     }

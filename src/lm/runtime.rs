@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 use ort::session::{OutputSelector, RunOptions, Session};
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorRef};
 
 use super::manifest::Manifest;
 use crate::{Error, Result};
@@ -177,6 +177,13 @@ impl LanguageModel {
         })
     }
 
+    /// Whether the graph has its LM head (next-token log-probabilities); a graph cut after some
+    /// block ([`crate::lm::ImportOptions::blocks`]) gives hidden states only.
+    pub fn has_head(&self) -> bool {
+        let m = &self.manifest;
+        (m.next_token_logprob.is_some() && m.next_token_entropy.is_some()) || m.logits.is_some()
+    }
+
     /// Number of blocks; valid layer indices are 0 (embeddings) ..= n_layers.
     pub fn n_layers(&self) -> usize {
         self.manifest.n_layers
@@ -280,10 +287,17 @@ impl LanguageModel {
 
 /// The key/value cache of one sequence: per block, keys (before RoPE) and values, each
 /// [kv_heads, len, head_dim] row-major. A token's position is its index here.
+///
+/// The buffers are handed to ONNX Runtime as borrowed inputs, and a call's `present_*` outputs
+/// are copied into a second set that then takes their place, so a long story reuses the same
+/// allocations call after call (no fresh pages to fault in, no per-element copies).
 #[derive(Debug, Clone)]
 pub struct KvState {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
+    /// Where the next call's outputs go (swapped with `keys` / `values` after the call).
+    spare_keys: Vec<Vec<f32>>,
+    spare_values: Vec<Vec<f32>>,
     len: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -298,7 +312,8 @@ impl KvState {
         self.len == 0
     }
 
-    /// Keeps the first `sink` tokens and the last `recent` ones (their positions move down).
+    /// Keeps the first `sink` tokens and the last `recent` ones (their positions move down), in
+    /// place.
     pub fn retain(&mut self, sink: usize, recent: usize) {
         if sink + recent >= self.len {
             return;
@@ -306,13 +321,14 @@ impl KvState {
         let (len, hd) = (self.len, self.head_dim);
         let new_len = sink + recent;
         for buf in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            let mut out = Vec::with_capacity(self.kv_heads * new_len * hd);
+            // head h moves from h·len to h·new_len; every source lies at or after its destination,
+            // so copying the heads in order never overwrites rows still to be moved
             for h in 0..self.kv_heads {
-                let head = &buf[h * len * hd..(h + 1) * len * hd];
-                out.extend_from_slice(&head[..sink * hd]);
-                out.extend_from_slice(&head[(len - recent) * hd..]);
+                let (src, dst) = (h * len * hd, h * new_len * hd);
+                buf.copy_within(src..src + sink * hd, dst);
+                buf.copy_within(src + (len - recent) * hd..src + len * hd, dst + sink * hd);
             }
-            *buf = out;
+            buf.truncate(self.kv_heads * new_len * hd);
         }
         self.len = new_len;
     }
@@ -330,6 +346,19 @@ pub struct CachedOutput {
     pub last_logprobs: Option<Vec<f32>>,
 }
 
+/// The outputs of one cached call as views into ONNX Runtime's buffers (valid inside
+/// [`LanguageModel::run_cached_with`]).
+pub struct CachedView<'a> {
+    /// One (seq, d_model) view per requested layer, in request order.
+    pub hidden: Vec<ndarray::ArrayView2<'a, f32>>,
+    /// ln p(token at t+1 | tokens ≤ t) within the call (0 at the last position), nats.
+    pub next_logprob: Vec<f32>,
+    /// Entropy of the next-token distribution at t, nats.
+    pub next_entropy: Vec<f32>,
+    /// ln p(· | every token so far) after the last position (vocab), when the graph has a head.
+    pub last_logprobs: Option<Vec<f32>>,
+}
+
 impl LanguageModel {
     /// Whether the graph can stream through a key/value cache ([`LanguageModel::run_cached`]).
     pub fn has_kv_cache(&self) -> bool {
@@ -339,9 +368,12 @@ impl LanguageModel {
     /// An empty cache for this model.
     pub fn empty_cache(&self) -> Result<KvState> {
         let kv = self.manifest.kv_cache.as_ref().ok_or_else(|| no_cache(&self.dir))?;
+        let blocks = kv.past_key.len();
         Ok(KvState {
-            keys: vec![Vec::new(); kv.past_key.len()],
-            values: vec![Vec::new(); kv.past_value.len()],
+            keys: vec![Vec::new(); blocks],
+            values: vec![Vec::new(); blocks],
+            spare_keys: vec![Vec::new(); blocks],
+            spare_values: vec![Vec::new(); blocks],
             len: 0,
             kv_heads: kv.kv_heads,
             head_dim: kv.head_dim,
@@ -349,8 +381,26 @@ impl LanguageModel {
     }
 
     /// Runs `ids` (one sequence; BOS included when it starts the sequence) after the tokens in
-    /// `cache`, and appends them to it. Every new token sees every cached one.
+    /// `cache`, and appends them to it. Every new token sees every cached one. The hidden states
+    /// are copied out of ONNX Runtime's buffers; [`LanguageModel::run_cached_with`] avoids that.
     pub fn run_cached(&mut self, ids: &[u32], cache: &mut KvState, layers: &[usize]) -> Result<CachedOutput> {
+        self.run_cached_with(ids, cache, layers, |v| CachedOutput {
+            hidden: v.hidden.iter().map(|h| h.to_owned()).collect(),
+            next_logprob: v.next_logprob.clone(),
+            next_entropy: v.next_entropy.clone(),
+            last_logprobs: v.last_logprobs.clone(),
+        })
+    }
+
+    /// As [`LanguageModel::run_cached`], handing `f` views of the hidden states in ONNX Runtime's
+    /// own output buffers.
+    pub fn run_cached_with<R>(
+        &mut self,
+        ids: &[u32],
+        cache: &mut KvState,
+        layers: &[usize],
+        f: impl FnOnce(&CachedView<'_>) -> R,
+    ) -> Result<R> {
         let (_, s, ids, mask) = self.pack(&[ids.to_vec()], layers)?;
         let m = &self.manifest;
         let kv = m.kv_cache.as_ref().ok_or_else(|| no_cache(&self.dir))?;
@@ -380,10 +430,11 @@ impl LanguageModel {
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
         let mut inputs = model_inputs(m, [1, s], ids.clone(), mask.clone(), !in_graph)?;
-        let shape = [1, cache.kv_heads, cache.len, cache.head_dim];
-        for (names, bufs) in [(&kv.past_key, &mut cache.keys), (&kv.past_value, &mut cache.values)] {
-            for (n, buf) in names.iter().zip(bufs.iter_mut()) {
-                let t = Tensor::from_array((shape, std::mem::take(buf))).map_err(rt(n))?;
+        let (kv_heads, head_dim, past) = (cache.kv_heads, cache.head_dim, cache.len);
+        let shape = [1, kv_heads, past, head_dim];
+        for (names, bufs) in [(&kv.past_key, &cache.keys), (&kv.past_value, &cache.values)] {
+            for (n, buf) in names.iter().zip(bufs.iter()) {
+                let t = TensorRef::from_array_view((shape, buf.as_slice())).map_err(rt(n))?;
                 inputs.push((n.clone().into(), t.into()));
             }
         }
@@ -392,57 +443,71 @@ impl LanguageModel {
             .run_with_options(inputs, &options)
             .map_err(rt("inference"))?;
         let names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
-        let hidden = hidden_views(&outputs, &names, [1, s, m.d_model])?
+        let hidden: Vec<_> = hidden_views(&outputs, &names, [1, s, m.d_model])?
             .into_iter()
-            .map(|v| v.index_axis(Axis(0), 0).to_owned())
+            .map(|v| v.index_axis_move(Axis(0), 0))
             .collect();
-        let total = cache.len + s;
+        let total = past + s;
         for (names, bufs) in [
-            (&kv.present_key, &mut cache.keys),
-            (&kv.present_value, &mut cache.values),
+            (&kv.present_key, &mut cache.spare_keys),
+            (&kv.present_value, &mut cache.spare_values),
         ] {
             for (n, buf) in names.iter().zip(bufs.iter_mut()) {
                 let v = outputs[n.as_str()].try_extract_array::<f32>().map_err(rt(n))?;
-                if v.shape() != [1, cache.kv_heads, total, cache.head_dim] {
+                if v.shape() != [1, kv_heads, total, head_dim] {
                     return Err(Error::Model(format!("output `{n}` has shape {:?}", v.shape())));
                 }
-                *buf = v.iter().copied().collect();
+                buf.clear();
+                match v.as_slice() {
+                    Some(x) => buf.extend_from_slice(x),
+                    None => buf.extend(v.iter().copied()),
+                }
             }
         }
-        cache.len = total;
         let row = |n: &str| -> Result<Vec<f32>> {
             let v = outputs[n].try_extract_array::<f32>().map_err(rt(n))?;
-            Ok(v.iter().copied().collect())
+            Ok(match v.as_slice() {
+                Some(x) => x.to_vec(),
+                None => v.iter().copied().collect(),
+            })
         };
-        if !in_graph {
-            // from the logits, as `run_with` does (a head-less graph gives hidden states only)
-            let Some(name) = m.logits.as_deref() else {
-                return Ok(CachedOutput {
-                    hidden,
-                    next_logprob: vec![0.0; s],
-                    next_entropy: vec![f32::NAN; s],
-                    last_logprobs: None,
-                });
-            };
+        let view = if in_graph {
+            CachedView {
+                hidden,
+                next_logprob: row(m.next_token_logprob.as_deref().unwrap())?,
+                next_entropy: row(m.next_token_entropy.as_deref().unwrap())?,
+                last_logprobs: kv.last_logprobs.as_deref().map(row).transpose()?,
+            }
+        } else if let Some(name) = m.logits.as_deref() {
+            // from the logits, as `run_with` does
             let v = outputs[name].try_extract_array::<f32>().map_err(rt(name))?;
             let v = v.into_dimensionality::<ndarray::Ix3>().map_err(rt(name))?;
             let (lp, ent) = next_token_stats(v.view(), &ids, &mask, s);
             let z = v.slice(ndarray::s![0, s - 1, ..]);
             let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
             let log_z = max + z.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
-            return Ok(CachedOutput {
+            CachedView {
                 hidden,
                 next_logprob: lp.iter().copied().collect(),
                 next_entropy: ent.iter().copied().collect(),
                 last_logprobs: Some(z.iter().map(|&x| (x as f64 - log_z) as f32).collect()),
-            });
-        }
-        Ok(CachedOutput {
-            hidden,
-            next_logprob: row(m.next_token_logprob.as_deref().unwrap())?,
-            next_entropy: row(m.next_token_entropy.as_deref().unwrap())?,
-            last_logprobs: kv.last_logprobs.as_deref().map(row).transpose()?,
-        })
+            }
+        } else {
+            // a head-less graph gives hidden states only
+            CachedView {
+                hidden,
+                next_logprob: vec![f32::NAN; s],
+                next_entropy: vec![f32::NAN; s],
+                last_logprobs: None,
+            }
+        };
+        let result = f(&view);
+        drop(view);
+        drop(outputs);
+        std::mem::swap(&mut cache.keys, &mut cache.spare_keys);
+        std::mem::swap(&mut cache.values, &mut cache.spare_values);
+        cache.len = total;
+        Ok(result)
     }
 }
 

@@ -38,10 +38,18 @@ pub fn layer_summary(story: &Story, ex: &Extraction) -> String {
     let sur: Vec<f32> = ex.surprisal_bits.iter().flatten().copied().collect();
     let mean_sur = sur.iter().map(|&v| v as f64).sum::<f64>() / sur.len().max(1) as f64;
     let mean_ent = ex.entropy_bits.iter().map(|&v| v as f64).sum::<f64>() / ex.entropy_bits.len().max(1) as f64;
-    let _ = writeln!(
-        s,
-        "mean word surprisal {mean_sur:.2} bits, mean next-token entropy {mean_ent:.2} bits"
-    );
+    match sur.is_empty() {
+        // a head-less graph (or `--no-surprisal`): vectors only
+        true => {
+            let _ = writeln!(s, "surprisal and entropy not computed");
+        }
+        false => {
+            let _ = writeln!(
+                s,
+                "mean word surprisal {mean_sur:.2} bits, mean next-token entropy {mean_ent:.2} bits"
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "{:>5}  {:>12}  {:>12}  {:>12}",

@@ -153,6 +153,8 @@ fn extract_options(plan: &Plan) -> Result<ExtractOptions> {
         separator: " ".into(),
         progress: false,
         context: m.context.parse::<ContextPolicy>()?,
+        // the words table of every text keeps its surprisal and entropy
+        surprisal: true,
     })
 }
 
@@ -163,11 +165,12 @@ pub struct LmOutputs {
     pub layers: Vec<(usize, ArtifactId)>,
 }
 
-/// Runs the LM over a story (or corpus text) unless all its artifacts exist. `model` is the
-/// worker's lazily loaded session.
-pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> Result<LmOutputs> {
-    let (dir, identity) = model_identity(&ctx.plan)?;
-    let mut opts = extract_options(&ctx.plan)?;
+/// The model folder, the extraction settings and the artifact ids of one text's LM outputs under
+/// `plan`: every setting that changes a value is in the ids (the model's manifest, pooling,
+/// window, context policy, the text, and pre-packing when it is off).
+pub fn lm_keys(plan: &Plan, story: &Story) -> Result<(std::path::PathBuf, ExtractOptions, LmOutputs)> {
+    let (dir, identity) = model_identity(plan)?;
+    let mut opts = extract_options(plan)?;
     opts.separator = lm::extract::word_separator(&story.language).into();
     let base = KeyBuilder::new("lm", REV_LM)
         .part("model", &identity)
@@ -177,7 +180,7 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         .config("story", story);
     // without pre-packing ONNX Runtime runs other kernels (values differ in the last bits), so
     // those outputs are keyed apart; the default keeps the keys it always had
-    let base = match ctx.plan.file.model.prepack {
+    let base = match plan.file.model.prepack {
         true => base,
         false => base.part("prepack", "off"),
     };
@@ -187,6 +190,13 @@ pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> 
         .iter()
         .map(|&l| (l, base.clone().config("layer", &l).finish()))
         .collect();
+    Ok((dir, opts, LmOutputs { words, layers }))
+}
+
+/// Runs the LM over a story (or corpus text) unless all its artifacts exist. `model` is the
+/// worker's lazily loaded session.
+pub fn lm_stage(ctx: &Ctx, model: &mut Option<LanguageModel>, story: &Story) -> Result<LmOutputs> {
+    let (dir, opts, LmOutputs { words, layers }) = lm_keys(&ctx.plan, story)?;
     let all_there = std::iter::once(&words)
         .chain(layers.iter().map(|(_, id)| id))
         .all(|id| ctx.store.has("lm", id, "safetensors"));

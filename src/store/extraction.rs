@@ -71,7 +71,10 @@ pub fn words_batch(story: &Story, ex: &Extraction) -> Result<RecordBatch> {
         ),
         (
             "entropy_bits",
-            Arc::new(Float32Array::from_iter(ex.entropy_bits.iter().map(|&v| Some(v)))),
+            // NaN where it was not computed (a head-less graph): written as missing
+            Arc::new(Float32Array::from_iter(
+                ex.entropy_bits.iter().map(|&v| (!v.is_nan()).then_some(v)),
+            )),
             true,
         ),
     ];

@@ -170,3 +170,71 @@ fn corrupt_or_truncated_gguf_is_refused_and_nothing_is_written() {
         );
     }
 }
+
+/// `extract --no-surprisal`: the built-in model cut after the deepest requested layer, without its
+/// LM head, gives the very vectors of the whole model, and the words table says surprisal and
+/// entropy are missing.
+#[test]
+fn no_surprisal_runs_the_model_cut_after_the_deepest_layer_and_gives_the_same_vectors() {
+    let tmp = tempfile::tempdir().unwrap();
+    // the first 300 spoken words of Alice as plain text: two cached calls
+    let words: Vec<String> = scan_alice().into_iter().take(300).map(|(_, w)| w).collect();
+    let story = tmp.path().join("alice300.txt");
+    std::fs::write(&story, words.join(" ")).unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let o = support::bin()
+            .arg("extract")
+            .arg(&story)
+            .args(["--layers", "0,3", "--threads", "2", "--quiet", "--out"])
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "extract failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let (full, cut) = (tmp.path().join("full"), tmp.path().join("cut"));
+    run(&full, &[]);
+    run(&cut, &["--no-surprisal"]);
+
+    // the graph that ran: 3 blocks of 30, no head
+    let dir = cortexflow::paths::default_model_dir();
+    let dir = dir.with_file_name(format!("{}-blocks3", dir.file_name().unwrap().to_string_lossy()));
+    let m = cortexflow::lm::Manifest::load(&dir).expect("the cut model was imported into the cache");
+    assert_eq!((m.n_layers, m.truncated_from), (3, Some(30)));
+    assert!(m.logits.is_none() && m.next_token_logprob.is_none());
+
+    let vectors = |d: &Path| -> Vec<f32> {
+        let (_, batches, _) = read_parquet(&d.join("activations.parquet")).unwrap();
+        batches
+            .iter()
+            .flat_map(|b| {
+                let c = b.column_by_name("activation").unwrap();
+                let c = c.as_any().downcast_ref::<arrow::array::FixedSizeListArray>().unwrap();
+                let v = c
+                    .values()
+                    .as_any()
+                    .downcast_ref::<arrow::array::Float32Array>()
+                    .unwrap();
+                v.values().to_vec()
+            })
+            .collect()
+    };
+    let (a, b) = (vectors(&full), vectors(&cut));
+    assert_eq!(a.len(), 2 * 300 * 576);
+    assert!(a == b, "the cut model's vectors differ from the whole model's");
+
+    let nulls = |d: &Path, col: &str| -> (usize, usize) {
+        let (_, batches, _) = read_parquet(&d.join("words.parquet")).unwrap();
+        let c: Vec<_> = batches.iter().map(|b| b.column_by_name(col).unwrap().clone()).collect();
+        (c.iter().map(|c| c.null_count()).sum(), c.iter().map(|c| c.len()).sum())
+    };
+    for col in ["surprisal_bits", "entropy_bits"] {
+        assert_eq!(nulls(&cut, col), (300, 300), "{col} without surprisal");
+        // the whole model scores every word after the first
+        assert!(nulls(&full, col).0 <= 1, "{col} with surprisal");
+    }
+}

@@ -674,3 +674,27 @@ for e in (1, 2):
         "{rerun}"
     );
 }
+
+/// Pre-packing off makes ONNX Runtime run other kernels (values differ in the last bits), so the
+/// LM outputs of `[model] prepack = false` get ids of their own: a run with it after a default run
+/// computes the LM again instead of reading the pre-packed outputs from the store. Everything else
+/// equal, the ids are the same text for text and layer for layer.
+#[test]
+fn lm_outputs_without_prepacking_are_keyed_apart_from_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = plan_in(&tmp.path().join("store"), &tmp.path().join("out"));
+    assert!(plan.file.model.prepack, "pre-packing is on by default");
+    let mut off = plan.clone();
+    off.file.model.prepack = false;
+    let (_, story) = &plan.stories[0];
+    let (_, _, on_ids) = stages::lm_keys(&plan, story).unwrap();
+    let (_, _, off_ids) = stages::lm_keys(&off, story).unwrap();
+    let (_, _, again) = stages::lm_keys(&plan.clone(), story).unwrap();
+    assert_eq!(on_ids.words, again.words, "the ids are a function of the settings");
+    assert_ne!(on_ids.words, off_ids.words);
+    assert_eq!(on_ids.layers.len(), off_ids.layers.len());
+    for ((l, a), (m, b)) in on_ids.layers.iter().zip(&off_ids.layers) {
+        assert_eq!(l, m);
+        assert_ne!(a, b, "layer {l}: the same id with and without pre-packing");
+    }
+}
