@@ -77,7 +77,7 @@ fn main() {
     );
 
     // 2. incremental
-    let ctx = pipeline::context(plan(tmp.path(), "inc"), workers).unwrap();
+    let ctx = pipeline::context(plan(tmp.path(), "inc")).unwrap();
     let inputs = pipeline::prepare_inputs(&ctx).unwrap();
     let mut first = pipeline::single_epoch(&inputs);
     let last = first.responses.pop().unwrap();
@@ -154,7 +154,7 @@ fn main() {
     // 3. scaling of fits: 10 simulated subjects, 1 worker then 2
     let mut times = Vec::new();
     for (w, seed) in [(1usize, 11u64), (2, 12)] {
-        let ctx = pipeline::context(plan(tmp.path(), "inc"), w).unwrap();
+        let ctx = pipeline::context(plan(tmp.path(), "inc")).unwrap();
         let base = pipeline::prepare_inputs(&ctx).unwrap();
         let mut rng = Lcg(seed);
         let mut epoch = pipeline::single_epoch(&base);

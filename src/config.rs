@@ -197,7 +197,8 @@ pub struct ModelSection {
     pub context: String,
     #[serde(default = "default_batch")]
     pub batch_size: usize,
-    /// ONNX Runtime intra-op threads per worker (default: all cores / workers).
+    /// ONNX Runtime intra-op threads of the process's LM session, which its workers share
+    /// (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
     /// Pre-pack the model's weight matrices when a session loads (default true: faster; false

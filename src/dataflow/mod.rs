@@ -37,9 +37,7 @@
 //! May import: `stages` and everything below it (`config`, the analyses, `store`, `lm` …); never
 //! `report`, `outputs`, `pipeline` or `cli`, and it knows nothing of tables or reports.
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 
 use differential_dataflow::input::Input;
@@ -348,9 +346,20 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
     let reading_on = ctx.plan.reading.is_some();
 
+    // One ONNX session per process, shared by its workers (a text's LM call holds it): the
+    // weights, their pre-packed copies and Runtime's arenas are in memory once, not once per
+    // worker (the Alice demo at -w 2 peaked at 3.03 million kB with a session per worker). A call
+    // uses the process's cores, and ONNX Runtime's outputs do not depend on its thread count
+    // (Alice, 1 and 2 threads: byte-identical tables). Loaded by the LM stage when it has work,
+    // dropped once the LM output's frontier has passed the epoch (SAE training and the fits that
+    // follow run without the model's weights and Runtime arenas in memory; a later epoch with new
+    // texts loads it again).
+    let lm_session: Arc<Mutex<Option<LanguageModel>>> = Arc::default();
+
     let guards = timely::execute(topology.config(), move |worker| {
         let index = worker.index();
         let errors = errors.clone();
+        let lm_session = lm_session.clone();
         let buffer = buffer.clone();
         let mut ctx = ctx.clone();
         // each worker computes on its share of the cores: coarse parallelism (independent fits on
@@ -363,11 +372,6 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
             .map(Arc::new);
         let feature_sets = feature_sets.clone();
         let probe = ProbeHandle::new();
-        // The worker's ONNX session: loaded by the LM stage when it has work, dropped once the LM
-        // output's frontier has passed the epoch (SAE training and the fits that follow run
-        // without the model's weights and Runtime arenas in memory; a later epoch with new texts
-        // loads it again).
-        let lm_session: Rc<RefCell<Option<LanguageModel>>> = Rc::new(RefCell::new(None));
         let lm_probe = ProbeHandle::new();
         let session_in_graph = lm_session.clone();
         let (mut stories_in, mut corpus_in, mut resp_in, mut reading_in, mut aux_in) =
@@ -407,7 +411,8 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                                 true => st.story.language.clone(),
                                 false => SHARED_SAE_GROUP.to_string(),
                             };
-                            Ok((group, stages::lm_stage(ctx, &mut model.borrow_mut(), &st.story)?))
+                            let mut session = model.lock().unwrap_or_else(|p| p.into_inner());
+                            Ok((group, stages::lm_stage(ctx, &mut session, &st.story)?))
                         };
                         match run() {
                             Ok((group, out)) => {
@@ -911,8 +916,12 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 reading_in.flush();
                 aux_in.flush();
                 worker.step_while(|| {
-                    if lm_session.borrow().is_some() && !lm_probe.less_than(&next) {
-                        *lm_session.borrow_mut() = None;
+                    if !lm_probe.less_than(&next) {
+                        // every worker's LM work for the epoch is done (the frontier is global)
+                        let mut session = lm_session.lock().unwrap_or_else(|p| p.into_inner());
+                        if session.is_some() {
+                            *session = None;
+                        }
                     }
                     probe.less_than(&next)
                 });

@@ -57,11 +57,12 @@ pub struct RunReport {
     pub sae_min_r2: f64,
 }
 
-/// The context of a plan: store opened, LM threads split between workers.
-pub fn context(plan: Plan, workers: usize) -> Result<Ctx> {
+/// The context of a plan: store opened; the LM session, which a process's workers share, runs on
+/// all of its cores.
+pub fn context(plan: Plan) -> Result<Ctx> {
     let store = ArtifactStore::open(&plan.store)?;
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let lm_threads = plan.file.model.threads.unwrap_or((cores / workers.max(1)).max(1));
+    let lm_threads = plan.file.model.threads.unwrap_or(cores);
     let ctx = Ctx {
         plan: Arc::new(plan),
         store,
@@ -205,7 +206,7 @@ pub fn run(plan: Plan, opts: &RunOptions) -> Result<RunReport> {
 /// the outputs and returns the report (the others return `None`).
 pub fn run_on(plan: Plan, topology: &Topology) -> Result<Option<RunReport>> {
     let started = Instant::now();
-    let ctx = context(plan, topology.threads)?;
+    let ctx = context(plan)?;
     let _lock = incremental::lock_shared(&ctx.plan.store)?;
     let inputs = prepare_inputs(&ctx)?;
     let mut results = dataflow::run_on(ctx.clone(), vec![single_epoch(&inputs)], topology)?;

@@ -60,7 +60,7 @@ fn summary_line(r: &EpochResult) -> String {
 /// told of each published update (the CLI prints it).
 pub fn watch(pipeline: &Path, opts: &WatchOptions, mut on_update: impl FnMut(&Update) + Send + 'static) -> Result<()> {
     let plan = Plan::load(pipeline)?;
-    let ctx = context(plan, opts.workers)?;
+    let ctx = context(plan)?;
     let _lock = incremental::lock_shared(&ctx.plan.store)?;
     let inputs = prepare_inputs(&ctx)?;
     let settings = incremental::settings(&ctx.plan);

@@ -230,7 +230,7 @@ fn epochs(states: &[State], v: &Variants) -> Vec<Epoch> {
 
 fn setup(store: &Path, output: &Path) -> (Ctx, Variants, support::SharedLm) {
     let lm = support::seed_lm(store);
-    let ctx = pipeline::context(plan_in(store, output), 1).unwrap();
+    let ctx = pipeline::context(plan_in(store, output)).unwrap();
     let inputs = pipeline::prepare_inputs(&ctx).unwrap();
     let v = variants(&ctx, inputs.corpus);
     (ctx, v, lm)

@@ -32,7 +32,7 @@ fn adding_a_subject_recomputes_only_its_fits_and_matches_a_from_scratch_run_on_a
     let plan = small_plan(&tmp.path().join("store_inc"), &tmp.path().join("out_inc"));
     let n_layers = plan.layers.len();
     let n_sets = plan.file.encoding.feature_sets.len();
-    let ctx = pipeline::context(plan, 2).unwrap();
+    let ctx = pipeline::context(plan).unwrap();
     let inputs = pipeline::prepare_inputs(&ctx).unwrap();
     assert!(inputs.responses.len() >= 3);
     let mut first = pipeline::single_epoch(&inputs);
