@@ -336,7 +336,7 @@ fn weight_bytes(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> u64 {
 }
 
 /// Bumped whenever the emitted graph changes, so cached imports are redone.
-pub const IMPORTER_REVISION: u32 = 4;
+pub const IMPORTER_REVISION: u32 = 5;
 
 /// The `written_by` stamp of manifests from this importer.
 pub fn importer_stamp() -> String {
@@ -360,8 +360,8 @@ pub const WANT_LOGITS: &str = "want_logits";
 /// default of the optional int64 scalar input [`LOGIT_BUDGET_INPUT`].
 pub const LOGIT_BUDGET: i64 = 1 << 24;
 
-/// The optional input that bounds the logits alive at once (positions per chunk = max(1,
-/// ⌊budget / (batch · vocab)⌋)).
+/// The optional input that bounds the logits alive at once (at most max(1, ⌊budget / (batch ·
+/// vocab)⌋) positions per chunk; the positions are spread evenly over the chunks).
 pub const LOGIT_BUDGET_INPUT: &str = "logit_budget";
 pub fn past_key_name(l: usize) -> String {
     format!("past_key_{l}")
@@ -1000,10 +1000,11 @@ fn build_graph(
         "logits",
     );
 
-    // ---- next-token log-probability and entropy (nats), by a `Loop` over chunks of C positions,
-    // C = max(1, ⌊2^24 / (B·V)⌋): at most 2^24 logits (64 MB) are alive at once, whatever the
-    // batch, sequence length and vocabulary. The positions are zero-padded to n·C (n = ⌈S/C⌉)
-    // so every iteration has the same shape, and the padding is cut off afterwards.
+    // ---- next-token log-probability and entropy (nats), by a `Loop` over n = ⌈S/C₀⌉ chunks of
+    // C = ⌈S/n⌉ positions, C₀ = max(1, ⌊2^24 / (B·V)⌋): at most 2^24 logits (64 MB) are alive at
+    // once, whatever the batch, sequence length and vocabulary. The positions are zero-padded to
+    // n·C (fewer than n extra) so every iteration has the same shape, and the padding is cut off
+    // afterwards.
     let nxt = b.op("Slice", &["input_ids", &c1, &cbig, &c1], vec![]);
     let nxt = b.op("Pad", &[&nxt, &pads], vec![]);
     let batch_s = b.op("Gather", &[&shape_ids, "c_0s"], vec![("axis", Attr::Int(0))]);
@@ -1020,6 +1021,12 @@ fn build_graph(
     let cl_m1 = b.op("Sub", &[&cl, "c_1s"], vec![]);
     let n_iter = b.op("Add", &[&seq, &cl_m1], vec![]);
     let n_iter = b.op("Div", &[&n_iter, &cl], vec![]);
+    // the positions spread evenly over the n chunks, C = ⌈S/n⌉ (no more than the budget allows),
+    // so fewer than n padded positions are scored (with C from the budget alone, a 255-token call
+    // under a 341-position budget scored 86 padding rows of the vocabulary, a third of its head)
+    let n_m1 = b.op("Sub", &[&n_iter, "c_1s"], vec![]);
+    let cl = b.op("Add", &[&seq, &n_m1], vec![]);
+    let cl = b.op("Div", &[&cl, &n_iter], vec![]);
     let padded = b.op("Mul", &[&n_iter, &cl], vec![]);
     let pad_len = b.op("Sub", &[&padded, &seq], vec![]);
     let pad_len1 = b.op("Unsqueeze", &[&pad_len, &c0], vec![]);
