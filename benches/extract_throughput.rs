@@ -27,7 +27,10 @@ use serde_json::json;
 
 #[path = "support/children.rs"]
 mod children;
+#[path = "support/figures.rs"]
+mod figures;
 use children::{python, self_peak_mib};
+use figures::median;
 
 fn main() -> anyhow::Result<()> {
     let threads: usize = std::env::var("CORTEXFLOW_BENCH_THREADS")
@@ -209,16 +212,6 @@ fn main() -> anyhow::Result<()> {
         .as_f64()
         .unwrap_or(f64::NAN);
     let our_rss = self_peak_mib();
-    let median = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
 
     println!(
         "LM stage throughput, {threads} threads, medians of {reps} interleaved repetitions, model {}",
@@ -230,7 +223,7 @@ fn main() -> anyhow::Result<()> {
     );
     for (name, batches) in &cases {
         let n_tokens: usize = batches.iter().flatten().map(Vec::len).sum();
-        let (o, p) = (median(&ours[name]), median(&py[name]));
+        let (o, p) = (median(ours[name].iter().copied()), median(py[name].iter().copied()));
         println!(
             "{name:<16} {:>14.1} {:>14.1} {:>8.3}",
             n_tokens as f64 / o,
@@ -259,8 +252,8 @@ fn main() -> anyhow::Result<()> {
     );
     for (name, st) in &stories {
         let (n_words, n_tok) = (st.words.len(), n_tokens_of[name]);
-        let py_s = median(&py[name]);
-        let t = policies.map(|c| median(&extract_s[&(*name, c)]));
+        let py_s = median(py[name].iter().copied());
+        let t = policies.map(|c| median(extract_s[&(*name, c)].iter().copied()));
         println!(
             "{name:<14} {n_words:>6} {n_tok:>7} {:>7.3} {py_s:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8.3} {:>8.3} {:>8.3} {:>10.1}",
             n_tok as f64 / n_words as f64,

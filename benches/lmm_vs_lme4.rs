@@ -104,7 +104,10 @@ use serde_json::{json, Value};
 
 #[path = "support/children.rs"]
 mod children;
+#[path = "support/figures.rs"]
+mod figures;
 use children::{bench_dir, cpu_sample, env_or, f64_column, others_share, run_child, self_peak_mib, with_threads, Run};
+use figures::median;
 
 /// The row-level covariate, x ~ N(mean, sd²) per row; the random slopes are on it.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -583,16 +586,6 @@ fn max_dbeta_over_se(cf: &Fit, r: &Fit) -> anyhow::Result<f64> {
         m = m.max((ours - b).abs() / se);
     }
     Ok(m)
-}
-
-fn median(v: impl IntoIterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = v.into_iter().collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => 0.5 * (v[n / 2 - 1] + v[n / 2]),
-    }
 }
 
 /// The JSON of one tool's repetitions: medians, the largest peak, the first fit's results, and

@@ -72,9 +72,12 @@ use serde_json::json;
 
 #[path = "support/children.rs"]
 mod children;
+#[path = "support/figures.rs"]
+mod figures;
 use children::{
     bench_dir, cpu_sample, env_or, f64_column, others_share, python, run_child, self_peak_mib, with_threads, Run,
 };
+use figures::{faer_gemm_gflops, median};
 
 const N_FOLDS: usize = 4;
 
@@ -132,36 +135,6 @@ fn cortexflow_gemm_flops(
         total + f + 2.0 * r * n * t + 2.0 * nt * p * r + 2.0 * nt * r * t,
         scores,
     )
-}
-
-/// Best GEMM rate (GFLOP/s) of faer for `m³` in `T`, 5 runs after a warm-up.
-fn faer_gemm_gflops<T: faer::traits::ComplexField + Copy + From<f32>>(m: usize, threads: usize) -> f64 {
-    use faer::linalg::matmul::matmul;
-    let a = faer::Mat::<T>::from_fn(m, m, |i, j| T::from(((i * 7 + j * 13) % 17) as f32 - 8.0));
-    let b = faer::Mat::<T>::from_fn(m, m, |i, j| T::from(((i * 5 + j * 3) % 11) as f32 - 5.0));
-    let mut c = faer::Mat::<T>::zeros(m, m);
-    let par = faer::Par::rayon(threads);
-    let one = T::from(1.0);
-    matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), one, par);
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), one, par);
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    2.0 * (m as f64).powi(3) / best / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 /// The solve time in cortexflow's summary line: `ridge: …; 12.34 s; wrote OUT`.
@@ -312,8 +285,8 @@ fn main() -> anyhow::Result<()> {
         );
         serde_json::from_slice(&out.stdout)?
     };
-    let faer64 = faer_gemm_gflops::<f64>(2048, threads);
-    let faer32 = faer_gemm_gflops::<f32>(2048, threads);
+    let faer64 = faer_gemm_gflops::<f64>(2048, 2048, 2048, threads);
+    let faer32 = faer_gemm_gflops::<f32>(2048, 2048, 2048, threads);
     let peak64 = faer64.max(np_peak["float64"].as_f64().unwrap_or(0.0));
     let peak32 = faer32.max(np_peak["float32"].as_f64().unwrap_or(0.0));
     println!(
@@ -415,9 +388,9 @@ fn main() -> anyhow::Result<()> {
         let best = |runs: &[(Run, f64)]| {
             let peak = runs.iter().map(|r| r.0.peak_mib).fold(0.0, f64::max);
             (
-                median(runs.iter().map(|r| r.0.wall_s).collect()),
-                median(runs.iter().map(|r| r.1).collect()),
-                median(runs.iter().map(|r| r.0.cpu_s).collect()),
+                median(runs.iter().map(|r| r.0.wall_s)),
+                median(runs.iter().map(|r| r.1)),
+                median(runs.iter().map(|r| r.0.cpu_s)),
                 peak,
             )
         };

@@ -100,7 +100,10 @@ use serde_json::{json, Value};
 
 #[path = "support/children.rs"]
 mod children;
+#[path = "support/figures.rs"]
+mod figures;
 use children::{bench_dir, cpu_sample, env_or, others_share, python, run_child, self_cpu_s, with_threads};
+use figures::{faer_gemm_gflops, median};
 
 const D_IN: usize = 576;
 const BATCH: usize = 4096;
@@ -314,37 +317,6 @@ fn time_encoding(sae: &Sae, x: ArrayView2<'_, f32>) -> (f64, f64, f64, usize, f6
     (x.nrows() as f64 / seconds, seconds, others, codes.nnz(), sum)
 }
 
-/// Best float32 GEMM rate (GFLOP/s) of faer on `threads` threads for `m × k × n`, 5 runs after a
-/// warm-up.
-fn faer_gemm_gflops(m: usize, k: usize, n: usize, threads: usize) -> f64 {
-    use faer::linalg::matmul::matmul;
-    let mut rng = SplitMix64::new(7);
-    let a = faer::Mat::<f32>::from_fn(m, k, |_, _| rng.normal() as f32);
-    let b = faer::Mat::<f32>::from_fn(k, n, |_, _| rng.normal() as f32);
-    let mut c = faer::Mat::<f32>::zeros(m, n);
-    let par = faer::Par::rayon(threads);
-    matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), 1.0f32, par);
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let t0 = Instant::now();
-        matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), b.as_ref(), 1.0f32, par);
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
-    2.0 * (m * k * n) as f64 / best / 1e9
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-30)
 }
@@ -438,8 +410,8 @@ fn main() -> anyhow::Result<()> {
     // the machine's FP32 GEMM peak on these threads: faer and NumPy's BLAS
     eprintln!("FP32 GEMM peak: faer and NumPy …");
     let faer_peak = json!({
-        "square_2048": faer_gemm_gflops(2048, 2048, 2048, threads),
-        "encoder": faer_gemm_gflops(BATCH, D_IN, widths.first().copied().unwrap_or(4608), threads),
+        "square_2048": faer_gemm_gflops::<f32>(2048, 2048, 2048, threads),
+        "encoder": faer_gemm_gflops::<f32>(BATCH, D_IN, widths.first().copied().unwrap_or(4608), threads),
     });
     let np_peak = {
         let mut cmd = Command::new(&py);

@@ -699,10 +699,15 @@ fn run(cli: Cli) -> Result<()> {
 fn load_model(model: Option<&Path>, threads: Option<usize>, prepack: bool) -> Result<LanguageModel> {
     let dir = match model {
         // the multilingual model by name, as in pipelines
-        Some(d) if d == Path::new(cortexflow::paths::GEMMA_MODEL) => lm::ensure_gemma_model()?,
+        Some(d) if d == Path::new(cortexflow::paths::GEMMA_MODEL) => lm::ensure_model(true, None)?,
         Some(d) => d.to_path_buf(),
-        None => lm::ensure_default_model()?,
+        None => lm::ensure_model(false, None)?,
     };
+    open_model(&dir, threads, prepack)
+}
+
+/// The session for the model folder `dir` (`threads`: default all cores).
+fn open_model(dir: &Path, threads: Option<usize>, prepack: bool) -> Result<LanguageModel> {
     let mut opts = RuntimeOptions {
         prepack,
         ..Default::default()
@@ -710,7 +715,7 @@ fn load_model(model: Option<&Path>, threads: Option<usize>, prepack: bool) -> Re
     if let Some(t) = threads {
         opts.threads = t;
     }
-    Ok(LanguageModel::load(&dir, &opts)?)
+    Ok(LanguageModel::load(dir, &opts)?)
 }
 
 /// For an extraction without surprisal: a built-in model cut after the deepest of `layers` (all
@@ -734,15 +739,7 @@ fn load_truncated_model(
         .into_iter()
         .max()
         .unwrap_or(full.n_layers);
-    let dir = lm::ensure_model(gemma, Some(deepest.max(1)))?;
-    let mut opts = RuntimeOptions {
-        prepack,
-        ..Default::default()
-    };
-    if let Some(t) = threads {
-        opts.threads = t;
-    }
-    Ok(LanguageModel::load(&dir, &opts)?)
+    open_model(&lm::ensure_model(gemma, Some(deepest.max(1)))?, threads, prepack)
 }
 
 fn extract(a: ExtractArgs) -> Result<()> {

@@ -474,7 +474,7 @@ fn quality_json(q: &SaeQuality) -> serde_json::Value {
 fn model_for(job: &SaeJob) -> Result<(PathBuf, String)> {
     let dir = if job.model.dir == "default" {
         if job.model.truncate && job.model.layer > 0 {
-            lm::ensure_default_model_blocks(job.model.layer)?
+            lm::ensure_model(false, Some(job.model.layer))?
         } else {
             lm::ensure_default_model()?
         }

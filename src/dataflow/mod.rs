@@ -918,10 +918,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 worker.step_while(|| {
                     if !lm_probe.less_than(&next) {
                         // every worker's LM work for the epoch is done (the frontier is global)
-                        let mut session = lm_session.lock().unwrap_or_else(|p| p.into_inner());
-                        if session.is_some() {
-                            *session = None;
-                        }
+                        *lm_session.lock().unwrap_or_else(|p| p.into_inner()) = None;
                     }
                     probe.less_than(&next)
                 });

@@ -24,7 +24,7 @@
 
 use std::ops::Range;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView3};
 
 use super::runtime::{layer_error, LanguageModel};
 use crate::stimulus::Story;
@@ -440,27 +440,25 @@ fn run_windows(
                     .collect()
             })
             .collect();
-        if scored {
-            lm.run_with(&windows, layers, |out| {
-                for (bi, p) in batch.iter().enumerate() {
-                    for t in p.own.clone() {
-                        let pos = off + t - p.start;
-                        let lp = (pos >= 1).then(|| out.next_logprob[[bi, pos - 1]]);
-                        acc.take(t, out.next_entropy[[bi, pos]], lp, |li| {
-                            out.hidden[li].slice(ndarray::s![bi, pos, ..])
-                        });
-                    }
+        // each window's own tokens: their vectors, and with `scores` (next-token log-probability
+        // and entropy per position) their probability and entropy
+        let mut take = |hidden: &[ArrayView3<'_, f32>], scores: Option<(&Array2<f32>, &Array2<f32>)>| {
+            for (bi, p) in batch.iter().enumerate() {
+                for t in p.own.clone() {
+                    let pos = off + t - p.start;
+                    let (lp, entropy) = match scores {
+                        Some((lp, ent)) => ((pos >= 1).then(|| lp[[bi, pos - 1]]), ent[[bi, pos]]),
+                        None => (None, f32::NAN),
+                    };
+                    acc.take(t, entropy, lp, |li| hidden[li].slice(ndarray::s![bi, pos, ..]));
                 }
-            })?;
-        } else {
-            lm.run_hidden_with(&windows, layers, |hidden| {
-                for (bi, p) in batch.iter().enumerate() {
-                    for t in p.own.clone() {
-                        let pos = off + t - p.start;
-                        acc.take(t, f32::NAN, None, |li| hidden[li].slice(ndarray::s![bi, pos, ..]));
-                    }
-                }
-            })?;
+            }
+        };
+        match scored {
+            true => lm.run_with(&windows, layers, |out| {
+                take(&out.hidden, Some((&out.next_logprob, &out.next_entropy)))
+            })?,
+            false => lm.run_hidden_with(&windows, layers, |hidden| take(hidden, None))?,
         }
         bar.inc(batch.len() as u64);
     }

@@ -25,14 +25,7 @@ use std::path::PathBuf;
 /// importer revision changed). Imports go to a temporary folder that is renamed into place, so
 /// concurrent callers never see a half-written model; callers in one process are serialised.
 pub fn ensure_default_model() -> crate::Result<PathBuf> {
-    ensure_default_import(None)
-}
-
-/// The default model cut after `blocks` blocks, without its LM head (hidden states
-/// `0..=blocks` only; see [`ImportOptions::blocks`]), imported into the cache on first use. For
-/// extracting one early layer over a large corpus at a fraction of the full model's cost.
-pub fn ensure_default_model_blocks(blocks: usize) -> crate::Result<PathBuf> {
-    ensure_default_import(Some(blocks))
+    ensure_model(false, None)
 }
 
 /// Positions the imported Gemma 3 model supports (its RoPE tables; the GGUF allows 32,768):
@@ -42,37 +35,40 @@ pub const GEMMA_MAX_CONTEXT: usize = 4096;
 /// The multilingual model, Gemma 3 270M (`[model] dir = "gemma3-270m"`), imported from the
 /// cached GGUF on first use, like [`ensure_default_model`].
 pub fn ensure_gemma_model() -> crate::Result<PathBuf> {
-    ensure_gemma_import(None)
+    ensure_model(true, None)
 }
 
 /// A built-in model (the default SmolLM2, or Gemma 3 270M with `gemma`), whole or, with
 /// `blocks`, cut after that many blocks without its LM head (see [`ImportOptions::blocks`]):
-/// what an extraction that needs no surprisal runs, at the cost of the blocks up to its deepest
-/// layer only. Each variant is imported into the cache once.
+/// what an extraction that needs no surprisal runs (e.g. one early layer over a large corpus), at
+/// the cost of the blocks up to its deepest layer only. Each variant is imported into
+/// [`builtin_model_dir`] once, like [`ensure_default_model`].
 pub fn ensure_model(gemma: bool, blocks: Option<usize>) -> crate::Result<PathBuf> {
-    match gemma {
-        true => ensure_gemma_import(blocks),
-        false => ensure_default_import(blocks),
-    }
-}
-
-fn ensure_gemma_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = with_blocks(crate::paths::gemma_model_dir(), blocks);
+    let dir = builtin_model_dir(gemma, blocks);
     if is_current(&dir) {
         return Ok(dir);
     }
+    let (gguf, max_context) = match gemma {
+        true => (crate::paths::gemma_gguf()?, Some(GEMMA_MAX_CONTEXT)),
+        false => (crate::paths::default_gguf()?, None),
+    };
     let opts = ImportOptions {
-        max_context: Some(GEMMA_MAX_CONTEXT),
+        max_context,
         blocks,
         ..Default::default()
     };
-    import_into(&crate::paths::gemma_gguf()?, &dir, &opts)
+    import_into(&gguf, &dir, &opts)
 }
 
-/// `dir` for the whole model, a `-blocks{b}` sibling for one cut after `b` blocks.
-fn with_blocks(dir: PathBuf, blocks: Option<usize>) -> PathBuf {
+/// Where [`ensure_model`] keeps a built-in model: its folder in the cache, or a `-blocks{b}`
+/// sibling for the model cut after `b` blocks.
+pub fn builtin_model_dir(gemma: bool, blocks: Option<usize>) -> PathBuf {
+    let dir = match gemma {
+        true => crate::paths::gemma_model_dir(),
+        false => crate::paths::default_model_dir(),
+    };
     match blocks {
         None => dir,
         Some(b) => dir.with_file_name(format!(
@@ -103,18 +99,4 @@ fn import_into(gguf: &std::path::Path, dir: &std::path::Path, opts: &ImportOptio
     }
     std::fs::rename(&tmp, dir).map_err(|e| crate::Error::io(dir, e))?;
     Ok(dir.to_path_buf())
-}
-
-fn ensure_default_import(blocks: Option<usize>) -> crate::Result<PathBuf> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = with_blocks(crate::paths::default_model_dir(), blocks);
-    if is_current(&dir) {
-        return Ok(dir);
-    }
-    let opts = ImportOptions {
-        blocks,
-        ..Default::default()
-    };
-    import_into(&crate::paths::default_gguf()?, &dir, &opts)
 }

@@ -659,7 +659,7 @@ pub(crate) fn forward_backward(
     };
     {
         // one pass over the codes: per row the active count, the sparsity term and the active
-        // (feature, value) pairs that the sparse kernels start from — at most ACTIVE_CAP of them
+        // (feature, value) pairs that the sparse kernels start from — at most [`active_cap`] of them
         // per row, so a dense batch (which takes the dense kernels) does not fill large lists; a
         // row past the cap in a sparse batch is read again from the codes
         let dn = &*contiguous(&dnorm);

@@ -201,8 +201,7 @@ fn no_surprisal_runs_the_model_cut_after_the_deepest_layer_and_gives_the_same_ve
     run(&cut, &["--no-surprisal"]);
 
     // the graph that ran: 3 blocks of 30, no head
-    let dir = cortexflow::paths::default_model_dir();
-    let dir = dir.with_file_name(format!("{}-blocks3", dir.file_name().unwrap().to_string_lossy()));
+    let dir = cortexflow::lm::builtin_model_dir(false, Some(3));
     let m = cortexflow::lm::Manifest::load(&dir).expect("the cut model was imported into the cache");
     assert_eq!((m.n_layers, m.truncated_from), (3, Some(30)));
     assert!(m.logits.is_none() && m.next_token_logprob.is_none());
