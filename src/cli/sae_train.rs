@@ -5,10 +5,13 @@
 //! The job file (`pipelines/sae-smollm2-l15.toml` is the worked example) has three sections:
 //! `[model]` (folder, layer, context), `[corpus]` (text files, held-out fraction) and `[sae]`
 //! (architecture and every training hyper-parameter). Outputs, under `output`:
-//! - `spool/`: the activations (`chunk-*.npy` + `spool.json`; large; delete once trained);
+//! - `spool/`: the activations (`chunk-*.npy` + `spool.json`; large; delete once trained), or
+//!   the folder named by `spool`, so that several jobs on the same model, layer and corpus (other
+//!   architectures or seeds) share one;
 //! - `checkpoint/`: the training state every `checkpoint-every` steps (a rerun resumes from it);
 //! - `sae/`: the SAE, a SAELens folder (`cfg.json` + `sae_weights.safetensors`; TopK as
-//!   architecture "topk", ReLU as "standard" with the input scale folded into the weights);
+//!   architecture "topk", ReLU as "standard", BatchTopK and Matryoshka BatchTopK as "jumprelu"
+//!   with the learnt threshold for every feature, the input scale folded into the weights);
 //! - `sae_train_log.parquet`: the training log (schema `data-schemas/sae_train_log.json`);
 //! - `quality.json`: R², FVU, mean L0, dead and dense fractions on the held-out tokens (the last
 //!   `heldout-fraction` of each file), and the same on training tokens for comparison.
@@ -25,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::lm::{self, LanguageModel, RuntimeOptions};
 use crate::sae::{
-    self, build_spool, ReluSaeTrainer, SaeQuality, SaeTrainConfig, Spool, SpoolOptions, TopKTrainConfig, TrainLog,
-    TrainObjective, TrainReport,
+    self, build_spool, BatchTopKTrainConfig, ReluSaeTrainer, SaeQuality, SaeTrainConfig, Spool, SpoolOptions,
+    TopKTrainConfig, TrainLog, TrainObjective, TrainReport,
 };
 use crate::store::schema::TableSchema;
 use crate::store::write_table_parquet;
@@ -42,6 +45,10 @@ pub struct SaeJob {
     /// Root of relative corpus paths (default: `$CORTEXFLOW_DATA`, else ../shared/data).
     #[serde(default)]
     pub data_root: Option<PathBuf>,
+    /// Spool folder (relative to the current directory). Default `OUT/spool`. A spool made with
+    /// other settings is rebuilt, so jobs that share one must agree on `[model]` and `[corpus]`.
+    #[serde(default)]
+    pub spool: Option<PathBuf>,
     pub model: JobModel,
     pub corpus: JobCorpus,
     pub sae: JobSae,
@@ -93,13 +100,16 @@ pub struct JobCorpus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct JobSae {
-    /// "topk" (Gao et al., with AuxK) or "relu" (L1 penalty, resampling). Default "topk".
+    /// "topk" (Gao et al., with AuxK), "batchtopk" (Bussmann et al. 2024: k per token on average
+    /// over a batch, AuxK, saved as JumpReLU), "matryoshka-batchtopk" (Bussmann et al. 2025: the
+    /// same with nested-prefix losses at `matryoshka-widths`) or "relu" (L1 penalty,
+    /// resampling). Default "topk".
     #[serde(default = "default_arch")]
     pub architecture: String,
     /// d_sae = expansion × d_model. Default 8.
     #[serde(default = "default_expansion")]
     pub expansion: usize,
-    /// TopK: active features per token. Default 32.
+    /// TopK, BatchTopK: active features per token (BatchTopK: on average). Default 32.
     #[serde(default)]
     pub k: Option<usize>,
     /// TopK: dead latents in the AuxK term (default d_model / 2).
@@ -111,6 +121,19 @@ pub struct JobSae {
     /// TopK: tokens without firing after which a latent counts as dead (default 10M).
     #[serde(default)]
     pub dead_after_tokens: Option<u64>,
+    /// BatchTopK: rate of the moving average of the smallest kept code that becomes the inference
+    /// threshold. Default 0.01 (SAELens).
+    #[serde(default)]
+    pub threshold_lr: Option<f64>,
+    /// BatchTopK: batches of training tokens encoded with the final weights to set the inference
+    /// threshold (the mean of their smallest kept codes, Bussmann et al.); 0 = use the running
+    /// average (SAELens). Default 16.
+    #[serde(default)]
+    pub threshold_batches: Option<usize>,
+    /// Matryoshka BatchTopK: level widths, strictly increasing, each ≥ k (d_sae is added as the
+    /// last level). Required for "matryoshka-batchtopk".
+    #[serde(default)]
+    pub matryoshka_widths: Option<Vec<usize>>,
     /// ReLU: L1 coefficient on normalised inputs. Default 5.
     #[serde(default)]
     pub l1: Option<f32>,
@@ -205,10 +228,32 @@ impl SaeJob {
 
     fn check(&self, path: &Path) -> Result<()> {
         let bad = |field: &str, msg: String| Error::parse(path, field, msg);
-        if !matches!(self.sae.architecture.as_str(), "topk" | "relu") {
+        let arch = self.sae.architecture.as_str();
+        if !matches!(arch, "topk" | "batchtopk" | "matryoshka-batchtopk" | "relu") {
             return Err(bad(
                 "sae.architecture",
-                format!("expected \"topk\" or \"relu\", found {:?}", self.sae.architecture),
+                format!(
+                    "expected \"topk\", \"batchtopk\", \"matryoshka-batchtopk\" or \"relu\", found {:?}",
+                    self.sae.architecture
+                ),
+            ));
+        }
+        if arch == "matryoshka-batchtopk" && self.sae.matryoshka_widths.as_ref().is_none_or(|w| w.is_empty()) {
+            return Err(bad(
+                "sae.matryoshka-widths",
+                "architecture \"matryoshka-batchtopk\" needs `matryoshka-widths` (e.g. [128, 512, 2048])".into(),
+            ));
+        }
+        if arch != "matryoshka-batchtopk" && self.sae.matryoshka_widths.is_some() {
+            return Err(bad(
+                "sae.matryoshka-widths",
+                format!("`matryoshka-widths` belongs to architecture \"matryoshka-batchtopk\", not {arch:?}"),
+            ));
+        }
+        if !arch.contains("batchtopk") && (self.sae.threshold_lr.is_some() || self.sae.threshold_batches.is_some()) {
+            return Err(bad(
+                "sae.threshold-lr",
+                format!("`threshold-lr` and `threshold-batches` belong to the BatchTopK architectures, not {arch:?}"),
             ));
         }
         if self.sae.steps.is_some() == self.sae.epochs.is_some() {
@@ -222,7 +267,7 @@ impl SaeJob {
         if self.corpus.files.is_empty() {
             return Err(bad("corpus.files", "no files".into()));
         }
-        if self.sae.architecture == "topk" && (self.sae.l1.is_some() || self.sae.resample_every.is_some()) {
+        if arch != "relu" && (self.sae.l1.is_some() || self.sae.resample_every.is_some()) {
             return Err(bad(
                 "sae.l1",
                 "`l1` and `resample-every` belong to architecture \"relu\"".into(),
@@ -233,7 +278,7 @@ impl SaeJob {
         {
             return Err(bad(
                 "sae.k",
-                "`k`, `aux-k` and `aux-coef` belong to architecture \"topk\"".into(),
+                "`k`, `aux-k` and `aux-coef` belong to the TopK and BatchTopK architectures".into(),
             ));
         }
         Ok(())
@@ -284,16 +329,24 @@ impl SaeJob {
 
     fn objective(&self) -> TrainObjective {
         let s = &self.sae;
-        match s.architecture.as_str() {
-            "topk" => {
-                let d = TopKTrainConfig::default();
-                TrainObjective::TopK(TopKTrainConfig {
-                    k: s.k.unwrap_or(d.k),
-                    aux_k: s.aux_k.or(d.aux_k),
-                    aux_coef: s.aux_coef.unwrap_or(d.aux_coef),
-                    dead_after_tokens: s.dead_after_tokens.unwrap_or(d.dead_after_tokens),
-                })
+        let d = TopKTrainConfig::default();
+        let topk = TopKTrainConfig {
+            k: s.k.unwrap_or(d.k),
+            aux_k: s.aux_k.or(d.aux_k),
+            aux_coef: s.aux_coef.unwrap_or(d.aux_coef),
+            dead_after_tokens: s.dead_after_tokens.unwrap_or(d.dead_after_tokens),
+        };
+        let batch = || {
+            let d = BatchTopKTrainConfig::default();
+            BatchTopKTrainConfig {
+                threshold_lr: s.threshold_lr.unwrap_or(d.threshold_lr),
+                threshold_batches: s.threshold_batches.unwrap_or(d.threshold_batches),
+                matryoshka_widths: s.matryoshka_widths.clone().unwrap_or_default(),
             }
+        };
+        match s.architecture.as_str() {
+            "topk" => TrainObjective::TopK(topk),
+            "batchtopk" | "matryoshka-batchtopk" => TrainObjective::BatchTopK(topk, batch()),
             _ => TrainObjective::L1,
         }
     }
@@ -334,7 +387,7 @@ pub fn run_sae_train(job: &SaeJob, opts: &SaeTrainRunOptions) -> Result<SaeTrain
 
     // 1. the spool
     let t0 = std::time::Instant::now();
-    let spool_dir = out.join("spool");
+    let spool_dir = job.spool.clone().unwrap_or_else(|| out.join("spool"));
     let spool = match Spool::open(&spool_dir) {
         Ok(s) if spool_matches(&s, job, &files) => s,
         _ => {
@@ -440,6 +493,8 @@ pub fn run_sae_train(job: &SaeJob, opts: &SaeTrainRunOptions) -> Result<SaeTrain
         "train_sample": quality_json(&train_q),
         "train_seconds_this_run": train_seconds,
         "train_seconds_total": report.elapsed_s,
+        "threshold": report.threshold,
+        "threshold_running_average": report.threshold_ema,
     });
     let qpath = out.join("quality.json");
     crate::paths::write_atomic(&qpath, serde_json::to_string_pretty(&q).unwrap().as_bytes())?;

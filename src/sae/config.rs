@@ -1,4 +1,5 @@
-//! Hyper-parameters of SAE training ([`SaeTrainConfig`], [`TopKTrainConfig`]) and their
+//! Hyper-parameters of SAE training ([`SaeTrainConfig`], [`TopKTrainConfig`],
+//! [`BatchTopKTrainConfig`]) and their
 //! validation errors. Shared by [`super::train`] (which trains with them) and [`super::io`]
 //! (which saves them with an SAE and in checkpoints).
 //!
@@ -76,6 +77,10 @@ pub enum SaeTrainConfigError {
     AuxK(usize),
     #[error("`aux_coef` must be finite and ≥ 0, found {0}")]
     AuxCoef(f32),
+    #[error("`threshold_lr` must be in (0, 1], found {0}")]
+    ThresholdLr(f64),
+    #[error("`matryoshka_widths` {widths:?} must increase strictly and lie between k = {k} and d_sae = {d_sae}")]
+    MatryoshkaWidths { widths: Vec<usize>, k: usize, d_sae: usize },
 }
 
 impl From<SaeTrainConfigError> for Error {
@@ -159,5 +164,59 @@ impl TopKTrainConfig {
             return Err(SaeTrainConfigError::AuxCoef(self.aux_coef));
         }
         Ok(())
+    }
+}
+
+/// BatchTopK-specific hyper-parameters (Bussmann et al. 2024; with `matryoshka_widths`, Matryoshka
+/// BatchTopK, Bussmann et al. 2025). `k` and the AuxK settings come from the [`TopKTrainConfig`]
+/// beside it, with `k` the mean number of active features per row over a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchTopKTrainConfig {
+    /// Rate of the exponential moving average of the smallest kept code that becomes the
+    /// inference threshold θ. Default 0.01 (SAELens `topk_threshold_lr`).
+    pub threshold_lr: f64,
+    /// Batches of training rows encoded with the final weights to estimate θ as the mean of
+    /// their smallest kept codes (Bussmann et al. 2024, §3). 0 keeps the running average
+    /// instead (SAELens), which lags behind the codes when training is short. Default 16.
+    pub threshold_batches: usize,
+    /// Matryoshka level widths, strictly increasing; d_sae is added as the last level when the
+    /// last width is smaller. Empty (the default) = plain BatchTopK.
+    pub matryoshka_widths: Vec<usize>,
+}
+
+impl Default for BatchTopKTrainConfig {
+    fn default() -> Self {
+        BatchTopKTrainConfig {
+            threshold_lr: 0.01,
+            threshold_batches: 16,
+            matryoshka_widths: vec![],
+        }
+    }
+}
+
+impl BatchTopKTrainConfig {
+    /// The level widths the loss uses for an SAE of `d_sae` features with `k` active per row:
+    /// `[d_sae]` for plain BatchTopK, else the widths with d_sae appended if missing. Errors name
+    /// the field: widths must increase strictly, lie in k ..= d_sae (SAELens: the smallest level
+    /// cannot be narrower than k) and the threshold rate must lie in (0, 1].
+    pub fn levels(&self, d_sae: usize, k: usize) -> std::result::Result<Vec<usize>, SaeTrainConfigError> {
+        if !(self.threshold_lr > 0.0 && self.threshold_lr <= 1.0) {
+            return Err(SaeTrainConfigError::ThresholdLr(self.threshold_lr));
+        }
+        let w = &self.matryoshka_widths;
+        let bad = || SaeTrainConfigError::MatryoshkaWidths {
+            widths: w.clone(),
+            k,
+            d_sae,
+        };
+        if w.windows(2).any(|p| p[0] >= p[1]) || w.iter().any(|&m| m < k || m > d_sae) {
+            return Err(bad());
+        }
+        let mut levels = w.clone();
+        if levels.last() != Some(&d_sae) {
+            levels.push(d_sae);
+        }
+        Ok(levels)
     }
 }

@@ -16,6 +16,8 @@
 //! - [`train`]: [`train_relu_sae`] (Adam, unit-norm decoder rows, dead-feature resampling) and
 //!   [`train_topk_sae`] (same trainer, TopK objective with the AuxK dead-latent term,
 //!   [`TopKTrainConfig`]), [`SaeTrainConfig`] with [`SaeTrainConfig::check`], [`TrainReport`].
+//! - `batchtopk`: BatchTopK's batch-wide selection and the Matryoshka loss's backward pass
+//!   ([`train_batch_topk_sae`]; saved as JumpReLU with the learnt threshold, as SAELens does).
 //! - [`spool`]: [`build_spool`] runs the LM over text files and writes one layer's per-token
 //!   vectors to disk in `.npy` chunks (resumable; held-out tail per file); [`Spool`] reads them.
 //! - [`stream`]: [`SpoolStream`], the bounded shuffle buffer over a spool's chunks, seekable to
@@ -53,6 +55,7 @@
 //!
 //! May import: `store`, `lm`, `stats`, `paths`, `error`.
 
+mod batchtopk;
 pub mod config;
 pub mod directions;
 pub mod evidence;
@@ -76,6 +79,6 @@ pub use relu::{AuxK, ReluSae, ReluSaeGrad, SaeLoss, SparseCodes};
 pub use spool::{build_spool, Spool, SpoolManifest, SpoolOptions};
 pub use stream::SpoolStream;
 pub use train::{
-    train_relu_sae, train_topk_sae, ReluSaeTrainer, ResampleEvent, SaeTrainConfig, SaeTrainConfigError,
-    TopKTrainConfig, TrainLog, TrainObjective, TrainReport,
+    train_batch_topk_sae, train_relu_sae, train_topk_sae, BatchTopKTrainConfig, ReluSaeTrainer, ResampleEvent,
+    SaeTrainConfig, SaeTrainConfigError, TopKTrainConfig, TrainLog, TrainObjective, TrainReport,
 };

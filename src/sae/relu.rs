@@ -18,6 +18,7 @@
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use super::batchtopk::{batch_topk_in_place, matryoshka_backward};
 use super::linalg::{col_sums_f64, for_each_in_row, gemm, gemm_then, par_rows_mut, par_rows_mut_map, zeros};
 use crate::stats::SplitMix64;
 use crate::{Error, Result};
@@ -140,6 +141,12 @@ pub struct SaeLoss {
     /// TopK training only: mean ‖ê_aux − (x − x̂)‖² of the AuxK term (before its coefficient and
     /// dead-fraction scale); 0 otherwise.
     pub aux: f64,
+    /// Matryoshka training only: Σ over the inner levels of mean ‖x − x̂_level‖² (part of `loss`;
+    /// `mse` is the whole SAE's); 0 otherwise.
+    pub inner_mse: f64,
+    /// BatchTopK training only: the smallest code kept in the batch (the training threshold's
+    /// update, [`super::batchtopk`]); 0 otherwise or when no code is positive.
+    pub min_kept: f64,
 }
 
 /// Gradient of [`SaeLoss::loss`] with respect to every parameter (same shapes as [`ReluSae`]).
@@ -189,14 +196,14 @@ pub(crate) struct Workspace {
     /// (n, d_sae) dL/dpre (dense kernels only).
     p: Array2<f32>,
     /// (n, d_in) x̂ − x, then dL/dx̂.
-    e: Array2<f32>,
+    pub(crate) e: Array2<f32>,
     /// G and xc packed by column blocks (sparse kernels only).
     packed: Vec<f32>,
     /// Per row: the active (feature, value) pairs of the codes.
     row_active: Vec<Vec<(u32, f32)>>,
-    row_nnz: Vec<u32>,
+    pub(crate) row_nnz: Vec<u32>,
     row_sparsity: Vec<f64>,
-    row_mse: Vec<f64>,
+    pub(crate) row_mse: Vec<f64>,
     // CSR of f (sparse kernels)
     indptr: Vec<usize>,
     indices: Vec<u32>,
@@ -512,6 +519,47 @@ impl ReluSae {
         self.objective_loss_and_grad(x_norm, &Objective::TopK { k, auxk }, StepKernels::Auto)
     }
 
+    /// Loss and gradient of the BatchTopK objective (Bussmann et al. 2024) — and, with more than
+    /// one entry in `levels`, the Matryoshka BatchTopK objective (Bussmann et al. 2025) — on
+    /// normalised inputs `x_norm (n, d_in)`:
+    ///
+    /// ```text
+    /// f     = the k·n largest entries of ReLU((x_norm − b_dec) W_enc + b_enc) over the whole
+    ///         batch (ties → lower row, then lower feature), others 0
+    /// x̂_m   = f[:, :m] W_dec[:m] + b_dec                    for each width m in `levels`
+    /// L     = Σ_m mean ‖x_norm − x̂_m‖²  (+ the AuxK term of Self::topk_loss_and_grad on the
+    ///         whole SAE's error x_norm − x̂_{d_sae})
+    /// ```
+    /// `levels` are strictly increasing widths ending at d_sae; `&[d_sae]` (or `&[]`) is plain
+    /// BatchTopK. [`SaeLoss::min_kept`] is the smallest kept code (for the inference threshold).
+    ///
+    /// # Panics
+    /// If `x_norm` does not have `d_in` columns, `k` is 0, `levels` is not strictly increasing
+    /// and ending at d_sae, or `auxk.dead` does not have `d_sae` entries.
+    pub fn batch_topk_loss_and_grad(
+        &self,
+        x_norm: ArrayView2<'_, f32>,
+        k: usize,
+        auxk: Option<AuxK<'_>>,
+        levels: &[usize],
+    ) -> (SaeLoss, ReluSaeGrad) {
+        assert!(k > 0, "ReluSae::batch_topk_loss_and_grad: k must be at least 1");
+        assert!(
+            levels.is_empty()
+                || (levels.windows(2).all(|w| w[0] < w[1]) && levels[0] > 0 && levels.last() == Some(&self.d_sae)),
+            "ReluSae::batch_topk_loss_and_grad: levels {levels:?} must increase strictly and end at d_sae = {}",
+            self.d_sae
+        );
+        if let Some(a) = &auxk {
+            assert_eq!(
+                a.dead.len(),
+                self.d_sae,
+                "ReluSae::batch_topk_loss_and_grad: dead mask length"
+            );
+        }
+        self.objective_loss_and_grad(x_norm, &Objective::BatchTopK { k, auxk, levels }, StepKernels::Auto)
+    }
+
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn loss_and_grad_with(
         &self,
@@ -558,6 +606,14 @@ pub(crate) enum Objective<'a> {
     L1(f32),
     /// `mse (+ AuxK)` with TopK codes.
     TopK { k: usize, auxk: Option<AuxK<'a>> },
+    /// `mse (+ AuxK)` with BatchTopK codes (the `k · n_rows` largest of the batch), plus, with
+    /// more than one level, the Matryoshka inner-level errors (`levels`: strictly increasing
+    /// prefix widths ending at d_sae; see [`super::batchtopk`]).
+    BatchTopK {
+        k: usize,
+        auxk: Option<AuxK<'a>>,
+        levels: &'a [usize],
+    },
 }
 
 /// Keeps, in every row of non-negative codes, the `k` largest entries (ties broken by lower
@@ -639,21 +695,33 @@ pub(crate) fn forward_backward(
 
     // forward: f = ReLU(xc W_enc + b_enc)                                         (n, d_sae)
     sae.encode_centred_into(ws.f.view_mut(), ws.xc.view());
-    // TopK: the auxiliary latents are chosen among all ReLU pre-activations, then f is masked
+    // TopK, BatchTopK: the auxiliary latents are chosen among all ReLU pre-activations, then f
+    // is masked
+    let select_aux = |f: ArrayView2<'_, f32>, auxk: Option<AuxK<'_>>| {
+        auxk.and_then(|a| {
+            let n_dead = a.dead.iter().filter(|&&d| d).count();
+            let k_aux = a.k_aux.max(1);
+            if n_dead == 0 || a.coef == 0.0 {
+                return None;
+            }
+            let scale = (n_dead as f32 / k_aux as f32).min(1.0);
+            let sel = select_auxk(f, a.dead, k_aux.min(n_dead));
+            Some((sel, a.coef * scale))
+        })
+    };
+    let mut min_kept = 0.0f64;
+    let mut levels: &[usize] = &[];
     let (l1, aux) = match *objective {
         Objective::L1(l1) => (l1, None),
         Objective::TopK { k, auxk } => {
-            let aux = auxk.and_then(|a| {
-                let n_dead = a.dead.iter().filter(|&&d| d).count();
-                let k_aux = a.k_aux.max(1);
-                if n_dead == 0 || a.coef == 0.0 {
-                    return None;
-                }
-                let scale = (n_dead as f32 / k_aux as f32).min(1.0);
-                let sel = select_auxk(ws.f.view(), a.dead, k_aux.min(n_dead));
-                Some((sel, a.coef * scale))
-            });
+            let aux = select_aux(ws.f.view(), auxk);
             topk_rows_in_place(ws.f.view_mut(), k);
+            (0.0, aux)
+        }
+        Objective::BatchTopK { k, auxk, levels: lv } => {
+            let aux = select_aux(ws.f.view(), auxk);
+            min_kept = batch_topk_in_place(ws.f.view_mut(), k.saturating_mul(n)).map_or(0.0, |v| v as f64);
+            levels = lv;
             (0.0, aux)
         }
     };
@@ -699,7 +767,13 @@ pub(crate) fn forward_backward(
     let g_scale = 2.0 * inv_n; // dL/dx̂ = 2 (x̂ − x) / n
     let l1_n = l1 * inv_n;
 
-    if sparse {
+    // Matryoshka: its own backward pass (several levels of error per row); afterwards ws.e holds
+    // the whole SAE's g_scale (x̂ − x), as the AuxK term needs, and `g_sum` the column sums of
+    // dL/dx̂ summed over levels, for b_dec
+    let mut matryoshka = None;
+    if levels.len() > 1 {
+        matryoshka = Some(matryoshka_backward(sae, ws, levels, g_scale, grad));
+    } else if sparse {
         sparse_backward(sae, ws, &dnorm, g_scale, l1_n, grad);
     } else {
         dense_backward(sae, ws, &dnorm, g_scale, l1_n, grad);
@@ -715,7 +789,10 @@ pub(crate) fn forward_backward(
 
     // grad b_dec = Σ_rows dL/dx̂ − W_enc · grad b_enc   (b_dec enters x̂ and, with a minus, xc;
     // the auxiliary reconstruction has no b_dec, its target is held constant)
-    let g_sum = col_sums_f64(ws.e.view()); // ws.e holds dL/dx̂ now
+    let (inner_mse, g_sum) = match matryoshka {
+        Some((inner, g_sum)) => (inner, g_sum),
+        None => (0.0, col_sums_f64(ws.e.view())), // ws.e holds dL/dx̂ now
+    };
     let gb = &*contiguous(&grad.b_enc);
     let wb: Vec<f64> = sae
         .w_enc
@@ -731,11 +808,13 @@ pub(crate) fn forward_backward(
     let mse = ws.row_mse.iter().sum::<f64>() / n as f64;
     let sparsity = ws.row_sparsity.iter().sum::<f64>() / n as f64;
     SaeLoss {
-        loss: mse + l1 as f64 * sparsity + aux_weight * aux_mse,
+        loss: mse + inner_mse + l1 as f64 * sparsity + aux_weight * aux_mse,
         mse,
         sparsity,
         l0: total_nnz as f64 / n as f64,
         aux: aux_mse,
+        inner_mse,
+        min_kept,
     }
 }
 

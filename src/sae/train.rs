@@ -28,6 +28,11 @@
 //! `l1` and resampling are not used. A feature is dead once it has not fired for more than
 //! [`TopKTrainConfig::dead_after_tokens`] rows (EleutherAI sparsify's `dead_feature_threshold`).
 //!
+//! BatchTopK and Matryoshka BatchTopK SAEs ([`train_batch_topk_sae`]) share the TopK recipe with
+//! the batch-wide selection of [`super::batchtopk`] (k per row on average), the nested-prefix
+//! loss when level widths are given, and the inference threshold θ as a moving average of the
+//! smallest kept code; they finish as JumpReLU SAEs.
+//!
 //! Numerics are f32 with f64 accumulation of sums over rows. Results are bit-identical for a
 //! given seed on any number of rayon threads (fixed block boundaries, sequential faer kernels per
 //! block, ordered combination of partial sums).
@@ -40,7 +45,7 @@ use ndarray::{s, Array, Array1, Array2, ArrayView2, Axis, Dimension};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use super::config::{SaeTrainConfig, SaeTrainConfigError, TopKTrainConfig};
+pub use super::config::{BatchTopKTrainConfig, SaeTrainConfig, SaeTrainConfigError, TopKTrainConfig};
 use super::linalg::{for_each_in_row, gemm, par_rows_mut, par_rows_mut_map, zeros, REDUCE_ROWS};
 use super::model::{Sae, SaeKind};
 use super::relu::{forward_backward, AuxK, Objective, ReluSae, ReluSaeGrad, SaeLoss, StepKernels, Workspace};
@@ -101,6 +106,15 @@ pub struct TrainReport {
     pub steps: usize,
     pub logs: Vec<TrainLog>,
     pub resamples: Vec<ResampleEvent>,
+    /// BatchTopK only: the inference threshold θ (normalised units): the mean smallest kept code
+    /// over batches encoded with the final weights, or the running average of the smallest kept
+    /// code when `threshold_batches` is 0; `None` otherwise.
+    #[serde(default)]
+    pub threshold: Option<f32>,
+    /// BatchTopK only: the running average of the smallest kept code at the end of training
+    /// (SAELens' θ), when θ was re-estimated from the final weights.
+    #[serde(default)]
+    pub threshold_ema: Option<f32>,
     /// Wall-clock seconds of the training loop (not deterministic, unlike everything else).
     pub elapsed_s: f64,
     /// Rows per second of the training loop.
@@ -132,6 +146,24 @@ pub fn train_topk_sae(
     trainer.finish_sae()
 }
 
+/// Trains a BatchTopK SAE on `x (n_tokens, d_in)` — a Matryoshka BatchTopK SAE when
+/// `batch.matryoshka_widths` is not empty — with the recipe of [`train_topk_sae`] (`topk.k` is
+/// the mean number of active features per row of a batch). The result has [`SaeKind::JumpRelu`]
+/// with the learnt threshold θ for every feature ([`TrainReport::threshold`]).
+pub fn train_batch_topk_sae(
+    x: ArrayView2<'_, f32>,
+    cfg: &SaeTrainConfig,
+    topk: &TopKTrainConfig,
+    batch: &BatchTopKTrainConfig,
+) -> Result<(Sae, TrainReport)> {
+    let objective = TrainObjective::BatchTopK(topk.clone(), batch.clone());
+    let mut trainer = ReluSaeTrainer::with_objective(x, cfg, objective)?;
+    while trainer.steps_done() < cfg.steps {
+        trainer.step()?;
+    }
+    trainer.finish_sae()
+}
+
 /// What the trainer minimises.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TrainObjective {
@@ -139,6 +171,9 @@ pub enum TrainObjective {
     L1,
     /// TopK codes with the AuxK dead-latent term.
     TopK(TopKTrainConfig),
+    /// BatchTopK codes (`k` per row on average over a batch) with the AuxK term; Matryoshka
+    /// BatchTopK when the second part names level widths ([`super::batchtopk`]).
+    BatchTopK(TopKTrainConfig, BatchTopKTrainConfig),
 }
 
 /// Where the trainer's rows come from.
@@ -423,6 +458,12 @@ pub struct ReluSaeTrainer<'a> {
     data_id: String,
     cfg: SaeTrainConfig,
     objective: TrainObjective,
+    /// BatchTopK: the loss's level widths (`[d_sae]` without Matryoshka levels) and the moving
+    /// average θ of the smallest kept code (the inference threshold).
+    levels: Vec<usize>,
+    threshold: f64,
+    /// BatchTopK: the running average when θ was re-estimated from the final weights.
+    threshold_ema: Option<f64>,
     /// Per feature: rows since it last fired (TopK dead-latent tracking).
     tokens_since_fired: Vec<u64>,
     dead: Vec<bool>,
@@ -539,9 +580,17 @@ impl<'a> ReluSaeTrainer<'a> {
         let d_sae = d_in
             .checked_mul(cfg.expansion)
             .ok_or_else(|| Error::Invalid(format!("d_sae = {d_in} × {} overflows", cfg.expansion)))?;
-        if let TrainObjective::TopK(topk) = &objective {
-            topk.check(d_sae)?;
-        }
+        let levels = match &objective {
+            TrainObjective::L1 => vec![],
+            TrainObjective::TopK(topk) => {
+                topk.check(d_sae)?;
+                vec![]
+            }
+            TrainObjective::BatchTopK(topk, batch) => {
+                topk.check(d_sae)?;
+                batch.levels(d_sae, topk.k)?
+            }
+        };
         if mean_sq <= 0.0 || !mean_sq.is_finite() {
             return Err(Error::Invalid(format!(
                 "SAE training input cannot be normalised: mean squared row norm is {mean_sq} (all zeros or overflowing)"
@@ -562,9 +611,11 @@ impl<'a> ReluSaeTrainer<'a> {
         } else {
             ProgressBar::hidden()
         };
-        let arch = match objective {
+        let arch = match &objective {
             TrainObjective::L1 => "ReLU",
             TrainObjective::TopK(_) => "TopK",
+            TrainObjective::BatchTopK(_, b) if b.matryoshka_widths.is_empty() => "BatchTopK",
+            TrainObjective::BatchTopK(..) => "Matryoshka BatchTopK",
         };
         tracing::info!(n_tokens = n, d_in, d_sae, input_scale, arch, "training SAE");
         Ok(ReluSaeTrainer {
@@ -572,6 +623,9 @@ impl<'a> ReluSaeTrainer<'a> {
             data_id: format!("{data_id} | n {n} | d {d_in} | scale {:08x}", input_scale.to_bits()),
             cfg: cfg.clone(),
             objective,
+            levels,
+            threshold: 0.0,
+            threshold_ema: None,
             tokens_since_fired: vec![0; d_sae],
             dead: vec![false; d_sae],
             sae,
@@ -629,21 +683,32 @@ impl<'a> ReluSaeTrainer<'a> {
         )?;
         let objective = match &self.objective {
             TrainObjective::L1 => Objective::L1(self.cfg.l1),
-            TrainObjective::TopK(t) => {
+            TrainObjective::TopK(t) | TrainObjective::BatchTopK(t, _) => {
                 for (d, &s) in self.dead.iter_mut().zip(&self.tokens_since_fired) {
                     *d = s > t.dead_after_tokens;
                 }
-                Objective::TopK {
-                    k: t.k,
-                    auxk: Some(AuxK {
-                        dead: &self.dead,
-                        k_aux: t.aux_k.unwrap_or(self.sae.d_in / 2).max(1),
-                        coef: t.aux_coef,
-                    }),
+                let auxk = Some(AuxK {
+                    dead: &self.dead,
+                    k_aux: t.aux_k.unwrap_or(self.sae.d_in / 2).max(1),
+                    coef: t.aux_coef,
+                });
+                if matches!(self.objective, TrainObjective::TopK(_)) {
+                    Objective::TopK { k: t.k, auxk }
+                } else {
+                    Objective::BatchTopK {
+                        k: t.k,
+                        auxk,
+                        levels: &self.levels,
+                    }
                 }
             }
         };
         let loss = forward_backward(&self.sae, &mut self.ws, &objective, &mut self.grad, StepKernels::Auto);
+        if let TrainObjective::BatchTopK(_, b) = &self.objective {
+            if loss.min_kept > 0.0 {
+                self.threshold = (1.0 - b.threshold_lr) * self.threshold + b.threshold_lr * loss.min_kept;
+            }
+        }
         for (((w, l), s), &c) in self
             .window_fired
             .iter_mut()
@@ -859,6 +924,7 @@ impl<'a> ReluSaeTrainer<'a> {
                 Rows::Memory { sampler, .. } => Some((sampler.perm.clone(), sampler.pos, sampler.rng.state())),
                 Rows::Stream(_) => None,
             },
+            threshold: self.threshold,
             tokens_since_fired: self.tokens_since_fired.clone(),
             window_fired: self.window_fired.clone(),
             log_fired: self.log_fired.clone(),
@@ -993,6 +1059,7 @@ impl<'a> ReluSaeTrainer<'a> {
                 format!("expected {n} features"),
             ));
         }
+        self.threshold = st.threshold;
         self.tokens_since_fired = st.tokens_since_fired;
         self.window_fired = st.window_fired;
         self.log_fired = st.log_fired;
@@ -1018,18 +1085,46 @@ impl<'a> ReluSaeTrainer<'a> {
         .expect("fingerprint serialises")
     }
 
-    /// As [`ReluSaeTrainer::finish`], with the SAE typed by the objective (ReLU or TopK).
-    pub fn finish_sae(self) -> Result<(Sae, TrainReport)> {
-        let topk = match &self.objective {
-            TrainObjective::TopK(t) => Some(t.k),
-            TrainObjective::L1 => None,
+    /// As [`ReluSaeTrainer::finish`], with the SAE typed by the objective: ReLU, TopK, or — for
+    /// BatchTopK and Matryoshka BatchTopK — JumpReLU with θ for every feature (as SAELens saves
+    /// them).
+    pub fn finish_sae(mut self) -> Result<(Sae, TrainReport)> {
+        let kind = match self.objective.clone() {
+            TrainObjective::TopK(t) => SaeKind::TopK { k: t.k },
+            TrainObjective::L1 => SaeKind::Relu,
+            TrainObjective::BatchTopK(t, b) => {
+                if b.threshold_batches > 0 {
+                    self.threshold_ema = Some(self.threshold);
+                    self.threshold = self.final_threshold(t.k, b.threshold_batches)?;
+                }
+                SaeKind::JumpRelu {
+                    threshold: Array1::from_elem(self.sae.d_sae, self.threshold as f32),
+                }
+            }
         };
         let (weights, report) = self.finish();
-        let sae = match topk {
-            Some(k) => Sae::new(SaeKind::TopK { k }, weights, true)?,
-            None => Sae::from(weights),
-        };
-        Ok((sae, report))
+        Ok((Sae::new(kind, weights, true)?, report))
+    }
+
+    /// BatchTopK's θ from the final weights: the mean, over `batches` further batches of
+    /// training rows, of the smallest code that the batch-wide selection keeps.
+    fn final_threshold(&mut self, k: usize, batches: usize) -> Result<f64> {
+        let (mut sum, mut count) = (0.0f64, 0usize);
+        for _ in 0..batches {
+            self.rows.next_batch(
+                self.ws.xc.view_mut(),
+                &mut self.batch_idx,
+                self.sae.input_scale,
+                &self.sae.b_dec,
+            )?;
+            self.sae.encode_centred_into(self.ws.f.view_mut(), self.ws.xc.view());
+            let budget = k.saturating_mul(self.ws.f.nrows());
+            if let Some(m) = super::batchtopk::batch_topk_in_place(self.ws.f.view_mut(), budget) {
+                sum += m as f64;
+                count += 1;
+            }
+        }
+        Ok(if count > 0 { sum / count as f64 } else { self.threshold })
     }
 
     /// Ends training: the SAE and the report (logs any unlogged steps).
@@ -1048,6 +1143,8 @@ impl<'a> ReluSaeTrainer<'a> {
             steps: self.step,
             logs: self.logs,
             resamples: self.resamples,
+            threshold: matches!(self.objective, TrainObjective::BatchTopK(..)).then_some(self.threshold as f32),
+            threshold_ema: self.threshold_ema.map(|v| v as f32),
             elapsed_s,
             tokens_per_s: (self.step * self.cfg.batch_size) as f64 / elapsed_s.max(1e-9),
         };
@@ -1098,6 +1195,9 @@ struct CheckpointState {
     input_scale_bits: u32,
     /// In-memory rows: the sampler's permutation, position and random state.
     sampler: Option<(Vec<usize>, usize, u64)>,
+    /// BatchTopK's θ (absent from checkpoints of other objectives).
+    #[serde(default)]
+    threshold: f64,
     tokens_since_fired: Vec<u64>,
     window_fired: Vec<bool>,
     log_fired: Vec<bool>,

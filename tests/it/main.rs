@@ -26,6 +26,7 @@ mod pipeline;
 mod pred_error;
 mod reading;
 mod sae;
+mod sae_batchtopk;
 mod sae_cli;
 mod sae_formats;
 mod sae_from_sae;

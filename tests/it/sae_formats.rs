@@ -14,7 +14,7 @@ use cortexflow::stats::SplitMix64;
 use ndarray::{array, Array1, Array2, ArrayView2, Axis};
 use safetensors::tensor::{Dtype, TensorView};
 
-fn gaussian(n: usize, d: usize, seed: u64) -> Array2<f32> {
+pub(crate) fn gaussian(n: usize, d: usize, seed: u64) -> Array2<f32> {
     let mut rng = SplitMix64::new(seed);
     Array2::from_shape_simple_fn((n, d), || rng.normal() as f32)
 }
@@ -129,7 +129,7 @@ fn a_hand_built_jumprelu_sae_zeroes_codes_at_or_below_the_threshold() {
 // ---------------------------------------------------------------------------------------------
 // random SAEs
 
-fn random_weights(d_in: usize, d_sae: usize, b_enc: f32, seed: u64) -> ReluSae {
+pub(crate) fn random_weights(d_in: usize, d_sae: usize, b_enc: f32, seed: u64) -> ReluSae {
     let mut rng = SplitMix64::new(seed);
     let mut w = ReluSae::random(d_in, d_sae, seed);
     w.w_enc.mapv_inplace(|v| v + 0.3 * rng.normal() as f32);
@@ -202,15 +202,15 @@ fn codes_of_every_architecture_are_non_negative() {
 // TopK + AuxK gradient
 
 /// Parameters in f64 for the reference.
-struct Params64 {
-    w_enc: Vec<Vec<f64>>, // (d_in, d_sae)
-    b_enc: Vec<f64>,
-    w_dec: Vec<Vec<f64>>, // (d_sae, d_in)
-    b_dec: Vec<f64>,
+pub(crate) struct Params64 {
+    pub w_enc: Vec<Vec<f64>>, // (d_in, d_sae)
+    pub b_enc: Vec<f64>,
+    pub w_dec: Vec<Vec<f64>>, // (d_sae, d_in)
+    pub b_dec: Vec<f64>,
 }
 
 impl Params64 {
-    fn of(w: &ReluSae) -> Self {
+    pub(crate) fn of(w: &ReluSae) -> Self {
         let m = |a: &Array2<f32>| {
             a.rows()
                 .into_iter()
@@ -327,7 +327,7 @@ fn check_topk_gradient(w: &ReluSae, x: &Array2<f32>, k: usize, aux: Option<AuxK<
 }
 
 /// Decoder rows of unequal norms (as between two training steps), non-zero biases.
-fn tiny_weights(d_in: usize, d_sae: usize, seed: u64) -> ReluSae {
+pub(crate) fn tiny_weights(d_in: usize, d_sae: usize, seed: u64) -> ReluSae {
     let mut rng = SplitMix64::new(seed + 1000);
     let mut w = random_weights(d_in, d_sae, 0.1, seed);
     for mut row in w.w_dec.rows_mut() {
@@ -381,7 +381,7 @@ fn topk_gradients_with_sparse_kernels_match_finite_differences() {
 
 /// `n` rows in `d` dimensions, each a sum of `k` of `n_atoms` random unit atoms with coefficients
 /// uniform in [0.5, 1.5], plus N(0, noise²) per entry. Returns (rows, atoms (n_atoms, d)).
-fn sparse_dictionary(
+pub(crate) fn sparse_dictionary(
     n: usize,
     d: usize,
     n_atoms: usize,
@@ -411,7 +411,7 @@ fn sparse_dictionary(
     (x, atoms)
 }
 
-fn max_cosines(w_dec: &Array2<f32>, atoms: ArrayView2<f32>) -> Vec<f32> {
+pub(crate) fn max_cosines(w_dec: &Array2<f32>, atoms: ArrayView2<f32>) -> Vec<f32> {
     let cos = atoms.dot(&w_dec.t()); // both unit-norm
     cos.rows()
         .into_iter()
@@ -561,7 +561,7 @@ fn topk_config_check_names_the_field() {
 // ---------------------------------------------------------------------------------------------
 // SAELens folders
 
-fn read_cfg(dir: &Path) -> serde_json::Value {
+pub(crate) fn read_cfg(dir: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(dir.join(CFG_FILE)).unwrap()).unwrap()
 }
 

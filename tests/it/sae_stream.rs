@@ -7,7 +7,8 @@ use crate::support;
 use std::path::Path;
 
 use cortexflow::sae::{
-    train_relu_sae, ReluSaeTrainer, SaeTrainConfig, Spool, SpoolStream, TopKTrainConfig, TrainObjective,
+    train_relu_sae, BatchTopKTrainConfig, ReluSaeTrainer, SaeTrainConfig, Spool, SpoolStream, TopKTrainConfig,
+    TrainObjective,
 };
 use ndarray::{Array2, ArrayView2, Axis};
 
@@ -123,7 +124,15 @@ fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         dead_after_tokens: 1000,
         ..Default::default()
     };
-    for (name, objective) in [("relu", TrainObjective::L1), ("topk", TrainObjective::TopK(topk))] {
+    let matryoshka = BatchTopKTrainConfig {
+        matryoshka_widths: vec![16, 32],
+        ..Default::default()
+    };
+    for (name, objective) in [
+        ("relu", TrainObjective::L1),
+        ("topk", TrainObjective::TopK(topk.clone())),
+        ("matryoshka", TrainObjective::BatchTopK(topk, matryoshka)),
+    ] {
         let make = || ReluSaeTrainer::streamed(spool.clone(), 2, &small_cfg(steps), objective.clone()).unwrap();
         let (a, ra) = run_with_stops(make, steps, &[], &tmp.path().join(format!("{name}-none")));
         let (b, rb) = run_with_stops(make, steps, &[1, 33, 40, 77], &tmp.path().join(format!("{name}-ckpt")));
@@ -133,6 +142,8 @@ fn a_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         assert_eq!(a.weights.b_dec, b.weights.b_dec, "{name}: b_dec differs");
         assert_eq!(ra.logs, rb.logs, "{name}: training logs differ");
         assert_eq!(ra.resamples, rb.resamples, "{name}: resampling events differ");
+        assert_eq!(a.kind, b.kind, "{name}: the kind (BatchTopK: its threshold θ) differs");
+        assert_eq!(ra.threshold, rb.threshold);
         if name == "relu" {
             assert_eq!(
                 ra.resamples.len(),
@@ -382,4 +393,25 @@ fn a_bad_job_file_names_the_field() {
     .unwrap();
     let e = cortexflow::cli::SaeJob::load(&p).unwrap_err().to_string();
     assert!(e.contains("line 5") && e.contains("width"), "{e}");
+    let head = "name = \"x\"\noutput = \"o\"\n[model]\nlayer = 3\n[corpus]\nfiles = [\"a.txt\"]\n[sae]\nsteps = 3\n";
+    for (sae, field) in [
+        ("architecture = \"matryoshka-batchtopk\"\n", "sae.matryoshka-widths"),
+        (
+            "architecture = \"topk\"\nmatryoshka-widths = [8]\n",
+            "sae.matryoshka-widths",
+        ),
+        ("architecture = \"topk\"\nthreshold-lr = 0.1\n", "sae.threshold-lr"),
+        ("architecture = \"batch-topk\"\n", "sae.architecture"),
+    ] {
+        std::fs::write(&p, format!("{head}{sae}")).unwrap();
+        let e = cortexflow::cli::SaeJob::load(&p).unwrap_err().to_string();
+        assert!(e.contains(field), "{sae}: {e}");
+    }
+    for sae in [
+        "architecture = \"batchtopk\"\nk = 4\nthreshold-lr = 0.02\n",
+        "architecture = \"matryoshka-batchtopk\"\nk = 4\nmatryoshka-widths = [16, 64]\n",
+    ] {
+        std::fs::write(&p, format!("{head}{sae}")).unwrap();
+        cortexflow::cli::SaeJob::load(&p).unwrap_or_else(|e| panic!("{sae}: {e}"));
+    }
 }
