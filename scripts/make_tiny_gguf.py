@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes a tiny, seeded, random llama-architecture GGUF for cortexflow's tests.
 
-Usage: make_tiny_gguf.py OUT.gguf [--arch llama|gpt2] [--bad-type] [--tied] [--seed N] [--ffn-pad N]
+Usage: make_tiny_gguf.py OUT.gguf [--arch llama|gpt2|falcon] [--bad-type] [--tied] [--seed N] [--ffn-pad N]
 
 The model: 1 block, d_model 64, d_ff 128, 4 heads (head_dim 16), 2 KV heads, context 64,
 rope base 10000, rms eps 1e-5, a 64-token byte-level BPE vocabulary with merges
@@ -21,7 +21,14 @@ gguf-py cannot quantize: they hold random blocks with sane scales): `cortexflow_
 
 --bad-type   stores blk.0.ffn_up.weight as IQ4_NL (random blocks of the right size), a type
              cortexflow does not dequantize.
---arch gpt2  sets general.architecture = gpt2 (and the hyper-parameter keys to gpt2.*).
+--arch gpt2  writes a GPT-2 instead, as llama.cpp's converter lays one out (Conv1D weights
+             transposed to [out, in]): 2 blocks, d_model 64, d_ff 256, 4 heads, context 64,
+             learned positions `position_embd.weight` [64, 64], LayerNorm weights and biases
+             (eps 1e-5) before attention, before the MLP and at the end, fused
+             `blk.N.attn_qkv.weight` [192, 64] + bias, `attn_output`, `ffn_up` + bias (GELU),
+             `ffn_down` + bias; the same vocabulary; output.weight (omitted with --tied).
+--arch falcon  the llama tensors under general.architecture = falcon (an architecture
+             cortexflow does not import).
 --ffn-pad N  widens the MLP to N hidden units with zeros: blk.0.ffn_{gate,up,down}.weight become F32
              [N, 64] / [64, N] holding the dequantized values of the tiny model's three tensors in
              their first 128 units and zeros after, written as holes (a sparse file: N = 2,800,000
@@ -109,7 +116,7 @@ class SparseF32:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
-    ap.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
+    ap.add_argument("--arch", choices=["llama", "gpt2", "falcon"], default="llama")
     ap.add_argument("--bad-type", action="store_true", help="store blk.0.ffn_up.weight as IQ4_NL")
     ap.add_argument("--tied", action="store_true", help="no output.weight (LM head tied to the embeddings)")
     ap.add_argument("--seed", type=int, default=1234)
@@ -120,6 +127,8 @@ def main() -> int:
 
     w = GGUFWriter(a.out, a.arch)
     w.add_name("cortexflow tiny test model")
+    if a.arch == "gpt2":
+        return write_gpt2(w, a, rng)
     w.add_block_count(1)
     w.add_context_length(CTX)
     w.add_embedding_length(D)
@@ -183,6 +192,63 @@ def main() -> int:
     w.add_tensor("cortexflow_test.q4_k", random_blocks(rng, Q.Q4_K, 2, 256, [0, 2]), raw_dtype=Q.Q4_K)
     w.add_tensor("cortexflow_test.q6_k", random_blocks(rng, Q.Q6_K, 2, 256, [208]), raw_dtype=Q.Q6_K)
 
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return 0
+
+
+def write_gpt2(w, a, rng) -> int:
+    """The GPT-2 variant (see --arch gpt2): weights in F32, F16 and Q8_0, biases in F32."""
+    blocks, ff = 2, 4 * D
+    w.add_block_count(blocks)
+    w.add_context_length(CTX)
+    w.add_embedding_length(D)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(HEADS)
+    w.add_layer_norm_eps(1e-5)
+    w.add_vocab_size(VOCAB)
+    tokens, types, merges = vocabulary()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    w.add_add_bos_token(False)
+
+    def normal(*shape, std):
+        return (rng.standard_normal(shape) * std).astype(np.float32)
+
+    def add(name, data, qtype):
+        q = quantize(data, qtype)
+        if qtype in (Q.F32, Q.F16):
+            w.add_tensor(name, q)
+        else:
+            w.add_tensor(name, q, raw_dtype=qtype)
+
+    add("token_embd.weight", normal(VOCAB, D, std=1.0), Q.Q8_0)
+    add("position_embd.weight", normal(CTX, D, std=0.3), Q.F32)
+    for b in range(blocks):
+        p = f"blk.{b}."
+        add(p + "attn_norm.weight", (1.0 + 0.1 * rng.standard_normal(D)).astype(np.float32), Q.F32)
+        add(p + "attn_norm.bias", normal(D, std=0.1), Q.F32)
+        add(p + "attn_qkv.weight", normal(3 * D, D, std=D ** -0.5), Q.Q8_0)
+        add(p + "attn_qkv.bias", normal(3 * D, std=0.1), Q.F32)
+        add(p + "attn_output.weight", normal(D, D, std=D ** -0.5), Q.F16)
+        add(p + "attn_output.bias", normal(D, std=0.1), Q.F32)
+        add(p + "ffn_norm.weight", (1.0 + 0.1 * rng.standard_normal(D)).astype(np.float32), Q.F32)
+        add(p + "ffn_norm.bias", normal(D, std=0.1), Q.F32)
+        add(p + "ffn_up.weight", normal(ff, D, std=D ** -0.5), Q.Q8_0)
+        add(p + "ffn_up.bias", normal(ff, std=0.1), Q.F32)
+        add(p + "ffn_down.weight", normal(D, ff, std=ff ** -0.5), Q.F16)
+        add(p + "ffn_down.bias", normal(D, std=0.1), Q.F32)
+    add("output_norm.weight", (1.0 + 0.1 * rng.standard_normal(D)).astype(np.float32), Q.F32)
+    add("output_norm.bias", normal(D, std=0.1), Q.F32)
+    if not a.tied:
+        add("output.weight", normal(VOCAB, D, std=D ** -0.5), Q.Q8_0)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Independent float64 numpy forward pass of a llama-architecture GGUF (test peer for cortexflow).
+"""Independent float64 numpy forward pass of a llama- or GPT-2-architecture GGUF (test peer for
+cortexflow).
 
 Usage:
   reference_llama.py MODEL.gguf --ids 1,504,3575 --out DIR
@@ -23,6 +24,15 @@ This is written from llama.cpp's conventions, not from cortexflow's graph:
     broadcasting in mul_mat), causal softmax with scale 1/sqrt(head_dim);
   - SwiGLU MLP: down(silu(gate(x)) * up(x)); pre-norm residual blocks;
   - final RMSNorm, LM head `output.weight` if present, else tied to `token_embd.weight`.
+GPT-2 (general.architecture = gpt2), written from the GPT-2 paper / HF `modeling_gpt2.py` and
+llama.cpp's converter, which stores the Conv1D weights transposed to [out, in]:
+  - x = token_embd[ids] + position_embd[0..seq];
+  - LayerNorm (x - mean) / sqrt(var + eps) * w + b, eps from `gpt2.attention.layer_norm_epsilon`;
+  - attention: qkv = LN(x) @ attn_qkv.T + bias, split into q, k, v (in that order), heads of
+    d/n_head, causal softmax with scale 1/sqrt(head_dim), @ attn_output.T + bias;
+  - MLP: gelu_new(LN(x) @ ffn_up.T + bias) @ ffn_down.T + bias, with
+    gelu_new(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)));
+  - final LayerNorm (output_norm weight and bias), LM head `output.weight` or the embeddings.
 Everything is computed in float64 from the float32 dequantized weights.
 """
 
@@ -96,8 +106,55 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+def layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = np.mean(x, axis=-1, keepdims=True)
+    var = np.mean((x - mu) ** 2, axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def forward_gpt2(m: Model, ids: list[int]):
+    k = lambda s: f"gpt2.{s}"  # noqa: E731
+    n_layers = int(field(m.reader, k("block_count")))
+    d = int(field(m.reader, k("embedding_length")))
+    n_head = int(field(m.reader, k("attention.head_count")))
+    eps = float(field(m.reader, k("attention.layer_norm_epsilon"), 1e-5))
+    hd = d // n_head
+    f64 = lambda name: m.tensor(name).astype(np.float64)  # noqa: E731
+    emb = f64("token_embd.weight")
+    vocab = emb.shape[0]
+    ids_a = np.asarray(ids, dtype=np.int64)
+    seq = len(ids)
+    causal = np.tril(np.ones((seq, seq), dtype=bool))
+    x = emb[ids_a] + f64("position_embd.weight")[:seq]
+    hidden = [x.copy()]
+    for layer in range(n_layers):
+        w = lambda s: f64(f"blk.{layer}.{s}")  # noqa: E731
+        h = layer_norm(x, w("attn_norm.weight"), w("attn_norm.bias"), eps)
+        qkv = h @ w("attn_qkv.weight").T + w("attn_qkv.bias")
+        q, kk, v = (qkv[:, i * d:(i + 1) * d].reshape(seq, n_head, hd) for i in range(3))
+        att = np.empty((seq, n_head, hd))
+        for hh in range(n_head):
+            scores = (q[:, hh, :] @ kk[:, hh, :].T) / np.sqrt(hd)
+            scores = np.where(causal, scores, -np.inf)
+            att[:, hh, :] = softmax(scores) @ v[:, hh, :]
+        x = x + att.reshape(seq, d) @ w("attn_output.weight").T + w("attn_output.bias")
+        h = layer_norm(x, w("ffn_norm.weight"), w("ffn_norm.bias"), eps)
+        u = h @ w("ffn_up.weight").T + w("ffn_up.bias")
+        g = 0.5 * u * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (u + 0.044715 * u ** 3)))
+        x = x + g @ w("ffn_down.weight").T + w("ffn_down.bias")
+        hidden.append(x.copy())
+    h = layer_norm(x, f64("output_norm.weight"), f64("output_norm.bias"), eps)
+    head = f64("output.weight") if "output.weight" in m.tensors else emb
+    meta = dict(architecture="gpt2", n_layers=n_layers, d_model=d, n_head=n_head, head_dim=hd,
+                layer_norm_eps=eps, vocab=vocab, tied_head="output.weight" not in m.tensors,
+                ids=[int(i) for i in ids])
+    return hidden, h @ head.T, meta
+
+
 def forward(m: Model, ids: list[int]):
     arch = field(m.reader, "general.architecture")
+    if arch == "gpt2":
+        return forward_gpt2(m, ids)
     if arch != "llama":
         raise SystemExit(f"reference_llama.py: architecture `{arch}` is not llama")
     k = lambda s: f"{arch}.{s}"  # noqa: E731

@@ -164,7 +164,7 @@ enum SaeCommand {
 
 #[derive(Subcommand)]
 enum ModelCommand {
-    /// GGUF (Llama architecture) → DIR/model.onnx, DIR/tokenizer.json, DIR/manifest.json.
+    /// GGUF (Llama, Gemma 3 or GPT-2 architecture) → DIR/model.onnx, DIR/tokenizer.json, DIR/manifest.json.
     Import {
         gguf: PathBuf,
         #[arg(long)]

@@ -307,6 +307,16 @@ pub fn resolve_layers(requested: &[usize], n_layers: usize) -> Result<Vec<usize>
 /// Runs the model over a story and pools per word.
 pub fn extract_story(lm: &mut LanguageModel, story: &Story, opts: &ExtractOptions) -> Result<Extraction> {
     let layers = resolve_layers(&opts.layers, lm.n_layers())?;
+    if lm.manifest.architecture == "gpt2" && opts.context != ContextPolicy::Windows {
+        // learned absolute positions are added to the residual stream, so a cached key keeps the
+        // position it was computed at: a cache that drops tokens cannot move the rest down as the
+        // RoPE models' caches do
+        return Err(Error::Invalid(format!(
+            "context \"{}\" streams through a key/value cache that drops old tokens, which GPT-2's learned \
+             absolute positions do not allow; use context = \"windows\" (--context windows)",
+            opts.context.as_str()
+        )));
+    }
     let bos = if lm.manifest.prepend_bos {
         lm.manifest.bos_token_id
     } else {

@@ -1,4 +1,5 @@
-//! `cortexflow model import`: GGUF (Llama architecture) → `model.onnx` + `tokenizer.json` +
+//! `cortexflow model import`: GGUF (Llama, Gemma 3 or GPT-2 architecture) → `model.onnx` +
+//! `tokenizer.json` +
 //! `manifest.json`, in Rust, with no Python at run time.
 //!
 //! The ONNX graph (opset 17) computes, for inputs `input_ids` and `attention_mask` (int64
@@ -29,6 +30,12 @@
 //! (cumulative sum − 1), so left padding gives the same activations as no padding. Q and K rows
 //! are un-permuted from llama.cpp's interleaved RoPE layout back to the half-split layout, and the
 //! 1/√head_dim attention scale is folded into W_q (exact for power-of-two head sizes).
+//!
+//! GPT-2 (the paper's GPT-2 XL is this architecture; [`gpt2_block`]): token plus learned position
+//! embeddings (positions as above, so they must stay below the context length), LayerNorm with
+//! biases, fused QKV with biases (the scale folded into the Q part), GELU (tanh) MLP with biases,
+//! a final LayerNorm. Its cached keys carry their absolute positions, so its cache must not drop
+//! tokens: extraction refuses the `sliding` and `full` policies for it and uses `windows`.
 
 use std::path::{Path, PathBuf};
 
@@ -98,7 +105,8 @@ pub struct LlamaConfig {
     pub context_length: usize,
     pub rope_base: f64,
     pub rms_eps: f32,
-    /// "llama" or "gemma3".
+    /// "llama", "gemma3" or "gpt2" (GPT-2: learned absolute positions, LayerNorm with biases and
+    /// `rms_eps` as its ε, fused QKV with biases, GELU MLP with biases; no RoPE).
     pub arch: String,
     /// Gemma 3: the RoPE base of the sliding-window (local) layers; every `global_every`-th layer
     /// (1-based) is global, with `rope_base`, and attends to the whole window.
@@ -110,11 +118,14 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     pub fn from_gguf(g: &Gguf) -> Result<Self> {
         let arch = g.req_str("general.architecture")?.to_string();
-        if arch != "llama" && arch != "gemma3" {
+        if arch != "llama" && arch != "gemma3" && arch != "gpt2" {
             return Err(Error::Model(format!(
-                "{}: architecture `{arch}` is not supported by the importer (supported: llama, gemma3)",
+                "{}: architecture `{arch}` is not supported by the importer (supported: llama, gemma3, gpt2)",
                 g.path().display()
             )));
+        }
+        if arch == "gpt2" {
+            return Self::gpt2_from_gguf(g);
         }
         let gemma = arch == "gemma3";
         let k = |s: &str| format!("{arch}.{s}");
@@ -171,6 +182,43 @@ impl LlamaConfig {
                 .filter(|_| gemma),
             global_every: if gemma { 6 } else { 1 },
             arch,
+        })
+    }
+}
+
+impl LlamaConfig {
+    /// GPT-2's hyper-parameters (`gpt2.*` keys, as llama.cpp's converter writes them).
+    fn gpt2_from_gguf(g: &Gguf) -> Result<Self> {
+        let k = |s: &str| format!("gpt2.{s}");
+        let n_heads = g.req_u64(&k("attention.head_count"))? as usize;
+        let d_model = g.req_u64(&k("embedding_length"))? as usize;
+        if n_heads == 0 || d_model % n_heads != 0 {
+            return Err(Error::Model(format!(
+                "inconsistent attention shape: d_model {d_model}, {n_heads} heads"
+            )));
+        }
+        let emb = g
+            .tensor("token_embd.weight")
+            .ok_or_else(|| Error::Model("tensor `token_embd.weight` is missing".into()))?;
+        let vocab_size = emb.shape()[0];
+        Ok(LlamaConfig {
+            n_layers: g.req_u64(&k("block_count"))? as usize,
+            d_model,
+            d_ff: g.req_u64(&k("feed_forward_length"))? as usize,
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim: d_model / n_heads,
+            vocab_size,
+            context_length: g.req_u64(&k("context_length"))? as usize,
+            rope_base: 0.0,
+            rms_eps: g
+                .get(&k("attention.layer_norm_epsilon"))
+                .and_then(|v| v.as_f64())
+                .unwrap_or(1e-5) as f32,
+            rope_base_local: 0.0,
+            sliding_window: None,
+            global_every: 1,
+            arch: "gpt2".into(),
         })
     }
 }
@@ -490,6 +538,14 @@ impl Builder {
         }
         Ok((self.m, self.external))
     }
+    /// LayerNorm over the last axis with scale `w` and bias `bias` (GPT-2).
+    fn layer_norm(&mut self, x: &str, w: &str, bias: &str, eps: f32) -> String {
+        self.op(
+            "LayerNormalization",
+            &[x, w, bias],
+            vec![("axis", Attr::Int(-1)), ("epsilon", Attr::Float(eps))],
+        )
+    }
     fn rms_norm(&mut self, x: &str, w: &str, eps: &str) -> String {
         let sq = self.op("Mul", &[x, x], vec![]);
         let ms = self.op(
@@ -502,6 +558,109 @@ impl Builder {
         let n = self.op("Div", &[x, &r], vec![]);
         self.op("Mul", &[&n, w], vec![])
     }
+}
+
+/// One GPT-2 block on the residual stream `x` (returns the name of its output, `hidden_state_{l+1}`):
+///
+/// ```text
+/// a   = LN(x) W_qkv + b_qkv → q, k, v (heads of d / n_heads; 1/√d_head folded into the q part)
+/// x'  = x + softmax(q kᵀ + bias) v W_o + b_o        (keys and values after the cached ones)
+/// out = x' + GELU_tanh(LN(x') W_up + b_up) W_down + b_down
+/// ```
+/// llama.cpp's converter stores GPT-2's Conv1D weights transposed, as [out, in] like every other
+/// linear weight, so they are read the same way.
+#[allow(clippy::too_many_arguments)]
+fn gpt2_block(
+    b: &mut Builder,
+    g: &Gguf,
+    cfg: &LlamaConfig,
+    l: usize,
+    x: &str,
+    bias: &str,
+    past_expand: &str,
+    (gelu_c, gelu_a, f_half, f_one): &(String, String, String, String),
+) -> Result<String> {
+    let (d, h, hd, ff) = (cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff);
+    let eps = cfg.rms_eps;
+    let t = |s: &str| format!("blk.{l}.{s}");
+    let vec1 = |b: &mut Builder, name: &str, n: usize| -> Result<String> {
+        let v = load(g, &t(name), &[n])?;
+        Ok(b.weight(&format!("l{l}.{name}"), &[n as i64], &v))
+    };
+    let ln1 = (vec1(b, "attn_norm.weight", d)?, vec1(b, "attn_norm.bias", d)?);
+    let ln2 = (vec1(b, "ffn_norm.weight", d)?, vec1(b, "ffn_norm.bias", d)?);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut wqkv = load(g, &t("attn_qkv.weight"), &[3 * d, d])?;
+    wqkv[..d * d].iter_mut().for_each(|w| *w *= scale);
+    let wqkv = b.weight(
+        &format!("l{l}.wqkv"),
+        &[d as i64, (3 * d) as i64],
+        &transpose(&wqkv, 3 * d, d),
+    );
+    let mut bqkv = load(g, &t("attn_qkv.bias"), &[3 * d])?;
+    bqkv[..d].iter_mut().for_each(|w| *w *= scale);
+    let bqkv = b.weight(&format!("l{l}.bqkv"), &[(3 * d) as i64], &bqkv);
+    let wo = load(g, &t("attn_output.weight"), &[d, d])?;
+    let wo = b.weight(&format!("l{l}.wo"), &[d as i64, d as i64], &transpose(&wo, d, d));
+    let bo = vec1(b, "attn_output.bias", d)?;
+    let wup = load(g, &t("ffn_up.weight"), &[ff, d])?;
+    let wup = b.weight(&format!("l{l}.wup"), &[d as i64, ff as i64], &transpose(&wup, ff, d));
+    let bup = vec1(b, "ffn_up.bias", ff)?;
+    let wdown = load(g, &t("ffn_down.weight"), &[d, ff])?;
+    let wdown = b.weight(
+        &format!("l{l}.wdown"),
+        &[ff as i64, d as i64],
+        &transpose(&wdown, d, ff),
+    );
+    let bdown = vec1(b, "ffn_down.bias", d)?;
+
+    // attention
+    let hn = b.layer_norm(x, &ln1.0, &ln1.1, eps);
+    let qkv = b.op("MatMul", &[&hn, &wqkv], vec![]);
+    let qkv = b.op("Add", &[&qkv, &bqkv], vec![]);
+    let parts = b.op_multi("Split", &[&qkv, "split_qkv"], vec![("axis", Attr::Int(-1))], 3);
+    let q = b.op("Reshape", &[&parts[0], "shape_q"], vec![]); // [B, S, H, D]
+    let k = b.op("Reshape", &[&parts[1], "shape_kv"], vec![]);
+    let v = b.op("Reshape", &[&parts[2], "shape_kv"], vec![]);
+    let perm = || vec![("perm", Attr::Ints(vec![0, 2, 1, 3]))];
+    let k_new = b.op("Transpose", &[&k], perm());
+    let v_new = b.op("Transpose", &[&v], perm());
+    let pk = b.op("Expand", &[&past_key_name(l), past_expand], vec![]);
+    let pv = b.op("Expand", &[&past_value_name(l), past_expand], vec![]);
+    let (k_all, v_all) = (present_key_name(l), present_value_name(l));
+    b.op_named("Concat", &[&pk, &k_new], vec![("axis", Attr::Int(2))], &k_all);
+    b.op_named("Concat", &[&pv, &v_new], vec![("axis", Attr::Int(2))], &v_all);
+    let qt = b.op("Transpose", &[&q], perm()); // [B, H, S, D]
+    let kt = b.op("Transpose", &[&k_all], vec![("perm", Attr::Ints(vec![0, 1, 3, 2]))]); // [B, H, D, T]
+    let scores = b.op("MatMul", &[&qt, &kt], vec![]);
+    let scores = b.op("Add", &[&scores, bias], vec![]);
+    let probs = b.op("Softmax", &[&scores], vec![("axis", Attr::Int(-1))]);
+    let ctxv = b.op("MatMul", &[&probs, &v_all], vec![]); // [B, H, S, D]
+    let ctxv = b.op("Transpose", &[&ctxv], perm());
+    let ctxv = b.op("Reshape", &[&ctxv, "shape_attn"], vec![]);
+    let attn = b.op("MatMul", &[&ctxv, &wo], vec![]);
+    let attn = b.op("Add", &[&attn, &bo], vec![]);
+    let x_mid = b.op("Add", &[x, &attn], vec![]);
+    debug_assert_eq!(h * hd, d);
+
+    // MLP: GELU, tanh approximation (GPT-2's gelu_new)
+    let hn2 = b.layer_norm(&x_mid, &ln2.0, &ln2.1, eps);
+    let u = b.op("MatMul", &[&hn2, &wup], vec![]);
+    let u = b.op("Add", &[&u, &bup], vec![]);
+    let u2 = b.op("Mul", &[&u, &u], vec![]);
+    let u3 = b.op("Mul", &[&u2, &u], vec![]);
+    let t3 = b.op("Mul", &[&u3, gelu_a], vec![]);
+    let t3 = b.op("Add", &[&u, &t3], vec![]);
+    let t3 = b.op("Mul", &[&t3, gelu_c], vec![]);
+    let t3 = b.op("Tanh", &[&t3], vec![]);
+    let t3 = b.op("Add", &[&t3, f_one], vec![]);
+    let t3 = b.op("Mul", &[&t3, f_half], vec![]);
+    let act = b.op("Mul", &[&u, &t3], vec![]);
+    let down = b.op("MatMul", &[&act, &wdown], vec![]);
+    let down = b.op("Add", &[&down, &bdown], vec![]);
+    let next = hidden_name(l + 1);
+    b.op_named("Add", &[&x_mid, &down], vec![], &next);
+    Ok(next)
 }
 
 /// Transposes a row-major [rows, cols] matrix into [cols, rows].
@@ -649,6 +808,7 @@ fn build_graph(
 
     // RoPE tables, half-split layout: cos[p, j] = cos(p · base^(−2(j mod D/2)/D)).
     let gemma = cfg.arch == "gemma3";
+    let gpt2 = cfg.arch == "gpt2";
     let rope_table = |b: &mut Builder, suffix: &str, base: f64| {
         let mut cos = vec![0f32; ctx * hd];
         let mut sin = vec![0f32; ctx * hd];
@@ -665,7 +825,12 @@ fn build_graph(
         b.m.initializers.push(Tensor::f32(&s, &[ctx as i64, hd as i64], &sin));
         (c, s)
     };
-    let global_tables = rope_table(&mut b, "", cfg.rope_base);
+    // GPT-2 has learned absolute positions instead: no tables (empty ones keep the code below
+    // uniform; no node reads them)
+    let global_tables = match gpt2 {
+        false => rope_table(&mut b, "", cfg.rope_base),
+        true => (String::new(), String::new()),
+    };
     let local_tables = match gemma {
         true => Some(rope_table(&mut b, "_local", cfg.rope_base_local)),
         false => None,
@@ -676,7 +841,11 @@ fn build_graph(
     let emb_name = b.weight("token_embd", &[v as i64, d as i64], &emb);
     drop(emb);
     let mut x = hidden_name(0);
-    if gemma {
+    // GPT-2: the token embeddings here, the position embeddings added once positions are known
+    let mut gpt2_tokens = None;
+    if gpt2 {
+        gpt2_tokens = Some(b.op("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))]));
+    } else if gemma {
         let e = b.op("Gather", &[&emb_name, "input_ids"], vec![("axis", Attr::Int(0))]);
         let sqrt_d = b.const_f32_scalar("embed_scale", (d as f32).sqrt());
         b.op_named("Mul", &[&e, &sqrt_d], vec![], &x);
@@ -703,6 +872,12 @@ fn build_graph(
     let pos = b.op("Sub", &[&cum, &c1], vec![]);
     let pos = b.op("Max", &[&pos, "c_0s"], vec![]);
     let pos = b.op("Add", &[&pos, &past_len], vec![]); // [B, S]
+    if let Some(tok) = &gpt2_tokens {
+        let pe = load(g, "position_embd.weight", &[cfg.context_length, d])?;
+        let pe = b.weight("position_embd", &[cfg.context_length as i64, d as i64], &pe);
+        let pg = b.op("Gather", &[&pe, &pos], vec![("axis", Attr::Int(0))]);
+        b.op_named("Add", &[tok, &pg], vec![], &x);
+    }
     let ar_past = b.op("Range", &["c_0s", &past_len, "c_1s"], vec![]);
     let ar_past = b.op("Unsqueeze", &[&ar_past, &c0], vec![]);
     let past_1 = b.op("Unsqueeze", &[&past_len, &c0], vec![]);
@@ -718,9 +893,16 @@ fn build_graph(
             b.op("Unsqueeze", &[&sg, axis], vec![]),
         )
     };
-    let rope_global = gather_rope(&mut b, &global_tables, &pos, &c2);
+    // (in this order: node names number the nodes as they are made)
+    let rope_global = match gpt2 {
+        false => gather_rope(&mut b, &global_tables, &pos, &c2),
+        true => Default::default(),
+    };
     let rope_local = local_tables.as_ref().map(|t| gather_rope(&mut b, t, &pos, &c2));
-    let rope_global_k = gather_rope(&mut b, &global_tables, &kpos, &c1);
+    let rope_global_k = match gpt2 {
+        false => gather_rope(&mut b, &global_tables, &kpos, &c1),
+        true => Default::default(),
+    };
     let rope_local_k = local_tables.as_ref().map(|t| gather_rope(&mut b, t, &kpos, &c1));
     let total = b.op("Add", &[&past_len, &seq], vec![]);
     let ar = b.op("Range", &["c_0s", &seq, "c_1s"], vec![]);
@@ -750,7 +932,7 @@ fn build_graph(
         None => bias.clone(),
     };
     // GELU, tanh approximation (Gemma's gelu_pytorch_tanh), from opset-17 ops
-    let gelu = gemma.then(|| {
+    let gelu = (gemma || gpt2).then(|| {
         (
             b.const_f32_scalar("gelu_c", (2.0f64 / std::f64::consts::PI).sqrt() as f32),
             b.const_f32_scalar("gelu_a", 0.044715),
@@ -761,6 +943,11 @@ fn build_graph(
 
     let scale = 1.0 / (hd as f32).sqrt();
     for l in 0..n_blocks {
+        if gpt2 {
+            let gelu = gelu.as_ref().expect("GPT-2 uses GELU");
+            x = gpt2_block(&mut b, g, cfg, l, &x, &bias, &past_expand, gelu)?;
+            continue;
+        }
         let p = |s: &str| format!("blk.{l}.{s}.weight");
         // weights
         let attn_norm = load(g, &p("attn_norm"), &[d])?;
@@ -945,7 +1132,13 @@ fn build_graph(
     // ---- final norm and LM head (tied to the embeddings unless `output.weight` exists)
     let out_norm = load(g, "output_norm.weight", &[d])?;
     let out_norm = b.weight("output_norm", &[d as i64], &out_norm);
-    let hn = b.rms_norm(&x, &out_norm, &eps);
+    let hn = if gpt2 {
+        let nb = load(g, "output_norm.bias", &[d])?;
+        let nb = b.weight("output_norm_bias", &[d as i64], &nb);
+        b.layer_norm(&x, &out_norm, &nb, cfg.rms_eps)
+    } else {
+        b.rms_norm(&x, &out_norm, &eps)
+    };
     let head = if g.tensor("output.weight").is_some() {
         let w = load(g, "output.weight", &[v, d])?;
         b.weight("lm_head", &[v as i64, d as i64], &w)

@@ -3,8 +3,9 @@
 //! them for the PREDICTION criterion (next-token entropy at the feature's own layer) and for
 //! the meaning-coherence of a feature's top words (METHOD.md §4).
 //!
-//! Logit lens at layer ℓ: logits = W_U · RMSNorm(h_ℓ) with the final norm's weight and ε, W_U the
-//! LM head (tied to the embeddings unless the GGUF has `output.weight`); entropy in bits of
+//! Logit lens at layer ℓ: logits = W_U · RMSNorm(h_ℓ) with the final norm's weight and ε (GPT-2:
+//! LayerNorm with the final norm's weight, bias and ε), W_U the LM head (tied to the embeddings
+//! unless the GGUF has `output.weight`); entropy in bits of
 //! softmax(logits). This is a first proxy for the paper's tuned-lens entropy (no learned
 //! per-layer translator); outputs say which one was used.
 
@@ -27,6 +28,8 @@ pub struct Lens {
     /// LM head (vocab × d_model) when not tied to the embeddings.
     head: Option<Array2<f32>>,
     final_norm: Vec<f32>,
+    /// GPT-2: the final LayerNorm's bias (the norm is then a LayerNorm, not an RMSNorm).
+    final_norm_bias: Option<Vec<f32>>,
     rms_eps: f32,
     tokenizer: tokenizers::Tokenizer,
     /// The GGUF file the weights came from.
@@ -75,10 +78,19 @@ impl Lens {
             None
         };
         let (_, final_norm) = g.tensor_f32("output_norm.weight")?;
+        let gpt2 = arch == "gpt2";
+        let eps_key = match gpt2 {
+            true => "attention.layer_norm_epsilon",
+            false => "attention.layer_norm_rms_epsilon",
+        };
         let rms_eps = g
-            .get(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+            .get(&format!("{arch}.{eps_key}"))
             .and_then(|v| v.as_f64())
             .unwrap_or(1e-5) as f32;
+        let final_norm_bias = match gpt2 {
+            true => Some(g.tensor_f32("output_norm.bias")?.1),
+            false => None,
+        };
         let tok_path = model_dir.join("tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(&tok_path)
             .map_err(|e| Error::parse(&tok_path, "tokenizer", e.to_string()))?;
@@ -94,6 +106,7 @@ impl Lens {
             embeddings,
             head,
             final_norm,
+            final_norm_bias,
             rms_eps,
             tokenizer,
             source,
@@ -121,10 +134,23 @@ impl Lens {
             .map(|block| {
                 let mut normed = block.to_owned();
                 for mut row in normed.rows_mut() {
-                    let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
-                    let scale = 1.0 / (ms + self.rms_eps).sqrt();
-                    for (v, w) in row.iter_mut().zip(&self.final_norm) {
-                        *v *= scale * w;
+                    let n = row.len() as f32;
+                    match &self.final_norm_bias {
+                        None => {
+                            let ms = row.iter().map(|v| v * v).sum::<f32>() / n;
+                            let scale = 1.0 / (ms + self.rms_eps).sqrt();
+                            for (v, w) in row.iter_mut().zip(&self.final_norm) {
+                                *v *= scale * w;
+                            }
+                        }
+                        Some(bias) => {
+                            let mean = row.sum() / n;
+                            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+                            let scale = 1.0 / (var + self.rms_eps).sqrt();
+                            for ((v, w), c) in row.iter_mut().zip(&self.final_norm).zip(bias) {
+                                *v = (*v - mean) * scale * w + c;
+                            }
+                        }
                     }
                 }
                 let logits = normed.dot(&w_u.t());

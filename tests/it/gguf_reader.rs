@@ -218,6 +218,124 @@ fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
 }
 
 #[test]
+fn tiny_gpt2_imports_and_matches_the_numpy_reference_and_its_lens_uses_layernorm() {
+    // GPT-2 as llama.cpp's converter writes it (learned positions, LayerNorm with biases, fused
+    // QKV, GELU MLP, biases everywhere), 2 blocks, random weights from gguf-py
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = make_tiny_gguf(tmp.path(), "gpt2.gguf", &["--arch", "gpt2"]);
+    let model_dir = tmp.path().join("model");
+    let report = import_gguf(&tiny, &model_dir, &ImportOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let m = &report.manifest;
+    assert_eq!(m.architecture, "gpt2");
+    assert_eq!((m.n_layers, m.d_model, m.vocab_size, m.context_length), (2, 64, 64, 64));
+
+    let mut lm = LanguageModel::load(&model_dir, &RuntimeOptions::with_threads(1)).unwrap_or_else(|e| panic!("{e}"));
+    let enc = lm.tokenizer.encode("the cat is on the mat", false).unwrap();
+    let mut ids = vec![0u32];
+    ids.extend(enc.get_ids());
+    ids.extend([40, 41, 5, 63, 7, 9, 11]);
+    let out = lm.run(&[ids.clone()], &[0, 1, 2]).unwrap_or_else(|e| panic!("{e}"));
+    let all = run_onnx_all_outputs(&model_dir, &ids);
+    let logits = &all["logits"];
+
+    let ref_dir = tmp.path().join("ref");
+    let csv = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    run_script(
+        "reference_llama.py",
+        &[
+            tiny.as_os_str(),
+            OsStr::new("--ids"),
+            OsStr::new(&csv),
+            OsStr::new("--out"),
+            ref_dir.as_os_str(),
+        ],
+    );
+    for (l, h) in out.hidden.iter().enumerate() {
+        let r = read_npy(&ref_dir.join(format!("hidden_state_{l}.npy")));
+        assert_eq!(r.shape, vec![ids.len(), 64]);
+        let (d, mx) = max_diff(h.iter().map(|&v| v as f64), r.data.iter().copied());
+        println!(
+            "tiny GPT-2 hidden_state_{l}: max |Δ| = {d:.3e}, relative {:.3e}",
+            d / mx
+        );
+        assert!(d <= 1e-5 * mx, "GPT-2 hidden_state_{l}: max |Δ| = {d:e} > 1e-5 × {mx}");
+    }
+    let r = read_npy(&ref_dir.join("logits.npy"));
+    let (d, mx) = max_diff(logits.iter().map(|&v| v as f64), r.data.iter().copied());
+    println!("tiny GPT-2 logits: max |Δ| = {d:.3e}, relative {:.3e}", d / mx);
+    assert!(d <= 1e-5 * mx, "GPT-2 logits: max |Δ| = {d:e} > 1e-5 × {mx}");
+    let v = 64;
+    let argmax = |row: &[f64]| (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+    for i in 0..ids.len() {
+        let ours: Vec<f64> = logits.as_slice().unwrap()[i * v..(i + 1) * v]
+            .iter()
+            .map(|&x| x as f64)
+            .collect();
+        assert_eq!(
+            argmax(&ours),
+            argmax(&r.data[i * v..(i + 1) * v]),
+            "position {i}: argmax differs"
+        );
+    }
+
+    // the lens reads the final LayerNorm (weight, bias, ε) from the GGUF: at the last layer it is
+    // the model's own read-out
+    let lens = cortexflow::lm::lens::Lens::load(&model_dir).unwrap_or_else(|e| panic!("{e}"));
+    let last = out.hidden[2].index_axis(ndarray::Axis(0), 0).to_owned();
+    let lens_h = lens.entropy_bits(last.view()).unwrap();
+    for (i, &hl) in lens_h.iter().enumerate() {
+        let row: Vec<f32> = logits.as_slice().unwrap()[i * v..(i + 1) * v].to_vec();
+        let model_h = cortexflow::lm::lens::entropy_bits_of_logits(&row);
+        assert!(
+            (hl - model_h).abs() < 1e-4,
+            "position {i}: lens {hl} vs model {model_h} bits"
+        );
+    }
+    // the graph's own next-token entropy (nats) agrees too
+    for (i, &e) in out.next_entropy.iter().enumerate().take(ids.len()) {
+        let bits = e as f64 / std::f64::consts::LN_2;
+        assert!(
+            (bits - lens_h[i]).abs() < 1e-4,
+            "position {i}: graph {bits} vs lens {} bits",
+            lens_h[i]
+        );
+    }
+
+    // words through the model: overlapping windows work; a cache that drops old tokens is refused
+    // (learned absolute positions cannot be moved down)
+    let mut story = crate::support::lpp_run("en", 1);
+    story.words.truncate(60);
+    for w in &mut story.words {
+        w.text = w
+            .text
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_ascii_lowercase())
+            .collect();
+    }
+    story.words.retain(|w| !w.text.is_empty());
+    let opts = |context| cortexflow::lm::ExtractOptions {
+        context,
+        window: 32,
+        min_context: 8,
+        layers: vec![1, 2],
+        ..Default::default()
+    };
+    let x = cortexflow::lm::extract_story(&mut lm, &story, &opts(cortexflow::lm::extract::ContextPolicy::Windows))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(x.n_windows > 1 && x.activations[1].iter().all(|v| v.is_finite()));
+    for policy in [
+        cortexflow::lm::extract::ContextPolicy::Sliding,
+        cortexflow::lm::extract::ContextPolicy::Full,
+    ] {
+        let e = cortexflow::lm::extract_story(&mut lm, &story, &opts(policy))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute positions") && e.contains("windows"), "{e}");
+    }
+}
+
+#[test]
 fn a_truncated_import_keeps_the_hidden_states_and_drops_the_head() {
     let tmp = tempfile::tempdir().unwrap();
     let tiny = make_tiny_gguf(tmp.path(), "tiny.gguf", &[]);
@@ -285,12 +403,12 @@ fn import_error(gguf: &Path, dir: &Path) -> Error {
 }
 
 #[test]
-fn gpt2_architecture_is_refused_by_the_importer() {
+fn an_unsupported_architecture_is_refused_by_the_importer() {
     let tmp = tempfile::tempdir().unwrap();
-    let g = make_tiny_gguf(tmp.path(), "gpt2.gguf", &["--arch", "gpt2"]);
+    let g = make_tiny_gguf(tmp.path(), "falcon.gguf", &["--arch", "falcon"]);
     let msg = import_error(&g, tmp.path()).to_string();
     println!("{msg}");
-    assert!(msg.contains("gpt2") && msg.contains("not supported"), "{msg}");
+    assert!(msg.contains("falcon") && msg.contains("not supported"), "{msg}");
 }
 
 #[test]
