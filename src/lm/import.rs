@@ -192,7 +192,7 @@ impl LlamaConfig {
         let k = |s: &str| format!("gpt2.{s}");
         let n_heads = g.req_u64(&k("attention.head_count"))? as usize;
         let d_model = g.req_u64(&k("embedding_length"))? as usize;
-        if n_heads == 0 || d_model % n_heads != 0 {
+        if n_heads == 0 || !d_model.is_multiple_of(n_heads) {
             return Err(Error::Model(format!(
                 "inconsistent attention shape: d_model {d_model}, {n_heads} heads"
             )));
