@@ -141,6 +141,10 @@ enum LabelsCommand {
     /// key from flags, --config or $OPENAI_BASE_URL / $CORTEXFLOW_LLM_MODEL / $OPENAI_API_KEY);
     /// resumable, answers in the format `labels agree` and `[taxonomy] labels` read.
     Ask(cortexflow::cli::LabelsAskArgs),
+    /// Detection and fuzzing scores of feature explanations (EleutherAI Delphi's), asked of an
+    /// OpenAI-compatible endpoint on the held-out and non-activating contexts of a run's
+    /// labelling tasks: per-feature accuracy / F1 (Parquet) and a summary per category.
+    Score(cortexflow::cli::LabelsScoreArgs),
 }
 
 #[derive(Subcommand)]
@@ -376,6 +380,34 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let s = cortexflow::cli::run_labels_agree(&args)?;
             print!("{}", s.text);
+        }
+        Command::Labels {
+            command: LabelsCommand::Score(args),
+        } => {
+            let s = cortexflow::cli::run_labels_score(&args)?;
+            print!("{}", s.text);
+            println!(
+                "{} (feature, scorer) score(s), {} request(s); written {}",
+                s.run.rows.len(),
+                s.run.requests,
+                s.files
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            for (layer, feature, why) in &s.run.skipped {
+                eprintln!("skipped layer {layer} feature {feature}: {why}");
+            }
+            if !s.run.failed.is_empty() {
+                for (id, scorer, why) in &s.run.failed {
+                    eprintln!("{id} {}: no usable reply ({why})", scorer.name());
+                }
+                return Err(anyhow::anyhow!(
+                    "{} scoring request(s) got no usable reply; the scores table holds the others",
+                    s.run.failed.len()
+                ));
+            }
         }
         Command::Labels {
             command: LabelsCommand::Ask(args),

@@ -255,3 +255,166 @@ pub fn run_labels_ask(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmRun>
     pb.finish_and_clear();
     Ok(run)
 }
+
+/// `cortexflow labels score`: detection and fuzzing scores of feature explanations (see
+/// [`crate::taxonomy::scoring`]) from an OpenAI-compatible endpoint, on the held-out and
+/// non-activating contexts of a run's labelling tasks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LabelsScoreArgs {
+    /// Labelling tasks of a run (`labelling_tasks_L<layer>.jsonl`), one or more files.
+    #[arg(required = true)]
+    pub tasks: Vec<PathBuf>,
+    /// Explanations: JSONL (`layer`, `feature`, `explanation` or `label`, optional `category`) or a
+    /// TSV with those columns.
+    #[arg(long)]
+    pub explanations: PathBuf,
+    /// Scores table to write (Parquet, schema data-schemas/explanation_scores.json); a summary per
+    /// category and scorer is printed and written beside it as `<out>.summary.tsv`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Seed of the excerpts' order and of the fuzzing scorer's wrong marks.
+    #[arg(long, default_value_t = 0)]
+    pub order_seed: u64,
+    /// TOML file with the endpoint settings (as `labels ask`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Base URL (before /chat/completions). Default: $OPENAI_BASE_URL, else https://api.openai.com/v1.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Model. Default: $CORTEXFLOW_LLM_MODEL.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Environment variable holding the API key (default OPENAI_API_KEY).
+    #[arg(long)]
+    pub api_key_env: Option<String>,
+    /// Sampling seed sent to the endpoint.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Score at most this many explanations (the first ones), e.g. for a pilot.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// What `labels score` did: the rows, the per-category summary text and the files.
+pub struct ScoreSummary {
+    pub run: crate::taxonomy::scoring::ScoreRun,
+    pub text: String,
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run_labels_score(a: &LabelsScoreArgs) -> Result<ScoreSummary> {
+    use crate::taxonomy::scoring::{read_explanations, score_explanations, summarize};
+    let cfg = llm_config(&LabelsAskArgs {
+        tasks: vec![],
+        out: a.out.clone(),
+        config: a.config.clone(),
+        url: a.url.clone(),
+        model: a.model.clone(),
+        api_key_env: a.api_key_env.clone(),
+        seed: a.seed,
+        limit: None,
+    })?;
+    let mut tasks = Vec::new();
+    for p in &a.tasks {
+        tasks.extend(crate::taxonomy::llm::read_tasks(p)?);
+    }
+    let mut explanations = read_explanations(&a.explanations)?;
+    if let Some(n) = a.limit {
+        explanations.truncate(n);
+    }
+    let pb = crate::progress::progress(2 * explanations.len() as u64, "scoring");
+    let run = score_explanations(&cfg, &tasks, &explanations, a.order_seed, || pb.inc(1))?;
+    pb.finish_and_clear();
+    write_scores(&a.out, &run.rows, &cfg.model, &a.explanations, a.order_seed)?;
+    let mut text = String::from("category\tscorer\tn_features\tmean_accuracy\tmean_f1\n");
+    for ((cat, scorer), (n, acc, f1)) in summarize(&run.rows) {
+        let _ = writeln!(text, "{cat}\t{}\t{n}\t{acc:.4}\t{f1:.4}", scorer.name());
+    }
+    let mut tsv = a.out.as_os_str().to_owned();
+    tsv.push(".summary.tsv");
+    let tsv = PathBuf::from(tsv);
+    crate::paths::write_atomic(&tsv, text.as_bytes())?;
+    Ok(ScoreSummary {
+        run,
+        text,
+        files: vec![a.out.clone(), tsv],
+    })
+}
+
+fn write_scores(
+    path: &std::path::Path,
+    rows: &[crate::taxonomy::scoring::ScoreRow],
+    model: &str,
+    explanations: &std::path::Path,
+    seed: u64,
+) -> Result<()> {
+    use arrow::array::{ArrayRef, Float64Array, RecordBatch, StringArray, UInt16Array, UInt32Array};
+    use std::sync::Arc;
+    let u32s = |f: fn(&crate::taxonomy::scoring::ScoreRow) -> u32| {
+        Arc::new(UInt32Array::from(rows.iter().map(f).collect::<Vec<_>>())) as ArrayRef
+    };
+    let batch = RecordBatch::try_from_iter_with_nullable(vec![
+        (
+            "layer",
+            Arc::new(UInt16Array::from(
+                rows.iter().map(|r| r.layer as u16).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            false,
+        ),
+        ("feature", u32s(|r| r.feature), false),
+        (
+            "category",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.category.clone()).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            true,
+        ),
+        (
+            "scorer",
+            Arc::new(StringArray::from(
+                rows.iter().map(|r| r.scorer.name()).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            false,
+        ),
+        ("n", u32s(|r| r.n()), false),
+        ("tp", u32s(|r| r.tp), false),
+        ("fp", u32s(|r| r.fp), false),
+        ("tn", u32s(|r| r.tn), false),
+        ("fn", u32s(|r| r.fn_), false),
+        (
+            "accuracy",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.accuracy()).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            false,
+        ),
+        (
+            "precision",
+            Arc::new(Float64Array::from(
+                rows.iter().map(|r| r.precision()).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            true,
+        ),
+        (
+            "recall",
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.recall()).collect::<Vec<_>>())) as ArrayRef,
+            true,
+        ),
+        (
+            "f1",
+            Arc::new(Float64Array::from(rows.iter().map(|r| r.f1()).collect::<Vec<_>>())) as ArrayRef,
+            false,
+        ),
+    ])
+    .map_err(|e| Error::Invalid(format!("building the scores table: {e}")))?;
+    let schema = crate::store::schema::TableSchema::builtin("explanation_scores")?;
+    let meta = vec![
+        ("cortexflow.model".to_string(), model.to_string()),
+        (
+            "cortexflow.explanations".to_string(),
+            explanations.display().to_string(),
+        ),
+        ("cortexflow.order_seed".to_string(), seed.to_string()),
+    ];
+    crate::store::write_table_parquet(path, &schema, &Default::default(), &[batch], &meta)
+}

@@ -12,7 +12,8 @@
 //!   stories (ds003020 layout), region summaries; `cortexflow voxelwise simulate` — such data
 //!   with a planted region × feature-group truth.
 //! * [`labels`]: `cortexflow labels agree` — Cohen's / Fleiss' κ between label sources;
-//!   `cortexflow labels ask` — labelling tasks answered by an OpenAI-compatible endpoint.
+//!   `cortexflow labels ask` — labelling tasks answered by an OpenAI-compatible endpoint;
+//!   `cortexflow labels score` — detection and fuzzing scores of explanations.
 //! * [`topography`]: `cortexflow topography` — subcategory × region matrices against an a priori
 //!   0/1 prediction (ρ and Pearson r, raw and double-centred, interaction F, FDR cells, hypergeometric / Fisher overlap).
 //!
@@ -29,7 +30,10 @@ pub mod topography;
 pub mod voxelwise;
 
 pub use export::{run_export, ExportArgs, ExportFormat, ExportedTable};
-pub use labels::{run_labels_agree, run_labels_ask, AgreementSummary, LabelsAgreeArgs, LabelsAskArgs};
+pub use labels::{
+    run_labels_agree, run_labels_ask, run_labels_score, AgreementSummary, LabelsAgreeArgs, LabelsAskArgs,
+    LabelsScoreArgs,
+};
 pub use lmm::{run_lmm, LmmArgs, LmmSummary};
 pub use ridge::{run_ridge, RidgeArgs, RidgeSummary};
 pub use sae::{run_sae_encode, SaeEncodeArgs, SaeEncodeSummary};

@@ -118,6 +118,71 @@ pub fn feature_evidence(
         .collect()
 }
 
+/// Contexts for scoring a feature's explanation (`cortexflow labels score`), disjoint from the
+/// `skip_top` examples a labeller saw: `activating` = the active rows ranked `skip_top + 1 ..=
+/// skip_top + n` (the next strongest, ranks as in [`feature_evidence`]), `non_activating` = up to
+/// `n` rows where the feature is 0, drawn uniformly without replacement with a seeded generator
+/// (per feature `seed ^ feature`), in row order. Activations of non-activating contexts are 0.
+pub fn scoring_contexts(
+    codes: ArrayView2<'_, f32>,
+    words: &[String],
+    offsets: &[usize],
+    skip_top: usize,
+    n: usize,
+    context: usize,
+    seed: u64,
+) -> Vec<(Vec<Example>, Vec<Example>)> {
+    let rows = codes.nrows();
+    assert_eq!(words.len(), rows, "one word per row of codes");
+    let text_of = |row: usize| offsets.partition_point(|&o| o <= row) - 1;
+    let example = |rank: u32, row: usize, v: f32| {
+        let t = text_of(row);
+        let (start, end) = (offsets[t], offsets[t + 1]);
+        let lo = row.saturating_sub(context).max(start);
+        let hi = (row + 1 + context).min(end);
+        Example {
+            rank,
+            text: t,
+            word: row - start,
+            activation: v,
+            left: words[lo..row].to_vec(),
+            token: words[row].clone(),
+            right: words[row + 1..hi].to_vec(),
+        }
+    };
+    (0..codes.ncols())
+        .into_par_iter()
+        .map(|j| {
+            let col = codes.column(j);
+            let mut active: Vec<(f32, usize)> = col
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v > 0.0)
+                .map(|(i, v)| (*v, i))
+                .collect();
+            active.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let act = active
+                .iter()
+                .enumerate()
+                .skip(skip_top)
+                .take(n)
+                .map(|(r, &(v, row))| example(r as u32 + 1, row, v))
+                .collect();
+            let mut zero: Vec<usize> = (0..rows).filter(|&i| col[i] <= 0.0).collect();
+            let mut rng = crate::stats::SplitMix64::new(seed ^ j as u64);
+            let take = n.min(zero.len());
+            for i in 0..take {
+                let k = i + rng.below((zero.len() - i) as u64) as usize;
+                zero.swap(i, k);
+            }
+            zero.truncate(take);
+            zero.sort_unstable();
+            let non = zero.into_iter().map(|row| example(0, row, 0.0)).collect();
+            (act, non)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +218,25 @@ mod tests {
         assert_eq!(
             (e.left.clone(), e.right.clone()),
             (vec!["a".to_string()], vec!["c".to_string()])
+        );
+        // scoring contexts after the top 1: feature 0's ranks 2 and 3, and zero rows 2 and 5 (its only
+        // zeros besides row 0)
+        let sc = scoring_contexts(codes.view(), &words, &[0, 4, 6], 1, 2, 1, 7);
+        assert_eq!(
+            sc[0].0.iter().map(|e| (e.rank, e.token.as_str())).collect::<Vec<_>>(),
+            [(2, "b"), (3, "d")]
+        );
+        let mut zeros: Vec<&str> = sc[0].1.iter().map(|e| e.token.as_str()).collect();
+        zeros.sort();
+        assert!(
+            zeros.iter().all(|w| ["a", "c", "f"].contains(w)) && zeros.len() == 2,
+            "{zeros:?}"
+        );
+        assert!(sc[0].1.iter().all(|e| e.activation == 0.0));
+        assert_eq!(
+            sc,
+            scoring_contexts(codes.view(), &words, &[0, 4, 6], 1, 2, 1, 7),
+            "seeded"
         );
         // feature 1: two active rows, both kept
         assert_eq!(

@@ -20,8 +20,11 @@ use crate::taxonomy::tasks::{self, Task};
 use crate::taxonomy::{Category, LabelSet, Subcategory};
 use crate::{Error, Result};
 
-const REV_LABELS: u32 = 1;
+const REV_LABELS: u32 = 2; // 2: the tasks carry held-out and non-activating contexts
 const REV_DERIVED: u32 = 2;
+
+/// Held-out activating and non-activating contexts per feature in the labelling tasks.
+const SCORING_CONTEXTS: usize = 10;
 
 /// Built-in seed lexicons (pipelines/lexicons/), used when `seed-lexicon` is not set.
 fn builtin_seeds(language: &str) -> Option<&'static str> {
@@ -208,6 +211,17 @@ fn compute_labels(
         &t.labeller,
         layer,
     );
+    // evidence no labeller sees, for scoring explanations (`labels score`): the next strongest
+    // contexts after the top ones, and as many where the feature is silent
+    let scoring = crate::sae::evidence::scoring_contexts(
+        codes.view(),
+        &words,
+        &offsets,
+        t.labeller.top,
+        SCORING_CONTEXTS,
+        t.labeller.context,
+        t.labeller.seed,
+    );
     let (imported, imported_missing) = match labels_file {
         Some(p) => {
             let answers = tasks::read_answers(p)?;
@@ -242,7 +256,7 @@ fn compute_labels(
         layer,
         language,
         n_words: words.len(),
-        tasks: tasks::tasks(layer, &evidence),
+        tasks: tasks::tasks(layer, &evidence, Some(&scoring)),
         builtin: builtin.clone(),
         imported,
         imported_missing,

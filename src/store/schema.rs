@@ -92,6 +92,10 @@ const BUILTINS: &[(&str, &str)] = &[
     ("sae_codes", include_str!("../../data-schemas/sae_codes.json")),
     ("sae_train_log", include_str!("../../data-schemas/sae_train_log.json")),
     (
+        "explanation_scores",
+        include_str!("../../data-schemas/explanation_scores.json"),
+    ),
+    (
         "topography_tests",
         include_str!("../../data-schemas/topography_tests.json"),
     ),
@@ -148,6 +152,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "feature_examples",
     "sae_codes",
     "sae_train_log",
+    "explanation_scores",
     "topography_tests",
     "topography_stats",
     "variance_partition",

@@ -146,23 +146,11 @@ pub fn user_prompt(task: &Task) -> String {
 
 /// The request body of one task.
 pub fn request_body(cfg: &LlmConfig, task: &Task) -> serde_json::Value {
-    let mut body = serde_json::json!({
-        "model": cfg.model,
-        "messages": [
-            Message { role: "system".into(), content: system_prompt(task) },
-            Message { role: "user".into(), content: user_prompt(task) },
-        ],
-        "temperature": cfg.temperature,
-        "max_tokens": cfg.max_tokens,
-    });
-    if let Some(seed) = cfg.seed {
-        body["seed"] = seed.into();
-    }
-    body
+    chat_body(cfg, system_prompt(task), user_prompt(task))
 }
 
 /// The first balanced `{…}` in `text` (replies often wrap the JSON in prose or a code fence).
-fn first_json_object(text: &str) -> Option<&str> {
+pub(crate) fn first_json_object(text: &str) -> Option<&str> {
     let start = text.find('{')?;
     let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
     for (i, ch) in text[start..].char_indices() {
@@ -242,18 +230,82 @@ pub struct LlmRun {
     pub requests: usize,
 }
 
-enum Attempt {
-    Done(serde_json::Value),
+pub(crate) enum Attempt<T> {
+    Done(T),
     Retry(String),
     Fatal(Error),
 }
 
-fn ask_once(agent: &ureq::Agent, cfg: &LlmConfig, key: Option<&str>, task: &Task) -> Attempt {
+/// An HTTP client for `cfg` and the API key from its environment variable (if set).
+pub(crate) fn client(cfg: &LlmConfig) -> (ureq::Agent, Option<String>) {
+    let key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(cfg.timeout_s)))
+        .build()
+        .into();
+    (agent, key)
+}
+
+/// A chat-completions body with a system and a user message and `cfg`'s sampling settings.
+pub(crate) fn chat_body(cfg: &LlmConfig, system: String, user: String) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "model": cfg.model,
+        "messages": [
+            Message { role: "system".into(), content: system },
+            Message { role: "user".into(), content: user },
+        ],
+        "temperature": cfg.temperature,
+        "max_tokens": cfg.max_tokens,
+    });
+    if let Some(seed) = cfg.seed {
+        body["seed"] = seed.into();
+    }
+    body
+}
+
+/// Sends `body` until `parse` accepts the reply's message content: 429, 5xx, connection errors
+/// and unreadable replies are retried with backoff up to `cfg.max_retries` times (then
+/// `Ok(Err(last problem))`); other HTTP errors are returned as errors. Counts requests in
+/// `requests`.
+pub(crate) fn ask_with_retries<T>(
+    agent: &ureq::Agent,
+    cfg: &LlmConfig,
+    key: Option<&str>,
+    what: &str,
+    body: &serde_json::Value,
+    requests: &mut usize,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Result<std::result::Result<T, String>> {
+    let mut last = String::new();
+    for attempt in 0..=cfg.max_retries {
+        if attempt > 0 {
+            let wait = cfg.backoff_ms.saturating_mul(1 << (attempt - 1).min(10));
+            tracing::warn!("{what}: {last}; retry {attempt} in {wait} ms");
+            std::thread::sleep(Duration::from_millis(wait));
+        }
+        *requests += 1;
+        match send_once(agent, cfg, key, body, &parse) {
+            Attempt::Done(a) => return Ok(Ok(a)),
+            Attempt::Retry(msg) => last = msg,
+            Attempt::Fatal(e) => return Err(e),
+        }
+    }
+    Ok(Err(last))
+}
+
+fn send_once<T>(
+    agent: &ureq::Agent,
+    cfg: &LlmConfig,
+    key: Option<&str>,
+    body: &serde_json::Value,
+    parse: impl Fn(&str) -> Result<T>,
+) -> Attempt<T> {
     let mut req = agent.post(cfg.endpoint()).header("Content-Type", "application/json");
     if let Some(k) = key {
         req = req.header("Authorization", format!("Bearer {k}"));
     }
-    let mut resp = match req.send_json(request_body(cfg, task)) {
+    let mut resp = match req.send_json(body) {
         Ok(r) => r,
         Err(e) => return Attempt::Retry(format!("request failed: {e}")),
     };
@@ -279,7 +331,7 @@ fn ask_once(agent: &ureq::Agent, cfg: &LlmConfig, key: Option<&str>, task: &Task
     let Some(content) = v.pointer("/choices/0/message/content").and_then(|c| c.as_str()) else {
         return Attempt::Retry("the response has no choices[0].message.content".into());
     };
-    match parse_reply(task, content, &cfg.model) {
+    match parse(content) {
         Ok(a) => Attempt::Done(a),
         Err(e) => Attempt::Retry(e.to_string()),
     }
@@ -314,12 +366,7 @@ fn key_of(line: &str) -> Option<(usize, u32)> {
 /// Asks the endpoint for every task not yet answered in `out` (see the module docs) and writes
 /// all answers to `out`. `on_task` is called after each task (for a progress bar).
 pub fn label_tasks(cfg: &LlmConfig, tasks: &[Task], out: &Path, mut on_task: impl FnMut()) -> Result<LlmRun> {
-    let key = std::env::var(&cfg.api_key_env).ok().filter(|k| !k.is_empty());
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(cfg.timeout_s)))
-        .build()
-        .into();
+    let (agent, key) = client(cfg);
     let partial = partial_path(out);
     // answers so far: the finished file, then the partial one (later lines win on import)
     let mut lines = answer_lines(out)?;
@@ -342,26 +389,17 @@ pub fn label_tasks(cfg: &LlmConfig, tasks: &[Task], out: &Path, mut on_task: imp
             on_task();
             continue;
         }
-        let mut last = String::new();
-        let mut answer = None;
-        for attempt in 0..=cfg.max_retries {
-            if attempt > 0 {
-                let wait = cfg.backoff_ms.saturating_mul(1 << (attempt - 1).min(10));
-                tracing::warn!("task {}: {last}; retry {attempt} in {wait} ms", task.task_id);
-                std::thread::sleep(Duration::from_millis(wait));
-            }
-            run.requests += 1;
-            match ask_once(&agent, cfg, key.as_deref(), task) {
-                Attempt::Done(a) => {
-                    answer = Some(a);
-                    break;
-                }
-                Attempt::Retry(msg) => last = msg,
-                Attempt::Fatal(e) => return Err(e),
-            }
-        }
+        let answer = ask_with_retries(
+            &agent,
+            cfg,
+            key.as_deref(),
+            &format!("task {}", task.task_id),
+            &request_body(cfg, task),
+            &mut run.requests,
+            |content| parse_reply(task, content, &cfg.model),
+        )?;
         match answer {
-            Some(a) => {
+            Ok(a) => {
                 let line = serde_json::to_string(&a).expect("answer serialises");
                 writeln!(file, "{line}").map_err(|e| Error::io(&partial, e))?;
                 file.flush().map_err(|e| Error::io(&partial, e))?;
@@ -369,7 +407,7 @@ pub fn label_tasks(cfg: &LlmConfig, tasks: &[Task], out: &Path, mut on_task: imp
                 lines.push(line);
                 run.answered += 1;
             }
-            None => run.failed.push((task.task_id.clone(), last)),
+            Err(last) => run.failed.push((task.task_id.clone(), last)),
         }
         on_task();
     }
@@ -409,6 +447,8 @@ mod tests {
             categories: Default::default(),
             subcategories: vec![],
             response_format: serde_json::Value::Null,
+            heldout: vec![],
+            non_activating: vec![],
         }
     }
 

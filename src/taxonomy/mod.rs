@@ -14,6 +14,7 @@ pub mod labeller;
 pub mod lexicon;
 pub mod llm;
 pub mod prederror;
+pub mod scoring;
 pub mod tasks;
 
 use serde::{Deserialize, Serialize};

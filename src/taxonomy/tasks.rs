@@ -4,6 +4,9 @@
 //! to 5 words each side), the category definitions and the expected response format:
 //! `{"task_id", "layer", "feature", "contexts": [{"left", "token", "right", "activation"}],
 //! "categories": {name: definition}, "subcategories": [...], "response_format": {...}}`.
+//! Tasks written by a run also carry, for `cortexflow labels score`, `heldout` (the feature's next
+//! strongest contexts, ranks after the ones shown) and `non_activating` (contexts where it is 0):
+//! evidence no labeller saw.
 //! Import: answers as JSONL, one object per line with `layer`, `feature`, `category` and
 //! optionally `subcategory`, `confidence` ({category: weight}) and `rater`; or a TSV with a
 //! header `layer  feature  category  [subcategory]`. Errors name the file, line and field.
@@ -15,7 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{hard_label, Category, FeatureLabel, LabelSet, Subcategory};
-use crate::sae::evidence::FeatureSummary;
+use crate::sae::evidence::{Example, FeatureSummary};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +38,12 @@ pub struct Task {
     pub categories: BTreeMap<String, String>,
     pub subcategories: Vec<String>,
     pub response_format: serde_json::Value,
+    /// Held-out activating contexts (ranks after `contexts`), for scoring explanations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heldout: Vec<Context>,
+    /// Contexts where the feature is not active (activation 0), for scoring explanations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub non_activating: Vec<Context>,
 }
 
 /// The instructions every task carries.
@@ -52,8 +61,16 @@ pub fn response_format() -> serde_json::Value {
     })
 }
 
-/// Tasks for the features with at least one example.
-pub fn tasks(layer: usize, evidence: &[FeatureSummary]) -> Vec<Task> {
+/// Tasks for the features with at least one example; `scoring[feature]`, when given, holds the
+/// feature's held-out activating and non-activating contexts
+/// ([`crate::sae::evidence::scoring_contexts`]).
+pub fn tasks(layer: usize, evidence: &[FeatureSummary], scoring: Option<&[(Vec<Example>, Vec<Example>)]>) -> Vec<Task> {
+    let ctx = |e: &Example| Context {
+        left: e.left.join(" "),
+        token: e.token.clone(),
+        right: e.right.join(" "),
+        activation: e.activation,
+    };
     let categories: BTreeMap<String, String> = Category::ALL
         .iter()
         .map(|c| (c.name().to_uppercase(), c.definition().to_string()))
@@ -82,6 +99,12 @@ pub fn tasks(layer: usize, evidence: &[FeatureSummary]) -> Vec<Task> {
             categories: categories.clone(),
             subcategories: subs.clone(),
             response_format: response_format(),
+            heldout: scoring
+                .and_then(|s| s.get(f.feature as usize))
+                .map_or(vec![], |s| s.0.iter().map(ctx).collect()),
+            non_activating: scoring
+                .and_then(|s| s.get(f.feature as usize))
+                .map_or(vec![], |s| s.1.iter().map(ctx).collect()),
         })
         .collect()
 }

@@ -151,6 +151,8 @@ fn tasks(n: u32) -> Vec<Task> {
                 .collect(),
             subcategories: vec!["concrete: concreteness / animacy".into()],
             response_format: cortexflow::taxonomy::tasks::response_format(),
+            heldout: vec![],
+            non_activating: vec![],
         })
         .collect()
 }

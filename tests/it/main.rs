@@ -17,6 +17,7 @@ mod gemma;
 mod gguf_reader;
 mod import_reference;
 mod incremental;
+mod labels_score;
 mod lanczos;
 mod layering;
 mod llm_client;
