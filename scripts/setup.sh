@@ -127,6 +127,18 @@ if [ "$WANT_VENV" = 1 ]; then
            $SUDO apt-get install -y -qq --no-install-recommends r-base-core r-cran-lme4 >/dev/null 2>&1; } \
       || die "could not install r-base-core r-cran-lme4 with apt-get (needed by the tests; skip with --no-venv)"
   fi
+
+  # Debian's chromium loads report.html headless in the tests (tests/it/pipeline.rs).
+  if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup: installing chromium (Debian) for the headless-browser test of report.html" >&2
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 \
+      || { $SUDO apt-get update -qq >/dev/null 2>&1 && \
+           $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; } \
+      || die "could not install chromium with apt-get (needed by the report test; skip with --no-venv)"
+  fi
 fi
 
 # The HDF5 C library reads ds003020's .hf5 response files (`voxelwise fit`, src/store/hdf5.rs loads

@@ -75,6 +75,9 @@ enum Command {
     /// What the pipeline's output folder holds, what is cached in the store, and what is stale
     /// and why (new, changed or removed inputs; changed settings; pruned artifacts).
     Status { pipeline: PathBuf },
+    /// (Re)writes DIR/report.html, the self-contained browsable report, from an output folder's
+    /// tables, plots and labelling tasks (every run writes it; this redoes it, e.g. after an upgrade).
+    Report { dir: PathBuf },
     /// Deletes from the pipelines' stores every artifact that none of the listed pipelines' last
     /// runs used (and temporary files left by killed runs). Refuses while a run uses the store.
     Prune {
@@ -380,6 +383,13 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let s = cortexflow::cli::run_labels_agree(&args)?;
             print!("{}", s.text);
+        }
+        Command::Report { dir } => {
+            if !dir.is_dir() {
+                return Err(anyhow::anyhow!("{}: not a folder", dir.display()));
+            }
+            let p = cortexflow::report::html::write_report_html(&dir, None)?;
+            println!("wrote {}", p.display());
         }
         Command::Labels {
             command: LabelsCommand::Score(args),

@@ -256,6 +256,7 @@ pub fn publish(ctx: &Ctx, inputs: &Inputs, result: &EpochResult) -> Result<(Vec<
         })
         .collect();
     files.extend(incremental::append_changes(out, &rows)?);
+    files.push(crate::report::html::write_report_html(out, Some(&ctx.plan.file.name))?);
     let mut touched = result.touched.clone();
     touched.extend(ctx.store.take_touched());
     let m = incremental::manifest(&ctx.plan, inputs, &result.snapshot, &touched, epoch);

@@ -7,6 +7,8 @@
 //! May import: `dataflow` (the snapshot), `stages` (artifact readers) and everything below;
 //! never `outputs`, `pipeline` or `cli`.
 
+pub mod html;
+
 use std::fmt::Write;
 use std::path::Path;
 use std::sync::OnceLock;

@@ -732,6 +732,84 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         report.contains("Agreement of the built-in labels with"),
         "report states the agreement"
     );
+
+    // report.html in a real headless browser (Debian's chromium, `make setup`): the sections
+    // render, the feature table fills its first page, and #card=9:3 opens feature 3's card with its
+    // top contexts and the peak word marked
+    let html = out.join("report.html");
+    let size = std::fs::metadata(&html).expect("every run writes report.html").len();
+    let chromium = |args: &[&str], url: String| {
+        std::process::Command::new("chromium")
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"])
+            .args(args)
+            .arg(url)
+            .output()
+            .expect("chromium runs (`make setup` installs Debian's chromium)")
+    };
+    let t0 = std::time::Instant::now();
+    let o = chromium(&["--dump-dom"], format!("file://{}#card=9:3", html.display()));
+    let load_s = t0.elapsed().as_secs_f64();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && !dom.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for id in [
+        "r-by-layer",
+        "rois",
+        "baselines",
+        "topography",
+        "sae",
+        "changes",
+        "figures",
+        "features",
+        "markdown",
+    ] {
+        assert!(
+            dom.contains(&format!("<section id=\"{id}\">")),
+            "report.html lacks section {id}"
+        );
+    }
+    assert!(
+        dom.contains("<svg class=\"chart\"") && dom.contains("<svg class=\"heat\""),
+        "charts"
+    );
+    let rows = dom
+        .match_indices("<tr data-i=\"")
+        .filter(|(i, m)| dom[i + m.len()..].starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(rows, 50, "the feature table's first page holds 50 rows");
+    assert!(dom.contains("page 1 of "), "pagination");
+    let card = dom
+        .split("<div id=\"card\" class=\"card\" data-feature=\"3\">")
+        .nth(1)
+        .expect("#card=9:3 opened feature 3's card");
+    assert!(
+        card.starts_with("<h3>Layer 9, feature 3"),
+        "{}",
+        &card[..200.min(card.len())]
+    );
+    assert!(
+        card.contains("<mark>") && card.contains("confidence:"),
+        "{}",
+        &card[..400.min(card.len())]
+    );
+    let shot = tmp.path().join("report.png");
+    let o = chromium(
+        &["--window-size=1280,2000", &format!("--screenshot={}", shot.display())],
+        format!("file://{}", html.display()),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        std::fs::metadata(&shot).map(|m| m.len() > 10_000).unwrap_or(false),
+        "screenshot"
+    );
+    println!(
+        "report.html: {:.1} MB, loaded and rendered by headless chromium in {load_s:.2} s; screenshot {}",
+        size as f64 / 1e6,
+        shot.display()
+    );
 }
 
 /// `[fmri] subjects` with `{story}`: every story has its own response files (the nine runs of
