@@ -18,11 +18,11 @@
 //!
 //! May import: `stats`, `error` (through the siblings `relu`, `linalg`, `simd`).
 
-use ndarray::{ArrayViewMut2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use super::linalg::{par_rows_mut, zeros};
-use super::relu::{axpy, dot, ReluSae, ReluSaeGrad, Workspace};
+use super::simd::{axpy, dot};
 
 /// Buckets of the first selection pass: the top 16 bits of a positive f32 (sign, exponent and 7
 /// mantissa bits), which order like the values.
@@ -112,49 +112,53 @@ pub(crate) fn batch_topk_in_place(mut codes: ArrayViewMut2<'_, f32>, budget: usi
 }
 
 /// Backward pass of the Matryoshka loss `Σ_m mean ‖x − x̂_m‖²` over the level widths `levels`
-/// (strictly increasing, the last = d_sae) for the masked codes `ws.f` and centred inputs
-/// `ws.xc`. A feature j of level g (levels[g−1] ≤ j < levels[g]) enters every x̂_m with m > j, so
+/// (strictly increasing, the last = d_sae) for the masked codes `f (n, d_sae)`, the centred inputs
+/// `xc (n, d_in)` and the decoder `w_dec (d_sae, d_in)`. A feature j of level g (levels[g−1] ≤ j < levels[g]) enters every x̂_m with m > j, so
 /// its gradients use `G_g = g_scale Σ_{l ≥ g} (x̂_l − x)`:
 ///
 /// ```text
 /// grad W_dec_j = Σ_rows f_bj G_g,b      P_bj = G_g,b · W_dec_j  (active pairs)
 /// grad W_enc[:, j] = Σ_rows P_bj xc_b   grad b_enc_j = Σ_rows P_bj
 /// ```
-/// Writes those into `grad`, the whole SAE's squared error per row into `ws.row_mse`, its
-/// `g_scale (x̂ − x)` into `ws.e` (what the AuxK term needs) and the firing counts into
-/// `ws.fired`. Returns (Σ over inner levels of the mean squared error, the column sums of G_0 —
-/// dL/dx̂ summed over every level — for the caller's b_dec gradient).
+/// Writes those into `grad_w_dec (d_sae, d_in)`, `grad_w_enc (d_in, d_sae)` and `grad_b_enc`,
+/// the whole SAE's squared error per row into `row_mse`, its `g_scale (x̂ − x)` into `e (n, d_in)`
+/// (what the AuxK term needs) and the firing counts into `fired`. Returns (Σ over inner levels of
+/// the mean squared error, the column sums of G_0 — dL/dx̂ summed over every level — for the
+/// caller's b_dec gradient).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn matryoshka_backward(
-    sae: &ReluSae,
-    ws: &mut Workspace,
+    w_dec: &Array2<f32>,
+    xc: ArrayView2<'_, f32>,
+    f: ArrayView2<'_, f32>,
     levels: &[usize],
     g_scale: f32,
-    grad: &mut ReluSaeGrad,
+    e: ArrayViewMut2<'_, f32>,
+    row_mse: &mut [f64],
+    fired: &mut [u32],
+    (grad_w_dec, grad_w_enc, grad_b_enc): (&mut Array2<f32>, &mut Array2<f32>, &mut Array1<f32>),
 ) -> (f64, Vec<f64>) {
-    let (n, d_sae) = ws.f.dim();
-    let d_in = sae.d_in;
+    let (n, d_sae) = f.dim();
+    let d_in = w_dec.ncols();
     let nl = levels.len();
     debug_assert_eq!(levels.last(), Some(&d_sae));
     let level_of = |j: usize| levels.partition_point(|&m| m <= j);
-    let w_dec = &sae.w_dec;
     let wrow = |j: usize| w_dec.row(j).to_slice().expect("standard layout");
 
     // per row: the active (feature, value) pairs in feature order
-    let active: Vec<Vec<(u32, f32)>> =
-        ws.f.axis_iter(Axis(0))
-            .into_par_iter()
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .filter(|&(_, &v)| v > 0.0)
-                    .map(|(j, &v)| (j as u32, v))
-                    .collect()
-            })
-            .collect();
+    let active: Vec<Vec<(u32, f32)>> = f
+        .axis_iter(Axis(0))
+        .into_par_iter()
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .filter(|&(_, &v)| v > 0.0)
+                .map(|(j, &v)| (j as u32, v))
+                .collect()
+        })
+        .collect();
 
     // per row: G_0 .. G_{nl−1} (nl × d_in) and P at its active pairs
     let mut g = vec![0.0f32; n * nl * d_in];
-    let xc = &ws.xc;
     let rows: Vec<(Vec<f64>, Vec<f32>)> = g
         .par_chunks_mut(nl * d_in)
         .zip(active.par_iter())
@@ -195,12 +199,12 @@ pub(crate) fn matryoshka_backward(
     let mut inner = 0.0f64;
     let mut p_rows = Vec::with_capacity(n);
     for (i, (mse, p)) in rows.into_iter().enumerate() {
-        ws.row_mse[i] = mse[nl - 1];
+        row_mse[i] = mse[nl - 1];
         inner += mse[..nl - 1].iter().sum::<f64>();
         p_rows.push(p);
     }
     let g_at = |b: usize, l: usize| &g[(b * nl + l) * d_in..(b * nl + l + 1) * d_in];
-    par_rows_mut(ws.e.view_mut(), |i, e| e.copy_from_slice(g_at(i, nl - 1)));
+    par_rows_mut(e, |i, e| e.copy_from_slice(g_at(i, nl - 1)));
     let mut g_sum = vec![0.0f64; d_in];
     for b in 0..n {
         for (s, &v) in g_sum.iter_mut().zip(g_at(b, 0)) {
@@ -227,12 +231,11 @@ pub(crate) fn matryoshka_backward(
         }
     }
     for j in 0..d_sae {
-        ws.fired[j] = (colptr[j + 1] - colptr[j]) as u32;
+        fired[j] = (colptr[j + 1] - colptr[j]) as u32;
     }
 
     let mut w_enc_t = zeros(d_sae, d_in);
-    let b_enc: Vec<f64> = grad
-        .w_dec
+    let b_enc: Vec<f64> = grad_w_dec
         .axis_iter_mut(Axis(0))
         .into_par_iter()
         .zip(w_enc_t.axis_iter_mut(Axis(0)))
@@ -252,12 +255,12 @@ pub(crate) fn matryoshka_backward(
             p_sum
         })
         .collect();
-    par_rows_mut(grad.w_enc.view_mut(), |c, row| {
+    par_rows_mut(grad_w_enc.view_mut(), |c, row| {
         for (j, v) in row.iter_mut().enumerate() {
             *v = w_enc_t[[j, c]];
         }
     });
-    for (g, v) in grad.b_enc.iter_mut().zip(b_enc) {
+    for (g, v) in grad_b_enc.iter_mut().zip(b_enc) {
         *g = v as f32;
     }
     (inner / n as f64, g_sum)

@@ -196,14 +196,14 @@ pub(crate) struct Workspace {
     /// (n, d_sae) dL/dpre (dense kernels only).
     p: Array2<f32>,
     /// (n, d_in) x̂ − x, then dL/dx̂.
-    pub(crate) e: Array2<f32>,
+    e: Array2<f32>,
     /// G and xc packed by column blocks (sparse kernels only).
     packed: Vec<f32>,
     /// Per row: the active (feature, value) pairs of the codes.
     row_active: Vec<Vec<(u32, f32)>>,
-    pub(crate) row_nnz: Vec<u32>,
+    row_nnz: Vec<u32>,
     row_sparsity: Vec<f64>,
-    pub(crate) row_mse: Vec<f64>,
+    row_mse: Vec<f64>,
     // CSR of f (sparse kernels)
     indptr: Vec<usize>,
     indices: Vec<u32>,
@@ -772,7 +772,17 @@ pub(crate) fn forward_backward(
     // dL/dx̂ summed over levels, for b_dec
     let mut matryoshka = None;
     if levels.len() > 1 {
-        matryoshka = Some(matryoshka_backward(sae, ws, levels, g_scale, grad));
+        matryoshka = Some(matryoshka_backward(
+            &sae.w_dec,
+            ws.xc.view(),
+            ws.f.view(),
+            levels,
+            g_scale,
+            ws.e.view_mut(),
+            &mut ws.row_mse,
+            &mut ws.fired,
+            (&mut grad.w_dec, &mut grad.w_enc, &mut grad.b_enc),
+        ));
     } else if sparse {
         sparse_backward(sae, ws, &dnorm, g_scale, l1_n, grad);
     } else {
