@@ -7,8 +7,10 @@
 //! with their paired tests, the topography matrix as a heat map with the predicted cells outlined,
 //! reading-time LRTs per layer, SAE quality, the `changes` of the last update, every PNG, and a
 //! searchable, paginated feature table (from `feature_labels.parquet` and the labelling tasks)
-//! where each feature opens a card: label, category, confidence, activity, its top contexts with
-//! the peak word marked. Sections whose tables are absent are left out.
+//! where each feature opens a card: label, category, confidence, κ of its layer's imported labels
+//! against the built-in labeller (where answers were imported), density, its top contexts with
+//! the peak word marked. Sections whose tables are absent are left out. Not shown: per-feature
+//! region weights (the pipeline does not keep per-feature encoding weights).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -566,6 +568,7 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
     // features
     if let Some(t) = read_table(&dir.join("feature_labels.parquet"))? {
         let contexts = task_contexts(dir);
+        let kappas = layer_kappas(&t);
         let mut items = Vec::with_capacity(t.rows.len());
         for r in &t.rows {
             let (lang, layer, feature) = (
@@ -579,16 +582,19 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
                 .filter(|c| c.starts_with("conf_"))
                 .filter_map(|c| Some((c.trim_start_matches("conf_").to_string(), t.get(r, c).num()?)))
                 .collect();
-            let ctx = contexts
+            let (ctx, density) = contexts
                 .get(&(lang.clone(), layer.clone(), feature.clone()))
                 .or_else(|| contexts.get(&(String::new(), layer.clone(), feature.clone())))
                 .cloned()
                 .unwrap_or_default();
+            let kappa = kappas.get(&(lang.clone(), layer.clone())).copied();
             items.push(serde_json::json!({
                 "lang": lang, "layer": layer, "feature": feature,
                 "category": t.get(r, "category").text(), "subcategory": t.get(r, "subcategory").text(),
                 "source": t.get(r, "source").text(), "n_active": t.get(r, "n_active").num(),
-                "conf": confs, "contexts": ctx,
+                "conf": confs, "contexts": ctx, "density": density,
+                "builtin": t.get(r, "builtin_category").text(),
+                "kappa": kappa.map(|k| k.0), "kappa_n": kappa.map(|k| k.1),
             }));
         }
         let data = serde_json::to_string(&items)
@@ -636,9 +642,40 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Per (language, layer) whose labels came from an imported answers file: Cohen's κ between those
+/// labels and the built-in labeller's over the layer's features, and the number of features.
+fn layer_kappas(t: &Table) -> BTreeMap<(String, String), (f64, usize)> {
+    const CATS: [&str; 5] = ["semantic", "syntactic", "lexical", "prediction", "other"];
+    let mut groups: BTreeMap<(String, String), (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+    for r in &t.rows {
+        if t.get(r, "source").text() == "builtin" {
+            continue;
+        }
+        let idx = |c: String| CATS.iter().position(|x| x.eq_ignore_ascii_case(&c));
+        if let (Some(a), Some(b)) = (
+            idx(t.get(r, "category").text()),
+            idx(t.get(r, "builtin_category").text()),
+        ) {
+            let g = groups
+                .entry((t.get(r, "language").text(), t.get(r, "layer").text()))
+                .or_default();
+            g.0.push(a);
+            g.1.push(b);
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(k, (a, b))| {
+            let n = a.len();
+            let (kappa, _, _) = crate::stats::agreement::cohen_kappa(&a, &b, CATS.len()).ok()?;
+            kappa.kappa.is_finite().then_some((k, (kappa.kappa, n)))
+        })
+        .collect()
+}
+
 /// Top contexts per (language tag, layer, feature) from the folder's `labelling_tasks_*.jsonl`
 /// (`[left, token, right, activation]` each); the language tag is empty for single-language runs.
-fn task_contexts(dir: &Path) -> BTreeMap<(String, String, String), Vec<TopContext>> {
+fn task_contexts(dir: &Path) -> BTreeMap<(String, String, String), (Vec<TopContext>, Option<f64>)> {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
@@ -664,7 +701,10 @@ fn task_contexts(dir: &Path) -> BTreeMap<(String, String, String), Vec<TopContex
                 .iter()
                 .map(|c| (c.left.clone(), c.token.clone(), c.right.clone(), c.activation))
                 .collect();
-            out.insert((lang.clone(), t.layer.to_string(), t.feature.to_string()), ctx);
+            out.insert(
+                (lang.clone(), t.layer.to_string(), t.feature.to_string()),
+                (ctx, t.density),
+            );
         }
     }
     out
@@ -695,7 +735,9 @@ function render(){var tb=document.querySelector('#features tbody');if(!tb)return
  Array.prototype.forEach.call(tb.querySelectorAll('tr'),function(tr){tr.onclick=function(){card(data[+tr.dataset.i]);};});}
 function card(d){var c=document.getElementById('card');var conf=d.conf.map(function(x){return esc(x[0])+' '+x[1].toFixed(2);}).join(', ');
  var h='<h3>Layer '+d.layer+', feature '+d.feature+(d.lang?' ('+esc(d.lang)+')':'')+'</h3><p><b>'+esc(d.category)+'</b>'+(d.subcategory?' / '+esc(d.subcategory):'')+' — label from '+esc(d.source)+'</p>';
- h+='<p>confidence: '+conf+'</p><p>active on '+(d.n_active===null?'?':d.n_active)+' words</p><h4>Top contexts</h4>';
+ h+='<p>confidence: '+conf+'</p><p>active on '+(d.n_active===null?'?':d.n_active)+' words'+(d.density===null?'':' (density '+(100*d.density).toFixed(2)+'%)')+'</p>';
+ if(d.kappa!==null)h+='<p class="kappa">built-in labeller: '+esc(d.builtin)+(d.builtin===d.category?' (agrees)':' (differs)')+'; κ of this layer\'s labels vs the built-in ones: '+d.kappa.toFixed(3)+' over '+d.kappa_n+' features</p>';
+ h+='<h4>Top contexts</h4>';
  d.contexts.forEach(function(x){h+='<div class="ctx">'+esc(x[0])+' <mark>'+esc(x[1])+'</mark> '+esc(x[2])+' <span class="note">('+x[3].toFixed(3)+')</span></div>';});
  if(!d.contexts.length)h+='<p class="note">no contexts in this folder</p>';
  c.innerHTML=h;c.hidden=false;c.dataset.feature=d.feature;}

@@ -449,6 +449,7 @@ mod tests {
             response_format: serde_json::Value::Null,
             heldout: vec![],
             non_activating: vec![],
+            density: None,
         }
     }
 

@@ -410,6 +410,7 @@ mod tests {
                 .map(|i| ctx(&format!("a{i} b{i}"), "rabbit", &format!("c{i}")))
                 .collect(),
             non_activating: (0..6).map(|i| ctx("x y", &format!("w{i}"), "z")).collect(),
+            density: None,
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Task {
     /// Contexts where the feature is not active (activation 0), for scoring explanations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub non_activating: Vec<Context>,
+    /// Share of the evidence words on which the feature is active (absent in older tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub density: Option<f64>,
 }
 
 /// The instructions every task carries.
@@ -105,6 +108,7 @@ pub fn tasks(layer: usize, evidence: &[FeatureSummary], scoring: Option<&[(Vec<E
             non_activating: scoring
                 .and_then(|s| s.get(f.feature as usize))
                 .map_or(vec![], |s| s.1.iter().map(ctx).collect()),
+            density: Some(f.density),
         })
         .collect()
 }

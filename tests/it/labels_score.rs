@@ -131,6 +131,7 @@ fn planted_tasks() -> Vec<Task> {
                 response_format: serde_json::Value::Null,
                 heldout,
                 non_activating,
+                density: None,
             }
         })
         .collect()

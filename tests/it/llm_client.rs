@@ -153,6 +153,7 @@ fn tasks(n: u32) -> Vec<Task> {
             response_format: cortexflow::taxonomy::tasks::response_format(),
             heldout: vec![],
             non_activating: vec![],
+            density: None,
         })
         .collect()
 }

@@ -795,6 +795,13 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         "{}",
         &card[..400.min(card.len())]
     );
+    // density from the tasks, and κ of the imported answers against the built-in labeller
+    let head = &card[..card.find("<h4>").unwrap_or(card.len())];
+    assert!(head.contains("(density "), "{head}");
+    assert!(
+        head.contains("κ of this layer's labels vs the built-in ones: "),
+        "{head}"
+    );
     let shot = tmp.path().join("report.png");
     let o = chromium(
         &["--window-size=1280,2000", &format!("--screenshot={}", shot.display())],
