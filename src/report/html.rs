@@ -172,6 +172,8 @@ fn html_table(t: &Table, only: &[&str], max: usize) -> String {
 type Cell = (String, String, f64, bool, bool);
 /// A top context: (left, word, right, activation).
 type TopContext = (String, String, String, f32);
+/// Per (language tag, layer, feature): its top contexts and density.
+type FeatureEvidence = BTreeMap<(String, String, String), (Vec<TopContext>, Option<f64>)>;
 
 const PALETTE: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2",
@@ -675,7 +677,7 @@ fn layer_kappas(t: &Table) -> BTreeMap<(String, String), (f64, usize)> {
 
 /// Top contexts per (language tag, layer, feature) from the folder's `labelling_tasks_*.jsonl`
 /// (`[left, token, right, activation]` each); the language tag is empty for single-language runs.
-fn task_contexts(dir: &Path) -> BTreeMap<(String, String, String), (Vec<TopContext>, Option<f64>)> {
+fn task_contexts(dir: &Path) -> FeatureEvidence {
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
