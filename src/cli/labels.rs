@@ -180,6 +180,16 @@ pub struct LabelsAskArgs {
     /// Answers file (JSONL) to write; an existing one is extended (answered tasks are skipped).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+    /// Ask at most this many tasks per file (the first ones), e.g. for a pilot.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Where `labels ask` and `labels score` send their requests.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EndpointArgs {
     /// TOML file with the endpoint settings (url, model, api-key-env, temperature, seed,
     /// max-tokens, timeout-s, max-retries, backoff-ms); flags and environment override it.
     #[arg(long)]
@@ -193,15 +203,13 @@ pub struct LabelsAskArgs {
     /// Environment variable holding the API key (default OPENAI_API_KEY).
     #[arg(long)]
     pub api_key_env: Option<String>,
+    /// Sampling seed sent to the endpoint.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Ask at most this many tasks per file (the first ones), e.g. for a pilot.
-    #[arg(long)]
-    pub limit: Option<usize>,
 }
 
 /// The endpoint settings from `--config`, the environment and the flags (in increasing priority).
-pub fn llm_config(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmConfig> {
+pub fn llm_config(a: &EndpointArgs) -> Result<crate::taxonomy::llm::LlmConfig> {
     use crate::taxonomy::llm::LlmConfig;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut cfg = match &a.config {
@@ -228,12 +236,12 @@ pub fn llm_config(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmConfig> 
     }
     if cfg.model.is_empty() {
         return Err(Error::Invalid(
-            "labels ask: no model; give --model, `model` in --config, or $CORTEXFLOW_LLM_MODEL".into(),
+            "no LLM model; give --model, `model` in --config, or $CORTEXFLOW_LLM_MODEL".into(),
         ));
     }
     if !(cfg.url.starts_with("http://") || cfg.url.starts_with("https://")) {
         return Err(Error::Invalid(format!(
-            "labels ask: the URL must start with http:// or https://, found `{}`",
+            "the LLM endpoint's URL must start with http:// or https://, found `{}`",
             cfg.url
         )));
     }
@@ -241,7 +249,7 @@ pub fn llm_config(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmConfig> 
 }
 
 pub fn run_labels_ask(a: &LabelsAskArgs) -> Result<crate::taxonomy::llm::LlmRun> {
-    let cfg = llm_config(a)?;
+    let cfg = llm_config(&a.endpoint)?;
     let mut tasks = Vec::new();
     for p in &a.tasks {
         let mut t = crate::taxonomy::llm::read_tasks(p)?;
@@ -275,21 +283,8 @@ pub struct LabelsScoreArgs {
     /// Seed of the excerpts' order and of the fuzzing scorer's wrong marks.
     #[arg(long, default_value_t = 0)]
     pub order_seed: u64,
-    /// TOML file with the endpoint settings (as `labels ask`).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Base URL (before /chat/completions). Default: $OPENAI_BASE_URL, else https://api.openai.com/v1.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Model. Default: $CORTEXFLOW_LLM_MODEL.
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Environment variable holding the API key (default OPENAI_API_KEY).
-    #[arg(long)]
-    pub api_key_env: Option<String>,
-    /// Sampling seed sent to the endpoint.
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
     /// Score at most this many explanations (the first ones), e.g. for a pilot.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -304,16 +299,7 @@ pub struct ScoreSummary {
 
 pub fn run_labels_score(a: &LabelsScoreArgs) -> Result<ScoreSummary> {
     use crate::taxonomy::scoring::{read_explanations, score_explanations, summarize};
-    let cfg = llm_config(&LabelsAskArgs {
-        tasks: vec![],
-        out: a.out.clone(),
-        config: a.config.clone(),
-        url: a.url.clone(),
-        model: a.model.clone(),
-        api_key_env: a.api_key_env.clone(),
-        seed: a.seed,
-        limit: None,
-    })?;
+    let cfg = llm_config(&a.endpoint)?;
     let mut tasks = Vec::new();
     for p in &a.tasks {
         tasks.extend(crate::taxonomy::llm::read_tasks(p)?);

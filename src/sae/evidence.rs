@@ -62,7 +62,6 @@ pub fn feature_evidence(
         offsets.first() == Some(&0) && offsets.last() == Some(&n),
         "offsets cover the rows"
     );
-    let text_of = |row: usize| offsets.partition_point(|&o| o <= row) - 1;
     (0..codes.ncols())
         .into_par_iter()
         .map(|j| {
@@ -90,21 +89,7 @@ pub fn feature_evidence(
                 .iter()
                 .take(k)
                 .enumerate()
-                .map(|(r, &(v, row))| {
-                    let t = text_of(row);
-                    let (start, end) = (offsets[t], offsets[t + 1]);
-                    let lo = row.saturating_sub(context).max(start);
-                    let hi = (row + 1 + context).min(end);
-                    Example {
-                        rank: r as u32 + 1,
-                        text: t,
-                        word: row - start,
-                        activation: v,
-                        left: words[lo..row].to_vec(),
-                        token: words[row].clone(),
-                        right: words[row + 1..hi].to_vec(),
-                    }
-                })
+                .map(|(r, &(v, row))| example_at(words, offsets, context, r as u32 + 1, row, v))
                 .collect();
             FeatureSummary {
                 feature: j as u32,
@@ -116,6 +101,24 @@ pub fn feature_evidence(
             }
         })
         .collect()
+}
+
+/// The example at `row`: its text (from `offsets`), word within the text and up to `context`
+/// words each side, never crossing the text's boundaries.
+fn example_at(words: &[String], offsets: &[usize], context: usize, rank: u32, row: usize, v: f32) -> Example {
+    let t = offsets.partition_point(|&o| o <= row) - 1;
+    let (start, end) = (offsets[t], offsets[t + 1]);
+    let lo = row.saturating_sub(context).max(start);
+    let hi = (row + 1 + context).min(end);
+    Example {
+        rank,
+        text: t,
+        word: row - start,
+        activation: v,
+        left: words[lo..row].to_vec(),
+        token: words[row].clone(),
+        right: words[row + 1..hi].to_vec(),
+    }
 }
 
 /// Contexts for scoring a feature's explanation (`cortexflow labels score`), disjoint from the
@@ -134,22 +137,7 @@ pub fn scoring_contexts(
 ) -> Vec<(Vec<Example>, Vec<Example>)> {
     let rows = codes.nrows();
     assert_eq!(words.len(), rows, "one word per row of codes");
-    let text_of = |row: usize| offsets.partition_point(|&o| o <= row) - 1;
-    let example = |rank: u32, row: usize, v: f32| {
-        let t = text_of(row);
-        let (start, end) = (offsets[t], offsets[t + 1]);
-        let lo = row.saturating_sub(context).max(start);
-        let hi = (row + 1 + context).min(end);
-        Example {
-            rank,
-            text: t,
-            word: row - start,
-            activation: v,
-            left: words[lo..row].to_vec(),
-            token: words[row].clone(),
-            right: words[row + 1..hi].to_vec(),
-        }
-    };
+    let example = |rank: u32, row: usize, v: f32| example_at(words, offsets, context, rank, row, v);
     (0..codes.ncols())
         .into_par_iter()
         .map(|j| {

@@ -136,6 +136,22 @@ fn real_smollm2_tensors_dequantize_like_gguf_py() {
     }
 }
 
+/// Runs `scripts/reference_llama.py` (the float64 NumPy forward pass) on `ids` into `out`.
+fn numpy_reference(gguf: &Path, ids: &[u32], out: &Path) -> std::path::PathBuf {
+    let csv = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    run_script(
+        "reference_llama.py",
+        &[
+            gguf.as_os_str(),
+            OsStr::new("--ids"),
+            OsStr::new(&csv),
+            OsStr::new("--out"),
+            out.as_os_str(),
+        ],
+    );
+    out.to_path_buf()
+}
+
 #[test]
 fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
     let tmp = tempfile::tempdir().unwrap();
@@ -179,18 +195,7 @@ fn tiny_llama_imports_runs_and_matches_the_numpy_reference() {
     assert_eq!(logits.shape(), &[1, ids.len(), 64]);
     assert!(logits.iter().all(|v| v.is_finite()));
 
-    let ref_dir = tmp.path().join("ref");
-    let csv = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    run_script(
-        "reference_llama.py",
-        &[
-            tiny.as_os_str(),
-            OsStr::new("--ids"),
-            OsStr::new(&csv),
-            OsStr::new("--out"),
-            ref_dir.as_os_str(),
-        ],
-    );
+    let ref_dir = numpy_reference(&tiny, &ids, &tmp.path().join("ref"));
     for (l, h) in out.hidden.iter().enumerate() {
         let r = read_npy(&ref_dir.join(format!("hidden_state_{l}.npy")));
         assert_eq!(r.shape, vec![ids.len(), 64]);
@@ -238,18 +243,7 @@ fn tiny_gpt2_imports_and_matches_the_numpy_reference_and_its_lens_uses_layernorm
     let all = run_onnx_all_outputs(&model_dir, &ids);
     let logits = &all["logits"];
 
-    let ref_dir = tmp.path().join("ref");
-    let csv = ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    run_script(
-        "reference_llama.py",
-        &[
-            tiny.as_os_str(),
-            OsStr::new("--ids"),
-            OsStr::new(&csv),
-            OsStr::new("--out"),
-            ref_dir.as_os_str(),
-        ],
-    );
+    let ref_dir = numpy_reference(&tiny, &ids, &tmp.path().join("ref"));
     for (l, h) in out.hidden.iter().enumerate() {
         let r = read_npy(&ref_dir.join(format!("hidden_state_{l}.npy")));
         assert_eq!(r.shape, vec![ids.len(), 64]);

@@ -272,15 +272,9 @@ fn a_rejected_key_stops_the_run_with_the_servers_message() {
     assert!(!out.exists(), "nothing is written as final answers");
 
     // no model: a clear error before any request
-    let args = cortexflow::cli::LabelsAskArgs {
-        tasks: vec![dir.path().join("t.jsonl")],
-        out,
-        config: None,
+    let args = cortexflow::cli::labels::EndpointArgs {
         url: Some(url),
-        model: None,
-        api_key_env: None,
-        seed: None,
-        limit: None,
+        ..Default::default()
     };
     std::env::remove_var("CORTEXFLOW_LLM_MODEL");
     let e = cortexflow::cli::labels::llm_config(&args).unwrap_err().to_string();

@@ -10,7 +10,9 @@ use cortexflow::sae::{
 };
 use ndarray::{Array2, ArrayView2, Axis};
 
-use super::sae_formats::{gaussian, max_cosines, read_cfg, sparse_dictionary, tiny_weights, Params64};
+use super::sae_formats::{
+    compare_gradients, gaussian, max_cosines, read_cfg, sparse_dictionary, tiny_weights, Params64,
+};
 
 /// ReLU pre-activations of every row in f64: (n, d_sae).
 fn relu64(p: &Params64, x: &Array2<f32>) -> Vec<Vec<f64>> {
@@ -134,35 +136,7 @@ fn check_gradient(w: &ReluSae, x: &Array2<f32>, k: usize, levels: &[usize], aux:
         loss.min_kept
     );
 
-    let h = 1e-6;
-    let mut worst = 0.0f64;
-    let mut compare = |name: &str, analytic: f64, perturb: &dyn Fn(&mut Params64, f64)| {
-        let mut p = Params64::of(w);
-        perturb(&mut p, h);
-        let up = reference_loss(&p, x, &kept, &levels_all, aux64, &target);
-        let mut p = Params64::of(w);
-        perturb(&mut p, -h);
-        let down = reference_loss(&p, x, &kept, &levels_all, aux64, &target);
-        let numeric = (up - down) / (2.0 * h);
-        let err = (analytic - numeric).abs() / (1.0 + numeric.abs());
-        assert!(err < 2e-4, "{name}: analytic {analytic}, finite difference {numeric}");
-        worst = worst.max(err);
-    };
-    for c in 0..w.d_in {
-        for j in 0..w.d_sae {
-            compare(&format!("W_enc[{c},{j}]"), grad.w_enc[[c, j]] as f64, &|p, h| {
-                p.w_enc[c][j] += h
-            });
-            compare(&format!("W_dec[{j},{c}]"), grad.w_dec[[j, c]] as f64, &|p, h| {
-                p.w_dec[j][c] += h
-            });
-        }
-        compare(&format!("b_dec[{c}]"), grad.b_dec[c] as f64, &|p, h| p.b_dec[c] += h);
-    }
-    for j in 0..w.d_sae {
-        compare(&format!("b_enc[{j}]"), grad.b_enc[j] as f64, &|p, h| p.b_enc[j] += h);
-    }
-    worst
+    compare_gradients(w, &grad, |p| reference_loss(p, x, &kept, &levels_all, aux64, &target))
 }
 
 #[test]
