@@ -768,12 +768,14 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         fit_in,
                         "Fit",
                         |k| format!("fits {k:?}"),
-                        |ctx, _, present: &[&(ArtifactId, String, ArtifactId)]| {
+                        move |ctx, k, present: &[&(ArtifactId, String, ArtifactId)]| {
+                            // the full SAE design's feature weights feed the taxonomy's feature cards
+                            let weights = taxonomy_on && k.feature_set == FeatureSet::Sae;
                             // one design per key; grouped anyway, so a key never mixes two
                             let mut out = Vec::with_capacity(present.len());
                             for group in present.chunk_by(|a, b| a.0 == b.0) {
                                 let rois: Vec<&str> = group.iter().map(|(_, _, roi)| roi.as_str()).collect();
-                                let ids = stages::fit_stage(ctx, &group[0].0, &rois)?;
+                                let ids = stages::fit_stage(ctx, &group[0].0, &rois, weights)?;
                                 out.extend(group.iter().zip(ids).map(|((_, subject, _), id)| (subject.clone(), id)));
                             }
                             Ok(out)

@@ -993,6 +993,10 @@ pub struct NestedCvResult {
     /// Design columns each outer fold's model saw (the design's width, or the principal components
     /// kept by [`DesignTransform::Pca`]).
     pub n_columns_per_fold: Vec<usize>,
+    /// With [`NestedCvOptions::weights`]: (n_columns, n_targets) ridge weights of the refits, at
+    /// each target's r-chosen penalty, averaged over the outer folds. They are standardised
+    /// coefficients: X and Y z-scored with each fold's training statistics.
+    pub weights: Option<Array2<f64>>,
 }
 
 /// A transform of the design fitted on each outer fold's training rows only and applied, with
@@ -1024,6 +1028,9 @@ pub struct NestedCvOptions {
     pub r2_predictions: bool,
     /// The fold-wise design transform.
     pub transform: DesignTransform,
+    /// Also return the outer folds' mean refit weights ([`NestedCvResult::weights`]); only with
+    /// [`DesignTransform::Zscore`], whose columns are the design's own.
+    pub weights: bool,
 }
 
 /// Nested cross-validated ridge: for each outer fold, z-score X and Y columns with the outer
@@ -1224,6 +1231,12 @@ pub fn nested_cv_ridge_factored(
     }
     check_alphas(alphas)?;
     check_finite(y, "Y")?;
+    if opts.weights && factors.transform != DesignTransform::Zscore {
+        return Err(Error::Invalid(format!(
+            "nested_cv_ridge: weights are per design column, which {:?} does not keep",
+            factors.transform
+        )));
+    }
     let per_fold: Vec<OuterFit> = factors
         .folds
         .par_iter()
@@ -1252,6 +1265,14 @@ pub fn nested_cv_ridge_factored(
         alpha_per_fold.row_mut(k).assign(&Array1::from(fit.alphas.clone()));
     }
     let n_columns_per_fold = per_fold.iter().map(|f| f.n_columns).collect();
+    // the mean over folds, summed in fold order (deterministic)
+    let weights = opts.weights.then(|| {
+        let mut w = Array2::<f64>::zeros((per_fold[0].n_columns, t));
+        for fit in &per_fold {
+            w += fit.weights.as_ref().expect("asked for weights");
+        }
+        w / per_fold.len() as f64
+    });
     tested_rows.sort_unstable();
     let pred_tested = predictions.select(Axis(0), &tested_rows);
     let y_tested = y.select(Axis(0), &tested_rows);
@@ -1267,6 +1288,7 @@ pub fn nested_cv_ridge_factored(
         predictions_r2,
         alpha_r2_per_fold,
         n_columns_per_fold,
+        weights,
     })
 }
 
@@ -1278,6 +1300,8 @@ struct OuterFit {
     /// Predictions (Y units) and penalties chosen by R², when asked for.
     r2_fit: Option<(Array2<f64>, Vec<f64>)>,
     n_columns: usize,
+    /// (n_columns, t) refit weights at the r-chosen penalties, when asked for.
+    weights: Option<Array2<f64>>,
 }
 
 fn fit_outer_fold(f: &OuterFactors, y: ArrayView2<f64>, alphas: &[f64], opts: &NestedCvOptions) -> Result<OuterFit> {
@@ -1322,6 +1346,10 @@ fn fit_outer_fold(f: &OuterFactors, y: ArrayView2<f64>, alphas: &[f64], opts: &N
         alphas: chosen(&best[0]),
         r2_fit,
         n_columns: f.n_columns,
+        weights: match opts.weights {
+            true => Some(path.weights_per_target(&best[0])?),
+            false => None,
+        },
     })
 }
 
@@ -1466,6 +1494,96 @@ mod tests {
         // k is capped below the training rows' rank (7 here: the constant column adds none)
         let (all, _) = fold_pca(x_train.view(), x_test.view(), 100).unwrap();
         assert_eq!(all.ncols(), 6);
+    }
+
+    /// (A)⁻¹ b by Gauss–Jordan with partial pivoting: a second implementation for the tests.
+    fn solve_dense(mut a: Array2<f64>, mut b: Array2<f64>) -> Array2<f64> {
+        let n = a.nrows();
+        for c in 0..n {
+            let p = (c..n)
+                .max_by(|&i, &j| a[[i, c]].abs().total_cmp(&a[[j, c]].abs()))
+                .unwrap();
+            for k in 0..n {
+                a.swap([c, k], [p, k]);
+            }
+            for k in 0..b.ncols() {
+                b.swap([c, k], [p, k]);
+            }
+            for i in 0..n {
+                if i != c {
+                    let f = a[[i, c]] / a[[c, c]];
+                    for k in 0..n {
+                        a[[i, k]] -= f * a[[c, k]];
+                    }
+                    for k in 0..b.ncols() {
+                        b[[i, k]] -= f * b[[c, k]];
+                    }
+                }
+            }
+        }
+        for i in 0..n {
+            let d = a[[i, i]];
+            b.row_mut(i).mapv_inplace(|v| v / d);
+        }
+        b
+    }
+
+    #[test]
+    fn nested_cv_weights_are_the_folds_normal_equation_solutions_at_the_chosen_penalties_averaged() {
+        let mut rng = crate::stats::SplitMix64::new(11);
+        let (n, p) = (90, 6);
+        let x = Array2::from_shape_fn((n, p), |_| rng.normal());
+        let y = Array2::from_shape_fn((n, 3), |(i, t)| {
+            x[[i, t]] * (1.0 + t as f64) - 0.5 * x[[i, 5]] + rng.normal()
+        });
+        let outer = crate::encoding::contiguous_block_folds(n, 3, 2).unwrap();
+        let alphas = log_alphas(-1.0, 3.0, 5);
+        let opts = NestedCvOptions {
+            weights: true,
+            ..Default::default()
+        };
+        let res = nested_cv_ridge_opts(x.view(), y.view(), &alphas, &outer, 3, 2, &opts).unwrap();
+        let w = res.weights.as_ref().unwrap();
+        assert_eq!(w.dim(), (p, 3));
+        // asking for weights changes nothing else
+        let plain = nested_cv_ridge(x.view(), y.view(), &alphas, &outer, 3, 2).unwrap();
+        assert_eq!(plain.r_per_fold, res.r_per_fold);
+        assert!(plain.weights.is_none());
+        // independently: per fold, z-score the training rows, solve (XᵀX + αI) w = Xᵀy at the
+        // fold's chosen α per target, then average over folds
+        let mut expected = Array2::<f64>::zeros((p, 3));
+        for (k, f) in outer.iter().enumerate() {
+            let mut train = f.train.clone();
+            train.sort_unstable();
+            let mut xt = x.select(Axis(0), &train);
+            let mut yt = y.select(Axis(0), &train);
+            zscore_columns(xt.view_mut());
+            zscore_columns(yt.view_mut());
+            for j in 0..3 {
+                let a = res.alpha_per_fold[[k, j]];
+                let g = xt.t().dot(&xt) + Array2::<f64>::eye(p) * a;
+                let b = xt.t().dot(&yt.column(j)).insert_axis(Axis(1));
+                let wj = solve_dense(g, b);
+                for c in 0..p {
+                    expected[[c, j]] += wj[[c, 0]] / outer.len() as f64;
+                }
+            }
+        }
+        for (a, b) in w.iter().zip(expected.iter()) {
+            assert_abs_diff_eq!(*a, *b, epsilon = 1e-10);
+        }
+        // the planted structure shows: target t loads on column t, with the right sign on column 5
+        for t in 0..3 {
+            assert!(w[[t, t]] > 0.3, "target {t}: {:?}", w.column(t));
+            assert!(w[[5, t]] < 0.0, "target {t}: {:?}", w.column(t));
+        }
+        // PCA designs have no per-column weights
+        let pca = NestedCvOptions {
+            weights: true,
+            transform: DesignTransform::Pca { k: 3 },
+            ..Default::default()
+        };
+        assert!(nested_cv_ridge_opts(x.view(), y.view(), &alphas, &outer, 3, 2, &pca).is_err());
     }
 
     #[test]

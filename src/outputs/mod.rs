@@ -6,6 +6,7 @@
 //! * [`tables`]: fits (q-values BH per language), summaries with ISC noise ceilings, SAE quality.
 //! * [`columns`]: column builders and the schema-checked table writer; [`rows`]: shared rows.
 //! * [`taxonomy_tables`]: feature labels and sets, baselines, topography, label agreement.
+//! * [`feature_weights`]: each labelled feature's encoding weight per ROI (the feature cards').
 //! * [`partition_tables`]: variance partitions by category, prediction-error comparisons.
 //! * [`language_tables`]: per-language counts, peak layers, category proportions.
 //! * [`reading_tables`]: the tables of a reading-time run (`[reading]`).
@@ -14,6 +15,7 @@
 //! `report`, the analyses, `store`, `stats`); never `pipeline` or `cli`.
 
 pub mod columns;
+pub mod feature_weights;
 pub mod language_tables;
 pub mod partition_tables;
 pub mod reading_tables;

@@ -723,6 +723,10 @@ pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Re
         ("baselines", baselines_batch(&baselines)?),
         ("topography_observed", observed_batch(ctx, &observed)?),
         ("topography_stats", stats_batch(&reports)?),
+        (
+            "feature_region_weights",
+            super::feature_weights::region_weights_batch(ctx, snap, &labels, &section(ctx).regions, langs)?,
+        ),
     ];
     let t = section(ctx);
     let parts = super::partition_tables::partitions(ctx, snap)?;

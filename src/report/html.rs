@@ -9,8 +9,12 @@
 //! searchable, paginated feature table (from `feature_labels.parquet` and the labelling tasks)
 //! where each feature opens a card: label, category, confidence, κ of its layer's imported labels
 //! against the built-in labeller (where answers were imported), density, its top contexts with
-//! the peak word marked. Sections whose tables are absent are left out. Not shown: per-feature
-//! region weights (the pipeline does not keep per-feature encoding weights).
+//! the peak word marked, and its region weights (`feature_region_weights.parquet`: the feature's
+//! standardised weight per ROI in the layer's full SAE encoding model, mean ± sd over the fits)
+//! and, where `cortexflow labels score` wrote its table into the folder
+//! (`explanation_scores*.parquet`), the explanation's detection and fuzzing scores; those tables
+//! also give a section of mean scores per layer, category and scorer. Sections whose tables are
+//! absent are left out.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -571,6 +575,8 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
     if let Some(t) = read_table(&dir.join("feature_labels.parquet"))? {
         let contexts = task_contexts(dir);
         let kappas = layer_kappas(&t);
+        let weights = region_weights(dir)?;
+        let scores = explanation_scores(dir)?;
         let mut items = Vec::with_capacity(t.rows.len());
         for r in &t.rows {
             let (lang, layer, feature) = (
@@ -590,6 +596,10 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
                 .cloned()
                 .unwrap_or_default();
             let kappa = kappas.get(&(lang.clone(), layer.clone())).copied();
+            let (w, n_fits) = weights
+                .get(&(lang.clone(), layer.clone(), feature.clone()))
+                .cloned()
+                .unwrap_or_default();
             items.push(serde_json::json!({
                 "lang": lang, "layer": layer, "feature": feature,
                 "category": t.get(r, "category").text(), "subcategory": t.get(r, "subcategory").text(),
@@ -597,6 +607,8 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
                 "conf": confs, "contexts": ctx, "density": density,
                 "builtin": t.get(r, "builtin_category").text(),
                 "kappa": kappa.map(|k| k.0), "kappa_n": kappa.map(|k| k.1),
+                "weights": w, "n_fits": n_fits,
+                "scores": scores.get(&(layer.clone(), feature.clone())).cloned().unwrap_or_default(),
             }));
         }
         let data = serde_json::to_string(&items)
@@ -613,6 +625,51 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
         );
         section("features", "Features", html, &mut nav);
     }
+
+    // explanation scores: mean accuracy and F1 per (layer, category, scorer)
+    let mut html = String::new();
+    for path in explanation_score_files(dir) {
+        let Some(t) = read_table(&path)? else { continue };
+        let mut groups: BTreeMap<(String, String, String), (usize, f64, f64)> = BTreeMap::new();
+        for r in &t.rows {
+            let g = groups
+                .entry((
+                    t.get(r, "layer").text(),
+                    t.get(r, "category").text(),
+                    t.get(r, "scorer").text(),
+                ))
+                .or_default();
+            g.0 += 1;
+            g.1 += t.get(r, "accuracy").num().unwrap_or(f64::NAN);
+            g.2 += t.get(r, "f1").num().unwrap_or(f64::NAN);
+        }
+        let _ = write!(
+            html,
+            "<h3>{}</h3><table class=\"scores\"><thead><tr><th>layer</th><th>category</th><th>scorer</th><th>features</th><th>mean accuracy</th><th>mean F1</th></tr></thead><tbody>",
+            esc(&path.file_name().unwrap_or_default().to_string_lossy())
+        );
+        for ((layer, cat, scorer), (n, acc, f1)) in &groups {
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{n}</td><td>{:.3}</td><td>{:.3}</td></tr>",
+                esc(layer),
+                esc(cat),
+                esc(scorer),
+                acc / *n as f64,
+                f1 / *n as f64
+            );
+        }
+        html.push_str("</tbody></table>");
+    }
+    if !html.is_empty() {
+        html.insert_str(
+            0,
+            "<p class=\"note\">Delphi-style scores of feature explanations by an LLM (`cortexflow labels score`): \
+             detection asks whether held-out excerpts activate the feature (balanced, chance ≈ 0.5), fuzzing whether \
+             the marked word is the one that activates it.</p>",
+        );
+    }
+    section("explanations", "Explanation scores", html, &mut nav);
 
     if let Ok(md) = std::fs::read_to_string(dir.join("report.md")) {
         section(
@@ -673,6 +730,75 @@ fn layer_kappas(t: &Table) -> BTreeMap<(String, String), (f64, usize)> {
             kappa.kappa.is_finite().then_some((k, (kappa.kappa, n)))
         })
         .collect()
+}
+
+/// The folder's `explanation_scores*.parquet` files (written by `cortexflow labels score --out`),
+/// in name order.
+fn explanation_score_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().unwrap_or_default().to_string_lossy();
+                    name.starts_with("explanation_scores") && name.ends_with(".parquet")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Explanation scores per (layer, feature): `[scorer, accuracy, f1, n, file]` per row of the
+/// folder's score tables.
+fn explanation_scores(dir: &Path) -> Result<BTreeMap<(String, String), Vec<serde_json::Value>>> {
+    let mut out: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
+    for path in explanation_score_files(dir) {
+        let Some(t) = read_table(&path)? else { continue };
+        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        for r in &t.rows {
+            out.entry((t.get(r, "layer").text(), t.get(r, "feature").text()))
+                .or_default()
+                .push(serde_json::json!([
+                    t.get(r, "scorer").text(),
+                    t.get(r, "accuracy").num(),
+                    t.get(r, "f1").num(),
+                    t.get(r, "n").num(),
+                    file,
+                ]));
+        }
+    }
+    Ok(out)
+}
+
+/// A feature's region weights: `[roi, region, weight, sd]` per ROI, and the fits averaged.
+type FeatureWeights = (Vec<serde_json::Value>, u64);
+
+/// Region weights per (language, layer, feature) from the folder's `feature_region_weights.parquet`
+/// (empty without it), rounded to 4 significant digits for the page.
+fn region_weights(dir: &Path) -> Result<BTreeMap<(String, String, String), FeatureWeights>> {
+    let mut out: BTreeMap<(String, String, String), FeatureWeights> = BTreeMap::new();
+    let Some(t) = read_table(&dir.join("feature_region_weights.parquet"))? else {
+        return Ok(out);
+    };
+    let round = |v: Option<f64>| v.and_then(|x| format!("{x:.3e}").parse::<f64>().ok());
+    for r in &t.rows {
+        let key = (
+            t.get(r, "language").text(),
+            t.get(r, "layer").text(),
+            t.get(r, "feature").text(),
+        );
+        let e = out.entry(key).or_default();
+        e.0.push(serde_json::json!([
+            t.get(r, "roi").text(),
+            t.get(r, "region").text(),
+            round(t.get(r, "weight").num()),
+            round(t.get(r, "weight_sd").num()),
+        ]));
+        e.1 = e.1.max(t.get(r, "n_fits").num().unwrap_or(0.0) as u64);
+    }
+    Ok(out)
 }
 
 /// Top contexts per (language tag, layer, feature) from the folder's `labelling_tasks_*.jsonl`
@@ -742,6 +868,15 @@ function card(d){var c=document.getElementById('card');var conf=d.conf.map(funct
  h+='<h4>Top contexts</h4>';
  d.contexts.forEach(function(x){h+='<div class="ctx">'+esc(x[0])+' <mark>'+esc(x[1])+'</mark> '+esc(x[2])+' <span class="note">('+x[3].toFixed(3)+')</span></div>';});
  if(!d.contexts.length)h+='<p class="note">no contexts in this folder</p>';
+ if(d.scores.length){h+='<h4>Explanation scores</h4>';d.scores.forEach(function(x){h+='<p class="score">'+esc(x[0])+': accuracy '+(x[1]===null?'?':x[1].toFixed(2))+', F1 '+(x[2]===null?'?':x[2].toFixed(2))+' over '+x[3]+' excerpts <span class="note">('+esc(x[4])+')</span></p>';});}
+ h+='<h4>Region weights</h4>';
+ if(d.weights.length){var mx=0;d.weights.forEach(function(w){if(w[2]!==null)mx=Math.max(mx,Math.abs(w[2]));});
+  h+='<p class="note">standardised weight of this feature in the layer\'s full SAE encoding model, per ROI: mean ± sd over '+d.n_fits+' (subject, story) fits</p><div class="bars weights">';
+  d.weights.forEach(function(w){var v=w[2];h+='<div class="bar"><span class="lab">'+esc(w[0])+(w[1]?' ('+esc(w[1])+')':'')+'</span>';
+   if(v===null){h+='<span class="val">excluded</span></div>';return;}
+   h+='<span class="fill '+(v<0?'neg':'pos')+'" style="width:'+(mx>0?Math.round(200*Math.abs(v)/mx):0)+'px"></span><span class="val">'+v.toPrecision(3)+(w[3]===null?'':' ± '+w[3].toPrecision(2))+'</span></div>';});
+  h+='</div>';}
+ else h+='<p class="note">no region weights in this folder</p>';
  c.innerHTML=h;c.hidden=false;c.dataset.feature=d.feature;}
 render();
 // #card=LAYER:FEATURE (or LANG:LAYER:FEATURE) opens that feature's card on load

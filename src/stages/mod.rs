@@ -48,6 +48,7 @@ const REV_SAE: u32 = 1;
 const REV_CODES: u32 = 1;
 const REV_DESIGN: u32 = 2;
 const REV_FIT: u32 = 4;
+const REV_FIT_WEIGHTS: u32 = 1;
 const REV_SUMMARY: u32 = 2;
 const REV_CONTROLS: u32 = 1;
 
@@ -650,11 +651,27 @@ fn fit_id(ctx: &Ctx, design_id: &str, roi_id: &str) -> ArtifactId {
         .finish()
 }
 
+/// The artifact id of a fit's feature weights (see [`fit_stage`]), derived from the fit's id.
+pub fn fit_weights_id(fit_id: &str) -> ArtifactId {
+    KeyBuilder::new("fit-weights", REV_FIT_WEIGHTS)
+        .part("fit", fit_id)
+        .finish()
+}
+
+/// Stage name of the feature-weight artifacts of [`fit_stage`].
+pub const FIT_WEIGHTS: &str = "fit-weights";
+
 /// The fits of every subject (`roi_ids`, one response table each) of one design: one artifact
 /// per subject, in `roi_ids`' order. The design's nested-CV factorizations (the inner and refit
 /// decompositions of every outer fold) are computed once, and only if some subject's fit is not
 /// in the store yet; each fit equals the one computed alone, bit for bit.
-pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_ids: &[&str]) -> Result<Vec<ArtifactId>> {
+///
+/// With `weights`, each subject's fit also stores (under [`FIT_WEIGHTS`], id [`fit_weights_id`])
+/// the model's weight per design feature and ROI: "w" (n_features, n_rois), the standardised ridge
+/// weights of the outer folds' refits at each ROI's r-chosen α, averaged over folds, and summed
+/// over the FIR delays of a feature (a delayed design's column c is feature c % n_features);
+/// NaN for ROIs excluded as constant. The design must keep its columns (no fold-wise PCA).
+pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_ids: &[&str], weights: bool) -> Result<Vec<ArtifactId>> {
     let e = &ctx.plan.file.encoding;
     let alphas = ctx.plan.alphas();
     let mut loaded: Option<(Arrays, Vec<Fold>, NestedCvOptions)> = None;
@@ -662,7 +679,8 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_ids: &[&str]) -> Result<Vec<Art
     let mut ids = Vec::with_capacity(roi_ids.len());
     for roi_id in roi_ids {
         let id = fit_id(ctx, design_id, roi_id);
-        ctx.store.json("fit", &id, || {
+        let wid = weights.then(|| fit_weights_id(&id));
+        let mut fit = |with_weights: bool| -> Result<(FitRecord, Option<Arrays>)> {
             if loaded.is_none() {
                 let design = ctx.store.load_arrays("design", design_id)?;
                 let outer = contiguous_block_folds(design.f64("x")?.nrows(), e.outer_folds, e.gap_trs)?;
@@ -674,6 +692,10 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_ids: &[&str]) -> Result<Vec<Art
                 loaded = Some((design, outer, opts));
             }
             let (design, outer, opts) = loaded.as_ref().expect("loaded above");
+            let opts = NestedCvOptions {
+                weights: with_weights,
+                ..*opts
+            };
             let (roi, rois, keep) = fit_responses(ctx, design, roi_id)?;
             let x = design.f64("x")?;
             let y = roi.f64("y")?;
@@ -685,11 +707,30 @@ pub fn fit_stage(ctx: &Ctx, design_id: &str, roi_ids: &[&str]) -> Result<Vec<Art
                 &keep,
                 roi.meta.get("subject"),
                 outer,
-                opts,
+                &opts,
                 &alphas,
                 &mut factors,
             )
+        };
+        let mut computed_weights = None;
+        ctx.store.json("fit", &id, || {
+            let (rec, w) = fit(wid.is_some())?;
+            computed_weights = w;
+            Ok(rec)
         })?;
+        if let Some(wid) = &wid {
+            match computed_weights {
+                Some(w) => ctx.store.put_arrays(FIT_WEIGHTS, wid, &w)?,
+                // the fit was stored by a run that did not ask for weights
+                None => {
+                    ctx.store.arrays(FIT_WEIGHTS, wid, || {
+                        fit(true)?
+                            .1
+                            .ok_or_else(|| Error::Invalid("fit: no weights computed".into()))
+                    })?;
+                }
+            }
+        }
         ids.push(id);
     }
     Ok(ids)
@@ -708,24 +749,57 @@ fn fit_one(
     opts: &NestedCvOptions,
     alphas: &[f64],
     factors: &mut Option<NestedCvFactors>,
-) -> Result<FitRecord> {
+) -> Result<(FitRecord, Option<Arrays>)> {
     let e = &ctx.plan.file.encoding;
+    // a lanczos-fir design holds each feature once per delay, delay-major
+    let n_delays = match e.alignment.as_str() {
+        "lanczos-fir" => e.fir_delays.len().max(1),
+        _ => 1,
+    };
+    if opts.weights && x.ncols() % n_delays != 0 {
+        return Err(Error::Invalid(format!(
+            "fit weights: the design has {} columns, not a multiple of its {n_delays} FIR delays",
+            x.ncols()
+        )));
+    }
+    let n_features = x.ncols() / n_delays;
+    let weights_of = |w: Option<&Array2<f64>>| -> Option<Arrays> {
+        opts.weights.then(|| {
+            let mut out = Array2::<f64>::from_elem((n_features, rois.len()), f64::NAN);
+            if let Some(w) = w {
+                for (k, &j) in keep.iter().enumerate() {
+                    let mut col = out.column_mut(j);
+                    col.fill(0.0);
+                    for c in 0..w.nrows() {
+                        col[c % n_features] += w[[c, k]];
+                    }
+                }
+            }
+            Arrays::default()
+                .with_f64("w", out)
+                .with_meta("rois", serde_json::to_string(rois).unwrap())
+        })
+    };
     let rois = rois.to_vec();
     let mut r = vec![None; rois.len()];
     let mut a = vec![None; rois.len()];
     let mut r2 = vec![None; rois.len()];
     let mut p_value = vec![None; rois.len()];
     if keep.is_empty() {
-        return Ok(FitRecord {
-            subject: subject.cloned().unwrap_or_default(),
-            rois,
-            r,
-            alpha_median: a,
-            r2,
-            p_value,
-            n_trs: x.nrows(),
-            n_features: x.ncols(),
-        });
+        let w = weights_of(None);
+        return Ok((
+            FitRecord {
+                subject: subject.cloned().unwrap_or_default(),
+                rois,
+                r,
+                alpha_median: a,
+                r2,
+                p_value,
+                n_trs: x.nrows(),
+                n_features: x.ncols(),
+            },
+            w,
+        ));
     }
     let mut yk = y.select(Axis(1), keep);
     crate::stats::detrend_columns(yk.view_mut(), DETREND_ORDER);
@@ -775,16 +849,20 @@ fn fit_one(
         col.sort_by(f64::total_cmp);
         a[j] = Some(col[col.len() / 2]);
     }
-    Ok(FitRecord {
-        subject: subject.cloned().unwrap_or_default(),
-        rois,
-        r,
-        alpha_median: a,
-        r2,
-        p_value,
-        n_trs: x.nrows(),
-        n_features: res.n_columns_per_fold.iter().copied().max().unwrap_or(0),
-    })
+    let w = weights_of(res.weights.as_ref());
+    Ok((
+        FitRecord {
+            subject: subject.cloned().unwrap_or_default(),
+            rois,
+            r,
+            alpha_median: a,
+            r2,
+            p_value,
+            n_trs: x.nrows(),
+            n_features: res.n_columns_per_fold.iter().copied().max().unwrap_or(0),
+        },
+        w,
+    ))
 }
 
 /// Mean held-out r over subjects (each subject's r averaged over its valid ROIs first), per ROI

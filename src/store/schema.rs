@@ -46,6 +46,10 @@ const BUILTINS: &[(&str, &str)] = &[
     ("fits", include_str!("../../data-schemas/fits.json")),
     ("feature_labels", include_str!("../../data-schemas/feature_labels.json")),
     ("feature_sets", include_str!("../../data-schemas/feature_sets.json")),
+    (
+        "feature_region_weights",
+        include_str!("../../data-schemas/feature_region_weights.json"),
+    ),
     ("baselines", include_str!("../../data-schemas/baselines.json")),
     (
         "topography_observed",
@@ -134,6 +138,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "fits",
     "feature_labels",
     "feature_sets",
+    "feature_region_weights",
     "baselines",
     "topography_observed",
     "summary",

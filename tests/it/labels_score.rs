@@ -160,7 +160,7 @@ fn labels_score_separates_planted_good_from_bad_explanations() {
     expl.push_str("{\"layer\": 6, \"feature\": 99, \"explanation\": \"fires on the word x\"}\n");
     let expl_path = dir.path().join("explanations.jsonl");
     std::fs::write(&expl_path, expl).unwrap();
-    let out = dir.path().join("scores.parquet");
+    let out = dir.path().join("explanation_scores.parquet");
 
     let o = support::bin()
         .args(["labels", "score"])
@@ -212,9 +212,65 @@ print(json.dumps(rows))
             assert!(r["precision"].is_null(), "nothing judged positive: {r}");
         }
     }
-    let summary = std::fs::read_to_string(dir.path().join("scores.parquet.summary.tsv")).unwrap();
+    let summary = std::fs::read_to_string(dir.path().join("explanation_scores.parquet.summary.tsv")).unwrap();
     assert!(summary.contains("good\tdetection\t4\t1.0000\t1.0000"), "{summary}");
     assert!(summary.contains("bad\tdetection\t4\t0.5000\t0.0000"), "{summary}");
     assert!(summary.contains("good\tfuzzing\t4\t1.0000"), "{summary}");
     assert_eq!(*requests.lock().unwrap(), 17, "16 requests and one retry");
+
+    // report.html of a folder holding the scores: a section of mean scores per category and
+    // scorer, and each feature's card with its own scores (a minimal feature_labels table gives
+    // the cards), rendered by headless chromium
+    support::run_python(
+        r#"
+import sys, pyarrow as pa, pyarrow.parquet as pq
+n = 8
+pq.write_table(pa.table({
+    "language": ["en"] * n, "layer": pa.array([6] * n, pa.uint16()), "feature": pa.array(range(n), pa.uint32()),
+    "source": ["answers.tsv"] * n, "category": ["semantic"] * n, "subcategory": [None] * n,
+    "builtin_category": ["semantic"] * n, "n_active": pa.array([10] * n, pa.uint32()),
+}), sys.argv[1])
+"#,
+        &[dir.path().join("feature_labels.parquet").to_str().unwrap()],
+    );
+    let o = support::bin().arg("report").arg(dir.path()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = dir.path().join("report.html");
+    let o = std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}#card=6:4", html.display()))
+        .output()
+        .expect("chromium runs (`make setup` installs Debian's chromium)");
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let section = &dom[dom
+        .find("<section id=\"explanations\">")
+        .expect("an explanation-scores section")..];
+    for row in [
+        "<td>6</td><td>bad</td><td>detection</td><td>4</td><td>0.500</td><td>0.000</td>",
+        "<td>6</td><td>good</td><td>detection</td><td>4</td><td>1.000</td><td>1.000</td>",
+        "<td>6</td><td>good</td><td>fuzzing</td><td>4</td><td>1.000</td><td>1.000</td>",
+    ] {
+        assert!(
+            section.contains(row),
+            "{row} in {}",
+            &section[..1500.min(section.len())]
+        );
+    }
+    let card = dom
+        .split("<div id=\"card\" class=\"card\" data-feature=\"4\">")
+        .nth(1)
+        .expect("#card=6:4 opened feature 4's card");
+    assert!(
+        card.contains("detection: accuracy 0.50, F1 0.00 over 20 excerpts")
+            && card.contains("fuzzing: accuracy 0.50, F1 0.00 over 10 excerpts"),
+        "{}",
+        &card[..1200.min(card.len())]
+    );
 }

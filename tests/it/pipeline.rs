@@ -546,6 +546,7 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         "variance_partition",
         "variance_partition_summary",
         "prediction_error",
+        "feature_region_weights",
     ];
     for (i, table) in tables.iter().enumerate() {
         if i > 0 {
@@ -594,6 +595,36 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     assert_eq!(lines[1], "10 True 10 True", "10 count- and 10 variance-matched subsets");
     assert_eq!(lines[2], "True");
     assert_eq!(lines[3], "True True");
+
+    // Region weights of the feature cards: every labelled feature × ROI at both layers, each the
+    // mean of the 4 subjects' fits of the full SAE design, with the taxonomy's region; weights
+    // that differ between features and between ROIs (not one value copied around).
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         w = pl.read_parquet(sys.argv[1]); l = pl.read_parquet(sys.argv[2])\n\
+         keys = w.select('language', 'layer', 'feature').unique()\n\
+         print(w.height, keys.height == l.height, keys.join(l, on=['language', 'layer', 'feature']).height == l.height)\n\
+         print(sorted(set(w['n_fits'].to_list())), w['weight'].null_count(), bool(w['weight'].is_finite().all()), bool((w['weight_sd'] > 0).all()))\n\
+         print(sorted(set((r, g) for r, g in w.select('roi', 'region').iter_rows())))\n\
+         f = w.group_by('layer', 'roi').agg(pl.col('weight').std().alias('s'))\n\
+         g = w.group_by('layer', 'feature').agg(pl.col('weight').std().alias('s'))\n\
+         print(bool((f['s'] > 1e-4).all()), float(g['s'].mean()) > 1e-4)",
+        &[
+            out.join("feature_region_weights.parquet").to_str().unwrap(),
+            out.join("feature_labels.parquet").to_str().unwrap(),
+        ],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    assert_eq!(
+        lines[0], "13824 True True",
+        "2 layers × 1152 labelled features × 6 ROIs"
+    );
+    assert_eq!(lines[1], "[4] 0 True True", "4 subjects' fits each, all finite");
+    assert_eq!(
+        lines[2],
+        "[('LATL', 'AT'), ('LIFG', 'IF'), ('LIPL', 'AG'), ('LPTL', 'PT'), ('LPreM', None), ('RATL', 'AT')]"
+    );
+    assert_eq!(lines[3], "True True", "weights vary over features and over ROIs");
 
     // The topography statistics of every (story, layer) matrix are one table keyed by story,
     // language and layer; its Spearman ρ is scipy's on the observed cells of the same matrix.
@@ -802,6 +833,17 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
         head.contains("κ of this layer's labels vs the built-in ones: "),
         "{head}"
     );
+    // the card's region weights: one bar per ROI, from feature_region_weights
+    let weights = &card[card
+        .find("<h4>Region weights</h4>")
+        .expect("the card has region weights")..];
+    let weights = &weights[..weights.find("</section>").unwrap_or(weights.len())];
+    assert!(
+        weights.contains("over 4 (subject, story) fits") && weights.contains("LPTL (PT)"),
+        "{}",
+        &weights[..400.min(weights.len())]
+    );
+    assert_eq!(weights.matches("<span class=\"fill ").count(), 6, "one bar per ROI");
     let shot = tmp.path().join("report.png");
     let o = chromium(
         &["--window-size=1280,2000", &format!("--screenshot={}", shot.display())],
