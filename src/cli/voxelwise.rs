@@ -560,6 +560,7 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         write_table_parquet(&path, &schema, &Default::default(), &[batch], &meta)?;
         files.push(path);
     }
+    files.push(crate::report::html::write_report_html(&a.out, None)?);
     Ok(VoxelwiseFitSummary {
         n_subjects: subjects.len(),
         n_stories: stories.len(),

@@ -3,7 +3,8 @@
 //! `report.md` and by `cortexflow report DIR` for any output folder.
 //!
 //! It is built from the folder's own files, so it shows what the tables say: r by layer with its
-//! CIs per feature set (SVG), mean r per ROI at each feature set's peak layer (bars), baselines
+//! CIs per feature set (SVG), mean r per ROI at each feature set's peak layer (bars), mean voxel
+//! r per region with its CIs over subjects (bars, a `cortexflow voxelwise fit` folder), baselines
 //! with their paired tests, the topography matrix as a heat map with the predicted cells outlined,
 //! reading-time LRTs per layer, SAE quality, the `changes` of the last update, every PNG, and a
 //! searchable, paginated feature table (from `feature_labels.parquet` and the labelling tasks)
@@ -454,6 +455,62 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
             html.push_str("</div>");
         }
         section("rois", "Mean r per ROI at the peak layer", html, &mut nav);
+    }
+
+    // voxelwise (`cortexflow voxelwise fit`): mean voxel r per region with both CIs over subjects,
+    // and the per-subject region means
+    if let Some(t) = read_table(&dir.join("voxelwise_region_summary.parquet"))? {
+        let rows: Vec<(String, f64, f64, f64, f64, f64, String)> = t
+            .rows
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    t.get(r, "region").text(),
+                    t.get(r, "mean_r").num()?,
+                    t.get(r, "t_ci_lower").num().unwrap_or(f64::NAN),
+                    t.get(r, "t_ci_upper").num().unwrap_or(f64::NAN),
+                    t.get(r, "ci_lower").num().unwrap_or(f64::NAN),
+                    t.get(r, "ci_upper").num().unwrap_or(f64::NAN),
+                    t.get(r, "n_subjects").text(),
+                ))
+            })
+            .collect();
+        let level = t
+            .rows
+            .first()
+            .and_then(|r| t.get(r, "ci_level").num())
+            .unwrap_or(f64::NAN);
+        let m = rows
+            .iter()
+            .flat_map(|r| [r.1.abs(), r.3.abs(), r.5.abs()])
+            .filter(|v| v.is_finite())
+            .fold(1e-9, f64::max);
+        let mut html = format!(
+            "<p>Mean over subjects of each subject's mean held-out voxel r in the region; {:.0}% Student-t and percentile-bootstrap CIs over subjects.</p><div class=\"bars regions\">",
+            100.0 * level
+        );
+        let ci = |lo: f64, hi: f64| match lo.is_finite() && hi.is_finite() {
+            true => format!("[{lo:.4}, {hi:.4}]"),
+            false => "–".to_string(),
+        };
+        for (region, v, tlo, thi, blo, bhi, n) in &rows {
+            let _ = write!(
+                html,
+                "<div class=\"bar\"><span class=\"lab\">{}</span><span class=\"fill {}\" style=\"width:{:.1}%\"></span><span class=\"val\">{v:.4} t {} boot {} (n = {})</span></div>",
+                esc(region),
+                if *v < 0.0 { "neg" } else { "pos" },
+                50.0 * v.abs() / m,
+                ci(*tlo, *thi),
+                ci(*blo, *bhi),
+                esc(n)
+            );
+        }
+        html.push_str("</div>");
+        if let Some(per) = read_table(&dir.join("voxelwise_regions.parquet"))? {
+            html.push_str("<h3>Per subject</h3>");
+            html.push_str(&html_table(&per, &[], 500));
+        }
+        section("regions", "Mean voxel r per region", html, &mut nav);
     }
 
     if let Some(t) = read_table(&dir.join("baselines.parquet"))? {

@@ -109,6 +109,25 @@ fn simulate_then_fit_recovers_the_planted_regions_and_equals_ridge_groups_per_fo
     for region in ["all", "PT", "AT", "IF", "AG", "dmPFC"] {
         assert!(res["summary"][region].as_f64().unwrap() > 0.2, "{region}: {res}");
     }
+    // report.html shows each region's bar with the summary table's mean and both CIs over the
+    // two subjects, and the per-subject table
+    let html = std::fs::read_to_string(out.join("report.html")).expect("voxelwise fit writes report.html");
+    let regions = &html[html.find("<section id=\"regions\">").expect("a regions section")..];
+    for region in ["all", "PT", "AT", "IF", "AG", "dmPFC"] {
+        let v = res["summary"][region].as_f64().unwrap();
+        let bar = format!("<span class=\"lab\">{region}</span><span class=\"fill pos\"");
+        let at = regions.find(&bar).unwrap_or_else(|| panic!("{region}'s bar"));
+        // the bar's own text, up to its closing tag
+        let rest = &regions[at..];
+        let rest = &rest[..rest.find("</div>").expect("the bar closes")];
+        assert!(
+            rest.contains(&format!("<span class=\"val\">{v:.4} t ["))
+                && rest.contains("boot [")
+                && rest.contains("(n = 2)"),
+            "{rest}"
+        );
+    }
+    assert!(regions.contains("<h3>Per subject</h3>") && regions.contains("<td>sub02</td>"));
 
     // outer fold 1 of sub01 by `cortexflow ridge --groups` on the fold's rows
     let prep = support::run_python(
