@@ -129,6 +129,38 @@ pub struct TaxonomySection {
     /// for its layer) or `semantic` (the participation ratio of the semantic set's codes).
     #[serde(default, skip_serializing_if = "is_default")]
     pub projection_dim: ProjectionDim,
+    /// The texts whose words are the labels' evidence (the top activating contexts, the
+    /// labeller's criteria, the eligibility of features for the random baselines):
+    /// `training` (default: the SAE's training texts, the paper's choice; see
+    /// [`TaxonomySection::evidence_texts`]), `stimulus` (the stories only) or `corpus` (the
+    /// `[sae] corpus` texts only).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub evidence: Evidence,
+}
+
+/// Which texts give the labels' evidence (see [`TaxonomySection::evidence`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Evidence {
+    #[default]
+    Training,
+    Stimulus,
+    Corpus,
+}
+
+impl TaxonomySection {
+    /// Whether the stories and whether the corpus texts are evidence: `training` takes the
+    /// `[sae] corpus` texts, with the stories too when `include-stimulus` (they are then training
+    /// data as well); with no corpus it takes the stories (a pretrained SAE without its corpus
+    /// here: the only texts there are).
+    pub fn evidence_texts(&self, sae: &SaeSection) -> (bool, bool) {
+        match self.evidence {
+            Evidence::Stimulus => (true, false),
+            Evidence::Corpus => (false, true),
+            Evidence::Training if sae.corpus.is_empty() => (true, false),
+            Evidence::Training => (sae.include_stimulus, true),
+        }
+    }
 }
 
 /// Which participation ratio sets the random-projection baseline's dimension.
@@ -1305,6 +1337,13 @@ fn check_taxonomy(
                 ));
             }
         }
+    }
+    if t.evidence == Evidence::Corpus && file.sae.corpus.is_empty() {
+        return Err(invalid(
+            path,
+            "taxonomy.evidence",
+            "\"corpus\" needs texts in sae.corpus (or use \"training\" or \"stimulus\")",
+        ));
     }
     let rois = &file.fmri.as_ref().map(|f| f.rois.clone()).unwrap_or_default();
     for roi in t.regions.keys() {

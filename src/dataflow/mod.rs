@@ -345,6 +345,11 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let encode_sets = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.encode_sets);
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
     let reading_on = ctx.plan.reading.is_some();
+    // the texts whose words are the labels' evidence ([taxonomy] evidence)
+    let (evidence_stories, evidence_corpus) = match &ctx.plan.file.taxonomy {
+        Some(t) => t.evidence_texts(&ctx.plan.file.sae),
+        None => (false, false),
+    };
 
     // One ONNX session per process, shared by its workers (a text's LM call holds it): the
     // weights, their pre-packed copies and Runtime's arenas are in memory once, not once per
@@ -396,7 +401,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 let texts = stories
                     .clone()
                     .map(|(s, a)| ((true, s), a))
-                    .concat(corpus.map(|(c, a)| ((false, c), a)));
+                    .concat(corpus.clone().map(|(c, a)| ((false, c), a)));
                 let lm_env = env.clone();
                 let model = session_in_graph;
                 let acts = texts.reduce_named("LM", move |(_, text), input, output| {
@@ -449,6 +454,59 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     },
                 );
                 let rec_saes = saes.clone().map(|(k, a)| Record::Sae(k, a));
+
+                // ---- per (corpus text, layer), when the corpus is the labels' evidence: SAE codes,
+                // and the text's words and activations beside them
+                let corpus_acts =
+                    acts.clone()
+                        .filter(move |_| evidence_corpus)
+                        .flat_map(|((is_story, doc), (group, layer, id))| {
+                            layer
+                                .filter(|_| !is_story)
+                                .map(|layer| (SaeKey { group, layer }, (doc, id)))
+                        });
+                let corpus_codes = env.per_value(
+                    corpus_acts.clone().join(saes.clone()).map(|(k, ((doc, act), sae))| {
+                        (
+                            StoryLayerKey {
+                                story: doc,
+                                layer: k.layer,
+                            },
+                            (act, sae),
+                        )
+                    }),
+                    "Encode",
+                    |k| format!("codes of corpus text `{}` layer {}", k.story, k.layer),
+                    |ctx, _, (act, sae)| stages::codes_stage(ctx, act, sae),
+                );
+                let corpus_words = acts
+                    .clone()
+                    .filter(move |_| evidence_corpus)
+                    .flat_map(|((is_story, doc), (_, layer, id))| (!is_story && layer.is_none()).then_some((doc, id)));
+                let corpus_layers = corpus_acts
+                    .map(|(k, (doc, act))| {
+                        (
+                            StoryLayerKey {
+                                story: doc,
+                                layer: k.layer,
+                            },
+                            (k.group, act),
+                        )
+                    })
+                    .join(corpus_codes)
+                    .map(|(k, ((group, act), codes))| (k.story, (group, k.layer, act, codes)))
+                    .join(corpus_words)
+                    .join(corpus)
+                    .map(|(doc, (((group, layer, act, codes), words), doc_art))| {
+                        let sl = StoryLayer {
+                            story: doc,
+                            story_art: doc_art,
+                            act,
+                            codes,
+                            words,
+                        };
+                        (SaeKey { group, layer }, sl)
+                    });
 
                 // ---- per (story, layer): SAE codes, and reconstructions for the `sae-recon` set
                 let story_acts = acts.flat_map(|((is_story, story), (group, layer, id))| {
@@ -553,9 +611,12 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         };
                         (key, (group, sl))
                     });
+                // the labels' evidence: the stories and/or the corpus texts ([taxonomy] evidence)
                 let label_in = story_layers
                     .clone()
+                    .filter(move |_| evidence_stories)
                     .map(|(k, (group, sl))| (SaeKey { group, layer: k.layer }, sl))
+                    .concat(corpus_layers)
                     .join(saes.clone());
                 let labels = env.per_key(
                     label_in,

@@ -847,6 +847,20 @@ pub fn markdown(tx: &TaxonomyOutputs) -> String {
             ll.builtin.entropy_kind,
             ll.lexicon_sources.join("; ")
         );
+        if !ll.evidence_texts.is_empty() {
+            let corpus: usize = ll
+                .evidence_texts
+                .iter()
+                .filter(|(t, _)| t.starts_with("corpus:"))
+                .map(|(_, n)| n)
+                .sum();
+            let _ = writeln!(
+                s,
+                "Evidence texts (`[taxonomy] evidence`): {} stimulus words and {corpus} corpus words from {} texts.\n",
+                ll.n_words - corpus,
+                ll.evidence_texts.len()
+            );
+        }
         if let Some(imp) = &ll.imported {
             let _ = writeln!(
                 s,

@@ -52,6 +52,10 @@ pub struct LayerLabels {
     pub layer: usize,
     pub language: String,
     pub n_words: usize,
+    /// The evidence texts, each with its word count (`[taxonomy] evidence`: stories and/or
+    /// `corpus:` texts).
+    #[serde(default)]
+    pub evidence_texts: Vec<(String, usize)>,
     /// The built-in labeller's labels.
     pub builtin: LabelSet,
     /// Imported labels when `[taxonomy] labels` is set (then these define the feature sets), and
@@ -256,6 +260,11 @@ fn compute_labels(
         layer,
         language,
         n_words: words.len(),
+        evidence_texts: inputs
+            .iter()
+            .zip(offsets.windows(2))
+            .map(|(i, o)| (i.story.clone(), o[1] - o[0]))
+            .collect(),
         tasks: tasks::tasks(layer, &evidence, Some(&scoring)),
         builtin: builtin.clone(),
         imported,

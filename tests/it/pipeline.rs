@@ -508,6 +508,39 @@ fn prediction_error_settings_are_checked_against_the_layers() {
     assert!(Plan::load(&p).is_ok());
 }
 
+/// `[taxonomy] evidence`: by default the SAE's training texts (the corpus, and the stories when
+/// they are training data too), else the stories or the corpus alone; "corpus" without corpus
+/// texts is refused.
+#[test]
+fn label_evidence_is_the_sae_training_texts_by_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let p = tmp.path().join("p.toml");
+    let load = |text: String, evidence: &str| {
+        std::fs::write(&p, format!("{text}\n[taxonomy]\n{evidence}\n")).unwrap();
+        Plan::load(&p).map(|plan| plan.file.taxonomy.as_ref().unwrap().evidence_texts(&plan.file.sae))
+    };
+    assert!(text.contains("include-stimulus = true") && text.contains("corpus = [\""));
+    assert_eq!(load(text.clone(), "").unwrap(), (true, true), "corpus and stories");
+    let without_stimulus = text.replace("include-stimulus = true", "include-stimulus = false");
+    assert_eq!(load(without_stimulus, "").unwrap(), (false, true), "the corpus alone");
+    assert_eq!(load(text.clone(), "evidence = \"stimulus\"").unwrap(), (true, false));
+    assert_eq!(load(text.clone(), "evidence = \"corpus\"").unwrap(), (false, true));
+    let no_corpus = text
+        .lines()
+        .filter(|l| !l.starts_with("corpus"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        load(no_corpus.clone(), "").unwrap(),
+        (true, false),
+        "no corpus: the stories"
+    );
+    let e = load(no_corpus, "evidence = \"corpus\"").unwrap_err().to_string();
+    assert!(e.contains("taxonomy.evidence") && e.contains("sae.corpus"), "{e}");
+}
+
 /// The taxonomy end to end on the small Alice plan (layer 9, 4 subjects, a short SAE): every
 /// feature gets one category with confidences summing to 1, the random baselines are matched to
 /// the semantic set (count, summed variance), every taxonomy table reads back in pyarrow and
@@ -762,6 +795,16 @@ fn the_taxonomy_labels_every_feature_matches_its_baselines_and_imports_answers()
     assert!(
         report.contains("Agreement of the built-in labels with"),
         "report states the agreement"
+    );
+    // the labels' evidence is the SAE's training texts: the story and the corpus's 1,500 words
+    assert!(
+        report.contains("stimulus words and 1500 corpus words from 2 texts"),
+        "{}",
+        report
+            .lines()
+            .filter(|l| l.contains("Evidence"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     // report.html in a real headless browser (Debian's chromium, `make setup`): the sections
