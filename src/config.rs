@@ -293,6 +293,26 @@ pub struct FmriSection {
     /// If non-empty, only these subjects are used.
     #[serde(default)]
     pub only_subjects: Vec<String>,
+    /// Format of the response files: `table` (default: text, one column per ROI) or `nifti`
+    /// (4-D NIfTI-1 runs, `.nii` or `.nii.gz`, averaged within the ROIs of `atlas`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub format: ResponseFormat,
+    /// With `format = "nifti"`: a 3-D label volume on the runs' grid (relative to the data root)
+    /// whose label k is ROI k of `rois` (1-based; 0 and larger labels are outside every ROI);
+    /// `{subject}` in it stands for the subject id (atlases in each subject's native space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atlas: Option<String>,
+}
+
+/// Format of `[fmri]` response files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResponseFormat {
+    /// Whitespace- or tab-separated text, one column per ROI, one row per TR.
+    #[default]
+    Table,
+    /// 4-D NIfTI-1 runs averaged within the labels of `[fmri] atlas`.
+    Nifti,
 }
 
 /// `[simulate]`: BOLD-like responses of simulated subjects to every story (in place of recorded
@@ -1071,6 +1091,32 @@ fn load_responses(
             },
         };
         let roi_names: Vec<&str> = fmri.rois.iter().map(String::as_str).collect();
+        match (fmri.format, &fmri.atlas) {
+            (ResponseFormat::Nifti, None) => {
+                return Err(invalid(
+                    path,
+                    "fmri.atlas",
+                    "format = \"nifti\" needs an atlas: a 3-D label volume whose label k is ROI k of fmri.rois",
+                ))
+            }
+            (ResponseFormat::Table, Some(_)) => {
+                return Err(invalid(
+                    path,
+                    "fmri.atlas",
+                    "an atlas is read only with format = \"nifti\" (text tables hold their ROIs as columns)",
+                ))
+            }
+            _ => {}
+        }
+        let read = |p: &Path, id: &str, n_trs: usize| -> Result<RoiTable> {
+            match &fmri.atlas {
+                Some(atlas) => {
+                    let atlas = data_root.join(atlas.replace("{subject}", id));
+                    crate::features::roi::read_roi_nifti(p, &atlas, &roi_names, Some(n_trs))
+                }
+                None => read_roi_timecourses(p, &roi_names, Some(n_trs)),
+            }
+        };
         let mut trs = Vec::new();
         for (story_cfg, _) in recorded {
             let pattern = fmri.subjects.replace("{story}", &story_cfg.id);
@@ -1085,7 +1131,7 @@ fn load_responses(
                 {
                     continue;
                 }
-                let mut table = read_roi_timecourses(&p, &roi_names, Some(story_cfg.n_trs))?;
+                let mut table = read(&p, &id, story_cfg.n_trs)?;
                 table.subject = id.clone();
                 trs.push(story_cfg.n_trs);
                 subjects.push(SubjectInput {

@@ -156,6 +156,44 @@ pub fn read_roi_timecourses(
         return Err(Error::Invalid(format!("{}: no ROI names given", path.display())));
     }
     let data = read_numeric_table(path, roi_names, expect_rows)?; // (n_trs, n_rois)
+    Ok(roi_table(path, roi_names, data))
+}
+
+/// Reads one subject's ROI time courses from a 4-D NIfTI run averaged within the regions of a 3-D
+/// label volume `atlas` (label k + 1 is ROI `roi_names[k]`; see
+/// [`crate::store::nifti::label_means`]), with the checks of [`read_roi_timecourses`]: the run
+/// must have `expect_rows` volumes, constant ROIs are listed and logged.
+pub fn read_roi_nifti(
+    path: impl AsRef<Path>,
+    atlas: &Path,
+    roi_names: &[&str],
+    expect_rows: Option<usize>,
+) -> Result<RoiTable> {
+    let path = path.as_ref();
+    if roi_names.is_empty() {
+        return Err(Error::Invalid(format!("{}: no ROI names given", path.display())));
+    }
+    let data = crate::store::nifti::label_means(path, atlas, roi_names.len())?;
+    if let Some(n) = expect_rows.filter(|&n| n != data.nrows()) {
+        return Err(Error::Invalid(format!(
+            "{}: {} volumes (TRs), expected {n} (the story's n-trs)",
+            path.display(),
+            data.nrows()
+        )));
+    }
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Invalid(format!(
+            "{}: non-finite values in the regions of {}",
+            path.display(),
+            atlas.display()
+        )));
+    }
+    Ok(roi_table(path, roi_names, data))
+}
+
+/// A subject's table from its (n_trs, n_rois) data read from `path`: constant columns listed and
+/// logged.
+fn roi_table(path: &Path, roi_names: &[&str], data: Array2<f64>) -> RoiTable {
     let subject = subject_from_path(path);
     let mut constant = Vec::new();
     for (j, name) in roi_names.iter().enumerate() {
@@ -169,12 +207,12 @@ pub fn read_roi_timecourses(
             constant.push(name.to_string());
         }
     }
-    Ok(RoiTable {
+    RoiTable {
         subject,
         rois: roi_names.iter().map(|s| s.to_string()).collect(),
         data,
         constant,
-    })
+    }
 }
 
 /// Reads a one-column numeric series (e.g. Alice `s##-rate.txt`, `s##-sndpwr.txt`), one value per

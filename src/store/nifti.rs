@@ -1,5 +1,6 @@
 //! NIfTI-1 volumes (`.nii`, `.nii.gz`) through the `nifti` crate: a 4-D BOLD run restricted to
-//! the voxels of a 3-D mask, as a (TRs × voxels) matrix.
+//! the voxels of a 3-D mask, as a (TRs × voxels) matrix ([`masked_series`]), or averaged within
+//! the regions of a 3-D label volume, as a (TRs × regions) matrix ([`label_means`]).
 //!
 //! Voxel order: the mask's non-zero voxels in C order of their (i, j, k) indices (i slowest, k
 //! fastest), which is what nibabel's `img.get_fdata()[mask > 0]` and nilearn's maskers give, so a
@@ -126,4 +127,54 @@ pub fn masked_series(run: &Path, mask: &Path, cols: Option<std::ops::Range<usize
     let n_t = dims[3];
     let sel = &offsets[cols];
     Ok(Array2::from_shape_fn((n_t, sel.len()), |(t, c)| data[t * vol + sel[c]]))
+}
+
+/// The 4-D run `run` (x, y, z, TRs) averaged within each region of the 3-D label volume `atlas`
+/// (same spatial shape): (TRs, `n_labels`), column j the mean over the voxels labelled j + 1.
+/// Voxels labelled 0 (or above `n_labels`) are not read. A label that is not a whole number, and a
+/// label in 1..=`n_labels` that no voxel carries, are errors naming the atlas.
+pub fn label_means(run: &Path, atlas: &Path, n_labels: usize) -> Result<Array2<f64>> {
+    let (dims, data) = read(run)?;
+    if dims.len() != 4 {
+        return Err(Error::Invalid(format!(
+            "{}: a {}-D volume of shape {dims:?}; expected a 4-D run (x, y, z, TRs)",
+            run.display(),
+            dims.len()
+        )));
+    }
+    let (adims, labels) = read(atlas)?;
+    if adims.len() < 3 || adims[3..].iter().any(|&d| d != 1) || adims[..3] != dims[..3] {
+        return Err(Error::Invalid(format!(
+            "{}: atlas of shape {adims:?}, but the run {} has volumes of shape {:?} (expected a 3-D label volume of that shape)",
+            atlas.display(),
+            run.display(),
+            &dims[..3]
+        )));
+    }
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); n_labels];
+    for (off, &l) in labels.iter().enumerate() {
+        if !l.is_finite() || l.fract() != 0.0 || l < 0.0 {
+            return Err(Error::Invalid(format!(
+                "{}: voxel {off} has label {l}; expected whole numbers ≥ 0 (0 = no region)",
+                atlas.display()
+            )));
+        }
+        let l = l as usize;
+        if (1..=n_labels).contains(&l) {
+            members[l - 1].push(off);
+        }
+    }
+    if let Some(j) = members.iter().position(Vec::is_empty) {
+        return Err(Error::Invalid(format!(
+            "{}: no voxel has label {} (region {} of {n_labels})",
+            atlas.display(),
+            j + 1,
+            j + 1
+        )));
+    }
+    let vol = dims[0] * dims[1] * dims[2];
+    Ok(Array2::from_shape_fn((dims[3], n_labels), |(t, j)| {
+        let m = &members[j];
+        m.iter().map(|&off| data[t * vol + off]).sum::<f64>() / m.len() as f64
+    }))
 }

@@ -508,6 +508,113 @@ fn prediction_error_settings_are_checked_against_the_layers() {
     assert!(Plan::load(&p).is_ok());
 }
 
+/// `[fmri] format = "nifti"`: the Alice subjects' ROI time courses written by nibabel into 4-D
+/// NIfTI runs (each ROI on two voxels of a 4 × 3 × 2 grid, the other voxels noise) with a 3-D
+/// label atlas give the same fits and summaries as the text tables; a run with a volume too few,
+/// an atlas missing a label and a NIfTI plan without an atlas are refused naming what is wrong.
+#[test]
+fn nifti_runs_with_an_atlas_give_the_text_tables_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _lm = support::seed_lm(&tmp.path().join("store"));
+    let data = support::data_root().canonicalize().unwrap();
+    let nii = tmp.path().join("nii");
+    std::fs::create_dir_all(&nii).unwrap();
+    support::run_python(
+        r#"
+import sys, numpy as np, nibabel as nib
+src, out = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+atlas = np.zeros((4, 3, 2), np.int16)
+flat = atlas.reshape(-1, order="F")
+for j in range(6):
+    flat[[2 * j, 2 * j + 1]] = j + 1          # ROI j + 1 on two voxels (file order)
+atlas = flat.reshape((4, 3, 2), order="F")
+nib.save(nib.Nifti1Image(atlas, np.eye(4)), f"{out}/atlas.nii.gz")
+gap = atlas.copy(); gap[gap == 4] = 0          # ROI 4 has no voxel
+nib.save(nib.Nifti1Image(gap, np.eye(4)), f"{out}/atlas-gap.nii.gz")
+for s in ["s18", "s22", "s23", "s24"]:
+    y = np.loadtxt(f"{src}/{s}-timecourses.txt")   # (362, 6)
+    vol = rng.normal(size=(4, 3, 2, y.shape[0]))
+    for j in range(6):
+        vol[atlas == j + 1] = y[:, j]
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), f"{out}/{s}-bold.nii.gz")
+"#,
+        &[
+            data.join("alice_brennan2016/alice_data_shared/6mm").to_str().unwrap(),
+            nii.to_str().unwrap(),
+        ],
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    let subjects_line = "subjects = \"alice_brennan2016/alice_data_shared/6mm/s*-timecourses.txt\"";
+    assert!(text.contains(subjects_line));
+    let nifti_plan = |subjects: &str, atlas: Option<&str>| {
+        let mut t = text.replace(subjects_line, &format!("subjects = {subjects:?}"));
+        if let Some(a) = atlas {
+            t = t.replace("[fmri]\n", &format!("[fmri]\nformat = \"nifti\"\natlas = {a:?}\n"));
+        } else {
+            t = t.replace("[fmri]\n", "[fmri]\nformat = \"nifti\"\n");
+        }
+        let p = tmp.path().join("nifti.toml");
+        std::fs::write(&p, t).unwrap();
+        Plan::load(&p)
+    };
+    let pattern = nii.join("s*-bold.nii.gz");
+    let atlas = nii.join("atlas.nii.gz");
+    let mut plan =
+        nifti_plan(pattern.to_str().unwrap(), Some(atlas.to_str().unwrap())).expect("the NIfTI plan validates");
+    assert_eq!(plan.subjects.len(), 4);
+    plan.store = tmp.path().join("store");
+    plan.output = tmp.path().join("out_nii");
+    pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    let plan = small_plan(&tmp.path().join("store"), &tmp.path().join("out_txt"));
+    pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         for t in ['fits', 'summary']:\n\
+         \x20   a = pl.read_parquet(f'{sys.argv[1]}/{t}.parquet'); b = pl.read_parquet(f'{sys.argv[2]}/{t}.parquet')\n\
+         \x20   print(t, a.height, a.equals(b))",
+        &[
+            tmp.path().join("out_nii").to_str().unwrap(),
+            tmp.path().join("out_txt").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        check.trim(),
+        "fits 144 True\nsummary 42 True",
+        "4 subjects × 2 layers × 3 sets × 6 ROIs, equal to the text tables' run"
+    );
+
+    // refusals, before any work
+    let e = nifti_plan(pattern.to_str().unwrap(), None).unwrap_err().to_string();
+    assert!(e.contains("fmri.atlas") && e.contains("label volume"), "{e}");
+    let gap = nii.join("atlas-gap.nii.gz");
+    let e = nifti_plan(pattern.to_str().unwrap(), Some(gap.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("atlas-gap.nii.gz") && e.contains("no voxel has label 4"),
+        "{e}"
+    );
+    std::fs::create_dir_all(nii.join("short")).unwrap();
+    support::run_python(
+        "import sys, nibabel as nib\n\
+         img = nib.load(sys.argv[1]); nib.save(nib.Nifti1Image(img.get_fdata()[..., :-1], img.affine), sys.argv[2])",
+        &[
+            nii.join("s18-bold.nii.gz").to_str().unwrap(),
+            nii.join("short/s18-bold.nii.gz").to_str().unwrap(),
+        ],
+    );
+    let short = nii.join("short/s*-bold.nii.gz");
+    let e = nifti_plan(short.to_str().unwrap(), Some(atlas.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("s18-bold.nii.gz") && e.contains("361 volumes (TRs), expected 362"),
+        "{e}"
+    );
+}
+
 /// `[taxonomy] evidence`: by default the SAE's training texts (the corpus, and the stories when
 /// they are training data too), else the stories or the corpus alone; "corpus" without corpus
 /// texts is refused.
