@@ -53,6 +53,11 @@ enum Command {
         /// localhost:2101, localhost:2102, …
         #[arg(short = 'h', long)]
         hostfile: Option<PathBuf>,
+        /// Train the SAEs with this many seeds ([sae] seed, seed + 1, …): one complete run per
+        /// seed in OUTPUT/seed-<seed>/ (one store, the LM computed once), and each result's mean,
+        /// sd, min and max over the seeds in OUTPUT/seeds.parquet and OUTPUT/seeds.md.
+        #[arg(long, default_value_t = 1)]
+        sae_seeds: usize,
         /// Print help.
         #[arg(long, action = clap::ArgAction::Help)]
         help: Option<bool>,
@@ -640,6 +645,7 @@ fn run(cli: Cli) -> Result<()> {
             processes,
             process,
             hostfile,
+            sae_seeds,
             help: _,
         } => {
             let plan = cortexflow::config::Plan::load(&pipeline)?;
@@ -653,6 +659,16 @@ fn run(cli: Cli) -> Result<()> {
                 },
             };
             topology.validate()?;
+            if sae_seeds != 1 {
+                let out = plan.output.clone();
+                let r = cortexflow::pipeline::seeds::run_seeds(plan, &topology, sae_seeds)?;
+                print!("{}", std::fs::read_to_string(out.join("seeds.md")).unwrap_or_default());
+                println!("\n{} seed runs in {:.1} s", r.seeds.len(), r.seconds);
+                for f in r.runs.iter().chain(&r.files) {
+                    println!("wrote {}", f.display());
+                }
+                return Ok(());
+            }
             let report = match cortexflow::pipeline::run_on(plan, &topology)? {
                 Some(r) => r,
                 None => {

@@ -1,11 +1,13 @@
 //! `cortexflow run PIPELINE`: the validated plan's inputs go into the artifact store, flow through
 //! the dataflow (src/dataflow), and the final state is written as Parquet tables (schemas in
 //! data-schemas/), a PNG plot and a Markdown report under the plan's output folder.
+//! [`seeds`]: the same pipeline over several SAE seeds, with the spread of its results.
 //!
 //! May import: `outputs`, `report`, `dataflow`, `stages`, `config` and everything below them;
 //! never `cli`.
 
 pub mod incremental;
+pub mod seeds;
 pub mod simulated;
 pub mod watch;
 

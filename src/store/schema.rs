@@ -120,6 +120,7 @@ const BUILTINS: &[(&str, &str)] = &[
         include_str!("../../data-schemas/prediction_error.json"),
     ),
     ("changes", include_str!("../../data-schemas/changes.json")),
+    ("seeds", include_str!("../../data-schemas/seeds.json")),
     ("languages", include_str!("../../data-schemas/languages.json")),
     (
         "language_layers",
@@ -164,6 +165,7 @@ pub const BUILTIN_TABLES: &[&str] = &[
     "variance_partition_summary",
     "prediction_error",
     "changes",
+    "seeds",
     "languages",
     "language_layers",
     "category_proportions",

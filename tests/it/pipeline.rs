@@ -615,6 +615,84 @@ for s in ["s18", "s22", "s23", "s24"]:
     );
 }
 
+/// `run --sae-seeds 2`: one complete run per seed on one store, and `seeds.parquet` whose mean and
+/// sd are those of the two runs' summaries and SAE qualities (recomputed in polars); the raw set,
+/// which does not use the SAE, has sd 0 and the SAE set does not.
+#[test]
+fn sae_seeds_run_the_pipeline_per_seed_and_report_the_spread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _lm = support::seed_lm(&tmp.path().join("store"));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let out = tmp.path().join("out");
+    let text = std::fs::read_to_string(src).unwrap().replace(
+        "output = \"runs/alice-small\"",
+        &format!(
+            "output = {:?}\nstore = {:?}",
+            out.to_str().unwrap(),
+            tmp.path().join("store").to_str().unwrap()
+        ),
+    );
+    assert!(text.contains("seed = 1"));
+    let p = tmp.path().join("p.toml");
+    std::fs::write(&p, text).unwrap();
+    let o = support::bin()
+        .arg("run")
+        .arg(&p)
+        .args(["--sae-seeds", "1x"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let o = support::bin()
+        .arg("run")
+        .arg(&p)
+        .args(["--sae-seeds", "2", "-w", "2"])
+        .env("CORTEXFLOW_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout.contains("# SAE seeds") && stdout.contains("2 seed runs"),
+        "{stdout}"
+    );
+    for seed in [1, 2] {
+        assert!(out.join(format!("seed-{seed}/summary.parquet")).is_file());
+        assert!(out.join(format!("seed-{seed}/report.html")).is_file());
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = std::process::Command::new(support::python())
+        .arg(root.join("scripts/check_parquet.py"))
+        .arg(out.join("seeds.parquet"))
+        .arg(root.join("data-schemas/seeds.json"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         d = sys.argv[1]\n\
+         s = pl.read_parquet(f'{d}/seeds.parquet')\n\
+         k = ['story', 'language', 'layer', 'feature_set', 'roi']\n\
+         a = pl.read_parquet(f'{d}/seed-1/summary.parquet').select(*k, pl.col('mean_r').alias('a'))\n\
+         b = pl.read_parquet(f'{d}/seed-2/summary.parquet').select(*k, pl.col('mean_r').alias('b'))\n\
+         j = s.filter(pl.col('measure') == 'mean_r').join(a.join(b, on=k), on=k)\n\
+         print(j.height == a.height, float(((j['a'] + j['b']) / 2 - j['mean']).abs().max()) < 1e-12,\n\
+         \x20     float(((j['a'] - j['b']).abs() / 2 ** 0.5 - j['sd']).abs().max()) < 1e-12)\n\
+         print(float(j.filter(pl.col('feature_set') == 'raw')['sd'].max()), float(j.filter(pl.col('feature_set') == 'sae')['sd'].max()) > 0)\n\
+         q = s.filter(pl.col('measure') == 'r2')\n\
+         qa = pl.read_parquet(f'{d}/seed-1/sae_quality.parquet'); qb = pl.read_parquet(f'{d}/seed-2/sae_quality.parquet')\n\
+         m = q.join(qa.select('language', 'layer', pl.col('r2').alias('a')), on=['language', 'layer']).join(qb.select('language', 'layer', pl.col('r2').alias('b')), on=['language', 'layer'])\n\
+         print(m.height, bool((m['n_seeds'] == 2).all()), float(((m['a'] + m['b']) / 2 - m['mean']).abs().max()) < 1e-12, set(s['seeds'].to_list()))",
+        &[out.to_str().unwrap()],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    assert_eq!(
+        lines[0], "True True True",
+        "mean and sd over the two seeds of every summary row"
+    );
+    assert_eq!(lines[1], "0.0 True", "raw does not depend on the SAE seed; sae does");
+    assert_eq!(lines[2], "2 True True {'1,2'}", "the SAE R² of both layers");
+}
+
 /// `[taxonomy] evidence`: by default the SAE's training texts (the corpus, and the stories when
 /// they are training data too), else the stories or the corpus alone; "corpus" without corpus
 /// texts is refused.
