@@ -3,9 +3,11 @@
 //! artifact store, so the language model's outputs are computed once and only what depends on the
 //! SAEs is computed per seed. Then the spread over seeds of the SAE-dependent results, in
 //! `OUTPUT/seeds.parquet` (schema `data-schemas/seeds.json`) and `OUTPUT/seeds.md`: per (story,
-//! language, layer, feature set, ROI) the mean r over subjects of every seed (`summary`), and per
-//! (language, layer) the SAE's held-out R², L0 and dead fraction (`sae_quality`), each as mean,
-//! sd, min and max over the seeds. A set that does not use the SAE (`raw`) has sd 0.
+//! language, layer, feature set, ROI) the mean r over subjects of every seed (`summary`), per
+//! (language, layer) the SAE's held-out R², L0 and dead fraction (`sae_quality`), and with
+//! `[taxonomy]` per (story, layer, feature set, reference) the set's mean r and its mean
+//! difference from the reference (`baselines`), each as mean, sd, min and max over the seeds. A
+//! set that does not use the SAE (`raw`) has sd 0.
 //!
 //! May import: `outputs` (the table writer), `config`, `store` and what they import.
 
@@ -22,12 +24,13 @@ use crate::dataflow::Topology;
 use crate::store::parquet_io::read_parquet;
 use crate::{Error, Result};
 
-/// Key of one result: (table, story, language, layer, feature set, ROI, measure).
+/// Key of one result: (table, story, language, layer, feature set, vs, ROI, measure).
 type Key = (
     String,
     Option<String>,
     String,
     u16,
+    Option<String>,
     Option<String>,
     Option<String>,
     String,
@@ -78,6 +81,11 @@ pub fn run_seeds(plan: Plan, topology: &Topology, k: usize) -> Result<SeedsRepor
             &["r2", "mean_l0", "dead_fraction"],
             &mut values,
         )?;
+        // with [taxonomy]: every feature set against its reference
+        let baselines = run.join("baselines.parquet");
+        if baselines.is_file() {
+            collect(&baselines, "baselines", &["mean_r", "mean_diff"], &mut values)?;
+        }
     }
     let batch = seeds_batch(&values, &seeds)?;
     let schema = crate::store::TableSchema::builtin("seeds")?;
@@ -108,7 +116,7 @@ fn collect(path: &Path, table: &str, measures: &[&str], values: &mut BTreeMap<Ke
             .ok_or_else(|| Error::Invalid(format!("{}: no u16 column `layer`", path.display())))?;
         let language =
             text("language").ok_or_else(|| Error::Invalid(format!("{}: no column `language`", path.display())))?;
-        let (story, set, roi) = (text("story"), text("feature_set"), text("roi"));
+        let (story, set, vs, roi) = (text("story"), text("feature_set"), text("vs"), text("roi"));
         for m in measures {
             let col = b
                 .column_by_name(m)
@@ -124,6 +132,7 @@ fn collect(path: &Path, table: &str, measures: &[&str], values: &mut BTreeMap<Ke
                     language.value(i).to_string(),
                     layer.value(i),
                     set.map(|s| s.value(i).to_string()),
+                    vs.map(|s| s.value(i).to_string()),
                     roi.map(|s| s.value(i).to_string()),
                     m.to_string(),
                 );
@@ -146,6 +155,7 @@ fn spread(v: &[f64]) -> (f64, Option<f64>, f64, f64) {
 
 fn seeds_batch(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> Result<RecordBatch> {
     let n = values.len();
+    let mut vs = Vec::with_capacity(n);
     let (mut table, mut story, mut language, mut layer, mut set, mut roi, mut measure) = (
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -162,8 +172,9 @@ fn seeds_batch(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> Result<Record
         language.push(k.2.clone());
         layer.push(k.3);
         set.push(k.4.clone());
-        roi.push(k.5.clone());
-        measure.push(k.6.clone());
+        vs.push(k.5.clone());
+        roi.push(k.6.clone());
+        measure.push(k.7.clone());
         let (m, s, lo, hi) = spread(v);
         mean.push(m);
         sd.push(s);
@@ -178,6 +189,7 @@ fn seeds_batch(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> Result<Record
         ("language", Arc::new(StringArray::from(language)), false),
         ("layer", Arc::new(UInt16Array::from(layer)), false),
         ("feature_set", Arc::new(StringArray::from(set)), true),
+        ("vs", Arc::new(StringArray::from(vs)), true),
         ("roi", Arc::new(StringArray::from(roi)), true),
         ("measure", Arc::new(StringArray::from(measure)), false),
         ("mean", Arc::new(Float64Array::from(mean)), false),
@@ -202,7 +214,7 @@ fn markdown(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> String {
     );
     let _ = writeln!(s, "## Mean r over subjects (all ROIs)\n\n| story | language | layer | feature set | mean r |\n|---|---|---|---|---|");
     for (k, v) in values {
-        if k.0 == "summary" && k.5.as_deref() == Some("all") {
+        if k.0 == "summary" && k.6.as_deref() == Some("all") {
             let (m, sd, lo, hi) = spread(v);
             let _ = writeln!(
                 s,
@@ -217,13 +229,35 @@ fn markdown(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> String {
     }
     let _ = writeln!(s, "\n## SAE held-out R²\n\n| language | layer | R² |\n|---|---|---|");
     for (k, v) in values {
-        if k.0 == "sae_quality" && k.6 == "r2" {
+        if k.0 == "sae_quality" && k.7 == "r2" {
             let (m, sd, lo, hi) = spread(v);
             let _ = writeln!(
                 s,
                 "| {} | {} | {m:.4} ± {} [{lo:.4}, {hi:.4}] |",
                 k.2,
                 k.3,
+                sd.map_or("–".into(), |x| format!("{x:.4}"))
+            );
+        }
+    }
+    let diffs: Vec<_> = values
+        .iter()
+        .filter(|(k, _)| k.0 == "baselines" && k.7 == "mean_diff")
+        .collect();
+    if !diffs.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Baselines: mean r difference against the reference\n\n| story | layer | feature set | vs | mean diff |\n|---|---|---|---|---|"
+        );
+        for (k, v) in diffs {
+            let (m, sd, lo, hi) = spread(v);
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {m:.4} ± {} [{lo:.4}, {hi:.4}] |",
+                k.1.as_deref().unwrap_or(""),
+                k.3,
+                k.4.as_deref().unwrap_or(""),
+                k.5.as_deref().unwrap_or(""),
                 sd.map_or("–".into(), |x| format!("{x:.4}"))
             );
         }

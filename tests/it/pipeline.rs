@@ -615,9 +615,10 @@ for s in ["s18", "s22", "s23", "s24"]:
     );
 }
 
-/// `run --sae-seeds 2`: one complete run per seed on one store, and `seeds.parquet` whose mean and
-/// sd are those of the two runs' summaries and SAE qualities (recomputed in polars); the raw set,
-/// which does not use the SAE, has sd 0 and the SAE set does not.
+/// `run --sae-seeds 2` (with a light `[taxonomy]`): one complete run per seed on one store, and
+/// `seeds.parquet` whose mean and sd are those of the two runs' summaries, SAE qualities and
+/// baselines (recomputed in polars); the raw set, which does not use the SAE, has sd 0 and the SAE
+/// set does not.
 #[test]
 fn sae_seeds_run_the_pipeline_per_seed_and_report_the_spread() {
     let tmp = tempfile::tempdir().unwrap();
@@ -633,8 +634,9 @@ fn sae_seeds_run_the_pipeline_per_seed_and_report_the_spread() {
         ),
     );
     assert!(text.contains("seed = 1"));
+    let taxonomy = "\n[taxonomy]\nrandom-seeds = 10\npermutations = 100\nvariance-partition = false\n";
     let p = tmp.path().join("p.toml");
-    std::fs::write(&p, text).unwrap();
+    std::fs::write(&p, format!("{text}{taxonomy}")).unwrap();
     let o = support::bin()
         .arg("run")
         .arg(&p)
@@ -674,14 +676,21 @@ fn sae_seeds_run_the_pipeline_per_seed_and_report_the_spread() {
          k = ['story', 'language', 'layer', 'feature_set', 'roi']\n\
          a = pl.read_parquet(f'{d}/seed-1/summary.parquet').select(*k, pl.col('mean_r').alias('a'))\n\
          b = pl.read_parquet(f'{d}/seed-2/summary.parquet').select(*k, pl.col('mean_r').alias('b'))\n\
-         j = s.filter(pl.col('measure') == 'mean_r').join(a.join(b, on=k), on=k)\n\
-         print(j.height == a.height, float(((j['a'] + j['b']) / 2 - j['mean']).abs().max()) < 1e-12,\n\
+         ab = a.join(b, on=k).drop_nulls()\n\
+         j = s.filter((pl.col('measure') == 'mean_r') & (pl.col('table') == 'summary')).join(ab, on=k)\n\
+         print(j.height == ab.height > 20 and bool((j['n_seeds'] == 2).all()), float(((j['a'] + j['b']) / 2 - j['mean']).abs().max()) < 1e-12,\n\
          \x20     float(((j['a'] - j['b']).abs() / 2 ** 0.5 - j['sd']).abs().max()) < 1e-12)\n\
          print(float(j.filter(pl.col('feature_set') == 'raw')['sd'].max()), float(j.filter(pl.col('feature_set') == 'sae')['sd'].max()) > 0)\n\
          q = s.filter(pl.col('measure') == 'r2')\n\
          qa = pl.read_parquet(f'{d}/seed-1/sae_quality.parquet'); qb = pl.read_parquet(f'{d}/seed-2/sae_quality.parquet')\n\
          m = q.join(qa.select('language', 'layer', pl.col('r2').alias('a')), on=['language', 'layer']).join(qb.select('language', 'layer', pl.col('r2').alias('b')), on=['language', 'layer'])\n\
-         print(m.height, bool((m['n_seeds'] == 2).all()), float(((m['a'] + m['b']) / 2 - m['mean']).abs().max()) < 1e-12, set(s['seeds'].to_list()))",
+         print(m.height, bool((m['n_seeds'] == 2).all()), float(((m['a'] + m['b']) / 2 - m['mean']).abs().max()) < 1e-12, set(s['seeds'].to_list()))\n\
+         kb = ['story', 'language', 'layer', 'feature_set', 'vs']\n\
+         ba = pl.read_parquet(f'{d}/seed-1/baselines.parquet').select(*kb, pl.col('mean_diff').alias('a')).drop_nulls()\n\
+         bb = pl.read_parquet(f'{d}/seed-2/baselines.parquet').select(*kb, pl.col('mean_diff').alias('b')).drop_nulls()\n\
+         bab = ba.join(bb, on=kb)\n\
+         jb = s.filter(pl.col('measure') == 'mean_diff').join(bab, on=kb)\n\
+         print(jb.height == bab.height > 10, float(((jb['a'] + jb['b']) / 2 - jb['mean']).abs().max()) < 1e-12)",
         &[out.to_str().unwrap()],
     );
     let lines: Vec<&str> = check.trim().lines().collect();
@@ -691,6 +700,7 @@ fn sae_seeds_run_the_pipeline_per_seed_and_report_the_spread() {
     );
     assert_eq!(lines[1], "0.0 True", "raw does not depend on the SAE seed; sae does");
     assert_eq!(lines[2], "2 True True {'1,2'}", "the SAE R² of both layers");
+    assert_eq!(lines[3], "True True", "every baseline comparison's mean difference");
 }
 
 /// `[taxonomy] evidence`: by default the SAE's training texts (the corpus, and the stories when
