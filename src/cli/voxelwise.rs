@@ -23,7 +23,7 @@ use crate::encoding::simulate::{simulate_responses, SimulationOptions};
 use crate::encoding::stories::{
     story_cv, zscore_per_story, FoldFactors, StoryCvOptions, StoryFit, StoryPlan, VoxelSource,
 };
-use crate::encoding::{default_alphas, AlphaCriterion, RidgeMethod};
+use crate::encoding::{default_alphas, AlphaCriterion, RidgeMethod, ScorePrecision};
 use crate::features::voxels::{read_regions, trim_design, ResponseLayout, SubjectResponses};
 use crate::stats::{bootstrap_mean_ci, fdr_bh, t_mean_ci, SplitMix64};
 use crate::store::{read_matrix, write_npy, write_table_parquet, TableSchema};
@@ -92,6 +92,11 @@ pub struct VoxelwiseFitArgs {
     /// X Xᵀ (wide designs; the same results to rounding, several times slower): the reference path.
     #[arg(long)]
     pub per_fold_decompositions: bool,
+    /// Form the inner-CV predictions in float64 (the reference path). By default they are float32
+    /// GEMMs scored in float64, with every voxel whose best two penalties are within 1e-4 scored
+    /// again in float64, so the chosen α (and so r, R² and the null) are the same.
+    #[arg(long)]
+    pub exact_scores: bool,
     #[arg(long, default_value_t = 4)]
     pub inner_folds: usize,
     /// Penalties, comma-separated (default: 13 values 10^0 … 10^6 in half decades).
@@ -291,6 +296,10 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         n_shifts: a.n_shifts,
         seed: a.seed,
         shared_kernel: !a.per_fold_decompositions,
+        precision: match a.exact_scores {
+            true => ScorePrecision::Exact,
+            false => ScorePrecision::Fast,
+        },
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(a.threads.unwrap_or(0))
@@ -453,6 +462,15 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
     let fin = |x: f64| x.is_finite().then_some(x);
     let meta = vec![
         ("cortexflow.criterion".to_string(), a.criterion.clone()),
+        (
+            "cortexflow.scores".to_string(),
+            match opts.precision {
+                ScorePrecision::Exact => "float64 inner-CV predictions".to_string(),
+                ScorePrecision::Fast => {
+                    "float32 inner-CV predictions, voxels within 1e-4 of a tie rescored in float64".to_string()
+                }
+            },
+        ),
         ("cortexflow.alphas".to_string(), format!("{:?}", opts.alphas)),
         (
             "cortexflow.folds".to_string(),

@@ -49,7 +49,7 @@ use serde::Serialize;
 use super::folds::{leave_groups_out_folds, Fold};
 use super::ridge::{
     best_alpha, check_alphas, check_finite, eigh_above_roundoff, factorize, gains, mm, scale_rows, score, select_rows,
-    to_mat, AlphaCriterion, RidgeMethod,
+    to_mat, AlphaCriterion, RidgeMethod, ScorePrecision,
 };
 use crate::stats::{chi2_sf, zscore_columns, SplitMix64};
 use crate::{Error, Result};
@@ -469,6 +469,8 @@ pub struct StoryCvOptions {
     /// Wide designs: cut every decomposition from the design's kernel ([`DesignKernel`]); false
     /// decomposes each training set on its own ([`factorize_fold`]), the reference path.
     pub shared_kernel: bool,
+    /// Precision of the inner-CV predictions ([`fit_fold_chunk_with`]); `Fast` by default.
+    pub precision: ScorePrecision,
 }
 
 impl Default for StoryCvOptions {
@@ -481,6 +483,7 @@ impl Default for StoryCvOptions {
             n_shifts: 200,
             seed: 0,
             shared_kernel: true,
+            precision: ScorePrecision::Fast,
         }
     }
 }
@@ -512,6 +515,23 @@ pub fn fit_fold_chunk(
     criterion: AlphaCriterion,
     shifts: &[Vec<usize>],
 ) -> Result<FoldChunkFit> {
+    fit_fold_chunk_with(factors, plan, y, alphas, criterion, shifts, ScorePrecision::Exact)
+}
+
+/// [`fit_fold_chunk`] with the inner-CV predictions' precision: [`ScorePrecision::Fast`] forms
+/// them as float32 GEMMs (scored in float64) and scores again in float64 every voxel whose best
+/// two penalties lie within [`super::ridge::FAST_SCORE_MARGIN`] under either criterion, so the
+/// chosen penalties, and with them the predictions and the null (always float64), are the exact
+/// path's.
+pub fn fit_fold_chunk_with(
+    factors: &FoldFactors,
+    plan: &StoryPlan,
+    y: ArrayView2<f64>,
+    alphas: &[f64],
+    criterion: AlphaCriterion,
+    shifts: &[Vec<usize>],
+    precision: ScorePrecision,
+) -> Result<FoldChunkFit> {
     check_alphas(alphas)?;
     if y.nrows() != plan.n_rows() {
         return Err(Error::Invalid(format!(
@@ -526,31 +546,49 @@ pub fn fit_fold_chunk(
     let ym = to_mat(y);
     let y_train = select_rows(ym.as_ref(), &plan.outer[k].train);
     let criteria = [criterion, AlphaCriterion::R2];
+    let n_inner = plan.inner[k].len() as f64;
     // per inner fold: (criterion, alpha, voxel) scores; summed in fold order
-    let parts: Vec<Vec<f64>> = factors
-        .inner
-        .par_iter()
-        .zip(&plan.inner[k])
-        .map(|(h, f)| {
-            let uty = mm(
-                h.u.as_ref().transpose(),
-                select_rows(y_train.as_ref(), &f.train).as_ref(),
-            );
-            let y_test = select_rows(y_train.as_ref(), &f.test);
-            let mut out = vec![0.0; 2 * na * c];
-            for (i, &alpha) in alphas.iter().enumerate() {
-                let pred = mm(h.a.as_ref(), scale_rows(uty.as_ref(), &h.gains(alpha)).as_ref());
-                for j in 0..c {
-                    for (ci, &cr) in criteria.iter().enumerate() {
-                        let s = score(cr, pred.col_as_slice(j), y_test.col_as_slice(j));
-                        out[(ci * c + j) * na + i] = if s.is_nan() { 0.0 } else { s };
+    let parts = match precision {
+        ScorePrecision::Exact => inner_scores(factors, plan, y_train.as_ref(), alphas, &criteria, false).0,
+        ScorePrecision::Fast => {
+            let (mut parts, undefined) = inner_scores(factors, plan, y_train.as_ref(), alphas, &criteria, true);
+            // every voxel whose best two penalties are too close to call under either criterion
+            // (or with a score float32 could not form) is scored again in float64, so the chosen
+            // penalties are the float64 path's
+            let close: Vec<usize> = (0..c)
+                .filter(|&j| {
+                    undefined[j]
+                        || (0..criteria.len()).any(|ci| {
+                            let mut adj: Vec<f64> = (0..na)
+                                .map(|i| {
+                                    parts.iter().map(|p| p[(ci * c + j) * na + i]).sum::<f64>() / n_inner
+                                        + super::ridge::ALPHA_TIE_SLOPE * alphas[i].ln()
+                                })
+                                .collect();
+                            adj.sort_by(|a, b| b.total_cmp(a));
+                            // scores of z-scored responses: a mean squared error is in units of
+                            // their variance, as r and R² are unitless
+                            adj.len() < 2 || !(adj[0] - adj[1] > super::ridge::FAST_SCORE_MARGIN)
+                        })
+                })
+                .collect();
+            if !close.is_empty() {
+                let sub = Mat::from_fn(y_train.nrows(), close.len(), |i, q| y_train[(i, close[q])]);
+                let (exact, _) = inner_scores(factors, plan, sub.as_ref(), alphas, &criteria, false);
+                let cs = close.len();
+                for (p, e) in parts.iter_mut().zip(&exact) {
+                    for ci in 0..criteria.len() {
+                        for (q, &j) in close.iter().enumerate() {
+                            for i in 0..na {
+                                p[(ci * c + j) * na + i] = e[(ci * cs + q) * na + i];
+                            }
+                        }
                     }
                 }
             }
-            out
-        })
-        .collect();
-    let n_inner = plan.inner[k].len() as f64;
+            parts
+        }
+    };
     let choose = |ci: usize| -> Vec<usize> {
         (0..c)
             .map(|j| {
@@ -614,6 +652,83 @@ pub fn fit_fold_chunk(
         alpha_index_r2,
         null_sums,
     })
+}
+
+/// The inner-CV scores of one outer fold: per inner fold, (criterion, alpha, voxel) scores of
+/// the training rows' voxel columns `y_train` (undefined scores as 0), and per voxel whether a
+/// score was undefined. `fast`: predictions as float32 GEMMs (scores in float64), as
+/// [`ScorePrecision::Fast`]; otherwise float64.
+fn inner_scores(
+    factors: &FoldFactors,
+    plan: &StoryPlan,
+    y_train: faer::MatRef<'_, f64>,
+    alphas: &[f64],
+    criteria: &[AlphaCriterion],
+    fast: bool,
+) -> (Vec<Vec<f64>>, Vec<bool>) {
+    let (c, na, nc) = (y_train.ncols(), alphas.len(), criteria.len());
+    let k = factors.fold;
+    let per_fold: Vec<(Vec<f64>, Vec<bool>)> = factors
+        .inner
+        .par_iter()
+        .zip(&plan.inner[k])
+        .map(|(h, f)| {
+            let uty = mm(h.u.as_ref().transpose(), select_rows(y_train, &f.train).as_ref());
+            let y_test = select_rows(y_train, &f.test);
+            let mut out = vec![0.0; nc * na * c];
+            let mut undefined = vec![false; c];
+            let a32 = fast.then(|| Mat::from_fn(h.a.nrows(), h.a.ncols(), |i, j| h.a[(i, j)] as f32));
+            let mut pred32 = Mat::<f32>::zeros(if fast { h.a.nrows() } else { 0 }, c);
+            let mut w = Mat::<f32>::zeros(if fast { uty.nrows() } else { 0 }, c);
+            let mut col = vec![0.0f64; h.a.nrows()];
+            for (i, &alpha) in alphas.iter().enumerate() {
+                let g = h.gains(alpha);
+                let pred = match &a32 {
+                    Some(a32) => {
+                        for j in 0..c {
+                            for ((o, &u), &gr) in w.col_as_slice_mut(j).iter_mut().zip(uty.col_as_slice(j)).zip(&g) {
+                                *o = (u * gr) as f32;
+                            }
+                        }
+                        faer::linalg::matmul::matmul(
+                            pred32.as_mut(),
+                            faer::Accum::Replace,
+                            a32.as_ref(),
+                            w.as_ref(),
+                            1.0f32,
+                            faer::Par::Seq,
+                        );
+                        None
+                    }
+                    None => Some(mm(h.a.as_ref(), scale_rows(uty.as_ref(), &g).as_ref())),
+                };
+                for j in 0..c {
+                    let p: &[f64] = match &pred {
+                        Some(p) => p.col_as_slice(j),
+                        None => {
+                            for (v, &x) in col.iter_mut().zip(pred32.col_as_slice(j)) {
+                                *v = x as f64;
+                            }
+                            &col
+                        }
+                    };
+                    for (ci, &cr) in criteria.iter().enumerate() {
+                        let s = score(cr, p, y_test.col_as_slice(j));
+                        undefined[j] |= !s.is_finite();
+                        out[(ci * c + j) * na + i] = if s.is_nan() { 0.0 } else { s };
+                    }
+                }
+            }
+            (out, undefined)
+        })
+        .collect();
+    let mut undefined = vec![false; c];
+    for (_, u) in &per_fold {
+        for (a, &b) in undefined.iter_mut().zip(u) {
+            *a |= b;
+        }
+    }
+    (per_fold.into_iter().map(|(o, _)| o).collect(), undefined)
 }
 
 /// Row map of null sample `q`: row `i` of story `s` (offset o, T rows) reads row
@@ -978,7 +1093,15 @@ pub fn story_cv(
                     )));
                 }
                 let t = std::time::Instant::now();
-                let fit = fit_fold_chunk(&factors, plan, y.view(), &opts.alphas, opts.criterion, &shifts)?;
+                let fit = fit_fold_chunk_with(
+                    &factors,
+                    plan,
+                    y.view(),
+                    &opts.alphas,
+                    opts.criterion,
+                    &shifts,
+                    opts.precision,
+                )?;
                 acc.add(plan, k, c0, &fit, y.view(), &opts.alphas);
                 work.fit_s += t.elapsed().as_secs_f64();
                 done += 1;

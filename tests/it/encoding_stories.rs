@@ -7,11 +7,12 @@
 use crate::support;
 
 use cortexflow::encoding::stories::{
-    factorize_fold, factorize_fold_from_kernel, fit_fold_chunk, null_shifts, DesignKernel, FoldFactors,
+    factorize_fold, factorize_fold_from_kernel, fit_fold_chunk, fit_fold_chunk_with, null_shifts, DesignKernel,
+    FoldFactors,
 };
 use cortexflow::encoding::{
     leave_groups_out_folds, ridge_cv_with, simulate, story_cv, zscore_per_story, AlphaCriterion, RidgeMethod,
-    StoryCvOptions, StoryPlan, VoxelSource,
+    ScorePrecision, StoryCvOptions, StoryPlan, VoxelSource,
 };
 use cortexflow::stats::{fdr_bh, pearson, SplitMix64};
 use ndarray::{s, Array2, Axis};
@@ -311,6 +312,35 @@ fn fold_factors_are_shared_across_subjects_and_voxel_chunks() {
         err.to_string().contains("100 rows") && err.to_string().contains(&plan.n_rows().to_string()),
         "{err}"
     );
+}
+
+/// The float32 inner-CV predictions ([`ScorePrecision::Fast`], the default) choose every voxel's
+/// penalties exactly as the float64 path does, under r, R² and negative MSE, so the predictions
+/// and the null sums are bit-identical; the 10 pure-noise voxels have the flattest inner-CV
+/// curves, where a float32 score could tip the choice without the float64 rescoring.
+#[test]
+fn float32_inner_cv_scores_choose_the_float64_penalties() {
+    let lengths = [40, 46, 38, 52, 44, 41, 49, 43, 39];
+    let (plan, x, y, _) = data(&lengths, 300, 60, 10, 0.4, 33);
+    // penalties up to 1e10: at the large ones r no longer changes (the predictions only shrink),
+    // so their scores agree to far below float32's precision and only the rescoring decides
+    let alphas: Vec<f64> = (0..21).map(|i| 10f64.powf(0.5 * i as f64)).collect();
+    let shifts = null_shifts(&plan, 5, 4);
+    let mut n = 0;
+    for criterion in [AlphaCriterion::Pearson, AlphaCriterion::R2, AlphaCriterion::NegMse] {
+        for k in 0..plan.n_outer() {
+            let f = factorize_fold(x.view(), &plan, k, RidgeMethod::Auto).unwrap();
+            let run = |p| fit_fold_chunk_with(&f, &plan, y.view(), &alphas, criterion, &shifts, p).unwrap();
+            let (exact, fast) = (run(ScorePrecision::Exact), run(ScorePrecision::Fast));
+            assert_eq!(exact.alpha_index, fast.alpha_index, "{criterion:?} fold {k}");
+            assert_eq!(exact.alpha_index_r2, fast.alpha_index_r2, "{criterion:?} fold {k}");
+            assert_eq!(exact.predictions, fast.predictions);
+            assert_eq!(exact.predictions_r2, fast.predictions_r2);
+            assert_eq!(exact.null_sums, fast.null_sums);
+            n += exact.alpha_index.len();
+        }
+    }
+    assert_eq!(n, 3 * 4 * 70, "3 criteria × 4 outer folds × 70 voxels");
 }
 
 /// Wide designs (features > training rows): every fold's decompositions cut from the one kernel
