@@ -143,6 +143,13 @@ fn collect(path: &Path, table: &str, measures: &[&str], values: &mut BTreeMap<Ke
     Ok(())
 }
 
+/// "mean ± sd [min, max]" of one result's values over the seeds (sd "–" under 2 values).
+fn spread_text(v: &[f64]) -> String {
+    let (m, sd, lo, hi) = spread(v);
+    let sd = sd.map_or("–".into(), |x| format!("{x:.4}"));
+    format!("{m:.4} ± {sd} [{lo:.4}, {hi:.4}]")
+}
+
 /// (mean, sd with n − 1 (None under 2 values), min, max).
 fn spread(v: &[f64]) -> (f64, Option<f64>, f64, f64) {
     let n = v.len() as f64;
@@ -215,29 +222,21 @@ fn markdown(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> String {
     let _ = writeln!(s, "## Mean r over subjects (all ROIs)\n\n| story | language | layer | feature set | mean r |\n|---|---|---|---|---|");
     for (k, v) in values {
         if k.0 == "summary" && k.6.as_deref() == Some("all") {
-            let (m, sd, lo, hi) = spread(v);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {m:.4} ± {} [{lo:.4}, {hi:.4}] |",
+                "| {} | {} | {} | {} | {} |",
                 k.1.as_deref().unwrap_or(""),
                 k.2,
                 k.3,
                 k.4.as_deref().unwrap_or(""),
-                sd.map_or("–".into(), |x| format!("{x:.4}"))
+                spread_text(v)
             );
         }
     }
     let _ = writeln!(s, "\n## SAE held-out R²\n\n| language | layer | R² |\n|---|---|---|");
     for (k, v) in values {
         if k.0 == "sae_quality" && k.7 == "r2" {
-            let (m, sd, lo, hi) = spread(v);
-            let _ = writeln!(
-                s,
-                "| {} | {} | {m:.4} ± {} [{lo:.4}, {hi:.4}] |",
-                k.2,
-                k.3,
-                sd.map_or("–".into(), |x| format!("{x:.4}"))
-            );
+            let _ = writeln!(s, "| {} | {} | {} |", k.2, k.3, spread_text(v));
         }
     }
     let diffs: Vec<_> = values
@@ -250,15 +249,14 @@ fn markdown(values: &BTreeMap<Key, Vec<f64>>, seeds: &[u64]) -> String {
             "\n## Baselines: mean r difference against the reference\n\n| story | layer | feature set | vs | mean diff |\n|---|---|---|---|---|"
         );
         for (k, v) in diffs {
-            let (m, sd, lo, hi) = spread(v);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {m:.4} ± {} [{lo:.4}, {hi:.4}] |",
+                "| {} | {} | {} | {} | {} |",
                 k.1.as_deref().unwrap_or(""),
                 k.3,
                 k.4.as_deref().unwrap_or(""),
                 k.5.as_deref().unwrap_or(""),
-                sd.map_or("–".into(), |x| format!("{x:.4}"))
+                spread_text(v)
             );
         }
     }

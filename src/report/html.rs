@@ -350,6 +350,8 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
     let title = title.map(str::to_string).unwrap_or_else(|| folder_title(dir));
     let mut body = String::new();
     let mut nav = Vec::new();
+    // read once: the explanation-scores section and the feature cards both use them
+    let score_tables = explanation_score_tables(dir)?;
     let mut section = |id: &str, name: &str, html: String, nav: &mut Vec<(String, String)>| {
         if html.is_empty() {
             return;
@@ -633,7 +635,7 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
         let contexts = task_contexts(dir);
         let kappas = layer_kappas(&t);
         let weights = region_weights(dir)?;
-        let scores = explanation_scores(dir)?;
+        let scores = explanation_scores(&score_tables);
         let mut items = Vec::with_capacity(t.rows.len());
         for r in &t.rows {
             let (lang, layer, feature) = (
@@ -685,8 +687,7 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
 
     // explanation scores: mean accuracy and F1 per (layer, category, scorer)
     let mut html = String::new();
-    for path in explanation_score_files(dir) {
-        let Some(t) = read_table(&path)? else { continue };
+    for (file, t) in &score_tables {
         let mut groups: BTreeMap<(String, String, String), (usize, f64, f64)> = BTreeMap::new();
         for r in &t.rows {
             let g = groups
@@ -703,7 +704,7 @@ pub fn write_report_html(dir: &Path, title: Option<&str>) -> Result<PathBuf> {
         let _ = write!(
             html,
             "<h3>{}</h3><table class=\"scores\"><thead><tr><th>layer</th><th>category</th><th>scorer</th><th>features</th><th>mean accuracy</th><th>mean F1</th></tr></thead><tbody>",
-            esc(&path.file_name().unwrap_or_default().to_string_lossy())
+            esc(file)
         );
         for ((layer, cat, scorer), (n, acc, f1)) in &groups {
             let _ = write!(
@@ -789,9 +790,9 @@ fn layer_kappas(t: &Table) -> BTreeMap<(String, String), (f64, usize)> {
         .collect()
 }
 
-/// The folder's `explanation_scores*.parquet` files (written by `cortexflow labels score --out`),
-/// in name order.
-fn explanation_score_files(dir: &Path) -> Vec<PathBuf> {
+/// The folder's `explanation_scores*.parquet` tables (written by `cortexflow labels score --out`),
+/// with their file names, in name order.
+fn explanation_score_tables(dir: &Path) -> Result<Vec<(String, Table)>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
@@ -804,16 +805,20 @@ fn explanation_score_files(dir: &Path) -> Vec<PathBuf> {
         })
         .unwrap_or_default();
     files.sort();
-    files
+    let mut out = Vec::with_capacity(files.len());
+    for path in files {
+        if let Some(t) = read_table(&path)? {
+            out.push((path.file_name().unwrap_or_default().to_string_lossy().into_owned(), t));
+        }
+    }
+    Ok(out)
 }
 
 /// Explanation scores per (layer, feature): `[scorer, accuracy, f1, n, file]` per row of the
 /// folder's score tables.
-fn explanation_scores(dir: &Path) -> Result<BTreeMap<(String, String), Vec<serde_json::Value>>> {
+fn explanation_scores(tables: &[(String, Table)]) -> BTreeMap<(String, String), Vec<serde_json::Value>> {
     let mut out: BTreeMap<(String, String), Vec<serde_json::Value>> = BTreeMap::new();
-    for path in explanation_score_files(dir) {
-        let Some(t) = read_table(&path)? else { continue };
-        let file = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    for (file, t) in tables {
         for r in &t.rows {
             out.entry((t.get(r, "layer").text(), t.get(r, "feature").text()))
                 .or_default()
@@ -826,7 +831,7 @@ fn explanation_scores(dir: &Path) -> Result<BTreeMap<(String, String), Vec<serde
                 ]));
         }
     }
-    Ok(out)
+    out
 }
 
 /// A feature's region weights: `[roi, region, weight, sd]` per ROI, and the fits averaged.

@@ -65,6 +65,19 @@ fn read(path: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
     Ok((dims, data))
 }
 
+/// A 4-D run's dimensions (x, y, z, TRs) and values in file order; any other shape is an error.
+fn read_run(run: &Path) -> Result<(Vec<usize>, Vec<f64>)> {
+    let (dims, data) = read(run)?;
+    if dims.len() != 4 {
+        return Err(Error::Invalid(format!(
+            "{}: a {}-D volume of shape {dims:?}; expected a 4-D run (x, y, z, TRs)",
+            run.display(),
+            dims.len()
+        )));
+    }
+    Ok((dims, data))
+}
+
 /// The mask's voxels (C order of (i, j, k)) as offsets into a volume of `dims` in file order.
 fn mask_offsets(mask: &Path, dims: &[usize], run: &Path) -> Result<Vec<usize>> {
     let (mdims, m) = read(mask)?;
@@ -104,14 +117,7 @@ pub fn mask_size(mask: &Path) -> Result<usize> {
 /// The 4-D run `run` (x, y, z, TRs) at the voxels of the 3-D `mask`: (TRs, mask voxels), columns
 /// `cols` of it when given.
 pub fn masked_series(run: &Path, mask: &Path, cols: Option<std::ops::Range<usize>>) -> Result<Array2<f64>> {
-    let (dims, data) = read(run)?;
-    if dims.len() != 4 {
-        return Err(Error::Invalid(format!(
-            "{}: a {}-D volume of shape {dims:?}; expected a 4-D run (x, y, z, TRs)",
-            run.display(),
-            dims.len()
-        )));
-    }
+    let (dims, data) = read_run(run)?;
     let offsets = mask_offsets(mask, &dims, run)?;
     let cols = cols.unwrap_or(0..offsets.len());
     if cols.end > offsets.len() || cols.start > cols.end {
@@ -134,14 +140,7 @@ pub fn masked_series(run: &Path, mask: &Path, cols: Option<std::ops::Range<usize
 /// Voxels labelled 0 (or above `n_labels`) are not read. A label that is not a whole number, and a
 /// label in 1..=`n_labels` that no voxel carries, are errors naming the atlas.
 pub fn label_means(run: &Path, atlas: &Path, n_labels: usize) -> Result<Array2<f64>> {
-    let (dims, data) = read(run)?;
-    if dims.len() != 4 {
-        return Err(Error::Invalid(format!(
-            "{}: a {}-D volume of shape {dims:?}; expected a 4-D run (x, y, z, TRs)",
-            run.display(),
-            dims.len()
-        )));
-    }
+    let (dims, data) = read_run(run)?;
     let (adims, labels) = read(atlas)?;
     if adims.len() < 3 || adims[3..].iter().any(|&d| d != 1) || adims[..3] != dims[..3] {
         return Err(Error::Invalid(format!(
