@@ -372,9 +372,33 @@ pub struct SaeSection {
     /// Words of each corpus file used (from its start).
     #[serde(default = "default_corpus_words")]
     pub corpus_max_words: usize,
-    /// Also train on the stimulus words.
-    #[serde(default = "yes")]
+    /// How the SAEs are trained: `"tokens"` (the default) the way `cortexflow sae train` trains:
+    /// the layer's vector at every token of the `corpus` texts (non-overlapping windows of
+    /// `context` positions, spooled to the store in one LM pass for all layers), the last
+    /// `heldout-fraction` of each text held out as a contiguous span, dead features resampled, a
+    /// seed per layer (`seed` + layer), and the stimulus not in the training data (its R² is
+    /// reported as out of domain). One SAE per (model, layer, corpus, settings) is kept in the
+    /// store and reused by every pipeline that shares it. `"words"`: the former scheme, word
+    /// vectors of the corpus and (with `include-stimulus`) the stories, every k-th row held out,
+    /// one seed for all layers.
+    #[serde(default, skip_serializing_if = "SaeTraining::is_words")]
+    pub training: SaeTraining,
+    /// Also train on the stimulus words (`training = "words"` only). Default false.
+    #[serde(default)]
     pub include_stimulus: bool,
+    /// `training = "tokens"`: positions per window, BOS included (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<usize>,
+    /// `training = "tokens"`: tokens used from the start of each corpus file (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_max_tokens: Option<usize>,
+    /// `training = "tokens"`: passes over the training tokens; sets the steps
+    /// (⌈epochs × training tokens / batch-size⌉) instead of `steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<f64>,
+    /// `training = "tokens"`: spool chunks (≈ 8K tokens each) in the shuffle buffer (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer_chunks: Option<usize>,
     /// One SAE per language and layer, each trained on its language's texts only (default), so
     /// that adding a language leaves the others' results unchanged; `false`: one SAE per layer
     /// shared by all languages. The corpus files are in the first story's language.
@@ -424,7 +448,42 @@ pub struct SaeSection {
     pub min_r2: f64,
 }
 
+/// How a pipeline's SAEs are trained (see [`SaeSection::training`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SaeTraining {
+    #[default]
+    Tokens,
+    Words,
+}
+
+impl SaeTraining {
+    fn is_words(&self) -> bool {
+        *self == SaeTraining::Words
+    }
+}
+
+/// `training = "tokens"`: default positions per spool window (BOS included).
+pub const DEFAULT_SPOOL_CONTEXT: usize = 256;
+/// `training = "tokens"`: default spool chunks in the shuffle buffer.
+pub const DEFAULT_BUFFER_CHUNKS: usize = 8;
+
 impl SaeSection {
+    /// Whether the SAEs are trained here from corpus tokens (`training = "tokens"`, not pretrained).
+    pub fn trains_on_tokens(&self) -> bool {
+        self.pretrained.is_none() && self.training == SaeTraining::Tokens
+    }
+
+    /// `training = "tokens"`: the resampling period: `resample-every` when set, else every
+    /// min(5,000, steps / 5) steps (the paper's every 5K steps, and at least 4 times in a
+    /// shorter run, so that a small corpus's dead features are resampled at all).
+    pub fn token_resample_every(&self, steps: usize) -> usize {
+        match self.resample_every {
+            0 => (steps / 5).clamp(1, 5000),
+            n => n,
+        }
+    }
+
     /// The settings that define a trained SAE (its artifact key): everything but the floor.
     pub fn training_settings(&self) -> SaeSection {
         SaeSection {
@@ -913,6 +972,81 @@ fn corpus_files(file: &PipelineFile, data_root: &Path, path: &Path) -> Result<Ve
     Ok(corpus)
 }
 
+impl Plan {
+    /// The language of the `[sae] corpus` texts: the first story's (English without stories).
+    pub fn corpus_language(&self) -> &str {
+        self.stories.first().map(|(c, _)| c.language.as_str()).unwrap_or("en")
+    }
+}
+
+/// `[sae] training` against the keys that belong to the other scheme.
+fn check_sae_training(sae: &SaeSection, path: &Path) -> Result<()> {
+    let token_keys = [
+        ("context", sae.context.is_some()),
+        ("corpus-max-tokens", sae.corpus_max_tokens.is_some()),
+        ("epochs", sae.epochs.is_some()),
+        ("buffer-chunks", sae.buffer_chunks.is_some()),
+    ];
+    if sae.pretrained.is_some() {
+        return Ok(());
+    }
+    match sae.training {
+        SaeTraining::Words => {
+            if let Some((key, _)) = token_keys.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    path,
+                    &format!("sae.{key}"),
+                    "is a setting of training = \"tokens\"; this plan trains on words (training = \"words\")",
+                ));
+            }
+        }
+        SaeTraining::Tokens => {
+            if sae.include_stimulus {
+                return Err(invalid(
+                    path,
+                    "sae.include-stimulus",
+                    "training = \"tokens\" (the default) trains the SAEs on the corpus texts' tokens only, so \
+                     the stimulus stays out of their training data; to train on the stimulus words set \
+                     training = \"words\" as well",
+                ));
+            }
+            if sae.corpus.is_empty() {
+                return Err(invalid(
+                    path,
+                    "sae.corpus",
+                    "training = \"tokens\" (the default) trains each layer's SAE on the tokens of the corpus \
+                     texts, and none are named; name text files in `corpus`, use `pretrained` SAEs, or set \
+                     training = \"words\" with include-stimulus = true to train on the stimulus words",
+                ));
+            }
+            if sae.context.is_some_and(|c| c < 2) {
+                return Err(invalid(
+                    path,
+                    "sae.context",
+                    "must hold BOS and at least one token (≥ 2)",
+                ));
+            }
+            if sae.corpus_max_tokens == Some(0) {
+                return Err(invalid(path, "sae.corpus-max-tokens", "must be at least 1"));
+            }
+            if sae.epochs.is_some_and(|e| !(e.is_finite() && e > 0.0)) {
+                return Err(invalid(path, "sae.epochs", "must be a positive number"));
+            }
+            if sae.buffer_chunks == Some(0) {
+                return Err(invalid(path, "sae.buffer-chunks", "must be at least 1"));
+            }
+            if !(sae.heldout_fraction > 0.0 && sae.heldout_fraction < 0.5) {
+                return Err(invalid(
+                    path,
+                    "sae.heldout-fraction",
+                    "must be in (0, 0.5): the end of each corpus text held out for the quality metrics",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The `[sae]` architecture settings, and every pretrained SAE folder against the model's width.
 fn check_sae(file: &PipelineFile, data_root: &Path, d_model: usize, layers: &[usize], path: &Path) -> Result<()> {
     let sae = &file.sae;
@@ -947,6 +1081,7 @@ fn check_sae(file: &PipelineFile, data_root: &Path, d_model: usize, layers: &[us
             ))
         }
     }
+    check_sae_training(sae, path)?;
     if let Some(pattern) = &sae.pretrained {
         for &l in layers {
             let dir = pretrained_dir(data_root, pattern, l);

@@ -339,6 +339,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let feature_sets: Vec<FeatureSet> = ctx.plan.file.encoding.feature_sets.clone();
     let include_stimulus = ctx.plan.file.sae.include_stimulus;
+    // `[sae] training = "tokens"`: the SAEs train on corpus tokens (spools), so the corpus texts
+    // go through the word-level LM stage only when they are the labels' evidence
+    let sae_on_tokens = ctx.plan.file.sae.trains_on_tokens();
     let per_language = ctx.plan.file.sae.per_language;
     let taxonomy_on = ctx.plan.file.taxonomy.is_some();
     let partition_on = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.variance_partition);
@@ -398,10 +401,12 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
 
                 // ---- LM over every text (stories and corpus documents): its words and one activation
                 // artifact per layer. Not a generic stage: the worker's ONNX session is its state.
-                let texts = stories
-                    .clone()
-                    .map(|(s, a)| ((true, s), a))
-                    .concat(corpus.clone().map(|(c, a)| ((false, c), a)));
+                let texts = stories.clone().map(|(s, a)| ((true, s), a)).concat(
+                    corpus
+                        .clone()
+                        .filter(move |_| !sae_on_tokens || evidence_corpus)
+                        .map(|(c, a)| ((false, c), a)),
+                );
                 let lm_env = env.clone();
                 let model = session_in_graph;
                 let acts = texts.reduce_named("LM", move |(_, text), input, output| {
@@ -439,18 +444,51 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
 
                 // ---- one SAE per (language, layer), its training rows in the order of the texts'
                 // names (not of their artifact ids, which change with the model's manifest)
+                // (with `training = "tokens"`: the stories' rows, for the out-of-domain R², and
+                // the layer's corpus-token spool, the `None` text, first)
                 let sae_inputs = acts.clone().flat_map(move |((is_story, text), (group, layer, id))| {
                     layer
-                        .filter(|_| !is_story || include_stimulus)
-                        .map(|layer| (SaeKey { group, layer }, (text, id)))
+                        .filter(|_| match sae_on_tokens {
+                            true => is_story,
+                            false => !is_story || include_stimulus,
+                        })
+                        .map(|layer| (SaeKey { group, layer }, (Some(text), id)))
                 });
+                let spools = env.per_key(
+                    sae_inputs
+                        .clone()
+                        .filter(move |_| sae_on_tokens)
+                        .map(|(k, _)| (k.group, k.layer))
+                        .distinct(),
+                    "Spool",
+                    |g| format!("corpus-token spools of `{g}`"),
+                    |ctx, group, layers| {
+                        let layers: Vec<usize> = layers.iter().map(|l| **l).collect();
+                        stages::sae_tokens::spool_stage(ctx, group, &layers)
+                    },
+                );
+                let sae_inputs = sae_inputs
+                    .concat(spools.map(|(group, (layer, spool))| (SaeKey { group, layer }, (None::<String>, spool))));
                 let saes = env.per_key(
                     sae_inputs,
                     "SAE",
                     |k| format!("SAE of `{}` layer {}", k.group, k.layer),
-                    |ctx, k, inputs| {
-                        let ids: Vec<ArtifactId> = inputs.iter().map(|(_, a)| a.clone()).collect();
-                        Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?])
+                    move |ctx, k, inputs| {
+                        let ids: Vec<ArtifactId> = inputs
+                            .iter()
+                            .filter(|(text, _)| text.is_some())
+                            .map(|(_, a)| a.clone())
+                            .collect();
+                        if !sae_on_tokens {
+                            return Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?]);
+                        }
+                        // the spool sorts first (`None`); absent when its stage failed
+                        match inputs.first() {
+                            Some((None, spool)) => Ok(vec![stages::sae_tokens::token_sae_stage(
+                                ctx, &k.group, k.layer, spool, &ids,
+                            )?]),
+                            _ => Ok(vec![]),
+                        }
                     },
                 );
                 let rec_saes = saes.clone().map(|(k, a)| Record::Sae(k, a));

@@ -283,5 +283,22 @@ pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
         ("mean_l0", f64s(&|r| r.mean_l0), false),
         ("dead_fraction", f64s(&|r| r.dead_fraction), false),
         ("dense_fraction", f64s(&|r| r.dense_fraction), false),
+        (
+            "training",
+            utf8(recs.iter().map(|r| r.training.clone()).collect()),
+            false,
+        ),
+        (
+            "r2_stimulus",
+            Arc::new(Float64Array::from_iter(recs.iter().map(|r| r.stimulus_r2))),
+            true,
+        ),
+        (
+            "stimulus_in_training",
+            Arc::new(BooleanArray::from_iter(
+                recs.iter().map(|r| Some(r.stimulus_in_training)),
+            )),
+            false,
+        ),
     ])
 }

@@ -115,11 +115,7 @@ pub fn input_records(plan: &Plan, store: Option<&ArtifactStore>) -> Result<Input
             .story_files
             .insert(cfg.id.clone(), plan.data_root.join(&cfg.stimulus));
     }
-    let language = plan
-        .stories
-        .first()
-        .map(|(c, _)| c.language.clone())
-        .unwrap_or_else(|| "en".into());
+    let language = plan.corpus_language().to_string();
     for path in &plan.corpus {
         let opts = ReadOptions {
             language: language.clone(),

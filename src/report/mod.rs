@@ -312,15 +312,25 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
     }
     let _ = writeln!(
         s,
-        "\n## SAE quality (held-out rows)\n\n| SAE | layer | d_sae | R² | mean L0 | dead | dense |\n|---|---|---|---|---|---|---|"
+        "\n## SAE quality (held-out rows)\n\nTrained on: `tokens`, every token of the `[sae] corpus` texts with the \
+         last part of each held out (`cortexflow sae train`'s scheme, the default); `words`, word vectors with \
+         every k-th held out; `pretrained`, measured on all rows. Stimulus R²: on the stories' words, out of \
+         domain unless they were training data.\n\n\
+         | SAE | layer | d_sae | trained on | training rows | R² | mean L0 | dead | dense | stimulus R² |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
     );
     let mut records = Vec::new();
     for (_, id) in &snap.saes {
         let q = stages::sae_record(ctx, id)?;
+        let stim = match (q.stimulus_r2, q.stimulus_in_training) {
+            (Some(r2), false) => format!("{r2:.3} (out of domain)"),
+            (Some(r2), true) => format!("{r2:.3}"),
+            (None, _) => "—".into(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.1} | {:.3} | {:.3} |",
-            q.language, q.layer, q.d_sae, q.r2, q.mean_l0, q.dead_fraction, q.dense_fraction
+            "| {} | {} | {} | {} | {} | {:.3} | {:.1} | {:.3} | {:.3} | {stim} |",
+            q.language, q.layer, q.d_sae, q.training, q.n_train, q.r2, q.mean_l0, q.dead_fraction, q.dense_fraction
         );
         records.push((q.language, q.layer, q.r2));
     }

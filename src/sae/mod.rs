@@ -76,7 +76,7 @@ pub use io::{
 pub use metrics::{sae_quality, SaeQuality, DENSE_THRESHOLD};
 pub use model::{Sae, SaeKind};
 pub use relu::{AuxK, ReluSae, ReluSaeGrad, SaeLoss, SparseCodes};
-pub use spool::{build_spool, Spool, SpoolManifest, SpoolOptions};
+pub use spool::{build_spool, build_spools, Spool, SpoolManifest, SpoolOptions};
 pub use stream::SpoolStream;
 pub use train::{
     train_batch_topk_sae, train_relu_sae, train_topk_sae, BatchTopKTrainConfig, ReluSaeTrainer, ResampleEvent,

@@ -334,9 +334,24 @@ pub fn build_spool(
     dir: &Path,
     opts: &SpoolOptions,
 ) -> Result<Spool> {
+    let mut v = build_spools(lm, model_id, sources, &[(opts.layer, dir.to_path_buf())], opts)?;
+    Ok(v.pop().expect("one spool per layer"))
+}
+
+/// [`build_spool`] for several layers in one pass of the LM: `targets` pairs each layer with its
+/// spool folder (`opts.layer` is not used). Each folder is the spool [`build_spool`] would write
+/// for its layer alone, byte for byte (the LM's hidden states do not depend on which layers are
+/// read out); each resumes and refuses other settings on its own.
+pub fn build_spools(
+    lm: &mut LanguageModel,
+    model_id: &str,
+    sources: &[PathBuf],
+    targets: &[(usize, PathBuf)],
+    opts: &SpoolOptions,
+) -> Result<Vec<Spool>> {
     let m = &lm.manifest;
-    if opts.layer > m.n_layers {
-        return Err(crate::lm::runtime::layer_error(opts.layer, m.n_layers));
+    if let Some(&(l, _)) = targets.iter().find(|(l, _)| *l > m.n_layers) {
+        return Err(crate::lm::runtime::layer_error(l, m.n_layers));
     }
     if !(0.0..0.5).contains(&opts.heldout_fraction) {
         return Err(Error::Invalid(format!(
@@ -390,37 +405,49 @@ pub fn build_spool(
         });
         planned.push(w.windows);
     }
-    let mut manifest = SpoolManifest {
-        model: model_id.into(),
-        layer: opts.layer,
-        d: m.d_model,
-        context: opts.context,
-        skip_first: opts.skip_first,
-        heldout_fraction: opts.heldout_fraction,
-        sources: src_meta,
-        chunks,
-        complete: false,
-    };
-    let mpath = dir.join(SPOOL_FILE);
-    if mpath.is_file() {
-        let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
-        let old: SpoolManifest =
-            serde_json::from_str(&text).map_err(|e| Error::parse(&mpath, "spool manifest", e.to_string()))?;
-        if let Some(diff) = old.difference(&manifest) {
-            return Err(Error::Invalid(format!(
-                "{} holds a spool made with other settings ({diff}); delete it or choose another folder",
-                dir.display()
-            )));
+    let d = m.d_model;
+    let mut manifests = Vec::with_capacity(targets.len());
+    // per target: whether it was complete already
+    let mut done = Vec::with_capacity(targets.len());
+    for (layer, dir) in targets {
+        let manifest = SpoolManifest {
+            model: model_id.into(),
+            layer: *layer,
+            d,
+            context: opts.context,
+            skip_first: opts.skip_first,
+            heldout_fraction: opts.heldout_fraction,
+            sources: src_meta.clone(),
+            chunks: chunks.clone(),
+            complete: false,
+        };
+        let mpath = dir.join(SPOOL_FILE);
+        let mut complete = false;
+        if mpath.is_file() {
+            let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io(&mpath, e))?;
+            let old: SpoolManifest =
+                serde_json::from_str(&text).map_err(|e| Error::parse(&mpath, "spool manifest", e.to_string()))?;
+            if let Some(diff) = old.difference(&manifest) {
+                return Err(Error::Invalid(format!(
+                    "{} holds a spool made with other settings ({diff}); delete it or choose another folder",
+                    dir.display()
+                )));
+            }
+            complete = old.complete;
         }
-        if old.complete {
-            return Spool::open(dir);
+        if !complete {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            write_manifest(dir, &manifest)?;
         }
+        manifests.push(manifest);
+        done.push(complete);
     }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_manifest(dir, &manifest)?;
+    // the layers still to write, and where
+    let todo: Vec<usize> = (0..targets.len()).filter(|&t| !done[t]).collect();
+    let layers: Vec<usize> = todo.iter().map(|&t| targets[t].0).collect();
 
-    let total: usize = manifest.chunks.iter().map(|c| c.rows).sum();
-    let pb = if opts.progress {
+    let total: usize = chunks.iter().map(|c| c.rows).sum();
+    let pb = if opts.progress && !todo.is_empty() {
         let pb = ProgressBar::new(total as u64);
         if let Ok(st) = ProgressStyle::with_template("spool {bar:40} {pos}/{len} tokens {per_sec} eta {eta}") {
             pb.set_style(st);
@@ -429,15 +456,19 @@ pub fn build_spool(
     } else {
         ProgressBar::hidden()
     };
-    let d = manifest.d;
     let skip = bos.is_some() as usize + opts.skip_first;
-    for c in &manifest.chunks {
-        let path = dir.join(&c.file);
-        if path.is_file() && read_npy_f32(&path).map(|x| x.dim() == (c.rows, d)).unwrap_or(false) {
+    for c in chunks.iter().filter(|_| !todo.is_empty()) {
+        let chunk_there = |t: usize| {
+            let path = targets[t].1.join(&c.file);
+            path.is_file() && read_npy_f32(&path).map(|x| x.dim() == (c.rows, d)).unwrap_or(false)
+        };
+        let missing: Vec<usize> = (0..todo.len()).filter(|&i| !chunk_there(todo[i])).collect();
+        if missing.is_empty() {
             pb.inc(c.rows as u64);
             continue;
         }
-        let mut out = Array2::<f32>::zeros((c.rows, d));
+        let mut outs: Vec<Array2<f32>> = missing.iter().map(|_| Array2::<f32>::zeros((c.rows, d))).collect();
+        let read: Vec<usize> = missing.iter().map(|&i| layers[i]).collect();
         let mut row = 0;
         let wins = &planned[c.source][c.windows.0..c.windows.1];
         for batch in wins.chunks(opts.batch_size.max(1)) {
@@ -445,31 +476,47 @@ pub fn build_spool(
                 .iter()
                 .map(|w| bos.into_iter().chain(w.iter().copied()).collect())
                 .collect();
-            row = lm.run_hidden_with(&inputs, &[opts.layer], |h| {
-                let h = &h[0];
-                for (b, w) in batch.iter().enumerate() {
-                    let keep = w.len().saturating_sub(opts.skip_first);
-                    out.slice_mut(s![row..row + keep, ..])
-                        .assign(&h.slice(s![b, skip..skip + keep, ..]));
-                    row += keep;
+            row = lm.run_hidden_with(&inputs, &read, |hs| {
+                let mut next = row;
+                for (h, out) in hs.iter().zip(outs.iter_mut()) {
+                    next = row;
+                    for (b, w) in batch.iter().enumerate() {
+                        let keep = w.len().saturating_sub(opts.skip_first);
+                        out.slice_mut(s![next..next + keep, ..])
+                            .assign(&h.slice(s![b, skip..skip + keep, ..]));
+                        next += keep;
+                    }
                 }
-                row
+                next
             })?;
             pb.inc(batch.iter().map(Vec::len).sum::<usize>() as u64);
         }
-        if let Some((i, j)) = out.indexed_iter().find(|(_, v)| !v.is_finite()).map(|(ij, _)| ij) {
-            return Err(Error::Model(format!(
-                "the LM produced a non-finite activation for {} (chunk {}, row {i}, column {j})",
-                manifest.sources[c.source].path, c.file
-            )));
+        for (&i, out) in missing.iter().zip(&outs) {
+            let (layer, dir) = &targets[todo[i]];
+            if let Some((r, j)) = out.indexed_iter().find(|(_, v)| !v.is_finite()).map(|(ij, _)| ij) {
+                return Err(Error::Model(format!(
+                    "the LM produced a non-finite activation at layer {layer} for {} (chunk {}, row {r}, column {j})",
+                    src_meta[c.source].path, c.file
+                )));
+            }
+            write_npy_f32(&dir.join(&c.file), out.view())?;
         }
-        write_npy_f32(&path, out.view())?;
     }
     pb.finish_and_clear();
-    manifest.complete = true;
-    write_manifest(dir, &manifest)?;
-    Ok(Spool {
-        dir: dir.to_path_buf(),
-        manifest,
-    })
+    targets
+        .iter()
+        .zip(manifests)
+        .zip(done)
+        .map(|(((_, dir), mut manifest), complete)| {
+            if complete {
+                return Spool::open(dir);
+            }
+            manifest.complete = true;
+            write_manifest(dir, &manifest)?;
+            Ok(Spool {
+                dir: dir.clone(),
+                manifest,
+            })
+        })
+        .collect()
 }

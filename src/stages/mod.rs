@@ -21,6 +21,7 @@
 //! or `cli`.
 
 pub mod reading;
+pub mod sae_tokens;
 pub mod taxonomy;
 
 use std::sync::Arc;
@@ -249,6 +250,39 @@ pub struct SaeRecord {
     /// Training loss at the last step; None for a pretrained SAE.
     #[serde(default)]
     pub final_loss: Option<f64>,
+    /// How it was trained: [`TRAINING_TOKENS`], [`TRAINING_WORDS`] or [`TRAINING_PRETRAINED`].
+    #[serde(default = "training_words")]
+    pub training: String,
+    /// R² on the stimulus words (`training = "tokens"`: out of domain, never training data).
+    #[serde(default)]
+    pub stimulus_r2: Option<f64>,
+    #[serde(default)]
+    pub n_stimulus: Option<usize>,
+    /// Whether the stimulus words were training data.
+    #[serde(default)]
+    pub stimulus_in_training: bool,
+}
+
+/// [`SaeRecord::training`] values: trained on corpus tokens (`[sae] training = "tokens"`), on
+/// word vectors (`"words"`), or pretrained elsewhere.
+pub const TRAINING_TOKENS: &str = "tokens";
+pub const TRAINING_WORDS: &str = "words";
+pub const TRAINING_PRETRAINED: &str = "pretrained";
+
+fn training_words() -> String {
+    TRAINING_WORDS.into()
+}
+
+/// Logs an SAE whose held-out R² is under the plan's floor (`[sae] min-r2`).
+fn warn_under_floor(ctx: &Ctx, group: &str, layer: usize, r2: f64, mean_l0: f64, dead_fraction: f64) {
+    if crate::sae::metrics::under_floor(r2, ctx.plan.file.sae.min_r2) {
+        tracing::warn!(
+            "the SAE of `{group}` layer {layer} reconstructs R² = {r2:.3} of the held-out activations \
+             (mean L0 {mean_l0:.1}, {:.0}% dead features), under the floor [sae] min-r2 = {}",
+            100.0 * dead_fraction,
+            ctx.plan.file.sae.min_r2
+        );
+    }
 }
 
 pub fn sae_train_config(plan: &Plan) -> SaeTrainConfig {
@@ -306,16 +340,7 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             }
         };
         let q = model.quality(held.view());
-        if crate::sae::metrics::under_floor(q.r2, ctx.plan.file.sae.min_r2) {
-            tracing::warn!(
-                "the SAE of `{group}` layer {layer} reconstructs R² = {:.3} of the held-out activations \
-                 (mean L0 {:.1}, {:.0}% dead features), under the floor [sae] min-r2 = {}",
-                q.r2,
-                q.mean_l0,
-                100.0 * q.dead_fraction,
-                ctx.plan.file.sae.min_r2
-            );
-        }
+        warn_under_floor(ctx, group, layer, q.r2, q.mean_l0, q.dead_fraction);
         let rec = SaeRecord {
             language: group.to_string(),
             layer,
@@ -329,6 +354,10 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             dead_fraction: q.dead_fraction,
             dense_fraction: q.dense_fraction,
             final_loss: report.logs.last().map(|l| l.loss as f64),
+            training: TRAINING_WORDS.into(),
+            stimulus_r2: None,
+            n_stimulus: None,
+            stimulus_in_training: ctx.plan.file.sae.include_stimulus,
         };
         let path = dir.join("quality.json");
         crate::paths::write_atomic(&path, serde_json::to_string_pretty(&rec).unwrap().as_bytes())
@@ -408,6 +437,10 @@ fn pretrained_sae_stage(
             dead_fraction: q.dead_fraction,
             dense_fraction: q.dense_fraction,
             final_loss: None,
+            training: TRAINING_PRETRAINED.into(),
+            stimulus_r2: None,
+            n_stimulus: None,
+            stimulus_in_training: false,
         };
         crate::paths::write_atomic(
             &dir.join("quality.json"),

@@ -1173,3 +1173,213 @@ fn responses_per_story_come_from_a_story_pattern() {
     let e = write("story = \"a\"\n").unwrap_err().to_string();
     assert!(e.contains("fmri.story") && e.contains("leave it out"), "{e}");
 }
+
+/// The small Alice plan with `[sae]` left at the defaults that matter: `training = "tokens"`, no
+/// stimulus in the training data, 6,000 corpus tokens.
+fn token_plan_text(store: &Path, out: &Path, name: &str) -> String {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
+    let text = std::fs::read_to_string(src).unwrap();
+    assert!(text.contains("training = \"words\"") && text.contains("include-stimulus = true"));
+    text.lines()
+        .filter(|l| !l.starts_with("training =") && !l.starts_with("include-stimulus ="))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "name = \"alice-small\"\noutput = \"runs/alice-small\"",
+            &format!(
+                "name = {name:?}\noutput = {:?}\nstore = {:?}",
+                out.to_str().unwrap(),
+                store.to_str().unwrap()
+            ),
+        )
+        .replace("corpus-max-words = 1500", "corpus-max-tokens = 6000")
+        .replace(
+            "only-subjects = [\"s18\", \"s22\", \"s23\", \"s24\"]",
+            "only-subjects = [\"s18\", \"s22\"]",
+        )
+}
+
+/// The `spool` and `sae-tokens` folders of a store, by layer.
+fn token_artifacts(store: &Path, stage: &str, file: &str) -> std::collections::BTreeMap<u64, PathBuf> {
+    let mut found = std::collections::BTreeMap::new();
+    for shard in std::fs::read_dir(store.join(stage)).unwrap().flatten() {
+        for dir in std::fs::read_dir(shard.path()).unwrap().flatten() {
+            let text = std::fs::read_to_string(dir.path().join(file)).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            found.insert(v["layer"].as_u64().unwrap(), dir.path());
+        }
+    }
+    found
+}
+
+/// `[sae] training = "tokens"`, the default: each layer's SAE is trained the way `cortexflow sae
+/// train` trains it — the pipeline's spool and SAE weights are byte-identical to those of a `sae
+/// train` job with the same settings (seed = `[sae] seed` + layer, resampling on) — from the
+/// corpus alone (the stimulus's R² is reported as out of domain); a second pipeline on the same
+/// store trains and spools nothing; plans that would train on the stimulus or on nothing are
+/// refused with the key to change.
+#[test]
+fn pipeline_saes_train_on_corpus_tokens_like_sae_train_and_are_shared_through_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let _lm = support::seed_lm(&store);
+    let p = tmp.path().join("p.toml");
+    std::fs::write(&p, token_plan_text(&store, &tmp.path().join("out"), "tokens-a")).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    assert!(plan.file.sae.trains_on_tokens() && !plan.file.sae.include_stimulus);
+    let run = |p: &Path| {
+        let o = support::bin()
+            .arg("run")
+            .arg(p)
+            .args(["-w", "2"])
+            .env("CORTEXFLOW_LOG", "warn")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
+        stdout
+    };
+    let stdout = run(&p);
+    assert!(
+        stdout.contains("\"spool\": 2") && stdout.contains("\"sae-tokens\": 2"),
+        "{stdout}"
+    );
+
+    // the quality table: corpus-token training, held-out tokens, the stimulus out of domain
+    let code = r#"
+import sys, json, polars as pl
+q = pl.read_parquet(sys.argv[1] + "/sae_quality.parquet").sort("layer")
+print(json.dumps(q.select("layer", "training", "n_train", "n_heldout", "r2", "r2_stimulus", "stimulus_in_training").to_dicts()))
+"#;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(support::run_python(code, &[tmp.path().join("out").to_str().unwrap()]).trim()).unwrap();
+    let spools = token_artifacts(&store, "spool", "spool.json");
+    let trained = token_artifacts(&store, "sae-tokens", "trained.json");
+    assert_eq!(spools.keys().copied().collect::<Vec<_>>(), vec![3, 9]);
+    for row in &rows {
+        let layer = row["layer"].as_u64().unwrap();
+        assert_eq!(row["training"], "tokens");
+        assert_eq!(row["stimulus_in_training"], false);
+        let r2s = row["r2_stimulus"].as_f64().expect("the stimulus R² is reported");
+        assert!(r2s.is_finite() && r2s < 1.0, "{row}");
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(spools[&layer].join("spool.json")).unwrap()).unwrap();
+        // the corpus file alone, its last windows held out as one span
+        let sources = m["sources"].as_array().unwrap();
+        assert_eq!(sources.len(), 1);
+        assert!(sources[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("ELTeC-eng_ENG18400_Trollope.txt"));
+        let chunks = m["chunks"].as_array().unwrap();
+        let rows_of = |held: bool| -> u64 {
+            chunks
+                .iter()
+                .filter(|c| c["heldout"] == held)
+                .map(|c| c["rows"].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(row["n_train"].as_u64().unwrap(), rows_of(false));
+        assert_eq!(row["n_heldout"].as_u64().unwrap(), rows_of(true));
+        let first_held = chunks.iter().position(|c| c["heldout"] == true).unwrap();
+        assert!(
+            chunks[first_held..].iter().all(|c| c["heldout"] == true),
+            "held-out chunks come last"
+        );
+        let n_windows = sources[0]["n_windows"].as_u64().unwrap();
+        assert_eq!(chunks.last().unwrap()["windows"][1].as_u64().unwrap(), n_windows);
+        let t: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(trained[&layer].join("trained.json")).unwrap()).unwrap();
+        assert_eq!(t["seed"].as_u64().unwrap(), 1 + layer, "a seed per layer");
+        assert_eq!(t["resample_every"].as_u64().unwrap(), 8, "steps / 5");
+        assert!(t["resamples"].as_u64().unwrap() >= 1, "{t}");
+    }
+    let report = std::fs::read_to_string(tmp.path().join("out/report.md")).unwrap();
+    assert!(report.contains("(out of domain)"), "{report}");
+
+    // the same SAE from `cortexflow sae train` with the same settings, byte for byte
+    for layer in [3u64, 9] {
+        let job = tmp.path().join(format!("job{layer}.toml"));
+        std::fs::write(
+            &job,
+            format!(
+                "name = \"j\"\noutput = {:?}\ndata-root = {:?}\n[model]\nlayer = {layer}\n[corpus]\n\
+                 files = [\"corpora_text/ELTeC-eng_ENG18400_Trollope.txt\"]\nmax-tokens-per-file = 6000\n\
+                 [sae]\narchitecture = \"relu\"\nexpansion = 2\nl1 = 5.0\nlr = 3e-4\nbatch-size = 256\n\
+                 steps = 40\nwarmup-steps = 100\nresample-every = 8\nbuffer-chunks = 8\nseed = {}\n",
+                tmp.path().join(format!("job{layer}")).to_str().unwrap(),
+                support::data_root().to_str().unwrap(),
+                1 + layer
+            ),
+        )
+        .unwrap();
+        let o = support::bin()
+            .args(["sae", "train", "--quiet"])
+            .arg(&job)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let job_dir = tmp.path().join(format!("job{layer}"));
+        let mut n_chunks = 0;
+        for e in std::fs::read_dir(job_dir.join("spool")).unwrap().flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().ends_with(".npy") {
+                n_chunks += 1;
+                assert_eq!(
+                    std::fs::read(e.path()).unwrap(),
+                    std::fs::read(spools[&layer].join(&name)).unwrap(),
+                    "layer {layer} {name:?}"
+                );
+            }
+        }
+        assert!(n_chunks >= 2);
+        assert_eq!(
+            std::fs::read(job_dir.join("sae/sae_weights.safetensors")).unwrap(),
+            std::fs::read(trained[&layer].join("sae_weights.safetensors")).unwrap(),
+            "layer {layer}: the pipeline's SAE is sae train's"
+        );
+    }
+
+    // a second pipeline (other name, output and feature sets) on the store reuses both
+    let p2 = tmp.path().join("p2.toml");
+    std::fs::write(
+        &p2,
+        token_plan_text(&store, &tmp.path().join("out2"), "tokens-b").replace(
+            "feature-sets = [\"raw\", \"sae\", \"sae-recon\"]",
+            "feature-sets = [\"sae\"]",
+        ),
+    )
+    .unwrap();
+    let stdout = run(&p2);
+    assert!(!stdout.contains("\"spool\""), "{stdout}");
+    let computed = stdout.lines().find(|l| l.contains("artifacts computed")).unwrap();
+    assert!(
+        !computed.split("reused").next().unwrap().contains("sae-tokens"),
+        "{computed}"
+    );
+
+    // refusals, naming the key
+    let text = token_plan_text(&store, &tmp.path().join("out3"), "tokens-c");
+    let p3 = tmp.path().join("p3.toml");
+    std::fs::write(&p3, text.replace("[sae]\n", "[sae]\ninclude-stimulus = true\n")).unwrap();
+    let e = Plan::load(&p3).unwrap_err().to_string();
+    assert!(
+        e.contains("sae.include-stimulus") && e.contains("training = \"words\""),
+        "{e}"
+    );
+    let no_corpus: String = text
+        .lines()
+        .filter(|l| !l.starts_with("corpus"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&p3, no_corpus).unwrap();
+    let e = Plan::load(&p3).unwrap_err().to_string();
+    assert!(e.contains("sae.corpus") && e.contains("training = \"words\""), "{e}");
+    std::fs::write(
+        &p3,
+        text.replace("[sae]\n", "[sae]\ntraining = \"words\"\ninclude-stimulus = true\n"),
+    )
+    .unwrap();
+    let e = Plan::load(&p3).unwrap_err().to_string();
+    assert!(e.contains("sae.corpus-max-tokens") && e.contains("tokens"), "{e}");
+}

@@ -66,6 +66,7 @@ window = 256
 min-context = 128
 
 [sae]
+training = "words"
 include-stimulus = true
 expansion = 2
 l1 = 5.0
