@@ -770,6 +770,33 @@ impl Plan {
             }
             inputs.data_id = after;
             let stories = reading_stories(&section, &inputs);
+            // one label set for everything: the taxonomy's labels select the reading features
+            match (
+                &file.taxonomy,
+                inputs.selection == crate::reading::analysis::Selection::Taxonomy,
+            ) {
+                (Some(t), true) => {
+                    let languages: BTreeSet<&str> = [section.language.as_str()].into();
+                    check_taxonomy(t, &file, &data_root, &languages, path)?;
+                }
+                (None, true) => {
+                    return Err(invalid(
+                        path,
+                        "reading.features",
+                        "`taxonomy` selects the features the [taxonomy] section labels semantic; add a \
+                         [taxonomy] section, or use `semantic` (the provisional rule) or `all`",
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(invalid(
+                        path,
+                        "taxonomy",
+                        "in a reading-time pipeline the labels select the features of `[reading] features = \
+                         \"taxonomy\"`; set it, or remove [taxonomy]",
+                    ))
+                }
+                (None, false) => {}
+            }
             // the shared dataflow runs LM → SAE → codes only: no designs or encoding fits
             file.encoding.feature_sets.clear();
             return Ok(Plan {
@@ -1458,7 +1485,8 @@ fn check_taxonomy(
     path: &Path,
 ) -> Result<()> {
     let e = &file.encoding;
-    if !e.feature_sets.contains(&FeatureSet::Sae) {
+    // (a reading-time pipeline has no encoding: its labels select reading features)
+    if file.reading.is_none() && !e.feature_sets.contains(&FeatureSet::Sae) {
         return Err(invalid(
             path,
             "taxonomy",

@@ -823,7 +823,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     })
                     .join(story_key)
                     .map(|(k, (d, key))| (key, (k.story, d)))
-                    .join(labels_by_key)
+                    .join(labels_by_key.clone())
                     .map(|(key, ((story, d), lid))| (story, (key.layer, d, lid)))
                     .join(responses.clone())
                     .map(|(story, ((layer, d, lid), (subject, roi)))| {
@@ -932,17 +932,31 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .map(|((), ((story, layer, codes), (group, base)))| {
                         (SaeKey { group, layer }, (base, story, codes))
                     });
+                // `[reading] features = "taxonomy"`: each layer's labels join its codes (the
+                // taxonomy is on exactly then in a reading pipeline)
+                let layer_in = match reading_on && taxonomy_on {
+                    true => layer_in
+                        .join(labels_by_key.clone())
+                        .map(|(k, ((base, story, codes), labels))| (k, (base, story, codes, Some(labels)))),
+                    false => layer_in.map(|(k, (base, story, codes))| (k, (base, story, codes, None))),
+                };
                 let reading_layers = env.per_key(
                     layer_in,
                     "ReadingLayer",
                     |k| format!("reading models of `{}` layer {}", k.group, k.layer),
                     |ctx, k, values| {
-                        let Some((base, _, _)) = values.first() else {
+                        let Some((base, _, _, labels)) = values.first() else {
                             return Ok(Vec::new());
                         };
                         let codes: Vec<(String, ArtifactId)> =
-                            values.iter().map(|(_, s, c)| (s.clone(), c.clone())).collect();
-                        Ok(vec![stages::reading::layer_stage(ctx, k.layer, base, &codes)?])
+                            values.iter().map(|(_, s, c, _)| (s.clone(), c.clone())).collect();
+                        Ok(vec![stages::reading::layer_stage(
+                            ctx,
+                            k.layer,
+                            base,
+                            &codes,
+                            labels.as_ref(),
+                        )?])
                     },
                 );
                 let rec_reading = reading_layers.map(|(k, a)| Record::Reading(k, a));

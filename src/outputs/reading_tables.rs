@@ -331,6 +331,12 @@ pub fn write_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathB
         ("feature_examples", examples_batch(r, res)?),
         ("sae_quality", tables::sae_quality_batch(ctx, snap)?),
     ];
+    let mut tables = tables.to_vec();
+    // `features = "taxonomy"`: the labels that chose the features
+    if ctx.plan.file.taxonomy.is_some() {
+        let labels = super::taxonomy_tables::layer_labels(ctx, snap)?;
+        tables.push(("feature_labels", super::taxonomy_tables::labels_batch(&labels)?));
+    }
     let mut files = write_tables(ctx, &tables, out)?;
     let plot = out.join("reading_by_layer.png");
     plot_by_layer(&res.comparisons, &plot)?;
@@ -421,6 +427,15 @@ fn markdown(ctx: &Ctx, snap: &Snapshot, r: &ReadingInputs, res: &ReadingResult) 
         r.section.random_seeds,
         r.section.norms_column
     );
+    if r.selection == crate::reading::analysis::Selection::Taxonomy {
+        let _ = writeln!(
+            m,
+            "One label set for everything: `taxonomy-semantic` is the features the `[taxonomy]` labels \
+             call semantic (`feature_labels.parquet`, the set its fMRI comparisons use), among the live \
+             ones; the random subsets are drawn from the live features it does not label semantic; the \
+             `category:<name>` rows test each other category's live features the same way.\n"
+        );
+    }
     if !d.norm_block.is_empty() {
         let tables: Vec<String> = d
             .norm_block

@@ -82,6 +82,9 @@ impl Default for SelectionRule {
 pub enum Selection {
     Semantic,
     All,
+    /// The features the taxonomy labels semantic (`[taxonomy]`'s labels, the set its fMRI
+    /// comparisons use), among the live ones; set by the reading stage from the labels.
+    Taxonomy,
 }
 
 impl std::str::FromStr for Selection {
@@ -90,8 +93,9 @@ impl std::str::FromStr for Selection {
         match s {
             "semantic" => Ok(Selection::Semantic),
             "all" => Ok(Selection::All),
+            "taxonomy" => Ok(Selection::Taxonomy),
             other => Err(Error::Invalid(format!(
-                "unknown feature selection `{other}` (semantic, all)"
+                "unknown feature selection `{other}` (taxonomy, semantic, all)"
             ))),
         }
     }
@@ -102,6 +106,7 @@ impl Selection {
         match self {
             Selection::Semantic => "semantic",
             Selection::All => "all",
+            Selection::Taxonomy => "taxonomy-semantic",
         }
     }
 }
@@ -206,6 +211,8 @@ pub fn feature_evidence(
             let selected = alive
                 && match selection {
                     Selection::All => true,
+                    // chosen from the labels by the caller
+                    Selection::Taxonomy => false,
                     Selection::Semantic => {
                         open_class_fraction >= rule.min_open_class
                             && forms.len() >= rule.min_forms

@@ -70,7 +70,10 @@ pub struct ReadingSection {
     /// Principal components of the selected SAE features added to the baseline.
     #[serde(default = "default_n_pcs")]
     pub n_pcs: usize,
-    /// "semantic" (provisional rule, see src/reading/analysis.rs) or "all".
+    /// "taxonomy": the features the `[taxonomy]` section labels semantic (the label set of the
+    /// fMRI analyses; needs `[taxonomy]`), with a comparison per other category
+    /// (`category:<name>`); "semantic": a provisional rule on the story words (see
+    /// src/reading/analysis.rs); "all": every live feature.
     #[serde(default = "default_features")]
     pub features: String,
     /// A feature counts as alive when active on at least this many story words.
@@ -196,7 +199,7 @@ pub fn load_inputs(root: &Path, s: &ReadingSection, pipeline: &Path) -> Result<R
     }
     let random_pool = match (&s.random_pool, selection) {
         (Some(p), _) => p.parse().map_err(|e| invalid(pipeline, "random-pool", e))?,
-        (None, Selection::Semantic) => RandomPool::NonSemantic,
+        (None, Selection::Semantic | Selection::Taxonomy) => RandomPool::NonSemantic,
         (None, Selection::All) => RandomPool::Live,
     };
     if random_pool == RandomPool::NonSemantic && selection == Selection::All {

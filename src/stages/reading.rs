@@ -259,12 +259,21 @@ fn comparison(
 /// The comparisons of one layer: `codes` holds the layer's SAE codes artifact of each story
 /// ((story, codes artifact) pairs; stacked in the reading data's story order), `base_id` the
 /// baseline. Returns the `reading-layer` artifact id.
-pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, ArtifactId)]) -> Result<ArtifactId> {
+pub fn layer_stage(
+    ctx: &Ctx,
+    layer: usize,
+    base_id: &str,
+    codes: &[(String, ArtifactId)],
+    labels: Option<&ArtifactId>,
+) -> Result<ArtifactId> {
     let mut key = KeyBuilder::new("reading-layer", REV_READING_LAYER)
         .part("base", base_id)
         .config("layer", &layer);
     for (story, id) in codes {
         key = key.part("story", story).part("codes", id);
+    }
+    if let Some(l) = labels {
+        key = key.part("labels", l);
     }
     let id = key.finish();
     ctx.store.json("reading-layer", &id, || {
@@ -294,7 +303,7 @@ pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, Art
             min_active: r.section.min_active,
             ..Default::default()
         };
-        let ev = analysis::feature_evidence(
+        let mut ev = analysis::feature_evidence(
             codes.view(),
             &summaries,
             &r.data.story_offsets,
@@ -303,6 +312,29 @@ pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, Art
             r.selection,
             &rule,
         );
+        // `features = "taxonomy"`: the taxonomy's semantic features among the live ones (the same
+        // eligibility as the random pool's), and each other category's
+        let label_set = match (r.selection, labels) {
+            (analysis::Selection::Taxonomy, Some(id)) => {
+                let l: crate::stages::taxonomy::LayerLabels = ctx.store.load_json("labels", id)?;
+                Some(l.used().clone())
+            }
+            (analysis::Selection::Taxonomy, None) => {
+                return Err(Error::Invalid(format!(
+                    "features = \"taxonomy\" but layer {layer} has no labels (did its label stage fail?)"
+                )))
+            }
+            _ => None,
+        };
+        if let Some(ls) = &label_set {
+            let semantic: std::collections::BTreeSet<usize> = ls
+                .features_of(crate::taxonomy::Category::Semantic)
+                .into_iter()
+                .collect();
+            for e in ev.iter_mut() {
+                e.selected = e.n_active >= rule.min_active && semantic.contains(&(e.feature as usize));
+            }
+        }
         let selected: Vec<usize> = ev.iter().filter(|e| e.selected).map(|e| e.feature as usize).collect();
         let alive: Vec<usize> = ev
             .iter()
@@ -339,6 +371,16 @@ pub fn layer_stage(ctx: &Ctx, layer: usize, base_id: &str, codes: &[(String, Art
             Ok(())
         };
         run_set(&selected, &format!("sae-{}", r.selection.as_str()), None)?;
+        if let Some(ls) = &label_set {
+            let live: std::collections::BTreeSet<usize> = alive.iter().copied().collect();
+            for c in crate::taxonomy::Category::ALL {
+                if c == crate::taxonomy::Category::Semantic {
+                    continue;
+                }
+                let cols: Vec<usize> = ls.features_of(c).into_iter().filter(|f| live.contains(f)).collect();
+                run_set(&cols, &format!("category:{}", c.name()), None)?;
+            }
+        }
         let pool = r.random_pool.draw_from(&alive, &selected);
         if r.section.random_seeds > 0 && pool.len() < selected.len() {
             tracing::warn!(

@@ -656,3 +656,57 @@ fn watch_follows_the_reading_word_table_and_its_outputs_equal_a_fresh_run() {
         "{same}"
     );
 }
+
+/// One label set for everything: with `features = "taxonomy"` the reading models test the
+/// features the `[taxonomy]` labels call semantic (those of them that are live: the random pool's
+/// eligibility), and each other category's live features, with `feature_labels.parquet` beside
+/// them; the two half-configurations are refused.
+#[test]
+fn reading_features_are_the_taxonomy_labels_semantic_set_and_each_category() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (words, _) = story_subset(tmp.path());
+    let rts = "naturalstories/naturalstories_RTS_processed_wordinfo.tsv";
+    let taxonomy = "\n[taxonomy]\nrandom-seeds = 10\npermutations = 100\nvariance-partition = false\n";
+    let extra = format!("features = \"taxonomy\"\nrandom-seeds = 2\n{taxonomy}");
+    let p = pipeline(tmp.path(), &store(), "tax", &words, rts, &extra);
+    run(&p, 2);
+    let out = tmp.path().join("tax");
+    check_schema(&out, "feature_labels", None);
+    check_schema(&out, "reading_comparison", None);
+    let code = r#"
+import sys, polars as pl
+out = sys.argv[1]
+labels = pl.read_parquet(out + "/feature_labels.parquet")
+feats = pl.read_parquet(out + "/reading_features.parquet")
+cmp = pl.read_parquet(out + "/reading_comparison.parquet")
+min_active = int(sys.argv[2])
+live = set(feats.filter(pl.col("n_active") >= min_active)["feature"].to_list())
+def live_of(cat):
+    return sorted(set(labels.filter(pl.col("category") == cat)["feature"].to_list()) & live)
+sem = live_of("semantic")
+selected = sorted(feats.filter(pl.col("selected"))["feature"].to_list())
+rows = {r["model"] if r["seed"] is None else f"random{r['seed']}": r for r in cmp.to_dicts()}
+print(len(sem) > 0, selected == sem, rows["sae-taxonomy-semantic"]["n_features"] == len(sem))
+print(all(rows[f"random{s}"]["n_features"] == len(sem) for s in (1, 2)))
+cats = [c for c in ["syntactic", "lexical", "prediction", "other"] if live_of(c)]
+print(len(cats) > 0, all(rows[f"category:{c}"]["n_features"] == len(live_of(c)) for c in cats))
+print(sorted(k for k in rows if k.startswith("category:")) == sorted(f"category:{c}" for c in cats))
+"#;
+    let check = support::run_python(code, &[out.to_str().unwrap(), "20"]); // min-active's default
+    assert_eq!(
+        check.trim().lines().collect::<Vec<_>>(),
+        ["True True True", "True", "True True", "True"],
+        "{check}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("One label set for everything"), "{report}");
+
+    for (extra, key) in [
+        ("features = \"taxonomy\"\n".to_string(), "reading.features"),
+        (format!("features = \"semantic\"\n{taxonomy}"), "`taxonomy`"),
+    ] {
+        let p = pipeline(tmp.path(), &store(), "bad", &words, rts, &extra);
+        let e = cortexflow::config::Plan::load(&p).unwrap_err().to_string();
+        assert!(e.contains(key), "{e}");
+    }
+}
