@@ -136,6 +136,12 @@ pub struct TaxonomySection {
     /// `[sae] corpus` texts only).
     #[serde(default, skip_serializing_if = "is_default")]
     pub evidence: Evidence,
+    /// Also label with a tuned lens (Belrose et al. 2023): per layer an affine translator of the
+    /// residual stream to the last layer's, fitted by least squares on the SAE's training tokens
+    /// (needs `[sae] training = "tokens"`), before the model's final norm and head. The labels
+    /// and sets stay the logit lens's; the report gives the category shares under both lenses.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tuned_lens: bool,
 }
 
 /// Which texts give the labels' evidence (see [`TaxonomySection::evidence`]).
@@ -1546,6 +1552,14 @@ fn check_taxonomy(
                 ));
             }
         }
+    }
+    if t.tuned_lens && !file.sae.trains_on_tokens() {
+        return Err(invalid(
+            path,
+            "taxonomy.tuned-lens",
+            "the translators are fitted on the SAEs' corpus-token spools: it needs [sae] training = \"tokens\" \
+             (the default) and no `pretrained`",
+        ));
     }
     if t.evidence == Evidence::Corpus && file.sae.corpus.is_empty() {
         return Err(invalid(

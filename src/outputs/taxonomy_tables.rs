@@ -861,6 +861,25 @@ pub fn markdown(tx: &TaxonomyOutputs) -> String {
                 ll.evidence_texts.len()
             );
         }
+        if let Some(t) = &ll.tuned_lens {
+            let logit: Vec<String> = Category::ALL
+                .iter()
+                .map(|&c| format!("{} {}", c.name(), ll.builtin.features_of(c).len()))
+                .collect();
+            let tuned: Vec<String> = t.counts.iter().map(|(c, k)| format!("{c} {k}")).collect();
+            let _ = writeln!(
+                s,
+                "Category shares (built-in labeller) under the logit lens: {}; under the tuned lens: {} \
+                 ({} features change category; the translator to the last layer explains {} of its \
+                 held-out variance). The labels and sets are the logit lens's.\n",
+                logit.join(", "),
+                tuned.join(", "),
+                t.changed,
+                t.r2_heldout
+                    .map(|r| format!("R² {r:.3}"))
+                    .unwrap_or_else(|| "all (the last layer itself)".into())
+            );
+        }
         if let Some(imp) = &ll.imported {
             let _ = writeln!(
                 s,

@@ -110,15 +110,36 @@ fn spool_id(identity: &str, sources: &[PathBuf], digests: &[String], opts: &Spoo
 
 /// The spools of `layers` for SAE group `group` (see the module docs), built in one pass of the
 /// LM for the layers the store lacks. Returns `(layer, spool id)` in the order of `layers`.
+/// With `[taxonomy] tuned-lens`, the last layer's spool is built too (the translators' target),
+/// though only `layers` are returned.
 pub fn spool_stage(ctx: &Ctx, group: &str, layers: &[usize]) -> Result<Vec<(usize, ArtifactId)>> {
+    let mut ids = spool_ids(ctx, group, layers)?;
+    let last = ctx.plan.n_layers;
+    let tuned = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.tuned_lens);
+    if tuned && !layers.contains(&last) {
+        ids.extend(spool_ids(ctx, group, &[last])?);
+    }
+    build_missing_spools(ctx, group, &ids)?;
+    ids.truncate(layers.len());
+    Ok(ids)
+}
+
+/// The spool ids of `layers` for SAE group `group` (whether or not they are built).
+pub fn spool_ids(ctx: &Ctx, group: &str, layers: &[usize]) -> Result<Vec<(usize, ArtifactId)>> {
     let sources = sources(ctx, group)?;
     let digests = sources.iter().map(|p| file_digest(p)).collect::<Result<Vec<_>>>()?;
-    let (model_dir, identity) = model_identity(&ctx.plan)?;
+    let (_, identity) = model_identity(&ctx.plan)?;
     let opts = spool_options(ctx);
-    let ids: Vec<(usize, ArtifactId)> = layers
+    Ok(layers
         .iter()
         .map(|&l| (l, spool_id(&identity, &sources, &digests, &opts, l)))
-        .collect();
+        .collect())
+}
+
+fn build_missing_spools(ctx: &Ctx, group: &str, ids: &[(usize, ArtifactId)]) -> Result<()> {
+    let sources = sources(ctx, group)?;
+    let (model_dir, identity) = model_identity(&ctx.plan)?;
+    let opts = spool_options(ctx);
     let missing: Vec<&(usize, ArtifactId)> = ids.iter().filter(|(_, id)| !ctx.store.has("spool", id, "")).collect();
     if !missing.is_empty() {
         let names: Vec<&str> = missing.iter().map(|(_, id)| id.as_str()).collect();
@@ -165,7 +186,7 @@ pub fn spool_stage(ctx: &Ctx, group: &str, layers: &[usize]) -> Result<Vec<(usiz
         // the staging parent, when no other build is under way in it
         let _ = std::fs::remove_dir(ctx.store.root().join("spool-staging"));
     }
-    Ok(ids)
+    Ok(())
 }
 
 fn identity_digest(identity: &str) -> String {
@@ -330,4 +351,186 @@ pub fn token_sae_stage(
         )
     })?;
     Ok(id)
+}
+
+/// A tuned-lens translator (Belrose et al. 2023) of one layer: `h ↦ [h, 1] · w`, `w` of shape
+/// (d + 1, d), mapping the layer's residual stream to the last layer's, to be read out by the
+/// model's final norm and head.
+#[derive(Debug, Clone)]
+pub struct Translator {
+    pub w: ndarray::Array2<f64>,
+    /// Share of the last layer's variance the translation explains on the held-out tokens.
+    pub r2_heldout: f64,
+}
+
+impl Translator {
+    /// Translates rows of `h` (n × d).
+    pub fn apply(&self, h: ndarray::ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
+        let d = h.ncols();
+        let hx = h.mapv(f64::from);
+        let mut out = hx.dot(&self.w.slice(ndarray::s![..d, ..]));
+        out += &self.w.row(d);
+        out.mapv(|v| v as f32)
+    }
+}
+
+/// Least-squares translator from the rows of spool `x` to those of spool `y` (same tokens):
+/// `w` = argmin Σ‖y − [x, 1]·w‖² + λ‖w‖² over the training chunks, λ = 1e-8 × tr(XᵀX) / d (a
+/// guard against rank deficiency, negligible otherwise), accumulated chunk by chunk in f64.
+/// Belrose et al. fit theirs by gradient descent on the KL divergence to the model's output
+/// distribution; least squares on the residual stream is the closed-form variant.
+pub fn fit_translator(x: &Spool, y: &Spool) -> Result<Translator> {
+    use ndarray::{s, Array2, Axis};
+    if x.manifest.chunks.len() != y.manifest.chunks.len()
+        || x.manifest
+            .chunks
+            .iter()
+            .zip(&y.manifest.chunks)
+            .any(|(a, b)| a.rows != b.rows)
+    {
+        return Err(Error::Invalid(
+            "tuned lens: the two spools do not hold the same tokens (their chunk plans differ)".into(),
+        ));
+    }
+    let d = x.d();
+    let augment = |m: &Array2<f32>| {
+        let mut a = Array2::<f64>::ones((m.nrows(), d + 1));
+        a.slice_mut(s![.., ..d]).assign(&m.mapv(f64::from));
+        a
+    };
+    let mut xtx = Array2::<f64>::zeros((d + 1, d + 1));
+    let mut xty = Array2::<f64>::zeros((d + 1, y.d()));
+    for i in x.manifest.chunk_ids(false) {
+        let a = augment(&x.read_chunk(i)?);
+        let b = y.read_chunk(i)?.mapv(f64::from);
+        xtx += &a.t().dot(&a);
+        xty += &a.t().dot(&b);
+    }
+    let lambda = 1e-8 * xtx.diag().sum() / d as f64;
+    for k in 0..d {
+        xtx[[k, k]] += lambda;
+    }
+    let w = {
+        use faer::prelude::Solve;
+        let a = faer::Mat::from_fn(d + 1, d + 1, |i, j| xtx[[i, j]]);
+        let b = faer::Mat::from_fn(d + 1, y.d(), |i, j| xty[[i, j]]);
+        let llt = a
+            .llt(faer::Side::Lower)
+            .map_err(|_| Error::Invalid("tuned lens: the layer's token vectors are rank-deficient".into()))?;
+        let sol = llt.solve(b.as_ref());
+        Array2::from_shape_fn((d + 1, y.d()), |(i, j)| sol[(i, j)])
+    };
+    // held-out R² of the translation (variance of the last layer around its held-out mean)
+    let (mut sse, mut rows, mut sum, mut sumsq) = (0.0, 0usize, ndarray::Array1::<f64>::zeros(y.d()), 0.0);
+    for i in x.manifest.chunk_ids(true) {
+        let a = augment(&x.read_chunk(i)?);
+        let b = y.read_chunk(i)?.mapv(f64::from);
+        let e = &b - &a.dot(&w);
+        sse += e.iter().map(|v| v * v).sum::<f64>();
+        sumsq += b.iter().map(|v| v * v).sum::<f64>();
+        sum += &b.sum_axis(Axis(0));
+        rows += b.nrows();
+    }
+    let sst = sumsq - sum.iter().map(|v| v * v).sum::<f64>() / rows.max(1) as f64;
+    Ok(Translator {
+        w,
+        r2_heldout: if rows > 0 && sst > 0.0 {
+            1.0 - sse / sst
+        } else {
+            f64::NAN
+        },
+    })
+}
+
+/// The tuned-lens translator of `layer` for SAE group `group`, from its spool and the last
+/// layer's (both built by the spool stage), cached in the store. `None` for the last layer
+/// itself (the identity).
+pub fn translator_stage(ctx: &Ctx, group: &str, layer: usize) -> Result<Option<Translator>> {
+    let last = ctx.plan.n_layers;
+    if layer == last {
+        return Ok(None);
+    }
+    let ids = spool_ids(ctx, group, &[layer, last])?;
+    let id = KeyBuilder::new("lens-translator", 1)
+        .part("from", &ids[0].1)
+        .part("to", &ids[1].1)
+        .finish();
+    let a = ctx.store.arrays("lens-translator", &id, || {
+        let open = |sid: &ArtifactId| Spool::open(&ctx.store.path("spool", sid, ""));
+        let t = fit_translator(&open(&ids[0].1)?, &open(&ids[1].1)?)?;
+        Ok(crate::store::artifacts::Arrays::default()
+            .with_f64("w", t.w)
+            .with_meta("r2_heldout", t.r2_heldout.to_string()))
+    })?;
+    Ok(Some(Translator {
+        w: a.f64("w")?.to_owned(),
+        r2_heldout: a
+            .meta
+            .get("r2_heldout")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array2};
+
+    /// Deterministic pseudo-random matrix.
+    fn noise(n: usize, d: usize, seed: u64) -> Array2<f32> {
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        Array2::from_shape_fn((n, d), |_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+    }
+
+    /// A planted affine map is recovered (to the guard's shrinkage and f32 storage), the held-out
+    /// R² is 1 without noise and 1 − σ²/var with noise, and `apply` is `[h, 1] · w`.
+    #[test]
+    fn the_translator_is_the_least_squares_affine_map_between_two_spools() {
+        let (n, d) = (3000, 6);
+        let x = noise(n, d, 1) * 4.0;
+        let a = noise(d, d, 2).mapv(f64::from) * 2.0;
+        let b = Array1::from_iter((0..d).map(|k| k as f64 - 2.5));
+        let clean = x.mapv(f64::from).dot(&a) + &b;
+        let tmp = tempfile::tempdir().unwrap();
+        let spool = |name: &str, m: &Array2<f32>| {
+            Spool::from_matrix(
+                &tmp.path().join(name),
+                m.slice(ndarray::s![..2500, ..]),
+                Some(m.slice(ndarray::s![2500.., ..])),
+                700,
+                name,
+            )
+            .unwrap()
+        };
+        let sx = spool("x", &x);
+        let t = fit_translator(&sx, &spool("y", &clean.mapv(|v| v as f32))).unwrap();
+        for i in 0..d {
+            for j in 0..d {
+                assert!((t.w[[i, j]] - a[[i, j]]).abs() < 1e-5, "A[{i},{j}]");
+            }
+            assert!((t.w[[d, i]] - b[i]).abs() < 1e-5, "b[{i}]");
+        }
+        assert!(t.r2_heldout > 1.0 - 1e-9, "{}", t.r2_heldout);
+        let via_apply = t.apply(x.view());
+        let direct = x.mapv(f64::from).dot(&t.w.slice(ndarray::s![..d, ..])) + &t.w.row(d);
+        assert!(via_apply
+            .iter()
+            .zip(direct.iter())
+            .all(|(p, q)| (f64::from(*p) - q).abs() < 1e-4 * (1.0 + q.abs())));
+
+        // with noise of sd σ the held-out R² is about 1 − σ² / var(y)
+        let e = noise(n, d, 3).mapv(f64::from) * 2.0; // uniform(−1, 1): variance 1/3
+        let noisy = &clean + &e;
+        let t = fit_translator(&sx, &spool("yn", &noisy.mapv(|v| v as f32))).unwrap();
+        let held = noisy.slice(ndarray::s![2500.., ..]);
+        let var_y: f64 = held.var_axis(ndarray::Axis(0), 0.0).sum();
+        let expected = 1.0 - d as f64 / 3.0 / var_y;
+        assert!((t.r2_heldout - expected).abs() < 0.02, "{} vs {expected}", t.r2_heldout);
+    }
 }

@@ -68,6 +68,21 @@ pub struct LayerLabels {
     /// The semantic set's participation ratio (the random projection's dimension); None with
     /// fewer than two semantic features.
     pub semantic_pr: Option<f64>,
+    /// `[taxonomy] tuned-lens`: the built-in labeller's category counts with the tuned lens's
+    /// entropy (the PREDICTION criterion is the only one a lens changes).
+    #[serde(default)]
+    pub tuned_lens: Option<TunedLensShares>,
+}
+
+/// The category counts of a layer under the tuned lens (see [`LayerLabels::tuned_lens`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TunedLensShares {
+    /// Held-out R² of the translator's map to the last layer (None at the last layer: identity).
+    pub r2_heldout: Option<f64>,
+    /// (category, features), in [`Category::ALL`] order.
+    pub counts: Vec<(String, usize)>,
+    /// Features whose built-in category differs from the logit lens's.
+    pub changed: usize,
 }
 
 impl LayerLabels {
@@ -136,6 +151,11 @@ pub fn label_stage(
         "baselines": t.baselines, "labeller": t.labeller,
         "seed": ctx.plan.file.summary.seed,
     });
+    // (keyed only when on, so labels without it keep their keys)
+    let settings = match t.tuned_lens {
+        true => serde_json::json!({"settings": settings, "tuned_lens": true}),
+        false => settings,
+    };
     let mut key = KeyBuilder::new("labels", REV_LABELS)
         .part("sae", sae_id)
         .config("layer", &layer)
@@ -151,7 +171,7 @@ pub fn label_stage(
     }
     let id = key.finish();
     let labels = ctx.store.json("labels", &id, || {
-        compute_labels(ctx, &t, layer, sae_id, inputs, labels_file.as_deref())
+        compute_labels(ctx, &t, group, layer, sae_id, inputs, labels_file.as_deref())
     })?;
     // the set definitions alone (small), read by every derived design of the layer
     let sets = ctx.store.json("feature-sets", &id, || Ok(labels.sets.clone()))?;
@@ -161,6 +181,7 @@ pub fn label_stage(
 fn compute_labels(
     ctx: &Ctx,
     t: &TaxonomySection,
+    group: &str,
     layer: usize,
     sae_id: &str,
     inputs: &[StoryLayer],
@@ -215,6 +236,45 @@ fn compute_labels(
         &t.labeller,
         layer,
     );
+    // `tuned-lens`: the same labeller with the next-token entropy read through the layer's
+    // translator; only its category counts are kept (the labels and sets are the logit lens's)
+    let tuned_lens = match t.tuned_lens {
+        false => None,
+        true => {
+            let tr = super::sae_tokens::translator_stage(ctx, group, layer)?;
+            let translated = match &tr {
+                Some(tr) => tr.apply(acts.view()),
+                None => acts.clone(),
+            };
+            let tuned_entropy = lens.entropy_bits(translated.view())?;
+            let (tuned, _) = label_features(
+                &LabelInputs {
+                    codes: codes.view(),
+                    words: &words,
+                    offsets: &offsets,
+                    entropy_bits: &tuned_entropy,
+                    entropy_kind: "tuned-lens",
+                    vectors: &vectors,
+                    lexicon: &lex,
+                },
+                &t.labeller,
+                layer,
+            );
+            Some(TunedLensShares {
+                r2_heldout: tr.as_ref().map(|t| t.r2_heldout),
+                counts: Category::ALL
+                    .iter()
+                    .map(|&c| (c.name().to_string(), tuned.features_of(c).len()))
+                    .collect(),
+                changed: tuned
+                    .labels
+                    .iter()
+                    .zip(&builtin.labels)
+                    .filter(|(a, b)| a.category != b.category)
+                    .count(),
+            })
+        }
+    };
     // evidence no labeller sees, for scoring explanations (`labels score`): the next strongest
     // contexts after the top ones, and as many where the feature is silent
     let scoring = crate::sae::evidence::scoring_contexts(
@@ -272,6 +332,7 @@ fn compute_labels(
         lexicon_sources,
         sets,
         semantic_pr,
+        tuned_lens,
     })
     .inspect(|_| {
         tracing::info!(

@@ -1192,7 +1192,10 @@ fn token_plan_text(store: &Path, out: &Path, name: &str) -> String {
                 store.to_str().unwrap()
             ),
         )
-        .replace("corpus-max-words = 1500", "corpus-max-tokens = 6000")
+        .replace(
+            "corpus-max-words = 1500",
+            "corpus-max-words = 1500\ncorpus-max-tokens = 6000",
+        )
         .replace(
             "only-subjects = [\"s18\", \"s22\", \"s23\", \"s24\"]",
             "only-subjects = [\"s18\", \"s22\"]",
@@ -1216,8 +1219,9 @@ fn token_artifacts(store: &Path, stage: &str, file: &str) -> std::collections::B
 /// train` trains it — the pipeline's spool and SAE weights are byte-identical to those of a `sae
 /// train` job with the same settings (seed = `[sae] seed` + layer, resampling on) — from the
 /// corpus alone (the stimulus's R² is reported as out of domain); a second pipeline on the same
-/// store trains and spools nothing; plans that would train on the stimulus or on nothing are
-/// refused with the key to change.
+/// store trains nothing and, with `[taxonomy] tuned-lens`, spools only the last layer and reports
+/// the category shares under both lenses; plans that would train on the stimulus or on nothing,
+/// or fit a tuned lens without spools, are refused with the key to change.
 #[test]
 fn pipeline_saes_train_on_corpus_tokens_like_sae_train_and_are_shared_through_the_store() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1340,23 +1344,62 @@ print(json.dumps(q.select("layer", "training", "n_train", "n_heldout", "r2", "r2
         );
     }
 
-    // a second pipeline (other name, output and feature sets) on the store reuses both
+    // a second pipeline (other name, output, layers and feature sets, and a taxonomy with the tuned
+    // lens) on the store reuses both; it spools only the last layer (the translators' target)
     let p2 = tmp.path().join("p2.toml");
+    let taxonomy =
+        "\n[taxonomy]\nrandom-seeds = 10\npermutations = 100\nvariance-partition = false\ntuned-lens = true\n";
     std::fs::write(
         &p2,
-        token_plan_text(&store, &tmp.path().join("out2"), "tokens-b").replace(
-            "feature-sets = [\"raw\", \"sae\", \"sae-recon\"]",
-            "feature-sets = [\"sae\"]",
-        ),
+        token_plan_text(&store, &tmp.path().join("out2"), "tokens-b")
+            .replace(
+                "feature-sets = [\"raw\", \"sae\", \"sae-recon\"]",
+                "feature-sets = [\"sae\"]",
+            )
+            .replace("layers = [3, 9]", "layers = [9]")
+            + taxonomy,
     )
     .unwrap();
     let stdout = run(&p2);
-    assert!(!stdout.contains("\"spool\""), "{stdout}");
     let computed = stdout.lines().find(|l| l.contains("artifacts computed")).unwrap();
+    let computed = computed.split("reused").next().unwrap();
     assert!(
-        !computed.split("reused").next().unwrap().contains("sae-tokens"),
+        !computed.contains("sae-tokens") && computed.contains("\"spool\": 1"),
         "{computed}"
     );
+    assert!(computed.contains("\"lens-translator\": 1"), "{computed}");
+    let spools = token_artifacts(&store, "spool", "spool.json");
+    assert_eq!(spools.keys().copied().collect::<Vec<_>>(), vec![3, 9, 30]);
+    // the category shares under both lenses, each over every feature
+    let report = std::fs::read_to_string(tmp.path().join("out2/report.md")).unwrap();
+    let lines: Vec<&str> = report.lines().filter(|l| l.contains("under the tuned lens")).collect();
+    assert_eq!(lines.len(), 1, "{report}");
+    for line in lines {
+        let counts = |part: &str| -> usize {
+            part.split(", ")
+                .map(|kv| kv.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+                .sum()
+        };
+        let logit = line
+            .split("logit lens: ")
+            .nth(1)
+            .unwrap()
+            .split("; under")
+            .next()
+            .unwrap();
+        let tuned = line.split("tuned lens: ").nth(1).unwrap().split(" (").next().unwrap();
+        assert_eq!((counts(logit), counts(tuned)), (1152, 1152), "{line}");
+        let r2: f64 = line
+            .split("R² ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(r2 > 0.0 && r2 < 1.0, "{line}");
+    }
 
     // refusals, naming the key
     let text = token_plan_text(&store, &tmp.path().join("out3"), "tokens-c");
@@ -1382,4 +1425,10 @@ print(json.dumps(q.select("layer", "training", "n_train", "n_heldout", "r2", "r2
     .unwrap();
     let e = Plan::load(&p3).unwrap_err().to_string();
     assert!(e.contains("sae.corpus-max-tokens") && e.contains("tokens"), "{e}");
+    let words = text
+        .replace("corpus-max-tokens = 6000\n", "")
+        .replace("[sae]\n", "[sae]\ntraining = \"words\"\ninclude-stimulus = true\n");
+    std::fs::write(&p3, words + taxonomy).unwrap();
+    let e = Plan::load(&p3).unwrap_err().to_string();
+    assert!(e.contains("taxonomy.tuned-lens"), "{e}");
 }
