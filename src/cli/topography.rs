@@ -3,7 +3,10 @@
 //!
 //! Input: TSV matrices. The first line is a header: an empty (or label) first cell, then the
 //! region names; each further line is a subcategory name, then one number per region.
-//! * `--observed` (n_subcategories, n_regions): e.g. mean encoding r per cell;
+//! * `--observed` (n_subcategories, n_regions): e.g. mean encoding r per cell; or
+//!   `--voxelwise NAME=DIR` per feature set, DIR a `voxelwise fit` folder: the cell is the set's
+//!   mean voxel r in the region and the per-subject means are the `--subjects` table (both written
+//!   to the output folder as TSV);
 //! * `--predicted`: the same labels, cells 0 or 1; reordered by label to the observed order when
 //!   the labels are the same but in another order (the summary says so);
 //! * `--p-values` (optional): per-cell p in [0, 1], same labels (reordered likewise);
@@ -31,8 +34,15 @@ use crate::{Error, Result};
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopographyArgs {
     /// Observed matrix (TSV: header = label cell + regions; rows = subcategory + numbers).
-    #[arg(long)]
-    pub observed: PathBuf,
+    #[arg(long, required_unless_present = "voxelwise", conflicts_with = "voxelwise")]
+    pub observed: Option<PathBuf>,
+    /// The observed matrix from voxelwise fits, one `NAME=DIR` per feature set (subcategory):
+    /// DIR is a `cortexflow voxelwise fit --out` folder of that set's design; the cell (NAME,
+    /// region) is the mean over subjects of each subject's mean voxel r in the region
+    /// (`voxelwise_region_summary`), and the per-subject means (`voxelwise_regions`) are the
+    /// `--subjects` table. Both are written to the output folder as TSV.
+    #[arg(long, value_name = "NAME=DIR", conflicts_with = "subjects")]
+    pub voxelwise: Vec<String>,
     /// Predicted 0/1 matrix with the same row and column labels (TSV, same layout).
     #[arg(long)]
     pub predicted: PathBuf,
@@ -247,8 +257,121 @@ fn read_subjects(path: &Path, rows: &[String], cols: &[String]) -> Result<(Array
 
 /// Runs `cortexflow topography` (see the module docs): reads and validates every input first,
 /// computes the [`TopographyReport`], renders it, and writes the Parquet table with `--out`.
+/// `--voxelwise NAME=DIR …`: the observed matrix (sets × regions) and the per-subject long table,
+/// written as TSV into `dir`; returns their paths.
+fn voxelwise_matrices(specs: &[String], dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    use arrow::array::{Array, Float64Array, StringArray};
+    let column = |path: &Path, batches: &[arrow::array::RecordBatch], name: &str| -> Result<Vec<ColumnValue>> {
+        let mut out = Vec::new();
+        for b in batches {
+            let c = b
+                .column_by_name(name)
+                .ok_or_else(|| Error::parse(path, format!("column `{name}`"), "missing: not a voxelwise fit table"))?;
+            if let Some(a) = c.as_any().downcast_ref::<StringArray>() {
+                out.extend((0..a.len()).map(|i| ColumnValue::Text(a.value(i).to_string())));
+            } else if let Some(a) = c.as_any().downcast_ref::<Float64Array>() {
+                out.extend((0..a.len()).map(|i| ColumnValue::Number(a.value(i))));
+            } else {
+                return Err(Error::parse(path, format!("column `{name}`"), "expected utf8 or f64"));
+            }
+        }
+        Ok(out)
+    };
+    let mut regions: Vec<String> = Vec::new();
+    let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut long = String::from("subject\tsubcategory\tregion\tvalue\n");
+    for spec in specs {
+        let (name, folder) = spec.split_once('=').ok_or_else(|| {
+            Error::Invalid(format!(
+                "--voxelwise: expected NAME=DIR (a feature set and its fit folder), found `{spec}`"
+            ))
+        })?;
+        let folder = Path::new(folder);
+        let summary = folder.join("voxelwise_region_summary.parquet");
+        let (_, batches, _) = crate::store::parquet_io::read_parquet(&summary)?;
+        let names = column(&summary, &batches, "region")?;
+        let means = column(&summary, &batches, "mean_r")?;
+        let cells: Vec<(String, f64)> = names
+            .iter()
+            .zip(&means)
+            .filter_map(|(n, m)| match (n, m) {
+                (ColumnValue::Text(n), ColumnValue::Number(m)) if n != "all" => Some((n.clone(), *m)),
+                _ => None,
+            })
+            .collect();
+        if regions.is_empty() {
+            regions = cells.iter().map(|(n, _)| n.clone()).collect();
+        }
+        let mut row = Vec::with_capacity(regions.len());
+        for r in &regions {
+            let v = cells.iter().find(|(n, _)| n == r).map(|(_, v)| *v).ok_or_else(|| {
+                Error::parse(
+                    &summary,
+                    format!("region `{r}`"),
+                    format!("missing; the first set's regions are {regions:?}"),
+                )
+            })?;
+            row.push(v);
+        }
+        if cells.len() != regions.len() {
+            return Err(Error::parse(
+                &summary,
+                "region",
+                format!("{} regions, where the first set has {:?}", cells.len(), regions),
+            ));
+        }
+        rows.push((name.to_string(), row));
+        let per_subject = folder.join("voxelwise_regions.parquet");
+        let (_, batches, _) = crate::store::parquet_io::read_parquet(&per_subject)?;
+        let subj = column(&per_subject, &batches, "subject")?;
+        let reg = column(&per_subject, &batches, "region")?;
+        let mr = column(&per_subject, &batches, "mean_r")?;
+        for ((s, r), m) in subj.iter().zip(&reg).zip(&mr) {
+            if let (ColumnValue::Text(s), ColumnValue::Text(r), ColumnValue::Number(m)) = (s, r, m) {
+                if r != "all" && m.is_finite() {
+                    long.push_str(&format!("{s}\t{name}\t{r}\t{m:e}\n"));
+                }
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut obs = format!("set\t{}\n", regions.join("\t"));
+    for (name, row) in &rows {
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:e}")).collect();
+        obs.push_str(&format!("{name}\t{}\n", cells.join("\t")));
+    }
+    let (o, l) = (
+        dir.join("observed_from_voxelwise.tsv"),
+        dir.join("subjects_from_voxelwise.tsv"),
+    );
+    crate::paths::write_atomic(&o, obs.as_bytes())?;
+    crate::paths::write_atomic(&l, long.as_bytes())?;
+    Ok((o, l))
+}
+
+enum ColumnValue {
+    Text(String),
+    Number(f64),
+}
+
 pub fn run_topography(a: &TopographyArgs) -> Result<TopographySummary> {
-    let obs = read_labelled_matrix(&a.observed)?;
+    if !a.voxelwise.is_empty() {
+        let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("."));
+        let (observed, subjects) = voxelwise_matrices(&a.voxelwise, &dir)?;
+        let mut s = run_topography(&TopographyArgs {
+            observed: Some(observed.clone()),
+            voxelwise: Vec::new(),
+            subjects: Some(subjects.clone()),
+            ..a.clone()
+        })?;
+        s.files.splice(0..0, [observed, subjects]);
+        return Ok(s);
+    }
+    let observed = a
+        .observed
+        .as_deref()
+        .ok_or_else(|| Error::Invalid("give --observed or --voxelwise".into()))?;
+    let obs = read_labelled_matrix(observed)?;
     let (rows, cols) = (obs.row_labels.clone(), obs.col_labels.clone());
     let mut notes = Vec::new();
     let mut load_aligned = |path: &Path, what: &str| -> Result<(LabelledMatrix, Vec<usize>)> {

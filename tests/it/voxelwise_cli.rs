@@ -929,3 +929,133 @@ nib.save(nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(r, datatype="NIF
     );
     assert!(!never.exists());
 }
+
+/// Topography from voxel r: two feature groups fitted as two designs, `cortexflow topography
+/// --voxelwise NAME=DIR …` builds the observed matrix (cell = the set's mean voxel r in the
+/// region, as `voxelwise_region_summary` has it) and the per-subject table (as
+/// `voxelwise_regions`), and recovers the planted group → region structure (regions PT and IF carry
+/// mostly group 0, AT and AG group 1).
+#[test]
+fn topography_from_voxelwise_fits_uses_each_sets_mean_voxel_r_and_finds_the_planted_structure() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = simulate(
+        d,
+        &[
+            "--subjects",
+            "3",
+            "--stories",
+            "8",
+            "--trs-per-story",
+            "150",
+            "--voxels",
+            "120",
+            "--features",
+            "16",
+            "--groups",
+            "2",
+            "--regions",
+            "PT,AT,IF,AG",
+            "--snr",
+            "0.6",
+        ],
+    );
+    // the designs of each group: columns 0-7 and 8-15
+    support::run_python(
+        r#"
+import sys, os, glob, numpy as np
+data = sys.argv[1]
+for g, cols in (("g0", slice(0, 8)), ("g1", slice(8, 16))):
+    os.makedirs(f"{data}/designs_{g}", exist_ok=True)
+    for f in glob.glob(f"{data}/designs/*.npy"):
+        np.save(f"{data}/designs_{g}/" + os.path.basename(f), np.load(f)[:, cols])
+"#,
+        &[&data],
+    );
+    let mut specs = Vec::new();
+    for g in ["g0", "g1"] {
+        let out = d.join(format!("fit_{g}"));
+        ok(&[
+            "voxelwise",
+            "fit",
+            "--data",
+            &data,
+            "--designs",
+            &format!("{data}/designs_{g}"),
+            "--regions",
+            &format!("{data}/regions/{{subject}}.tsv"),
+            "--inner-folds",
+            "3",
+            "--n-shifts",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        specs.push(format!("{g}={}", out.display()));
+    }
+    let predicted = d.join("predicted.tsv");
+    std::fs::write(&predicted, "set\tPT\tAT\tIF\tAG\ng0\t1\t0\t1\t0\ng1\t0\t1\t0\t1\n").unwrap();
+    let topo = d.join("topo");
+    let stdout = ok(&[
+        "topography",
+        "--voxelwise",
+        &specs[0],
+        "--voxelwise",
+        &specs[1],
+        "--predicted",
+        predicted.to_str().unwrap(),
+        "--permutations",
+        "2000",
+        "--boot",
+        "500",
+        "--out",
+        topo.to_str().unwrap(),
+    ]);
+    let check = support::run_python(
+        r#"
+import sys, csv, pyarrow.parquet as pq
+topo, fits = sys.argv[1], sys.argv[2:]
+obs = list(csv.reader(open(f"{topo}/observed_from_voxelwise.tsv"), delimiter="\t"))
+regions = obs[0][1:]
+ok_cells, ok_long = True, True
+long = [r for r in csv.reader(open(f"{topo}/subjects_from_voxelwise.tsv"), delimiter="\t")][1:]
+for row, fit in zip(obs[1:], fits):
+    s = pq.read_table(f"{fit}/voxelwise_region_summary.parquet").to_pydict()
+    want = dict(zip(s["region"], s["mean_r"]))
+    ok_cells &= all(abs(float(v) - want[r]) < 1e-12 for r, v in zip(regions, row[1:]))
+    per = pq.read_table(f"{fit}/voxelwise_regions.parquet").to_pydict()
+    want_long = {(a, b): c for a, b, c in zip(per["subject"], per["region"], per["mean_r"]) if b != "all"}
+    got_long = {(a, c): float(d) for a, b, c, d in long if b == row[0]}
+    ok_long &= got_long.keys() == want_long.keys() and all(abs(got_long[k] - want_long[k]) < 1e-12 for k in want_long)
+t = {r["statistic"]: r for r in pq.read_table(f"{topo}/topography_tests.parquet").to_pylist()}
+print(regions, ok_cells, ok_long, len(long))
+print(t["spearman_rho"]["value"], t["interaction_f"]["p_value"], t["spearman_rho_subjects"]["n"])
+"#,
+        &[topo.to_str().unwrap(), &specs[0][3..], &specs[1][3..]],
+    );
+    let lines: Vec<&str> = check.trim().lines().collect();
+    // (regions in the summaries' order; 3 subjects × 2 sets × 4 regions)
+    assert_eq!(lines[0], "['AG', 'AT', 'IF', 'PT'] True True 24", "{check}\n{stdout}");
+    // ρ with the prediction (2 × 4 cells: its label-permutation p cannot go below ~0.1), and the
+    // subjects' repeated-measures set × region interaction
+    let f: Vec<f64> = lines[1].split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert!(
+        f[0] > 0.8 && f[1] < 0.01 && f[2] == 3.0,
+        "ρ, interaction p, subjects: {check}\n{stdout}"
+    );
+    // exactly one source of the observed matrix
+    let o = run(&["topography", "--predicted", predicted.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let o = run(&[
+        "topography",
+        "--voxelwise",
+        "g0",
+        "--predicted",
+        predicted.to_str().unwrap(),
+        "--out",
+        topo.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("NAME=DIR"), "{err}");
+}
