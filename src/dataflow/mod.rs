@@ -5,6 +5,10 @@
 //! ```text
 //! stories(story, art) ∪ corpus(doc, art) ──reduce per text: LM──▶ acts(text, layer, act)
 //! acts ──reduce per (language, layer): train SAE──▶ saes((language, layer), sae)
+//!   (`[sae] training = "tokens"`, the default: corpus ──reduce per language: Spool (one LM pass
+//!   over the corpus files, every layer)──▶ spools((language, layer), spool); spools ∪ the
+//!   stories' acts ──reduce per (language, layer): SAE trained on the spool (shared through the
+//!   store), its stimulus R²──▶ saes)
 //! acts ⋈ saes ──reduce per (story, layer): encode──▶ codes(story, layer, codes)
 //! (acts ∪ codes) ⋈ stories ──reduce per (story, layer, set): HRF + TR average──▶ designs
 //! designs ⋈ responses(story, subject, roi) ──reduce per (subject, story, layer, set): ridge──▶ fits

@@ -7,6 +7,9 @@
 //! - `lm`: per (story, layer) word × d_model activations (f32), plus the words' surprisal/entropy;
 //! - `sae`: an SAE per layer (a folder: cfg.json + sae_weights.safetensors): trained ReLU
 //!   (cortexflow folder) or TopK (SAELens folder), or a pretrained folder copied in; its quality;
+//! - `spool`, `sae-tokens`, `lens-translator` ([`sae_tokens`], `[sae] training = "tokens"`): a
+//!   layer's corpus-token activations, the SAE trained on them (linked into `sae`), and the
+//!   tuned lens's translator between two spools;
 //! - `codes`: per (story, layer) word × d_sae codes (f32);
 //! - `design`: per (story, layer, feature set) TR × feature design matrix (f64, z-scored);
 //! - `roi`: one subject's response table (f64 TR × ROI) with its constant-column list;

@@ -64,6 +64,8 @@ fn spool_options(ctx: &Ctx) -> SpoolOptions {
         max_tokens_per_source: s.corpus_max_tokens,
         chunk_windows: CHUNK_WINDOWS,
         batch_size: ctx.plan.file.model.batch_size.max(1),
+        // one LM pass of minutes over the corpus: a bar when a person watches
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         ..SpoolOptions::default()
     }
 }
