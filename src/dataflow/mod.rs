@@ -6,9 +6,8 @@
 //! stories(story, art) ∪ corpus(doc, art) ──reduce per text: LM──▶ acts(text, layer, act)
 //! acts ──reduce per (language, layer): train SAE──▶ saes((language, layer), sae)
 //!   (`[sae] training = "tokens"`, the default: corpus ──reduce per language: Spool (one LM pass
-//!   over the corpus files, every layer)──▶ spools((language, layer), spool); spools ∪ the
-//!   stories' acts ──reduce per (language, layer): SAE trained on the spool (shared through the
-//!   store), its stimulus R²──▶ saes)
+//!   over the corpus files, every layer)──▶ spools((language, layer), spool) ──reduce per
+//!   (language, layer): SAE trained on the spool (shared through the store)──▶ saes)
 //! acts ⋈ saes ──reduce per (story, layer): encode──▶ codes(story, layer, codes)
 //! (acts ∪ codes) ⋈ stories ──reduce per (story, layer, set): HRF + TR average──▶ designs
 //! designs ⋈ responses(story, subject, roi) ──reduce per (subject, story, layer, set): ridge──▶ fits
@@ -448,8 +447,8 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
 
                 // ---- one SAE per (language, layer), its training rows in the order of the texts'
                 // names (not of their artifact ids, which change with the model's manifest)
-                // (with `training = "tokens"`: the stories' rows, for the out-of-domain R², and
-                // the layer's corpus-token spool, the `None` text, first)
+                // (with `training = "tokens"`: the layer's corpus-token spool, the `None` text,
+                // first; the stories' rows only say which (language, layer) SAEs are needed)
                 let sae_inputs = acts.clone().flat_map(move |((is_story, text), (group, layer, id))| {
                     layer
                         .filter(|_| match sae_on_tokens {
@@ -478,18 +477,15 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     "SAE",
                     |k| format!("SAE of `{}` layer {}", k.group, k.layer),
                     move |ctx, k, inputs| {
-                        let ids: Vec<ArtifactId> = inputs
-                            .iter()
-                            .filter(|(text, _)| text.is_some())
-                            .map(|(_, a)| a.clone())
-                            .collect();
                         if !sae_on_tokens {
+                            let ids: Vec<ArtifactId> = inputs.iter().map(|(_, a)| a.clone()).collect();
                             return Ok(vec![stages::sae_stage(ctx, &k.group, k.layer, &ids)?]);
                         }
-                        // the spool sorts first (`None`); absent when its stage failed
+                        // the spool sorts first (`None`); absent when its stage failed. The
+                        // stories' rows only make the key present: the SAE does not depend on them
                         match inputs.first() {
                             Some((None, spool)) => Ok(vec![stages::sae_tokens::token_sae_stage(
-                                ctx, &k.group, k.layer, spool, &ids,
+                                ctx, &k.group, k.layer, spool,
                             )?]),
                             _ => Ok(vec![]),
                         }

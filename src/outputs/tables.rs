@@ -252,11 +252,7 @@ pub fn summary_batch(rows: &[SummaryRow], n_boot: usize, level: f64) -> Result<R
 }
 
 pub fn sae_quality_batch(ctx: &Ctx, snap: &Snapshot) -> Result<RecordBatch> {
-    let recs = snap
-        .saes
-        .iter()
-        .map(|(_, id)| stages::sae_record(ctx, id))
-        .collect::<Result<Vec<_>>>()?;
+    let recs = crate::report::sae_records(ctx, snap)?;
     let u32s = |f: &dyn Fn(&stages::SaeRecord) -> usize| -> ArrayRef {
         Arc::new(UInt32Array::from_iter_values(recs.iter().map(|r| f(r) as u32)))
     };

@@ -320,8 +320,7 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
          |---|---|---|---|---|---|---|---|---|---|"
     );
     let mut records = Vec::new();
-    for (_, id) in &snap.saes {
-        let q = stages::sae_record(ctx, id)?;
+    for q in sae_records(ctx, snap)? {
         let stim = match (q.stimulus_r2, q.stimulus_in_training) {
             (Some(r2), false) => format!("{r2:.3} (out of domain)"),
             (Some(r2), true) => format!("{r2:.3}"),
@@ -338,6 +337,33 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
         let _ = writeln!(s, "\n{w}");
     }
     Ok(s)
+}
+
+/// The quality records of a state's SAEs, in the snapshot's order. A token-trained SAE's R² on
+/// the stimulus words is filled in here, from the state's stories of its language (the SAE
+/// itself does not depend on them; see [`stages::sae_tokens::stimulus_r2`]).
+pub fn sae_records(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<stages::SaeRecord>> {
+    let mut out = Vec::with_capacity(snap.saes.len());
+    for (k, id) in &snap.saes {
+        let mut q = stages::sae_record(ctx, id)?;
+        if q.training == stages::TRAINING_TOKENS {
+            let mut acts = Vec::new();
+            for (_, story_art) in &snap.stories {
+                let st: stages::StoredStory = ctx.store.load_json("story", story_art)?;
+                if k.group != st.story.language && k.group != crate::dataflow::SHARED_SAE_GROUP {
+                    continue;
+                }
+                let (_, _, lm) = stages::lm_keys(&ctx.plan, &st.story)?;
+                acts.extend(lm.layers.into_iter().filter(|(l, _)| *l == k.layer).map(|(_, a)| a));
+            }
+            if let Some((r2, n)) = stages::sae_tokens::stimulus_r2(ctx, id, &acts)? {
+                q.stimulus_r2 = Some(r2);
+                q.n_stimulus = Some(n);
+            }
+        }
+        out.push(q);
+    }
+    Ok(out)
 }
 
 /// The SAEs of a state (language, layer, held-out R²) under the plan's floor `[sae] min-r2`.

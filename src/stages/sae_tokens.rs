@@ -288,23 +288,15 @@ pub fn trained_record(store: &ArtifactStore, id: &str) -> Result<TrainedSae> {
 }
 
 /// The pipeline's SAE of (`group`, `layer`): the SAE trained on `spool`, with its quality on the
-/// held-out corpus tokens and, out of domain, on the stimulus words `stimulus` (the stories'
-/// activation artifacts of this layer).
-pub fn token_sae_stage(
-    ctx: &Ctx,
-    group: &str,
-    layer: usize,
-    spool: &ArtifactId,
-    stimulus: &[ArtifactId],
-) -> Result<ArtifactId> {
+/// held-out corpus tokens. Keyed by the trained SAE and the group only, not by the stories: a
+/// story added later leaves the SAE (and every code, design and fit derived from it) as it is.
+/// The R² on the stimulus words is [`stimulus_r2`], computed where the stories are known.
+pub fn token_sae_stage(ctx: &Ctx, group: &str, layer: usize, spool: &ArtifactId) -> Result<ArtifactId> {
     let trained = trained_sae_stage(ctx, layer, spool)?;
-    let mut k = KeyBuilder::new("sae", REV_SAE)
+    let id = KeyBuilder::new("sae", REV_SAE)
         .part("trained", &trained)
-        .config("group", &group);
-    for id in stimulus {
-        k = k.part("stimulus", id);
-    }
-    let id = k.finish();
+        .config("group", &group)
+        .finish();
     ctx.store.dir("sae", &id, |dir| {
         let src = ctx.store.path("sae-tokens", &trained, "");
         for e in std::fs::read_dir(&src).map_err(|e| Error::io(&src, e))? {
@@ -319,15 +311,6 @@ pub fn token_sae_stage(
             }
         }
         let t = trained_record(&ctx.store, &trained)?;
-        let stim = match stimulus.is_empty() {
-            true => None,
-            false => {
-                let x = layer_rows(ctx, stimulus)?;
-                let loaded = sae::load_sae(dir)?;
-                loaded.check_input(x.ncols())?;
-                Some((loaded.sae.quality(x.view()).r2, x.nrows()))
-            }
-        };
         super::warn_under_floor(ctx, group, layer, t.r2, t.mean_l0, t.dead_fraction);
         let rec = SaeRecord {
             language: group.to_string(),
@@ -343,8 +326,8 @@ pub fn token_sae_stage(
             dense_fraction: t.dense_fraction,
             final_loss: t.final_loss,
             training: super::TRAINING_TOKENS.into(),
-            stimulus_r2: stim.map(|(r2, _)| r2),
-            n_stimulus: stim.map(|(_, n)| n),
+            stimulus_r2: None,
+            n_stimulus: None,
             stimulus_in_training: false,
         };
         crate::paths::write_atomic(
@@ -353,6 +336,26 @@ pub fn token_sae_stage(
         )
     })?;
     Ok(id)
+}
+
+/// The R² of SAE `sae_id` on the stimulus words `acts` (activation artifacts of its layer, one
+/// per story) and their number of rows; cached in the store by SAE and stories.
+pub fn stimulus_r2(ctx: &Ctx, sae_id: &str, acts: &[ArtifactId]) -> Result<Option<(f64, usize)>> {
+    if acts.is_empty() {
+        return Ok(None);
+    }
+    let mut k = KeyBuilder::new("sae-stimulus", 1).part("sae", sae_id);
+    for a in acts {
+        k = k.part("act", a);
+    }
+    let id = k.finish();
+    let (r2, n) = ctx.store.json("sae-stimulus", &id, || {
+        let x = layer_rows(ctx, acts)?;
+        let loaded = sae::load_sae(&ctx.store.path("sae", sae_id, ""))?;
+        loaded.check_input(x.ncols())?;
+        Ok((loaded.sae.quality(x.view()).r2, x.nrows()))
+    })?;
+    Ok(Some((r2, n)))
 }
 
 /// A tuned-lens translator (Belrose et al. 2023) of one layer: `h ↦ [h, 1] · w`, `w` of shape
