@@ -469,7 +469,7 @@ pub struct StoryCvOptions {
     /// Wide designs: cut every decomposition from the design's kernel ([`DesignKernel`]); false
     /// decomposes each training set on its own ([`factorize_fold`]), the reference path.
     pub shared_kernel: bool,
-    /// Precision of the inner-CV predictions ([`fit_fold_chunk_with`]); `Fast` by default.
+    /// Precision of the inner-CV predictions ([`fit_fold_chunk`]); `Fast` by default.
     pub precision: ScorePrecision,
 }
 
@@ -506,24 +506,12 @@ pub struct FoldChunkFit {
 /// Applies outer fold `factors` to the voxel columns `y` (n_rows, chunk; z-scored per story):
 /// inner-CV scores for every penalty (mean over inner folds, undefined scores as 0), the penalty
 /// per voxel by `criterion` and by R² (ties to the larger penalty, as [`super::ridge_cv`]), and
-/// the held-out predictions of the refit on the whole training set.
+/// the held-out predictions of the refit on the whole training set. `precision`:
+/// [`ScorePrecision::Fast`] forms the inner-CV predictions as float32 GEMMs (scored in float64)
+/// and scores again in float64 every voxel whose best two penalties lie within
+/// [`super::ridge::FAST_SCORE_MARGIN`] under either criterion, so the chosen penalties, and with
+/// them the predictions and the null (always float64), are [`ScorePrecision::Exact`]'s.
 pub fn fit_fold_chunk(
-    factors: &FoldFactors,
-    plan: &StoryPlan,
-    y: ArrayView2<f64>,
-    alphas: &[f64],
-    criterion: AlphaCriterion,
-    shifts: &[Vec<usize>],
-) -> Result<FoldChunkFit> {
-    fit_fold_chunk_with(factors, plan, y, alphas, criterion, shifts, ScorePrecision::Exact)
-}
-
-/// [`fit_fold_chunk`] with the inner-CV predictions' precision: [`ScorePrecision::Fast`] forms
-/// them as float32 GEMMs (scored in float64) and scores again in float64 every voxel whose best
-/// two penalties lie within [`super::ridge::FAST_SCORE_MARGIN`] under either criterion, so the
-/// chosen penalties, and with them the predictions and the null (always float64), are the exact
-/// path's.
-pub fn fit_fold_chunk_with(
     factors: &FoldFactors,
     plan: &StoryPlan,
     y: ArrayView2<f64>,
@@ -1093,7 +1081,7 @@ pub fn story_cv(
                     )));
                 }
                 let t = std::time::Instant::now();
-                let fit = fit_fold_chunk_with(
+                let fit = fit_fold_chunk(
                     &factors,
                     plan,
                     y.view(),

@@ -343,19 +343,29 @@ pub fn markdown(ctx: &Ctx, snap: &Snapshot, rows: &[SummaryRow]) -> Result<Strin
 /// the stimulus words is filled in here, from the state's stories of its language (the SAE
 /// itself does not depend on them; see [`stages::sae_tokens::stimulus_r2`]).
 pub fn sae_records(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<stages::SaeRecord>> {
-    let mut out = Vec::with_capacity(snap.saes.len());
-    for (k, id) in &snap.saes {
-        let mut q = stages::sae_record(ctx, id)?;
+    let recs = snap
+        .saes
+        .iter()
+        .map(|(_, id)| stages::sae_record(ctx, id))
+        .collect::<Result<Vec<_>>>()?;
+    // each story's language and per-layer activation ids, read once (only token-trained SAEs
+    // need them)
+    let mut stories: Vec<(String, Vec<(usize, String)>)> = Vec::new();
+    if recs.iter().any(|q| q.training == stages::TRAINING_TOKENS) {
+        for (_, story_art) in &snap.stories {
+            let st: stages::StoredStory = ctx.store.load_json("story", story_art)?;
+            let (_, _, lm) = stages::lm_keys(&ctx.plan, &st.story)?;
+            stories.push((st.story.language, lm.layers));
+        }
+    }
+    let mut out = Vec::with_capacity(recs.len());
+    for ((k, id), mut q) in snap.saes.iter().zip(recs) {
         if q.training == stages::TRAINING_TOKENS {
-            let mut acts = Vec::new();
-            for (_, story_art) in &snap.stories {
-                let st: stages::StoredStory = ctx.store.load_json("story", story_art)?;
-                if k.group != st.story.language && k.group != crate::dataflow::SHARED_SAE_GROUP {
-                    continue;
-                }
-                let (_, _, lm) = stages::lm_keys(&ctx.plan, &st.story)?;
-                acts.extend(lm.layers.into_iter().filter(|(l, _)| *l == k.layer).map(|(_, a)| a));
-            }
+            let acts: Vec<String> = stories
+                .iter()
+                .filter(|(language, _)| k.group == *language || k.group == crate::dataflow::SHARED_SAE_GROUP)
+                .flat_map(|(_, layers)| layers.iter().filter(|(l, _)| *l == k.layer).map(|(_, a)| a.clone()))
+                .collect();
             if let Some((r2, n)) = stages::sae_tokens::stimulus_r2(ctx, id, &acts)? {
                 q.stimulus_r2 = Some(r2);
                 q.n_stimulus = Some(n);

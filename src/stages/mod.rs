@@ -276,13 +276,58 @@ fn training_words() -> String {
     TRAINING_WORDS.into()
 }
 
+impl SaeRecord {
+    /// The record of an SAE of group `language` and `layer` (d_in, d_sae = `dims`) whose quality
+    /// `q` was measured on `q.n_rows` held-out rows.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        language: &str,
+        layer: usize,
+        dims: (usize, usize),
+        n_train: usize,
+        q: &sae::SaeQuality,
+        final_loss: Option<f64>,
+        training: &str,
+        stimulus_in_training: bool,
+    ) -> SaeRecord {
+        SaeRecord {
+            language: language.to_string(),
+            layer,
+            d_in: dims.0,
+            d_sae: dims.1,
+            n_train,
+            n_heldout: q.n_rows,
+            r2: q.r2,
+            fvu: q.fvu,
+            mean_l0: q.mean_l0,
+            dead_fraction: q.dead_fraction,
+            dense_fraction: q.dense_fraction,
+            final_loss,
+            training: training.into(),
+            stimulus_r2: None,
+            n_stimulus: None,
+            stimulus_in_training,
+        }
+    }
+
+    /// Writes the record as the SAE folder's `quality.json`.
+    fn write(&self, dir: &std::path::Path) -> Result<()> {
+        crate::paths::write_atomic(
+            &dir.join("quality.json"),
+            serde_json::to_string_pretty(self).unwrap().as_bytes(),
+        )
+    }
+}
+
 /// Logs an SAE whose held-out R² is under the plan's floor (`[sae] min-r2`).
-fn warn_under_floor(ctx: &Ctx, group: &str, layer: usize, r2: f64, mean_l0: f64, dead_fraction: f64) {
-    if crate::sae::metrics::under_floor(r2, ctx.plan.file.sae.min_r2) {
+fn warn_under_floor(ctx: &Ctx, group: &str, layer: usize, q: &sae::SaeQuality) {
+    if crate::sae::metrics::under_floor(q.r2, ctx.plan.file.sae.min_r2) {
         tracing::warn!(
-            "the SAE of `{group}` layer {layer} reconstructs R² = {r2:.3} of the held-out activations \
-             (mean L0 {mean_l0:.1}, {:.0}% dead features), under the floor [sae] min-r2 = {}",
-            100.0 * dead_fraction,
+            "the SAE of `{group}` layer {layer} reconstructs R² = {:.3} of the held-out activations \
+             (mean L0 {:.1}, {:.0}% dead features), under the floor [sae] min-r2 = {}",
+            q.r2,
+            q.mean_l0,
+            100.0 * q.dead_fraction,
             ctx.plan.file.sae.min_r2
         );
     }
@@ -343,27 +388,18 @@ pub fn sae_stage(ctx: &Ctx, group: &str, layer: usize, inputs: &[ArtifactId]) ->
             }
         };
         let q = model.quality(held.view());
-        warn_under_floor(ctx, group, layer, q.r2, q.mean_l0, q.dead_fraction);
-        let rec = SaeRecord {
-            language: group.to_string(),
+        warn_under_floor(ctx, group, layer, &q);
+        SaeRecord::new(
+            group,
             layer,
-            d_in: model.d_in(),
-            d_sae: model.d_sae(),
-            n_train: train.nrows(),
-            n_heldout: held.nrows(),
-            r2: q.r2,
-            fvu: q.fvu,
-            mean_l0: q.mean_l0,
-            dead_fraction: q.dead_fraction,
-            dense_fraction: q.dense_fraction,
-            final_loss: report.logs.last().map(|l| l.loss as f64),
-            training: TRAINING_WORDS.into(),
-            stimulus_r2: None,
-            n_stimulus: None,
-            stimulus_in_training: ctx.plan.file.sae.include_stimulus,
-        };
-        let path = dir.join("quality.json");
-        crate::paths::write_atomic(&path, serde_json::to_string_pretty(&rec).unwrap().as_bytes())
+            (model.d_in(), model.d_sae()),
+            train.nrows(),
+            &q,
+            report.logs.last().map(|l| l.loss),
+            TRAINING_WORDS,
+            ctx.plan.file.sae.include_stimulus,
+        )
+        .write(dir)
     })?;
     Ok(id)
 }
@@ -427,28 +463,17 @@ fn pretrained_sae_stage(
         let x = layer_rows(ctx, inputs)?;
         loaded.check_input(x.ncols())?;
         let q = loaded.sae.quality(x.view());
-        let rec = SaeRecord {
-            language: group.to_string(),
+        SaeRecord::new(
+            group,
             layer,
-            d_in: loaded.sae.d_in(),
-            d_sae: loaded.sae.d_sae(),
-            n_train: 0,
-            n_heldout: x.nrows(),
-            r2: q.r2,
-            fvu: q.fvu,
-            mean_l0: q.mean_l0,
-            dead_fraction: q.dead_fraction,
-            dense_fraction: q.dense_fraction,
-            final_loss: None,
-            training: TRAINING_PRETRAINED.into(),
-            stimulus_r2: None,
-            n_stimulus: None,
-            stimulus_in_training: false,
-        };
-        crate::paths::write_atomic(
-            &dir.join("quality.json"),
-            serde_json::to_string_pretty(&rec).unwrap().as_bytes(),
+            (loaded.sae.d_in(), loaded.sae.d_sae()),
+            0,
+            &q,
+            None,
+            TRAINING_PRETRAINED,
+            false,
         )
+        .write(dir)
     })?;
     Ok(id)
 }

@@ -55,6 +55,20 @@ pub struct TrainedSae {
     pub final_loss: Option<f64>,
 }
 
+impl TrainedSae {
+    /// The held-out quality as [`sae::SaeQuality`].
+    pub fn heldout_quality(&self) -> sae::SaeQuality {
+        sae::SaeQuality {
+            r2: self.r2,
+            fvu: self.fvu,
+            mean_l0: self.mean_l0,
+            dead_fraction: self.dead_fraction,
+            dense_fraction: self.dense_fraction,
+            n_rows: self.n_heldout,
+        }
+    }
+}
+
 fn spool_options(ctx: &Ctx) -> SpoolOptions {
     let s = &ctx.plan.file.sae;
     SpoolOptions {
@@ -311,29 +325,19 @@ pub fn token_sae_stage(ctx: &Ctx, group: &str, layer: usize, spool: &ArtifactId)
             }
         }
         let t = trained_record(&ctx.store, &trained)?;
-        super::warn_under_floor(ctx, group, layer, t.r2, t.mean_l0, t.dead_fraction);
-        let rec = SaeRecord {
-            language: group.to_string(),
+        let q = t.heldout_quality();
+        super::warn_under_floor(ctx, group, layer, &q);
+        SaeRecord::new(
+            group,
             layer,
-            d_in: t.d_in,
-            d_sae: t.d_sae,
-            n_train: t.n_train,
-            n_heldout: t.n_heldout,
-            r2: t.r2,
-            fvu: t.fvu,
-            mean_l0: t.mean_l0,
-            dead_fraction: t.dead_fraction,
-            dense_fraction: t.dense_fraction,
-            final_loss: t.final_loss,
-            training: super::TRAINING_TOKENS.into(),
-            stimulus_r2: None,
-            n_stimulus: None,
-            stimulus_in_training: false,
-        };
-        crate::paths::write_atomic(
-            &dir.join("quality.json"),
-            serde_json::to_string_pretty(&rec).unwrap().as_bytes(),
+            (t.d_in, t.d_sae),
+            t.n_train,
+            &q,
+            t.final_loss,
+            super::TRAINING_TOKENS,
+            false,
         )
+        .write(dir)
     })?;
     Ok(id)
 }

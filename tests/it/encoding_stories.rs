@@ -7,8 +7,7 @@
 use crate::support;
 
 use cortexflow::encoding::stories::{
-    factorize_fold, factorize_fold_from_kernel, fit_fold_chunk, fit_fold_chunk_with, null_shifts, DesignKernel,
-    FoldFactors,
+    factorize_fold, factorize_fold_from_kernel, fit_fold_chunk, null_shifts, DesignKernel, FoldFactors,
 };
 use cortexflow::encoding::{
     leave_groups_out_folds, ridge_cv_with, simulate, story_cv, zscore_per_story, AlphaCriterion, RidgeMethod,
@@ -295,8 +294,26 @@ fn fold_factors_are_shared_across_subjects_and_voxel_chunks() {
     let (plan, x, y, _) = data(&lengths, 10, 12, 6, 0.5, 21);
     let alphas = cortexflow::encoding::default_alphas();
     let f = factorize_fold(x.view(), &plan, 2, RidgeMethod::Auto).unwrap();
-    let whole = fit_fold_chunk(&f, &plan, y.view(), &alphas, AlphaCriterion::Pearson, &[]).unwrap();
-    let part = fit_fold_chunk(&f, &plan, y.slice(s![.., 5..9]), &alphas, AlphaCriterion::Pearson, &[]).unwrap();
+    let whole = fit_fold_chunk(
+        &f,
+        &plan,
+        y.view(),
+        &alphas,
+        AlphaCriterion::Pearson,
+        &[],
+        ScorePrecision::Exact,
+    )
+    .unwrap();
+    let part = fit_fold_chunk(
+        &f,
+        &plan,
+        y.slice(s![.., 5..9]),
+        &alphas,
+        AlphaCriterion::Pearson,
+        &[],
+        ScorePrecision::Exact,
+    )
+    .unwrap();
     assert_eq!(&whole.alpha_index[5..9], &part.alpha_index[..]);
     for (a, b) in whole
         .predictions
@@ -307,7 +324,16 @@ fn fold_factors_are_shared_across_subjects_and_voxel_chunks() {
         assert!((a - b).abs() < 1e-12);
     }
     // responses with the wrong number of rows are refused with the counts
-    let err = fit_fold_chunk(&f, &plan, y.slice(s![..100, ..]), &alphas, AlphaCriterion::Pearson, &[]).unwrap_err();
+    let err = fit_fold_chunk(
+        &f,
+        &plan,
+        y.slice(s![..100, ..]),
+        &alphas,
+        AlphaCriterion::Pearson,
+        &[],
+        ScorePrecision::Exact,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("100 rows") && err.to_string().contains(&plan.n_rows().to_string()),
         "{err}"
@@ -330,7 +356,7 @@ fn float32_inner_cv_scores_choose_the_float64_penalties() {
     for criterion in [AlphaCriterion::Pearson, AlphaCriterion::R2, AlphaCriterion::NegMse] {
         for k in 0..plan.n_outer() {
             let f = factorize_fold(x.view(), &plan, k, RidgeMethod::Auto).unwrap();
-            let run = |p| fit_fold_chunk_with(&f, &plan, y.view(), &alphas, criterion, &shifts, p).unwrap();
+            let run = |p| fit_fold_chunk(&f, &plan, y.view(), &alphas, criterion, &shifts, p).unwrap();
             let (exact, fast) = (run(ScorePrecision::Exact), run(ScorePrecision::Fast));
             assert_eq!(exact.alpha_index, fast.alpha_index, "{criterion:?} fold {k}");
             assert_eq!(exact.alpha_index_r2, fast.alpha_index_r2, "{criterion:?} fold {k}");
@@ -358,8 +384,19 @@ fn decompositions_cut_from_the_design_kernel_equal_the_per_fold_ones() {
     for k in 0..plan.n_outer() {
         let exact = factorize_fold(x.view(), &plan, k, RidgeMethod::Auto).unwrap();
         let cut = factorize_fold_from_kernel(&g, &plan, k).unwrap();
-        let a = fit_fold_chunk(&exact, &plan, y.view(), &alphas, AlphaCriterion::Pearson, &shifts).unwrap();
-        let b = fit_fold_chunk(&cut, &plan, y.view(), &alphas, AlphaCriterion::Pearson, &shifts).unwrap();
+        let fit = |f| {
+            fit_fold_chunk(
+                f,
+                &plan,
+                y.view(),
+                &alphas,
+                AlphaCriterion::Pearson,
+                &shifts,
+                ScorePrecision::Exact,
+            )
+            .unwrap()
+        };
+        let (a, b) = (fit(&exact), fit(&cut));
         same += a.alpha_index.iter().zip(&b.alpha_index).filter(|(p, q)| p == q).count();
         same += a
             .alpha_index_r2
