@@ -441,7 +441,20 @@ fn run_windows(
     let bar = progress_bar(opts.progress, plans.len() as u64, &story.id, "windows");
     let off = bos.is_some() as usize;
     let scored = opts.surprisal && lm.has_head();
-    for batch in plans.chunks(opts.batch_size.max(1)) {
+    // a window needs next-token scores only from the position before its first own token (the
+    // first window: from its start, later windows: past their shared context), and a batch from
+    // its earliest window's; so the first window runs alone and the later ones skip the LM head
+    // over their context (a graph without `score_from` scores every position). The last window,
+    // when shorter than the others, also runs alone: in a batch it would be padded to their length
+    let score_from = |p: &WindowPlan| (off + p.own.start - p.start).saturating_sub(1);
+    let n = plans.len();
+    let short_last = n > 1 && plans[n - 1].end - plans[n - 1].start < plans[0].end - plans[0].start;
+    let middle = 1.min(n)..n - short_last as usize;
+    let batches = plans[..middle.start]
+        .chunks(1)
+        .chain(plans[middle.clone()].chunks(opts.batch_size.max(1)))
+        .chain(plans[middle.end..].chunks(1));
+    for batch in batches {
         let windows: Vec<Vec<u32>> = batch
             .iter()
             .map(|p| {
@@ -465,9 +478,12 @@ fn run_windows(
             }
         };
         match scored {
-            true => lm.run_with(&windows, layers, |out| {
-                take(&out.hidden, Some((&out.next_logprob, &out.next_entropy)))
-            })?,
+            true => {
+                let from = batch.iter().map(score_from).min().unwrap_or(0);
+                lm.run_scored_from(&windows, layers, from, |out| {
+                    take(&out.hidden, Some((&out.next_logprob, &out.next_entropy)))
+                })?
+            }
             false => lm.run_hidden_with(&windows, layers, |hidden| take(hidden, None))?,
         }
         bar.inc(batch.len() as u64);

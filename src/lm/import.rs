@@ -14,7 +14,8 @@
 //! - `next_token_entropy` (f32 [batch, seq]): entropy of the next-token distribution, nats;
 //!   both computed by a `Loop` over chunks of positions, so at most `logit_budget` logits (an
 //!   optional int64 input, default 2^24 = 64 MB) are alive at once whatever the batch, length and
-//!   vocabulary (Gemma's 262,144 tokens included);
+//!   vocabulary (Gemma's 262,144 tokens included), and only from position `score_from` on (an
+//!   optional int64 input, default 0; both outputs are 0 before it);
 //! - `last_token_logprobs` (f32 [batch, vocab]): log-probabilities after the last position.
 //!
 //! Key/value cache: optional inputs `past_key_ℓ` / `past_value_ℓ` (f32 [batch, kv_heads, past,
@@ -327,6 +328,7 @@ fn write_import(
         hidden_states: (0..=n_blocks).map(hidden_name).collect(),
         next_token_logprob: head.then(|| "next_token_logprob".into()),
         next_token_entropy: head.then(|| "next_token_entropy".into()),
+        score_from: head.then(|| SCORE_FROM_INPUT.into()),
         truncated_from: (!head).then_some(cfg.n_layers),
         kv_cache: Some(crate::lm::manifest::KvCache {
             past_key: (0..n_blocks).map(past_key_name).collect(),
@@ -384,7 +386,7 @@ fn weight_bytes(g: &Gguf, cfg: &LlamaConfig, opts: &ImportOptions) -> u64 {
 }
 
 /// Bumped whenever the emitted graph changes, so cached imports are redone.
-pub const IMPORTER_REVISION: u32 = 5;
+pub const IMPORTER_REVISION: u32 = 6;
 
 /// The `written_by` stamp of manifests from this importer.
 pub fn importer_stamp() -> String {
@@ -407,6 +409,10 @@ pub const WANT_LOGITS: &str = "want_logits";
 /// Most logits alive at once while the graph scores next tokens (2^24 f32 = 64 MB): the
 /// default of the optional int64 scalar input [`LOGIT_BUDGET_INPUT`].
 pub const LOGIT_BUDGET: i64 = 1 << 24;
+
+/// The optional int64 scalar input (default 0) before which positions are not scored: the
+/// next-token outputs are 0 there. Overlapping windows score only their own tokens' positions.
+pub const SCORE_FROM_INPUT: &str = "score_from";
 
 /// The optional input that bounds the logits alive at once (at most max(1, ⌊budget / (batch ·
 /// vocab)⌋) positions per chunk; the positions are spread evenly over the chunks).
@@ -1200,6 +1206,23 @@ fn build_graph(
     // afterwards.
     let nxt = b.op("Slice", &["input_ids", &c1, &cbig, &c1], vec![]);
     let nxt = b.op("Pad", &[&nxt, &pads], vec![]);
+    // only positions from `score_from` on are scored (an optional scalar input, default 0, held
+    // within [0, S − 1]): overlapping windows need the head only where a window's own tokens are
+    // (importer r6); the positions before it are 0 in both outputs
+    b.m.inputs.push(ValueInfo {
+        name: SCORE_FROM_INPUT.into(),
+        dtype: DType::I64,
+        dims: vec![],
+    });
+    let from = b.const_i64_scalar(SCORE_FROM_INPUT, 0);
+    let last_pos = b.op("Sub", &[&seq, "c_1s"], vec![]);
+    let from = b.op("Min", &[&from, &last_pos], vec![]);
+    let from = b.op("Max", &[&from, "c_0s"], vec![]);
+    let from1 = b.op("Unsqueeze", &[&from, &c0], vec![]);
+    let hn_scored = b.op("Slice", &[&hn, &from1, &cbig, &c1], vec![]);
+    let nxt = b.op("Slice", &[&nxt, &from1, &cbig, &c1], vec![]);
+    let seq_all = seq.clone();
+    let seq = b.op("Sub", &[&seq_all, &from], vec![]);
     let batch_s = b.op("Gather", &[&shape_ids, "c_0s"], vec![("axis", Attr::Int(0))]);
     let bv = b.op("Mul", &[&batch_s, &vocab_s], vec![]);
     // the budget is an optional input (default 2^24) so a caller or a test can change it
@@ -1227,7 +1250,7 @@ fn build_graph(
     let zeros3 = b.const_i64("c_zeros3", &[0, 0, 0]);
     let zeros4 = b.const_i64("c_zeros4", &[0, 0, 0, 0]);
     let pads_h = b.op("Concat", &[&zeros4, &pad_len1, &c0], vec![("axis", Attr::Int(0))]);
-    let hn_pad = b.op("Pad", &[&hn, &pads_h], vec![]);
+    let hn_pad = b.op("Pad", &[&hn_scored, &pads_h], vec![]);
     let pads_n = b.op("Concat", &[&zeros3, &pad_len1], vec![("axis", Attr::Int(0))]);
     let nxt_pad = b.op("Pad", &[&nxt, &pads_n], vec![]);
     let col = b.const_i64("shape_col", &[-1, 1]);
@@ -1283,8 +1306,15 @@ fn build_graph(
         let t = b.op("Reshape", &[&t, &keep_b], vec![]);
         b.op("Slice", &[&t, &c0, &seq1, &c1], vec![])
     };
+    // [B, S − from] → [B, S]: zeros before `score_from`
+    let pads_from = b.op("Concat", &[&c0, &from1, &c0, &c0], vec![("axis", Attr::Int(0))]);
+    let unchunk = |b: &mut Builder, t: &str| {
+        let t = unchunk(b, t);
+        b.op("Pad", &[&t, &pads_from], vec![])
+    };
     let lp = unchunk(&mut b, &scans[0]);
     let ent = unchunk(&mut b, &scans[1]);
+    let seq = seq_all;
     b.op_named("Identity", &[&ent], vec![], "next_token_entropy");
     // zero where there is no real next token (the last position, and before right padding)
     let has_next = b.op("Slice", &["attention_mask", &c1, &cbig, &c1], vec![]);

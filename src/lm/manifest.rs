@@ -59,6 +59,11 @@ pub struct Manifest {
     /// Optional [batch, seq] output: entropy (nats) of the next-token distribution at t.
     #[serde(default)]
     pub next_token_entropy: Option<String>,
+    /// An int64 scalar input (default 0) before which the graph does not score positions: its
+    /// next-token outputs are 0 there (graphs from `model import`, importer r6 on); None when
+    /// every position is always scored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_from: Option<String>,
     /// Weight precision stored in the graph ("f32" or "f16").
     #[serde(default)]
     pub weights: Option<String>,

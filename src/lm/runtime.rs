@@ -237,6 +237,20 @@ impl LanguageModel {
         layers: &[usize],
         f: impl FnOnce(&BatchView<'_>) -> R,
     ) -> Result<R> {
+        self.run_scored_from(windows, layers, 0, f)
+    }
+
+    /// As [`LanguageModel::run_with`], with the next-token statistics needed only from position
+    /// `score_from` on (in every window of the batch): a graph with a `score_from` input (the
+    /// manifest's) skips the LM head before it and gives 0 there; any other graph scores every
+    /// position. Positions from `score_from` on are the same either way.
+    pub fn run_scored_from<R>(
+        &mut self,
+        windows: &[Vec<u32>],
+        layers: &[usize],
+        score_from: usize,
+        f: impl FnOnce(&BatchView<'_>) -> R,
+    ) -> Result<R> {
         let (b, s, ids, mask) = self.pack(windows, layers)?;
         let m = &self.manifest;
         let in_graph = m.next_token_logprob.is_some() && m.next_token_entropy.is_some();
@@ -252,7 +266,11 @@ impl LanguageModel {
             sel = sel.with(m.logits.clone().expect("checked by Manifest::check"));
         }
         let options = RunOptions::new().map_err(rt("run options"))?.with_outputs(sel);
-        let inputs = model_inputs(m, [b, s], ids.clone(), mask.clone(), !in_graph)?;
+        let mut inputs = model_inputs(m, [b, s], ids.clone(), mask.clone(), !in_graph)?;
+        if let (true, Some(name)) = (in_graph && score_from > 0, &m.score_from) {
+            let t = Tensor::from_array(((), vec![score_from as i64])).map_err(rt(name))?;
+            inputs.push((name.clone().into(), t.into()));
+        }
         let hidden_names: Vec<String> = layers.iter().map(|&l| m.hidden_states[l].clone()).collect();
         let (lp_name, ent_name, logits_name) = (
             m.next_token_logprob.clone(),

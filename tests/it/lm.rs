@@ -348,6 +348,95 @@ fn logits_only_model(tmp: &Path) -> LanguageModel {
     LanguageModel::load(tmp, &RuntimeOptions::with_threads(2)).unwrap()
 }
 
+/// The default model's files under `tmp` with a manifest that names no `score_from` input, so
+/// every position of every window is scored.
+fn score_everything_model(tmp: &Path) -> LanguageModel {
+    let src = support::model_dir();
+    for f in ["model.onnx", "tokenizer.json"] {
+        std::os::unix::fs::symlink(src.join(f), tmp.join(f)).unwrap();
+    }
+    let mut man = Manifest::load(&src).unwrap();
+    assert_eq!(
+        man.score_from.as_deref(),
+        Some("score_from"),
+        "importer r6 graphs take `score_from`"
+    );
+    man.score_from = None;
+    man.save(tmp).unwrap();
+    LanguageModel::load(tmp, &RuntimeOptions::with_threads(2)).unwrap()
+}
+
+#[test]
+fn windows_skip_the_lm_head_over_their_context_and_score_their_own_tokens_as_before() {
+    let mut m = model();
+    let toks = extract::tokenize_story(&m.tokenizer, &alice(), " ").unwrap();
+    let bos = m.manifest.bos_token_id.unwrap();
+    // two windows of BOS + 300 tokens, the second one right-padded by 20
+    let windows: Vec<Vec<u32>> = [(0, 300), (200, 280)]
+        .iter()
+        .map(|&(a, n)| std::iter::once(bos).chain(toks.ids[a..a + n].iter().copied()).collect())
+        .collect();
+    let layers = [0, 15, 30];
+    let all = m.run(&windows, &layers).unwrap();
+    let from = 150;
+    let (lp, ent, hidden) = m
+        .run_scored_from(&windows, &layers, from, |v| {
+            (
+                v.next_logprob.clone(),
+                v.next_entropy.clone(),
+                v.hidden.iter().map(|h| h.to_owned()).collect::<Vec<_>>(),
+            )
+        })
+        .unwrap();
+    assert_eq!(
+        hidden, all.hidden,
+        "the hidden states do not depend on the scored positions"
+    );
+    for b in 0..2 {
+        for t in 0..301 {
+            if t < from {
+                assert_eq!(
+                    (lp[[b, t]], ent[[b, t]]),
+                    (0.0, 0.0),
+                    "window {b}, position {t} is not scored"
+                );
+            } else {
+                // the same rows through the same head: equal to the last bit
+                assert_eq!(
+                    lp[[b, t]].to_bits(),
+                    all.next_logprob[[b, t]].to_bits(),
+                    "window {b}, position {t}"
+                );
+                assert_eq!(
+                    ent[[b, t]].to_bits(),
+                    all.next_entropy[[b, t]].to_bits(),
+                    "window {b}, position {t}"
+                );
+            }
+        }
+    }
+    assert!(all.next_entropy.slice(ndarray::s![.., ..from]).iter().all(|&e| e > 0.0));
+    // a whole story in overlapping windows (the first alone, the rest skipping their context)
+    // equals the same windows scored everywhere
+    let tmp = tempfile::tempdir().unwrap();
+    let mut every = score_everything_model(tmp.path());
+    let story = first_words(&alice(), 400);
+    let opts = ExtractOptions {
+        window: 128,
+        min_context: 48,
+        batch_size: 3,
+        layers: vec![6, 30],
+        context: extract::ContextPolicy::Windows,
+        ..Default::default()
+    };
+    let a = lm::extract_story(&mut m, &story, &opts).unwrap();
+    let b = lm::extract_story(&mut every, &story, &opts).unwrap();
+    assert!(a.n_windows >= 5, "{} windows", a.n_windows);
+    assert_eq!(a.surprisal_bits, b.surprisal_bits);
+    assert_eq!(a.entropy_bits, b.entropy_bits);
+    assert_eq!(a.activations, b.activations);
+}
+
 #[test]
 fn in_graph_surprisal_and_entropy_equal_a_log_softmax_of_the_logits_in_rust() {
     let tmp = tempfile::tempdir().unwrap();
