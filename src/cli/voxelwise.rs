@@ -594,12 +594,18 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
     })
 }
 
-/// The cached fit of one subject: `<subject>-<key>.npy`, the key a sha256 of the fit settings and
-/// of each response file's path, size and modification time (an edited file is fitted again).
+/// Bumped whenever a subject's fit changes for the same settings (2: the null refits of
+/// [`ScorePrecision::Fast`] became float32 products), so a cache written by an older cortexflow is
+/// fitted again.
+const FIT_REVISION: u32 = 2;
+
+/// The cached fit of one subject: `<subject>-<key>.npy`, the key a sha256 of [`FIT_REVISION`], the
+/// fit settings and each response file's path, size and modification time (an edited file is
+/// fitted again).
 fn fit_file_name(r: &SubjectResponses, opts: &StoryCvOptions) -> String {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    h.update(format!("{opts:?}").as_bytes());
+    h.update(format!("fit r{FIT_REVISION} {opts:?}").as_bytes());
     h.update(format!("{:?}", r.kept).as_bytes());
     for f in &r.files {
         h.update(f.to_string_lossy().as_bytes());

@@ -631,7 +631,10 @@ pub enum ScorePrecision {
     /// measured on the ridge bench's case (b), 20,000 targets: at most 1.5e-7 (negative MSE of
     /// targets with mean square 2, a margin of 2e-4 there; 860 targets rescored; every α the same)
     /// and 3.7e-8 for Pearson r on a 4,000 × 2,000 × 10,000 case — and the refit is unchanged
-    /// (float64). `cv_scores` of targets not rescored carry the float32 error.
+    /// (float64). `cv_scores` of targets not rescored carry the float32 error. In the voxelwise
+    /// story CV ([`super::stories::fit_fold_chunk`]) the null refits are float32 products too:
+    /// their sums feed only the normal fitted to the null's Fisher z (agreeing with `Exact`'s to
+    /// 1e-5 of their scale), never the reported r or α.
     Fast,
 }
 
