@@ -615,6 +615,104 @@ for s in ["s18", "s22", "s23", "s24"]:
     );
 }
 
+/// Le Petit Prince through the NIfTI reader: `lpp-en.toml` cut to runs 1–2 (layer 9, a short SAE
+/// run, 3 simulated subjects), and the same pipeline with its `[simulate]` section replaced by
+/// `[fmri] format = "nifti"` reading those very responses written by nibabel into one 4-D run per
+/// (subject, story) (`sim*-{story}_bold.nii.gz`, each target on two voxels of a 4 × 3 × 2 grid
+/// labelled by a 3-D atlas, the other voxels noise): the fits and summaries are the same tables.
+#[test]
+fn lpp_runs_read_from_nifti_files_give_the_simulated_runs_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines/lpp-en.toml")).unwrap();
+    let (head, rest) = text.split_once("[[story]]").unwrap();
+    let (stories, tail) = rest.split_once("\n[simulate]").unwrap();
+    let runs: String = stories
+        .split("[[story]]")
+        .filter(|s| s.contains("id = \"lpp-en-run1\"") || s.contains("id = \"lpp-en-run2\""))
+        .map(|s| format!("[[story]]{s}"))
+        .collect();
+    assert_eq!(runs.matches("[[story]]").count(), 2);
+    let (simulate, after) = tail.split_once("\n[sae]").unwrap();
+    let plan_text = |name: &str, responses: &str| {
+        format!(
+            "{}{}\n{}\n[sae]{}",
+            head.replace("layers = [9, 15, 21]", "layers = [9]").replace(
+                "output = \"runs/lpp-en\"",
+                &format!(
+                    "output = {:?}\nstore = {:?}",
+                    tmp.path().join(name).to_str().unwrap(),
+                    tmp.path().join("store").to_str().unwrap()
+                )
+            ),
+            runs,
+            responses,
+            after.replace("steps = 2000", "steps = 20")
+        )
+    };
+    let simulate = format!("[simulate]{}", simulate.replace("subjects = 4", "subjects = 3"));
+    let sim_path = tmp.path().join("simulated.toml");
+    std::fs::write(&sim_path, plan_text("simulated", &simulate)).unwrap();
+    let sim_plan = Plan::load(&sim_path).unwrap();
+    // the simulated responses, as .npy files for nibabel
+    let y = tmp.path().join("y");
+    std::fs::create_dir_all(&y).unwrap();
+    let tables = pipeline::simulated::responses(&sim_plan).unwrap();
+    assert_eq!(tables.len(), 2 * 3, "2 runs × 3 subjects");
+    for (story, t) in &tables {
+        cortexflow::store::write_npy(&y.join(format!("{}-{story}.npy", t.subject)), t.data.view()).unwrap();
+    }
+    let nii = tmp.path().join("nii");
+    std::fs::create_dir_all(&nii).unwrap();
+    support::run_python(
+        r#"
+import sys, glob, os, numpy as np, nibabel as nib
+src, out = sys.argv[1], sys.argv[2]
+rng = np.random.default_rng(0)
+flat = np.zeros(24, np.int16)
+for j in range(8):
+    flat[[2 * j, 2 * j + 1]] = j + 1          # target j + 1 on two voxels (file order)
+atlas = flat.reshape((4, 3, 2), order="F")
+nib.save(nib.Nifti1Image(atlas, np.eye(4)), f"{out}/atlas.nii.gz")
+for f in sorted(glob.glob(f"{src}/*.npy")):
+    y = np.load(f)                                # (TRs, 8)
+    vol = rng.normal(size=(4, 3, 2, y.shape[0]))
+    for j in range(8):
+        vol[atlas == j + 1] = y[:, j]
+    name = os.path.basename(f)[:-4]              # sim01-lpp-en-run1
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), f"{out}/{name}_bold.nii.gz")
+"#,
+        &[y.to_str().unwrap(), nii.to_str().unwrap()],
+    );
+    let fmri = format!(
+        "[fmri]\nformat = \"nifti\"\nsubjects = {:?}\natlas = {:?}\nrois = {:?}\n",
+        nii.join("sim*-{story}_bold.nii.gz").to_str().unwrap(),
+        nii.join("atlas.nii.gz").to_str().unwrap(),
+        (1..=8).map(|j| format!("t{j:02}")).collect::<Vec<_>>(),
+    );
+    let nii_path = tmp.path().join("nifti.toml");
+    std::fs::write(&nii_path, plan_text("nifti", &fmri)).unwrap();
+    let nii_plan = Plan::load(&nii_path).expect("the NIfTI plan validates");
+    assert_eq!(nii_plan.subjects.len(), 2 * 3, "one response per (subject, run)");
+    assert!(nii_plan.file.simulate.is_none());
+    let outs = [sim_plan.output.clone(), nii_plan.output.clone()];
+    for plan in [sim_plan, nii_plan] {
+        pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    }
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         for t in ['fits', 'summary']:\n\
+         \x20   a = pl.read_parquet(f'{sys.argv[1]}/{t}.parquet'); b = pl.read_parquet(f'{sys.argv[2]}/{t}.parquet')\n\
+         \x20   print(t, a.height, a.equals(b))",
+        &[outs[0].to_str().unwrap(), outs[1].to_str().unwrap()],
+    );
+    assert_eq!(
+        check.trim(),
+        "fits 144 True\nsummary 54 True",
+        "3 subjects × 2 runs × 3 feature sets × 8 targets, equal to the simulated run's tables"
+    );
+}
+
 /// `run --sae-seeds 2` (with a light `[taxonomy]`): one complete run per seed on one store, and
 /// `seeds.parquet` whose mean and sd are those of the two runs' summaries, SAE qualities and
 /// baselines (recomputed in polars); the raw set, which does not use the SAE, has sd 0 and the SAE
