@@ -92,9 +92,10 @@ pub struct VoxelwiseFitArgs {
     /// X Xᵀ (wide designs; the same results to rounding, several times slower): the reference path.
     #[arg(long)]
     pub per_fold_decompositions: bool,
-    /// Form the inner-CV predictions in float64 (the reference path). By default they are float32
-    /// GEMMs scored in float64, with every voxel whose best two penalties are within 1e-4 scored
-    /// again in float64, so the chosen α (and so r, R² and the null) are the same.
+    /// Form the inner-CV predictions and the null refits in float64 (the reference path). By
+    /// default the predictions are float32 GEMMs scored in float64, with every voxel whose best
+    /// two penalties are within 1e-4 scored again in float64, so the chosen α (and so r and R²)
+    /// are the same; the null refits are float32 GEMMs (the parametric p within ~1e-7).
     #[arg(long)]
     pub exact_scores: bool,
     #[arg(long, default_value_t = 4)]

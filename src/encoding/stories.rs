@@ -29,7 +29,8 @@
 //! parametric: the Fisher z of the null samples is fitted by a normal (mean and sd per voxel) and p
 //! is its upper tail at the observed z (one-sided: H1 is r > 0). The empirical p is reported
 //! beside it. Under [`ScorePrecision::Fast`] (the default) the null refits are float32 products:
-//! their sums enter only that normal fit, and agree with float64's to 1e-5 of their scale. The penalty search is not repeated per null sample (a documented approximation).
+//! their sums enter only that normal fit, and agree with float64's to 1e-5 of their scale. The
+//! penalty search is not repeated per null sample (a documented approximation).
 //!
 //! Wide designs (more features than training rows: the kernel form, as the paper's 16,384 SAE
 //! features against ~8,000 training TRs) share one more thing: every decomposition needs only
