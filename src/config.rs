@@ -536,6 +536,11 @@ pub struct EncodingSection {
         skip_serializing_if = "is_default_word_frequency"
     )]
     pub word_frequency: String,
+    /// Write every word-feature design (raw, sae, sae-recon, controls) into the outputs as
+    /// `designs/layer-<L>/<feature set>/<story>.npy` (TRs × columns on the story's grid, z-scored
+    /// within the story), the folder `cortexflow voxelwise fit --designs` reads.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub export_designs: bool,
 }
 
 fn default_word_frequency() -> String {
@@ -572,6 +577,7 @@ impl Default for EncodingSection {
             fir_delays: default_fir_delays(),
             lanczos_window: default_lanczos_window(),
             word_frequency: default_word_frequency(),
+            export_designs: false,
         }
     }
 }

@@ -351,6 +351,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let encode_sets = ctx.plan.file.taxonomy.as_ref().is_some_and(|t| t.encode_sets);
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
     let reading_on = ctx.plan.reading.is_some();
+    let export_designs = ctx.plan.file.encoding.export_designs;
     // the texts whose words are the labels' evidence ([taxonomy] evidence)
     let (evidence_stories, evidence_corpus) = match &ctx.plan.file.taxonomy {
         Some(t) => t.evidence_texts(&ctx.plan.file.sae),
@@ -625,6 +626,10 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                         stages::design_stage(ctx, story_art, stages::feature_source(&k.feature_set)?, id)
                     },
                 );
+                let rec_designs = designs
+                    .clone()
+                    .filter(move |_| export_designs)
+                    .map(|(k, a)| Record::Design(k, a));
 
                 // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
                 // per (story, layer, set): categories, subcategories and their baselines
@@ -968,6 +973,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .concat(rec_pe)
                     .concat(rec_parts)
                     .concat(rec_fits)
+                    .concat(rec_designs)
                     .concat(rec_sums)
                     .concat(rec_reading_base)
                     .concat(rec_reading)

@@ -94,6 +94,9 @@ pub enum Record {
     Sae(SaeKey, ArtifactId),
     Fit(FitKey, ArtifactId),
     Summary(SummaryKey, ArtifactId),
+    /// A word-feature design (raw, sae, sae-recon, controls) of a (story, layer), recorded with
+    /// `[encoding] export-designs` so the outputs can write it
+    Design(DesignKey, ArtifactId),
     /// Feature-taxonomy labels of an SAE
     Labels(SaeKey, ArtifactId),
     Partition(PartitionKey, ArtifactId),
@@ -125,6 +128,8 @@ pub struct Snapshot {
     pub saes: BTreeSet<(SaeKey, ArtifactId)>,
     pub fits: BTreeSet<(FitKey, ArtifactId)>,
     pub summaries: BTreeSet<(SummaryKey, ArtifactId)>,
+    /// Word-feature designs, with `[encoding] export-designs`
+    pub designs: BTreeSet<(DesignKey, ArtifactId)>,
     /// Feature-taxonomy labels per SAE, with `[taxonomy]`
     pub labels: BTreeSet<(SaeKey, ArtifactId)>,
     /// Variance partitions, with `[taxonomy] variance-partition`
@@ -156,6 +161,7 @@ impl Snapshot {
             Record::Sae(k, a) => _ = self.saes.insert((k, a)),
             Record::Fit(k, a) => _ = self.fits.insert((k, a)),
             Record::Summary(k, a) => _ = self.summaries.insert((k, a)),
+            Record::Design(k, a) => _ = self.designs.insert((k, a)),
             Record::Labels(k, a) => _ = self.labels.insert((k, a)),
             Record::Partition(k, a) => _ = self.partitions.insert((k, a)),
             Record::PredError(k, a) => _ = self.pred_errors.insert((k, a)),
@@ -179,6 +185,7 @@ impl Snapshot {
         v.extend(all(&self.saes, Record::Sae));
         v.extend(all(&self.fits, Record::Fit));
         v.extend(all(&self.summaries, Record::Summary));
+        v.extend(all(&self.designs, Record::Design));
         v.extend(all(&self.labels, Record::Labels));
         v.extend(all(&self.partitions, Record::Partition));
         v.extend(all(&self.pred_errors, Record::PredError));

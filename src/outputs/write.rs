@@ -71,5 +71,28 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     }
     crate::paths::write_atomic(&report, md.as_bytes())?;
     files.push(report);
+    files.extend(write_designs(ctx, snap, out)?);
+    Ok(files)
+}
+
+/// With `[encoding] export-designs`: every word-feature design as
+/// `designs/layer-<L>/<feature set>/<story>.npy` (float64, TRs × columns on the story's grid),
+/// one folder per (layer, feature set) as `cortexflow voxelwise fit --designs` reads them.
+fn write_designs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if !ctx.plan.file.encoding.export_designs {
+        return Ok(files);
+    }
+    for (k, id) in &snap.designs {
+        let design = ctx.store.load_arrays("design", id)?;
+        let dir = out
+            .join("designs")
+            .join(format!("layer-{}", k.layer))
+            .join(k.feature_set.as_str());
+        std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+        let path = dir.join(format!("{}.npy", k.story));
+        crate::store::write_npy(&path, design.f64("x")?)?;
+        files.push(path);
+    }
     Ok(files)
 }

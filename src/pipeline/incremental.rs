@@ -178,6 +178,15 @@ fn cells(r: &Record) -> RecordCells<'_> {
             a,
             None,
         ),
+        Record::Design(k, a) => (
+            "design",
+            Some(&k.story),
+            None,
+            Some(k.layer),
+            Some(k.feature_set.as_str()),
+            a,
+            None,
+        ),
         Record::Summary(k, a) => (
             "summary",
             Some(&k.story),
@@ -325,6 +334,14 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                 "fit" => Record::Fit(
                     FitKey {
                         subject: sub()?,
+                        story: s()?,
+                        layer: l()?,
+                        feature_set: f()?,
+                    },
+                    a,
+                ),
+                "design" => Record::Design(
+                    DesignKey {
                         story: s()?,
                         layer: l()?,
                         feature_set: f()?,

@@ -615,6 +615,39 @@ for s in ["s18", "s22", "s23", "s24"]:
     );
 }
 
+/// `pipelines/lpp-en.toml` cut for a test: runs 1..=`runs`, layer 9, 20 SAE steps, output
+/// `dir/name` and store `dir/store`; its responses are the `[simulate]` section with 3 subjects,
+/// or `responses` in its place; `encoding` opens the `[encoding]` section.
+fn lpp_en_cut(dir: &Path, name: &str, runs: usize, responses: Option<&str>, encoding: &str) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("pipelines/lpp-en.toml")).unwrap();
+    let (head, rest) = text.split_once("[[story]]").unwrap();
+    let (stories, tail) = rest.split_once("\n[simulate]").unwrap();
+    let kept: String = stories
+        .split("[[story]]")
+        .filter(|s| (1..=runs).any(|r| s.contains(&format!("id = \"lpp-en-run{r}\""))))
+        .map(|s| format!("[[story]]{s}"))
+        .collect();
+    assert_eq!(kept.matches("[[story]]").count(), runs);
+    let (simulate, after) = tail.split_once("\n[sae]").unwrap();
+    let simulate = format!("[simulate]{}", simulate.replace("subjects = 4", "subjects = 3"));
+    format!(
+        "{}{kept}\n{}\n[sae]{}",
+        head.replace("layers = [9, 15, 21]", "layers = [9]").replace(
+            "output = \"runs/lpp-en\"",
+            &format!(
+                "output = {:?}\nstore = {:?}",
+                dir.join(name).to_str().unwrap(),
+                dir.join("store").to_str().unwrap()
+            )
+        ),
+        responses.unwrap_or(&simulate),
+        after
+            .replace("steps = 2000", "steps = 20")
+            .replace("[encoding]\n", &format!("[encoding]\n{encoding}"))
+    )
+}
+
 /// Le Petit Prince through the NIfTI reader: `lpp-en.toml` cut to runs 1–2 (layer 9, a short SAE
 /// run, 3 simulated subjects), and the same pipeline with its `[simulate]` section replaced by
 /// `[fmri] format = "nifti"` reading those very responses written by nibabel into one 4-D run per
@@ -623,36 +656,8 @@ for s in ["s18", "s22", "s23", "s24"]:
 #[test]
 fn lpp_runs_read_from_nifti_files_give_the_simulated_runs_tables() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("pipelines/lpp-en.toml")).unwrap();
-    let (head, rest) = text.split_once("[[story]]").unwrap();
-    let (stories, tail) = rest.split_once("\n[simulate]").unwrap();
-    let runs: String = stories
-        .split("[[story]]")
-        .filter(|s| s.contains("id = \"lpp-en-run1\"") || s.contains("id = \"lpp-en-run2\""))
-        .map(|s| format!("[[story]]{s}"))
-        .collect();
-    assert_eq!(runs.matches("[[story]]").count(), 2);
-    let (simulate, after) = tail.split_once("\n[sae]").unwrap();
-    let plan_text = |name: &str, responses: &str| {
-        format!(
-            "{}{}\n{}\n[sae]{}",
-            head.replace("layers = [9, 15, 21]", "layers = [9]").replace(
-                "output = \"runs/lpp-en\"",
-                &format!(
-                    "output = {:?}\nstore = {:?}",
-                    tmp.path().join(name).to_str().unwrap(),
-                    tmp.path().join("store").to_str().unwrap()
-                )
-            ),
-            runs,
-            responses,
-            after.replace("steps = 2000", "steps = 20")
-        )
-    };
-    let simulate = format!("[simulate]{}", simulate.replace("subjects = 4", "subjects = 3"));
     let sim_path = tmp.path().join("simulated.toml");
-    std::fs::write(&sim_path, plan_text("simulated", &simulate)).unwrap();
+    std::fs::write(&sim_path, lpp_en_cut(tmp.path(), "simulated", 2, None, "")).unwrap();
     let sim_plan = Plan::load(&sim_path).unwrap();
     // the simulated responses, as .npy files for nibabel
     let y = tmp.path().join("y");
@@ -691,7 +696,7 @@ for f in sorted(glob.glob(f"{src}/*.npy")):
         (1..=8).map(|j| format!("t{j:02}")).collect::<Vec<_>>(),
     );
     let nii_path = tmp.path().join("nifti.toml");
-    std::fs::write(&nii_path, plan_text("nifti", &fmri)).unwrap();
+    std::fs::write(&nii_path, lpp_en_cut(tmp.path(), "nifti", 2, Some(&fmri), "")).unwrap();
     let nii_plan = Plan::load(&nii_path).expect("the NIfTI plan validates");
     assert_eq!(nii_plan.subjects.len(), 2 * 3, "one response per (subject, run)");
     assert!(nii_plan.file.simulate.is_none());
@@ -710,6 +715,83 @@ for f in sorted(glob.glob(f"{src}/*.npy")):
         check.trim(),
         "fits 144 True\nsummary 54 True",
         "3 subjects × 2 runs × 3 feature sets × 8 targets, equal to the simulated run's tables"
+    );
+}
+
+/// `[encoding] export-designs`: `lpp-en.toml` cut to runs 1–4 (layer 9, a short SAE run, 3
+/// simulated subjects) writes every word-feature design as `designs/layer-9/<set>/<story>.npy`,
+/// each equal to the design the pipeline's own fits used (its store artifact) and z-scored within
+/// the story; `cortexflow voxelwise fit` reads the `controls` folder with the simulated responses
+/// in the ds003020 layout, leaves stories out, and recovers the planted signal (word rate and
+/// length, HRF-convolved: the controls design's first two columns) near the noise ceiling.
+#[test]
+fn designs_exported_by_run_feed_voxelwise_fit_and_recover_the_planted_signal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan_text = lpp_en_cut(tmp.path(), "out", 4, None, "export-designs = true\n");
+    let p = tmp.path().join("lpp.toml");
+    std::fs::write(&p, plan_text).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    assert!(plan.file.encoding.export_designs);
+    assert_eq!(plan.stories.len(), 4);
+    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
+    let tables = pipeline::simulated::responses(&plan).unwrap();
+    let report = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    let designs = &report.result.snapshot.designs;
+    assert_eq!(designs.len(), 4 * 3, "4 runs × (raw, sae, controls) at layer 9");
+    let out = tmp.path().join("out");
+    // each exported file is the design artifact the fits read
+    let store = cortexflow::store::artifacts::ArtifactStore::open(&tmp.path().join("store")).unwrap();
+    for (k, id) in designs {
+        let file = out.join(format!("designs/layer-9/{}/{}.npy", k.feature_set.as_str(), k.story));
+        let x = cortexflow::store::read_npy(&file).unwrap();
+        let a = store.load_arrays("design", id).unwrap();
+        assert_eq!(x.view(), a.f64("x").unwrap(), "{}", file.display());
+        let rows = n_trs.iter().find(|(s, _)| *s == k.story).unwrap().1;
+        assert_eq!(x.nrows(), rows, "{}: one row per TR of the story", file.display());
+    }
+    // the simulated responses in the ds003020 layout (TRs × targets per subject and run)
+    let data = tmp.path().join("ds");
+    for (story, t) in &tables {
+        let dir = data.join("preprocessed_data").join(&t.subject);
+        std::fs::create_dir_all(&dir).unwrap();
+        cortexflow::store::write_npy(&dir.join(format!("{story}.npy")), t.data.view()).unwrap();
+    }
+    let respdict: serde_json::Map<String, serde_json::Value> =
+        n_trs.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
+    std::fs::write(data.join("respdict.json"), serde_json::to_string(&respdict).unwrap()).unwrap();
+    let vw = tmp.path().join("vw");
+    let o = support::bin()
+        .args(["voxelwise", "fit", "--data", data.to_str().unwrap(), "--designs"])
+        .arg(out.join("designs/layer-9/controls"))
+        .args([
+            "--trim-start",
+            "0",
+            "--trim-end",
+            "0",
+            "--outer-folds",
+            "4",
+            "--inner-folds",
+            "3",
+        ])
+        .args(["--n-shifts", "0", "--quiet", "--out", vw.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         v = pl.read_parquet(f'{sys.argv[1]}/voxelwise_voxels.parquet')\n\
+         print(v.height, v['subject'].n_unique(), round(v['r'].mean(), 3), round(v['r'].min(), 3))",
+        &[vw.to_str().unwrap()],
+    );
+    let f: Vec<f64> = check.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    assert_eq!((f[0], f[1]), (24.0, 3.0), "3 subjects × 8 targets: {check}");
+    // snr 0.5: the noise-free ceiling of r is √(0.5 / 1.5) ≈ 0.577
+    let ceiling = (0.5f64 / 1.5).sqrt();
+    assert!(
+        f[2] > ceiling - 0.05 && f[3] > 0.4,
+        "held-out r of the planted signal through the exported designs: mean {}, min {} (ceiling {ceiling:.3})",
+        f[2],
+        f[3]
     );
 }
 
