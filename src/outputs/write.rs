@@ -77,22 +77,37 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
 
 /// With `[encoding] export-designs`: every word-feature design as
 /// `designs/layer-<L>/<feature set>/<story>.npy` (float64, TRs × columns on the story's grid),
-/// one folder per (layer, feature set) as `cortexflow voxelwise fit --designs` reads them.
+/// one folder per (layer, feature set) as `cortexflow voxelwise fit --designs` reads them. The
+/// folder is written beside `designs/` and then takes its place, so it holds exactly the run's
+/// designs (a retracted story's file goes) and a failed export leaves the previous one whole.
 fn write_designs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     if !ctx.plan.file.encoding.export_designs {
         return Ok(files);
     }
-    for (k, id) in &snap.designs {
+    let root = out.join("designs");
+    let tmp = crate::paths::temp_sibling(&root);
+    let written = snap.designs.iter().try_for_each(|(k, id)| -> Result<()> {
         let design = ctx.store.load_arrays("design", id)?;
-        let dir = out
-            .join("designs")
-            .join(format!("layer-{}", k.layer))
-            .join(k.feature_set.as_str());
-        std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
-        let path = dir.join(format!("{}.npy", k.story));
+        let rel = Path::new(&format!("layer-{}", k.layer))
+            .join(k.feature_set.as_str())
+            .join(format!("{}.npy", k.story));
+        let path = tmp.join(&rel);
+        let dir = path.parent().expect("a file in a folder");
+        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
         crate::store::write_npy(&path, design.f64("x")?)?;
-        files.push(path);
+        files.push(root.join(rel));
+        Ok(())
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(|e| crate::Error::io(&root, e))?;
+    }
+    if tmp.exists() {
+        std::fs::rename(&tmp, &root).map_err(|e| crate::Error::io(&root, e))?;
     }
     Ok(files)
 }

@@ -793,6 +793,22 @@ fn designs_exported_by_run_feed_voxelwise_fit_and_recover_the_planted_signal() {
         f[2],
         f[3]
     );
+    // the same pipeline without run 4: its designs leave the folder, the others stay
+    std::fs::write(&p, lpp_en_cut(tmp.path(), "out", 3, None, "export-designs = true\n")).unwrap();
+    pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
+    let controls = out.join("designs/layer-9/controls");
+    let mut left: Vec<String> = std::fs::read_dir(&controls)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["lpp-en-run1.npy", "lpp-en-run2.npy", "lpp-en-run3.npy"]);
+    assert!(
+        !std::fs::read_dir(&out)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".designs")),
+        "no temporary folder is left"
+    );
 }
 
 /// `run --sae-seeds 2` (with a light `[taxonomy]`): one complete run per seed on one store, and
