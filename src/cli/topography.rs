@@ -255,28 +255,9 @@ fn read_subjects(path: &Path, rows: &[String], cols: &[String]) -> Result<(Array
     Ok((data, subjects))
 }
 
-/// Runs `cortexflow topography` (see the module docs): reads and validates every input first,
-/// computes the [`TopographyReport`], renders it, and writes the Parquet table with `--out`.
 /// `--voxelwise NAME=DIR …`: the observed matrix (sets × regions) and the per-subject long table,
 /// written as TSV into `dir`; returns their paths.
 fn voxelwise_matrices(specs: &[String], dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    use arrow::array::{Array, Float64Array, StringArray};
-    let column = |path: &Path, batches: &[arrow::array::RecordBatch], name: &str| -> Result<Vec<ColumnValue>> {
-        let mut out = Vec::new();
-        for b in batches {
-            let c = b
-                .column_by_name(name)
-                .ok_or_else(|| Error::parse(path, format!("column `{name}`"), "missing: not a voxelwise fit table"))?;
-            if let Some(a) = c.as_any().downcast_ref::<StringArray>() {
-                out.extend((0..a.len()).map(|i| ColumnValue::Text(a.value(i).to_string())));
-            } else if let Some(a) = c.as_any().downcast_ref::<Float64Array>() {
-                out.extend((0..a.len()).map(|i| ColumnValue::Number(a.value(i))));
-            } else {
-                return Err(Error::parse(path, format!("column `{name}`"), "expected utf8 or f64"));
-            }
-        }
-        Ok(out)
-    };
     let mut regions: Vec<String> = Vec::new();
     let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
     let mut long = String::from("subject\tsubcategory\tregion\tvalue\n");
@@ -289,18 +270,20 @@ fn voxelwise_matrices(specs: &[String], dir: &Path) -> Result<(PathBuf, PathBuf)
         let folder = Path::new(folder);
         let summary = folder.join("voxelwise_region_summary.parquet");
         let (_, batches, _) = crate::store::parquet_io::read_parquet(&summary)?;
-        let names = column(&summary, &batches, "region")?;
-        let means = column(&summary, &batches, "mean_r")?;
-        let cells: Vec<(String, f64)> = names
-            .iter()
-            .zip(&means)
-            .filter_map(|(n, m)| match (n, m) {
-                (ColumnValue::Text(n), ColumnValue::Number(m)) if n != "all" => Some((n.clone(), *m)),
-                _ => None,
-            })
+        let cells: Vec<(String, f64)> = text_column(&summary, &batches, "region")?
+            .into_iter()
+            .zip(f64_column(&summary, &batches, "mean_r")?)
+            .filter(|(n, _)| n != "all")
             .collect();
         if regions.is_empty() {
             regions = cells.iter().map(|(n, _)| n.clone()).collect();
+        }
+        if cells.len() != regions.len() {
+            return Err(Error::parse(
+                &summary,
+                "region",
+                format!("{} regions, where the first set has {:?}", cells.len(), regions),
+            ));
         }
         let mut row = Vec::with_capacity(regions.len());
         for r in &regions {
@@ -313,24 +296,15 @@ fn voxelwise_matrices(specs: &[String], dir: &Path) -> Result<(PathBuf, PathBuf)
             })?;
             row.push(v);
         }
-        if cells.len() != regions.len() {
-            return Err(Error::parse(
-                &summary,
-                "region",
-                format!("{} regions, where the first set has {:?}", cells.len(), regions),
-            ));
-        }
         rows.push((name.to_string(), row));
         let per_subject = folder.join("voxelwise_regions.parquet");
         let (_, batches, _) = crate::store::parquet_io::read_parquet(&per_subject)?;
-        let subj = column(&per_subject, &batches, "subject")?;
-        let reg = column(&per_subject, &batches, "region")?;
-        let mr = column(&per_subject, &batches, "mean_r")?;
-        for ((s, r), m) in subj.iter().zip(&reg).zip(&mr) {
-            if let (ColumnValue::Text(s), ColumnValue::Text(r), ColumnValue::Number(m)) = (s, r, m) {
-                if r != "all" && m.is_finite() {
-                    long.push_str(&format!("{s}\t{name}\t{r}\t{m:e}\n"));
-                }
+        let subjects = text_column(&per_subject, &batches, "subject")?;
+        let regs = text_column(&per_subject, &batches, "region")?;
+        let means = f64_column(&per_subject, &batches, "mean_r")?;
+        for ((s, r), m) in subjects.iter().zip(&regs).zip(means) {
+            if r != "all" && m.is_finite() {
+                long.push_str(&format!("{s}\t{name}\t{r}\t{m:e}\n"));
             }
         }
     }
@@ -349,11 +323,45 @@ fn voxelwise_matrices(specs: &[String], dir: &Path) -> Result<(PathBuf, PathBuf)
     Ok((o, l))
 }
 
-enum ColumnValue {
-    Text(String),
-    Number(f64),
+/// A column of a voxelwise fit table (utf8; nulls as "") over its batches.
+fn text_column(path: &Path, batches: &[arrow::array::RecordBatch], name: &str) -> Result<Vec<String>> {
+    fit_column(path, batches, name, "utf8", |a: &arrow::array::StringArray| {
+        a.iter().map(|v| v.unwrap_or_default().to_string()).collect()
+    })
 }
 
+/// A column of a voxelwise fit table (f64; nulls as NaN) over its batches.
+fn f64_column(path: &Path, batches: &[arrow::array::RecordBatch], name: &str) -> Result<Vec<f64>> {
+    fit_column(path, batches, name, "f64", |a: &arrow::array::Float64Array| {
+        a.iter().map(|v| v.unwrap_or(f64::NAN)).collect()
+    })
+}
+
+/// Column `name` of every batch as an `A` array (`what` names its type in the error), each turned
+/// into values by `values`.
+fn fit_column<A: 'static, T>(
+    path: &Path,
+    batches: &[arrow::array::RecordBatch],
+    name: &str,
+    what: &str,
+    values: impl Fn(&A) -> Vec<T>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for b in batches {
+        let c = b
+            .column_by_name(name)
+            .ok_or_else(|| Error::parse(path, format!("column `{name}`"), "missing: not a voxelwise fit table"))?;
+        let a = c
+            .as_any()
+            .downcast_ref::<A>()
+            .ok_or_else(|| Error::parse(path, format!("column `{name}`"), format!("expected {what}")))?;
+        out.extend(values(a));
+    }
+    Ok(out)
+}
+
+/// Runs `cortexflow topography` (see the module docs): reads and validates every input first,
+/// computes the [`TopographyReport`], renders it, and writes the Parquet table with `--out`.
 pub fn run_topography(a: &TopographyArgs) -> Result<TopographySummary> {
     if !a.voxelwise.is_empty() {
         let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("."));

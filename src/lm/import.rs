@@ -1221,8 +1221,8 @@ fn build_graph(
     let from1 = b.op("Unsqueeze", &[&from, &c0], vec![]);
     let hn_scored = b.op("Slice", &[&hn, &from1, &cbig, &c1], vec![]);
     let nxt = b.op("Slice", &[&nxt, &from1, &cbig, &c1], vec![]);
-    let seq_all = seq.clone();
-    let seq = b.op("Sub", &[&seq_all, &from], vec![]);
+    // the scored positions S − from (the Loop below runs over them; `seq` stays S)
+    let seq_scored = b.op("Sub", &[&seq, &from], vec![]);
     let batch_s = b.op("Gather", &[&shape_ids, "c_0s"], vec![("axis", Attr::Int(0))]);
     let bv = b.op("Mul", &[&batch_s, &vocab_s], vec![]);
     // the budget is an optional input (default 2^24) so a caller or a test can change it
@@ -1235,16 +1235,16 @@ fn build_graph(
     let cl = b.op("Div", &[&budget, &bv], vec![]);
     let cl = b.op("Max", &[&cl, "c_1s"], vec![]);
     let cl_m1 = b.op("Sub", &[&cl, "c_1s"], vec![]);
-    let n_iter = b.op("Add", &[&seq, &cl_m1], vec![]);
+    let n_iter = b.op("Add", &[&seq_scored, &cl_m1], vec![]);
     let n_iter = b.op("Div", &[&n_iter, &cl], vec![]);
     // the positions spread evenly over the n chunks, C = ⌈S/n⌉ (no more than the budget allows),
     // so fewer than n padded positions are scored (with C from the budget alone, a 255-token call
     // under a 341-position budget scored 86 padding rows of the vocabulary, a third of its head)
     let n_m1 = b.op("Sub", &[&n_iter, "c_1s"], vec![]);
-    let cl = b.op("Add", &[&seq, &n_m1], vec![]);
+    let cl = b.op("Add", &[&seq_scored, &n_m1], vec![]);
     let cl = b.op("Div", &[&cl, &n_iter], vec![]);
     let padded = b.op("Mul", &[&n_iter, &cl], vec![]);
-    let pad_len = b.op("Sub", &[&padded, &seq], vec![]);
+    let pad_len = b.op("Sub", &[&padded, &seq_scored], vec![]);
     let pad_len1 = b.op("Unsqueeze", &[&pad_len, &c0], vec![]);
     let cl1 = b.op("Unsqueeze", &[&cl, &c0], vec![]);
     let zeros3 = b.const_i64("c_zeros3", &[0, 0, 0]);
@@ -1299,7 +1299,7 @@ fn build_graph(
         2,
     );
     // [n, B, C] → [B, n·C] → [B, S]
-    let seq1 = b.op("Unsqueeze", &[&seq, &c0], vec![]);
+    let seq1 = b.op("Unsqueeze", &[&seq_scored, &c0], vec![]);
     let keep_b = b.const_i64("shape_b_flat", &[0, -1]);
     let unchunk = |b: &mut Builder, t: &str| {
         let t = b.op("Transpose", &[t], vec![("perm", Attr::Ints(vec![1, 0, 2]))]);
@@ -1314,7 +1314,6 @@ fn build_graph(
     };
     let lp = unchunk(&mut b, &scans[0]);
     let ent = unchunk(&mut b, &scans[1]);
-    let seq = seq_all;
     b.op_named("Identity", &[&ent], vec![], "next_token_entropy");
     // zero where there is no real next token (the last position, and before right padding)
     let has_next = b.op("Slice", &["attention_mask", &c1, &cbig, &c1], vec![]);

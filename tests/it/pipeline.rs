@@ -508,6 +508,38 @@ fn prediction_error_settings_are_checked_against_the_layers() {
     assert!(Plan::load(&p).is_ok());
 }
 
+/// Writes ROI time series into 4-D NIfTI runs with nibabel: `out/atlas.nii.gz`, a 4 × 3 × 2 label
+/// volume with ROI j + 1 on voxels 2j and 2j + 1 (file order), and per `(series, run)` pair the run
+/// `out/<run>` whose ROI voxels hold the series' columns (a `.npy`, or a text table) and whose
+/// other voxels are noise.
+fn write_roi_nifti_runs(out: &Path, runs: &[(PathBuf, String)]) {
+    let mut args = vec![out.to_str().unwrap().to_string()];
+    for (series, run) in runs {
+        args.push(series.to_str().unwrap().to_string());
+        args.push(run.clone());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    support::run_python(
+        r#"
+import sys, numpy as np, nibabel as nib
+out, pairs = sys.argv[1], sys.argv[2:]
+rng = np.random.default_rng(0)
+flat = np.zeros(24, np.int16)
+for j in range(12):
+    flat[[2 * j, 2 * j + 1]] = j + 1          # ROI j + 1 on two voxels (file order)
+atlas = flat.reshape((4, 3, 2), order="F")
+nib.save(nib.Nifti1Image(atlas, np.eye(4)), f"{out}/atlas.nii.gz")
+for src, run in zip(pairs[::2], pairs[1::2]):
+    y = np.load(src) if src.endswith(".npy") else np.loadtxt(src)   # (TRs, ROIs)
+    vol = rng.normal(size=(4, 3, 2, y.shape[0]))
+    for j in range(y.shape[1]):
+        vol[atlas == j + 1] = y[:, j]
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), f"{out}/{run}")
+"#,
+        &args,
+    );
+}
+
 /// `[fmri] format = "nifti"`: the Alice subjects' ROI time courses written by nibabel into 4-D
 /// NIfTI runs (each ROI on two voxels of a 4 × 3 × 2 grid, the other voxels noise) with a 3-D
 /// label atlas give the same fits and summaries as the text tables; a run with a volume too few,
@@ -519,29 +551,20 @@ fn nifti_runs_with_an_atlas_give_the_text_tables_results() {
     let data = support::data_root().canonicalize().unwrap();
     let nii = tmp.path().join("nii");
     std::fs::create_dir_all(&nii).unwrap();
+    let series = data.join("alice_brennan2016/alice_data_shared/6mm");
+    let runs: Vec<(PathBuf, String)> = ["s18", "s22", "s23", "s24"]
+        .iter()
+        .map(|s| (series.join(format!("{s}-timecourses.txt")), format!("{s}-bold.nii.gz")))
+        .collect();
+    write_roi_nifti_runs(&nii, &runs);
+    // an atlas in which ROI 4 has no voxel
     support::run_python(
-        r#"
-import sys, numpy as np, nibabel as nib
-src, out = sys.argv[1], sys.argv[2]
-rng = np.random.default_rng(0)
-atlas = np.zeros((4, 3, 2), np.int16)
-flat = atlas.reshape(-1, order="F")
-for j in range(6):
-    flat[[2 * j, 2 * j + 1]] = j + 1          # ROI j + 1 on two voxels (file order)
-atlas = flat.reshape((4, 3, 2), order="F")
-nib.save(nib.Nifti1Image(atlas, np.eye(4)), f"{out}/atlas.nii.gz")
-gap = atlas.copy(); gap[gap == 4] = 0          # ROI 4 has no voxel
-nib.save(nib.Nifti1Image(gap, np.eye(4)), f"{out}/atlas-gap.nii.gz")
-for s in ["s18", "s22", "s23", "s24"]:
-    y = np.loadtxt(f"{src}/{s}-timecourses.txt")   # (362, 6)
-    vol = rng.normal(size=(4, 3, 2, y.shape[0]))
-    for j in range(6):
-        vol[atlas == j + 1] = y[:, j]
-    nib.save(nib.Nifti1Image(vol, np.eye(4)), f"{out}/{s}-bold.nii.gz")
-"#,
+        "import sys, nibabel as nib\n\
+         a = nib.load(sys.argv[1]); g = a.get_fdata().astype('int16'); g[g == 4] = 0\n\
+         nib.save(nib.Nifti1Image(g, a.affine), sys.argv[2])",
         &[
-            data.join("alice_brennan2016/alice_data_shared/6mm").to_str().unwrap(),
-            nii.to_str().unwrap(),
+            nii.join("atlas.nii.gz").to_str().unwrap(),
+            nii.join("atlas-gap.nii.gz").to_str().unwrap(),
         ],
     );
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pipelines/alice-small.toml");
@@ -669,26 +692,16 @@ fn lpp_runs_read_from_nifti_files_give_the_simulated_runs_tables() {
     }
     let nii = tmp.path().join("nii");
     std::fs::create_dir_all(&nii).unwrap();
-    support::run_python(
-        r#"
-import sys, glob, os, numpy as np, nibabel as nib
-src, out = sys.argv[1], sys.argv[2]
-rng = np.random.default_rng(0)
-flat = np.zeros(24, np.int16)
-for j in range(8):
-    flat[[2 * j, 2 * j + 1]] = j + 1          # target j + 1 on two voxels (file order)
-atlas = flat.reshape((4, 3, 2), order="F")
-nib.save(nib.Nifti1Image(atlas, np.eye(4)), f"{out}/atlas.nii.gz")
-for f in sorted(glob.glob(f"{src}/*.npy")):
-    y = np.load(f)                                # (TRs, 8)
-    vol = rng.normal(size=(4, 3, 2, y.shape[0]))
-    for j in range(8):
-        vol[atlas == j + 1] = y[:, j]
-    name = os.path.basename(f)[:-4]              # sim01-lpp-en-run1
-    nib.save(nib.Nifti1Image(vol, np.eye(4)), f"{out}/{name}_bold.nii.gz")
-"#,
-        &[y.to_str().unwrap(), nii.to_str().unwrap()],
-    );
+    let runs: Vec<(PathBuf, String)> = tables
+        .iter()
+        .map(|(story, t)| {
+            (
+                y.join(format!("{}-{story}.npy", t.subject)),
+                format!("{}-{story}_bold.nii.gz", t.subject),
+            )
+        })
+        .collect();
+    write_roi_nifti_runs(&nii, &runs);
     let fmri = format!(
         "[fmri]\nformat = \"nifti\"\nsubjects = {:?}\natlas = {:?}\nrois = {:?}\n",
         nii.join("sim*-{story}_bold.nii.gz").to_str().unwrap(),
