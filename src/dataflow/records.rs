@@ -16,6 +16,8 @@ pub type StoryRec = (String, ArtifactId);
 pub type ResponseRec = (String, (String, ArtifactId));
 /// (language, reading-data id) of a `[reading]` pipeline
 pub type ReadingRec = (String, ArtifactId);
+/// (subject, `voxel-subject` artifact) of a `[voxelwise]` pipeline
+pub type VoxelSubjectRec = (String, ArtifactId);
 
 /// The SAE group of every text when one SAE is shared by all languages.
 pub const SHARED_SAE_GROUP: &str = "all";
@@ -73,6 +75,21 @@ impl FitKey {
     }
 }
 
+/// Key of one voxelwise design (all the stories of a layer and feature set), and of its fits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VoxelKey {
+    pub layer: usize,
+    pub feature_set: FeatureSet,
+}
+
+/// Key of one subject's voxelwise fit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VoxelFitKey {
+    pub subject: String,
+    pub layer: usize,
+    pub feature_set: FeatureSet,
+}
+
 /// Key of one variance partition by category.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PartitionKey {
@@ -106,6 +123,12 @@ pub enum Record {
     ReadingBase(String, ArtifactId),
     /// The reading-time models of one SAE's features (`[reading]`)
     Reading(SaeKey, ArtifactId),
+    /// An input subject of `[voxelwise]`: (subject, `voxel-subject` artifact)
+    VoxelSubject(String, ArtifactId),
+    /// The stories' designs of a (layer, feature set) as one voxelwise design (`[voxelwise]`)
+    VoxelDesign(VoxelKey, ArtifactId),
+    /// One subject's voxelwise fit (`[voxelwise]`)
+    VoxelFit(VoxelFitKey, ArtifactId),
 }
 
 /// What flows to worker 0: state records, and at each epoch's second timestamp what the
@@ -141,6 +164,12 @@ pub struct Snapshot {
     pub reading_bases: BTreeSet<(String, ArtifactId)>,
     /// Reading-time models per SAE, with `[reading]`
     pub readings: BTreeSet<(SaeKey, ArtifactId)>,
+    /// The input subjects of `[voxelwise]`
+    pub voxel_subjects: BTreeSet<(String, ArtifactId)>,
+    /// Voxelwise designs per (layer, feature set), with `[voxelwise]`
+    pub voxel_designs: BTreeSet<(VoxelKey, ArtifactId)>,
+    /// Voxelwise fits per (subject, layer, feature set), with `[voxelwise]`
+    pub voxel_fits: BTreeSet<(VoxelFitKey, ArtifactId)>,
 }
 
 impl Snapshot {
@@ -167,6 +196,9 @@ impl Snapshot {
             Record::PredError(k, a) => _ = self.pred_errors.insert((k, a)),
             Record::ReadingBase(k, a) => _ = self.reading_bases.insert((k, a)),
             Record::Reading(k, a) => _ = self.readings.insert((k, a)),
+            Record::VoxelSubject(k, a) => _ = self.voxel_subjects.insert((k, a)),
+            Record::VoxelDesign(k, a) => _ = self.voxel_designs.insert((k, a)),
+            Record::VoxelFit(k, a) => _ = self.voxel_fits.insert((k, a)),
         }
     }
 
@@ -191,6 +223,9 @@ impl Snapshot {
         v.extend(all(&self.pred_errors, Record::PredError));
         v.extend(all(&self.reading_bases, Record::ReadingBase));
         v.extend(all(&self.readings, Record::Reading));
+        v.extend(all(&self.voxel_subjects, Record::VoxelSubject));
+        v.extend(all(&self.voxel_designs, Record::VoxelDesign));
+        v.extend(all(&self.voxel_fits, Record::VoxelFit));
         v.sort();
         v
     }

@@ -10,6 +10,7 @@
 //! * [`partition_tables`]: variance partitions by category, prediction-error comparisons.
 //! * [`language_tables`]: per-language counts, peak layers, category proportions.
 //! * [`reading_tables`]: the tables of a reading-time run (`[reading]`).
+//! * [`voxelwise_tables`]: the voxelwise tables (`[voxelwise]`, `cortexflow voxelwise fit`).
 //!
 //! May import: everything below `dataflow` and `report` (`stages`, `dataflow::Snapshot`,
 //! `report`, the analyses, `store`, `stats`); never `pipeline` or `cli`.
@@ -22,4 +23,5 @@ pub mod reading_tables;
 pub mod rows;
 pub mod tables;
 pub mod taxonomy_tables;
+pub mod voxelwise_tables;
 pub mod write;

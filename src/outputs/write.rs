@@ -72,6 +72,63 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     crate::paths::write_atomic(&report, md.as_bytes())?;
     files.push(report);
     files.extend(write_designs(ctx, snap, out)?);
+    files.extend(write_voxelwise(ctx, snap, out)?);
+    Ok(files)
+}
+
+/// With `[voxelwise]`: the voxelwise tables of each (layer, feature set) in
+/// `voxelwise/layer-<L>/<feature set>/` (those of `cortexflow voxelwise fit`), subjects in their
+/// sorted order. The folder is written beside `voxelwise/` and then takes its place, like
+/// `designs/`.
+fn write_voxelwise(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+    use crate::stages::voxelwise::{cv_options, design_plan, load_subject_fit};
+    let mut files = Vec::new();
+    let Some(v) = &ctx.plan.voxelwise else {
+        return Ok(files);
+    };
+    let opts = cv_options(&ctx.plan)?;
+    let settings = super::voxelwise_tables::VoxelTableSettings {
+        opts: &opts,
+        criterion: v.criterion.clone(),
+        fdr: v.fdr,
+        n_boot: ctx.plan.file.summary.n_boot,
+        ci_level: ctx.plan.file.summary.ci_level,
+    };
+    let root = out.join("voxelwise");
+    let tmp = crate::paths::temp_sibling(&root);
+    let written = snap.voxel_designs.iter().try_for_each(|(k, design)| -> Result<()> {
+        let plan = design_plan(
+            &ctx.store.load_arrays("voxel-design", design)?,
+            design,
+            v.outer_folds,
+            v.inner_folds,
+        )?;
+        let fits = snap
+            .voxel_fits
+            .iter()
+            .filter(|(f, _)| f.layer == k.layer && f.feature_set == k.feature_set)
+            .map(|(_, id)| load_subject_fit(&ctx.store, id))
+            .collect::<Result<Vec<_>>>()?;
+        if fits.is_empty() {
+            return Ok(());
+        }
+        let tables = super::voxelwise_tables::voxelwise_tables(&fits, &plan, &settings)?;
+        let rel = Path::new(&format!("layer-{}", k.layer)).join(k.feature_set.as_str());
+        for f in tables.write(&tmp.join(&rel))? {
+            files.push(root.join(&rel).join(f.file_name().expect("a file")));
+        }
+        Ok(())
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if root.exists() {
+        std::fs::remove_dir_all(&root).map_err(|e| crate::Error::io(&root, e))?;
+    }
+    if tmp.exists() {
+        std::fs::rename(&tmp, &root).map_err(|e| crate::Error::io(&root, e))?;
+    }
     Ok(files)
 }
 

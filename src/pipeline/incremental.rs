@@ -14,7 +14,9 @@ use arrow::array::{Array, ArrayRef, StringArray, UInt16Array, UInt64Array};
 use serde::{Deserialize, Serialize};
 
 use super::{Inputs, Plan};
-use crate::dataflow::{DesignKey, FitKey, PartitionKey, Record, ResponseKey, SaeKey, Snapshot, StoryLayerKey};
+use crate::dataflow::{
+    DesignKey, FitKey, PartitionKey, Record, ResponseKey, SaeKey, Snapshot, StoryLayerKey, VoxelFitKey, VoxelKey,
+};
 use crate::features::FeatureSet;
 use crate::outputs::columns::{batch, utf8};
 use crate::store::artifacts::ArtifactId;
@@ -47,6 +49,9 @@ pub struct Manifest {
     /// (language, reading-data id) of a `[reading]` pipeline
     #[serde(default)]
     pub reading: Vec<(String, ArtifactId)>,
+    /// (subject, `voxel-subject` artifact) of a `[voxelwise]` pipeline
+    #[serde(default)]
+    pub voxel_subjects: Vec<(String, ArtifactId)>,
     /// The state: every record.
     pub records: Vec<Record>,
     /// Store-relative paths of every artifact the state was computed from or reads.
@@ -97,6 +102,9 @@ pub fn settings(plan: &Plan) -> BTreeMap<String, serde_json::Value> {
                 f.remove(key);
             }
         }
+        if let Some(f) = obj.get_mut("voxelwise").and_then(|f| f.as_object_mut()) {
+            f.remove("subjects");
+        }
         for (k, v) in obj {
             if !v.is_null() {
                 out.insert(k.clone(), v.clone());
@@ -138,6 +146,7 @@ pub fn manifest(plan: &Plan, inputs: &Inputs, snapshot: &Snapshot, touched: &BTr
             .collect(),
         corpus: inputs.corpus.clone(),
         reading: inputs.reading.clone(),
+        voxel_subjects: inputs.voxel_subjects.clone(),
         records: snapshot.records(),
         touched: touched.iter().cloned().collect(),
     }
@@ -209,6 +218,25 @@ fn cells(r: &Record) -> RecordCells<'_> {
             None,
         ),
         Record::PredError(k, a) => ("pred_error", Some(&k.story), None, Some(k.layer), None, a, None),
+        Record::VoxelSubject(s, a) => ("voxel_subject", None, Some(s), None, None, a, None),
+        Record::VoxelDesign(k, a) => (
+            "voxel_design",
+            None,
+            None,
+            Some(k.layer),
+            Some(k.feature_set.as_str()),
+            a,
+            None,
+        ),
+        Record::VoxelFit(k, a) => (
+            "voxel_fit",
+            None,
+            Some(&k.subject),
+            Some(k.layer),
+            Some(k.feature_set.as_str()),
+            a,
+            None,
+        ),
     }
 }
 
@@ -379,6 +407,22 @@ pub fn read_changes(output: &Path) -> Result<Vec<ChangeRow>> {
                     a,
                 ),
                 "reading_base" => Record::ReadingBase(g()?, a),
+                "voxel_subject" => Record::VoxelSubject(sub()?, a),
+                "voxel_design" => Record::VoxelDesign(
+                    VoxelKey {
+                        layer: l()?,
+                        feature_set: f()?,
+                    },
+                    a,
+                ),
+                "voxel_fit" => Record::VoxelFit(
+                    VoxelFitKey {
+                        subject: sub()?,
+                        layer: l()?,
+                        feature_set: f()?,
+                    },
+                    a,
+                ),
                 "reading" => Record::Reading(
                     SaeKey {
                         group: g()?,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Plan;
-use crate::dataflow::{self, Epoch, EpochResult, ReadingRec, ResponseRec, StoryRec, Topology};
+use crate::dataflow::{self, Epoch, EpochResult, ReadingRec, ResponseRec, StoryRec, Topology, VoxelSubjectRec};
 use crate::stages::{self, Ctx, StoredStory};
 use crate::stimulus::{self, ReadOptions, StimulusFormat, Story};
 use crate::store::artifacts::ArtifactStore;
@@ -84,6 +84,8 @@ pub struct Inputs {
     pub responses: Vec<ResponseRec>,
     /// The reading data of a `[reading]` pipeline: (language, reading-data id).
     pub reading: Vec<ReadingRec>,
+    /// The subjects of a `[voxelwise]` pipeline: (subject, `voxel-subject` artifact).
+    pub voxel_subjects: Vec<VoxelSubjectRec>,
     /// Source file of each story (by story id) and response table (by (story, subject); none
     /// for simulated responses).
     pub story_files: BTreeMap<String, PathBuf>,
@@ -164,6 +166,12 @@ pub fn input_records(plan: &Plan, store: Option<&ArtifactStore>) -> Result<Input
         };
         inputs.responses.push((story, (table.subject.clone(), id)));
     }
+    if let Some(v) = &plan.voxelwise {
+        for subject in &v.subjects {
+            let id = stages::voxelwise::voxel_subject(plan, subject, store)?;
+            inputs.voxel_subjects.push((subject.clone(), id));
+        }
+    }
     Ok(inputs)
 }
 
@@ -181,6 +189,7 @@ pub fn input_changes(from: &Inputs, to: &Inputs) -> Epoch {
         corpus: diff(&from.corpus, &to.corpus),
         responses: diff(&from.responses, &to.responses),
         reading: diff(&from.reading, &to.reading),
+        voxel_subjects: diff(&from.voxel_subjects, &to.voxel_subjects),
     }
 }
 
@@ -191,6 +200,7 @@ pub fn single_epoch(inputs: &Inputs) -> Epoch {
         corpus: inputs.corpus.iter().map(|r| (r.clone(), 1)).collect(),
         responses: inputs.responses.iter().map(|r| (r.clone(), 1)).collect(),
         reading: inputs.reading.iter().map(|r| (r.clone(), 1)).collect(),
+        voxel_subjects: inputs.voxel_subjects.iter().map(|r| (r.clone(), 1)).collect(),
     }
 }
 

@@ -16,6 +16,9 @@
 //! - `fit`: per (subject, story, layer, feature set) held-out r and chosen α per ROI (JSON);
 //! - `summary`: per (layer, feature set) mean r over subjects with a bootstrap CI (JSON).
 //!
+//! [`voxelwise`] holds the voxelwise stages of `[voxelwise]` (`voxel-subject`, `voxel-design`,
+//! `voxel-factors`, `voxel-fit`), which `cortexflow voxelwise fit` also runs.
+//!
 //! [`taxonomy`] holds the taxonomy's stages (labels, derived designs, prediction-error features,
 //! variance partitions).
 //!
@@ -26,6 +29,7 @@
 pub mod reading;
 pub mod sae_tokens;
 pub mod taxonomy;
+pub mod voxelwise;
 
 use std::sync::Arc;
 

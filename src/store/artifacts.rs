@@ -255,9 +255,18 @@ impl ArtifactStore {
     }
 
     fn count(&self, stage: &str, computed: bool) {
+        self.add_count(stage, computed, 1);
+    }
+
+    /// Adds `n` to the computed (or reused) count of `stage`: work that is not one artifact, e.g.
+    /// the decompositions a voxelwise fit computed or read from its cache.
+    pub fn add_count(&self, stage: &str, computed: bool, n: usize) {
+        if n == 0 {
+            return;
+        }
         let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         let m = if computed { &mut s.computed } else { &mut s.reused };
-        *m.entry(stage.to_string()).or_default() += 1;
+        *m.entry(stage.to_string()).or_default() += n;
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> Result<()> {

@@ -762,16 +762,8 @@ fn designs_exported_by_run_feed_voxelwise_fit_and_recover_the_planted_signal() {
         let rows = n_trs.iter().find(|(s, _)| *s == k.story).unwrap().1;
         assert_eq!(x.nrows(), rows, "{}: one row per TR of the story", file.display());
     }
-    // the simulated responses in the ds003020 layout (TRs × targets per subject and run)
     let data = tmp.path().join("ds");
-    for (story, t) in &tables {
-        let dir = data.join("preprocessed_data").join(&t.subject);
-        std::fs::create_dir_all(&dir).unwrap();
-        cortexflow::store::write_npy(&dir.join(format!("{story}.npy")), t.data.view()).unwrap();
-    }
-    let respdict: serde_json::Map<String, serde_json::Value> =
-        n_trs.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
-    std::fs::write(data.join("respdict.json"), serde_json::to_string(&respdict).unwrap()).unwrap();
+    write_ds003020(&data, &tables, &n_trs);
     let vw = tmp.path().join("vw");
     let o = support::bin()
         .args(["voxelwise", "fit", "--data", data.to_str().unwrap(), "--designs"])
@@ -821,6 +813,178 @@ fn designs_exported_by_run_feed_voxelwise_fit_and_recover_the_planted_signal() {
             .unwrap()
             .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".designs")),
         "no temporary folder is left"
+    );
+}
+
+/// Simulated responses in the ds003020 layout: `preprocessed_data/<subject>/<story>.npy` (TRs ×
+/// targets per subject and run) and `respdict.json` (story → TRs).
+fn write_ds003020(data: &Path, tables: &[(String, cortexflow::features::roi::RoiTable)], n_trs: &[(String, usize)]) {
+    for (story, t) in tables {
+        let dir = data.join("preprocessed_data").join(&t.subject);
+        std::fs::create_dir_all(&dir).unwrap();
+        cortexflow::store::write_npy(&dir.join(format!("{story}.npy")), t.data.view()).unwrap();
+    }
+    let respdict: serde_json::Map<String, serde_json::Value> =
+        n_trs.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
+    std::fs::write(data.join("respdict.json"), serde_json::to_string(&respdict).unwrap()).unwrap();
+}
+
+/// `[voxelwise]` in a pipeline: Le Petit Prince runs 1–4 (layer 9), the simulated responses of
+/// 3 subjects written in the ds003020 layout with a voxel → region table each. The run fits
+/// every subject voxelwise on the `controls` and `raw` designs of all four runs, and its tables
+/// equal those of `cortexflow voxelwise fit` on the designs the same run exported, with the same
+/// settings. The planted signal is recovered through `controls`. Run again with a third subject:
+/// only that subject is fitted (one fit per feature set) and no decomposition is computed (all
+/// are read from the store); the first two subjects' rows are unchanged, and `changes.parquet`
+/// lists the new subject's record and fits.
+#[test]
+fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_needs_no_decomposition() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = lpp_en_cut(tmp.path(), "out", 4, None, "export-designs = true\n");
+    let p = tmp.path().join("lpp.toml");
+    std::fs::write(&p, &base).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
+    let tables = pipeline::simulated::responses(&plan).unwrap();
+    let data = tmp.path().join("ds");
+    write_ds003020(&data, &tables, &n_trs);
+    // targets t01–t04 in PT, t05–t08 in AT
+    let regions = tmp.path().join("regions");
+    std::fs::create_dir_all(&regions).unwrap();
+    for s in ["sim01", "sim02", "sim03"] {
+        let rows: String = (0..8)
+            .map(|v| format!("{v}\t{}\n", if v < 4 { "PT" } else { "AT" }))
+            .collect();
+        std::fs::write(regions.join(format!("{s}.tsv")), format!("voxel\tregion\n{rows}")).unwrap();
+    }
+    let section = |subjects: &str| {
+        format!(
+            "\n[voxelwise]\ndata = {:?}\n{subjects}trim-start = 0\ntrim-end = 0\nfeature-sets = [\"controls\", \"raw\"]\n\
+             inner-folds = 3\nn-shifts = 20\nregions = {:?}\n",
+            data.to_str().unwrap(),
+            regions.join("{subject}.tsv").to_str().unwrap()
+        )
+    };
+    std::fs::write(&p, format!("{base}{}", section("subjects = [\"sim01\", \"sim02\"]\n"))).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    let (seed, n_boot) = (plan.file.summary.seed, plan.file.summary.n_boot);
+    let alphas: Vec<String> = plan.alphas().iter().map(|a| format!("{a:?}")).collect();
+    let first = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
+    let snap = &first.result.snapshot;
+    assert_eq!(snap.voxel_subjects.len(), 2);
+    assert_eq!(snap.voxel_designs.len(), 2, "one voxelwise design per feature set");
+    assert_eq!(snap.voxel_fits.len(), 2 * 2, "2 subjects × 2 feature sets");
+    let count = |r: &pipeline::RunReport, what: &str, computed: bool| {
+        let m = if computed {
+            &r.result.stats.computed
+        } else {
+            &r.result.stats.reused
+        };
+        m.get(what).copied().unwrap_or(0)
+    };
+    // 2 designs × 4 outer folds × (3 inner folds + the fold's training set)
+    assert_eq!(count(&first, "voxel-decomposition", true), 2 * 4 * 4);
+    assert_eq!(count(&first, "voxel-fit", true), 4);
+    let out = tmp.path().join("out");
+    // the same analysis by `voxelwise fit` on the designs this run exported
+    for set in ["controls", "raw"] {
+        let cli = tmp.path().join(format!("cli-{set}"));
+        let o = support::bin()
+            .args(["voxelwise", "fit", "--data", data.to_str().unwrap(), "--designs"])
+            .arg(out.join(format!("designs/layer-9/{set}")))
+            .args(["--subjects", "sim01,sim02", "--stories"])
+            .arg(n_trs.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>().join(","))
+            .args([
+                "--trim-start",
+                "0",
+                "--trim-end",
+                "0",
+                "--outer-folds",
+                "4",
+                "--inner-folds",
+                "3",
+            ])
+            .args([
+                "--n-shifts",
+                "20",
+                "--seed",
+                &seed.to_string(),
+                "--n-boot",
+                &n_boot.to_string(),
+            ])
+            .args(["--alphas", &alphas.join(","), "--regions"])
+            .arg(regions.join("{subject}.tsv"))
+            .args(["--quiet", "--out", cli.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let same = support::run_python(
+            "import sys, polars as pl\n\
+             names = ['voxelwise_voxels', 'voxelwise_voxel_folds', 'voxelwise_story_folds', 'voxelwise_regions',\n\
+                      'voxelwise_region_summary']\n\
+             print(all(pl.read_parquet(f'{sys.argv[1]}/{n}.parquet').equals(pl.read_parquet(f'{sys.argv[2]}/{n}.parquet'))\n\
+                       for n in names))",
+            &[
+                out.join(format!("voxelwise/layer-9/{set}")).to_str().unwrap(),
+                cli.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(
+            same.trim(),
+            "True",
+            "{set}: the run's voxelwise tables equal voxelwise fit's"
+        );
+    }
+    // the planted signal (word rate and length) through `controls`: ceiling √(0.5 / 1.5) ≈ 0.577
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         v = pl.read_parquet(f'{sys.argv[1]}/voxelwise_voxels.parquet')\n\
+         s = pl.read_parquet(f'{sys.argv[1]}/voxelwise_region_summary.parquet')\n\
+         print(v.height, round(v['r'].mean(), 3), ','.join(s['region'].to_list()))",
+        &[out.join("voxelwise/layer-9/controls").to_str().unwrap()],
+    );
+    let f: Vec<&str> = check.split_whitespace().collect();
+    assert_eq!((f[0], f[2]), ("16", "all,AT,PT"), "2 subjects × 8 voxels: {check}");
+    let mean_r: f64 = f[1].parse().unwrap();
+    assert!(mean_r > (0.5f64 / 1.5).sqrt() - 0.05, "mean held-out r {mean_r}");
+    let before = out.join("voxelwise/layer-9/raw/voxelwise_voxels.parquet");
+    let kept = tmp.path().join("raw-before.parquet");
+    std::fs::copy(&before, &kept).unwrap();
+
+    // a third subject: fitted alone, with every decomposition read from the store
+    std::fs::write(&p, format!("{base}{}", section(""))).unwrap();
+    let second = pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
+    assert_eq!(second.result.snapshot.voxel_fits.len(), 3 * 2);
+    assert_eq!(
+        count(&second, "voxel-decomposition", true),
+        0,
+        "no decomposition computed"
+    );
+    assert_eq!(
+        count(&second, "voxel-decomposition", false),
+        2 * 4 * 4,
+        "every fold of both designs, read once"
+    );
+    assert_eq!(count(&second, "voxel-fit", true), 2, "one new fit per feature set");
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         a = pl.read_parquet(sys.argv[1])\n\
+         b = pl.read_parquet(sys.argv[2])\n\
+         c = pl.read_parquet(sys.argv[3])\n\
+         e = c.filter(pl.col('epoch') == c['epoch'].max())\n\
+         old = b.filter(pl.col('subject') != 'sim03')\n\
+         print(a.equals(old), b.filter(pl.col('subject') == 'sim03').height,\n\
+               sorted(set(zip(e['kind'].to_list(), e['subject'].to_list()))))",
+        &[
+            kept.to_str().unwrap(),
+            before.to_str().unwrap(),
+            out.join("changes.parquet").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        check.trim(),
+        "True 8 [('voxel_fit', 'sim03'), ('voxel_subject', 'sim03')]",
+        "earlier subjects unchanged; the epoch adds the new subject and its fits"
     );
 }
 
