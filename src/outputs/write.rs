@@ -63,8 +63,11 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     let plot = out.join("r_by_layer.png");
     crate::report::plot_r_by_layer(&rows, &plot)?;
     files.push(plot);
+    let (voxel_files, voxel_md) = write_voxelwise(ctx, snap, out)?;
+    files.extend(voxel_files);
     let report = out.join("report.md");
     let mut md = crate::report::markdown(ctx, snap, &rows)?;
+    md.push_str(&voxel_md);
     md.push_str(&language_tables::markdown(&langs, &lang_layers, &props));
     if let Some(tx) = &taxonomy {
         md.push_str(&taxonomy_tables::markdown(tx));
@@ -72,20 +75,32 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     crate::paths::write_atomic(&report, md.as_bytes())?;
     files.push(report);
     files.extend(write_designs(ctx, snap, out)?);
-    files.extend(write_voxelwise(ctx, snap, out)?);
     Ok(files)
 }
 
 /// With `[voxelwise]`: the voxelwise tables of each (layer, feature set) in
 /// `voxelwise/layer-<L>/<feature set>/` (those of `cortexflow voxelwise fit`), subjects in their
-/// sorted order. The folder is written beside `voxelwise/` and then takes its place, like
-/// `designs/`.
-fn write_voxelwise(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>> {
+/// sorted order, and `voxelwise/region_r.png` (mean r over subjects per region, layer and set).
+/// The folder is written beside `voxelwise/` and then takes its place, like `designs/`. Returns
+/// the files and the report's section.
+fn write_voxelwise(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<(Vec<PathBuf>, String)> {
     use crate::stages::voxelwise::{cv_options, design_plan, load_subject_fit};
     let mut files = Vec::new();
     let Some(v) = &ctx.plan.voxelwise else {
-        return Ok(files);
+        return Ok((files, String::new()));
     };
+    let mut md = format!(
+        "\n## Voxelwise encoding (`voxelwise/`)\n\n{} subject(s), {} stories, {} outer folds leaving stories \
+         out, {} inner folds, {} null shifts. Mean held-out r over subjects of each subject's mean voxel r \
+         (CIs in `voxelwise_region_summary`):\n\n| layer | feature set | region | subjects | mean r |\n\
+         |---|---|---|---|---|\n",
+        snap.voxel_subjects.len(),
+        ctx.plan.stories.len(),
+        v.outer_folds,
+        v.inner_folds,
+        v.n_shifts
+    );
+    let mut bars = Vec::new();
     let opts = cv_options(&ctx.plan)?;
     let settings = super::voxelwise_tables::VoxelTableSettings {
         opts: &opts,
@@ -95,41 +110,49 @@ fn write_voxelwise(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf
         ci_level: ctx.plan.file.summary.ci_level,
     };
     let root = out.join("voxelwise");
-    let tmp = crate::paths::temp_sibling(&root);
-    let written = snap.voxel_designs.iter().try_for_each(|(k, design)| -> Result<()> {
-        let plan = design_plan(
-            &ctx.store.load_arrays("voxel-design", design)?,
-            design,
-            v.outer_folds,
-            v.inner_folds,
-        )?;
-        let fits = snap
-            .voxel_fits
-            .iter()
-            .filter(|(f, _)| f.layer == k.layer && f.feature_set == k.feature_set)
-            .map(|(_, id)| load_subject_fit(&ctx.store, id))
-            .collect::<Result<Vec<_>>>()?;
-        if fits.is_empty() {
-            return Ok(());
+    replace_folder(&root, |tmp| {
+        for (k, design) in &snap.voxel_designs {
+            let plan = design_plan(
+                &ctx.store.load_arrays("voxel-design", design)?,
+                design,
+                v.outer_folds,
+                v.inner_folds,
+            )?;
+            let fits = snap
+                .voxel_fits
+                .iter()
+                .filter(|(f, _)| f.layer == k.layer && f.feature_set == k.feature_set)
+                .map(|(_, id)| load_subject_fit(&ctx.store, id))
+                .collect::<Result<Vec<_>>>()?;
+            if fits.is_empty() {
+                continue;
+            }
+            let tables = super::voxelwise_tables::voxelwise_tables(&fits, &plan, &settings)?;
+            let rel = Path::new(&format!("layer-{}", k.layer)).join(k.feature_set.as_str());
+            for f in tables.write(&tmp.join(&rel))? {
+                files.push(root.join(&rel).join(f.file_name().expect("a file")));
+            }
+            for (region, r) in &tables.region_means {
+                md.push_str(&format!(
+                    "| {} | {} | {region} | {} | {r:.3} |\n",
+                    k.layer,
+                    k.feature_set.as_str(),
+                    fits.len()
+                ));
+                bars.push((
+                    format!("layer {} {} · {region}", k.layer, k.feature_set.as_str()),
+                    *r,
+                    0,
+                ));
+            }
         }
-        let tables = super::voxelwise_tables::voxelwise_tables(&fits, &plan, &settings)?;
-        let rel = Path::new(&format!("layer-{}", k.layer)).join(k.feature_set.as_str());
-        for f in tables.write(&tmp.join(&rel))? {
-            files.push(root.join(&rel).join(f.file_name().expect("a file")));
+        if !bars.is_empty() {
+            crate::report::plot_set_bars("voxelwise: mean r by region", &bars, &tmp.join("region_r.png"))?;
+            files.push(root.join("region_r.png"));
         }
         Ok(())
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    if root.exists() {
-        std::fs::remove_dir_all(&root).map_err(|e| crate::Error::io(&root, e))?;
-    }
-    if tmp.exists() {
-        std::fs::rename(&tmp, &root).map_err(|e| crate::Error::io(&root, e))?;
-    }
-    Ok(files)
+    })?;
+    Ok((files, md))
 }
 
 /// With `[encoding] export-designs`: every word-feature design as
@@ -143,28 +166,37 @@ fn write_designs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<PathBuf>>
         return Ok(files);
     }
     let root = out.join("designs");
-    let tmp = crate::paths::temp_sibling(&root);
-    let written = snap.designs.iter().try_for_each(|(k, id)| -> Result<()> {
-        let design = ctx.store.load_arrays("design", id)?;
-        let rel = Path::new(&format!("layer-{}", k.layer))
-            .join(k.feature_set.as_str())
-            .join(format!("{}.npy", k.story));
-        let path = tmp.join(&rel);
-        let dir = path.parent().expect("a file in a folder");
-        std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
-        crate::store::write_npy(&path, design.f64("x")?)?;
-        files.push(root.join(rel));
+    replace_folder(&root, |tmp| {
+        for (k, id) in &snap.designs {
+            let design = ctx.store.load_arrays("design", id)?;
+            let rel = Path::new(&format!("layer-{}", k.layer))
+                .join(k.feature_set.as_str())
+                .join(format!("{}.npy", k.story));
+            let path = tmp.join(&rel);
+            let dir = path.parent().expect("a file in a folder");
+            std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
+            crate::store::write_npy(&path, design.f64("x")?)?;
+            files.push(root.join(rel));
+        }
         Ok(())
-    });
-    if let Err(e) = written {
+    })?;
+    Ok(files)
+}
+
+/// Fills a temporary sibling of `root` with `fill`, then puts it in `root`'s place: `root` holds
+/// exactly what `fill` wrote (nothing, and no folder, when it wrote nothing), and a failure
+/// leaves the previous `root` whole and no temporary folder.
+fn replace_folder(root: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = crate::paths::temp_sibling(root);
+    if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     if root.exists() {
-        std::fs::remove_dir_all(&root).map_err(|e| crate::Error::io(&root, e))?;
+        std::fs::remove_dir_all(root).map_err(|e| crate::Error::io(root, e))?;
     }
     if tmp.exists() {
-        std::fs::rename(&tmp, &root).map_err(|e| crate::Error::io(&root, e))?;
+        std::fs::rename(&tmp, root).map_err(|e| crate::Error::io(root, e))?;
     }
-    Ok(files)
+    Ok(())
 }

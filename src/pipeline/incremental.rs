@@ -571,6 +571,7 @@ pub fn status(plan: &Plan) -> Result<Status> {
         "summary" => "summaries",
         "fmri" => "fits and summaries",
         "taxonomy" => "labels, taxonomy designs, their fits and tables",
+        "voxelwise" => "voxelwise designs and fits",
         _ => "the results",
     };
     let now = settings(plan);
@@ -646,6 +647,26 @@ pub fn status(plan: &Plan) -> Result<Status> {
     for (s, sub) in old_resp.keys().filter(|k| !now_resp.contains(*k)) {
         st.stale.push(format!(
             "subject `{sub}` (story `{s}`) removed: its fits are to be retracted and the summaries recomputed"
+        ));
+    }
+    let old_voxel: BTreeMap<&str, &str> = m.voxel_subjects.iter().map(|(s, a)| (s.as_str(), a.as_str())).collect();
+    let voxel_sets = plan.voxelwise.as_ref().map(|v| v.feature_sets.len()).unwrap_or(0) * plan.layers.len();
+    for (sub, a) in &inputs.voxel_subjects {
+        match old_voxel.get(sub.as_str()) {
+            None => st.stale.push(format!(
+                "new voxelwise subject `{sub}`: {voxel_sets} voxelwise fits (layers × feature sets) to compute, \
+                 with no decomposition when the stories are unchanged"
+            )),
+            Some(old) if *old != a => st.stale.push(format!(
+                "voxelwise subject `{sub}` changed (a response or region file): its {voxel_sets} voxelwise fits"
+            )),
+            _ => {}
+        }
+    }
+    let now_voxel: BTreeSet<&str> = inputs.voxel_subjects.iter().map(|(s, _)| s.as_str()).collect();
+    for sub in old_voxel.keys().filter(|s| !now_voxel.contains(*s)) {
+        st.stale.push(format!(
+            "voxelwise subject `{sub}` removed: its voxelwise fits are to be retracted"
         ));
     }
     if inputs.corpus != m.corpus {

@@ -462,8 +462,24 @@ pub fn voxel_fit_stage(
         .root()
         .join(ArtifactStore::relative("voxel-factors", &factors_id, ""));
     let refs: Vec<&SubjectResponses> = responses.iter().collect();
+    // long work: a log line at every tenth of the (fold, subject, chunk) steps, with an estimate
+    let started = std::time::Instant::now();
+    let tenth = std::sync::atomic::AtomicUsize::new(0);
+    let what = format!(
+        "voxelwise fits of design {} ({} subject(s))",
+        &design_id[..12],
+        refs.len()
+    );
+    let log = |done: usize, total: usize| {
+        let t = done * 10 / total.max(1);
+        if t > tenth.fetch_max(t, std::sync::atomic::Ordering::Relaxed) {
+            let s = started.elapsed().as_secs_f64();
+            let left = s * (total - done) as f64 / done.max(1) as f64;
+            tracing::info!("{what}: {t}0% after {s:.0} s, about {left:.0} s left");
+        }
+    };
     let (fits, work) = ctx.store.timed("voxel-fit", design_id, || {
-        fit_responses(design.f64("x")?, &story_plan, &refs, &opts, Some(&factors), &|_, _| {})
+        fit_responses(design.f64("x")?, &story_plan, &refs, &opts, Some(&factors), &log)
     })?;
     ctx.store.add_count("voxel-decomposition", true, work.decompositions);
     ctx.store.add_count("voxel-decomposition", false, work.loaded);

@@ -840,12 +840,14 @@ fn write_ds003020(data: &Path, tables: &[(String, cortexflow::features::roi::Roi
 #[test]
 fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_needs_no_decomposition() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = lpp_en_cut(tmp.path(), "out", 4, None, "export-designs = true\n");
+    // the simulated responses of `[simulate]`; the voxelwise pipeline has no other response source
     let p = tmp.path().join("lpp.toml");
-    std::fs::write(&p, &base).unwrap();
+    std::fs::write(&p, lpp_en_cut(tmp.path(), "out", 4, None, "")).unwrap();
     let plan = Plan::load(&p).unwrap();
     let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
     let tables = pipeline::simulated::responses(&plan).unwrap();
+    let base = lpp_en_cut(tmp.path(), "out", 4, Some(""), "export-designs = true\n");
+    assert!(!base.contains("\n[simulate]") && !base.contains("\n[fmri]"));
     let data = tmp.path().join("ds");
     write_ds003020(&data, &tables, &n_trs);
     // targets t01–t04 in PT, t05–t08 in AT
@@ -871,6 +873,10 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
     let alphas: Vec<String> = plan.alphas().iter().map(|a| format!("{a:?}")).collect();
     let first = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
     let snap = &first.result.snapshot;
+    assert!(
+        snap.fits.is_empty() && snap.responses.is_empty(),
+        "no per-story response tables"
+    );
     assert_eq!(snap.voxel_subjects.len(), 2);
     assert_eq!(snap.voxel_designs.len(), 2, "one voxelwise design per feature set");
     assert_eq!(snap.voxel_fits.len(), 2 * 2, "2 subjects × 2 feature sets");
@@ -947,12 +953,27 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
     assert_eq!((f[0], f[2]), ("16", "all,AT,PT"), "2 subjects × 8 voxels: {check}");
     let mean_r: f64 = f[1].parse().unwrap();
     assert!(mean_r > (0.5f64 / 1.5).sqrt() - 0.05, "mean held-out r {mean_r}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Voxelwise encoding") && report.contains("| 9 | controls | PT | 2 |"),
+        "{report}"
+    );
+    assert!(out.join("voxelwise/region_r.png").is_file());
     let before = out.join("voxelwise/layer-9/raw/voxelwise_voxels.parquet");
     let kept = tmp.path().join("raw-before.parquet");
     std::fs::copy(&before, &kept).unwrap();
 
     // a third subject: fitted alone, with every decomposition read from the store
     std::fs::write(&p, format!("{base}{}", section(""))).unwrap();
+    let status = pipeline::incremental::status(&Plan::load(&p).unwrap()).unwrap();
+    assert_eq!(
+        status.stale,
+        [
+            "new voxelwise subject `sim03`: 2 voxelwise fits (layers × feature sets) to compute, with no \
+          decomposition when the stories are unchanged"
+        ],
+        "the subject list is not a setting: only the new subject is stale"
+    );
     let second = pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
     assert_eq!(second.result.snapshot.voxel_fits.len(), 3 * 2);
     assert_eq!(
@@ -986,6 +1007,99 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
         "True 8 [('voxel_fit', 'sim03'), ('voxel_subject', 'sim03')]",
         "earlier subjects unchanged; the epoch adds the new subject and its fits"
     );
+}
+
+/// `[voxelwise]` is checked against the stories and the files when the pipeline is loaded, before
+/// any work: each error names the key, the story or subject and the file, and what was expected.
+#[test]
+fn voxelwise_sections_are_checked_against_respdict_and_the_files_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = lpp_en_cut(tmp.path(), "out", 4, None, "");
+    let p = tmp.path().join("lpp.toml");
+    std::fs::write(&p, &base).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
+    let data = tmp.path().join("ds");
+    for s in ["sim01", "sim02"] {
+        for (story, n) in &n_trs {
+            let dir = data.join("preprocessed_data").join(s);
+            std::fs::create_dir_all(&dir).unwrap();
+            cortexflow::store::write_npy(
+                &dir.join(format!("{story}.npy")),
+                ndarray::Array2::<f64>::zeros((*n, 3)).view(),
+            )
+            .unwrap();
+        }
+    }
+    let respdict = |trs: &[(String, usize)]| {
+        let m: serde_json::Map<String, serde_json::Value> =
+            trs.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
+        std::fs::write(data.join("respdict.json"), serde_json::to_string(&m).unwrap()).unwrap();
+    };
+    // the section with `extra` lines; the stories' grids are the response TRs unless told
+    let load = |extra: &str| {
+        let trims = match extra.contains("trim-") {
+            true => "",
+            false => "trim-start = 0\ntrim-end = 0\n",
+        };
+        // 4 stories: 3 training stories per outer fold, so at most 3 inner folds
+        let folds = match extra.contains("folds") {
+            true => "",
+            false => "inner-folds = 3\n",
+        };
+        let text = format!(
+            "{base}\n[voxelwise]\ndata = {:?}\n{trims}{folds}{extra}",
+            data.to_str().unwrap()
+        );
+        std::fs::write(&p, text).unwrap();
+        Plan::load(&p).map_err(|e| e.to_string())
+    };
+    respdict(&n_trs);
+    let v = load("").unwrap().voxelwise.unwrap();
+    assert_eq!(v.subjects, ["sim01", "sim02"], "every subject folder by default");
+    assert_eq!(v.format, "npy", "the format found under preprocessed_data");
+    let sets: Vec<&str> = v.feature_sets.iter().map(|f| f.as_str()).collect();
+    assert_eq!(
+        sets,
+        ["raw", "sae", "controls"],
+        "[encoding]'s word-feature sets by default"
+    );
+    // a story missing from respdict.json
+    respdict(&n_trs[..1]);
+    let e = load("").unwrap_err();
+    assert!(
+        e.contains("voxelwise.data") && e.contains("lpp-en-run2") && e.contains("respdict.json"),
+        "{e}"
+    );
+    // story grids 3 TRs longer than the responses: an error without trims, fine with 2 + 1
+    let short: Vec<(String, usize)> = n_trs.iter().map(|(s, n)| (s.clone(), n - 3)).collect();
+    respdict(&short);
+    let e = load("").unwrap_err();
+    assert!(
+        e.contains("voxelwise.trim-start") && e.contains(&format!("{} TRs on its grid", n_trs[0].1)),
+        "{e}"
+    );
+    load("trim-start = 2\ntrim-end = 1\n").unwrap();
+    respdict(&n_trs);
+    // a subject without a story's file
+    let e = load("subjects = [\"sim01\", \"sim09\"]\n").unwrap_err();
+    assert!(
+        e.contains("sim09") && e.contains("lpp-en-run1") && e.contains("preprocessed_data"),
+        "{e}"
+    );
+    // a feature set the encoding does not make, a bad FDR level, too many folds, a missing region table
+    let e = load("feature-sets = [\"sae-recon\"]\n").unwrap_err();
+    assert!(e.contains("voxelwise.feature-sets") && e.contains("sae-recon"), "{e}");
+    let e = load("fdr = 1.5\n").unwrap_err();
+    assert!(e.contains("voxelwise.fdr"), "{e}");
+    let e = load("outer-folds = 5\ninner-folds = 3\n").unwrap_err();
+    assert!(
+        e.contains("voxelwise.outer-folds") && e.contains("4 stories, 5 outer folds"),
+        "{e}"
+    );
+    let e = load("regions = \"nowhere/{subject}.tsv\"\n").unwrap_err();
+    assert!(e.contains("voxelwise.regions") && e.contains("sim01"), "{e}");
+    assert!(!tmp.path().join("out").exists(), "nothing is written");
 }
 
 /// `run --sae-seeds 2` (with a light `[taxonomy]`): one complete run per seed on one store, and
