@@ -173,7 +173,8 @@ pub fn watch(pipeline: &Path, opts: &WatchOptions, mut on_update: impl FnMut(&Up
             v.iter().filter(|(_, d)| d.signum() == sign).count()
         }
         eprintln!(
-            "inputs changed: stories +{} −{}, responses +{} −{}, corpus +{} −{}, reading data +{} −{}",
+            "inputs changed: stories +{} −{}, responses +{} −{}, corpus +{} −{}, reading data +{} −{}, \
+             voxelwise subjects +{} −{}",
             count(&epoch.stories, 1),
             count(&epoch.stories, -1),
             count(&epoch.responses, 1),
@@ -181,7 +182,9 @@ pub fn watch(pipeline: &Path, opts: &WatchOptions, mut on_update: impl FnMut(&Up
             count(&epoch.corpus, 1),
             count(&epoch.corpus, -1),
             count(&epoch.reading, 1),
-            count(&epoch.reading, -1)
+            count(&epoch.reading, -1),
+            count(&epoch.voxel_subjects, 1),
+            count(&epoch.voxel_subjects, -1)
         );
         pending
             .lock()
