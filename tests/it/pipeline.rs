@@ -974,19 +974,58 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
         ],
         "the subject list is not a setting: only the new subject is stale"
     );
-    let second = pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
-    assert_eq!(second.result.snapshot.voxel_fits.len(), 3 * 2);
+    // in one running dataflow: epoch 0 holds the first two subjects (their fits are in the store),
+    // epoch 1 adds the third
+    let ctx = pipeline::context(Plan::load(&p).unwrap()).unwrap();
+    let inputs = pipeline::prepare_inputs(&ctx).unwrap();
+    let mut epoch0 = pipeline::single_epoch(&inputs);
+    let new = epoch0.voxel_subjects.pop().unwrap();
+    assert_eq!(new.0 .0, "sim03");
+    let epoch1 = Epoch {
+        voxel_subjects: vec![new],
+        ..Default::default()
+    };
+    let results = dataflow::run(ctx, vec![epoch0, epoch1], 2).unwrap();
+    let n = |i: usize, what: &str, computed: bool| {
+        let s = &results[i].stats;
+        let m = if computed { &s.computed } else { &s.reused };
+        m.get(what).copied().unwrap_or(0)
+    };
     assert_eq!(
-        count(&second, "voxel-decomposition", true),
+        n(0, "voxel-fit", true),
         0,
-        "no decomposition computed"
+        "epoch 0: both subjects' fits come from the store"
     );
     assert_eq!(
-        count(&second, "voxel-decomposition", false),
+        n(0, "voxel-decomposition", true) + n(0, "voxel-decomposition", false),
+        0
+    );
+    assert_eq!(n(1, "voxel-fit", true), 2, "epoch 1: one new fit per feature set");
+    assert_eq!(n(1, "voxel-decomposition", true), 0, "no decomposition computed");
+    assert_eq!(
+        n(1, "voxel-decomposition", false),
         2 * 4 * 4,
         "every fold of both designs, read once"
     );
-    assert_eq!(count(&second, "voxel-fit", true), 2, "one new fit per feature set");
+    let added: Vec<(&str, &str)> = results[1]
+        .changes
+        .iter()
+        .map(|(r, d)| match r {
+            dataflow::Record::VoxelFit(k, _) if *d > 0 => ("fit", k.subject.as_str()),
+            dataflow::Record::VoxelSubject(s, _) if *d > 0 => ("subject", s.as_str()),
+            other => panic!("epoch 1 changed {other:?} ({d})"),
+        })
+        .collect();
+    assert_eq!(
+        added,
+        [("subject", "sim03"), ("fit", "sim03"), ("fit", "sim03")],
+        "epoch 1 adds the new subject and its fits, and nothing else"
+    );
+    // the output folder's next update: everything from the store
+    let second = pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
+    assert_eq!(second.result.snapshot.voxel_fits.len(), 3 * 2);
+    assert_eq!(count(&second, "voxel-fit", true), 0);
+    assert_eq!(count(&second, "voxel-decomposition", true), 0);
     let check = support::run_python(
         "import sys, polars as pl\n\
          a = pl.read_parquet(sys.argv[1])\n\
