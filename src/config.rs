@@ -133,6 +133,18 @@ pub struct VoxelwiseSection {
     /// Inner-CV predictions and null refits in float64 (the reference path).
     #[serde(default, skip_serializing_if = "is_default")]
     pub exact_scores: bool,
+    /// Also fit every category and subcategory set of `[taxonomy]` (`sae:<category>`,
+    /// `sae:sub:<subcategory>`) voxelwise, and test the subcategory × region topography on their
+    /// region means (rows with story `voxelwise` in `topography_observed` and `topography_stats`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub taxonomy_sets: bool,
+}
+
+impl VoxelwiseSection {
+    /// Whether the voxelwise fits include feature set `f`.
+    pub fn fits(&self, f: &FeatureSet) -> bool {
+        self.feature_sets.contains(f) || (self.taxonomy_sets && f.is_taxonomy_subset())
+    }
 }
 
 fn default_auto() -> String {
@@ -1365,6 +1377,13 @@ fn check_voxelwise(
     if r.feature_sets.is_empty() {
         r.feature_sets = words.clone();
     }
+    if v.taxonomy_sets && !file.taxonomy.as_ref().is_some_and(|t| t.encode_sets) {
+        return Err(invalid(
+            path,
+            "voxelwise.taxonomy-sets",
+            "the category and subcategory sets come from [taxonomy] with encode-sets = true",
+        ));
+    }
     if let Some(f) = r.feature_sets.iter().find(|f| !words.contains(f)) {
         return Err(invalid(
             path,
@@ -1623,11 +1642,11 @@ fn check_simulate(file: &PipelineFile, path: &Path) -> Result<()> {
             ));
         }
     }
-    if fmri.is_none() && file.simulate.is_none() && file.taxonomy.is_some() {
+    if fmri.is_none() && file.simulate.is_none() && file.voxelwise.is_none() && file.taxonomy.is_some() {
         return Err(invalid(
             path,
             "taxonomy",
-            "needs responses: add an [fmri] (or a [simulate]) section",
+            "needs responses: add an [fmri], a [simulate] or a [voxelwise] section",
         ));
     }
 

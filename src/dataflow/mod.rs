@@ -362,12 +362,7 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
     let pe_delta = ctx.plan.file.taxonomy.as_ref().and_then(|t| t.prediction_error_delta);
     let reading_on = ctx.plan.reading.is_some();
     let export_designs = ctx.plan.file.encoding.export_designs;
-    let voxel_sets: Vec<FeatureSet> = ctx
-        .plan
-        .voxelwise
-        .as_ref()
-        .map(|v| v.feature_sets.clone())
-        .unwrap_or_default();
+    let voxel_section = ctx.plan.voxelwise.clone();
     // the texts whose words are the labels' evidence ([taxonomy] evidence)
     let (evidence_stories, evidence_corpus) = match &ctx.plan.file.taxonomy {
         Some(t) => t.evidence_texts(&ctx.plan.file.sae),
@@ -648,60 +643,6 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     .filter(move |_| export_designs)
                     .map(|(k, a)| Record::Design(k, a));
 
-                // ---- voxelwise (with [voxelwise]): per (layer, set) one design over all the
-                // stories, then every subject's nested leave-stories-out fit of it
-                let voxel_sets = voxel_sets.clone();
-                let voxel_designs = env.per_key(
-                    designs
-                        .clone()
-                        .filter(move |(k, _)| voxel_sets.contains(&k.feature_set))
-                        .map(|(k, id)| {
-                            let key = VoxelKey {
-                                layer: k.layer,
-                                feature_set: k.feature_set,
-                            };
-                            (key, (k.story, id))
-                        }),
-                    "VoxelDesign",
-                    |k| format!("voxelwise design layer {} {}", k.layer, k.feature_set),
-                    |ctx, _, designs| {
-                        let designs: Vec<(String, ArtifactId)> = designs.iter().map(|d| (*d).clone()).collect();
-                        Ok(stages::voxelwise::voxel_design_stage(ctx, &designs)?
-                            .into_iter()
-                            .collect())
-                    },
-                );
-                let rec_voxel_designs = voxel_designs.clone().map(|(k, a)| Record::VoxelDesign(k, a));
-                let rec_voxel_subjects = voxel_subjects.clone().map(|(s, a)| Record::VoxelSubject(s, a));
-                let voxel_fits = env
-                    .per_key(
-                        voxel_designs
-                            .map(|(k, d)| ((), (k, d)))
-                            .join(voxel_subjects.map(|s| ((), s)))
-                            .map(|((), ((k, d), (subject, art)))| (k, (d, subject, art))),
-                        "VoxelFit",
-                        |k| format!("voxelwise fits layer {} {}", k.layer, k.feature_set),
-                        |ctx, _, present: &[&(ArtifactId, String, ArtifactId)]| {
-                            // one design per key; grouped anyway, so a key never mixes two
-                            let mut out = Vec::with_capacity(present.len());
-                            for group in present.chunk_by(|a, b| a.0 == b.0) {
-                                let subjects: Vec<(String, ArtifactId)> =
-                                    group.iter().map(|(_, s, a)| (s.clone(), a.clone())).collect();
-                                out.extend(stages::voxelwise::voxel_fit_stage(ctx, &group[0].0, &subjects)?);
-                            }
-                            Ok(out)
-                        },
-                    )
-                    .map(|(k, (subject, id))| {
-                        let key = VoxelFitKey {
-                            subject,
-                            layer: k.layer,
-                            feature_set: k.feature_set,
-                        };
-                        (key, id)
-                    });
-                let rec_voxel_fits = voxel_fits.map(|(k, a)| Record::VoxelFit(k, a));
-
                 // ---- taxonomy (with [taxonomy]): labels and feature sets per layer, derived designs
                 // per (story, layer, set): categories, subcategories and their baselines
                 let story_layers = story_acts
@@ -786,6 +727,60 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                     },
                 );
                 let designs = designs.concat(derived);
+
+                // ---- voxelwise (with [voxelwise]): per (layer, set) one design over all the
+                // stories (word-feature sets, and the taxonomy's subsets with `taxonomy-sets`), then every subject's nested leave-stories-out fit of it
+                let voxel_section = voxel_section.clone();
+                let voxel_designs = env.per_key(
+                    designs
+                        .clone()
+                        .filter(move |(k, _)| voxel_section.as_ref().is_some_and(|v| v.fits(&k.feature_set)))
+                        .map(|(k, id)| {
+                            let key = VoxelKey {
+                                layer: k.layer,
+                                feature_set: k.feature_set,
+                            };
+                            (key, (k.story, id))
+                        }),
+                    "VoxelDesign",
+                    |k| format!("voxelwise design layer {} {}", k.layer, k.feature_set),
+                    |ctx, _, designs| {
+                        let designs: Vec<(String, ArtifactId)> = designs.iter().map(|d| (*d).clone()).collect();
+                        Ok(stages::voxelwise::voxel_design_stage(ctx, &designs)?
+                            .into_iter()
+                            .collect())
+                    },
+                );
+                let rec_voxel_designs = voxel_designs.clone().map(|(k, a)| Record::VoxelDesign(k, a));
+                let rec_voxel_subjects = voxel_subjects.clone().map(|(s, a)| Record::VoxelSubject(s, a));
+                let voxel_fits = env
+                    .per_key(
+                        voxel_designs
+                            .map(|(k, d)| ((), (k, d)))
+                            .join(voxel_subjects.map(|s| ((), s)))
+                            .map(|((), ((k, d), (subject, art)))| (k, (d, subject, art))),
+                        "VoxelFit",
+                        |k| format!("voxelwise fits layer {} {}", k.layer, k.feature_set),
+                        |ctx, _, present: &[&(ArtifactId, String, ArtifactId)]| {
+                            // one design per key; grouped anyway, so a key never mixes two
+                            let mut out = Vec::with_capacity(present.len());
+                            for group in present.chunk_by(|a, b| a.0 == b.0) {
+                                let subjects: Vec<(String, ArtifactId)> =
+                                    group.iter().map(|(_, s, a)| (s.clone(), a.clone())).collect();
+                                out.extend(stages::voxelwise::voxel_fit_stage(ctx, &group[0].0, &subjects)?);
+                            }
+                            Ok(out)
+                        },
+                    )
+                    .map(|(k, (subject, id))| {
+                        let key = VoxelFitKey {
+                            subject,
+                            layer: k.layer,
+                            feature_set: k.feature_set,
+                        };
+                        (key, id)
+                    });
+                let rec_voxel_fits = voxel_fits.map(|(k, a)| Record::VoxelFit(k, a));
 
                 // ---- prediction-error features (METHOD.md §9): (story, ℓ) ⋈ (story, ℓ − Δ) ⋈ the raw
                 // design of (story, ℓ) ──per (story, ℓ)──▶ the `raw+pred-error` design

@@ -39,6 +39,12 @@ impl FeatureSet {
         FeatureSet::Controls,
     ];
 
+    /// A category or subcategory set of the taxonomy (`sae:<category>`, `sae:sub:<name>`), a
+    /// subset of the SAE's columns.
+    pub fn is_taxonomy_subset(&self) -> bool {
+        matches!(self, FeatureSet::Derived(n) if n.starts_with("sae:"))
+    }
+
     /// The name in tables and pipeline files.
     pub fn as_str(&self) -> &str {
         match self {

@@ -450,6 +450,13 @@ pub fn subcategory_sets() -> Vec<String> {
         .collect()
 }
 
+/// The story key of the topography on voxelwise fits (all the stories at once, `[voxelwise]
+/// taxonomy-sets`): its regions are the voxels' regions themselves.
+pub const VOXELWISE_STORY: &str = "voxelwise";
+
+/// (layer, feature set) → subject → region → the subject's mean voxel r in the region.
+pub type VoxelRegionMeans = BTreeMap<(usize, String), BTreeMap<String, BTreeMap<String, f64>>>;
+
 /// The observed subcategory × region matrix of one (story, layer), per subject and averaged.
 pub struct ObservedMatrix {
     pub story: String,
@@ -482,29 +489,51 @@ pub fn prediction_matrix(ctx: &Ctx) -> Result<crate::topography::matrix::Labelle
     }
 }
 
+/// The observed matrices of every (story, layer) with at least 2 subcategories, 2 regions and 3
+/// subjects with every cell: each cell the subject's mean r over the region's ROIs (`[taxonomy]
+/// regions`), or for [`VOXELWISE_STORY`] the subject's mean voxel r in the region.
 pub fn observed_matrices(ctx: &Ctx, scores: &SubjectScores) -> Result<Vec<ObservedMatrix>> {
     let t = section(ctx);
     let pred = prediction_matrix(ctx)?;
-    // regions in the prediction's column order, those that have ROIs here
-    let mut regions = Vec::new();
-    let mut region_rois = Vec::new();
-    let mut pred_cols = Vec::new();
-    for (j, name) in pred.col_labels.iter().enumerate() {
-        let rois: Vec<String> = t
-            .regions
+    // regions in the prediction's column order, those that have ROIs here (a voxelwise key's
+    // regions are those of its voxels)
+    let columns = |rois_of: &dyn Fn(&String) -> Vec<String>| {
+        let (mut regions, mut region_rois, mut pred_cols) = (Vec::new(), Vec::new(), Vec::new());
+        for (j, name) in pred.col_labels.iter().enumerate() {
+            let rois = rois_of(name);
+            if !rois.is_empty() {
+                regions.push(name.clone());
+                region_rois.push(rois);
+                pred_cols.push(j);
+            }
+        }
+        (regions, region_rois, pred_cols)
+    };
+    let roi_columns = columns(&|name| {
+        t.regions
             .iter()
             .filter(|(_, r)| *r == name)
             .map(|(roi, _)| roi.clone())
-            .collect();
-        if !rois.is_empty() {
-            regions.push(name.clone());
-            region_rois.push(rois);
-            pred_cols.push(j);
-        }
-    }
+            .collect()
+    });
     let mut out = Vec::new();
     let keys: std::collections::BTreeSet<(String, usize)> = scores.by_roi.keys().map(|k| (k.0.clone(), k.1)).collect();
     for (story, layer) in keys {
+        let (regions, region_rois, pred_cols) = match story == VOXELWISE_STORY {
+            false => roi_columns.clone(),
+            true => {
+                let present: std::collections::BTreeSet<&String> = scores
+                    .by_roi
+                    .iter()
+                    .filter(|(k, _)| k.0 == story && k.1 == layer)
+                    .flat_map(|(_, subjects)| subjects.values().flat_map(|m| m.keys()))
+                    .collect();
+                columns(&|name| match present.contains(name) {
+                    true => vec![name.clone()],
+                    false => Vec::new(),
+                })
+            }
+        };
         let mut subs = Vec::new();
         let mut pred_rows = Vec::new();
         for s in Subcategory::ALL {
@@ -711,9 +740,23 @@ pub struct TaxonomyOutputs {
 }
 
 /// `langs`: story → language ([`super::tables::story_languages`]).
-pub fn build(ctx: &Ctx, snap: &Snapshot, langs: &BTreeMap<String, String>) -> Result<TaxonomyOutputs> {
+/// `voxel`: the voxelwise fits' region means, whose subcategory sets are tested as the story
+/// [`VOXELWISE_STORY`] (empty without `[voxelwise] taxonomy-sets`).
+pub fn build(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    langs: &BTreeMap<String, String>,
+    voxel: &VoxelRegionMeans,
+) -> Result<TaxonomyOutputs> {
     let labels = layer_labels(ctx, snap)?;
-    let scores = subject_scores(ctx, snap)?;
+    let mut scores = subject_scores(ctx, snap)?;
+    for ((layer, set), subjects) in voxel {
+        if set.starts_with("sae:sub:") {
+            scores
+                .by_roi
+                .insert((VOXELWISE_STORY.to_string(), *layer, set.clone()), subjects.clone());
+        }
+    }
     let baselines = baseline_rows(ctx, &labels, &scores, langs)?;
     let observed = observed_matrices(ctx, &scores)?;
     let reports = topography_reports(ctx, &observed)?;

@@ -36,6 +36,8 @@ pub struct VoxelTables {
     pub meta: Vec<(String, String)>,
     /// (region, mean r over subjects) per region, "all" first.
     pub region_means: Vec<(String, f64)>,
+    /// (subject, region, the subject's mean voxel r in the region), "all" included.
+    pub subject_regions: Vec<(String, String, f64)>,
 }
 
 impl VoxelTables {
@@ -138,6 +140,13 @@ pub fn voxelwise_tables(fits: &[SubjectFit], story_plan: &StoryPlan, s: &VoxelTa
         }
     }
     let mut summary_rows = Vec::new();
+    let subject_regions: Vec<(String, String, f64)> = region_rows
+        .subject
+        .iter()
+        .zip(&region_rows.region)
+        .zip(&region_rows.mean_r)
+        .map(|((s, r), m)| (s.clone(), r.clone(), m.unwrap_or(f64::NAN)))
+        .collect();
     let mut region_means = Vec::new();
     let mut names: Vec<String> = per_region.keys().filter(|k| *k != "all").cloned().collect();
     names.insert(0, "all".into());
@@ -268,6 +277,7 @@ pub fn voxelwise_tables(fits: &[SubjectFit], story_plan: &StoryPlan, s: &VoxelTa
         batches,
         meta,
         region_means,
+        subject_regions,
     })
 }
 

@@ -4,13 +4,15 @@
 //!
 //! May import: the other files of `outputs`, `report`, and what they may import.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::columns::write_tables;
 use super::language_tables;
 use super::tables::{fits_batch, sae_quality_batch, story_languages, summary_batch, summary_rows};
 use super::taxonomy_tables;
-use crate::dataflow::Snapshot;
+use super::voxelwise_tables::{voxelwise_tables, VoxelTableSettings, VoxelTables};
+use crate::dataflow::{Snapshot, VoxelKey};
 use crate::stages::Ctx;
 use crate::Result;
 
@@ -35,8 +37,27 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     let (rows, n_boot, level) = summary_rows(ctx, snap, &story_langs)?;
     let summary = summary_batch(&rows, n_boot, level)?;
     let quality = sae_quality_batch(ctx, snap)?;
+    let voxelwise = build_voxelwise(ctx, snap)?;
     let taxonomy = match ctx.plan.file.taxonomy {
-        Some(_) => Some(taxonomy_tables::build(ctx, snap, &story_langs)?),
+        Some(_) => {
+            // the voxelwise subcategory fits' region means, for the topography (story `voxelwise`)
+            let mut by_region: taxonomy_tables::VoxelRegionMeans = BTreeMap::new();
+            for (k, t) in &voxelwise {
+                let m = by_region
+                    .entry((k.layer, k.feature_set.as_str().to_string()))
+                    .or_default();
+                for (subject, region, r) in &t.subject_regions {
+                    m.entry(subject.clone()).or_default().insert(region.clone(), *r);
+                }
+            }
+            let mut langs = story_langs.clone();
+            let all: std::collections::BTreeSet<&String> = story_langs.values().collect();
+            langs.insert(
+                taxonomy_tables::VOXELWISE_STORY.to_string(),
+                all.into_iter().cloned().collect::<Vec<_>>().join("+"),
+            );
+            Some(taxonomy_tables::build(ctx, snap, &langs, &by_region)?)
+        }
         None => None,
     };
     let langs = language_tables::language_rows(ctx, snap)?;
@@ -63,7 +84,7 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     let plot = out.join("r_by_layer.png");
     crate::report::plot_r_by_layer(&rows, &plot)?;
     files.push(plot);
-    let (voxel_files, voxel_md) = write_voxelwise(ctx, snap, out)?;
+    let (voxel_files, voxel_md) = write_voxelwise(ctx, snap, &voxelwise, out)?;
     files.extend(voxel_files);
     let report = out.join("report.md");
     let mut md = crate::report::markdown(ctx, snap, &rows)?;
@@ -78,13 +99,52 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
     Ok(files)
 }
 
-/// With `[voxelwise]`: the voxelwise tables of each (layer, feature set) in
-/// `voxelwise/layer-<L>/<feature set>/` (those of `cortexflow voxelwise fit`), subjects in their
-/// sorted order, and `voxelwise/region_r.png` (mean r over subjects per region, layer and set).
+/// With `[voxelwise]`: the voxelwise tables of each (layer, feature set) in memory, from the
+/// snapshot's voxel designs and fits (subjects in their sorted order).
+fn build_voxelwise(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<(VoxelKey, VoxelTables)>> {
+    use crate::stages::voxelwise::{cv_options, design_plan, load_subject_fit};
+    let mut out = Vec::new();
+    let Some(v) = &ctx.plan.voxelwise else {
+        return Ok(out);
+    };
+    let opts = cv_options(&ctx.plan)?;
+    let settings = VoxelTableSettings {
+        opts: &opts,
+        criterion: v.criterion.clone(),
+        fdr: v.fdr,
+        n_boot: ctx.plan.file.summary.n_boot,
+        ci_level: ctx.plan.file.summary.ci_level,
+    };
+    for (k, design) in &snap.voxel_designs {
+        let plan = design_plan(
+            &ctx.store.load_arrays("voxel-design", design)?,
+            design,
+            v.outer_folds,
+            v.inner_folds,
+        )?;
+        let fits = snap
+            .voxel_fits
+            .iter()
+            .filter(|(f, _)| f.layer == k.layer && f.feature_set == k.feature_set)
+            .map(|(_, id)| load_subject_fit(&ctx.store, id))
+            .collect::<Result<Vec<_>>>()?;
+        if !fits.is_empty() {
+            out.push((k.clone(), voxelwise_tables(&fits, &plan, &settings)?));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes the voxelwise tables in `voxelwise/layer-<L>/<feature set>/` (those of `cortexflow
+/// voxelwise fit`) and `voxelwise/region_r.png` (mean r over subjects per region, layer and set).
 /// The folder is written beside `voxelwise/` and then takes its place, like `designs/`. Returns
 /// the files and the report's section.
-fn write_voxelwise(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<(Vec<PathBuf>, String)> {
-    use crate::stages::voxelwise::{cv_options, design_plan, load_subject_fit};
+fn write_voxelwise(
+    ctx: &Ctx,
+    snap: &Snapshot,
+    tables: &[(VoxelKey, VoxelTables)],
+    out: &Path,
+) -> Result<(Vec<PathBuf>, String)> {
     let mut files = Vec::new();
     let Some(v) = &ctx.plan.voxelwise else {
         return Ok((files, String::new()));
@@ -101,43 +161,19 @@ fn write_voxelwise(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<(Vec<PathBu
         v.n_shifts
     );
     let mut bars = Vec::new();
-    let opts = cv_options(&ctx.plan)?;
-    let settings = super::voxelwise_tables::VoxelTableSettings {
-        opts: &opts,
-        criterion: v.criterion.clone(),
-        fdr: v.fdr,
-        n_boot: ctx.plan.file.summary.n_boot,
-        ci_level: ctx.plan.file.summary.ci_level,
-    };
     let root = out.join("voxelwise");
     replace_folder(&root, |tmp| {
-        for (k, design) in &snap.voxel_designs {
-            let plan = design_plan(
-                &ctx.store.load_arrays("voxel-design", design)?,
-                design,
-                v.outer_folds,
-                v.inner_folds,
-            )?;
-            let fits = snap
-                .voxel_fits
-                .iter()
-                .filter(|(f, _)| f.layer == k.layer && f.feature_set == k.feature_set)
-                .map(|(_, id)| load_subject_fit(&ctx.store, id))
-                .collect::<Result<Vec<_>>>()?;
-            if fits.is_empty() {
-                continue;
-            }
-            let tables = super::voxelwise_tables::voxelwise_tables(&fits, &plan, &settings)?;
+        for (k, t) in tables {
             let rel = Path::new(&format!("layer-{}", k.layer)).join(k.feature_set.as_str());
-            for f in tables.write(&tmp.join(&rel))? {
+            for f in t.write(&tmp.join(&rel))? {
                 files.push(root.join(&rel).join(f.file_name().expect("a file")));
             }
-            for (region, r) in &tables.region_means {
+            let n_subjects = t.subject_regions.iter().filter(|r| r.1 == "all").count();
+            for (region, r) in &t.region_means {
                 md.push_str(&format!(
-                    "| {} | {} | {region} | {} | {r:.3} |\n",
+                    "| {} | {} | {region} | {n_subjects} | {r:.3} |\n",
                     k.layer,
-                    k.feature_set.as_str(),
-                    fits.len()
+                    k.feature_set.as_str()
                 ));
                 bars.push((
                     format!("layer {} {} · {region}", k.layer, k.feature_set.as_str()),

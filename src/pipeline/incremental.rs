@@ -651,14 +651,18 @@ pub fn status(plan: &Plan) -> Result<Status> {
     }
     let old_voxel: BTreeMap<&str, &str> = m.voxel_subjects.iter().map(|(s, a)| (s.as_str(), a.as_str())).collect();
     let voxel_sets = plan.voxelwise.as_ref().map(|v| v.feature_sets.len()).unwrap_or(0) * plan.layers.len();
+    let voxel_sets = match plan.voxelwise.as_ref().is_some_and(|v| v.taxonomy_sets) {
+        true => format!("{voxel_sets} voxelwise fits (layers × feature sets, plus the taxonomy's sets)"),
+        false => format!("{voxel_sets} voxelwise fits (layers × feature sets)"),
+    };
     for (sub, a) in &inputs.voxel_subjects {
         match old_voxel.get(sub.as_str()) {
             None => st.stale.push(format!(
-                "new voxelwise subject `{sub}`: {voxel_sets} voxelwise fits (layers × feature sets) to compute, \
+                "new voxelwise subject `{sub}`: {voxel_sets} to compute, \
                  with no decomposition when the stories are unchanged"
             )),
             Some(old) if *old != a => st.stale.push(format!(
-                "voxelwise subject `{sub}` changed (a response or region file): its {voxel_sets} voxelwise fits"
+                "voxelwise subject `{sub}` changed (a response or region file): its {voxel_sets}"
             )),
             _ => {}
         }

@@ -1048,6 +1048,75 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
     );
 }
 
+/// `[voxelwise] taxonomy-sets`: with `[taxonomy]`, every category and subcategory set is fitted
+/// voxelwise too, and the subcategory × region topography is tested on their region means (story
+/// `voxelwise` in `topography_observed` and `topography_stats`). Each observed cell equals the mean
+/// over subjects of the subject's mean voxel r in the region, read back from that set's
+/// `voxelwise_regions` table.
+#[test]
+fn voxelwise_subcategory_fits_give_the_topography_of_their_region_means() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("lpp.toml");
+    std::fs::write(&p, lpp_en_cut(tmp.path(), "out", 4, None, "")).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
+    let data = tmp.path().join("ds");
+    write_ds003020(&data, &pipeline::simulated::responses(&plan).unwrap(), &n_trs);
+    // targets in four of the paper's regions, two each
+    let regions = tmp.path().join("regions.tsv");
+    let rows: String = (0..8)
+        .map(|v| format!("{v}\t{}\n", ["PT", "AT", "IF", "AG"][v / 2]))
+        .collect();
+    std::fs::write(&regions, format!("voxel\tregion\n{rows}")).unwrap();
+    let text = format!(
+        "{}\n[taxonomy]\nrandom-seeds = 10\nbaselines = false\nvariance-partition = false\nshapley = false\n\
+         permutations = 100\n\n[voxelwise]\ndata = {:?}\ntrim-start = 0\ntrim-end = 0\n\
+         feature-sets = [\"controls\"]\ntaxonomy-sets = true\ninner-folds = 3\nn-shifts = 0\nregions = {:?}\n",
+        lpp_en_cut(tmp.path(), "out", 4, Some(""), ""),
+        data.to_str().unwrap(),
+        regions.to_str().unwrap()
+    );
+    std::fs::write(&p, text).unwrap();
+    let report = pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
+    let sets: std::collections::BTreeSet<String> = report
+        .result
+        .snapshot
+        .voxel_fits
+        .iter()
+        .map(|(k, _)| k.feature_set.as_str().to_string())
+        .collect();
+    let subs: Vec<&String> = sets.iter().filter(|s| s.starts_with("sae:sub:")).collect();
+    assert!(sets.contains("controls") && subs.len() >= 2, "voxelwise sets: {sets:?}");
+    assert!(
+        sets.iter().all(|s| s == "controls" || s.starts_with("sae:")),
+        "{sets:?}"
+    );
+    let out = tmp.path().join("out");
+    let check = support::run_python(
+        "import sys, polars as pl\n\
+         out = sys.argv[1]\n\
+         o = pl.read_parquet(f'{out}/topography_observed.parquet').filter(pl.col('story') == 'voxelwise')\n\
+         s = pl.read_parquet(f'{out}/topography_stats.parquet').filter(pl.col('story') == 'voxelwise')\n\
+         worst = 0.0\n\
+         for row in o.iter_rows(named=True):\n\
+         \x20   r = pl.read_parquet(f\"{out}/voxelwise/layer-9/sae:sub:{row['subcategory']}/voxelwise_regions.parquet\")\n\
+         \x20   m = r.filter(pl.col('region') == row['region'])['mean_r'].mean()\n\
+         \x20   worst = max(worst, abs(m - row['mean_r']))\n\
+         print(o.height, sorted(set(o['region'])), set(o['n_subjects']), set(o['rois'] == o['region']), s.height > 0, worst)",
+        &[out.to_str().unwrap()],
+    );
+    let f: Vec<&str> = check.trim().rsplitn(2, ' ').collect();
+    let worst: f64 = f[0].parse().unwrap();
+    assert!(
+        worst < 1e-12,
+        "each cell is the mean over subjects of the region means: {check}"
+    );
+    assert!(
+        f[1].ends_with("['AG', 'AT', 'IF', 'PT'] {3} {True} True") && !f[1].starts_with("0 "),
+        "voxelwise topography rows: {check}"
+    );
+}
+
 /// `[voxelwise]` is checked against the stories and the files when the pipeline is loaded, before
 /// any work: each error names the key, the story or subject and the file, and what was expected.
 #[test]
