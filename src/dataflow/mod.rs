@@ -729,7 +729,8 @@ pub fn run_stream(ctx: Ctx, feed: Arc<EpochFeed>, topology: &Topology, sink: Sin
                 let designs = designs.concat(derived);
 
                 // ---- voxelwise (with [voxelwise]): per (layer, set) one design over all the
-                // stories (word-feature sets, and the taxonomy's subsets with `taxonomy-sets`), then every subject's nested leave-stories-out fit of it
+                // stories (word-feature sets, and the taxonomy's subsets with `taxonomy-sets`),
+                // then every subject's nested leave-stories-out fit of it
                 let voxel_section = voxel_section.clone();
                 let voxel_designs = env.per_key(
                     designs

@@ -60,8 +60,8 @@ pub enum RegionSource {
     None,
     /// A path in which `{subject}` stands for the subject id.
     Table(String),
-    /// The atlas, its parcel → region map, and the labels file.
-    Atlas(Box<Atlas>, BTreeMap<String, String>, PathBuf),
+    /// The atlas and its parcel → region map.
+    Atlas(Box<Atlas>, BTreeMap<String, String>),
 }
 
 impl RegionSource {
@@ -86,7 +86,7 @@ impl RegionSource {
                     }
                     None => parse_parcel_regions(GLASSER_REGIONS, "the built-in Glasser map")?,
                 };
-                Ok(RegionSource::Atlas(Box::new(Atlas::read(l, n)?), map, l.to_path_buf()))
+                Ok(RegionSource::Atlas(Box::new(Atlas::read(l, n)?), map))
             }
             (None, Some(_), None) => Err(Error::Invalid("an atlas needs its label names (atlas-names)".into())),
             (None, None, _) => Ok(RegionSource::None),
@@ -108,18 +108,9 @@ impl RegionSource {
                 }
                 Ok(r)
             }
-            RegionSource::Atlas(atlas, map, _) => atlas
+            RegionSource::Atlas(atlas, map) => atlas
                 .regions(map, n_voxels)
                 .map_err(|e| Error::Invalid(format!("subject {subject}: {e}"))),
-        }
-    }
-
-    /// The file a subject's regions come from (a table or the atlas's labels), if any.
-    pub fn file(&self, subject: &str) -> Option<PathBuf> {
-        match self {
-            RegionSource::None => None,
-            RegionSource::Table(p) => Some(PathBuf::from(p.replace("{subject}", subject))),
-            RegionSource::Atlas(_, _, path) => Some(path.clone()),
         }
     }
 }
@@ -251,8 +242,9 @@ pub struct VoxelSubject {
     pub subject: String,
     /// (file, size, modification time in ns) per story, in the pipeline's story order.
     pub files: Vec<(PathBuf, u64, u128)>,
-    /// The file the subject's regions come from, stamped the same way.
-    pub regions: Option<(PathBuf, u64, u128)>,
+    /// The files the subject's regions come from (its region table, or the atlas's labels, names
+    /// and map), stamped the same way.
+    pub regions: Vec<(PathBuf, u64, u128)>,
 }
 
 /// The layout of `[voxelwise]` (its format detected when `auto`).
@@ -292,7 +284,14 @@ pub fn voxel_subject(plan: &crate::config::Plan, subject: &str, store: Option<&A
             .iter()
             .map(|(c, _)| stamp(layout.file(subject, &c.id)))
             .collect(),
-        regions: region_source(s)?.file(subject).map(stamp),
+        regions: match &s.regions {
+            Some(p) => vec![stamp(PathBuf::from(p.replace("{subject}", subject)))],
+            None => [&s.atlas, &s.atlas_names, &s.atlas_map]
+                .into_iter()
+                .flatten()
+                .map(|p| stamp(p.clone()))
+                .collect(),
+        },
     };
     let id = KeyBuilder::new("voxel-subject", REV_VOXEL)
         .config("subject", &v)
@@ -433,6 +432,13 @@ pub fn voxel_fit_stage(
         .iter()
         .filter(|(_, id)| !ctx.store.has("voxel-fit", id, "safetensors"))
         .collect();
+    // the decompositions are kept by `prune` as long as a run uses their design, so that a subject
+    // added later computes none
+    let factors_id = KeyBuilder::new("voxel-factors", REV_VOXEL)
+        .part("design", design_id)
+        .config("shared_kernel", &opts.shared_kernel)
+        .finish();
+    ctx.store.has("voxel-factors", &factors_id, "");
     if missing.is_empty() {
         return Ok(ids);
     }
@@ -451,12 +457,6 @@ pub fn voxel_fit_stage(
         }
         responses.push(r);
     }
-    let factors_id = KeyBuilder::new("voxel-factors", REV_VOXEL)
-        .part("design", design_id)
-        .config("shared_kernel", &opts.shared_kernel)
-        .finish();
-    // the folder is kept by `prune` as long as a run reads it
-    ctx.store.has("voxel-factors", &factors_id, "");
     let factors = ctx
         .store
         .root()

@@ -1026,6 +1026,13 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
     assert_eq!(second.result.snapshot.voxel_fits.len(), 3 * 2);
     assert_eq!(count(&second, "voxel-fit", true), 0);
     assert_eq!(count(&second, "voxel-decomposition", true), 0);
+    // the decompositions stay in use (for `prune`) although nothing read them this time
+    let m = pipeline::incremental::Manifest::load(&out).unwrap().unwrap();
+    assert_eq!(
+        m.touched.iter().filter(|t| t.starts_with("voxel-factors/")).count(),
+        2,
+        "one entry per design"
+    );
     let check = support::run_python(
         "import sys, polars as pl\n\
          a = pl.read_parquet(sys.argv[1])\n\
