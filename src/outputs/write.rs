@@ -137,8 +137,8 @@ fn build_voxelwise(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<(VoxelKey, VoxelTab
 
 /// Writes the voxelwise tables in `voxelwise/layer-<L>/<feature set>/` (those of `cortexflow
 /// voxelwise fit`) and `voxelwise/region_r.png` (mean r over subjects per region, layer and set).
-/// The folder is written beside `voxelwise/` and then takes its place, like `designs/`. Returns
-/// the files and the report's section.
+/// The folder is written beside `voxelwise/` and then takes its place, like `designs/`; without
+/// `[voxelwise]` it is removed. Returns the files and the report's section.
 fn write_voxelwise(
     ctx: &Ctx,
     snap: &Snapshot,
@@ -146,7 +146,10 @@ fn write_voxelwise(
     out: &Path,
 ) -> Result<(Vec<PathBuf>, String)> {
     let mut files = Vec::new();
+    let root = out.join("voxelwise");
     let Some(v) = &ctx.plan.voxelwise else {
+        // the tables of an earlier run with [voxelwise] no longer describe this state
+        replace_folder(&root, |_| Ok(()))?;
         return Ok((files, String::new()));
     };
     let mut md = format!(
@@ -161,7 +164,6 @@ fn write_voxelwise(
         v.n_shifts
     );
     let mut bars = Vec::new();
-    let root = out.join("voxelwise");
     replace_folder(&root, |tmp| {
         for (k, t) in tables {
             let rel = Path::new(&format!("layer-{}", k.layer)).join(k.feature_set.as_str());

@@ -731,91 +731,6 @@ fn lpp_runs_read_from_nifti_files_give_the_simulated_runs_tables() {
     );
 }
 
-/// `[encoding] export-designs`: `lpp-en.toml` cut to runs 1–4 (layer 9, a short SAE run, 3
-/// simulated subjects) writes every word-feature design as `designs/layer-9/<set>/<story>.npy`,
-/// each equal to the design the pipeline's own fits used (its store artifact) and z-scored within
-/// the story; `cortexflow voxelwise fit` reads the `controls` folder with the simulated responses
-/// in the ds003020 layout, leaves stories out, and recovers the planted signal (word rate and
-/// length, HRF-convolved: the controls design's first two columns) near the noise ceiling.
-#[test]
-fn designs_exported_by_run_feed_voxelwise_fit_and_recover_the_planted_signal() {
-    let tmp = tempfile::tempdir().unwrap();
-    let plan_text = lpp_en_cut(tmp.path(), "out", 4, None, "export-designs = true\n");
-    let p = tmp.path().join("lpp.toml");
-    std::fs::write(&p, plan_text).unwrap();
-    let plan = Plan::load(&p).unwrap();
-    assert!(plan.file.encoding.export_designs);
-    assert_eq!(plan.stories.len(), 4);
-    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
-    let tables = pipeline::simulated::responses(&plan).unwrap();
-    let report = pipeline::run(plan, &pipeline::RunOptions { workers: 2 }).unwrap();
-    let designs = &report.result.snapshot.designs;
-    assert_eq!(designs.len(), 4 * 3, "4 runs × (raw, sae, controls) at layer 9");
-    let out = tmp.path().join("out");
-    // each exported file is the design artifact the fits read
-    let store = cortexflow::store::artifacts::ArtifactStore::open(&tmp.path().join("store")).unwrap();
-    for (k, id) in designs {
-        let file = out.join(format!("designs/layer-9/{}/{}.npy", k.feature_set.as_str(), k.story));
-        let x = cortexflow::store::read_npy(&file).unwrap();
-        let a = store.load_arrays("design", id).unwrap();
-        assert_eq!(x.view(), a.f64("x").unwrap(), "{}", file.display());
-        let rows = n_trs.iter().find(|(s, _)| *s == k.story).unwrap().1;
-        assert_eq!(x.nrows(), rows, "{}: one row per TR of the story", file.display());
-    }
-    let data = tmp.path().join("ds");
-    write_ds003020(&data, &tables, &n_trs);
-    let vw = tmp.path().join("vw");
-    let o = support::bin()
-        .args(["voxelwise", "fit", "--data", data.to_str().unwrap(), "--designs"])
-        .arg(out.join("designs/layer-9/controls"))
-        .args([
-            "--trim-start",
-            "0",
-            "--trim-end",
-            "0",
-            "--outer-folds",
-            "4",
-            "--inner-folds",
-            "3",
-        ])
-        .args(["--n-shifts", "0", "--quiet", "--out", vw.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let check = support::run_python(
-        "import sys, polars as pl\n\
-         v = pl.read_parquet(f'{sys.argv[1]}/voxelwise_voxels.parquet')\n\
-         print(v.height, v['subject'].n_unique(), round(v['r'].mean(), 3), round(v['r'].min(), 3))",
-        &[vw.to_str().unwrap()],
-    );
-    let f: Vec<f64> = check.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    assert_eq!((f[0], f[1]), (24.0, 3.0), "3 subjects × 8 targets: {check}");
-    // snr 0.5: the noise-free ceiling of r is √(0.5 / 1.5) ≈ 0.577
-    let ceiling = (0.5f64 / 1.5).sqrt();
-    assert!(
-        f[2] > ceiling - 0.05 && f[3] > 0.4,
-        "held-out r of the planted signal through the exported designs: mean {}, min {} (ceiling {ceiling:.3})",
-        f[2],
-        f[3]
-    );
-    // the same pipeline without run 4: its designs leave the folder, the others stay
-    std::fs::write(&p, lpp_en_cut(tmp.path(), "out", 3, None, "export-designs = true\n")).unwrap();
-    pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
-    let controls = out.join("designs/layer-9/controls");
-    let mut left: Vec<String> = std::fs::read_dir(&controls)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["lpp-en-run1.npy", "lpp-en-run2.npy", "lpp-en-run3.npy"]);
-    assert!(
-        !std::fs::read_dir(&out)
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with(".designs")),
-        "no temporary folder is left"
-    );
-}
-
 /// Simulated responses in the ds003020 layout: `preprocessed_data/<subject>/<story>.npy` (TRs ×
 /// targets per subject and run) and `respdict.json` (story → TRs).
 fn write_ds003020(data: &Path, tables: &[(String, cortexflow::features::roi::RoiTable)], n_trs: &[(String, usize)]) {
@@ -833,10 +748,12 @@ fn write_ds003020(data: &Path, tables: &[(String, cortexflow::features::roi::Roi
 /// 3 subjects written in the ds003020 layout with a voxel → region table each. The run fits
 /// every subject voxelwise on the `controls` and `raw` designs of all four runs, and its tables
 /// equal those of `cortexflow voxelwise fit` on the designs the same run exported, with the same
-/// settings. The planted signal is recovered through `controls`. Run again with a third subject:
+/// settings (each exported file being the design artifact the fits read, one row per TR). The
+/// planted signal is recovered through `controls`. Run again with a third subject:
 /// only that subject is fitted (one fit per feature set) and no decomposition is computed (all
 /// are read from the store); the first two subjects' rows are unchanged, and `changes.parquet`
-/// lists the new subject's record and fits.
+/// lists the new subject's record and fits. Last, without run 4 and `[voxelwise]`: the exported
+/// and voxelwise folders hold exactly that run's outputs.
 #[test]
 fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_needs_no_decomposition() {
     let tmp = tempfile::tempdir().unwrap();
@@ -892,6 +809,22 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
     assert_eq!(count(&first, "voxel-decomposition", true), 2 * 4 * 4);
     assert_eq!(count(&first, "voxel-fit", true), 4);
     let out = tmp.path().join("out");
+    // `[encoding] export-designs`: each exported file is the design artifact the voxelwise fits
+    // read, one row per TR of the story's grid (4 runs × raw, sae, controls at layer 9)
+    assert_eq!(snap.designs.len(), 4 * 3);
+    let store = cortexflow::store::artifacts::ArtifactStore::open(&tmp.path().join("store")).unwrap();
+    for (k, id) in &snap.designs {
+        let file = out.join(format!("designs/layer-9/{}/{}.npy", k.feature_set.as_str(), k.story));
+        let x = cortexflow::store::read_npy(&file).unwrap();
+        assert_eq!(
+            x.view(),
+            store.load_arrays("design", id).unwrap().f64("x").unwrap(),
+            "{}",
+            file.display()
+        );
+        let rows = n_trs.iter().find(|(s, _)| *s == k.story).unwrap().1;
+        assert_eq!(x.nrows(), rows, "{}: one row per TR of the story", file.display());
+    }
     // the same analysis by `voxelwise fit` on the designs this run exported
     for set in ["controls", "raw"] {
         let cli = tmp.path().join(format!("cli-{set}"));
@@ -1052,6 +985,27 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
         check.trim(),
         "True 8 [('voxel_fit', 'sim03'), ('voxel_subject', 'sim03')]",
         "earlier subjects unchanged; the epoch adds the new subject and its fits"
+    );
+    // without run 4 and without [voxelwise]: that run's designs leave the folder, `voxelwise/`
+    // goes, and no temporary folder is left (each is written beside its place, then replaces it)
+    std::fs::write(
+        &p,
+        lpp_en_cut(tmp.path(), "out", 3, Some(""), "export-designs = true\n"),
+    )
+    .unwrap();
+    pipeline::run(Plan::load(&p).unwrap(), &pipeline::RunOptions { workers: 2 }).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(out.join("designs/layer-9/controls"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["lpp-en-run1.npy", "lpp-en-run2.npy", "lpp-en-run3.npy"]);
+    assert!(!out.join("voxelwise").exists());
+    assert!(
+        !std::fs::read_dir(&out)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().starts_with('.')),
+        "no temporary folder is left"
     );
 }
 
