@@ -102,7 +102,7 @@ fn write_encoding_outputs(ctx: &Ctx, snap: &Snapshot, out: &Path) -> Result<Vec<
 /// With `[voxelwise]`: the voxelwise tables of each (layer, feature set) in memory, from the
 /// snapshot's voxel designs and fits (subjects in their sorted order).
 fn build_voxelwise(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<(VoxelKey, VoxelTables)>> {
-    use crate::stages::voxelwise::{cv_options, design_plan, load_subject_fit};
+    use crate::stages::voxelwise::{cv_options, load_subject_fit, story_lengths};
     let mut out = Vec::new();
     let Some(v) = &ctx.plan.voxelwise else {
         return Ok(out);
@@ -115,13 +115,9 @@ fn build_voxelwise(ctx: &Ctx, snap: &Snapshot) -> Result<Vec<(VoxelKey, VoxelTab
         n_boot: ctx.plan.file.summary.n_boot,
         ci_level: ctx.plan.file.summary.ci_level,
     };
-    for (k, design) in &snap.voxel_designs {
-        let plan = design_plan(
-            &ctx.store.load_arrays("voxel-design", design)?,
-            design,
-            v.outer_folds,
-            v.inner_folds,
-        )?;
+    // the fold plan every voxel design was cut with (the stories' response TRs, in order)
+    let plan = crate::encoding::stories::StoryPlan::new(&story_lengths(&ctx.plan)?, v.outer_folds, v.inner_folds)?;
+    for (k, _) in &snap.voxel_designs {
         let fits = snap
             .voxel_fits
             .iter()

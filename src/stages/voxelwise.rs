@@ -335,21 +335,17 @@ pub fn voxel_design_stage(ctx: &Ctx, designs: &[(String, ArtifactId)]) -> Result
             None => return Ok(None),
         }
     }
-    let layout = layout(s)?;
+    let lengths = story_lengths(plan)?;
     let mut key = KeyBuilder::new("voxel-design", REV_VOXEL)
         .config("trim", &(s.trim_start, s.trim_end))
         .config("folds", &(s.outer_folds, s.inner_folds));
-    for (id, story) in &ids {
-        key = key
-            .part("story", story)
-            .part("design", id)
-            .config("trs", &layout.n_trs(story)?);
+    for ((id, story), (_, n)) in ids.iter().zip(&lengths) {
+        key = key.part("story", story).part("design", id).config("trs", n);
     }
     let id = key.finish();
     ctx.store.arrays("voxel-design", &id, || {
         let mut parts = Vec::new();
-        let mut lengths = Vec::new();
-        for (design, story) in &ids {
+        for ((design, story), &(_, n)) in ids.iter().zip(&lengths) {
             let a = ctx.store.load_arrays("design", design)?;
             if let Some(t) = a.meta.get(super::FOLD_TRANSFORM_META) {
                 return Err(Error::Invalid(format!(
@@ -357,7 +353,6 @@ pub fn voxel_design_stage(ctx: &Ctx, designs: &[(String, ArtifactId)]) -> Result
                      z-scores per story only"
                 )));
             }
-            let n = layout.n_trs(story)?;
             parts.push(trim_design(
                 a.f64("x")?,
                 n,
@@ -365,7 +360,6 @@ pub fn voxel_design_stage(ctx: &Ctx, designs: &[(String, ArtifactId)]) -> Result
                 s.trim_end,
                 &format!("the design of story {story:?}"),
             )?);
-            lengths.push((story.clone(), n));
         }
         let (x, _) = concat_zscored(&parts, &lengths, s.outer_folds, s.inner_folds)?;
         Ok(Arrays::default()
@@ -373,6 +367,16 @@ pub fn voxel_design_stage(ctx: &Ctx, designs: &[(String, ArtifactId)]) -> Result
             .with_meta("stories", serde_json::to_string(&lengths).expect("lengths serialise")))
     })?;
     Ok(Some(id))
+}
+
+/// (story, response TRs from `respdict.json`) of every story, in the pipeline's order: the row
+/// blocks of its voxel designs.
+pub fn story_lengths(plan: &crate::config::Plan) -> Result<Vec<(String, usize)>> {
+    let layout = layout(plan.voxelwise()?)?;
+    plan.stories
+        .iter()
+        .map(|(c, _)| Ok((c.id.clone(), layout.n_trs(&c.id)?)))
+        .collect()
 }
 
 /// The stories' trimmed designs concatenated in order and z-scored per story, with the fold plan

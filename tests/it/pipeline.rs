@@ -731,17 +731,29 @@ fn lpp_runs_read_from_nifti_files_give_the_simulated_runs_tables() {
     );
 }
 
-/// Simulated responses in the ds003020 layout: `preprocessed_data/<subject>/<story>.npy` (TRs ×
-/// targets per subject and run) and `respdict.json` (story → TRs).
-fn write_ds003020(data: &Path, tables: &[(String, cortexflow::features::roi::RoiTable)], n_trs: &[(String, usize)]) {
-    for (story, t) in tables {
-        let dir = data.join("preprocessed_data").join(&t.subject);
-        std::fs::create_dir_all(&dir).unwrap();
-        cortexflow::store::write_npy(&dir.join(format!("{story}.npy")), t.data.view()).unwrap();
-    }
+/// `respdict.json` (story → TRs) of a ds003020-layout folder.
+fn write_respdict(data: &Path, n_trs: &[(String, usize)]) {
     let respdict: serde_json::Map<String, serde_json::Value> =
         n_trs.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
     std::fs::write(data.join("respdict.json"), serde_json::to_string(&respdict).unwrap()).unwrap();
+}
+
+/// The `[simulate]` responses of `lpp-en.toml` cut to runs 1–4 (3 subjects, 8 targets) in the
+/// ds003020 layout under `dir/ds`: `preprocessed_data/<subject>/<story>.npy` (TRs × targets) and
+/// `respdict.json`. Returns the folder and each story's TRs. Leaves `dir/lpp.toml` behind.
+fn simulated_lpp_ds003020(dir: &Path) -> (PathBuf, Vec<(String, usize)>) {
+    let p = dir.join("lpp.toml");
+    std::fs::write(&p, lpp_en_cut(dir, "out", 4, None, "")).unwrap();
+    let plan = Plan::load(&p).unwrap();
+    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
+    let data = dir.join("ds");
+    for (story, t) in pipeline::simulated::responses(&plan).unwrap() {
+        let sub = data.join("preprocessed_data").join(&t.subject);
+        std::fs::create_dir_all(&sub).unwrap();
+        cortexflow::store::write_npy(&sub.join(format!("{story}.npy")), t.data.view()).unwrap();
+    }
+    write_respdict(&data, &n_trs);
+    (data, n_trs)
 }
 
 /// `[voxelwise]` in a pipeline: Le Petit Prince runs 1–4 (layer 9), the simulated responses of
@@ -758,15 +770,10 @@ fn write_ds003020(data: &Path, tables: &[(String, cortexflow::features::roi::Roi
 fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_needs_no_decomposition() {
     let tmp = tempfile::tempdir().unwrap();
     // the simulated responses of `[simulate]`; the voxelwise pipeline has no other response source
+    let (data, n_trs) = simulated_lpp_ds003020(tmp.path());
     let p = tmp.path().join("lpp.toml");
-    std::fs::write(&p, lpp_en_cut(tmp.path(), "out", 4, None, "")).unwrap();
-    let plan = Plan::load(&p).unwrap();
-    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
-    let tables = pipeline::simulated::responses(&plan).unwrap();
     let base = lpp_en_cut(tmp.path(), "out", 4, Some(""), "export-designs = true\n");
     assert!(!base.contains("\n[simulate]") && !base.contains("\n[fmri]"));
-    let data = tmp.path().join("ds");
-    write_ds003020(&data, &tables, &n_trs);
     // targets t01–t04 in PT, t05–t08 in AT
     let regions = tmp.path().join("regions");
     std::fs::create_dir_all(&regions).unwrap();
@@ -1017,12 +1024,8 @@ fn a_voxelwise_section_fits_in_the_run_like_voxelwise_fit_and_a_new_subject_need
 #[test]
 fn voxelwise_subcategory_fits_give_the_topography_of_their_region_means() {
     let tmp = tempfile::tempdir().unwrap();
+    let (data, _) = simulated_lpp_ds003020(tmp.path());
     let p = tmp.path().join("lpp.toml");
-    std::fs::write(&p, lpp_en_cut(tmp.path(), "out", 4, None, "")).unwrap();
-    let plan = Plan::load(&p).unwrap();
-    let n_trs: Vec<(String, usize)> = plan.stories.iter().map(|(c, _)| (c.id.clone(), c.n_trs)).collect();
-    let data = tmp.path().join("ds");
-    write_ds003020(&data, &pipeline::simulated::responses(&plan).unwrap(), &n_trs);
     // targets in four of the paper's regions, two each
     let regions = tmp.path().join("regions.tsv");
     let rows: String = (0..8)
@@ -1100,11 +1103,7 @@ fn voxelwise_sections_are_checked_against_respdict_and_the_files_before_any_work
             .unwrap();
         }
     }
-    let respdict = |trs: &[(String, usize)]| {
-        let m: serde_json::Map<String, serde_json::Value> =
-            trs.iter().map(|(s, n)| (s.clone(), serde_json::json!(n))).collect();
-        std::fs::write(data.join("respdict.json"), serde_json::to_string(&m).unwrap()).unwrap();
-    };
+    let respdict = |trs: &[(String, usize)]| write_respdict(&data, trs);
     // the section with `extra` lines; the stories' grids are the response TRs unless told
     let load = |extra: &str| {
         let trims = match extra.contains("trim-") {
